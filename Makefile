@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv itself.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test bench venv clean
+
+$(VENV)/.base:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base pyproject.toml
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(PY) -m explorer demo
+
+test: $(VENV)/.test
+	$(PY) tests/setup_browser.py
+	$(PY) -m pytest -n 2 -q
+
+bench: $(VENV)/.test
+	$(PY) -m explorer bench
+
+clean:
+	rm -rf $(VENV) explorer-demo

@@ -1,0 +1,45 @@
+"""kernel-explorer: a compiler for NumPy-style deep-learning functions that you can watch.
+
+>>> import numpy as np, explorer
+>>> def mlp(x, w, b):
+...     return np.maximum(x @ w + b, 0)
+>>> x, w, b = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32), np.zeros(3, np.float32)
+>>> c = explorer.compile(mlp, x, w, b, target="reference")
+>>> np.allclose(c(x, w, b), mlp(x, w, b))
+True
+
+`import explorer` needs only NumPy; graphviz, matplotlib, ipywidgets, pycuda and a
+C compiler are used when present and each says in one line when it is missing.
+"""
+from __future__ import annotations
+
+from .errors import (BackendUnavailable, CompileError, DTypeError, ExplorerError, ScheduleError, ShapeError,
+                     TraceError, UnsupportedOpError, VerificationError)
+from .graph import Graph, Node, Provenance
+from .pipeline import Options, Snapshot, compile
+from .tracing import Tensor, trace
+from . import nn
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazily expose the heavier parts so `import explorer` stays numpy-only and fast.
+    if name in ("compare", "Comparison", "sweep"):
+        from . import compare as _c
+        return getattr(_c, name)
+    if name in ("Schedule",):
+        from .schedule import Schedule
+        return Schedule
+    if name == "Compiled":
+        from .compiled import Compiled
+        return Compiled
+    if name == "costmodel":
+        from . import costmodel
+        return costmodel
+    raise AttributeError(f"module 'explorer' has no attribute {name!r}")
+
+
+__all__ = ["trace", "compile", "compare", "sweep", "Schedule", "Compiled", "Graph", "Node", "Provenance",
+           "Options", "Snapshot", "Tensor", "nn", "ExplorerError", "TraceError", "ShapeError", "DTypeError",
+           "UnsupportedOpError", "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError"]

@@ -1,0 +1,32 @@
+"""Backends: where a Compiled runs.
+
+    reference  NumPy interpreter of the traced Graph (ground truth)
+    sim        SIMT simulator of the tiled, CUDA-bound loop IR (counts bytes, flops, barriers)
+    cpu        generated C + OpenMP, built with cc, loaded with ctypes
+    cuda       generated CUDA, built and launched with pycuda
+
+Each backend module exposes `available() -> (bool, reason)` and
+`build(compiled) -> Executable` where Executable has `run(inputs) -> list[np.ndarray]`
+and optionally `time(inputs, warmup, repeat, include_copies) -> Timing`.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import BackendUnavailable, ExplorerError
+
+BACKENDS = {"reference": "reference", "sim": "simulator", "cpu": "cpu", "cuda": "cuda"}
+
+
+def backend_module(target: str):
+    if target not in BACKENDS:
+        raise ExplorerError(f"unknown target {target!r}; choose one of {', '.join(BACKENDS)}")
+    return importlib.import_module(f"{__name__}.{BACKENDS[target]}")
+
+
+def build(compiled):
+    mod = backend_module(compiled.target)
+    ok, why = mod.available()
+    if not ok:
+        raise BackendUnavailable(f"target {compiled.target!r} is unavailable here: {why}")
+    return mod.build(compiled)

@@ -1,0 +1,199 @@
+"""Compiled: the result of explorer.compile — snapshots, kernels, and a callable.
+
+>>> import numpy as np, explorer
+>>> c = explorer.compile(lambda a, b: a * b + 1, np.ones(4, np.float32), np.ones(4, np.float32), target="reference")
+>>> c(np.arange(4, dtype=np.float32), np.full(4, 2, np.float32))
+array([1., 3., 5., 7.], dtype=float32)
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import ExplorerError, ShapeError, TraceError, DTypeError
+from .pipeline import Options, Snapshot
+
+
+@dataclass
+class Timing:
+    """Times in milliseconds over `repeat` runs."""
+
+    median_ms: float
+    min_ms: float
+    stdev_ms: float
+    repeat: int
+    per_kernel_ms: dict[str, float] | None = None
+    source: str = "wall"   # 'cuda-events' | 'wall'
+
+    def __str__(self) -> str:
+        return f"{self.median_ms:.4g} ms (min {self.min_ms:.4g}, ±{self.stdev_ms:.2g}, n={self.repeat}, {self.source})"
+
+
+def summarize(samples_ms: Sequence[float], per_kernel: dict[str, float] | None = None, source: str = "wall") -> Timing:
+    s = list(samples_ms)
+    return Timing(statistics.median(s), min(s), statistics.stdev(s) if len(s) > 1 else 0.0, len(s), per_kernel, source)
+
+
+class Compiled:
+    """A compiled function. `stages` is the list of Snapshots in pipeline order."""
+
+    def __init__(self, fn: Callable, examples: list[np.ndarray], stages: list[Snapshot], options: Options,
+                 kernel_overrides: dict[int, str] | None = None):
+        self.fn = fn
+        self.name = getattr(fn, "__name__", "fn")
+        self.examples = examples
+        self.stages = stages
+        self.options = options
+        self.target = options.target
+        self.kernel_overrides = dict(kernel_overrides or {})
+        self._executable = None
+
+    # -- snapshots ----------------------------------------------------------------
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    def stage(self, name: str) -> Snapshot:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ExplorerError(f"no stage {name!r} in this compile; stages are {', '.join(self.stage_names)}")
+
+    @property
+    def graph(self):
+        return self.stage("simplified").ir if "simplified" in self.stage_names else self.stage("traced").ir
+
+    @property
+    def program(self):
+        """The tiled loop-IR Program (what the backends run)."""
+        return self.stage("tiled").ir
+
+    @property
+    def codegen(self):
+        return self.stage("codegen").ir
+
+    @property
+    def kernels(self) -> list:
+        """Generated kernels (name, language, source, launch, resources) in launch order."""
+        if "codegen" not in self.stage_names:
+            return []
+        return list(self.codegen.kernels)
+
+    def text(self) -> str:
+        return "\n\n".join(f"== {s.name} ==\n{s.text()}" for s in self.stages)
+
+    def __repr__(self) -> str:
+        return f"<Compiled {self.name} target={self.target} stages={self.stage_names} kernels={len(self.kernels)}>"
+
+    # -- provenance / fusion ---------------------------------------------------------
+    def explain_fusion(self, a: str | None = None, b: str | None = None):
+        """Why two adjacent ops are (not) in one kernel, and which source lines each kernel holds.
+
+        With no arguments returns the whole Explanation (printable); with two node names
+        ('%3', '%5') returns the one-line reason for that edge.
+        """
+        from .passes.fusion import explain
+        return explain(self.stage("fused").ir, a, b)
+
+    # -- running ------------------------------------------------------------------------
+    def check_args(self, args: Sequence[Any]) -> list[np.ndarray]:
+        if len(args) != len(self.examples):
+            raise TraceError(f"{self.name} was compiled for {len(self.examples)} inputs but was called with {len(args)}; "
+                             f"pass arrays shaped like " + ", ".join(f"{e.dtype}{list(e.shape)}" for e in self.examples))
+        out = []
+        for k, (a, e) in enumerate(zip(args, self.examples)):
+            arr = np.asarray(a)
+            if arr.shape != e.shape:
+                raise ShapeError(f"{self.name}: input {k} has shape {arr.shape} but the function was compiled for "
+                                 f"{e.shape}; recompile with explorer.compile(fn, *new_examples) for new shapes")
+            if arr.dtype != e.dtype:
+                if np.can_cast(arr.dtype, e.dtype, casting="same_kind"):
+                    arr = arr.astype(e.dtype)
+                else:
+                    raise DTypeError(f"{self.name}: input {k} has dtype {arr.dtype} but the function was compiled for "
+                                     f"{e.dtype}; cast it with .astype(np.{e.dtype})")
+            out.append(np.ascontiguousarray(arr))
+        return out
+
+    def executable(self):
+        if self._executable is None:
+            from .backends import build
+            self._executable = build(self)
+        return self._executable
+
+    def run(self, *args: Any) -> list[np.ndarray]:
+        """Run on the compile's target; always returns a list of outputs."""
+        return self.executable().run(self.check_args(args))
+
+    def __call__(self, *args: Any):
+        outs = self.run(*args)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def reference(self, *args: Any) -> list[np.ndarray]:
+        """The NumPy interpreter's result for the traced graph (the ground truth)."""
+        from .backends.reference import run_graph
+        return run_graph(self.stage("traced").ir, self.check_args(args))
+
+    def benchmark(self, *args: Any, warmup: int = 3, repeat: int = 20, include_copies: bool = False) -> Timing:
+        """Median/min/stdev time of one call. CUDA uses events and excludes host↔device copies unless asked."""
+        inputs = self.check_args(args if args else self.examples)
+        exe = self.executable()
+        if hasattr(exe, "time"):
+            return exe.time(inputs, warmup=warmup, repeat=repeat, include_copies=include_copies)
+        for _ in range(warmup):
+            exe.run(inputs)
+        samples = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            exe.run(inputs)
+            samples.append((time.perf_counter() - t0) * 1e3)
+        return summarize(samples)
+
+    # -- workbench ----------------------------------------------------------------------
+    def with_kernel_source(self, index: int, source: str, check: bool = True, rtol: float | None = None) -> "Compiled":
+        """A new Compiled whose kernel `index` runs hand-edited `source` (same name and parameters).
+
+        The edited build runs on the example inputs and is checked against the NumPy reference;
+        CompileError carries the compiler's message and line when it does not build.
+        """
+        from .errors import CompileError, VerificationError
+        n = len(self.kernels)
+        if not 0 <= index < n:
+            raise ExplorerError(f"kernel index {index} out of range: this compile has {n} kernels (0..{n - 1})")
+        if self.target not in ("cpu", "cuda"):
+            raise ExplorerError(f"with_kernel_source needs a target that compiles source (cpu or cuda), "
+                                f"this compile's target is {self.target!r}; recompile with target='cpu'")
+        overrides = {**self.kernel_overrides, index: source}
+        new = Compiled(self.fn, self.examples, self.stages, self.options, overrides)
+        new.executable()  # builds now: CompileError surfaces here
+        if check:
+            got = new.run(*self.examples)
+            want = self.reference(*self.examples)
+            for k, (g, w) in enumerate(zip(got, want)):
+                tol = rtol if rtol is not None else default_rtol(w.dtype)
+                if g.shape != w.shape or not np.allclose(g, w, rtol=tol, atol=tol, equal_nan=True):
+                    err = float(np.nanmax(np.abs(g.astype(np.float64) - w))) if g.shape == w.shape else float("nan")
+                    raise VerificationError(f"edited kernel {index} ({self.kernels[index].name}) builds but output {k} "
+                                            f"differs from the NumPy reference (max abs error {err:.3g})")
+        return new
+
+    def max_error(self, *args: Any) -> float:
+        """Max abs difference between this target's outputs and the NumPy reference."""
+        args = args or tuple(self.examples)
+        got = self.run(*args)
+        want = self.reference(*args)
+        return max(float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)), initial=0.0))
+                   for g, w in zip(got, want))
+
+    def to_html(self) -> str:
+        from .report import to_html
+        return to_html(self)
+
+
+def default_rtol(dtype) -> float:
+    dt = np.dtype(dtype)
+    return {np.dtype("float16"): 2e-2, np.dtype("float32"): 1e-4, np.dtype("float64"): 1e-9}.get(dt, 0.0)

@@ -1,0 +1,329 @@
+"""The graph IR: an SSA list of typed nodes, like a jaxpr or a torch.fx Graph.
+
+>>> import numpy as np, explorer
+>>> g = explorer.trace(lambda x: np.exp(x) + 1.0, np.ones((2, 3), np.float32))
+>>> print(g.text())                                          # doctest: +SKIP
+graph fn(x: f32[2,3]):
+  %1: f32[2,3] = exp(x)
+  %2: f32[] = const 1.0
+  %3: f32[2,3] = add(%1, %2)
+  return %3
+
+Nodes keep the id they got at trace time for life, so the text of two stages
+diffs line by line: a pass that removes a node removes exactly its line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import dtypes
+from .errors import VerificationError
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the user wrote an op: file, line number, function and the line's text."""
+
+    file: str
+    line: int
+    function: str
+    code: str
+
+    def short(self) -> str:
+        base = self.file.replace("\\", "/").rsplit("/", 1)[-1]
+        return f"{base}:{self.line}"
+
+    def __str__(self) -> str:
+        return f"{self.short()}  {self.code.strip()}"
+
+
+@dataclass(eq=False)
+class Node:
+    """One SSA value: `name: type = op(inputs..., attrs)`.
+
+    op is a key of explorer.ops.OPS, or 'input' / 'const'. Identity is by object;
+    `id` is stable across passes (new nodes made by a pass get fresh ids).
+    """
+
+    id: int
+    op: str
+    inputs: tuple["Node", ...]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    provenance: Provenance | None = None
+    value: np.ndarray | None = None  # only for op == 'const'
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = f"%{self.id}"
+
+    @property
+    def type_str(self) -> str:
+        return dtypes.type_str(self.shape, self.dtype)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @property
+    def category(self) -> str:
+        from .ops import category_of
+        return category_of(self)
+
+    def replace(self, **changes) -> "Node":
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name}: {self.type_str} = {self.op}>"
+
+
+def format_const(node: Node) -> str:
+    v = node.value
+    if v is None:
+        return "?"
+    if v.ndim == 0 or v.size == 1:
+        x = v.reshape(()).item()
+        if isinstance(x, float):
+            return repr(float(np.asarray(x, dtype=node.dtype)))
+        return repr(x)
+    return f"<array {node.type_str}>"
+
+
+def format_attrs(attrs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt_attr(v)}" for k, v in sorted(attrs.items()))
+
+
+def _fmt_attr(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "(" + ",".join(str(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, np.dtype):
+        return str(v)
+    return str(v)
+
+
+class Graph:
+    """A traced function: inputs, nodes in topological order, outputs.
+
+    `text()` prints one line per node with its type (stable and diffable),
+    `dot()` returns graphviz source, `verify()` checks SSA and types.
+    """
+
+    def __init__(self, name: str, inputs: list[Node], nodes: list[Node], outputs: list[Node],
+                 *, source_lines: dict[int, str] | None = None, source_file: str = "",
+                 next_id: int | None = None):
+        self.name = name
+        self.inputs = list(inputs)
+        self.nodes = list(nodes)
+        self.outputs = list(outputs)
+        self.source_file = source_file
+        self.source_lines = dict(source_lines or {})  # line number -> text of the user's function
+        self._next_id = next_id if next_id is not None else (max((n.id for n in nodes), default=-1) + 1)
+
+    # -- building -------------------------------------------------------------
+    def fresh_id(self) -> int:
+        i = self._next_id
+        self._next_id += 1
+        return i
+
+    def derive(self, nodes: list[Node], outputs: list[Node], inputs: list[Node] | None = None) -> "Graph":
+        """A new Graph sharing this one's name, source and id counter (for passes)."""
+        return Graph(self.name, inputs if inputs is not None else self.inputs, nodes, outputs,
+                     source_lines=self.source_lines, source_file=self.source_file, next_id=self._next_id)
+
+    # -- queries ----------------------------------------------------------------
+    def consumers(self) -> dict[Node, list[Node]]:
+        users: dict[Node, list[Node]] = {n: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                users.setdefault(i, []).append(n)
+        return users
+
+    def op_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.op not in ("input", "const")]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name or n.name == f"%{name}":
+                return n
+        from .errors import ExplorerError
+        raise ExplorerError(f"graph {self.name} has no node named {name!r}; nodes are "
+                            + ", ".join(n.name for n in self.nodes))
+
+    def stats(self) -> dict[str, Any]:
+        from .ops import node_cost
+        by_cat: Counter[str] = Counter()
+        by_op: Counter[str] = Counter()
+        flops = 0
+        nbytes = 0
+        for n in self.op_nodes():
+            by_cat[n.category] += 1
+            by_op[n.op] += 1
+            c = node_cost(n)
+            flops += c.flops
+            nbytes += c.bytes_read + c.bytes_written
+        return {"nodes": len(self.op_nodes()), "ops_by_category": dict(sorted(by_cat.items())),
+                "ops": dict(sorted(by_op.items())), "flops": int(flops), "bytes_unfused": int(nbytes)}
+
+    # -- checking ---------------------------------------------------------------
+    def verify(self) -> "Graph":
+        """Check SSA order, input/output membership and every node's inferred type."""
+        from .ops import OPS, infer_type
+        seen: set[int] = set()
+        names: set[str] = set()
+        for n in self.nodes:
+            if id(n) in seen:
+                raise VerificationError(f"graph {self.name}: node {n.name} appears twice")
+            if n.name in names:
+                raise VerificationError(f"graph {self.name}: two nodes are named {n.name}")
+            names.add(n.name)
+            for i in n.inputs:
+                if id(i) not in seen:
+                    raise VerificationError(f"graph {self.name}: {n.name} uses {i.name} before it is defined")
+            if n.op == "input":
+                if n not in self.inputs:
+                    raise VerificationError(f"graph {self.name}: input node {n.name} is not a graph input")
+            elif n.op == "const":
+                if n.value is None or tuple(n.value.shape) != n.shape or n.value.dtype != n.dtype:
+                    raise VerificationError(f"graph {self.name}: constant {n.name} value does not match {n.type_str}")
+            else:
+                if n.op not in OPS:
+                    raise VerificationError(f"graph {self.name}: {n.name} has unknown op {n.op!r}")
+                shape, dt = infer_type(n.op, [(i.shape, i.dtype) for i in n.inputs], n.attrs)
+                if tuple(shape) != tuple(n.shape) or np.dtype(dt) != np.dtype(n.dtype):
+                    raise VerificationError(
+                        f"graph {self.name}: {n.name} = {n.op} has type {n.type_str} but its inputs give "
+                        f"{dtypes.type_str(shape, dt)}")
+            seen.add(id(n))
+        for n in self.inputs:
+            if id(n) not in seen:
+                raise VerificationError(f"graph {self.name}: input {n.name} missing from nodes")
+        for n in self.outputs:
+            if id(n) not in seen:
+                raise VerificationError(f"graph {self.name}: output {n.name} missing from nodes")
+        return self
+
+    # -- printing ----------------------------------------------------------------
+    def node_line(self, n: Node, provenance: bool = False) -> str:
+        if n.op == "const":
+            rhs = f"const {format_const(n)}"
+        else:
+            args = ", ".join(i.name for i in n.inputs)
+            attrs = format_attrs(n.attrs)
+            rhs = f"{n.op}({args}{', ' if args and attrs else ''}{attrs})"
+        line = f"{n.name}: {n.type_str} = {rhs}"
+        if provenance and n.provenance is not None:
+            line = f"{line:<48}  # {n.provenance}"
+        return line
+
+    def signature(self) -> str:
+        return f"graph {self.name}(" + ", ".join(f"{i.name}: {i.type_str}" for i in self.inputs) + "):"
+
+    def text(self, provenance: bool = False) -> str:
+        """One line per node: `%3: f32[64,256] = add(%1, b)`; `provenance=True` appends `# file:line  code`."""
+        lines = [self.signature()]
+        for n in self.nodes:
+            if n.op == "input":
+                continue
+            lines.append("  " + self.node_line(n, provenance))
+        lines.append("  return " + ", ".join(o.name for o in self.outputs))
+        return "\n".join(lines)
+
+    __str__ = text
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(self.text(provenance=True))}</pre>"
+
+    def dot(self, clusters: Iterable[tuple[str, str, list[Node]]] | None = None,
+            edge_labels: dict[tuple[int, int], str] | None = None) -> str:
+        """Graphviz source. Inputs are green ellipses, outputs double octagons, constants grey.
+
+        `clusters` is a list of (id, label, nodes) drawn as subgraph clusters (used by the
+        fused snapshot); `edge_labels` labels edges keyed by (producer id, consumer id).
+        """
+        out_ids = {id(o) for o in self.outputs}
+        lines = [f'digraph {dot_id(self.name)} {{', '  rankdir=TB;',
+                 '  node [fontname="Helvetica", fontsize=10, shape=box, style="rounded,filled", fillcolor="#eef3fb"];',
+                 '  edge [fontname="Helvetica", fontsize=9, color="#555555"];']
+
+        def node_stmt(n: Node, indent: str = "  ") -> str:
+            if n.op == "input":
+                label = f"{n.name}\\n{n.type_str}"
+                attrs = 'shape=ellipse, fillcolor="#d9f2d9"'
+            elif n.op == "const":
+                label = f"{format_const(n)}\\n{n.type_str}"
+                attrs = 'shape=plaintext, style="", fontcolor="#666666"'
+            else:
+                label = f"{n.op}\\n{n.type_str}"
+                attrs = 'fillcolor="#eef3fb"'
+            if id(n) in out_ids:
+                attrs += ', peripheries=2, fillcolor="#fde9c9"'
+            tip = f", tooltip={dot_str(str(n.provenance))}" if n.provenance else ""
+            return f"{indent}n{n.id} [label={dot_str(label)}, {attrs}{tip}];"
+
+        in_cluster: set[int] = set()
+        for k, (cid, label, members) in enumerate(clusters or []):
+            lines.append(f"  subgraph cluster_{dot_id(cid)} {{")
+            lines.append(f'    label={dot_str(label)}; style="rounded,dashed"; color="#3a6ea5"; fontcolor="#3a6ea5";')
+            for n in members:
+                lines.append(node_stmt(n, "    "))
+                in_cluster.add(n.id)
+            lines.append("  }")
+        for n in self.nodes:
+            if n.id not in in_cluster:
+                lines.append(node_stmt(n))
+        for n in self.nodes:
+            for i in n.inputs:
+                lab = (edge_labels or {}).get((i.id, n.id))
+                extra = f" [label={dot_str(lab)}]" if lab else ""
+                lines.append(f"  n{i.id} -> n{n.id}{extra};")
+        lines.append("}")
+        return "\n".join(lines)
+
+    def to_svg(self) -> str:
+        from .render import dot_to_svg
+        return dot_to_svg(self.dot())
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.op_nodes())} ops, {len(self.outputs)} outputs>"
+
+
+_IDENT = re.compile(r"[^A-Za-z0-9_]")
+
+
+def c_identifier(name: str, prefix: str = "v") -> str:
+    """Turn any user text into a valid C identifier (`my-fn!` → `my_fn_`); never empty, never a keyword."""
+    s = _IDENT.sub("_", str(name))
+    if not s or s[0].isdigit():
+        s = f"{prefix}_{s}"
+    if s in _C_KEYWORDS:
+        s = f"{s}_"
+    return s[:64]
+
+
+_C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern float for goto if
+inline int long register restrict return short signed sizeof static struct switch typedef union unsigned void
+volatile while bool true false half float4 float2 int4 dim3 blockIdx threadIdx blockDim gridDim warpSize
+__global__ __device__ __shared__ new delete class template this namespace using operator private public""".split())
+
+
+def dot_id(name: str) -> str:
+    return c_identifier(name, "g")
+
+
+def dot_str(s: str) -> str:
+    """A DOT double-quoted string with quotes, backslashes (except \\n) and HTML-ish chars made safe."""
+    s = str(s).replace("\\", "\\\\").replace("\\\\n", "\\n").replace('"', '\\"')
+    return f'"{s}"'

@@ -1,0 +1,693 @@
+"""The loop IR: buffers, loop nests, loads/stores and scalar expressions (like TVM TIR or Halide stmt).
+
+One loop IR feeds three executors — the SIMT simulator, C codegen and CUDA
+codegen — so what the explorer shows is what runs.
+
+    >>> i = Var("i")
+    >>> x = Buffer("x", (8,), "f32"); y = Buffer("y", (8,), "f32")
+    >>> k = Kernel("double", params=(x, y), body=(
+    ...     For(i, 8, (Store(y, (i,), BinOp("*", Load(x, (i,)), Const(2.0, "f32"))),), kind="parallel"),))
+    >>> print(k.text())
+    kernel double(x: f32[8] global, y: f32[8] global):
+      for i in parallel(8):
+        y[i] = x[i] * 2.0f
+
+Conventions every consumer relies on
+- dtypes are short names: 'f32', 'f16', 'f64', 'i32', 'i64', 'bool'. Index arithmetic is 'i32'
+  (codegen may widen to 64 bit when a buffer has >= 2**31 elements).
+- Buffers are dense row-major; indices are one Expr per dimension (a 0-d buffer is a scalar).
+- A For loop runs var over [0, extent). kind is one of LOOP_KINDS. A loop of kind
+  'blockIdx.x|y|z' or 'threadIdx.x|y|z' is *bound*: it is not a loop at run time, its var
+  is the block/thread index and its extent is the grid/block size along that axis.
+  A kernel may bind each axis once; a non-bound loop inside a thread-bound loop runs per thread.
+- Alloc(buffer) declares a 'shared' or 'local' buffer; it is visible to the statements that
+  follow it in the same body (and nested bodies). Shared buffers are per block, local per thread.
+- Barrier() is __syncthreads(): every thread of a block must reach it (never inside a guard
+  that depends on threadIdx).
+- ThreadAllReduce(op, buf, axis) combines the 0-d local `buf` over all threads of the block along
+  the thread axis `axis` ('threadIdx.x'); afterwards every thread's buf holds the result.
+- Expressions are immutable and hashable; BinOp ops are '+ - * / % min max < <= > >= == != && ||'.
+  '/' on ints is C division (indices are never negative); '%' likewise.
+- Call(fn, args) names a math intrinsic from MATH_FUNCTIONS; codegen maps it per language/dtype.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+
+import numpy as np
+
+LOOP_KINDS = ("serial", "parallel", "unrolled", "vectorized",
+              "blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
+BOUND_KINDS = LOOP_KINDS[4:]
+SCOPES = ("global", "shared", "local")
+DTYPES = ("f32", "f16", "f64", "i32", "i64", "bool")
+MATH_FUNCTIONS = ("exp", "log", "tanh", "sqrt", "rsqrt", "abs", "erf", "pow", "sin", "cos", "floor", "sigmoid")
+COMPARE_OPS = ("<", "<=", ">", ">=", "==", "!=")
+LOGIC_OPS = ("&&", "||")
+ARITH_OPS = ("+", "-", "*", "/", "%", "min", "max")
+REDUCE_OPS = ("sum", "max", "min")
+
+
+def short_dtype(dtype: Any) -> str:
+    """'f32' for np.float32 / 'float32' / 'f32'."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return dtype
+    from .dtypes import short_name
+    return short_name(np.dtype(dtype))
+
+
+def np_dtype(short: str) -> np.dtype:
+    return np.dtype({"f32": "float32", "f16": "float16", "f64": "float64", "i32": "int32",
+                     "i64": "int64", "bool": "bool"}[short])
+
+
+# ----------------------------------------------------------------------------- expressions
+class Expr:
+    """Base of scalar expressions. Python operators build BinOps for brevity in passes."""
+
+    dtype: str
+
+    def __add__(self, o): return BinOp("+", self, as_expr(o, self.dtype))
+    def __radd__(self, o): return BinOp("+", as_expr(o, self.dtype), self)
+    def __sub__(self, o): return BinOp("-", self, as_expr(o, self.dtype))
+    def __rsub__(self, o): return BinOp("-", as_expr(o, self.dtype), self)
+    def __mul__(self, o): return BinOp("*", self, as_expr(o, self.dtype))
+    def __rmul__(self, o): return BinOp("*", as_expr(o, self.dtype), self)
+    def __floordiv__(self, o): return BinOp("/", self, as_expr(o, self.dtype))
+    def __truediv__(self, o): return BinOp("/", self, as_expr(o, self.dtype))
+    def __mod__(self, o): return BinOp("%", self, as_expr(o, self.dtype))
+    def __lt__(self, o): return BinOp("<", self, as_expr(o, self.dtype))
+    def __le__(self, o): return BinOp("<=", self, as_expr(o, self.dtype))
+    def __gt__(self, o): return BinOp(">", self, as_expr(o, self.dtype))
+    def __ge__(self, o): return BinOp(">=", self, as_expr(o, self.dtype))
+
+    def __str__(self) -> str:
+        return expr_text(self)
+
+
+@dataclass(frozen=True, eq=True)
+class Var(Expr):
+    name: str
+    dtype: str = "i32"
+
+    def __hash__(self): return hash(("Var", self.name))
+    # identity of a loop variable is its name: passes rename by making a new Var
+    __eq__ = lambda self, o: isinstance(o, Var) and o.name == self.name and o.dtype == self.dtype  # noqa: E731
+    __lt__ = Expr.__lt__
+    __le__ = Expr.__le__
+    __gt__ = Expr.__gt__
+    __ge__ = Expr.__ge__
+
+
+@dataclass(frozen=True)
+class Const(Expr):
+    value: Union[int, float, bool]
+    dtype: str = "i32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", short_dtype(self.dtype))
+
+    __lt__ = Expr.__lt__
+    __le__ = Expr.__le__
+    __gt__ = Expr.__gt__
+    __ge__ = Expr.__ge__
+
+
+@dataclass(frozen=True)
+class BinOp(Expr):
+    op: str
+    a: Expr
+    b: Expr
+
+    @property
+    def dtype(self) -> str:  # type: ignore[override]
+        if self.op in COMPARE_OPS or self.op in LOGIC_OPS:
+            return "bool"
+        return self.a.dtype
+
+    __lt__ = Expr.__lt__
+    __le__ = Expr.__le__
+    __gt__ = Expr.__gt__
+    __ge__ = Expr.__ge__
+
+
+@dataclass(frozen=True)
+class UnOp(Expr):
+    op: str  # 'neg' or 'not'
+    a: Expr
+
+    @property
+    def dtype(self) -> str:  # type: ignore[override]
+        return "bool" if self.op == "not" else self.a.dtype
+
+    __lt__ = Expr.__lt__
+    __le__ = Expr.__le__
+    __gt__ = Expr.__gt__
+    __ge__ = Expr.__ge__
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    fn: str
+    args: tuple[Expr, ...]
+    dtype: str = "f32"
+
+    __lt__ = Expr.__lt__
+    __le__ = Expr.__le__
+    __gt__ = Expr.__gt__
+    __ge__ = Expr.__ge__
+
+
+@dataclass(frozen=True)
+class Select(Expr):
+    cond: Expr
+    a: Expr
+    b: Expr
+
+    @property
+    def dtype(self) -> str:  # type: ignore[override]
+        return self.a.dtype
+
+    __lt__ = Expr.__lt__
+    __le__ = Expr.__le__
+    __gt__ = Expr.__gt__
+    __ge__ = Expr.__ge__
+
+
+@dataclass(frozen=True)
+class Cast(Expr):
+    dtype: str
+    a: Expr
+
+    __lt__ = Expr.__lt__
+    __le__ = Expr.__le__
+    __gt__ = Expr.__gt__
+    __ge__ = Expr.__ge__
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A named tensor in memory. scope: 'global' (kernel parameter or temporary), 'shared', 'local'."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "f32"
+    scope: str = "global"
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", short_dtype(self.dtype))
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.scope not in SCOPES:
+            raise ValueError(f"buffer scope must be one of {SCOPES}, got {self.scope!r}")
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np_dtype(self.dtype).itemsize
+
+    def __getitem__(self, idx) -> "Load":
+        if not isinstance(idx, tuple):
+            idx = (idx,)
+        return Load(self, tuple(as_expr(i) for i in idx))
+
+    def type_str(self) -> str:
+        return f"{self.dtype}[{','.join(map(str, self.shape))}] {self.scope}"
+
+
+@dataclass(frozen=True)
+class Load(Expr):
+    buffer: Buffer
+    indices: tuple[Expr, ...]
+
+    @property
+    def dtype(self) -> str:  # type: ignore[override]
+        return self.buffer.dtype
+
+    __lt__ = Expr.__lt__
+    __le__ = Expr.__le__
+    __gt__ = Expr.__gt__
+    __ge__ = Expr.__ge__
+
+
+def as_expr(x: Any, dtype: str = "i32") -> Expr:
+    if isinstance(x, Expr):
+        return x
+    if isinstance(x, (bool, np.bool_)):
+        return Const(bool(x), "bool")
+    if isinstance(x, (int, np.integer)):
+        return Const(int(x), dtype if dtype in ("i32", "i64") else ("i32" if dtype == "bool" else dtype))
+    if isinstance(x, (float, np.floating)):
+        return Const(float(x), dtype if dtype in ("f32", "f16", "f64") else "f32")
+    raise TypeError(f"cannot make an expression of {x!r}")
+
+
+def call(fn: str, *args: Expr, dtype: str | None = None) -> Call:
+    if fn not in MATH_FUNCTIONS:
+        raise ValueError(f"unknown math function {fn!r}; known: {', '.join(MATH_FUNCTIONS)}")
+    return Call(fn, tuple(args), dtype or args[0].dtype)
+
+
+def minimum(a: Expr, b: Expr) -> Expr: return BinOp("min", a, b)
+def maximum(a: Expr, b: Expr) -> Expr: return BinOp("max", a, b)
+
+
+# ----------------------------------------------------------------------------- statements
+class Stmt:
+    def __str__(self) -> str:
+        return "\n".join(stmt_lines(self, 0))
+
+
+@dataclass(frozen=True)
+class Store(Stmt):
+    buffer: Buffer
+    indices: tuple[Expr, ...]
+    value: Expr
+
+
+@dataclass(frozen=True)
+class For(Stmt):
+    var: Var
+    extent: int
+    body: tuple[Stmt, ...]
+    kind: str = "serial"
+    annotations: tuple[tuple[str, Any], ...] = ()  # e.g. (("pragma", "grid-stride"),)
+
+    def __post_init__(self):
+        if self.kind not in LOOP_KINDS:
+            raise ValueError(f"loop kind must be one of {LOOP_KINDS}, got {self.kind!r}")
+        object.__setattr__(self, "body", tuple(self.body))
+        object.__setattr__(self, "extent", int(self.extent))
+
+    @property
+    def bound(self) -> bool:
+        return self.kind in BOUND_KINDS
+
+
+@dataclass(frozen=True)
+class If(Stmt):
+    cond: Expr
+    then: tuple[Stmt, ...]
+    orelse: tuple[Stmt, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "then", tuple(self.then))
+        object.__setattr__(self, "orelse", tuple(self.orelse))
+
+
+@dataclass(frozen=True)
+class Alloc(Stmt):
+    buffer: Buffer
+
+
+@dataclass(frozen=True)
+class Barrier(Stmt):
+    pass
+
+
+@dataclass(frozen=True)
+class ThreadAllReduce(Stmt):
+    op: str          # 'sum' | 'max' | 'min'
+    buffer: Buffer   # 0-d local buffer, read and overwritten by every thread
+    axis: str = "threadIdx.x"
+
+
+@dataclass(frozen=True)
+class Comment(Stmt):
+    text: str
+
+
+# ----------------------------------------------------------------------------- kernels
+@dataclass(frozen=True)
+class Kernel:
+    """One device function. params are global buffers (inputs first, then outputs).
+
+    group: id of the fusion group it implements; ops: the graph ops it contains (for
+    comments); source_lines: user source lines it came from (provenance); schedule:
+    the schedule primitives applied (text, in order); kind: 'elementwise' | 'reduce' |
+    'contraction' | 'opaque'.
+    """
+
+    name: str
+    params: tuple[Buffer, ...]
+    body: tuple[Stmt, ...]
+    outputs: tuple[str, ...] = ()
+    group: str = ""
+    kind: str = "elementwise"
+    ops: tuple[str, ...] = ()
+    source_lines: tuple[str, ...] = ()
+    schedule: tuple[str, ...] = ()
+    meta: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "body", tuple(self.body))
+        object.__setattr__(self, "params", tuple(self.params))
+
+    @property
+    def inputs(self) -> tuple[Buffer, ...]:
+        return tuple(p for p in self.params if p.name not in self.outputs)
+
+    @property
+    def output_buffers(self) -> tuple[Buffer, ...]:
+        return tuple(p for p in self.params if p.name in self.outputs)
+
+    def launch(self) -> dict[str, tuple[int, int, int]]:
+        """{'grid': (x, y, z), 'block': (x, y, z)} from the bound loops (1 where unbound)."""
+        grid = {"x": 1, "y": 1, "z": 1}
+        block = {"x": 1, "y": 1, "z": 1}
+        for loop in walk_loops(self.body):
+            if loop.kind.startswith("blockIdx."):
+                grid[loop.kind[-1]] = loop.extent
+            elif loop.kind.startswith("threadIdx."):
+                block[loop.kind[-1]] = loop.extent
+        return {"grid": (grid["x"], grid["y"], grid["z"]), "block": (block["x"], block["y"], block["z"])}
+
+    def is_gpu_bound(self) -> bool:
+        return any(loop.bound for loop in walk_loops(self.body))
+
+    def shared_bytes(self) -> int:
+        return sum(a.buffer.nbytes for a in walk(self.body) if isinstance(a, Alloc) and a.buffer.scope == "shared")
+
+    def meta_dict(self) -> dict[str, Any]:
+        return dict(self.meta)
+
+    def text(self) -> str:
+        sig = ", ".join(f"{p.name}: {p.type_str()}" for p in self.params)
+        lines = [f"kernel {self.name}({sig}):"]
+        if self.group or self.ops:
+            lines.append(f"  # group {self.group}: {' → '.join(self.ops)}" if self.ops else f"  # group {self.group}")
+        if self.source_lines:
+            for s in self.source_lines:
+                lines.append(f"  # from {s}")
+        if self.schedule:
+            lines.append("  # schedule: " + "; ".join(self.schedule))
+        for s in self.body:
+            lines.extend(stmt_lines(s, 1))
+        return "\n".join(lines)
+
+    __str__ = text
+
+    def replace(self, **changes) -> "Kernel":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Program:
+    """A compiled function at loop level: kernels in launch order over global buffers.
+
+    inputs/outputs are the function's; temps are the global intermediates between kernels
+    (the memory round trips fusion removes).
+    """
+
+    name: str
+    kernels: tuple[Kernel, ...]
+    inputs: tuple[Buffer, ...]
+    outputs: tuple[Buffer, ...]
+    temps: tuple[Buffer, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernels", tuple(self.kernels))
+
+    def text(self) -> str:
+        head = [f"program {self.name}(" + ", ".join(f"{b.name}: {b.type_str()}" for b in self.inputs) + ")"
+                + " -> (" + ", ".join(f"{b.name}: {b.type_str()}" for b in self.outputs) + ")"]
+        if self.temps:
+            head.append("  temps: " + ", ".join(f"{b.name}: {b.type_str()}" for b in self.temps))
+        return "\n\n".join(["\n".join(head)] + [k.text() for k in self.kernels])
+
+    __str__ = text
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(self.text())}</pre>"
+
+    def buffers(self) -> dict[str, Buffer]:
+        out = {b.name: b for b in (*self.inputs, *self.outputs, *self.temps)}
+        for k in self.kernels:
+            for p in k.params:
+                out.setdefault(p.name, p)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        loops = sum(len(list(walk_loops(k.body))) for k in self.kernels)
+        return {"kernels": len(self.kernels), "loops": loops,
+                "temp_bytes": sum(b.nbytes for b in self.temps),
+                "shared_bytes": max((k.shared_bytes() for k in self.kernels), default=0)}
+
+    def dot(self) -> str:
+        """The loop tree of every kernel as graphviz clusters."""
+        from .graph import dot_str
+        lines = [f"digraph {_dot_ident(self.name)} {{", "  rankdir=TB;",
+                 '  node [fontname="Helvetica", fontsize=10, shape=box, style="rounded,filled", fillcolor="#f3f3f3"];']
+        counter = [0]
+
+        def new_id() -> str:
+            counter[0] += 1
+            return f"s{counter[0]}"
+
+        def emit(stmts: Sequence[Stmt], parent: str, indent: str):
+            for s in stmts:
+                nid = new_id()
+                if isinstance(s, For):
+                    color = {"serial": "#f3f3f3", "parallel": "#d9f2d9", "vectorized": "#fde9c9",
+                             "unrolled": "#fff4c2"}.get(s.kind, "#d6e4f5")
+                    lines.append(f'{indent}{nid} [label={dot_str(f"for {s.var.name} in {s.kind}({s.extent})")}, '
+                                 f'fillcolor="{color}"];')
+                    lines.append(f"{indent}{parent} -> {nid};")
+                    emit(s.body, nid, indent)
+                elif isinstance(s, If):
+                    lines.append(f'{indent}{nid} [label={dot_str("if " + expr_text(s.cond))}, shape=diamond];')
+                    lines.append(f"{indent}{parent} -> {nid};")
+                    emit(s.then, nid, indent)
+                    emit(s.orelse, nid, indent)
+                else:
+                    text = "\n".join(stmt_lines(s, 0))
+                    if len(text) > 60:
+                        text = text[:57] + "..."
+                    lines.append(f'{indent}{nid} [label={dot_str(text)}, shape=plaintext, style=""];')
+                    lines.append(f"{indent}{parent} -> {nid};")
+
+        for k in self.kernels:
+            lines.append(f"  subgraph cluster_{_dot_ident(k.name)} {{")
+            lines.append(f"    label={dot_str(k.name)}; style=rounded; color=\"#3a6ea5\";")
+            root = new_id()
+            lines.append(f'    {root} [label={dot_str("kernel " + k.name)}, fillcolor="#d6e4f5"];')
+            emit(k.body, root, "    ")
+            lines.append("  }")
+        lines.append("}")
+        return "\n".join(lines)
+
+    def to_svg(self) -> str:
+        from .render import dot_to_svg
+        return dot_to_svg(self.dot())
+
+
+def _dot_ident(name: str) -> str:
+    from .graph import c_identifier
+    return c_identifier(name, "k")
+
+
+# ----------------------------------------------------------------------------- traversal
+def walk(stmts: Iterable[Stmt]) -> Iterator[Stmt]:
+    """Every statement, pre-order."""
+    for s in stmts:
+        yield s
+        if isinstance(s, For):
+            yield from walk(s.body)
+        elif isinstance(s, If):
+            yield from walk(s.then)
+            yield from walk(s.orelse)
+
+
+def walk_loops(stmts: Iterable[Stmt]) -> Iterator[For]:
+    for s in walk(stmts):
+        if isinstance(s, For):
+            yield s
+
+
+def walk_expr(e: Expr) -> Iterator[Expr]:
+    yield e
+    if isinstance(e, BinOp):
+        yield from walk_expr(e.a)
+        yield from walk_expr(e.b)
+    elif isinstance(e, (UnOp, Cast)):
+        yield from walk_expr(e.a)
+    elif isinstance(e, Call):
+        for a in e.args:
+            yield from walk_expr(a)
+    elif isinstance(e, Select):
+        yield from walk_expr(e.cond)
+        yield from walk_expr(e.a)
+        yield from walk_expr(e.b)
+    elif isinstance(e, Load):
+        for i in e.indices:
+            yield from walk_expr(i)
+
+
+def stmt_exprs(s: Stmt) -> Iterator[Expr]:
+    """The expressions directly in statement s (not in nested statements)."""
+    if isinstance(s, Store):
+        yield from s.indices
+        yield s.value
+    elif isinstance(s, If):
+        yield s.cond
+
+
+def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
+    """Rebuild e bottom-up; fn(node) returns a replacement or None to keep it."""
+    if isinstance(e, BinOp):
+        e = BinOp(e.op, map_expr(e.a, fn), map_expr(e.b, fn))
+    elif isinstance(e, UnOp):
+        e = UnOp(e.op, map_expr(e.a, fn))
+    elif isinstance(e, Cast):
+        e = Cast(e.dtype, map_expr(e.a, fn))
+    elif isinstance(e, Call):
+        e = Call(e.fn, tuple(map_expr(a, fn) for a in e.args), e.dtype)
+    elif isinstance(e, Select):
+        e = Select(map_expr(e.cond, fn), map_expr(e.a, fn), map_expr(e.b, fn))
+    elif isinstance(e, Load):
+        e = Load(e.buffer, tuple(map_expr(i, fn) for i in e.indices))
+    r = fn(e)
+    return e if r is None else r
+
+
+def substitute(e: Expr, mapping: dict[str, Expr]) -> Expr:
+    """Replace Vars by name."""
+    return map_expr(e, lambda x: mapping.get(x.name) if isinstance(x, Var) else None)
+
+
+def map_stmts(stmts: Sequence[Stmt], fn: Callable[[Stmt], Stmt | Sequence[Stmt] | None]) -> tuple[Stmt, ...]:
+    """Rebuild a statement list bottom-up; fn returns a replacement stmt, a list, or None to keep."""
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, For):
+            s = replace(s, body=map_stmts(s.body, fn))
+        elif isinstance(s, If):
+            s = replace(s, then=map_stmts(s.then, fn), orelse=map_stmts(s.orelse, fn))
+        r = fn(s)
+        if r is None:
+            out.append(s)
+        elif isinstance(r, Stmt):
+            out.append(r)
+        else:
+            out.extend(r)
+    return tuple(out)
+
+
+def map_stmt_exprs(stmts: Sequence[Stmt], fn: Callable[[Expr], Expr | None]) -> tuple[Stmt, ...]:
+    """Apply map_expr(fn) to every expression of every statement."""
+    def visit(s: Stmt):
+        if isinstance(s, Store):
+            return Store(s.buffer, tuple(map_expr(i, fn) for i in s.indices), map_expr(s.value, fn))
+        if isinstance(s, If):
+            return If(map_expr(s.cond, fn), s.then, s.orelse)
+        return None
+    return map_stmts(stmts, visit)
+
+
+def simplify_expr(e: Expr) -> Expr:
+    """Constant folding and x+0, x*1, x*0 on integer index arithmetic."""
+    def fold(x: Expr) -> Expr | None:
+        if isinstance(x, BinOp) and x.dtype in ("i32", "i64"):
+            a, b = x.a, x.b
+            if isinstance(a, Const) and isinstance(b, Const):
+                va, vb = int(a.value), int(b.value)
+                r = {"+": lambda: va + vb, "-": lambda: va - vb, "*": lambda: va * vb,
+                     "/": lambda: va // vb if vb else None, "%": lambda: va % vb if vb else None,
+                     "min": lambda: min(va, vb), "max": lambda: max(va, vb)}.get(x.op, lambda: None)()
+                return Const(r, x.dtype) if r is not None else None
+            if x.op == "+" and isinstance(b, Const) and b.value == 0:
+                return a
+            if x.op == "+" and isinstance(a, Const) and a.value == 0:
+                return b
+            if x.op == "-" and isinstance(b, Const) and b.value == 0:
+                return a
+            if x.op == "*" and isinstance(b, Const) and b.value == 1:
+                return a
+            if x.op == "*" and isinstance(a, Const) and a.value == 1:
+                return b
+            if x.op == "*" and ((isinstance(b, Const) and b.value == 0) or (isinstance(a, Const) and a.value == 0)):
+                return Const(0, x.dtype)
+            if x.op in ("/",) and isinstance(b, Const) and b.value == 1:
+                return a
+            if x.op == "%" and isinstance(b, Const) and b.value == 1:
+                return Const(0, x.dtype)
+        return None
+    return map_expr(e, fold)
+
+
+# ----------------------------------------------------------------------------- printing
+_PREC = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6, "%": 6}
+
+
+def _const_text(c: Const) -> str:
+    if c.dtype == "bool":
+        return "true" if c.value else "false"
+    if c.dtype in ("f32", "f16", "f64"):
+        v = float(c.value)
+        if np.isnan(v):
+            return "nan"
+        if np.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        s = repr(v)
+        return s + ("f" if c.dtype == "f32" else "")
+    return str(int(c.value))
+
+
+def expr_text(e: Expr, parent_prec: int = 0) -> str:
+    """Readable C-like text of an expression (used by text(); codegen has its own printers)."""
+    if isinstance(e, Var):
+        return e.name
+    if isinstance(e, Const):
+        return _const_text(e)
+    if isinstance(e, Load):
+        return f"{e.buffer.name}[{', '.join(expr_text(i) for i in e.indices)}]"
+    if isinstance(e, BinOp):
+        if e.op in ("min", "max"):
+            return f"{e.op}({expr_text(e.a)}, {expr_text(e.b)})"
+        p = _PREC[e.op]
+        s = f"{expr_text(e.a, p)} {e.op} {expr_text(e.b, p + 1)}"
+        return f"({s})" if p < parent_prec else s
+    if isinstance(e, UnOp):
+        return ("-" if e.op == "neg" else "!") + expr_text(e.a, 9)
+    if isinstance(e, Call):
+        return f"{e.fn}({', '.join(expr_text(a) for a in e.args)})"
+    if isinstance(e, Select):
+        return f"select({expr_text(e.cond)}, {expr_text(e.a)}, {expr_text(e.b)})"
+    if isinstance(e, Cast):
+        return f"{e.dtype}({expr_text(e.a)})"
+    return repr(e)
+
+
+def stmt_lines(s: Stmt, depth: int) -> list[str]:
+    pad = "  " * depth
+    if isinstance(s, For):
+        kind = "range" if s.kind == "serial" else s.kind
+        out = [f"{pad}for {s.var.name} in {kind}({s.extent}):"]
+        for b in s.body:
+            out.extend(stmt_lines(b, depth + 1))
+        return out
+    if isinstance(s, Store):
+        idx = ", ".join(expr_text(i) for i in s.indices)
+        return [f"{pad}{s.buffer.name}[{idx}] = {expr_text(s.value)}"]
+    if isinstance(s, If):
+        out = [f"{pad}if {expr_text(s.cond)}:"]
+        for b in s.then:
+            out.extend(stmt_lines(b, depth + 1))
+        if s.orelse:
+            out.append(f"{pad}else:")
+            for b in s.orelse:
+                out.extend(stmt_lines(b, depth + 1))
+        return out
+    if isinstance(s, Alloc):
+        return [f"{pad}alloc {s.buffer.name}: {s.buffer.type_str()}"]
+    if isinstance(s, Barrier):
+        return [f"{pad}barrier()"]
+    if isinstance(s, ThreadAllReduce):
+        return [f"{pad}{s.buffer.name}[] = allreduce_{s.op}({s.buffer.name}[], {s.axis})"]
+    if isinstance(s, Comment):
+        return [f"{pad}# {s.text}"]
+    return [f"{pad}{s!r}"]
