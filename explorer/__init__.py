@@ -19,24 +19,22 @@ from .graph import Graph, Node, Provenance
 from .pipeline import Options, Snapshot, compile
 from .tracing import Tensor, trace
 from . import nn
+# Eager on purpose (numpy-only modules): `compare` is both a submodule and a function, and a lazy
+# `from . import compare` inside __getattr__ recursed; importing here binds the function last.
+from . import costmodel
+from .compare import Comparison, compare, sweep
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     # Lazily expose the heavier parts so `import explorer` stays numpy-only and fast.
-    if name in ("compare", "Comparison", "sweep"):
-        from . import compare as _c
-        return getattr(_c, name)
     if name in ("Schedule",):
         from .schedule import Schedule
         return Schedule
     if name == "Compiled":
         from .compiled import Compiled
         return Compiled
-    if name == "costmodel":
-        from . import costmodel
-        return costmodel
     raise AttributeError(f"module 'explorer' has no attribute {name!r}")
 
 

@@ -127,7 +127,13 @@ class Compiled:
 
     def run(self, *args: Any) -> list[np.ndarray]:
         """Run on the compile's target; always returns a list of outputs."""
-        return self.executable().run(self.check_args(args))
+        return self.executable().run(self.backend_inputs(self.check_args(args)))
+
+    def backend_inputs(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """The user's arrays followed by the program's non-scalar constants (loop-IR backends)."""
+        if self.target == "reference" or "tiled" not in self.stage_names:
+            return inputs
+        return inputs + [data for _, data in self.program.constants]
 
     def __call__(self, *args: Any):
         outs = self.run(*args)
@@ -140,7 +146,7 @@ class Compiled:
 
     def benchmark(self, *args: Any, warmup: int = 3, repeat: int = 20, include_copies: bool = False) -> Timing:
         """Median/min/stdev time of one call. CUDA uses events and excludes host↔device copies unless asked."""
-        inputs = self.check_args(args if args else self.examples)
+        inputs = self.backend_inputs(self.check_args(args if args else self.examples))
         exe = self.executable()
         if hasattr(exe, "time"):
             return exe.time(inputs, warmup=warmup, repeat=repeat, include_copies=include_copies)

@@ -175,7 +175,8 @@ class Graph:
             flops += c.flops
             nbytes += c.bytes_read + c.bytes_written
         return {"nodes": len(self.op_nodes()), "ops_by_category": dict(sorted(by_cat.items())),
-                "ops": dict(sorted(by_op.items())), "flops": int(flops), "bytes_unfused": int(nbytes)}
+                "ops": dict(sorted(by_op.items())), "flops": int(flops), "bytes_unfused": int(nbytes),
+                **({"rewrites": dict(self.rewrites)} if getattr(self, "rewrites", None) is not None else {})}
 
     # -- checking ---------------------------------------------------------------
     def verify(self) -> "Graph":

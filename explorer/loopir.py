@@ -384,7 +384,8 @@ class Kernel:
             for s in self.source_lines:
                 lines.append(f"  # from {s}")
         if self.schedule:
-            lines.append("  # schedule: " + "; ".join(self.schedule))
+            lines.append("  # schedule:")
+            lines.extend(f"  #   {p}" for p in self.schedule)
         for s in self.body:
             lines.extend(stmt_lines(s, 1))
         return "\n".join(lines)
@@ -408,6 +409,9 @@ class Program:
     inputs: tuple[Buffer, ...]
     outputs: tuple[Buffer, ...]
     temps: tuple[Buffer, ...] = ()
+    # non-scalar constants of the function: (buffer, data); their buffers are also listed
+    # last in `inputs`, and Compiled.run passes their data after the user's arguments.
+    constants: tuple = field(default=(), compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "kernels", tuple(self.kernels))
@@ -615,8 +619,26 @@ def simplify_expr(e: Expr) -> Expr:
                 return a
             if x.op == "%" and isinstance(b, Const) and b.value == 1:
                 return Const(0, x.dtype)
+            if x.op == "+":
+                # (a / c) * c + a % c  →  a   (undoes the div/mod of a fused axis when flattening)
+                for p, q in ((a, b), (b, a)):
+                    if (isinstance(p, BinOp) and p.op == "*" and isinstance(p.b, Const)
+                            and isinstance(p.a, BinOp) and p.a.op == "/" and isinstance(q, BinOp) and q.op == "%"
+                            and p.a.b == p.b == q.b and p.a.a == q.a):
+                        return q.a
         return None
     return map_expr(e, fold)
+
+
+def flat_index(buffer: Buffer, indices: Sequence[Expr]) -> Expr:
+    """Row-major linear index of `indices` into `buffer`, in Horner form and simplified
+    (so a fused axis split back into (n / C, n % C) flattens to plain n)."""
+    if not indices:
+        return Const(0)
+    flat: Expr = indices[0]
+    for ix, extent in zip(indices[1:], buffer.shape[1:]):
+        flat = simplify_expr(BinOp("+", BinOp("*", flat, Const(extent)), ix))
+    return simplify_expr(flat)
 
 
 # ----------------------------------------------------------------------------- printing

@@ -228,7 +228,9 @@ def _slice_infer(types: Sequence[Type], attrs: dict) -> Type:
 
 
 def _slice_ref(x, starts, stops, steps):
-    return x[tuple(slice(a, b, c) for a, b, c in zip(starts, stops, steps))]
+    # stops follow range() semantics (slice.indices gives stop=-1 for "through index 0" with a
+    # negative step); in a Python slice -1 would mean "the last element", so use None there.
+    return x[tuple(slice(a, b if b >= 0 else None, c) for a, b, c in zip(starts, stops, steps))]
 
 
 register(OpDef("broadcast_to", "injective", 1, _broadcast_to_infer,

@@ -1,0 +1,330 @@
+"""CPU backend: build the generated C with the system compiler, load it with ctypes, run it.
+
+>>> import numpy as np, explorer                                        # doctest: +SKIP
+>>> c = explorer.compile(lambda a: np.tanh(a) * 2, np.ones(8, np.float32), target="cpu")
+>>> c(np.zeros(8, np.float32))                                         # doctest: +SKIP
+array([0., 0., 0., 0., 0., 0., 0., 0.], dtype=float32)
+
+Build: `cc -O3 -march=native -fopenmp -fno-math-errno -fno-trapping-math -shared -fPIC` (+ `-ffast-math` with
+fast_math=True; without a working OpenMP the build falls back to `-fopenmp-simd`, single-threaded,
+and says so once). Shared objects are cached by the hash of source, flags and compiler version
+under `$XDG_CACHE_HOME/kernel-explorer/cpu` (default ~/.cache/...); a file lock per entry and an
+atomic rename make concurrent processes safe. `-fno-math-errno` and `-fno-trapping-math` change
+no value (NaN/Inf results stay NumPy's): they only drop errno and FP-exception flags, which lets gcc
+inline sqrt and turn selects with float compares into blends so loops vectorize.
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import BackendUnavailable, CompileError, ExplorerError
+
+BASE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
+OPENMP_FLAG = "-fopenmp"
+NO_OPENMP_FLAG = "-fopenmp-simd"   # keeps `omp simd` pragmas working without the runtime
+FAST_MATH_FLAG = "-ffast-math"
+
+# Counters for tests and the explorer UI: how many compiler runs and cache hits happened.
+stats = {"compiles": 0, "cache_hits": 0}
+
+_PROBE: dict[str, dict[str, Any]] = {}   # CC setting → probe result
+_SAID: set[str] = set()
+
+
+def _say_once(msg: str) -> None:
+    if msg not in _SAID:
+        _SAID.add(msg)
+        print(msg, file=sys.stderr)
+
+
+def clear_cache() -> None:
+    """Forget the compiler probe (after changing $CC)."""
+    _PROBE.clear()
+
+
+def _compiler_cmd() -> list[str] | None:
+    env = os.environ.get("CC")
+    if env:
+        cmd = shlex.split(env)
+        if not cmd:
+            return None
+        exe = shutil.which(cmd[0])
+        return [exe, *cmd[1:]] if exe else None
+    for name in ("cc", "gcc", "clang"):
+        exe = shutil.which(name)
+        if exe:
+            return [exe]
+    return None
+
+
+def _probe() -> dict[str, Any]:
+    key = os.environ.get("CC", "")
+    if key in _PROBE:
+        return _PROBE[key]
+    cmd = _compiler_cmd()
+    info: dict[str, Any] = {"ok": False, "cmd": cmd, "openmp": False, "version": "", "reason": ""}
+    if cmd is None:
+        info["reason"] = (f"no C compiler: $CC={key!r} is not on PATH" if key else
+                          "no C compiler (cc, gcc or clang) on PATH; install gcc (apt-get install gcc)")
+        _PROBE[key] = info
+        return info
+    try:
+        ver = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=30)
+        info["version"] = (ver.stdout or ver.stderr).splitlines()[0] if (ver.stdout or ver.stderr) else ""
+        with tempfile.TemporaryDirectory(prefix="ke-probe-") as d:
+            src = Path(d) / "probe.c"
+            src.write_text("#include <math.h>\nint ke_probe(float x) { return (int)expf(x); }\n")
+            def trial(extra: list[str]) -> subprocess.CompletedProcess:
+                return subprocess.run([*cmd, *BASE_FLAGS, *extra, str(src), "-o", str(Path(d) / "p.so"), "-lm"],
+                                      capture_output=True, text=True, timeout=60)
+            r = trial([OPENMP_FLAG])
+            if r.returncode == 0:
+                info.update(ok=True, openmp=True)
+            else:
+                r2 = trial([NO_OPENMP_FLAG])
+                if r2.returncode == 0:
+                    info.update(ok=True, openmp=False, openmp_error=_first_error(r.stderr))
+                else:
+                    info["reason"] = f"{cmd[0]} cannot build a shared library: {_first_error(r2.stderr)}"
+    except (OSError, subprocess.SubprocessError) as e:
+        info["reason"] = f"{cmd[0]} could not run: {e}"
+    if info["ok"]:
+        info["reason"] = f"{info['version'] or cmd[0]}" + ("" if info["openmp"] else " (no OpenMP: single-threaded)")
+    _PROBE[key] = info
+    return info
+
+
+def available() -> tuple[bool, str]:
+    """(True, compiler version) when a C compiler can build shared libraries here; cached."""
+    info = _probe()
+    return bool(info["ok"]), str(info["reason"])
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "kernel-explorer" / "cpu"
+
+
+def flags_for(fast_math: bool = False) -> list[str]:
+    info = _probe()
+    flags = list(BASE_FLAGS)
+    flags.append(OPENMP_FLAG if info.get("openmp") else NO_OPENMP_FLAG)
+    if fast_math:
+        flags.append(FAST_MATH_FLAG)
+    return flags
+
+
+def _first_error(log: str) -> str:
+    for line in log.splitlines():
+        if "error" in line:
+            return line.strip()
+    lines = [l for l in log.splitlines() if l.strip()]
+    return lines[0].strip() if lines else "unknown compiler error"
+
+
+def _part_starts(parts: Sequence[str]) -> list[int]:
+    """1-based first line of each part in Codegen.source() (parts rstripped, joined by a blank line)."""
+    starts, line = [], 1
+    for p in parts:
+        starts.append(line)
+        line += p.rstrip().count("\n") + 2
+    return starts
+
+
+def compile_source(source: str, fast_math: bool = False, parts: Sequence[str] | None = None,
+                   part_names: Sequence[str] | None = None) -> Path:
+    """Build `source` into a cached shared library and return its path.
+
+    `parts` (prelude, kernel 0, kernel 1, ...) lets a compiler error name the kernel and the line
+    inside that kernel's own source.
+    """
+    info = _probe()
+    if not info["ok"]:
+        raise BackendUnavailable(f"the CPU backend needs a C compiler: {info['reason']}")
+    if not info["openmp"]:
+        _say_once(f"explorer: {info['cmd'][0]} cannot link OpenMP ({info.get('openmp_error', '')}); "
+                  f"CPU kernels run single-threaded")
+    flags = flags_for(fast_math)
+    cmd = info["cmd"]
+    key = hashlib.sha256("\0".join([source, " ".join(cmd), " ".join(flags), info["version"]]).encode()).hexdigest()
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    so = root / f"{key[:32]}.so"
+    if so.exists():
+        stats["cache_hits"] += 1
+        return so
+    with open(root / f"{key[:32]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # another process may be building the same entry
+        try:
+            if so.exists():
+                stats["cache_hits"] += 1
+                return so
+            with tempfile.TemporaryDirectory(prefix="build-", dir=root) as d:
+                src = Path(d) / "kernels.c"
+                src.write_text(source)
+                tmp_so = Path(d) / "kernels.so"
+                obj = Path(d) / "kernels.o"
+                stats["compiles"] += 1
+                r = subprocess.run([*cmd, *flags, "-c", str(src), "-o", str(obj)],
+                                   capture_output=True, text=True, timeout=300)
+                if r.returncode != 0:
+                    raise _compile_error(r.stderr or r.stdout, parts, part_names)
+                # link without -ffast-math: linking with it adds crtfastmath.o, whose constructor
+                # turns on flush-to-zero for the whole process (numpy would lose subnormals)
+                link = [f for f in flags if f in ("-shared", "-fPIC", OPENMP_FLAG)]
+                r = subprocess.run([*cmd, *link, str(obj), "-o", str(tmp_so), "-lm"],
+                                   capture_output=True, text=True, timeout=300)
+                if r.returncode != 0:
+                    raise CompileError(f"linking the CPU kernels failed: {_first_error(r.stderr or r.stdout)}",
+                                       log=r.stderr or r.stdout)
+                os.replace(tmp_so, so)   # atomic: readers see the whole file or none
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return so
+
+
+def _compile_error(log: str, parts: Sequence[str] | None, names: Sequence[str] | None) -> CompileError:
+    first = _first_error(log)
+    m = re.search(r"kernels\.c:(\d+):(?:(\d+):)?\s*(?:fatal )?error:\s*(.*)", log)
+    if not m:
+        return CompileError(f"C compiler failed: {first}", log=log)
+    gline, msg = int(m.group(1)), m.group(3).strip()
+    if parts:
+        starts = _part_starts(parts)
+        for i in range(len(parts) - 1, -1, -1):
+            if gline >= starts[i]:
+                local = gline - starts[i] + 1
+                where = "the prelude" if i == 0 else f"kernel {i - 1} ({names[i - 1] if names else '?'})"
+                return CompileError(f"C compiler error in {where}, line {local}: {msg}", log=log, line=local)
+    return CompileError(f"C compiler error at line {gline}: {msg}", log=log, line=gline)
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: Any, align: int = 64) -> np.ndarray:
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    raw = np.empty(n + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off:off + n].view(dt).reshape(shape)
+
+
+class CpuExecutable:
+    """Loaded kernels of one Program; run(inputs) → outputs in Program.outputs order."""
+
+    def __init__(self, lib_path: Path, codegen, program, constants: dict[str, np.ndarray] | None = None):
+        from ..loopir import np_dtype
+        self.lib_path = Path(lib_path)
+        self.lib = ctypes.CDLL(str(lib_path))
+        self.codegen = codegen
+        self.program = program
+        self.constants = dict(constants or {})
+        self._np_dtype = np_dtype
+        self.kernels: list[tuple[str, Any, tuple[str, ...]]] = []
+        for i, gk in enumerate(codegen.kernels):
+            try:
+                fn = getattr(self.lib, gk.name)
+            except AttributeError:
+                raise CompileError(f"kernel {i} source does not define a function named {gk.name}; an edited "
+                                   f"kernel must keep its name and parameters") from None
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p] * len(gk.kernel.params)
+            self.kernels.append((gk.name, fn, tuple(p.name for p in gk.kernel.params)))
+        self._scratch: dict[str, np.ndarray] | None = None
+
+    def _buffers(self, inputs: Sequence[np.ndarray], fresh: bool = True) -> dict[str, np.ndarray]:
+        prog = self.program
+        if len(inputs) != len(prog.inputs):
+            raise ExplorerError(f"{prog.name} takes {len(prog.inputs)} inputs, got {len(inputs)}")
+        env: dict[str, np.ndarray] = {}
+        for buf, arr in zip(prog.inputs, inputs):
+            want = self._np_dtype(buf.dtype)
+            a = np.asarray(arr)
+            if a.shape != buf.shape:
+                raise ExplorerError(f"input {buf.name} must have shape {buf.shape}, got {a.shape}")
+            env[buf.name] = np.ascontiguousarray(a, dtype=want)
+        env.update(self.constants)
+        if fresh or self._scratch is None:
+            scratch = {b.name: _aligned_empty(b.shape, self._np_dtype(b.dtype))
+                       for b in (*prog.outputs, *prog.temps) if b.name not in env}
+            if not fresh:
+                self._scratch = scratch
+        else:
+            scratch = self._scratch
+        env.update({k: v for k, v in scratch.items() if k not in env})
+        for _, _, params in self.kernels:
+            for p in params:
+                if p not in env:
+                    raise ExplorerError(f"kernel parameter {p} is neither an input, an output, a temporary nor a "
+                                        f"constant of program {prog.name}")
+        return env
+
+    def _outputs(self, env: dict[str, np.ndarray]) -> list[np.ndarray]:
+        ins = {b.name for b in self.program.inputs}
+        return [env[b.name].copy() if b.name in ins else env[b.name] for b in self.program.outputs]
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        env = self._buffers(inputs)
+        for _, fn, params in self.kernels:
+            fn(*[env[p].ctypes.data for p in params])
+        return self._outputs(env)
+
+    def time(self, inputs: Sequence[np.ndarray], warmup: int = 3, repeat: int = 20, include_copies: bool = False):
+        """Wall time of all kernels (output/temp buffers allocated once, as a caching allocator would),
+        with the median of each kernel's own time in per_kernel_ms."""
+        from ..compiled import summarize
+        env = self._buffers(inputs, fresh=False)
+        calls = [(name, fn, [env[p].ctypes.data for p in params]) for name, fn, params in self.kernels]
+        for _ in range(warmup):
+            for _, fn, args in calls:
+                fn(*args)
+        samples: list[float] = []
+        per: dict[str, list[float]] = {}
+        for _ in range(max(1, repeat)):
+            total = 0.0
+            for name, fn, args in calls:
+                t0 = time.perf_counter()
+                fn(*args)
+                dt = (time.perf_counter() - t0) * 1e3
+                total += dt
+                per.setdefault(name, []).append(dt)
+            samples.append(total)
+        import statistics
+        return summarize(samples, {k: statistics.median(v) for k, v in per.items()})
+
+
+def build_codegen(codegen, overrides: dict[int, str] | None = None, fast_math: bool | None = None,
+                  constants: dict[str, np.ndarray] | None = None) -> CpuExecutable:
+    """Build a Codegen (language 'c') directly: what build() does for a Compiled."""
+    if codegen.language != "c":
+        raise ExplorerError(f"the CPU backend runs C code, this codegen is {codegen.language!r}; "
+                            f"compile with target='cpu'")
+    overrides = dict(overrides or {})
+    parts = [codegen.prelude] + [overrides.get(i, k.source) for i, k in enumerate(codegen.kernels)]
+    fm = codegen.fast_math if fast_math is None else fast_math
+    so = compile_source(codegen.source(overrides), fast_math=fm, parts=parts,
+                        part_names=[k.name for k in codegen.kernels])
+    return CpuExecutable(so, codegen, codegen.program, constants)
+
+
+def build(compiled) -> CpuExecutable:
+    """Compile a Compiled's C codegen (with its kernel overrides) and load it."""
+    ok, why = available()
+    if not ok:
+        raise BackendUnavailable(f"the CPU backend needs a C compiler: {why}")
+    fast = bool(getattr(compiled.options, "fast_math", False))
+    consts = getattr(compiled.program, "constants", None)
+    return build_codegen(compiled.codegen, compiled.kernel_overrides, fast_math=fast or compiled.codegen.fast_math,
+                         constants=consts if isinstance(consts, dict) else None)

@@ -1,0 +1,66 @@
+"""The reference backend: a NumPy interpreter of any Graph (the ground truth every target is checked against).
+
+>>> import numpy as np, explorer
+>>> g = explorer.trace(lambda a: np.tanh(a) * 2, np.zeros(3, np.float32))
+>>> run_graph(g, [np.zeros(3, np.float32)])
+[array([0., 0., 0.], dtype=float32)]
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import ops as _ops
+from ..errors import ExplorerError, ShapeError
+from ..graph import Graph
+
+
+def available() -> tuple[bool, str]:
+    """Always available: it needs only NumPy."""
+    return True, "numpy"
+
+
+def run_graph(graph: Graph, inputs: Sequence[Any]) -> list[np.ndarray]:
+    """Evaluate `graph` node by node with each op's NumPy reference; returns the outputs in order."""
+    if len(inputs) != len(graph.inputs):
+        raise ExplorerError(f"graph {graph.name} takes {len(graph.inputs)} inputs ("
+                            f"{', '.join(i.name for i in graph.inputs)}) but {len(inputs)} were given")
+    env: dict[int, np.ndarray] = {}
+    for node, value in zip(graph.inputs, inputs):
+        arr = np.asarray(value)
+        if node.shape == () and arr.shape == (1,):  # np.ascontiguousarray makes 0-d arrays 1-d
+            arr = arr.reshape(())
+        if arr.shape != node.shape:
+            raise ShapeError(f"graph {graph.name}: input {node.name} has shape {arr.shape}, expected {node.shape}")
+        env[id(node)] = arr.astype(node.dtype, copy=False)
+    for n in graph.nodes:
+        if n.op == "input":
+            continue
+        if n.op == "const":
+            env[id(n)] = n.value
+            continue
+        v = _ops.evaluate(n.op, [env[id(i)] for i in n.inputs], n.attrs)
+        if v.dtype != n.dtype:  # NumPy returns 0-d results as scalars of the same dtype; keep types exact
+            v = v.astype(n.dtype)
+        env[id(n)] = v
+    # copies, so callers never alias an input, a constant or a broadcast view
+    return [np.array(env[id(o)], dtype=o.dtype, copy=True) for o in graph.outputs]
+
+
+class Executable:
+    """Runs the compile's simplified graph with NumPy."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return run_graph(self.graph, inputs)
+
+
+def build(compiled: Any) -> Executable:
+    """Executable for `compiled` (interprets compiled.graph: simplified if that stage ran, else traced)."""
+    return Executable(compiled.graph)
+
+
+__all__ = ["available", "build", "run_graph", "Executable"]

@@ -1,0 +1,1139 @@
+"""SIMT simulator: runs tiled, CUDA-bound loop IR in NumPy, with a memcheck and traffic counters.
+
+The GPU-free path for Binder and tests. A kernel's grid is the product of its
+blockIdx-bound loop extents and its block the product of its threadIdx-bound
+extents. Every thread of every block is a *lane*; the simulator walks the IR once
+per chunk of blocks and evaluates each scalar expression as a NumPy array over all
+lanes of the chunk, so all threads advance in lockstep (barriers are honoured by
+construction). Serial/unrolled/vectorized loops are Python loops (their variable is
+uniform across lanes); `If` masks lanes; shared buffers are per block, local
+buffers per lane.
+
+    >>> import numpy as np
+    >>> from explorer import loopir as L
+    >>> x = L.Buffer("x", (1000,)); y = L.Buffer("y", (1000,))
+    >>> bx, tx = L.Var("bx"), L.Var("tx")
+    >>> i = bx * 128 + tx
+    >>> k = L.Kernel("scale", (x, y), (L.For(bx, 8, (L.For(tx, 128, (
+    ...     L.If(i < 1000, (L.Store(y, (i,), x[i] * L.Const(2.0, "f32")),)),), "threadIdx.x"),), "blockIdx.x"),),
+    ...     outputs=("y",))
+    >>> bufs = {"x": np.ones(1000, np.float32), "y": np.zeros(1000, np.float32)}
+    >>> c = simulate_kernel(k, bufs)
+    >>> float(bufs["y"].sum()), c["global_load_bytes"], c["global_store_bytes"], c["flops"]
+    (2000.0, 4000, 4000, 1000)
+
+Counters (ints, per kernel):
+  global_load_bytes / global_store_bytes   bytes accessed by active lanes (buffer dtype size each)
+  shared_load_bytes / shared_store_bytes   the same for shared buffers
+  flops        float + - * / min max, unary minus and math calls, one per active lane each
+               (a ThreadAllReduce over T threads counts T-1 combines per group)
+  barriers     __syncthreads executed, summed over blocks (a block counts each barrier it reaches)
+  blocks, threads_per_block   the launch (1, 1 for kernels without bound loops)
+Loads count every access actually executed: a matmul that re-reads A per output element
+counts all of those reads, one that stages tiles through shared memory counts the staging.
+
+Memcheck: an access by an active lane outside a buffer's shape (checked per dimension)
+raises VerificationError naming kernel, buffer, index and bound; so does a barrier or a
+ThreadAllReduce reached by only part of a block, a store to a program input, and a kernel
+that reads a variable outside its loop. Shared/local buffers and outputs start as NaN
+(floats) so reading memory nobody wrote shows up as a wrong result, as garbage would on a GPU.
+
+Kernels without bound loops (CPU schedules) run too: their outermost perfectly nested
+'parallel' loops become lanes (iterations are independent by definition), every other
+loop runs serially.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .. import loopir as L
+from ..errors import DTypeError, ExplorerError, ShapeError, VerificationError
+
+COUNTER_KEYS = ("global_load_bytes", "global_store_bytes", "shared_load_bytes", "shared_store_bytes",
+                "flops", "barriers", "blocks", "threads_per_block")
+_INTS = ("i32", "i64")
+_FLOATS = ("f32", "f16", "f64")
+_BLOCK_AXES = ("blockIdx.x", "blockIdx.y", "blockIdx.z")
+_THREAD_AXES = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
+# pseudo lane variables used in flattened shared/local addresses
+_BLK = "$blk"
+_LANE = "$lane"
+DEFAULT_CHUNK_LANES = 1 << 17
+
+
+def available() -> tuple[bool, str]:
+    """The simulator needs only NumPy."""
+    return True, "numpy"
+
+
+# ----------------------------------------------------------------------------- runtime state
+class _Counters:
+    __slots__ = ("gl", "gs", "sl", "ss", "flops", "barriers")
+
+    def __init__(self):
+        self.gl = self.gs = self.sl = self.ss = self.flops = self.barriers = 0
+
+
+class _Frame:
+    """State of one chunk of blocks: lane coordinates, allocations, per-chunk caches."""
+
+    __slots__ = ("env", "coords", "L", "nb", "nt", "tshape", "alloc", "glob", "cache", "c", "kname", "b0")
+
+    def __init__(self, kname, glob, coords, L_, nb, nt, tshape, c, b0):
+        self.kname = kname
+        self.glob = glob
+        self.coords = coords
+        self.L = L_
+        self.nb = nb
+        self.nt = nt
+        self.tshape = tshape
+        self.c = c
+        self.b0 = b0
+        self.env: dict[str, Any] = {}
+        self.alloc: dict[str, np.ndarray] = {}
+        self.cache: dict[Any, Any] = {}
+
+    def lanepart(self, key: tuple[tuple[str, int], ...]) -> np.ndarray:
+        """sum(coef * coordinate) over lane axes, computed once per chunk."""
+        v = self.cache.get(key)
+        if v is None:
+            v = None
+            for axis, coef in key:
+                t = self.coords[axis] * coef if coef != 1 else self.coords[axis]
+                v = t if v is None else v + t
+            self.cache[key] = v
+        return v
+
+    def lane_minmax(self, key) -> tuple[int, int]:
+        k = ("mm", key)
+        v = self.cache.get(k)
+        if v is None:
+            a = self.lanepart(key)
+            v = (int(a.min()), int(a.max()))
+            self.cache[k] = v
+        return v
+
+    def where(self, lane: int) -> str:
+        """'block (x, y, z), thread (x, y, z)' of a lane in this chunk (for error messages)."""
+        def get(axis):
+            a = self.coords.get(axis)
+            return int(a[lane]) if a is not None else 0
+        if any(a in self.coords for a in _BLOCK_AXES + _THREAD_AXES):
+            return (f"block ({get('blockIdx.x')}, {get('blockIdx.y')}, {get('blockIdx.z')}), "
+                    f"thread ({get('threadIdx.x')}, {get('threadIdx.y')}, {get('threadIdx.z')})")
+        par = {a: int(v[lane]) for a, v in self.coords.items() if not a.startswith("$")}
+        return "iteration " + ", ".join(f"{k}={v}" for k, v in par.items()) if par else "the single lane"
+
+
+def _count(mask) -> int:
+    return int(np.count_nonzero(mask))
+
+
+# ----------------------------------------------------------------------------- compile context
+@dataclass
+class _Ctx:
+    kernel: L.Kernel
+    lane_axis: dict[str, str]          # var name -> lane axis
+    ranges: dict[str, tuple[int, int]]  # var name -> (lo, hi) inclusive
+    axis_extent: dict[str, int]
+    lane_loops: dict[int, str]         # id(For) -> axis for lane-ified parallel loops
+    readonly: frozenset
+    thread_guard: int = 0              # depth of Ifs whose condition varies across a block's threads
+
+    def affine(self, e: L.Expr):
+        """(terms {var: coef}, const) if e is integer-affine in loop variables, else None."""
+        if isinstance(e, L.Const):
+            if e.dtype in _INTS or e.dtype == "bool":
+                return {}, int(e.value)
+            return None
+        if isinstance(e, L.Var):
+            if e.dtype not in _INTS:
+                return None
+            return {e.name: 1}, 0
+        if isinstance(e, L.BinOp) and e.op in ("+", "-", "*") and e.dtype in _INTS:
+            a, b = self.affine(e.a), self.affine(e.b)
+            if a is None or b is None:
+                return None
+            if e.op == "*":
+                if not a[0]:
+                    a, b = b, a
+                if b[0]:
+                    return None
+                k = b[1]
+                return {v: c * k for v, c in a[0].items() if c * k}, a[1] * k
+            s = 1 if e.op == "+" else -1
+            t = dict(a[0])
+            for v, c in b[0].items():
+                t[v] = t.get(v, 0) + s * c
+            return {v: c for v, c in t.items() if c}, a[1] + s * b[1]
+        if isinstance(e, L.UnOp) and e.op == "neg" and e.dtype in _INTS:
+            a = self.affine(e.a)
+            return None if a is None else ({v: -c for v, c in a[0].items()}, -a[1])
+        if isinstance(e, L.Cast) and e.dtype in _INTS and e.a.dtype in _INTS:
+            return self.affine(e.a)
+        return None
+
+    def interval(self, terms: dict[str, int], const: int) -> tuple[int, int]:
+        lo = hi = const
+        for v, c in terms.items():
+            a, b = self.ranges[v]
+            lo += min(c * a, c * b)
+            hi += max(c * a, c * b)
+        return lo, hi
+
+    def check_vars(self, e: L.Expr):
+        for x in L.walk_expr(e):
+            if isinstance(x, L.Var) and x.name not in self.ranges:
+                raise VerificationError(f"kernel {self.kernel.name}: expression {L.expr_text(e)} uses variable "
+                                        f"{x.name!r} outside any loop that defines it; every index variable must be "
+                                        f"the variable of an enclosing For")
+
+    def thread_dependent(self, e: L.Expr) -> bool:
+        """Whether e may differ between threads of one block (reads a threadIdx/lane variable)."""
+        if self.static_truth(e) is not None:
+            return False
+        for x in L.walk_expr(e):
+            if isinstance(x, L.Var) and x.name in self.lane_axis and not self.lane_axis[x.name].startswith("blockIdx"):
+                return True
+        return False
+
+    def static_truth(self, e: L.Expr) -> bool | None:
+        """True/False when an integer comparison is decided by the loop ranges alone, else None."""
+        if not (isinstance(e, L.BinOp) and e.op in ("<", "<=", ">", ">=")):
+            return None
+        a, b = self.affine(e.a), self.affine(e.b)
+        if a is None or b is None or any(v not in self.ranges for v in (*a[0], *b[0])):
+            return None
+        t = dict(a[0])
+        for v, c in b[0].items():
+            t[v] = t.get(v, 0) - c
+        lo, hi = self.interval({v: c for v, c in t.items() if c}, a[1] - b[1])   # range of a - b
+        if e.op == "<":
+            return True if hi < 0 else (False if lo >= 0 else None)
+        if e.op == "<=":
+            return True if hi <= 0 else (False if lo > 0 else None)
+        if e.op == ">":
+            return True if lo > 0 else (False if hi <= 0 else None)
+        return True if lo >= 0 else (False if hi < 0 else None)
+
+
+def _split(ctx: _Ctx, terms: dict[str, int]):
+    lane = tuple(sorted((ctx.lane_axis[v], c) for v, c in terms.items() if v in ctx.lane_axis))
+    unif = tuple((v, c) for v, c in terms.items() if v not in ctx.lane_axis)
+    # merge duplicate axes (two vars bound to the same axis)
+    merged: dict[str, int] = {}
+    for a, c in lane:
+        merged[a] = merged.get(a, 0) + c
+    return tuple(sorted((a, c) for a, c in merged.items() if c)), unif
+
+
+# ----------------------------------------------------------------------------- expressions
+def _np_const(c: L.Const):
+    if c.dtype in _INTS:
+        return int(c.value)
+    if c.dtype == "bool":
+        return bool(c.value)
+    return L.np_dtype(c.dtype).type(c.value)
+
+
+def _cdiv(a, b):
+    """C integer division (truncates toward zero); x / 0 gives 0 instead of trapping."""
+    if isinstance(a, int) and isinstance(b, int):
+        if b == 0:
+            return 0
+        q = abs(a) // abs(b)
+        return q if (a >= 0) == (b >= 0) else -q
+    b = np.where(b == 0, 1, b) if isinstance(b, np.ndarray) else (b or 1)
+    return (a - np.fmod(a, b)) // b   # exact: a - fmod(a, b) is a multiple of b
+
+
+def _cmod(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return int(math.fmod(a, b)) if b else 0
+    return np.fmod(a, b)
+
+
+_sqrt = np.sqrt
+_exp = np.exp
+
+
+def _erf(x):
+    # NumPy has no erf; math.erf per element is exact and fast enough for a simulator
+    a = np.asarray(x)
+    r = np.frompyfunc(math.erf, 1, 1)(a.astype(np.float64)).astype(np.float64).astype(a.dtype)
+    return r if a.ndim else r[()]
+
+
+def _rsqrt(x):
+    return x.dtype.type(1) / _sqrt(x)
+
+
+def _sigmoid(x):
+    one = x.dtype.type(1)
+    return one / (one + _exp(-x))
+
+
+_CALLS: dict[str, Callable] = {
+    "exp": np.exp, "log": np.log, "tanh": np.tanh, "sqrt": np.sqrt, "rsqrt": _rsqrt, "abs": np.abs,
+    "erf": _erf, "pow": np.power, "sin": np.sin, "cos": np.cos, "floor": np.floor, "sigmoid": _sigmoid,
+}
+_ARITH: dict[str, Callable] = {"+": operator.add, "-": operator.sub, "*": operator.mul,
+                               "min": np.minimum, "max": np.maximum}
+_CMP: dict[str, Callable] = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+                             "==": operator.eq, "!=": operator.ne}
+
+
+def _has_load(e: L.Expr) -> bool:
+    return any(isinstance(x, L.Load) for x in L.walk_expr(e))
+
+
+def _fix_dtype(v, np_dt):
+    """Keep float results in the IR's dtype (NumPy would promote f32 + f64 scalars etc.)."""
+    d = getattr(v, "dtype", None)
+    if d is None:
+        return np_dt.type(v)
+    if d != np_dt:
+        return v.astype(np_dt) if isinstance(v, np.ndarray) else np_dt.type(v)
+    return v
+
+
+def _cexpr(e: L.Expr, ctx: _Ctx) -> Callable:
+    """Compile an expression to fn(frame, mask, cnt) -> scalar or per-lane array."""
+    if isinstance(e, L.Const):
+        v = _np_const(e)
+        return lambda fr, m, n: v
+    if isinstance(e, L.Var):
+        if e.name not in ctx.ranges:
+            ctx.check_vars(e)
+        name = e.name
+        if name in ctx.lane_axis:
+            axis = ctx.lane_axis[name]
+            return lambda fr, m, n: fr.coords[axis]
+        return lambda fr, m, n: fr.env[name]
+    if isinstance(e, L.Load):
+        return _Access(e.buffer, e.indices, ctx).load
+    if e.dtype in _INTS:
+        aff = ctx.affine(e)
+        if aff is not None:
+            ctx.check_vars(e)
+            return _affine_fn(ctx, *aff)
+    if isinstance(e, L.BinOp):
+        fa, fb = _cexpr(e.a, ctx), _cexpr(e.b, ctx)
+        op = e.op
+        if op in ("&&", "||"):
+            is_and = op == "&&"
+            if not _has_load(e.b):
+                f = np.logical_and if is_and else np.logical_or
+                return lambda fr, m, n: f(fa(fr, m, n), fb(fr, m, n))
+
+            def logic(fr, m, n):
+                a = fa(fr, m, n)
+                if not isinstance(a, np.ndarray):
+                    if bool(a) != is_and:     # short circuit, as C does
+                        return bool(a)
+                    return fb(fr, m, n)
+                sub = a if is_and else ~a
+                if m is not None:
+                    sub = sub & m
+                k = _count(sub)
+                if k == 0:
+                    return a
+                b = fb(fr, sub, k)
+                return (a & b) if is_and else (a | b)
+            return logic
+        if op in _CMP:
+            f = _CMP[op]
+            return lambda fr, m, n: f(fa(fr, m, n), fb(fr, m, n))
+        dt = e.dtype
+        if dt in _FLOATS:
+            np_dt = L.np_dtype(dt)
+            f = np.true_divide if op == "/" else (np.fmod if op == "%" else _ARITH[op])
+            counted = op != "%"
+
+            def farith(fr, m, n):
+                if counted:
+                    fr.c.flops += n
+                return _fix_dtype(f(fa(fr, m, n), fb(fr, m, n)), np_dt)
+            return farith
+        if dt == "bool":
+            f = {"+": np.logical_or, "*": np.logical_and, "min": np.logical_and, "max": np.logical_or}.get(op)
+            if f is None:
+                raise VerificationError(f"kernel {ctx.kernel.name}: operator {op!r} is not defined on bool values "
+                                        f"in {L.expr_text(e)}")
+            return lambda fr, m, n: f(fa(fr, m, n), fb(fr, m, n))
+        f = {"/": _cdiv, "%": _cmod}.get(op) or _ARITH[op]
+        if op in ("min", "max"):
+            g = min if op == "min" else max
+
+            def imm(fr, m, n):
+                a, b = fa(fr, m, n), fb(fr, m, n)
+                if isinstance(a, int) and isinstance(b, int):
+                    return g(a, b)
+                return f(a, b)
+            return imm
+        return lambda fr, m, n: f(fa(fr, m, n), fb(fr, m, n))
+    if isinstance(e, L.UnOp):
+        fa = _cexpr(e.a, ctx)
+        if e.op == "not":
+            return lambda fr, m, n: np.logical_not(fa(fr, m, n))
+        if e.dtype in _FLOATS:
+            def neg(fr, m, n):
+                fr.c.flops += n
+                return -fa(fr, m, n)
+            return neg
+        return lambda fr, m, n: -fa(fr, m, n)
+    if isinstance(e, L.Call):
+        if e.fn not in _CALLS:
+            raise VerificationError(f"kernel {ctx.kernel.name}: unknown math function {e.fn!r}; "
+                                    f"known: {', '.join(_CALLS)}")
+        fn = _CALLS[e.fn]
+        fargs = [_cexpr(a, ctx) for a in e.args]
+        np_dt = L.np_dtype(e.dtype)
+        is_float = e.dtype in _FLOATS
+
+        def call(fr, m, n):
+            if is_float:
+                fr.c.flops += n
+            args = [_fix_dtype(f(fr, m, n), np_dt) if is_float else f(fr, m, n) for f in fargs]
+            return _fix_dtype(fn(*args), np_dt)
+        return call
+    if isinstance(e, L.Select):
+        fc, fa, fb = _cexpr(e.cond, ctx), _cexpr(e.a, ctx), _cexpr(e.b, ctx)
+        la, lb = _has_load(e.a), _has_load(e.b)
+
+        def select(fr, m, n):
+            c = fc(fr, m, n)
+            if not isinstance(c, np.ndarray):
+                return fa(fr, m, n) if c else fb(fr, m, n)
+            # branches that load run only on the lanes that take them (C's ?: short-circuits)
+            if la:
+                sub = c if m is None else (c & m)
+                k = _count(sub)
+                a = fa(fr, sub, k) if k else None
+            else:
+                a = fa(fr, m, n)
+            if lb:
+                sub = ~c if m is None else (~c & m)
+                k = _count(sub)
+                b = fb(fr, sub, k) if k else None
+            else:
+                b = fb(fr, m, n)
+            if a is None:
+                return b
+            if b is None:
+                return a
+            return np.where(c, a, b)
+        return select
+    if isinstance(e, L.Cast):
+        fa = _cexpr(e.a, ctx)
+        np_dt = L.np_dtype(e.dtype)
+        if e.dtype in _INTS:
+            def icast(fr, m, n):
+                v = fa(fr, m, n)
+                if isinstance(v, np.ndarray):
+                    return v.astype(np.int64)
+                return int(v)
+            return icast
+        if e.dtype == "bool":
+            def bcast(fr, m, n):
+                v = fa(fr, m, n)
+                return v.astype(bool) if isinstance(v, np.ndarray) else bool(v)
+            return bcast
+
+        def cast(fr, m, n):
+            v = fa(fr, m, n)
+            return v.astype(np_dt) if isinstance(v, np.ndarray) else np_dt.type(v)
+        return cast
+    raise VerificationError(f"kernel {ctx.kernel.name}: the simulator cannot evaluate expression {e!r}")
+
+
+def _affine_fn(ctx: _Ctx, terms: dict[str, int], const: int) -> Callable:
+    lane_key, unif = _split(ctx, terms)
+    if lane_key:
+        if not unif:
+            if const == 0:
+                return lambda fr, m, n: fr.lanepart(lane_key)
+            return lambda fr, m, n: fr.lanepart(lane_key) + const
+
+        def affl(fr, m, n):
+            u = const
+            env = fr.env
+            for v, c in unif:
+                u += c * env[v]
+            return fr.lanepart(lane_key) + u
+        return affl
+    if not unif:
+        return lambda fr, m, n: const
+    if len(unif) == 1 and const == 0:
+        (v0, c0), = unif
+        if c0 == 1:
+            return lambda fr, m, n: fr.env[v0]
+        return lambda fr, m, n: c0 * fr.env[v0]
+
+    def affu(fr, m, n):
+        u = const
+        env = fr.env
+        for v, c in unif:
+            u += c * env[v]
+        return u
+    return affu
+
+
+# ----------------------------------------------------------------------------- memory accesses
+class _Access:
+    """A Load or Store site: flattens indices, checks bounds on active lanes, counts bytes."""
+
+    def __init__(self, buf: L.Buffer, indices: Sequence[L.Expr], ctx: _Ctx):
+        self.buf = buf
+        self.name = buf.name
+        self.kname = ctx.kernel.name
+        self.scope = buf.scope
+        if len(indices) != len(buf.shape):
+            raise VerificationError(f"kernel {ctx.kernel.name}: buffer {buf.name} has {len(buf.shape)} dimensions "
+                                    f"but is indexed with {len(indices)} indices "
+                                    f"[{', '.join(L.expr_text(i) for i in indices)}]")
+        for i in indices:
+            ctx.check_vars(i)
+        self.itemsize = L.np_dtype(buf.dtype).itemsize
+        self.np_dt = L.np_dtype(buf.dtype)
+        shape = buf.shape
+        strides = [1] * len(shape)
+        for d in range(len(shape) - 2, -1, -1):
+            strides[d] = strides[d + 1] * shape[d + 1]
+        self.shape = shape
+        self.size = buf.size
+        self.idx_text = ", ".join(L.expr_text(i) for i in indices)
+        affs = [ctx.affine(i) for i in indices]
+        self.global_ = buf.scope == "global"
+        self.shared = buf.scope == "shared"
+        self.local = buf.scope == "local"
+        scope_term = {_BLK: self.size} if self.shared else ({_LANE: self.size} if self.local else {})
+        if all(a is not None for a in affs):
+            self.affine = True
+            terms: dict[str, int] = dict(scope_term)
+            const = 0
+            self.dims = []
+            static_ok = True
+            for (t, c), st, n in zip(affs, strides, shape):
+                lo, hi = ctx.interval(t, c)
+                if lo < 0 or hi >= n:
+                    static_ok = False
+                lk, un = _split(ctx, t)
+                self.dims.append((lk, un, c, n))
+                const += c * st
+                for v, k in t.items():
+                    terms[v] = terms.get(v, 0) + k * st
+            self.static_ok = static_ok
+            lk, un = _split(ctx, {v: c for v, c in terms.items() if c})
+            self.lane_key, self.unif, self.const = lk, un, const
+            # local buffer at a lane-uniform offset: a column of the (lanes, size) storage
+            self.column = self.local and lk == ((_LANE, self.size),)
+        else:
+            self.affine = False
+            self.static_ok = False
+            self.column = False
+            self.fidx = [_cexpr(i, ctx) for i in indices]
+            self.strides = strides
+            self.scope_key = tuple(scope_term.items())
+        if buf.scope == "global" and buf.name in ctx.readonly:
+            self.readonly = True
+        else:
+            self.readonly = False
+
+    # -- helpers
+    def _storage(self, fr: _Frame) -> np.ndarray:
+        if self.global_:
+            s = fr.glob.get(self.name)
+        else:
+            s = fr.alloc.get(self.name)
+        if s is None:
+            where = "is not a parameter of the kernel" if self.global_ else "is used before its Alloc"
+            raise VerificationError(f"kernel {self.kname}: buffer {self.name} {where}")
+        return s
+
+    def _oob(self, fr: _Frame, what: str, d: int, vals, mask) -> None:
+        n = self.shape[d]
+        if isinstance(vals, np.ndarray):
+            bad = (vals < 0) | (vals >= n)
+            if mask is not None:
+                bad &= mask
+            lane = int(np.argmax(bad))
+            v = int(vals[lane])
+            where = fr.where(lane)
+        else:
+            v = int(vals)
+            lane = 0 if mask is None else int(np.argmax(mask))
+            where = fr.where(lane)
+        raise VerificationError(
+            f"kernel {self.kname}: out-of-bounds {what} {self.name}[{self.idx_text}] ({self.scope}): index {v} on "
+            f"dimension {d} is outside [0, {n}) at {where}; add a bounds guard (If) or fix the tile sizes")
+
+    def _check_dim(self, fr, what, d, vals, mask):
+        n = self.shape[d]
+        if isinstance(vals, np.ndarray):
+            sel = vals if mask is None else vals[mask]
+            if sel.size and (int(sel.min()) < 0 or int(sel.max()) >= n):
+                self._oob(fr, what, d, vals, mask)
+        elif not 0 <= vals < n:
+            self._oob(fr, what, d, vals, mask)
+
+    def _index(self, fr: _Frame, m, n, what: str):
+        """Flat index (int or per-lane array) with masked-off lanes clamped to 0; checks bounds."""
+        if self.affine:
+            u = self.const
+            env = fr.env
+            for v, c in self.unif:
+                u += c * env[v]
+            if self.column:
+                if not self.static_ok:
+                    self._check_affine(fr, m, what)
+                return u
+            idx = fr.lanepart(self.lane_key) + u if self.lane_key else u
+            if self.static_ok:
+                return idx
+            self._check_affine(fr, m, what)
+        else:
+            idx = None
+            for d, (f, st) in enumerate(zip(self.fidx, self.strides)):
+                v = f(fr, m, n)
+                self._check_dim(fr, what, d, v, m)
+                t = v * st if st != 1 else v
+                idx = t if idx is None else idx + t
+            if idx is None:
+                idx = 0
+            if self.scope_key:
+                idx = fr.lanepart(self.scope_key) + idx
+        if m is not None and isinstance(idx, np.ndarray):
+            idx = np.where(m, idx, 0)
+        return idx
+
+    def _check_affine(self, fr, m, what):
+        env = fr.env
+        for d, (lk, un, c, n) in enumerate(self.dims):
+            u = c
+            for v, k in un:
+                u += k * env[v]
+            if not lk:
+                self._check_dim(fr, what, d, u, m)
+            elif m is None:
+                # all lanes active: the per-chunk min/max of the lane part decides
+                lo, hi = fr.lane_minmax(lk)
+                if lo + u < 0 or hi + u >= n:
+                    self._oob(fr, what, d, fr.lanepart(lk) + u, None)
+            else:
+                self._check_dim(fr, what, d, fr.lanepart(lk) + u, m)
+
+    def _count(self, fr, n, store: bool):
+        b = n * self.itemsize
+        c = fr.c
+        if self.global_:
+            if store:
+                c.gs += b
+            else:
+                c.gl += b
+        elif self.shared:
+            if store:
+                c.ss += b
+            else:
+                c.sl += b
+
+    # -- the two operations
+    def load(self, fr: _Frame, m, n):
+        if n == 0:
+            return self.np_dt.type(0)
+        st = self._storage(fr)
+        idx = self._index(fr, m, n, "load of")
+        self._count(fr, n, False)
+        if self.column:
+            return st[:, idx]
+        flat = st.reshape(-1)
+        if self.size == 0:
+            return np.zeros(fr.L, self.np_dt)
+        return flat[idx]
+
+    def store(self, fr: _Frame, m, n, value) -> None:
+        if n == 0:
+            return
+        if self.readonly:
+            raise VerificationError(f"kernel {self.kname}: stores to {self.name}[{self.idx_text}], which is an input "
+                                    f"of the program; inputs are read-only")
+        st = self._storage(fr)
+        idx = self._index(fr, m, n, "store to")
+        self._count(fr, n, True)
+        if self.column:
+            if m is None:
+                st[:, idx] = value
+            else:
+                np.copyto(st[:, idx], value, casting="unsafe", where=m)
+            return
+        flat = st.reshape(-1)
+        if isinstance(idx, np.ndarray):
+            if m is None:
+                flat[idx] = value
+            else:
+                flat[idx[m]] = value[m] if isinstance(value, np.ndarray) else value
+        else:
+            # every active lane writes the same address: the last one wins
+            if isinstance(value, np.ndarray):
+                value = value[m][-1] if m is not None else value[-1]
+            flat[idx] = value
+
+
+# ----------------------------------------------------------------------------- statements
+def _cstmts(stmts: Sequence[L.Stmt], ctx: _Ctx) -> Callable:
+    fns = [f for f in (_cstmt(s, ctx) for s in stmts) if f is not None]
+    if len(fns) == 1:
+        return fns[0]
+
+    def seq(fr, m, n):
+        for f in fns:
+            f(fr, m, n)
+    return seq
+
+
+def _divergence(fr: _Frame, m, what: str, kname: str) -> int:
+    """Blocks (with at least one active lane) at a block-wide operation; raises if a block is split."""
+    if m is None:
+        return fr.nb
+    rows = m.reshape(fr.nb, fr.nt)
+    anyr = rows.any(axis=1)
+    allr = rows.all(axis=1)
+    split = anyr & ~allr
+    if split.any():
+        b = int(np.argmax(split))
+        lane = b * fr.nt + int(np.argmin(rows[b]))
+        raise VerificationError(f"kernel {kname}: {what} reached by only some threads of a block (thread-divergent "
+                                f"guard; e.g. not reached at {fr.where(lane)}): every thread of a block must reach "
+                                f"it, so move it out of the If that depends on threadIdx")
+    return int(np.count_nonzero(anyr))
+
+
+def _cstmt(s: L.Stmt, ctx: _Ctx) -> Callable | None:
+    kname = ctx.kernel.name
+    if isinstance(s, L.Comment):
+        return None
+    if isinstance(s, L.Store):
+        acc = _Access(s.buffer, s.indices, ctx)
+        fv = _cexpr(s.value, ctx)
+        np_dt = acc.np_dt
+
+        def store(fr, m, n):
+            v = fv(fr, m, n)
+            if v.dtype != np_dt if hasattr(v, "dtype") else True:
+                v = _fix_dtype(v, np_dt)
+            acc.store(fr, m, n, v)
+        return store
+    if isinstance(s, L.Alloc):
+        b = s.buffer
+        if b.scope == "global":
+            raise VerificationError(f"kernel {kname}: Alloc of global buffer {b.name}; global buffers are kernel "
+                                    f"parameters, Alloc declares 'shared' or 'local' ones")
+        np_dt = L.np_dtype(b.dtype)
+        fill = np.nan if b.dtype in _FLOATS else 0
+        size = max(b.size, 1) if len(b.shape) == 0 else b.size
+        shared = b.scope == "shared"
+        name = b.name
+
+        def alloc(fr, m, n):
+            rows = fr.nb if shared else fr.L
+            fr.alloc[name] = np.full((rows, size), fill, np_dt)
+        return alloc
+    if isinstance(s, L.Barrier):
+        if ctx.thread_guard:
+            raise VerificationError(f"kernel {kname}: barrier() inside an If whose condition depends on threadIdx "
+                                    f"(barrier divergence): every thread of a block must reach it; move it out of "
+                                    f"the guard")
+
+        def barrier(fr, m, n):
+            fr.c.barriers += _divergence(fr, m, "barrier()", kname)
+        return barrier
+    if isinstance(s, L.ThreadAllReduce):
+        return _all_reduce(s, ctx)
+    if isinstance(s, L.If):
+        fc = _cexpr(s.cond, ctx)
+        thread_dep = ctx.thread_dependent(s.cond)
+        if thread_dep:
+            ctx.thread_guard += 1
+        try:
+            fthen = _cstmts(s.then, ctx)
+            felse = _cstmts(s.orelse, ctx) if s.orelse else None
+        finally:
+            if thread_dep:
+                ctx.thread_guard -= 1
+
+        def if_(fr, m, n):
+            c = fc(fr, m, n)
+            if not isinstance(c, np.ndarray):
+                if c:
+                    fthen(fr, m, n)
+                elif felse is not None:
+                    felse(fr, m, n)
+                return
+            if m is None:
+                k = _count(c)
+                if k == n:
+                    fthen(fr, None, n)
+                    return
+                if k:
+                    fthen(fr, c, k)
+                if felse is not None and k < n:
+                    felse(fr, ~c, n - k) if k else felse(fr, None, n)
+                return
+            mt = m & c
+            k = _count(mt)
+            if k == n:
+                fthen(fr, m, n)
+                return
+            if k:
+                fthen(fr, mt, k)
+            if felse is not None and k < n:
+                felse(fr, m & ~c, n - k) if k else felse(fr, m, n)
+        return if_
+    if isinstance(s, L.For):
+        return _cfor(s, ctx)
+    raise VerificationError(f"kernel {kname}: the simulator cannot execute statement {type(s).__name__}")
+
+
+def _cfor(s: L.For, ctx: _Ctx) -> Callable:
+    name = s.var.name
+    old_range = ctx.ranges.get(name)
+    old_axis = ctx.lane_axis.get(name)
+    axis = s.kind if s.bound else ctx.lane_loops.get(id(s))
+    try:
+        if axis is not None:
+            full = ctx.axis_extent[axis]
+            ctx.lane_axis[name] = axis
+            ctx.ranges[name] = (0, max(full - 1, 0))
+            body = _cstmts(s.body, ctx)
+            ext = s.extent
+            if ext >= full:
+                return body
+
+            def partial_bound(fr, m, n):
+                # a bound loop narrower than the launch along its axis: the extra threads idle
+                c = fr.coords[axis] < ext
+                mm = c if m is None else (c & m)
+                k = _count(mm)
+                if k:
+                    body(fr, mm, k)
+            return partial_bound
+        ctx.lane_axis.pop(name, None)
+        ctx.ranges[name] = (0, max(s.extent - 1, 0))
+        body = _cstmts(s.body, ctx)
+        ext = s.extent
+
+        def loop(fr, m, n):
+            env = fr.env
+            for i in range(ext):
+                env[name] = i
+                body(fr, m, n)
+        return loop
+    finally:
+        if old_range is None:
+            ctx.ranges.pop(name, None)
+        else:
+            ctx.ranges[name] = old_range
+        if old_axis is None:
+            ctx.lane_axis.pop(name, None)
+        else:
+            ctx.lane_axis[name] = old_axis
+
+
+_REDUCE = {"sum": np.add, "max": np.maximum, "min": np.minimum}
+_AXIS_POS = {"threadIdx.x": 3, "threadIdx.y": 2, "threadIdx.z": 1}
+
+
+def _all_reduce(s: L.ThreadAllReduce, ctx: _Ctx) -> Callable:
+    kname = ctx.kernel.name
+    if s.op not in _REDUCE:
+        raise VerificationError(f"kernel {kname}: ThreadAllReduce op {s.op!r} is not one of {', '.join(_REDUCE)}")
+    if s.axis not in _AXIS_POS:
+        raise VerificationError(f"kernel {kname}: ThreadAllReduce axis {s.axis!r} is not a threadIdx axis")
+    if s.buffer.scope != "local" or s.buffer.size != 1:
+        raise VerificationError(f"kernel {kname}: ThreadAllReduce needs a 0-d local buffer, got {s.buffer.name}: "
+                                f"{s.buffer.type_str()}")
+    if ctx.thread_guard:
+        raise VerificationError(f"kernel {kname}: ThreadAllReduce of {s.buffer.name} inside an If whose condition "
+                                f"depends on threadIdx (divergence): every thread of the block must take part")
+    red = _REDUCE[s.op]
+    pos = _AXIS_POS[s.axis]
+    name = s.buffer.name
+    is_float = s.buffer.dtype in _FLOATS
+
+    def all_reduce(fr, m, n):
+        _divergence(fr, m, f"ThreadAllReduce of {name}", kname)
+        st = fr.alloc.get(name)
+        if st is None:
+            raise VerificationError(f"kernel {kname}: buffer {name} is used before its Alloc")
+        tz, ty, tx = fr.tshape
+        v = st[:, 0].reshape(fr.nb, tz, ty, tx)
+        r = red.reduce(v, axis=pos, keepdims=True)
+        r = np.broadcast_to(r, v.shape).reshape(-1)
+        if m is None:
+            st[:, 0] = r
+        else:
+            np.copyto(st[:, 0], r, where=m)
+        if is_float:
+            t = v.shape[pos]
+            fr.c.flops += n - n // t
+    return all_reduce
+
+
+# ----------------------------------------------------------------------------- kernels
+def _lane_plan(kernel: L.Kernel):
+    """(block axes {axis: extent}, thread axes {axis: extent}, lane-ified parallel loops)."""
+    grid: dict[str, int] = {}
+    block: dict[str, int] = {}
+    for loop in L.walk_loops(kernel.body):
+        if loop.kind in _BLOCK_AXES:
+            grid[loop.kind] = max(grid.get(loop.kind, 0), loop.extent)
+        elif loop.kind in _THREAD_AXES:
+            block[loop.kind] = max(block.get(loop.kind, 0), loop.extent)
+    lane_loops: dict[int, str] = {}
+    if not grid and not block:
+        # CPU schedule: the outer perfect nest of parallel loops has independent iterations → lanes
+        body = [s for s in kernel.body if not isinstance(s, L.Comment)]
+        depth = 0
+        while len(body) == 1 and isinstance(body[0], L.For) and body[0].kind == "parallel" and depth < 3:
+            ax = f"parallel{depth}"
+            lane_loops[id(body[0])] = ax
+            grid[ax] = body[0].extent
+            body = [s for s in body[0].body if not isinstance(s, L.Comment)]
+            depth += 1
+    return grid, block, lane_loops
+
+
+class KernelSim:
+    """A kernel compiled to NumPy closures; `run(buffers)` simulates one launch and returns counters."""
+
+    def __init__(self, kernel: L.Kernel, readonly: Sequence[str] = (), chunk_lanes: int = DEFAULT_CHUNK_LANES):
+        self.kernel = kernel
+        self.grid, self.block, lane_loops = _lane_plan(kernel)
+        self.cuda = not lane_loops and bool(self.grid or self.block)
+        self.chunk_lanes = max(1, int(chunk_lanes))
+        gx = [self.grid.get(a, 1) for a in _BLOCK_AXES] if self.cuda else [self.grid.get(f"parallel{d}", 1)
+                                                                           for d in range(3)]
+        self.gdims = gx
+        self.tdims = [self.block.get(a, 1) for a in _THREAD_AXES]
+        self.nblocks = int(np.prod(gx))
+        self.nthreads = int(np.prod(self.tdims))
+        if self.nthreads > 1024 and self.cuda:
+            raise VerificationError(f"kernel {kernel.name}: {self.nthreads} threads per block exceeds CUDA's limit "
+                                    f"of 1024; bind smaller extents to threadIdx")
+        axis_extent = {**{a: self.grid.get(a, 1) for a in _BLOCK_AXES}, **{a: self.block.get(a, 1) for a in _THREAD_AXES},
+                       **{f"parallel{d}": self.grid.get(f"parallel{d}", 1) for d in range(3)}}
+        # the pseudo lane variables of flattened shared/local addresses are lane axes of their own
+        self.ctx = _Ctx(kernel, {_BLK: _BLK, _LANE: _LANE}, {}, axis_extent, lane_loops, frozenset(readonly))
+        self.body = _cstmts(kernel.body, self.ctx)
+
+    def run(self, buffers: dict[str, np.ndarray]) -> dict[str, int]:
+        k = self.kernel
+        glob: dict[str, np.ndarray] = {}
+        for p in k.params:
+            if p.name not in buffers:
+                raise ExplorerError(f"kernel {k.name}: no array for parameter {p.name} ({p.type_str()}); pass "
+                                    f"buffers={{'{p.name}': np.ndarray, ...}} for every parameter")
+            a = buffers[p.name]
+            if not isinstance(a, np.ndarray) or a.shape != p.shape:
+                raise ShapeError(f"kernel {k.name}: parameter {p.name} expects shape {p.shape}, got "
+                                 f"{getattr(a, 'shape', type(a).__name__)}")
+            if a.dtype != L.np_dtype(p.dtype):
+                raise DTypeError(f"kernel {k.name}: parameter {p.name} expects dtype {L.np_dtype(p.dtype)}, got "
+                                 f"{a.dtype}; cast it with .astype")
+            if not a.flags.c_contiguous:
+                raise ExplorerError(f"kernel {k.name}: parameter {p.name} must be C-contiguous "
+                                    f"(use np.ascontiguousarray)")
+            glob[p.name] = a.reshape(-1)
+        c = _Counters()
+        nt = self.nthreads
+        tx, ty, tz = self.tdims
+        t = np.arange(nt, dtype=np.int64)
+        tcoords = {"threadIdx.x": t % tx, "threadIdx.y": (t // tx) % ty, "threadIdx.z": t // (tx * ty)}
+        per_chunk = max(1, self.chunk_lanes // nt)
+        gnames = _BLOCK_AXES if self.cuda else tuple(f"parallel{d}" for d in range(3))
+        g0, g1, _ = self.gdims
+        with np.errstate(all="ignore"):
+            for b0 in range(0, self.nblocks, per_chunk):
+                nb = min(per_chunk, self.nblocks - b0)
+                b = np.arange(b0, b0 + nb, dtype=np.int64)
+                bc = {gnames[0]: b % g0, gnames[1]: (b // g0) % g1, gnames[2]: b // (g0 * g1)}
+                coords = {}
+                for a, v in bc.items():
+                    coords[a] = np.repeat(v, nt) if nt > 1 else v
+                for a, v in tcoords.items():
+                    coords[a] = np.tile(v, nb) if nb > 1 else v
+                Ln = nb * nt
+                lane = np.arange(Ln, dtype=np.int64)
+                coords[_LANE] = lane
+                coords[_BLK] = lane // nt if nt > 1 else lane
+                fr = _Frame(k.name, glob, coords, Ln, nb, nt, (tz, ty, tx), c, b0)
+                self.body(fr, None, Ln)
+        return {"global_load_bytes": c.gl, "global_store_bytes": c.gs, "shared_load_bytes": c.sl,
+                "shared_store_bytes": c.ss, "flops": c.flops, "barriers": c.barriers,
+                "blocks": self.nblocks if self.cuda else 1, "threads_per_block": nt if self.cuda else 1}
+
+
+def simulate_kernel(kernel: L.Kernel, buffers: dict[str, np.ndarray], *, readonly: Sequence[str] = (),
+                    chunk_lanes: int = DEFAULT_CHUNK_LANES) -> dict[str, int]:
+    """Run one kernel launch on `buffers` (name -> C-contiguous array, outputs written in place).
+
+    Returns the kernel's counters (see the module docstring). Raises VerificationError on an
+    out-of-bounds access, barrier divergence or a store to a `readonly` buffer.
+
+    >>> from explorer import loopir as L
+    >>> x, y = L.Buffer("x", (4,)), L.Buffer("y", (4,))
+    >>> i = L.Var("i")
+    >>> k = L.Kernel("neg", (x, y), (L.For(i, 4, (L.Store(y, (i,), L.UnOp("neg", x[i])),), "threadIdx.x"),), ("y",))
+    >>> simulate_kernel(k, {"x": np.ones(4, np.float32), "y": np.zeros(4, np.float32)})["flops"]
+    4
+    """
+    return KernelSim(kernel, readonly, chunk_lanes).run(buffers)
+
+
+# ----------------------------------------------------------------------------- programs
+def total(counters: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Sum of per-kernel counters ('threads_per_block' is the maximum)."""
+    out = {k: 0 for k in COUNTER_KEYS}
+    for name, c in counters.items():
+        if name == "total":
+            continue
+        for k in COUNTER_KEYS:
+            out[k] = max(out[k], c[k]) if k == "threads_per_block" else out[k] + c[k]
+    return out
+
+
+def _alloc_output(b: L.Buffer) -> np.ndarray:
+    dt = L.np_dtype(b.dtype)
+    # poison: a kernel that forgets to write an element shows NaN instead of a plausible 0
+    return np.full(b.shape, np.nan, dt) if b.dtype in _FLOATS else np.zeros(b.shape, dt)
+
+
+def _program_inputs(program: L.Program, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    consts = list(getattr(program, "constants", ()) or ())
+    n_user = len(program.inputs) - len(consts)
+    if len(inputs) == n_user and consts:
+        inputs = list(inputs) + [d for _, d in consts]
+    if len(inputs) != len(program.inputs):
+        raise ExplorerError(f"program {program.name} takes {len(program.inputs)} inputs "
+                            f"({', '.join(b.name for b in program.inputs)}) but got {len(inputs)}")
+    out = []
+    for b, a in zip(program.inputs, inputs):
+        a = np.asarray(a)
+        if a.shape != b.shape:
+            raise ShapeError(f"program {program.name}: input {b.name} expects shape {b.shape}, got {a.shape}")
+        dt = L.np_dtype(b.dtype)
+        if a.dtype != dt:
+            if not np.can_cast(a.dtype, dt, casting="same_kind"):
+                raise DTypeError(f"program {program.name}: input {b.name} expects dtype {dt}, got {a.dtype}")
+            a = a.astype(dt)
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+class ProgramSim:
+    """A Program with every kernel compiled once; `run(inputs)` → (outputs, counters)."""
+
+    def __init__(self, program: L.Program, chunk_lanes: int = DEFAULT_CHUNK_LANES):
+        self.program = program
+        ro = [b.name for b in program.inputs]
+        self.kernels = [KernelSim(k, ro, chunk_lanes) for k in program.kernels]
+
+    def run(self, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], dict[str, dict[str, int]]]:
+        p = self.program
+        bufs: dict[str, np.ndarray] = dict(zip((b.name for b in p.inputs), _program_inputs(p, inputs)))
+        for name, b in p.buffers().items():
+            if name not in bufs:
+                bufs[name] = _alloc_output(b)
+        counters: dict[str, dict[str, int]] = {}
+        for ks in self.kernels:
+            key = ks.kernel.name
+            n = 1
+            while key in counters or key == "total":
+                key = f"{ks.kernel.name}#{n}"
+                n += 1
+            counters[key] = ks.run(bufs)
+        counters["total"] = total(counters)
+        return [bufs[b.name].copy() for b in p.outputs], counters
+
+
+def run_program(program: L.Program, inputs: Sequence[np.ndarray], *,
+                chunk_lanes: int = DEFAULT_CHUNK_LANES) -> tuple[list[np.ndarray], dict[str, dict[str, int]]]:
+    """Simulate every kernel of `program` in order; returns (outputs, counters).
+
+    counters maps each kernel's name to its counters, plus 'total' (the sum over kernels).
+    Inputs are in Program.inputs order; the program's constants are appended when omitted.
+
+    >>> from explorer import loopir as L
+    >>> x, y = L.Buffer("x", (4,)), L.Buffer("out0", (4,))
+    >>> i = L.Var("i")
+    >>> k = L.Kernel("copy", (x, y), (L.For(i, 4, (L.Store(y, (i,), x[i]),), "parallel"),), ("out0",))
+    >>> outs, ctr = run_program(L.Program("f", (k,), (x,), (y,)), [np.arange(4, dtype=np.float32)])
+    >>> outs[0].tolist(), ctr["total"]["global_load_bytes"]
+    ([0.0, 1.0, 2.0, 3.0], 16)
+    """
+    return ProgramSim(program, chunk_lanes).run(inputs)
+
+
+def summary(counters: dict[str, dict[str, int]]) -> str:
+    """A table of counters per kernel (and the total), bytes in human units.
+
+    >>> print(summary({"k": dict.fromkeys(COUNTER_KEYS, 0)}).splitlines()[0].split()[:3])
+    ['kernel', 'grid', 'blocks']
+    """
+    def human(b: int) -> str:
+        for unit, s in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+            if b >= s:
+                return f"{b / s:.3g} {unit}"
+        return f"{b} B"
+
+    rows = [("kernel", "grid blocks×threads", "global ld", "global st", "shared ld", "shared st", "flops",
+             "barriers")]
+    for name, c in counters.items():
+        rows.append((name, f"{c['blocks']}×{c['threads_per_block']}" if name != "total" else "",
+                     human(c["global_load_bytes"]), human(c["global_store_bytes"]),
+                     human(c["shared_load_bytes"]), human(c["shared_store_bytes"]), f"{c['flops']:,}",
+                     f"{c['barriers']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+class SimExecutable:
+    """What build(compiled) returns: run(inputs) -> outputs; `counters` holds the last run's counters."""
+
+    def __init__(self, program: L.Program, chunk_lanes: int = DEFAULT_CHUNK_LANES):
+        self.program = program
+        self.sim = ProgramSim(program, chunk_lanes)
+        self.counters: dict[str, dict[str, int]] = {}
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        outs, self.counters = self.sim.run(inputs)
+        return outs
+
+    def time(self, inputs: Sequence[np.ndarray], warmup: int = 0, repeat: int = 3, include_copies: bool = False):
+        """Wall time of the *simulation* (source='sim-wall'); it says nothing about a GPU's speed."""
+        from ..compiled import summarize
+        for _ in range(warmup):
+            self.run(inputs)
+        samples = []
+        for _ in range(max(1, repeat)):
+            t0 = time.perf_counter()
+            self.run(inputs)
+            samples.append((time.perf_counter() - t0) * 1e3)
+        return summarize(samples, source="sim-wall")
+
+    def summary(self) -> str:
+        if not self.counters:
+            return "(not run yet: call run(inputs) first)"
+        return summary(self.counters)
+
+
+def build(compiled) -> SimExecutable:
+    """The simulator Executable of a Compiled (runs its tiled Program)."""
+    return SimExecutable(compiled.program)

@@ -1,0 +1,809 @@
+"""Fused versus unfused: how much fusion saves, in bytes moved and in time.
+
+`compare(fn, *args)` compiles `fn` twice on one target — fused (one kernel per
+fusion group) and unfused (one kernel per op) — checks both against NumPy,
+times them (median of repeats) next to optional baselines, and collects
+kernel counts, flops and bytes moved per kernel from the cost model (and, on
+the simulator, from its exact counters).
+
+>>> import numpy as np, explorer
+>>> def mlp(x, w, b):
+...     return np.maximum(x @ w + b, 0)
+>>> x = np.random.rand(8192, 64).astype(np.float32)
+>>> w = np.random.rand(64, 64).astype(np.float32); b = np.random.rand(64).astype(np.float32)
+>>> r = explorer.compare(mlp, x, w, b, target="cpu")                 # doctest: +SKIP
+>>> print(r.table())                                                 # doctest: +SKIP
+>>> r.plot_timing(); r.plot_roofline()                               # doctest: +SKIP
+
+Every number on a chart is either measured in this call or labelled "model".
+On target 'sim' nothing is timed for real: the simulator counts exact bytes
+and flops, and the time shown is the roofline model applied to those counts.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import costmodel
+from .costmodel import Device, KernelCost
+from .errors import BackendUnavailable, ExplorerError, VerificationError
+
+BASELINES = ("numpy", "numexpr", "torch", "torch.compile")
+NOTEBOOK_HINT = "pip install kernel-explorer[notebook]"
+
+
+# ----------------------------------------------------------------------------- one row
+@dataclass
+class Variant:
+    """One measured way of running the function (a row of the comparison).
+
+    time_source: 'measured (wall clock)', 'measured (cuda events)' or
+    'model (simulator counters)'; bytes_model is the cost model's count,
+    bytes_measured the simulator's (None elsewhere).
+    """
+
+    name: str
+    kind: str                       # 'compiled' | 'baseline'
+    median_ms: float
+    stdev_ms: float
+    min_ms: float
+    repeat: int
+    time_source: str
+    kernels: int | None = None
+    flops: int | None = None
+    bytes_model: int | None = None
+    bytes_measured: int | None = None
+    max_abs_error: float | None = None
+    costs: list[KernelCost] = field(default_factory=list)
+    per_kernel_ms: dict[str, float] | None = None
+    compiled: Any = None
+    note: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return self.time_source.startswith("measured")
+
+
+def _time_source(timing) -> str:
+    src = getattr(timing, "source", "wall") or "wall"
+    if src == "cuda-events":
+        return "measured (cuda events)"
+    if src == "wall":
+        return "measured (wall clock)"
+    return f"measured ({src})"
+
+
+def _time_calls(call: Callable[[], Any], warmup: int, repeat: int) -> tuple[float, float, float, int]:
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    sd = statistics.stdev(samples) if len(samples) > 1 else 0.0
+    return statistics.median(samples), sd, min(samples), len(samples)
+
+
+def _as_list(out: Any) -> list[np.ndarray]:
+    if isinstance(out, (tuple, list)):
+        return [np.asarray(o) for o in out]
+    return [np.asarray(out)]
+
+
+def max_abs_error(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> float:
+    """Largest |got - want| over all outputs (NaNs in the same places count as equal)."""
+    if len(got) != len(want):
+        return float("inf")
+    err = 0.0
+    for g, w in zip(got, want):
+        g = np.asarray(g, np.float64)
+        w = np.asarray(w, np.float64)
+        if g.shape != w.shape:
+            return float("inf")
+        same_nan = np.isnan(g) & np.isnan(w)
+        d = np.where(same_nan, 0.0, np.abs(g - w))
+        d = np.where(np.isinf(g) & (g == w), 0.0, d)
+        if d.size:
+            m = float(np.max(d))
+            err = max(err, m if not math.isnan(m) else float("inf"))
+    return err
+
+
+def _tolerance(want: Sequence[np.ndarray]) -> float:
+    from .compiled import default_rtol
+    tol = 0.0
+    for w in want:
+        w = np.asarray(w)
+        rt = default_rtol(w.dtype) if w.dtype.kind == "f" else 0.0
+        finite = np.abs(w[np.isfinite(w)]) if w.dtype.kind == "f" else np.abs(w)
+        scale = float(finite.max()) if finite.size else 1.0
+        tol = max(tol, rt * max(1.0, scale))
+    return tol
+
+
+# ----------------------------------------------------------------------------- compiled variants
+def _measure_compiled(name: str, compiled, want: list[np.ndarray], dev: Device, warmup: int, repeat: int,
+                      check: bool) -> Variant:
+    args = compiled.examples
+    got = compiled.run(*args)  # on 'sim' this run fills the exact counters
+    err = max_abs_error(got, want)
+    if check and err > _tolerance(want):
+        raise VerificationError(f"{name} variant on target {compiled.target!r} disagrees with NumPy "
+                                f"(max abs error {err:.3g}); pass check=False to compare anyway")
+    costs = costmodel.kernel_costs(compiled, dev)
+    model_costs = costmodel.kernel_costs(compiled, dev, counters=False)
+    bytes_model = sum(c.bytes for c in model_costs)
+    flops = sum(c.flops for c in model_costs)
+    sim = compiled.target == "sim" and any(c.source == "simulator" for c in costs)
+    per_kernel = None
+    if compiled.target == "sim":
+        # The simulator runs in NumPy: its wall time says nothing about a GPU. The time shown is
+        # the roofline model on `dev` applied to the simulator's exact per-kernel counts.
+        ms = sum(c.predicted_ms for c in costs)
+        median, sd, mn, n = ms, 0.0, ms, 1
+        source = "model (simulator counters)" if sim else "model (op registry)"
+        per_kernel = {c.name: c.predicted_ms for c in costs}
+    else:
+        t = compiled.benchmark(*args, warmup=warmup, repeat=repeat)
+        median, sd, mn, n = t.median_ms, t.stdev_ms, t.min_ms, t.repeat
+        source = _time_source(t)
+        per_kernel = dict(t.per_kernel_ms) if getattr(t, "per_kernel_ms", None) else None
+    n_kernels = len(compiled.kernels) if "codegen" in compiled.stage_names else len(costs)
+    return Variant(name=name, kind="compiled", median_ms=median, stdev_ms=sd, min_ms=mn, repeat=n,
+                   time_source=source, kernels=n_kernels, flops=flops, bytes_model=bytes_model,
+                   bytes_measured=sum(c.bytes for c in costs) if sim else None, max_abs_error=err,
+                   costs=model_costs if not sim else costs, per_kernel_ms=per_kernel, compiled=compiled)
+
+
+# ----------------------------------------------------------------------------- baselines
+_NUMEXPR = {
+    "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
+    "pow": "({0} ** {1})", "neg": "(-{0})", "exp": "exp({0})", "log": "log({0})", "tanh": "tanh({0})",
+    "sqrt": "sqrt({0})", "abs": "abs({0})", "sin": "sin({0})", "cos": "cos({0})",
+    "maximum": "where({0} >= {1}, {0}, {1})", "minimum": "where({0} <= {1}, {0}, {1})",
+    "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
+    "eq": "({0} == {1})", "ne": "({0} != {1})", "where": "where({0}, {1}, {2})",
+    "logical_and": "({0} & {1})", "logical_or": "({0} | {1})", "logical_not": "(~{0})",
+    "broadcast_to": "{0}",  # numexpr broadcasts operands itself
+}
+
+
+def numexpr_expression(graph) -> tuple[str, dict[str, np.ndarray]] | None:
+    """The graph as one numexpr expression string over variables in0.., c0.. (None if not elementwise).
+
+    Only single-output graphs of elementwise ops (and broadcasts) translate; the
+    variable names are generated, never the user's.
+    """
+    if len(graph.outputs) != 1:
+        return None
+    names: dict[int, str] = {}
+    consts: dict[str, np.ndarray] = {}
+    for k, n in enumerate(graph.inputs):
+        names[id(n)] = f"in{k}"
+    exprs: dict[int, str] = {}
+    for n in graph.nodes:
+        if n.op == "input":
+            exprs[id(n)] = names[id(n)]
+        elif n.op == "const":
+            v = np.asarray(n.value)
+            if v.size == 1 and v.dtype.kind in "fiub":
+                x = v.reshape(()).item()
+                if isinstance(x, float) and not math.isfinite(x):
+                    return None
+                exprs[id(n)] = repr(bool(x)) if isinstance(x, bool) else repr(x)
+            else:
+                cname = f"c{len(consts)}"
+                consts[cname] = v
+                exprs[id(n)] = cname
+        else:
+            tpl = _NUMEXPR.get(n.op)
+            if tpl is None:
+                return None
+            if n.op == "broadcast_to" and len(n.shape) != len(n.inputs[0].shape):
+                pass  # NumPy broadcasting rules already align trailing dims
+            exprs[id(n)] = tpl.format(*[exprs[id(i)] for i in n.inputs])
+    return exprs[id(graph.outputs[0])], consts
+
+
+def _baseline_numexpr(graph, arrays: list[np.ndarray]) -> tuple[Callable[[], Any] | None, str]:
+    try:
+        import numexpr
+    except ImportError:
+        return None, "numexpr is not installed (pip install numexpr)"
+    tr = numexpr_expression(graph)
+    if tr is None:
+        return None, "numexpr handles only elementwise functions with one output"
+    expr, consts = tr
+    local = {f"in{k}": a for k, a in enumerate(arrays)}
+    local.update(consts)
+    out_dtype = graph.outputs[0].dtype
+
+    def call():
+        r = numexpr.evaluate(expr, local_dict=local)
+        return r if r.dtype == out_dtype else r.astype(out_dtype)
+    return call, ""
+
+
+def _torch_fn(graph, torch):
+    """An eager PyTorch function computing `graph` op by op (the torch baseline)."""
+    T = torch
+    unary = {"neg": T.neg, "exp": T.exp, "log": T.log, "tanh": T.tanh, "sqrt": T.sqrt, "abs": T.abs,
+             "sin": T.sin, "cos": T.cos, "erf": T.erf, "logical_not": T.logical_not}
+    binary = {"add": T.add, "sub": T.sub, "mul": T.mul, "div": T.div, "pow": T.pow, "maximum": T.maximum,
+              "minimum": T.minimum, "lt": T.lt, "le": T.le, "gt": T.gt, "ge": T.ge, "eq": T.eq, "ne": T.ne,
+              "logical_and": T.logical_and, "logical_or": T.logical_or, "matmul": T.matmul}
+    tdt = {np.dtype(np.float32): T.float32, np.dtype(np.float16): T.float16, np.dtype(np.float64): T.float64,
+           np.dtype(np.int32): T.int32, np.dtype(np.int64): T.int64, np.dtype(bool): T.bool}
+    nodes = list(graph.nodes)
+    inputs = list(graph.inputs)
+    outputs = list(graph.outputs)
+
+    def run(*xs):
+        env: dict[int, Any] = {id(n): x for n, x in zip(inputs, xs)}
+        for n in nodes:
+            if n.op == "input":
+                continue
+            a = [env[id(i)] for i in n.inputs]
+            if n.op == "const":
+                v = T.as_tensor(np.asarray(n.value), device=xs[0].device if xs else None)
+            elif n.op in unary:
+                v = unary[n.op](a[0])
+            elif n.op in binary:
+                v = binary[n.op](a[0], a[1])
+            elif n.op == "where":
+                v = T.where(a[0], a[1], a[2])
+            elif n.op == "cast":
+                v = a[0].to(tdt[np.dtype(n.dtype)])
+            elif n.op == "broadcast_to":
+                v = a[0].expand(*n.shape)
+            elif n.op == "reshape":
+                v = a[0].reshape(n.shape)
+            elif n.op == "transpose":
+                v = a[0].permute(*n.attrs["axes"])
+            elif n.op == "slice":
+                v = a[0][tuple(slice(s, e, st) for s, e, st in zip(n.attrs["starts"], n.attrs["stops"],
+                                                                   n.attrs["steps"]))]
+            elif n.op in ("sum", "max", "min"):
+                axes = list(n.attrs["axes"]) if n.attrs.get("axes") is not None else list(range(a[0].dim()))
+                f = {"sum": T.sum, "max": T.amax, "min": T.amin}[n.op]
+                v = f(a[0], dim=axes, keepdim=bool(n.attrs.get("keepdims", False)))
+            elif n.op == "cumsum":
+                v = T.cumsum(a[0], dim=int(n.attrs["axis"]))
+            else:
+                raise ExplorerError(f"no torch translation for op {n.op!r}")
+            if v.dtype != tdt.get(np.dtype(n.dtype), v.dtype):
+                v = v.to(tdt[np.dtype(n.dtype)])
+            env[id(n)] = v
+        return tuple(env[id(o)] for o in outputs)
+    return run
+
+
+def _baseline_torch(graph, arrays: list[np.ndarray], compiled_mode: bool, target: str
+                    ) -> tuple[Callable[[], Any] | None, str]:
+    try:
+        import torch
+    except ImportError:
+        return None, "torch is not installed"
+    dev = "cuda" if target == "cuda" and torch.cuda.is_available() else "cpu"
+    try:
+        xs = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in arrays]
+        f = _torch_fn(graph, torch)
+        if compiled_mode:
+            f = torch.compile(f)
+        f(*xs)  # compile / warm up now so a failure becomes a note, not a crash
+    except Exception as e:  # torch.compile needs a working C++ toolchain (inductor); say why it is missing
+        return None, f"{'torch.compile' if compiled_mode else 'torch'} failed: {type(e).__name__}: {str(e)[:120]}"
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+    def call():
+        r = f(*xs)
+        sync()
+        return [t.cpu().numpy() for t in r]
+    return call, ""
+
+
+def _measure_baseline(name: str, fn: Callable, arrays: list[np.ndarray], graph, want: list[np.ndarray], target: str,
+                      warmup: int, repeat: int) -> tuple[Variant | None, str]:
+    if name == "numpy":
+        call: Callable[[], Any] | None = lambda: fn(*arrays)  # noqa: E731
+        why = ""
+    elif name == "numexpr":
+        call, why = _baseline_numexpr(graph, arrays)
+    elif name in ("torch", "torch.compile"):
+        call, why = _baseline_torch(graph, arrays, name == "torch.compile", target)
+    else:
+        raise ExplorerError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    if call is None:
+        return None, why
+    err = max_abs_error(_as_list(call()), want)
+    median, sd, mn, n = _time_calls(call, warmup, repeat)
+    note = "on the GPU" if name.startswith("torch") and target == "cuda" else ""
+    return Variant(name=name, kind="baseline", median_ms=median, stdev_ms=sd, min_ms=mn, repeat=n,
+                   time_source="measured (wall clock)", max_abs_error=err, note=note), ""
+
+
+# ----------------------------------------------------------------------------- formatting helpers
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def _fmt_ms(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.4g}"
+
+
+def _matplotlib():
+    """matplotlib's Figure class with the Agg canvas (no pyplot, no display needed)."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        raise BackendUnavailable(f"charts need matplotlib, which is not installed; {NOTEBOOK_HINT}") from None
+
+    def new_figure(**kw):
+        fig = Figure(**kw)
+        FigureCanvasAgg(fig)  # render off-screen: works headless, never touches pyplot's global state
+        return fig
+    return new_figure
+
+
+VARIANT_COLORS = {"fused": "#2a7ab9", "unfused": "#d9622b", "numpy": "#6b6b6b", "numexpr": "#8a5fb5",
+                  "torch": "#c23b3b", "torch.compile": "#3b9c5a"}
+
+
+# ----------------------------------------------------------------------------- the comparison
+class Comparison:
+    """Fused vs unfused (and baselines) for one function on one target.
+
+    `.rows` (list of dicts), `.table()` (text), `_repr_html_()`, `.speedup`
+    (unfused time / fused time), `.plot_timing()`, `.plot_roofline()`.
+    """
+
+    def __init__(self, name: str, target: str, device: Device, variants: list[Variant], skipped: dict[str, str],
+                 shapes: list[str]):
+        self.name = name
+        self.target = target
+        self.device = device
+        self.variants = variants
+        self.skipped = skipped
+        self.shapes = shapes
+
+    # -- access -------------------------------------------------------------------------
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise ExplorerError(f"no variant {name!r} in this comparison; variants are "
+                            f"{', '.join(v.name for v in self.variants)}")
+
+    @property
+    def fused(self):
+        """The fused Compiled."""
+        return self.variant("fused").compiled
+
+    @property
+    def unfused(self):
+        """The unfused Compiled (one kernel per op)."""
+        return self.variant("unfused").compiled
+
+    @property
+    def speedup(self) -> float:
+        """Unfused time / fused time (>1: fusion is faster)."""
+        f, u = self.variant("fused"), self.variant("unfused")
+        return u.median_ms / f.median_ms if f.median_ms > 0 else float("inf")
+
+    @property
+    def bytes_saved(self) -> int:
+        """Model bytes the fused variant does not move."""
+        return int((self.variant("unfused").bytes_model or 0) - (self.variant("fused").bytes_model or 0))
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        base = self.variant("unfused").median_ms
+        out = []
+        for v in self.variants:
+            out.append({
+                "variant": v.name, "kind": v.kind, "target": self.target if v.kind == "compiled" else "host",
+                "kernels": v.kernels, "median_ms": v.median_ms, "stdev_ms": v.stdev_ms, "min_ms": v.min_ms,
+                "repeat": v.repeat, "time_source": v.time_source,
+                "speedup_vs_unfused": base / v.median_ms if v.median_ms > 0 else float("inf"),
+                "flops": v.flops, "bytes_model": v.bytes_model, "bytes_measured": v.bytes_measured,
+                "max_abs_error": v.max_abs_error, "note": v.note})
+        return out
+
+    # -- text -----------------------------------------------------------------------------
+    def _header(self) -> list[str]:
+        times = sorted({v.time_source for v in self.variants})
+        return [f"{self.name}({', '.join(self.shapes)}) on target {self.target!r}",
+                f"device for the model: {self.device.label()}",
+                "times: " + "; ".join(times) + f"; median of {self.variants[0].repeat} runs"]
+
+    def table(self) -> str:
+        """A plain-text table (no pandas) of every variant.
+
+        Columns: kernels, median time and stdev (ms), speedup vs unfused, bytes moved
+        (model; 'sim' = the simulator's exact count), GFLOP (model), max abs error vs NumPy.
+        """
+        head = ["variant", "kernels", "time ms", "± ms", "vs unfused", "bytes (model)", "bytes (sim)",
+                "GFLOP (model)", "max err"]
+        body = []
+        for r in self.rows:
+            body.append([r["variant"] + ("" if r["time_source"].startswith("measured") else " [model time]"),
+                         "-" if r["kernels"] is None else str(r["kernels"]),
+                         _fmt_ms(r["median_ms"]), _fmt_ms(r["stdev_ms"]), f"{r['speedup_vs_unfused']:.2f}x",
+                         _fmt_bytes(r["bytes_model"]), _fmt_bytes(r["bytes_measured"]),
+                         "-" if r["flops"] is None else f"{r['flops'] / 1e9:.3g}",
+                         "-" if r["max_abs_error"] is None else f"{r['max_abs_error']:.2g}"])
+        widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(head)]
+        lines = self._header()
+        lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
+        lines.append("  ".join("-" * w for w in widths))
+        for row in body:
+            lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        f, u = self.variant("fused"), self.variant("unfused")
+        lines.append(f"fusion: {u.kernels} → {f.kernels} kernels, {_fmt_bytes(u.bytes_model)} → "
+                     f"{_fmt_bytes(f.bytes_model)} moved (model), speedup {self.speedup:.2f}x"
+                     + ("" if f.measured else " (model time)"))
+        for name, why in self.skipped.items():
+            lines.append(f"skipped baseline {name}: {why}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def __repr__(self) -> str:
+        return f"<Comparison {self.name} on {self.target}: speedup {self.speedup:.2f}x>"
+
+    def _repr_html_(self) -> str:
+        import html
+        cols = ["variant", "kernels", "median_ms", "stdev_ms", "speedup_vs_unfused", "bytes_model",
+                "bytes_measured", "flops", "max_abs_error", "time_source"]
+        heads = ["variant", "kernels", "time (ms)", "± (ms)", "vs unfused", "bytes (model)", "bytes (sim)",
+                 "GFLOP (model)", "max err", "time source"]
+        fmt = {"median_ms": _fmt_ms, "stdev_ms": _fmt_ms, "speedup_vs_unfused": lambda x: f"{x:.2f}x",
+               "bytes_model": _fmt_bytes, "bytes_measured": _fmt_bytes,
+               "flops": lambda x: "-" if x is None else f"{x / 1e9:.3g}",
+               "max_abs_error": lambda x: "-" if x is None else f"{x:.2g}",
+               "kernels": lambda x: "-" if x is None else str(x)}
+        trs = []
+        for r in self.rows:
+            tds = "".join(f"<td>{html.escape(fmt.get(c, str)(r[c]))}</td>" for c in cols)
+            trs.append(f"<tr>{tds}</tr>")
+        cap = "<br>".join(html.escape(h) for h in self._header())
+        skipped = "".join(f"<li>skipped {html.escape(k)}: {html.escape(v)}</li>" for k, v in self.skipped.items())
+        return (f"<div><p>{cap}</p><table><thead><tr>{''.join(f'<th>{h}</th>' for h in heads)}</tr></thead>"
+                f"<tbody>{''.join(trs)}</tbody></table>" + (f"<ul>{skipped}</ul>" if skipped else "") + "</div>")
+
+    # -- charts ---------------------------------------------------------------------------
+    def plot_timing(self, ax=None):
+        """Bar chart of the median time per variant with stdev error bars → matplotlib Figure.
+
+        Bars whose time is not measured (target 'sim') are hatched and labelled "model".
+        """
+        new_figure = _matplotlib()
+        fig = ax.figure if ax is not None else new_figure(figsize=(7, 4), layout="constrained")
+        ax = ax if ax is not None else fig.add_subplot()
+        labels, heights, errs, colors, hatches = [], [], [], [], []
+        for v in self.variants:
+            labels.append(v.name if v.measured else f"{v.name}\n(model)")
+            heights.append(v.median_ms)
+            errs.append(v.stdev_ms)
+            colors.append(VARIANT_COLORS.get(v.name, "#999999"))
+            hatches.append("" if v.measured else "//")
+        x = np.arange(len(labels))
+        bars = ax.bar(x, heights, yerr=errs, capsize=4, color=colors, edgecolor="black", linewidth=0.6)
+        for bar, h in zip(bars, hatches):
+            bar.set_hatch(h)
+        for bar, v in zip(bars, self.variants):
+            txt = f"{v.median_ms:.3g} ms" + ("" if v.measured else " (model)")
+            ax.annotate(txt, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 3),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x, labels)
+        measured = all(v.measured for v in self.variants)
+        ax.set_ylabel("time per call (ms)" + (", median ± stdev, measured" if measured else
+                                              " — hatched bars: model (simulator counters)"))
+        ax.set_title(f"{self.name}: fused vs unfused on {self.target} — speedup {self.speedup:.2f}x"
+                     + ("" if self.variant("fused").measured else " (model)"), fontsize=10)
+        ax.set_ylim(0, max(h + e for h, e in zip(heights, errs)) * 1.18 or 1)
+        return fig
+
+    def plot_roofline(self, device: "Device | str | None" = None, ax=None):
+        """Log-log roofline of `device` with each kernel of the fused and unfused variants.
+
+        Hollow markers: model (intensity from the cost model or the simulator's counters,
+        performance on the roof). Solid markers: measured (flops / measured time); when the
+        backend reports no per-kernel times, one solid point per variant for the whole call.
+        `device` defaults to this comparison's device (the local CPU for cpu/sim/reference).
+        """
+        new_figure = _matplotlib()
+        dev = costmodel.device(device) if device is not None else self.device
+        fig = ax.figure if ax is not None else new_figure(figsize=(7.5, 5), layout="constrained")
+        ax = ax if ax is not None else fig.add_subplot()
+        pts = self.roofline_points(dev)
+        xs = [p["intensity"] for p in pts if math.isfinite(p["intensity"]) and p["intensity"] > 0]
+        lo = min(xs + [dev.ridge]) / 8
+        hi = max(xs + [dev.ridge]) * 8
+        grid = np.logspace(math.log10(lo), math.log10(hi), 200)
+        roof = np.minimum(dev.peak_fp32, grid * dev.bandwidth) / 1e9
+        how = "measured" if dev.measured else "data sheet"
+        ax.loglog(grid, roof, color="black", lw=1.5,
+                  label=f"{dev.name} roof ({how}): {dev.peak_fp32 / 1e9:,.0f} GFLOP/s, {dev.bandwidth / 1e9:,.0f} GB/s")
+        ax.axvline(dev.ridge, color="#999999", ls=":", lw=1)
+        seen = set()
+        for p in pts:
+            color = VARIANT_COLORS.get(p["variant"], "#999999")
+            label = f"{p['variant']} — {'measured' if p['measured'] else 'model'}"
+            kw = dict(marker="o" if p["variant"] == "fused" else "s", ms=9, color=color, ls="none",
+                      markeredgecolor=color, markeredgewidth=1.6)
+            if not p["measured"]:
+                kw["markerfacecolor"] = "none"
+            ax.plot([p["intensity"]], [p["gflops"]], label=label if label not in seen else None, **kw)
+            seen.add(label)
+            ax.annotate(p["label"], (p["intensity"], p["gflops"]), xytext=(6, -10 if p["measured"] else 5),
+                        textcoords="offset points", fontsize=7, color=color)
+        ax.set_xlabel("arithmetic intensity (flop / byte)" + (" — simulator counters" if any(
+            p["bytes_source"] == "simulator" for p in pts) else " — model bytes"))
+        ax.set_ylabel("performance (GFLOP/s)")
+        ax.set_title(f"Roofline: {self.name} on {self.target} (solid = measured, hollow = model)", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(True, which="both", alpha=0.25)
+        return fig
+
+    def roofline_points(self, device: "Device | str | None" = None) -> list[dict[str, Any]]:
+        """The points plot_roofline draws: one model point per kernel, plus measured points."""
+        dev = costmodel.device(device) if device is not None else self.device
+        pts: list[dict[str, Any]] = []
+        for vname in ("fused", "unfused"):
+            v = self.variant(vname)
+            costs = costmodel.kernel_costs(v.compiled, dev) if dev is not self.device else v.costs
+            for c in costs:
+                pts.append({"variant": vname, "kernel": c.name, "label": c.name, "measured": False,
+                            "intensity": c.intensity, "gflops": c.attainable_flops / 1e9,
+                            "bytes_source": c.source})
+            if not v.measured:
+                continue
+            if v.per_kernel_ms and all(c.name in v.per_kernel_ms for c in costs):
+                for c in costs:
+                    ms = v.per_kernel_ms[c.name]
+                    pts.append({"variant": vname, "kernel": c.name, "label": c.name, "measured": True,
+                                "intensity": c.intensity, "gflops": c.flops / (ms * 1e-3) / 1e9 if ms > 0 else 0.0,
+                                "bytes_source": c.source})
+            elif costs:
+                flops = sum(c.flops for c in costs)
+                nbytes = sum(c.bytes for c in costs)
+                single = len(costs) == 1
+                pts.append({"variant": vname, "kernel": costs[0].name if single else "(whole call)",
+                            "label": costs[0].name if single else f"{vname}: whole call ({len(costs)} kernels)",
+                            "measured": True, "intensity": flops / nbytes if nbytes else float("inf"),
+                            "gflops": flops / (v.median_ms * 1e-3) / 1e9 if v.median_ms > 0 else 0.0,
+                            "bytes_source": costs[0].source})
+        return pts
+
+
+# ----------------------------------------------------------------------------- compare()
+def _shapes(arrays: Sequence[np.ndarray]) -> list[str]:
+    from .dtypes import type_str
+    return [type_str(a.shape, a.dtype) for a in arrays]
+
+
+def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[str] = ("numpy",),
+            repeat: int = 20, warmup: int = 3, device: "Device | str | None" = None, check: bool = True,
+            **compile_kwargs: Any) -> Comparison:
+    """Compile `fn` fused and unfused on `target`, check both against NumPy and measure them.
+
+    baselines: any of 'numpy' (fn on arrays), 'numexpr' (elementwise functions),
+    'torch' (eager) and 'torch.compile' — those not installed are skipped with a note.
+    device: the roofline device for the model (default: the target's — the local CPU
+    for cpu/sim/reference, the GPU for cuda). compile_kwargs go to explorer.compile
+    (schedule=, dtype=, fast_math=, ...; fuse= sets the rules of the fused variant).
+
+    >>> import numpy as np, explorer
+    >>> r = explorer.compare(lambda a, b: np.exp(a) * b + 1, np.ones(1 << 16, np.float32),
+    ...                      np.ones(1 << 16, np.float32), target="sim")      # doctest: +SKIP
+    >>> r.variant("fused").bytes_model < r.variant("unfused").bytes_model   # doctest: +SKIP
+    True
+    """
+    from .pipeline import compile as _compile, resolve_target
+    for b in baselines:
+        if b not in BASELINES:
+            raise ExplorerError(f"unknown baseline {b!r}; choose from {', '.join(BASELINES)}")
+    if repeat < 1 or warmup < 0:
+        raise ExplorerError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+    verbose = compile_kwargs.pop("verbose", True)
+    t = resolve_target(target, verbose)
+    fuse_rules = compile_kwargs.pop("fuse", True)
+    if fuse_rules is False:
+        raise ExplorerError("compare() builds the unfused variant itself; leave fuse= unset (or pass fusion rules)")
+    fused = _compile(fn, *args, target=t, fuse=fuse_rules, verbose=False, **compile_kwargs)
+    unfused = _compile(fn, *args, target=t, fuse=False, verbose=False, **compile_kwargs)
+    arrays = list(fused.examples)
+    want = _as_list(fn(*arrays))
+    dev = costmodel.device(device if device is not None else t)
+    variants = [_measure_compiled("fused", fused, want, dev, warmup, repeat, check),
+                _measure_compiled("unfused", unfused, want, dev, warmup, repeat, check)]
+    skipped: dict[str, str] = {}
+    for b in baselines:
+        v, why = _measure_baseline(b, fn, arrays, fused.graph, want, t, warmup, repeat)
+        if v is None:
+            skipped[b] = why
+        else:
+            variants.append(v)
+    return Comparison(fused.name, t, dev, variants, skipped, _shapes(arrays))
+
+
+# ----------------------------------------------------------------------------- sweeps
+def _default_make_args(fn: Callable) -> Callable[[int], tuple]:
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    except (TypeError, ValueError):
+        raise ExplorerError("sweep could not read fn's parameters; pass make_args=lambda n: (arrays...)") from None
+    count = max(1, len(params))
+
+    def make(n: int) -> tuple:
+        rng = np.random.default_rng(n)
+        return tuple(rng.standard_normal(n, dtype=np.float32) for _ in range(count))
+    return make
+
+
+DEFAULT_SIZES = tuple(1 << k for k in range(10, 23, 2))
+
+
+@dataclass
+class Sweep:
+    """Fused vs unfused across problem sizes. rows: size, fused_ms, unfused_ms, speedup, bytes, ..."""
+
+    name: str
+    target: str
+    device: Device
+    rows: list[dict[str, Any]]
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.rows) and all(r["time_source"].startswith("measured") for r in self.rows)
+
+    def table(self) -> str:
+        head = f"{'size':>10}  {'fused ms':>10}  {'unfused ms':>10}  {'speedup':>8}  {'model speedup':>13}  " \
+               f"{'bytes fused':>11}  {'bytes unfused':>13}"
+        lines = [f"sweep {self.name} on {self.target} (times: "
+                 f"{'measured' if self.measured else 'model'}; bytes: model)", head]
+        for r in self.rows:
+            lines.append(f"{r['size']:>10}  {r['fused_ms']:>10.4g}  {r['unfused_ms']:>10.4g}  {r['speedup']:>7.2f}x  "
+                         f"{r['model_speedup']:>12.2f}x  {_fmt_bytes(r['bytes']):>11}  "
+                         f"{_fmt_bytes(r['unfused_bytes']):>13}")
+        return "\n".join(lines)
+
+    __str__ = table
+
+    def _repr_html_(self) -> str:
+        import html
+        return f"<pre>{html.escape(self.table())}</pre>"
+
+    def plot(self, ax=None):
+        """Speedup (unfused / fused time) vs problem size, log x; the model's prediction dashed."""
+        new_figure = _matplotlib()
+        fig = ax.figure if ax is not None else new_figure(figsize=(7, 4), layout="constrained")
+        ax = ax if ax is not None else fig.add_subplot()
+        sizes = [r["size"] for r in self.rows]
+        what = "measured" if self.measured else "model (simulator counters)"
+        ax.semilogx(sizes, [r["speedup"] for r in self.rows], "o-", color=VARIANT_COLORS["fused"],
+                    label=f"speedup, {what}")
+        ax.semilogx(sizes, [r["model_speedup"] for r in self.rows], "--", color="#888888",
+                    label=f"speedup, model (roofline on {self.device.name})")
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xlabel("problem size (elements of the first input)")
+        ax.set_ylabel("speedup of fused over unfused (x)")
+        ax.set_title(f"{self.name} on {self.target}: where fusion pays off", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.25)
+        return fig
+
+
+def sweep(fn: Callable, make_args: Callable[[int], tuple] | None = None, sizes: Sequence[int] = DEFAULT_SIZES,
+          target: str = "auto", progress: bool = True, repeat: int = 10, warmup: int = 2,
+          device: "Device | str | None" = None, **compile_kwargs: Any) -> Sweep:
+    """Measure fused vs unfused across problem sizes → Sweep (rows; .plot() speedup vs size).
+
+    make_args(n) returns the arguments for size n (default: one float32 vector of n
+    elements per parameter of fn — right for elementwise functions). A progress bar
+    appears when the sweep takes more than a second.
+
+    >>> import numpy as np, explorer
+    >>> s = explorer.sweep(lambda a, b: np.exp(a) * b, sizes=[1024, 4096], target="sim")   # doctest: +SKIP
+    >>> [r["size"] for r in s.rows]                                                         # doctest: +SKIP
+    [1024, 4096]
+    """
+    from .pipeline import resolve_target
+    from .progress import progress as _progress
+    if not sizes:
+        raise ExplorerError("sweep needs at least one size, e.g. sizes=[1 << 12, 1 << 16, 1 << 20]")
+    make = make_args or _default_make_args(fn)
+    t = resolve_target(target, compile_kwargs.pop("verbose", True))
+    rows = []
+    name = getattr(fn, "__name__", "fn")
+    dev = costmodel.device(device if device is not None else t)
+    for n in _progress(list(sizes), desc=f"sweep {name}", enabled=progress):
+        args = make(int(n))
+        if not isinstance(args, tuple):
+            args = (args,)
+        r = compare(fn, *args, target=t, baselines=(), repeat=repeat, warmup=warmup, device=dev, verbose=False,
+                    **compile_kwargs)
+        f, u = r.variant("fused"), r.variant("unfused")
+        fp = sum(c.predicted_ms for c in costmodel.kernel_costs(f.compiled, dev, counters=False))
+        up = sum(c.predicted_ms for c in costmodel.kernel_costs(u.compiled, dev, counters=False))
+        name = r.name
+        rows.append({"size": int(n), "fused_ms": f.median_ms, "unfused_ms": u.median_ms, "speedup": r.speedup,
+                     "model_speedup": up / fp if fp > 0 else float("nan"),
+                     "bytes": f.bytes_model, "unfused_bytes": u.bytes_model,
+                     "fused_kernels": f.kernels, "unfused_kernels": u.kernels, "time_source": f.time_source})
+    return Sweep(name, t, dev, rows)
+
+
+# ----------------------------------------------------------------------------- python -m explorer bench
+def _mlp(x, w, b):
+    return np.maximum(x @ w + b, 0)
+
+
+def _softmax(x):
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def bench_cases(target: str, quick: bool = False) -> list[tuple[str, Callable, tuple]]:
+    """The essay's MLP (memory-bound and compute-bound shapes) and a softmax, sized for `target`."""
+    rng = np.random.default_rng(0)
+
+    def r(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+    # The simulator executes every thread in NumPy: keep its problems small.
+    small = target == "sim" or quick
+    m, k, n = (2048, 64, 64) if small else (8192, 64, 64)
+    big = 128 if target == "sim" else (256 if quick else 1024)
+    rows, cols = (256, 256) if small else (4096, 1024)
+    return [(f"mlp, memory-bound ({m}x{k} @ {k}x{n})", _mlp, (r(m, k), r(k, n), r(n))),
+            (f"mlp, compute-bound ({big}^3)", _mlp, (r(big, big), r(big, big), r(big))),
+            (f"softmax ({rows}x{cols})", _softmax, (r(rows, cols),))]
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m explorer bench`: fused vs unfused tables for the essay's MLP and a softmax."""
+    import argparse
+    from .pipeline import TARGETS, resolve_target
+    p = argparse.ArgumentParser(prog="python -m explorer bench",
+                                description="Fused vs unfused on the best available target (or --target).")
+    p.add_argument("--target", default="auto", choices=TARGETS)
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="smaller problems")
+    p.add_argument("--baselines", default="numpy,numexpr,torch,torch.compile",
+                   help="comma-separated: numpy,numexpr,torch,torch.compile")
+    a = p.parse_args(list(argv) if argv is not None else None)
+    try:
+        t = resolve_target(a.target, verbose=True)
+        bl = tuple(s for s in a.baselines.split(",") if s)
+        for title, fn, args in bench_cases(t, a.quick):
+            print(f"== {title}")
+            r = compare(fn, *args, target=t, baselines=bl, repeat=a.repeat, warmup=a.warmup, verbose=False)
+            print(r.table())
+            print()
+    except ExplorerError as e:
+        print(f"error: {e}")
+        return 1
+    return 0
+
+
+__all__ = ["compare", "Comparison", "Variant", "sweep", "Sweep", "bench_main", "bench_cases", "numexpr_expression",
+           "max_abs_error", "BASELINES"]

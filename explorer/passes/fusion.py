@@ -1,0 +1,984 @@
+"""The fusion pass: group the op nodes of a Graph into kernels (TVM operator-pattern style).
+
+Every op node lands in exactly one FusionGroup (one future kernel); values that cross
+a group boundary go through global memory, values inside a group stay in registers.
+Every producer→consumer edge between op nodes gets a FusionDecision saying which
+rule decided it and why, in one sentence.
+
+Before (simplified graph)                      After fuse(graph)
+    %3: f32[64,256] = matmul(x, w)                 kernel g0 fused_matmul_add_maximum [contraction]
+    %4: f32[64,256] = add(%3, b)                     %3 = matmul(x, w)
+    %5: f32[] = const 0.0                            %4 = add(%3, b)          epilogue
+    %6: f32[64,256] = maximum(%4, %5)                %6 = maximum(%4, %5)     epilogue
+
+Rules (keys of `fuse(graph, rules={...})`):
+    elementwise      chains of elementwise/injective ops fuse
+    reduce_producer  a reduction absorbs its elementwise/injective producers over its input domain
+    reduce_consumer  elementwise consumers of a reduction join its kernel when they read the same row
+    multi_reduce     reductions over the same domain and axes share one kernel (softmax, layernorm)
+    epilogue         a matmul absorbs elementwise consumers over its output shape (bias, relu, gelu, scale)
+    prologue         a matmul absorbs injective-only producers of an operand (x @ w.T)
+Opaque ops (cumsum) never fuse, and a merge that would break an invariant of the
+lowering, recompute a value needed elsewhere, or create a cycle between kernels is refused.
+
+>>> import numpy as np, explorer
+>>> from explorer.passes.fusion import fuse
+>>> g = explorer.trace(lambda x, w, b: np.maximum(x @ w + b, 0),
+...                    np.ones((4, 8), np.float32), np.ones((8, 3), np.float32), np.ones(3, np.float32))
+>>> [grp.name for grp in fuse(g).groups]
+['fused_matmul_add_maximum']
+>>> len(fuse(g, rules=False).groups)
+3
+"""
+from __future__ import annotations
+
+import heapq
+import html
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import ExplorerError, VerificationError
+from ..graph import Graph, Node, Provenance, c_identifier
+
+RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
+KINDS = ("elementwise", "reduce", "contraction", "opaque")
+_POINTWISE = ("elementwise", "injective")
+
+
+# ----------------------------------------------------------------------------- data model
+@dataclass(eq=False)
+class FusionGroup:
+    """One kernel: member nodes (topological), external inputs, outputs and the anchor's domain."""
+
+    id: str
+    kind: str
+    nodes: list[Node]
+    inputs: list[Node]
+    outputs: list[Node]
+    anchor: Node
+    name: str
+    source_lines: list[Provenance] = field(default_factory=list)
+
+    @property
+    def ops(self) -> list[str]:
+        return [n.op for n in self.nodes]
+
+    def __repr__(self) -> str:
+        return f"<FusionGroup {self.id} {self.name} [{self.kind}] {len(self.nodes)} ops>"
+
+
+@dataclass
+class FusionDecision:
+    """Why `producer` → `consumer` is (not) inside one kernel. `short` is a label for edges in dot()."""
+
+    producer: Node
+    consumer: Node
+    fused: bool
+    rule: str
+    reason: str
+    short: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"producer": self.producer.name, "consumer": self.consumer.name, "fused": self.fused,
+                "rule": self.rule, "reason": self.reason}
+
+
+class FusedGraph:
+    """The fused snapshot: the graph, its kernels (groups, in execution order) and every boundary decision."""
+
+    def __init__(self, graph: Graph, groups: list[FusionGroup], decisions: list[FusionDecision],
+                 rules: dict[str, bool]):
+        self.graph = graph
+        self.groups = groups
+        self.decisions = decisions
+        self.rules = dict(rules)
+        self._group_of = {id(n): g for g in groups for n in g.nodes}
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+    def group_of(self, node: Node | str) -> FusionGroup | None:
+        """The group holding `node` (a Node or a name like '%3'); None for inputs and constants."""
+        if isinstance(node, str):
+            node = _lookup(self.graph, node)
+        return self._group_of.get(id(node))
+
+    def group(self, key: str) -> FusionGroup:
+        """A group by id ('g0') or name ('fused_matmul_add_maximum')."""
+        for g in self.groups:
+            if key in (g.id, g.name):
+                return g
+        raise ExplorerError(f"fused {self.name} has no kernel {key!r}; kernels are "
+                            + ", ".join(f"{g.id} {g.name}" for g in self.groups))
+
+    def decision(self, a: Node, b: Node) -> FusionDecision | None:
+        for d in self.decisions:
+            if (d.producer is a and d.consumer is b) or (d.producer is b and d.consumer is a):
+                return d
+        return None
+
+    # -- printing ----------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """kernels, fused/unfused edges, bytes of intermediates that round-trip through global memory."""
+        outs = {id(o) for o in self.graph.outputs}
+        inter = [o for g in self.groups for o in g.outputs if id(o) not in outs]
+        cats = Counter(n.category for g in self.groups for n in g.nodes)
+        return {"kernels": len(self.groups), "ops": sum(len(g.nodes) for g in self.groups),
+                "fused_edges": sum(d.fused for d in self.decisions),
+                "unfused_edges": sum(not d.fused for d in self.decisions),
+                "intermediates": len(inter), "intermediate_bytes": int(sum(o.nbytes for o in inter)),
+                "kernels_by_kind": dict(sorted(Counter(g.kind for g in self.groups).items())),
+                "ops_by_category": dict(sorted(cats.items()))}
+
+    def text(self, provenance: bool = True) -> str:
+        """Kernels with their member lines, then every boundary decision; stable across runs."""
+        st = self.stats()
+        k = st["kernels"]
+        lines = [f"fused {self.name}: {k} kernel{'s' if k != 1 else ''} ({st['ops']} op{'s' if st['ops'] != 1 else ''}), "
+                 f"{st['intermediates']} intermediate{'s' if st['intermediates'] != 1 else ''} in global memory"
+                 + (f" ({_fmt_bytes(st['intermediate_bytes'])})" if st["intermediates"] else "")]
+        outs = {id(o) for o in self.graph.outputs}
+        for g in self.groups:
+            head = f"  kernel {g.id} {g.name} [{g.kind}]"
+            if provenance and g.source_lines:
+                head += "  lines: " + ", ".join(_short_lines(g.source_lines))
+            lines.append(head)
+            lines.append("    reads: " + (", ".join(i.name for i in g.inputs) or "-")
+                         + "   writes: " + ", ".join(o.name + ("*" if id(o) in outs else "") for o in g.outputs))
+            for n in g.nodes:
+                lines.append("    " + self.graph.node_line(n, provenance=False))
+        passthrough = [o for o in self.graph.outputs if o.op in ("input", "const")]
+        if passthrough:
+            lines.append("  returned without a kernel: " + ", ".join(o.name for o in passthrough))
+        if self.decisions:
+            lines.append("  boundaries:")
+            w = max(len(f"{d.producer.name} → {d.consumer.name}") for d in self.decisions)
+            for d in self.decisions:
+                lines.append(f"    {d.producer.name + ' → ' + d.consumer.name:<{w}}  {d.reason}")
+        return "\n".join(lines)
+
+    __str__ = text
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(self.text())}</pre>"
+
+    def __repr__(self) -> str:
+        return f"<FusedGraph {self.name}: {len(self.groups)} kernels, {len(self.decisions)} boundaries>"
+
+    def dot(self) -> str:
+        """Graphviz source: one cluster per kernel; edges between kernels labelled with the short reason."""
+        clusters = [(g.id, f"{g.id} {g.name} [{g.kind}]", g.nodes) for g in self.groups]
+        labels = {(d.producer.id, d.consumer.id): d.short for d in self.decisions if not d.fused}
+        return self.graph.dot(clusters=clusters, edge_labels=labels)
+
+    def to_svg(self) -> str:
+        from ..render import dot_to_svg
+        return dot_to_svg(self.dot())
+
+
+def _fmt_bytes(b: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if b < 1024 or unit == "GiB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+    return f"{b} B"  # pragma: no cover
+
+
+def _short_lines(provs: list[Provenance]) -> list[str]:
+    return [p.short() for p in provs]
+
+
+# ----------------------------------------------------------------------------- helpers
+def _shape(s: tuple[int, ...]) -> str:
+    return "[" + ",".join(str(x) for x in s) + "]"
+
+
+def _axes(n: Node) -> tuple[int, ...]:
+    from ..ops import normalize_axes
+    src = n.inputs[0].shape
+    return normalize_axes(n.op, n.attrs.get("axes"), len(src), src)
+
+
+def _is_scalar_const(n: Node) -> bool:
+    return n.op == "const" and n.size == 1
+
+
+def _is_op(n: Node) -> bool:
+    return n.op not in ("input", "const")
+
+
+def _opaque_why(op: str) -> str:
+    from ..ops import OPS
+    doc = OPS[op].doc if op in OPS else ""
+    doc = doc.split(", so")[0].strip()
+    return f"{op} is opaque ({doc})" if doc else f"{op} is opaque (its loop structure cannot be shared)"
+
+
+def _row_aligned(rs: tuple[int, ...], d: tuple[int, ...], axes: tuple[int, ...]) -> bool:
+    """Does a reduced value of shape rs, broadcast against the domain d, pick the value of the same row?"""
+    if len(rs) == len(d) and all(rs[k] == (1 if k in axes else d[k]) for k in range(len(d))):
+        return True  # keepdims=True
+    k = len(axes)
+    return axes == tuple(range(k)) and rs == d[k:]  # leading axes reduced: broadcasting re-aligns
+
+
+def _is_identity_injective(n: Node) -> bool:
+    if n.shape != n.inputs[0].shape:
+        return False
+    if n.op in ("reshape", "broadcast_to"):
+        return True
+    if n.op == "transpose":
+        return tuple(n.attrs.get("axes", ())) == tuple(range(len(n.shape)))
+    if n.op == "slice":
+        return all(a == 0 and c == 1 for a, c in zip(n.attrs["starts"], n.attrs["steps"]))
+    return False
+
+
+def _lookup(graph: Graph, name: str) -> Node:
+    name = str(name).strip()
+    for n in graph.nodes:
+        if n.name == name or n.name == f"%{name}":
+            return n
+    raise ExplorerError(f"graph {graph.name} has no node named {name!r}; names are "
+                        + ", ".join(n.name for n in graph.nodes))
+
+
+def parse_rules(rules: Any) -> dict[str, bool]:
+    """True → all rules on, False → all off (one kernel per op), dict → named rules (others stay on).
+
+    >>> parse_rules({"epilogue": False})["epilogue"]
+    False
+    """
+    if rules is None or rules is True:
+        return {r: True for r in RULES}
+    if rules is False:
+        return {r: False for r in RULES}
+    if isinstance(rules, dict):
+        bad = [k for k in rules if k not in RULES]
+        if bad:
+            raise ExplorerError(f"unknown fusion rule{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; "
+                                f"valid keys are {', '.join(RULES)} (or pass fuse=True / fuse=False)")
+        out = {r: True for r in RULES}
+        for k, v in rules.items():
+            if not isinstance(v, (bool, int)) or isinstance(v, int) and v not in (0, 1):
+                raise ExplorerError(f"fusion rule {k!r} must be True or False, got {v!r}")
+            out[k] = bool(v)
+        return out
+    raise ExplorerError(f"fuse must be True, False or a dict like {{'epilogue': False}}, got {rules!r}")
+
+
+# ----------------------------------------------------------------------------- legality
+class _Ctx:
+    """What the legality checks need: consumers, graph outputs and the current partition."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.consumers = graph.consumers()
+        self.out_ids = {id(o) for o in graph.outputs}
+        self.pos = {id(n): k for k, n in enumerate(graph.nodes)}
+
+    def is_output(self, m: Node, members: set[int]) -> bool:
+        cons = self.consumers.get(m, [])
+        return id(m) in self.out_ids or not cons or any(id(c) not in members for c in cons)
+
+    def outside_reader(self, m: Node, members: set[int]) -> Node | None:
+        for c in self.consumers.get(m, []):
+            if id(c) not in members:
+                return c
+        return None
+
+
+def _kind_of(members: list[Node]) -> str:
+    cats = {m.category for m in members}
+    if "contraction" in cats:
+        return "contraction"
+    if "reduce" in cats:
+        return "reduce"
+    if "opaque" in cats:
+        return "opaque"
+    return "elementwise"
+
+
+def _validate(members: list[Node], ctx: _Ctx) -> tuple[str, Node] | str:
+    """(kind, anchor) when `members` can be one kernel under the contract's invariants, else a reason."""
+    ids = {id(m) for m in members}
+    cats = [m.category for m in members]
+    kind = _kind_of(members)
+    opaque = [m for m, c in zip(members, cats) if c == "opaque"]
+    if opaque and len(members) > 1:
+        return _opaque_why(opaque[0].op)
+    if kind == "opaque":
+        return kind, members[0]
+    mms = [m for m, c in zip(members, cats) if c == "contraction"]
+    reds = [m for m, c in zip(members, cats) if c == "reduce"]
+    if len(mms) > 1:
+        return (f"two matmuls ({mms[0].name}, {mms[1].name}) never share a kernel: each one is its own "
+                f"tiled loop nest")
+    if mms and reds:
+        return (f"the reduction {reds[0].op} {reds[0].name} and the matmul {mms[0].name} cannot share a "
+                f"kernel: a matmul epilogue only takes elementwise ops")
+    if kind == "contraction":
+        return _validate_contraction(members, ids, mms[0], ctx)
+    if kind == "reduce":
+        return _validate_reduce(members, ids, reds, ctx)
+    # elementwise: any index mapping is fine inside (values are recomputed per element),
+    # but everything the kernel writes must share the anchor's shape.
+    outs = [m for m in members if ctx.is_output(m, ids)]
+    anchor = outs[-1] if outs else members[-1]
+    for o in outs:
+        if o.shape != anchor.shape:
+            return (f"{o.name} ({o.op}, {_shape(o.shape)}) and {anchor.name} ({anchor.op}, {_shape(anchor.shape)}) "
+                    f"would both be written by one kernel but have different shapes"
+                    + (f" ({o.name} is also read by {_reader(o, ids, ctx)})" if not _only_inside(o, ids, ctx) else ""))
+    return "elementwise", anchor
+
+
+def _only_inside(m: Node, ids: set[int], ctx: _Ctx) -> bool:
+    return ctx.outside_reader(m, ids) is None and id(m) not in ctx.out_ids
+
+
+def _reader(m: Node, ids: set[int], ctx: _Ctx) -> str:
+    c = ctx.outside_reader(m, ids)
+    return f"{c.name}" if c is not None else "the function's return"
+
+
+def _validate_contraction(members: list[Node], ids: set[int], mm: Node, ctx: _Ctx) -> tuple[str, Node] | str:
+    # Prologue = in-group ancestors of the matmul; everything else is epilogue.
+    pro: set[int] = set()
+    stack = [i for i in mm.inputs if id(i) in ids]
+    while stack:
+        m = stack.pop()
+        if id(m) in pro:
+            continue
+        pro.add(id(m))
+        stack.extend(i for i in m.inputs if id(i) in ids)
+    for m in members:
+        if m is mm:
+            continue
+        if id(m) in pro:
+            if m.category != "injective":
+                return (f"{m.op} {m.name} feeds the matmul's operand but is {m.category}; a matmul only folds "
+                        f"injective producers (transpose, reshape, slice, broadcast) into its operand loads")
+            if id(m) in ctx.out_ids:
+                return f"{m.name} is also returned by the function, fusing it into the matmul's operand load would recompute it"
+            for c in ctx.consumers.get(m, []):
+                if c is not mm and id(c) not in pro:
+                    return (f"{m.name} is also read by {c.name}{_gref(c)}, fusing it into the matmul's operand load "
+                            f"would recompute it")
+        else:
+            if m.category != "elementwise":
+                return (f"{m.op} {m.name} is {m.category}; a matmul epilogue only takes elementwise ops on its "
+                        f"output, element by element")
+            if m.shape != mm.shape:
+                return (f"{m.op} {m.name} has shape {_shape(m.shape)}, not the matmul's output shape "
+                        f"{_shape(mm.shape)}, so it cannot run in the matmul's epilogue")
+    return "contraction", mm
+
+
+def _validate_reduce(members: list[Node], ids: set[int], reds: list[Node], ctx: _Ctx) -> tuple[str, Node] | str:
+    r0 = reds[0]
+    d, a = r0.inputs[0].shape, _axes(r0)
+    for r in reds[1:]:
+        if r.inputs[0].shape != d or _axes(r) != a:
+            return (f"{r.op} {r.name} reduces {_shape(r.inputs[0].shape)} over axes {_axes(r)}, but the kernel of "
+                    f"{r0.op} {r0.name} reduces {_shape(d)} over axes {a}; one kernel has one reduction domain")
+    rshapes = {r.shape for r in reds}
+    for m in members:
+        if m.category == "reduce":
+            continue
+        if m.shape != d and m.shape not in rshapes:
+            return (f"{m.op} {m.name} has shape {_shape(m.shape)}, which is neither the reduction's input shape "
+                    f"{_shape(d)} nor its result shape {_shape(r0.shape)}")
+        for i in m.inputs:
+            if id(i) not in ids:
+                continue  # read from global memory: any index is fine
+            if m.op in ("transpose", "reshape", "slice") and not _is_identity_injective(m):
+                return (f"{m.op} {m.name} would rearrange {i.name} across rows of the reduction kernel "
+                        f"(each row is computed by its own threads)")
+            if i.shape == m.shape:
+                continue
+            if m.shape == d and i.shape in rshapes and _row_aligned(i.shape, d, a):
+                continue
+            return (f"{m.op} {m.name} reads the reduced value {i.name} ({_shape(i.shape)}) of a different row "
+                    f"than the one it computes")
+    return "reduce", r0
+
+
+# Group references in reasons are resolved after the final numbering: "\x00<node id>\x00".
+def _gref(n: Node) -> str:
+    return f" (kernel \x00{n.id}\x00)"
+
+
+# ----------------------------------------------------------------------------- the pass
+class _Partition:
+    def __init__(self, graph: Graph):
+        self.gid: dict[int, int] = {}          # id(node) -> group key
+        self.members: dict[int, list[Node]] = {}
+        self.kind: dict[int, str] = {}
+        self.pos = {id(n): k for k, n in enumerate(graph.nodes)}
+        self.consumers = graph.consumers()
+        self._next = 0
+
+    def new(self, n: Node, kind: str) -> int:
+        k = self._next
+        self._next += 1
+        self.gid[id(n)] = k
+        self.members[k] = [n]
+        self.kind[k] = kind
+        return k
+
+    def union_members(self, a: int, b: int) -> list[Node]:
+        return sorted(self.members[a] + self.members[b], key=lambda n: self.pos[id(n)])
+
+    def merge(self, a: int, b: int, kind: str) -> int:
+        ms = self.union_members(a, b)
+        for n in self.members[b]:
+            self.gid[id(n)] = a
+        self.members[a] = ms
+        self.kind[a] = kind
+        del self.members[b], self.kind[b]
+        return a
+
+    def cycle_through(self, a: int, b: int) -> Node | None:
+        """A node outside groups a∪b on a path that leaves the union and comes back (None: no cycle)."""
+        union = {a, b}
+        seen: set[int] = set()
+        stack: list[tuple[int, Node]] = []
+        for g in union:
+            for m in self.members[g]:
+                for c in self.consumers.get(m, []):
+                    cg = self.gid.get(id(c))
+                    if cg is not None and cg not in union:
+                        stack.append((cg, c))
+        while stack:
+            g, first = stack.pop()
+            if g in seen:
+                continue
+            seen.add(g)
+            for m in self.members[g]:
+                for c in self.consumers.get(m, []):
+                    cg = self.gid.get(id(c))
+                    if cg is None or cg == g:
+                        continue
+                    if cg in union:
+                        return first
+                    stack.append((cg, first))
+        return None
+
+
+def _rule_for(p: Node, n: Node, kp: str, kn: str, n_cat: str) -> tuple[str, str | None]:
+    """(rule, refusal) for merging p's group (kind kp) with n's group (kind kn); refusal None = rule applies."""
+    if p.category == "opaque" or n_cat == "opaque" or kp == "opaque" or kn == "opaque":
+        op = p.op if p.category == "opaque" else n.op
+        return "opaque", _opaque_why(op)
+    if n_cat == "contraction":
+        if kp == "elementwise":
+            return "prologue", None
+        if kp == "contraction":
+            return "none", (f"two matmuls never share a kernel: {n.name} reads the result of the matmul kernel "
+                            f"of {p.name} from global memory")
+        return "none", (f"a matmul does not absorb a reduction producer ({p.op} {p.name}); only injective "
+                        f"producers (transpose, reshape, slice) fold into its operand loads")
+    if n_cat == "reduce":
+        if kn == "contraction":  # cannot happen: a reduce never joins a contraction group
+            return "none", "a reduction does not run inside a matmul kernel"
+        if kp == "elementwise":
+            return "reduce_producer", None
+        if kp == "reduce":
+            return "multi_reduce", None
+        return "none", (f"{n.op} is a reduction, not an elementwise consumer; a matmul epilogue "
+                        f"({p.name}) only takes elementwise ops")
+    # n elementwise / injective
+    if kp == "elementwise":
+        return {"elementwise": "elementwise", "reduce": "reduce_producer", "contraction": "epilogue"}[kn], None
+    if kp == "reduce":
+        if kn == "contraction":
+            return "none", "a reduction and a matmul never share a kernel"
+        return ("reduce_consumer" if kn == "elementwise" else "multi_reduce"), None
+    # kp == contraction
+    if kn == "elementwise":
+        return "epilogue", None
+    if kn == "contraction":
+        return "none", "two matmuls never share a kernel: each one is its own tiled loop nest"
+    return "none", "a reduction and a matmul never share a kernel"
+
+
+def _fused_reason(rule: str, p: Node, n: Node, anchor: Node) -> str:
+    if rule == "elementwise":
+        return (f"fused: elementwise — {n.op} reads {p.name} ({p.op}) element by element, so the value stays "
+                f"in registers")
+    if rule == "epilogue":
+        if p is anchor:
+            return (f"fused: epilogue — {n.op} is an elementwise consumer of matmul {p.name} with the same output "
+                    f"shape, applied while the result is still in registers")
+        return (f"fused: epilogue — {n.op} joins the epilogue of matmul {anchor.name} (same output shape "
+                f"{_shape(anchor.shape)}), applied while the result is still in registers")
+    if rule == "prologue":
+        return (f"fused: prologue — {p.op} {p.name} only rearranges an operand of matmul {n.name}, so it becomes "
+                f"an indexed load inside the matmul kernel")
+    if rule == "reduce_producer":
+        return (f"fused: reduce_producer — {p.op} {p.name} is computed on the fly while the reduction kernel of "
+                f"{anchor.op} {anchor.name} reads its input")
+    if rule == "reduce_consumer":
+        if p.category == "reduce":
+            return (f"fused: reduce_consumer — {n.op} uses the reduced value {p.name} ({p.op}) on the same row, "
+                    f"right after the reduction, without a round trip through global memory")
+        return (f"fused: reduce_consumer — {n.op} reads {p.name} on the same row inside the reduction kernel of "
+                f"{anchor.op} {anchor.name}, without a round trip through global memory")
+    if rule == "multi_reduce":
+        return (f"fused: multi_reduce — {n.op} {n.name} works on the same rows (domain "
+                f"{_shape(anchor.inputs[0].shape)}, axes {_axes(anchor)}) as {anchor.op} {anchor.name}, so both "
+                f"reductions share one kernel")
+    return f"fused: {rule}"
+
+
+_SHORT = {"opaque": "opaque", "none": "categories"}
+
+
+def _short(rule: str, reason: str, disabled: bool) -> str:
+    if disabled:
+        return f"rule off: {rule}" if rule in RULES else "fusion off"
+    if "cycle" in reason:
+        return "cycle"
+    if "recompute" in reason:
+        return "multi-consumer"
+    if rule in _SHORT:
+        return _SHORT[rule]
+    if "shape" in reason:
+        return "shape"
+    if "row" in reason:
+        return "row mismatch"
+    if "axes" in reason:
+        return "reduce axes"
+    return rule
+
+
+def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
+    """Partition the op nodes of `graph` into kernels; every op→op edge gets a FusionDecision.
+
+    Pure: the graph is not modified. `rules=False` gives one kernel per op node;
+    `rules={'epilogue': False}` turns single rules off (see RULES).
+
+    >>> import numpy as np, explorer
+    >>> g = explorer.trace(lambda x: np.exp(x) * 2 + 1, np.ones(8, np.float32))
+    >>> fg = fuse(g)
+    >>> len(fg.groups), fg.groups[0].kind
+    (1, 'elementwise')
+    """
+    rule_on = parse_rules(rules)
+    all_off = not any(rule_on.values())
+    off_text = "fuse=False" if all_off else "fuse=" + repr({k: v for k, v in rule_on.items() if not v})
+    ctx = _Ctx(graph)
+    part = _Partition(graph)
+    pending: list[tuple[Node, Node, bool, str, str, bool]] = []  # p, n, fused, rule, reason, disabled
+
+    for n in graph.nodes:
+        if not _is_op(n):
+            continue
+        cat = n.category
+        part.new(n, _kind_of([n]))
+        seen_p: set[int] = set()
+        for p in n.inputs:
+            if not _is_op(p) or id(p) in seen_p:
+                continue
+            seen_p.add(id(p))
+            gp, gn = part.gid[id(p)], part.gid[id(n)]
+            if gp == gn:  # joined through an earlier producer of n (a diamond)
+                rule = _same_group_rule(p, n, part.members[gn], part.kind[gn])
+                anchor = _anchor(part.members[gn], ctx)
+                pending.append((p, n, True, rule, _fused_reason(rule, p, n, anchor), False))
+                continue
+            rule, refusal = _rule_for(p, n, part.kind[gp], part.kind[gn], cat)
+            if refusal is not None:
+                pending.append((p, n, False, rule, f"not fused: {refusal}", False))
+                continue
+            if not rule_on.get(rule, False):
+                why = ("fusion is turned off (fuse=False)" if all_off
+                       else f"rule '{rule}' is turned off ({off_text})")
+                pending.append((p, n, False, rule, f"not fused: {why}", True))
+                continue
+            members = part.union_members(gp, gn)
+            res = _validate(members, ctx)
+            if isinstance(res, str):
+                pending.append((p, n, False, rule, f"not fused: {res}", False))
+                continue
+            via = part.cycle_through(gp, gn)
+            if via is not None:
+                pending.append((p, n, False, rule,
+                                f"not fused: {n.name} would form a cycle with {p.name}: the kernel of {p.name} "
+                                f"feeds {via.name}{_gref(via)}, which {n.name} needs, so one kernel would wait "
+                                f"for itself", False))
+                continue
+            kind, anchor = res
+            part.merge(gp, gn, kind)
+            pending.append((p, n, True, rule, _fused_reason(rule, p, n, anchor), False))
+
+    # Final numbering: groups in a valid execution order (Kahn, earliest first member first).
+    keys = list(part.members)
+    succ: dict[int, set[int]] = {k: set() for k in keys}
+    indeg: dict[int, int] = {k: 0 for k in keys}
+    for k in keys:
+        for m in part.members[k]:
+            for c in ctx.consumers.get(m, []):
+                ck = part.gid.get(id(c))
+                if ck is not None and ck != k and ck not in succ[k]:
+                    succ[k].add(ck)
+                    indeg[ck] += 1
+    heap = [(part.pos[id(part.members[k][0])], k) for k in keys if indeg[k] == 0]
+    heapq.heapify(heap)
+    order: list[int] = []
+    while heap:
+        _, k = heapq.heappop(heap)
+        order.append(k)
+        for s in succ[k]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                heapq.heappush(heap, (part.pos[id(part.members[s][0])], s))
+    if len(order) != len(keys):  # the cycle check above makes this unreachable
+        raise VerificationError(f"fuse({graph.name}): the kernels form a cycle; please report this graph")
+
+    groups: list[FusionGroup] = []
+    used: set[str] = set()
+    gname: dict[int, str] = {}
+    for idx, k in enumerate(order):
+        ms = part.members[k]
+        ids = {id(m) for m in ms}
+        res = _validate(ms, ctx)
+        if isinstance(res, str):  # merges are checked when made; this is the final safety net
+            raise VerificationError(f"fuse({graph.name}): kernel of {ms[0].name} is invalid: {res}")
+        kind, anchor = res
+        gid = f"g{idx}"
+        for m in ms:
+            gname[m.id] = gid
+        groups.append(FusionGroup(id=gid, kind=kind, nodes=list(ms), inputs=_group_inputs(ms, ids),
+                                  outputs=[m for m in ms if ctx.is_output(m, ids)], anchor=anchor,
+                                  name=_unique_name(ms, used), source_lines=_source_lines(ms)))
+
+    group_of = {m.id: g for g in groups for m in g.nodes}
+    decisions: list[FusionDecision] = []
+    for p, n, fused, rule, reason, disabled in pending:
+        together = group_of[p.id] is group_of[n.id]
+        if together and not fused:  # refused at first, merged later through another edge
+            rule = _same_group_rule(p, n, group_of[n.id].nodes, group_of[n.id].kind)
+            reason = _fused_reason(rule, p, n, group_of[n.id].anchor)
+            fused = True
+        reason = re.sub("\x00(\\d+)\x00", lambda m: gname.get(int(m.group(1)), "?"), reason)
+        decisions.append(FusionDecision(p, n, fused, rule, reason,
+                                        "" if fused else _short(rule, reason, disabled)))
+    fg = FusedGraph(graph, groups, decisions, rule_on)
+    check_invariants(fg)
+    return fg
+
+
+def _anchor(members: list[Node], ctx: _Ctx) -> Node:
+    res = _validate(members, ctx)
+    return res[1] if not isinstance(res, str) else members[0]
+
+
+def _same_group_rule(p: Node, n: Node, members: list[Node], kind: str) -> str:
+    """The rule that explains an edge whose two ends already share a kernel."""
+    if kind == "contraction":
+        mm = next(m for m in members if m.category == "contraction")
+        return "prologue" if (n is mm or _reaches(p, mm, members)) else "epilogue"
+    if kind == "reduce":
+        after_reduce = p.category == "reduce" or _after_reduce(p, members)
+        if n.category == "reduce":
+            return "multi_reduce" if after_reduce else "reduce_producer"
+        return "reduce_consumer" if after_reduce else "reduce_producer"
+    return "elementwise"
+
+
+def _reaches(a: Node, b: Node, members: list[Node]) -> bool:
+    ids = {id(m) for m in members}
+    stack, seen = [b], set()
+    while stack:
+        m = stack.pop()
+        if m is a:
+            return True
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        stack.extend(i for i in m.inputs if id(i) in ids)
+    return False
+
+
+def _after_reduce(p: Node, members: list[Node]) -> bool:
+    ids = {id(m) for m in members}
+    stack, seen = list(p.inputs), set()
+    while stack:
+        m = stack.pop()
+        if id(m) not in ids or id(m) in seen:
+            continue
+        seen.add(id(m))
+        if m.category == "reduce":
+            return True
+        stack.extend(m.inputs)
+    return False
+
+
+def _group_inputs(members: list[Node], ids: set[int]) -> list[Node]:
+    out: list[Node] = []
+    seen: set[int] = set()
+    for m in members:
+        for i in m.inputs:
+            if id(i) in ids or id(i) in seen or _is_scalar_const(i):
+                continue
+            seen.add(id(i))
+            out.append(i)
+    return out
+
+
+def _unique_name(members: list[Node], used: set[str]) -> str:
+    ops = [m.op for m in members]
+    base = "fused_" + "_".join(ops) if len(ops) > 1 else f"{ops[0]}_kernel"
+    base = c_identifier(base, "k")[:56].rstrip("_")
+    name, k = base, 0
+    while name in used:
+        k += 1
+        name = f"{base}_{k}"
+    used.add(name)
+    return name
+
+
+def _source_lines(members: list[Node]) -> list[Provenance]:
+    seen: dict[tuple[str, int], Provenance] = {}
+    for m in members:
+        p = m.provenance
+        if p is not None and (p.file, p.line) not in seen:
+            seen[(p.file, p.line)] = p
+    return [seen[k] for k in sorted(seen)]
+
+
+# ----------------------------------------------------------------------------- checking
+def check_invariants(fused: FusedGraph) -> FusedGraph:
+    """Raise VerificationError unless `fused` satisfies every invariant the lowering relies on.
+
+    Checks the partition (each op node in exactly one group, no inputs/consts), each kind's
+    shape rules, inputs/outputs, unique C names, execution order, and one decision per
+    op→op edge that agrees with the partition.
+    """
+    g = fused.graph
+    ctx = _Ctx(g)
+    name = f"fused {g.name}"
+
+    def fail(msg: str) -> None:
+        raise VerificationError(f"{name}: {msg}")
+
+    where: dict[int, int] = {}
+    for k, grp in enumerate(fused.groups):
+        if grp.id != f"g{k}":
+            fail(f"group {k} has id {grp.id!r}, expected 'g{k}'")
+        if not grp.nodes:
+            fail(f"group {grp.id} is empty")
+        for m in grp.nodes:
+            if not _is_op(m):
+                fail(f"group {grp.id} contains {m.op} node {m.name}")
+            if id(m) in where:
+                fail(f"{m.name} is in two groups")
+            where[id(m)] = k
+        if [ctx.pos.get(id(m), -1) for m in grp.nodes] != sorted(ctx.pos.get(id(m), -1) for m in grp.nodes):
+            fail(f"group {grp.id}: nodes are not in topological order")
+        if grp.kind not in KINDS:
+            fail(f"group {grp.id} has unknown kind {grp.kind!r}")
+        res = _validate(grp.nodes, ctx)
+        if isinstance(res, str):
+            fail(f"group {grp.id}: {res}")
+        if res != (grp.kind, grp.anchor):
+            fail(f"group {grp.id}: kind/anchor {grp.kind}/{grp.anchor.name} should be {res[0]}/{res[1].name}")
+        if grp.kind == "opaque" and len(grp.nodes) != 1:
+            fail(f"opaque group {grp.id} has {len(grp.nodes)} nodes")
+        ids = {id(m) for m in grp.nodes}
+        if [id(i) for i in grp.inputs] != [id(i) for i in _group_inputs(grp.nodes, ids)]:
+            fail(f"group {grp.id}: inputs {[i.name for i in grp.inputs]} are not the external reads in first-use order")
+        if [id(o) for o in grp.outputs] != [id(m) for m in grp.nodes if ctx.is_output(m, ids)]:
+            fail(f"group {grp.id}: outputs {[o.name for o in grp.outputs]} are not the values read outside")
+        if grp.kind == "elementwise" and any(o.shape != grp.anchor.shape for o in grp.outputs):
+            fail(f"elementwise group {grp.id}: outputs differ in shape from the anchor {grp.anchor.name}")
+        if c_identifier(grp.name) != grp.name:
+            fail(f"group {grp.id}: name {grp.name!r} is not a C identifier")
+        if grp.source_lines != sorted(set(grp.source_lines), key=lambda p: (p.file, p.line)):
+            fail(f"group {grp.id}: source_lines are not deduplicated and in line order")
+    if len({grp.name for grp in fused.groups}) != len(fused.groups):
+        fail("two groups share a name")
+    for n in g.op_nodes():
+        if id(n) not in where:
+            fail(f"{n.name} ({n.op}) is in no group")
+    for k, grp in enumerate(fused.groups):
+        for i in grp.inputs:
+            if _is_op(i) and where[id(i)] >= k:
+                fail(f"group {grp.id} reads {i.name} before its group runs")
+    edges = {}
+    for n in g.op_nodes():
+        for p in n.inputs:
+            if _is_op(p):
+                edges[(id(p), id(n))] = (p, n)
+    got: dict[tuple[int, int], FusionDecision] = {}
+    for d in fused.decisions:
+        key = (id(d.producer), id(d.consumer))
+        if key not in edges:
+            fail(f"decision {d.producer.name} → {d.consumer.name} is not an op→op edge")
+        if key in got:
+            fail(f"edge {d.producer.name} → {d.consumer.name} has two decisions")
+        got[key] = d
+        if d.fused != (where[key[0]] == where[key[1]]):
+            fail(f"decision {d.producer.name} → {d.consumer.name} says fused={d.fused} but the groups disagree")
+        if d.fused and d.rule not in RULES:
+            fail(f"fused edge {d.producer.name} → {d.consumer.name} names no rule ({d.rule!r})")
+        if not d.reason:
+            fail(f"decision {d.producer.name} → {d.consumer.name} has no reason")
+    missing = [f"{p.name} → {n.name}" for key, (p, n) in edges.items() if key not in got]
+    if missing:
+        fail("edges without a decision: " + ", ".join(missing))
+    return fused
+
+
+# ----------------------------------------------------------------------------- explaining
+class Explanation:
+    """Per kernel: its ops and the user's source lines; then every boundary decision.
+
+    >>> import numpy as np, explorer
+    >>> fg = fuse(explorer.trace(lambda x: np.exp(x) + 1, np.ones(4, np.float32)))
+    >>> explain(fg).kernels[0]["ops"]
+    ['exp', 'add']
+    """
+
+    def __init__(self, fused: FusedGraph):
+        self.fused = fused
+        self.kernels: list[dict[str, Any]] = [
+            {"id": g.id, "name": g.name, "kind": g.kind, "ops": g.ops, "nodes": [n.name for n in g.nodes],
+             "lines": [str(p) for p in g.source_lines]} for g in fused.groups]
+        gof = fused.group_of
+        self.boundaries: list[dict[str, Any]] = [
+            {**d.as_dict(), "producer_kernel": gof(d.producer).id, "consumer_kernel": gof(d.consumer).id}
+            for d in fused.decisions]
+
+    def text(self) -> str:
+        fg = self.fused
+        lines = [f"fusion of {fg.name}: {len(fg.groups)} kernel{'s' if len(fg.groups) != 1 else ''}"]
+        for k, g in zip(self.kernels, fg.groups):
+            lines.append(f"kernel {k['id']} {k['name']} [{k['kind']}]: " + ", ".join(
+                f"{n.name} {n.op}" for n in g.nodes))
+            if g.source_lines:
+                for p in g.source_lines:
+                    lines.append(f"    {p}")
+            else:
+                lines.append("    (no source lines recorded)")
+        if self.boundaries:
+            lines.append("boundaries:")
+            for b in self.boundaries:
+                lines.append(f"  {b['producer']} → {b['consumer']}  {b['reason']}")
+        return "\n".join(lines)
+
+    __str__ = text
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for k in self.kernels:
+            src = "<br>".join(html.escape(s) for s in k["lines"]) or "<i>no source lines</i>"
+            rows.append(f"<tr><td><b>{html.escape(k['id'])}</b> <code>{html.escape(k['name'])}</code> "
+                        f"[{html.escape(k['kind'])}]</td><td>{html.escape(', '.join(k['ops']))}</td>"
+                        f"<td><code>{src}</code></td></tr>")
+        brows = []
+        for b in self.boundaries:
+            color = "#2a7a2a" if b["fused"] else "#a33"
+            brows.append(f"<tr><td>{html.escape(b['producer'])} → {html.escape(b['consumer'])}</td>"
+                         f"<td style='color:{color}'>{html.escape(b['reason'])}</td></tr>")
+        return ("<table><tr><th>kernel</th><th>ops</th><th>source lines</th></tr>" + "".join(rows) + "</table>"
+                + ("<table><tr><th>edge</th><th>decision</th></tr>" + "".join(brows) + "</table>" if brows else ""))
+
+
+def explain(fused: FusedGraph, a: str | None = None, b: str | None = None) -> "Explanation | str":
+    """Why ops are (not) in one kernel.
+
+    explain(fg) → Explanation (kernels with their source lines, then every boundary);
+    explain(fg, '%3', '%4') → the reason for that edge (either direction); for ops that are
+    not adjacent, the decisions along the path between them; explain(fg, '%3') → the
+    node's kernel and the decisions on its edges.
+
+    >>> import numpy as np, explorer
+    >>> fg = fuse(explorer.trace(lambda x: np.cumsum(np.exp(x), axis=0), np.ones(4, np.float32)))
+    >>> explain(fg, fg.decisions[0].producer.name, fg.decisions[0].consumer.name)[:34]
+    'not fused: cumsum is opaque (a sca'
+    """
+    if a is None and b is None:
+        return Explanation(fused)
+    g = fused.graph
+    if a is None:
+        a, b = b, None
+    na = _lookup(g, a)
+    if b is None:
+        return _explain_node(fused, na)
+    nb = _lookup(g, b)
+    if na is nb:
+        grp = fused.group_of(na)
+        return f"{na.name} is one node" + (f", in kernel {grp.id} {grp.name}" if grp else "")
+    d = fused.decision(na, nb)
+    if d is not None:
+        return d.reason
+    for n1, n2 in ((na, nb), (nb, na)):
+        if any(i is n1 for i in n2.inputs) and not (_is_op(n1) and _is_op(n2)):
+            src = n1 if not _is_op(n1) else n2
+            other = n2 if src is n1 else n1
+            grp = fused.group_of(other)
+            kind = "graph input" if src.op == "input" else "constant"
+            if _is_scalar_const(src):
+                return f"{src.name} is a scalar constant: it is an immediate inside kernel {grp.id} {grp.name}"
+            return (f"{src.name} is a {kind}: kernel {grp.id} {grp.name} reads it from global memory "
+                    f"(there is no op to fuse)")
+    path = _path(g, na, nb) or _path(g, nb, na)
+    ga, gb = fused.group_of(na), fused.group_of(nb)
+    where = (f"both are in kernel {ga.id} {ga.name}" if ga is not None and ga is gb else
+             f"{na.name} is in {_kname(ga)}, {nb.name} in {_kname(gb)}")
+    if path is None:
+        return f"{na.name} and {nb.name} are not connected by a path of ops; {where}"
+    steps = []
+    for p, c in zip(path, path[1:]):
+        d = fused.decision(p, c)
+        steps.append(f"{p.name} → {c.name}: " + (d.reason if d else explain(fused, p.name, c.name)))
+    return (f"{na.name} and {nb.name} are not adjacent ({where}); the path " + " → ".join(n.name for n in path)
+            + " crosses:\n  " + "\n  ".join(steps))
+
+
+def _kname(g: FusionGroup | None) -> str:
+    return f"kernel {g.id} {g.name}" if g is not None else "no kernel (an input or constant)"
+
+
+def _explain_node(fused: FusedGraph, n: Node) -> str:
+    grp = fused.group_of(n)
+    head = f"{n.name} ({n.op}) is in {_kname(grp)}"
+    if n.provenance is not None:
+        head += f", from {n.provenance}"
+    ds = [d for d in fused.decisions if d.producer is n or d.consumer is n]
+    return head + ("".join(f"\n  {d.producer.name} → {d.consumer.name}: {d.reason}" for d in ds))
+
+
+def _path(g: Graph, src: Node, dst: Node) -> list[Node] | None:
+    """Shortest producer→consumer path src ⇝ dst (BFS over consumers)."""
+    cons = g.consumers()
+    prev: dict[int, Node | None] = {id(src): None}
+    queue = [src]
+    while queue:
+        nxt = []
+        for m in queue:
+            for c in cons.get(m, []):
+                if id(c) in prev:
+                    continue
+                prev[id(c)] = m
+                if c is dst:
+                    path = [c]
+                    while prev[id(path[-1])] is not None:
+                        path.append(prev[id(path[-1])])
+                    return path[::-1]
+                nxt.append(c)
+        queue = nxt
+    return None
+
+
+__all__ = ["fuse", "explain", "check_invariants", "parse_rules", "FusedGraph", "FusionGroup", "FusionDecision",
+           "Explanation", "RULES", "KINDS"]

@@ -1,0 +1,379 @@
+"""lower: each fusion group → a compute definition and its naive loop nest.
+
+The compute definition (like a TVM te.compute) names the iteration axes and
+gives every value as a scalar expression of those axes; intermediates inside a
+group are inlined into expressions — they live in registers, which is exactly
+what fusion buys. The `tiled` stage regenerates the loops from the same
+definition under a Schedule.
+
+Before (fused):                                 After (lowered):
+  g0 [contraction] %3 = matmul(x, w)              kernel fused_matmul_add_maximum(x, w, b, out0):
+                   %4 = add(%3, b)                  for i in range(64):
+                   %6 = maximum(%4, 0.0)              for j in range(256):
+                                                        alloc acc3: f32[] local
+                                                        acc3[] = 0.0f
+                                                        for k in range(128):
+                                                          acc3[] = acc3[] + x[i, k] * w[k, j]
+                                                        out0[i, j] = max(acc3[] + b[j], 0.0f)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import loopir as L
+from ..errors import ExplorerError, VerificationError
+from ..graph import Node, c_identifier
+from ..ops import OPS, REDUCE_IDENTITY, get as get_op, normalize_axes, operand_dtype
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    extent: int
+    reduce: bool = False
+
+
+@dataclass(frozen=True)
+class Accum:
+    """A reduction accumulator: buffer[] = combine(buffer[], value) over the reduce axes."""
+
+    buffer: L.Buffer          # 0-d local
+    op: str                   # 'sum' | 'max' | 'min'
+    value: L.Expr             # in spatial + reduce axis vars
+    phase: int = 0
+    out_dtype: str = "f32"    # dtype of the node (acc may be wider, e.g. f16 sums in f32)
+
+
+@dataclass(frozen=True)
+class StoreDef:
+    buffer: L.Buffer
+    indices: tuple[L.Expr, ...]
+    value: L.Expr
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A fusion group as a compute definition over named axes (expressions use Var(axis.name)).
+
+    kind 'elementwise': stores over spatial axes. 'reduce': accumulators over reduce axes
+    (phases run in order), then `stores` over spatial axes and `full_stores` over spatial+reduce.
+    'contraction': one sum accumulator over k, then epilogue `stores`. 'opaque' (scan): one
+    accumulator whose running value is stored at every reduce step (`scan_stores`).
+    """
+
+    kind: str
+    name: str
+    spatial: tuple[Axis, ...]
+    reduce: tuple[Axis, ...] = ()
+    accums: tuple[Accum, ...] = ()
+    stores: tuple[StoreDef, ...] = ()
+    full_stores: tuple[StoreDef, ...] = ()
+    scan_stores: tuple[StoreDef, ...] = ()
+    inputs: tuple[L.Buffer, ...] = ()
+    outputs: tuple[L.Buffer, ...] = ()
+    operands: tuple[str, ...] = ()   # contraction: names of the (A, B) buffers, for cache_read
+
+    @property
+    def axes(self) -> tuple[Axis, ...]:
+        return self.spatial + self.reduce
+
+    def axis(self, name: str) -> Axis:
+        for a in self.axes:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+
+# ----------------------------------------------------------------------------- expression building
+def _bcast_index(src_shape: Sequence[int], out_shape: Sequence[int], idx: Sequence[L.Expr]) -> tuple[L.Expr, ...]:
+    """Index into a broadcast operand: align trailing dims; size-1 dims read index 0."""
+    off = len(out_shape) - len(src_shape)
+    out = []
+    for d, s in enumerate(src_shape):
+        out.append(L.Const(0) if (s == 1 and out_shape[d + off] != 1) else idx[d + off])
+    return tuple(out)
+
+
+def _strides(shape: Sequence[int]) -> list[int]:
+    st = [1] * len(shape)
+    for d in range(len(shape) - 2, -1, -1):
+        st[d] = st[d + 1] * shape[d + 1]
+    return st
+
+
+def _reshape_index(src_shape, out_shape, idx) -> tuple[L.Expr, ...]:
+    if not src_shape:
+        return ()
+    flat: L.Expr = L.Const(0)
+    for e, s in zip(idx, _strides(out_shape)):
+        flat = L.simplify_expr(flat + e * s)
+    out = []
+    for d, s in zip(range(len(src_shape)), _strides(src_shape)):
+        v = flat / s if s != 1 else flat
+        if d > 0:
+            v = v % src_shape[d]
+        out.append(L.simplify_expr(v))
+    return tuple(out)
+
+
+def _dt(node: Node) -> str:
+    return L.short_dtype(node.dtype)
+
+
+def _cast(e: L.Expr, dt: str) -> L.Expr:
+    return e if e.dtype == dt else L.Cast(dt, e)
+
+
+class GroupLowering:
+    """Builds the scalar expression of any member at a symbolic index (compute_inline)."""
+
+    def __init__(self, buffers: dict[int, L.Buffer], members: set[int], acc_of: dict[int, L.Expr]):
+        self.buffers = buffers        # node id → global buffer (external values)
+        self.members = members        # node ids inlined in this group
+        self.acc_of = acc_of          # reduce/matmul node id → accumulator expression
+        self.used: list[L.Buffer] = []
+
+    def value(self, n: Node, idx: tuple[L.Expr, ...]) -> L.Expr:
+        if n.id in self.acc_of:
+            return self.acc_of[n.id]
+        if n.op == "const" and n.size == 1:
+            v = n.value.reshape(()).item()
+            return L.Const(v, _dt(n))
+        if n.id not in self.members:
+            buf = self.buffers.get(n.id)
+            if buf is None:
+                raise VerificationError(f"lowering: value {n.name} has no buffer (fusion invariant broken)")
+            if buf not in self.used:
+                self.used.append(buf)
+            return L.Load(buf, tuple(L.simplify_expr(i) for i in idx))
+        d = get_op(n.op)
+        if d.category == "elementwise":
+            od = L.short_dtype(operand_dtype(n.op, [i.dtype for i in n.inputs], n.dtype))
+            args = []
+            for k, inp in enumerate(n.inputs):
+                a = self.value(inp, _bcast_index(inp.shape, n.shape, idx))
+                if n.op == "where" and k == 0:
+                    args.append(_cast(a, "bool"))
+                else:
+                    args.append(_cast(a, od))
+            return _cast(d.scalar(*args, _dt(n)), _dt(n))
+        src = n.inputs[0]
+        if n.op == "transpose":
+            axes = n.attrs["axes"]
+            sidx = [None] * len(axes)
+            for dpos, a in enumerate(axes):
+                sidx[a] = idx[dpos]
+            return self.value(src, tuple(sidx))
+        if n.op == "broadcast_to":
+            return self.value(src, _bcast_index(src.shape, n.shape, idx))
+        if n.op == "reshape":
+            return self.value(src, _reshape_index(src.shape, n.shape, idx))
+        if n.op == "slice":
+            sidx = tuple(L.simplify_expr(L.Const(a) + i * c) for i, a, c in zip(idx, n.attrs["starts"], n.attrs["steps"]))
+            return self.value(src, sidx)
+        raise VerificationError(f"lowering: cannot inline {n.op} ({n.name}) into a loop body")
+
+
+# ----------------------------------------------------------------------------- the pass
+def lower(fused) -> L.Program:
+    """FusedGraph → Program: one kernel per fusion group, loops from the naive schedule.
+
+    Each Kernel carries its Compute in `meta` (key 'compute') for the tiling stage.
+    """
+    from .tiling import generate_kernel
+    from ..schedule import Schedule
+
+    g = fused.graph
+    buffers: dict[int, L.Buffer] = {}
+    inputs = []
+    for n in g.inputs:
+        b = L.Buffer(c_identifier(n.name, "in"), n.shape, _dt(n))
+        buffers[n.id] = b
+        inputs.append(b)
+    constants = []
+    outputs: list[L.Buffer] = []
+    out_bufs_of: dict[int, list[L.Buffer]] = {}
+    for k, o in enumerate(g.outputs):
+        b = L.Buffer(f"out{k}", o.shape, _dt(o))
+        outputs.append(b)
+        out_bufs_of.setdefault(o.id, []).append(b)
+    # non-scalar constants become read-only inputs whose data the Program carries
+    for n in g.nodes:
+        if n.op == "const" and n.size > 1:
+            b = L.Buffer(f"c{n.id}", n.shape, _dt(n))
+            buffers[n.id] = b
+            constants.append((b, np.ascontiguousarray(n.value)))
+    temps: list[L.Buffer] = []
+    for grp in fused.groups:
+        for o in grp.outputs:
+            if o.id in out_bufs_of:
+                buffers[o.id] = out_bufs_of[o.id][0]
+            else:
+                t = L.Buffer(f"t{o.id}", o.shape, _dt(o))
+                buffers[o.id] = t
+                temps.append(t)
+
+    computes: list[Compute] = []
+    for grp in fused.groups:
+        computes.append(_group_compute(grp, buffers, out_bufs_of))
+    # graph outputs that are inputs or constants: a copy kernel each
+    grouped = {n.id for grp in fused.groups for n in grp.nodes}
+    for k, o in enumerate(g.outputs):
+        if o.id not in grouped:
+            computes.append(_copy_compute(o, buffers, outputs[k], k))
+
+    kernels = [generate_kernel(c, Schedule(), target="naive") for c in computes]
+    kernels = [_with_group_info(k, grp) for k, grp in zip(kernels, list(fused.groups) + [None] * len(kernels))]
+    return L.Program(c_identifier(g.name, "fn"), tuple(kernels), tuple(inputs) + tuple(b for b, _ in constants),
+                     tuple(outputs), tuple(temps), constants=tuple(constants))
+
+
+def _with_group_info(kernel: L.Kernel, grp) -> L.Kernel:
+    if grp is None:
+        return kernel
+    lines = tuple(str(p) for p in getattr(grp, "source_lines", []) or [])
+    return kernel.replace(group=grp.id, ops=tuple(n.op for n in grp.nodes), source_lines=lines)
+
+
+def _copy_compute(o: Node, buffers, out: L.Buffer, k: int) -> Compute:
+    axes = tuple(Axis(f"i{d}", s) for d, s in enumerate(o.shape))
+    idx = tuple(L.Var(a.name) for a in axes)
+    low = GroupLowering(buffers, set(), {})
+    val = _cast(low.value(o, idx), out.dtype)
+    return Compute("elementwise", f"copy_out{k}", axes, stores=(StoreDef(out, idx, val),),
+                   inputs=tuple(low.used), outputs=(out,))
+
+
+def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, list[L.Buffer]]) -> Compute:
+    members = {n.id for n in grp.nodes}
+    name = c_identifier(grp.name, "kernel")
+    out_buffers: list[tuple[Node, L.Buffer]] = []
+    for o in grp.outputs:
+        for b in out_bufs_of.get(o.id, [buffers[o.id]]):
+            out_buffers.append((o, b))
+
+    if grp.kind == "contraction":
+        return _contraction(grp, name, members, buffers, out_buffers)
+    if grp.kind == "reduce":
+        return _reduction(grp, name, members, buffers, out_buffers)
+    if grp.kind == "opaque":
+        return _opaque(grp, name, members, buffers, out_buffers)
+    # elementwise: iterate over the common output shape
+    shape = grp.anchor.shape
+    axes = tuple(Axis(f"i{d}", s) for d, s in enumerate(shape))
+    idx = tuple(L.Var(a.name) for a in axes)
+    low = GroupLowering(buffers, members, {})
+    stores = []
+    for o, b in out_buffers:
+        if o.shape != shape:
+            raise VerificationError(f"lowering {name}: output {o.name} has shape {o.shape}, group domain is {shape}")
+        stores.append(StoreDef(b, idx, low.value(o, idx)))
+    return Compute("elementwise", name, axes, stores=tuple(stores), inputs=tuple(low.used),
+                   outputs=tuple(b for _, b in out_buffers))
+
+
+def _acc_dtype(n: Node) -> str:
+    dt = _dt(n)
+    return "f32" if dt == "f16" else dt
+
+
+def _identity(op: str, dt: str) -> L.Const:
+    v = REDUCE_IDENTITY[op]
+    if dt in ("i32", "i64"):
+        info = np.iinfo(np.int32 if dt == "i32" else np.int64)
+        v = 0 if op == "sum" else (int(info.min) if op == "max" else int(info.max))
+    elif dt == "bool":
+        v = {"sum": False, "max": False, "min": True}[op]
+    return L.Const(v, dt)
+
+
+def _contraction(grp, name, members, buffers, out_buffers) -> Compute:
+    m = grp.anchor
+    a, b = m.inputs
+    *batch, M, N = m.shape
+    K = a.shape[-1]
+    spatial = tuple(Axis(f"b{d}", s) for d, s in enumerate(batch)) + (Axis("i", M), Axis("j", N))
+    red = (Axis("k", K),)
+    bvars = tuple(L.Var(x.name) for x in spatial[:-2])
+    i, j, k = L.Var("i"), L.Var("j"), L.Var("k")
+    acc_dt = _acc_dtype(m)
+    acc = L.Buffer(f"acc{m.id}", (), acc_dt, "local")
+    low = GroupLowering(buffers, members - {m.id}, {m.id: _cast(L.Load(acc, ()), _dt(m))})
+    a_idx = _bcast_index(a.shape[:-2], tuple(batch), bvars) + (i, k)
+    b_idx = _bcast_index(b.shape[:-2], tuple(batch), bvars) + (k, j)
+    av = _cast(low.value(a, a_idx), acc_dt)
+    bv = _cast(low.value(b, b_idx), acc_dt)
+    operands = tuple(x.buffer.name for x in (av, bv) if isinstance(x, L.Load))
+    accum = Accum(acc, "sum", L.BinOp("*", av, bv), 0, _dt(m))
+    idx = bvars + (i, j)
+    stores = tuple(StoreDef(buf, idx, _cast(low.value(o, idx), buf.dtype)) for o, buf in out_buffers)
+    return Compute("contraction", name, spatial, red, (accum,), stores, inputs=tuple(low.used),
+                   outputs=tuple(buf for _, buf in out_buffers), operands=operands)
+
+
+def _reduction(grp, name, members, buffers, out_buffers) -> Compute:
+    reduces = [n for n in grp.nodes if get_op(n.op).category == "reduce"]
+    D = reduces[0].inputs[0].shape
+    axes_set = normalize_axes(reduces[0].op, reduces[0].attrs["axes"], len(D), D)
+    spatial = tuple(Axis(f"i{d}", D[d]) for d in range(len(D)) if d not in axes_set)
+    red = tuple(Axis(f"r{d}", D[d]) for d in axes_set)
+    full_idx = tuple(L.Var(f"r{d}" if d in axes_set else f"i{d}") for d in range(len(D)))
+    # phase of a reduce = 1 + max phase of reduces it (transitively) depends on within the group
+    phase: dict[int, int] = {}
+    dep: dict[int, set[int]] = {}
+    for n in grp.nodes:
+        ds: set[int] = set()
+        for i in n.inputs:
+            if i.id in members:
+                ds |= dep.get(i.id, set())
+                if get_op(i.op).category == "reduce":
+                    ds.add(i.id)
+        dep[n.id] = ds
+    acc_of: dict[int, L.Expr] = {}
+    accums = []
+    low = GroupLowering(buffers, members, acc_of)
+    for n in reduces:
+        p = 1 + max((phase[d] for d in dep[n.id]), default=-1)
+        phase[n.id] = p
+        acc_dt = _acc_dtype(n)
+        buf = L.Buffer(f"acc{n.id}", (), acc_dt, "local")
+        src = n.inputs[0]
+        val = _cast(low.value(src, full_idx), acc_dt)
+        accums.append(Accum(buf, n.op, val, p, _dt(n)))
+        acc_of[n.id] = _cast(L.Load(buf, ()), _dt(n))
+    stores, full = [], []
+    for o, buf in out_buffers:
+        if tuple(o.shape) == tuple(D):
+            full.append(StoreDef(buf, full_idx, _cast(low.value(o, full_idx), buf.dtype)))
+        else:
+            if len(o.shape) == len(D):
+                idx = tuple(L.Const(0) if d in axes_set else L.Var(f"i{d}") for d in range(len(D)))
+            else:
+                idx = tuple(L.Var(f"i{d}") for d in range(len(D)) if d not in axes_set)
+                if len(idx) != len(o.shape):
+                    raise VerificationError(f"lowering {name}: output {o.name} {o.shape} is neither the row domain "
+                                            f"{D} nor a reduced shape")
+            stores.append(StoreDef(buf, idx, _cast(low.value(o, idx), buf.dtype)))
+    return Compute("reduce", name, spatial, red, tuple(accums), tuple(stores), tuple(full),
+                   inputs=tuple(low.used), outputs=tuple(b for _, b in out_buffers))
+
+
+def _opaque(grp, name, members, buffers, out_buffers) -> Compute:
+    n = grp.anchor
+    if n.op != "cumsum":
+        raise ExplorerError(f"lowering: opaque op {n.op} has no loop template; supported opaque ops: cumsum")
+    D = n.shape
+    ax = normalize_axes("cumsum", n.attrs["axis"], len(D), D)[0]
+    spatial = tuple(Axis(f"i{d}", D[d]) for d in range(len(D)) if d != ax)
+    red = (Axis(f"r{ax}", D[ax]),)
+    idx = tuple(L.Var(f"r{d}" if d == ax else f"i{d}") for d in range(len(D)))
+    acc_dt = _acc_dtype(n)
+    buf = L.Buffer(f"acc{n.id}", (), acc_dt, "local")
+    low = GroupLowering(buffers, set(), {})
+    val = _cast(low.value(n.inputs[0], idx), acc_dt)
+    scan = tuple(StoreDef(b, idx, _cast(L.Load(buf, ()), b.dtype)) for _, b in out_buffers)
+    return Compute("opaque", name, spatial, red, (Accum(buf, "sum", val, 0, _dt(n)),), scan_stores=scan,
+                   inputs=tuple(low.used), outputs=tuple(b for _, b in out_buffers))

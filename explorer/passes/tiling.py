@@ -1,0 +1,461 @@
+"""tile: apply a Schedule to every kernel's compute definition and generate its loop nest.
+
+Loop generation follows TVM's ScheduleOps: block-bound loops outermost, then
+thread-bound loops, then the remaining leaves in schedule order; splits that do
+not divide get bounds guards; cache_write keeps a register tile of accumulators;
+cache_read stages an operand tile in shared memory (cooperative copy between two
+barriers) or a local buffer; a thread-bound reduction axis ends in an allreduce.
+
+Before (lowered, naive):                    After (tiled for CUDA, elementwise):
+  for i0 in range(1000):                      # schedule: split(n, 256) -> blk, thr; bind(blk, blockIdx.x); ...
+    out0[i0] = exp(x[i0])                     for blk in blockIdx.x(4):
+                                                for thr in threadIdx.x(256):
+                                                  if blk * 256 + thr < 1000:
+                                                    out0[blk * 256 + thr] = exp(x[blk * 256 + thr])
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from .. import loopir as L
+from ..errors import ExplorerError, ScheduleError
+from ..schedule import (MAX_SHARED_BYTES, AxisState, CacheRead, Leaf, Schedule, apply, check_knobs,
+                        default_schedule)
+
+_KIND_ORDER = {"z": 0, "y": 1, "x": 2}
+
+
+def tile(program: L.Program, schedule: Any = None, target: str = "cuda", examples=None) -> L.Program:
+    """Apply `schedule` (None: defaults; dict of knobs; Schedule for a 1-kernel program;
+    {kernel name: Schedule}; or callable(compute, target) -> Schedule) for `target`."""
+    sched_target = "cpu" if target == "cpu" else "cuda"
+    kernels = []
+    per_kernel: dict[str, Any] = {}
+    knobs: dict[str, Any] = {}
+    if isinstance(schedule, Schedule):
+        if len(program.kernels) != 1:
+            raise ScheduleError(f"one Schedule was given but the program has {len(program.kernels)} kernels "
+                                f"({', '.join(k.name for k in program.kernels)}); pass {{kernel name: Schedule}}")
+        per_kernel = {program.kernels[0].name: schedule}
+    elif isinstance(schedule, dict) and schedule and all(isinstance(v, Schedule) for v in schedule.values()):
+        names = {k.name for k in program.kernels}
+        bad = [n for n in schedule if n not in names]
+        if bad:
+            raise ScheduleError(f"schedule for unknown kernel(s) {', '.join(bad)}; kernels are {', '.join(sorted(names))}")
+        per_kernel = dict(schedule)
+    elif isinstance(schedule, dict):
+        knobs = check_knobs(schedule)
+    elif schedule is not None and not callable(schedule):
+        raise ScheduleError(f"schedule must be None, a dict of knobs, a Schedule or {{kernel: Schedule}}, "
+                            f"got {type(schedule).__name__}")
+    for k in program.kernels:
+        compute = k.meta_dict()["compute"]
+        if k.name in per_kernel:
+            s = per_kernel[k.name]
+        elif callable(schedule) and not isinstance(schedule, (dict, Schedule)):
+            s = schedule(compute, sched_target)
+        else:
+            s = default_schedule(compute, sched_target, knobs)
+        new = generate_kernel(compute, s, sched_target)
+        kernels.append(new.replace(group=k.group, ops=k.ops, source_lines=k.source_lines))
+    return L.Program(program.name, tuple(kernels), program.inputs, program.outputs, program.temps,
+                     constants=program.constants)
+
+
+def generate_kernel(compute, schedule: Schedule, target: str = "cuda") -> L.Kernel:
+    """The loop nest of one compute definition under `schedule` (target: 'cuda' | 'cpu' | 'naive')."""
+    st = apply(schedule, [(a.name, a.extent) for a in compute.spatial], [(a.name, a.extent) for a in compute.reduce],
+               buffers=compute.operands, kernel=compute.name)
+    gen = _Generator(compute, st, target)
+    body = gen.build()
+    if target == "cpu":
+        body = partition_tails(body)
+    shared = sum(b.nbytes for b in gen.shared_allocs)
+    if shared > MAX_SHARED_BYTES:
+        raise ScheduleError(f"schedule of {compute.name}: {shared} bytes of shared memory per block, over the "
+                            f"{MAX_SHARED_BYTES}-byte (48 KiB) static limit; use smaller tiles")
+    params = tuple(compute.inputs) + tuple(b for b in compute.outputs if b not in compute.inputs)
+    seen, uniq = set(), []
+    for p in params:
+        if p.name not in seen:
+            seen.add(p.name)
+            uniq.append(p)
+    return L.Kernel(compute.name, tuple(uniq), tuple(body), outputs=tuple(b.name for b in compute.outputs),
+                    kind=compute.kind, schedule=tuple(str(p) for p in schedule),
+                    meta=(("compute", compute), ("notes", tuple(schedule.notes))))
+
+
+class _Generator:
+    def __init__(self, c, st: AxisState, target: str):
+        self.c, self.st, self.target = c, st, target
+        self.vals = {r: st.value(r) for r in st.roots}
+        blocks = sorted(st.bound("blockIdx"), key=lambda l: _KIND_ORDER[l.kind[-1]])
+        threads = sorted(st.bound("threadIdx"), key=lambda l: _KIND_ORDER[l.kind[-1]])
+        self.blocks, self.threads = blocks, threads
+        self.rest = [l for l in st.leaves if l.kind not in L.BOUND_KINDS]
+        self.shared_allocs: list[L.Buffer] = []
+        self.staging: dict[str, list[tuple[CacheRead, L.Buffer, list]]] = {}
+        if target == "cpu" and (blocks or threads):
+            raise ScheduleError(f"schedule of {c.name}: the CPU target cannot bind loops to blockIdx/threadIdx; "
+                                f"use parallel/vectorize/unroll")
+
+    # -- helpers ---------------------------------------------------------------------
+    def sub(self, e: L.Expr) -> L.Expr:
+        return L.simplify_expr(L.substitute(e, self.vals))
+
+    def roots_in(self, e: L.Expr) -> set[str]:
+        return {x.name for x in L.walk_expr(e) if isinstance(x, L.Var) and x.name in self.vals}
+
+    def guard(self, stmts: list[L.Stmt], roots: set[str], extra: Sequence[L.Expr] = ()) -> list[L.Stmt]:
+        conds = list(extra)
+        for axis, extent in self.st.guards:
+            if self.st.roots_of(axis) & roots:
+                conds.append(L.BinOp("<", self.st.value(axis), L.Const(extent)))
+        if not conds:
+            return stmts
+        cond = conds[0]
+        for c in conds[1:]:
+            cond = L.BinOp("&&", cond, c)
+        return [L.If(cond, tuple(stmts))]
+
+    def loop(self, leaf: Leaf, body: list[L.Stmt]) -> L.For:
+        prefix, suffix = [], []
+        staged = self.staging.get(leaf.name, [])
+        for cr, buf, copy in staged:
+            if buf.scope == "shared":
+                prefix += copy
+            else:
+                prefix += [L.Alloc(buf)] + copy
+        if any(buf.scope == "shared" for _, buf, _ in staged):
+            # tile loaded by every thread before use; nobody overwrites it while others still read
+            prefix += [L.Barrier()]
+            suffix += [L.Barrier()]
+        kind = leaf.kind if self.target != "naive" else "serial"
+        return L.For(L.Var(leaf.name), leaf.extent, tuple(prefix + body + suffix), kind)
+
+    def nest(self, leaves: Sequence[Leaf], body: list[L.Stmt]) -> list[L.Stmt]:
+        for leaf in reversed(list(leaves)):
+            body = [self.loop(leaf, body)]
+        return body
+
+    # -- structure ---------------------------------------------------------------------
+    def build(self) -> list[L.Stmt]:
+        c = self.c
+        if c.kind == "elementwise":
+            stmts: list[L.Stmt] = []
+            for s in c.stores:
+                st = L.Store(s.buffer, tuple(self.sub(i) for i in s.indices), self.sub(s.value))
+                stmts += self.guard([st], self.roots_in_store(s))
+            inner = self.nest(self.rest, stmts)
+        elif self.st.cache_write is not None:
+            inner = self.build_register_tiled()
+        else:
+            inner = self.build_reduction()
+        for leaf in reversed(self.threads):
+            inner = [L.For(L.Var(leaf.name), leaf.extent, tuple(inner), leaf.kind)]
+        inner = [L.Alloc(b) for b in self.shared_allocs] + inner
+        for leaf in reversed(self.blocks):
+            inner = [L.For(L.Var(leaf.name), leaf.extent, tuple(inner), leaf.kind)]
+        return inner
+
+    def roots_in_store(self, s) -> set[str]:
+        r = set()
+        for i in s.indices:
+            r |= self.roots_in(i)
+        return r | self.roots_in(s.value)
+
+    def combine(self, op: str, acc: L.Expr, v: L.Expr) -> L.Expr:
+        return {"sum": lambda: L.BinOp("+", acc, v), "max": lambda: L.BinOp("max", acc, v),
+                "min": lambda: L.BinOp("min", acc, v)}[op]()
+
+    def build_reduction(self) -> list[L.Stmt]:
+        c, st = self.c, self.st
+        S = [l for l in self.rest if not l.reduce]
+        R = [l for l in self.rest if l.reduce]
+        names = [l.name for l in self.rest]
+        if S and R and max(names.index(l.name) for l in S) > min(names.index(l.name) for l in R):
+            raise ScheduleError(f"schedule of {c.name}: a reduction loop ({R[0].name}) is outside a spatial loop "
+                                f"({S[-1].name}); add cache_write('local', at=...) to keep a tile of accumulators, "
+                                f"or reorder the reduction loops innermost")
+        thread_red = [l for l in self.threads if l.reduce]
+        if c.kind == "opaque":
+            red_leaves = [l for l in st.leaves if l.reduce]
+            if len(red_leaves) != 1 or red_leaves[0].name != c.reduce[0].name or red_leaves[0].kind != "serial":
+                raise ScheduleError(f"schedule of {c.name}: a scan runs serially along {c.reduce[0].name}; "
+                                    f"it cannot be split, bound, vectorized or unrolled")
+        self.plan_staging(R, c.accums)
+        body: list[L.Stmt] = []
+        for phase in sorted({a.phase for a in c.accums}):
+            accs = [a for a in c.accums if a.phase == phase]
+            for a in accs:
+                body += [L.Alloc(a.buffer), L.Store(a.buffer, (), _identity(a.op, a.buffer.dtype))]
+            upd: list[L.Stmt] = []
+            for a in accs:
+                v = self.staged(a.value)
+                s = L.Store(a.buffer, (), self.combine(a.op, L.Load(a.buffer, ()), self.sub(v)))
+                upd += self.guard([s], self.roots_in(self.unstaged_part(a.value)))
+            for s in c.scan_stores:
+                upd += self.guard([L.Store(s.buffer, tuple(self.sub(i) for i in s.indices), self.sub(s.value))],
+                                  self.roots_in_store(s))
+            body += self.nest(R, upd)
+            for a in accs:
+                for t in thread_red:
+                    body.append(L.ThreadAllReduce(a.op, a.buffer, t.kind))
+        first_thread = [L.BinOp("==", L.Var(t.name), L.Const(0)) for t in thread_red]
+        for s in c.stores:
+            st_ = L.Store(s.buffer, tuple(self.sub(i) for i in s.indices), self.sub(s.value))
+            body += self.guard([st_], self.roots_in_store(s), first_thread)
+        if c.full_stores:
+            fs: list[L.Stmt] = []
+            for s in c.full_stores:
+                st_ = L.Store(s.buffer, tuple(self.sub(i) for i in s.indices), self.sub(s.value))
+                fs += self.guard([st_], self.roots_in_store(s))
+            body += self.nest(R, fs)
+        return self.nest(S, body)
+
+    def build_register_tiled(self) -> list[L.Stmt]:
+        c, st = self.c, self.st
+        cw = st.cache_write
+        if c.kind != "contraction" or len(c.accums) != 1:
+            raise ScheduleError(f"schedule of {c.name}: cache_write applies to matmul kernels (a single accumulator); "
+                                f"this kernel is {c.kind}")
+        at = st.leaf(cw.at)
+        if at.kind in L.BOUND_KINDS:
+            outer, inside = [], list(self.rest)
+        else:
+            k = self.rest.index(at)
+            outer, inside = self.rest[:k + 1], self.rest[k + 1:]
+        if any(l.reduce for l in outer) or any(l.reduce and l.kind in L.BOUND_KINDS for l in st.leaves):
+            raise ScheduleError(f"schedule of {c.name}: cache_write at {cw.at} needs every reduction loop inside "
+                                f"{cw.at} and unbound")
+        tile = [l for l in inside if not l.reduce]
+        acc = c.accums[0]
+        tbuf = L.Buffer(acc.buffer.name, tuple(l.extent for l in tile) or (), acc.buffer.dtype, "local")
+        tidx = tuple(L.Var(l.name) for l in tile)
+        self.plan_staging(inside, c.accums)
+
+        def to_tile(e: L.Expr) -> L.Expr:
+            return L.map_expr(e, lambda x: L.Load(tbuf, tidx) if isinstance(x, L.Load) and x.buffer == acc.buffer else None)
+
+        init = self.nest(tile, [L.Store(tbuf, tidx, _identity(acc.op, tbuf.dtype))])
+        v = self.staged(acc.value)
+        upd = L.Store(tbuf, tidx, self.combine(acc.op, L.Load(tbuf, tidx), self.sub(v)))
+        update = self.nest(inside, self.guard([upd], self.roots_in(self.unstaged_part(acc.value))))
+        wb: list[L.Stmt] = []
+        for s in c.stores:
+            st_ = L.Store(s.buffer, tuple(self.sub(i) for i in s.indices), self.sub(to_tile(s.value)))
+            wb += self.guard([st_], self.roots_in_store(s))
+        writeback = self.nest(tile, wb)
+        return self.nest(outer, [L.Alloc(tbuf)] + init + update + writeback)
+
+    # -- cache_read ------------------------------------------------------------------------
+    def plan_staging(self, inside: Sequence[Leaf], accums) -> None:
+        """Build the copy code of each cache_read and remember how to rewrite its loads."""
+        self.rewrites: dict[str, tuple[L.Buffer, dict[str, L.Expr]]] = {}
+        if not self.st.cache_reads:
+            return
+        order = self.threads + self.rest
+        for cr in self.st.cache_reads:
+            at = self.st.leaf(cr.at)
+            if at not in self.rest:
+                raise ScheduleError(f"cache_read({cr.buffer}) at {cr.at}: attach to an unbound loop")
+            k = self.rest.index(at)
+            foot = {l.name for l in self.rest[k + 1:]}
+            if cr.scope == "shared":
+                if self.target == "cpu":
+                    raise ScheduleError(f"cache_read({cr.buffer}, 'shared'): the CPU has no shared memory; use 'local'")
+                foot |= {l.name for l in self.threads}
+            loads = [x for a in accums for x in L.walk_expr(a.value) if isinstance(x, L.Load) and x.buffer.name == cr.buffer]
+            if not loads:
+                raise ScheduleError(f"cache_read({cr.buffer}): the accumulation does not read {cr.buffer}")
+            ld = loads[0]
+            dims, shape, local_idx, base_idx = [], [], [], []
+            for d, ix in enumerate(ld.indices):
+                if isinstance(ix, L.Const):
+                    shape.append(1); local_idx.append(L.Const(0)); base_idx.append(ix); dims.append(None)
+                    continue
+                if not isinstance(ix, L.Var) or ix.name not in self.vals:
+                    raise ScheduleError(f"cache_read({cr.buffer}): dimension {d} is indexed by {ix}, not by one loop "
+                                        f"axis; only plain or transposed operands can be staged")
+                r = ix.name
+                chain = {l.name for l in self.st.leaves} & ({r} | self.st._descendants(r))
+                if chain & foot and self.st.chain_has_fuse(r):
+                    raise ScheduleError(f"cache_read({cr.buffer}): axis {r} was fused; stage before fusing it")
+                zero_out = {l: L.Const(0) for l in chain if l not in foot}
+                zero_in = {l: L.Const(0) for l in chain if l in foot}
+                local = self.st.value(r, zero_out)
+                base = self.st.value(r, zero_in)
+                maxv = _eval_int(local, {l: self.st.extents[l] - 1 for l in chain if l in foot})
+                shape.append(maxv + 1); local_idx.append(local); base_idx.append(base); dims.append(r)
+            buf = L.Buffer(f"{cr.buffer}_{cr.scope}", tuple(shape), ld.buffer.dtype, cr.scope)
+            copy = self.copy_code(ld.buffer, buf, dims, base_idx, shape)
+            if cr.scope == "shared":
+                self.shared_allocs.append(buf)
+            self.staging.setdefault(cr.at, []).append((cr, buf, copy))
+            self.rewrites[cr.buffer] = (buf, {"idx": tuple(local_idx)})
+
+    def copy_code(self, src: L.Buffer, dst: L.Buffer, dims, base_idx, shape) -> list[L.Stmt]:
+        total = 1
+        for s in shape:
+            total *= s
+        ext = {r: a.extent for a in self.c.axes for r in [a.name]}
+
+        def body(d_vars: Sequence[L.Expr]) -> list[L.Stmt]:
+            gidx, conds = [], []
+            for r, base, dv in zip(dims, base_idx, d_vars):
+                if r is None:
+                    gidx.append(base)
+                    continue
+                g = L.simplify_expr(base + dv)
+                gidx.append(g)
+                if any(self.st.roots_of(a) & {r} for a, _ in self.st.guards):
+                    conds.append(L.BinOp("<", g, L.Const(ext[r])))
+            store = L.Store(dst, tuple(d_vars), L.Load(src, tuple(gidx)))
+            if not conds:
+                return [store]
+            cond = conds[0]
+            for cc in conds[1:]:
+                cond = L.BinOp("&&", cond, cc)
+            return [L.If(cond, (store,), (L.Store(dst, tuple(d_vars), _zero(dst.dtype)),))]
+
+        if dst.scope == "shared":
+            nthreads = 1
+            tid: L.Expr = L.Const(0)
+            for t in reversed(self.threads):   # x fastest
+                pass
+            stride = 1
+            for t in sorted(self.threads, key=lambda l: -_KIND_ORDER[l.kind[-1]]):
+                tid = L.simplify_expr(tid + L.Var(t.name) * stride)
+                stride *= t.extent
+            nthreads = stride
+            e = L.Var(f"{dst.name}_e")
+            flat = L.simplify_expr(e * nthreads + tid)
+            d_vars, rem = [], flat
+            for d in range(len(shape)):
+                inner = 1
+                for s in shape[d + 1:]:
+                    inner *= s
+                v = rem / inner if inner != 1 else rem
+                if d > 0:
+                    v = v % shape[d]
+                d_vars.append(L.simplify_expr(v))
+            stmts = body(d_vars)
+            if total % nthreads:
+                stmts = [L.If(L.BinOp("<", flat, L.Const(total)), tuple(stmts))]
+            return [L.For(e, -(-total // nthreads), tuple(stmts), "unrolled" if -(-total // nthreads) <= 8 else "serial")]
+        vars_ = [L.Var(f"{dst.name}_{d}") for d in range(len(shape))]
+        stmts = body(vars_)
+        for v, s in reversed(list(zip(vars_, shape))):
+            stmts = [L.For(v, s, tuple(stmts), "serial")]
+        return stmts
+
+    def staged(self, e: L.Expr) -> L.Expr:
+        if not getattr(self, "rewrites", None):
+            return e
+        rw = self.rewrites
+
+        def fn(x: L.Expr):
+            if isinstance(x, L.Load) and x.buffer.name in rw:
+                buf, info = rw[x.buffer.name]
+                return L.Load(buf, info["idx"])
+            return None
+        return L.map_expr(e, fn)
+
+    def unstaged_part(self, e: L.Expr) -> L.Expr:
+        """e with staged loads removed (they need no guard: the staged tile is zero-padded)."""
+        if not getattr(self, "rewrites", None):
+            return e
+        rw = self.rewrites
+        return L.map_expr(e, lambda x: L.Const(0) if isinstance(x, L.Load) and x.buffer.name in rw else None)
+
+
+def _zero(dt: str) -> L.Const:
+    return L.Const(False if dt == "bool" else (0 if dt in ("i32", "i64") else 0.0), dt)
+
+
+def _identity(op: str, dt: str) -> L.Const:
+    from .lower import _identity as ident
+    return ident(op, dt)
+
+
+def _eval_int(e: L.Expr, env: dict[str, int]) -> int:
+    if isinstance(e, L.Const):
+        return int(e.value)
+    if isinstance(e, L.Var):
+        if e.name not in env:
+            raise ScheduleError(f"cannot bound index expression {e}: {e.name} is not a loop inside it")
+        return env[e.name]
+    if isinstance(e, L.BinOp):
+        a, b = _eval_int(e.a, env), _eval_int(e.b, env)
+        return {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b else 0, "%": a % b if b else 0,
+                "min": min(a, b), "max": max(a, b)}[e.op]
+    raise ScheduleError(f"cannot bound index expression {e}")
+
+
+def partition_tails(stmts: Sequence[L.Stmt]) -> tuple[L.Stmt, ...]:
+    """Loop partitioning for CPU SIMD: a parallel loop whose inner vectorized loops are guarded
+    only for the last chunk is split into full chunks (guards dropped, vectorized) and the tail.
+
+        for o in parallel(E): for v in vectorized(F): if o*F+v < N: S
+      → for o in parallel(E): if o < E-1: for v in vectorized(F): S   else: for v in range(F): if ...: S
+
+    A guard is dropped only when it provably holds for every o < E-1 (index expressions from
+    splits are monotone, so checking the largest values suffices).
+    """
+    def visit(s: L.Stmt):
+        if isinstance(s, L.For) and s.kind == "parallel" and s.extent > 1:
+            extents = {s.var.name: s.extent - 2}
+            if _has_guarded_simd(s.body) and _guards_hold(s.body, extents):
+                fast = _strip_guard(s.body)
+                slow = _serialize(s.body)
+                return L.For(s.var, s.extent, (L.If(L.BinOp("<", s.var, L.Const(s.extent - 1)), fast, slow),), s.kind)
+        return None
+    return L.map_stmts(stmts, visit)
+
+
+def _has_guarded_simd(body) -> bool:
+    return any(isinstance(s, L.For) and s.kind == "vectorized" and len(s.body) == 1 and isinstance(s.body[0], L.If)
+               for s in L.walk(body))
+
+
+def _guards_hold(body, maxima: dict[str, int]) -> bool:
+    """Every guard directly inside a vectorized loop is true at the loop variables' maxima."""
+    for s in body:
+        if isinstance(s, L.For):
+            inner = {**maxima, s.var.name: s.extent - 1}
+            if s.kind == "vectorized" and len(s.body) == 1 and isinstance(s.body[0], L.If):
+                try:
+                    if not _eval_bool(s.body[0].cond, inner):
+                        return False
+                except ScheduleError:
+                    return False
+            elif not _guards_hold(s.body, inner):
+                return False
+        elif isinstance(s, L.If):
+            if not (_guards_hold(s.then, maxima) and _guards_hold(s.orelse, maxima)):
+                return False
+    return True
+
+
+def _eval_bool(e: L.Expr, env: dict[str, int]) -> bool:
+    if isinstance(e, L.BinOp) and e.op == "&&":
+        return _eval_bool(e.a, env) and _eval_bool(e.b, env)
+    if isinstance(e, L.BinOp) and e.op == "<":
+        return _eval_int(e.a, env) < _eval_int(e.b, env)
+    raise ScheduleError(f"not a bounds guard: {e}")
+
+
+def _strip_guard(body):
+    def fn(s):
+        if isinstance(s, L.For) and s.kind == "vectorized" and len(s.body) == 1 and isinstance(s.body[0], L.If):
+            return L.For(s.var, s.extent, s.body[0].then, s.kind)
+        return None
+    return L.map_stmts(body, fn)
+
+
+def _serialize(body):
+    def fn(s):
+        if isinstance(s, L.For) and s.kind == "vectorized":
+            return L.For(s.var, s.extent, s.body, "serial")
+        return None
+    return L.map_stmts(body, fn)

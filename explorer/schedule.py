@@ -1,0 +1,591 @@
+"""Schedules as data (TVM te.Schedule / Halide style): split, fuse, reorder, bind,
+parallel, vectorize, unroll, cache_read, cache_write.
+
+A Schedule is a list of primitives on the named axes of one kernel's compute
+definition; applying it gives an AxisState (leaf loops in order, their kinds, how
+each original axis is computed from the leaves) from which the tiling pass
+generates the loop nest. Printing a Schedule lists the primitives in order — the
+`tiled` snapshot shows exactly these.
+
+>>> s = Schedule()
+>>> io, ii = s.split("i", 64)
+>>> s.bind(io, "blockIdx.x"); s.bind(ii, "threadIdx.x")
+>>> print(s)
+split(i, 64) -> i_o, i_i
+bind(i_o, blockIdx.x)
+bind(i_i, threadIdx.x)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from . import loopir as L
+from .errors import ScheduleError
+
+# hardware limits the validation names (CUDA compute capability ≥ 7)
+MAX_THREADS_PER_BLOCK = 1024
+MAX_SHARED_BYTES = 48 * 1024          # static shared memory per block
+MAX_GRID_YZ = 65535
+MAX_GRID_X = 2**31 - 1
+THREAD_AXES = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
+BLOCK_AXES = ("blockIdx.x", "blockIdx.y", "blockIdx.z")
+
+
+# ----------------------------------------------------------------------------- primitives
+@dataclass(frozen=True)
+class Split:
+    axis: str
+    factor: int
+    outer: str
+    inner: str
+
+    def __str__(self): return f"split({self.axis}, {self.factor}) -> {self.outer}, {self.inner}"
+
+
+@dataclass(frozen=True)
+class Fuse:
+    axes: tuple[str, ...]
+    fused: str
+
+    def __str__(self): return f"fuse({', '.join(self.axes)}) -> {self.fused}"
+
+
+@dataclass(frozen=True)
+class Reorder:
+    order: tuple[str, ...]
+
+    def __str__(self): return f"reorder({', '.join(self.order)})"
+
+
+@dataclass(frozen=True)
+class Bind:
+    axis: str
+    thread: str
+
+    def __str__(self): return f"bind({self.axis}, {self.thread})"
+
+
+@dataclass(frozen=True)
+class Parallel:
+    axis: str
+
+    def __str__(self): return f"parallel({self.axis})"
+
+
+@dataclass(frozen=True)
+class Vectorize:
+    axis: str
+
+    def __str__(self): return f"vectorize({self.axis})"
+
+
+@dataclass(frozen=True)
+class Unroll:
+    axis: str
+
+    def __str__(self): return f"unroll({self.axis})"
+
+
+@dataclass(frozen=True)
+class CacheRead:
+    buffer: str
+    scope: str
+    at: str
+
+    def __str__(self): return f"cache_read({self.buffer}, {self.scope}, at={self.at})"
+
+
+@dataclass(frozen=True)
+class CacheWrite:
+    scope: str
+    at: str
+
+    def __str__(self): return f"cache_write({self.scope}, at={self.at})"
+
+
+Primitive = Any
+
+
+class Schedule:
+    """An ordered list of primitives. Builder methods return the new axis names.
+
+    >>> s = Schedule(); f = s.fuse("i0", "i1"); fo, fi = s.split(f, 4); s.vectorize(fi)
+    >>> [str(p) for p in s]
+    ['fuse(i0, i1) -> i0_i1', 'split(i0_i1, 4) -> i0_i1_o, i0_i1_i', 'vectorize(i0_i1_i)']
+    """
+
+    def __init__(self, primitives: Iterable[Primitive] = (), notes: Iterable[str] = ()):
+        self.primitives: list[Primitive] = list(primitives)
+        self.notes: list[str] = list(notes)   # why a default chose what it chose
+
+    def split(self, axis: str, factor: int, names: tuple[str, str] | None = None) -> tuple[str, str]:
+        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+            raise ScheduleError(f"split({axis}, {factor!r}): the factor must be a positive integer")
+        outer, inner = names or (f"{axis}_o", f"{axis}_i")
+        self.primitives.append(Split(axis, factor, outer, inner))
+        return outer, inner
+
+    def fuse(self, *axes: str, name: str | None = None) -> str:
+        if len(axes) < 2:
+            raise ScheduleError(f"fuse needs at least two axes, got {axes}")
+        fused = name or "_".join(axes)
+        self.primitives.append(Fuse(tuple(axes), fused))
+        return fused
+
+    def reorder(self, *order: str) -> None:
+        self.primitives.append(Reorder(tuple(order)))
+
+    def bind(self, axis: str, thread: str) -> None:
+        self.primitives.append(Bind(axis, thread))
+
+    def parallel(self, axis: str) -> None:
+        self.primitives.append(Parallel(axis))
+
+    def vectorize(self, axis: str) -> None:
+        self.primitives.append(Vectorize(axis))
+
+    def unroll(self, axis: str) -> None:
+        self.primitives.append(Unroll(axis))
+
+    def cache_read(self, buffer: str, scope: str, at: str) -> None:
+        self.primitives.append(CacheRead(buffer, scope, at))
+
+    def cache_write(self, scope: str, at: str) -> None:
+        self.primitives.append(CacheWrite(scope, at))
+
+    def __iter__(self):
+        return iter(self.primitives)
+
+    def __len__(self) -> int:
+        return len(self.primitives)
+
+    def text(self) -> str:
+        return "\n".join(str(p) for p in self.primitives)
+
+    __str__ = text
+
+    def __repr__(self) -> str:
+        return f"Schedule([{'; '.join(str(p) for p in self.primitives)}])"
+
+
+# ----------------------------------------------------------------------------- applying
+@dataclass
+class Leaf:
+    name: str
+    extent: int
+    reduce: bool
+    kind: str = "serial"
+
+
+@dataclass
+class AxisState:
+    """The result of applying a Schedule to a compute's axes."""
+
+    leaves: list[Leaf]
+    relations: dict[str, tuple]             # axis → ('split', outer, inner, factor) | ('fuse', fused, pos) | ('leaf',)
+    extents: dict[str, int]
+    roots: list[str]
+    cache_reads: list[CacheRead] = field(default_factory=list)
+    cache_write: CacheWrite | None = None
+    guards: list[tuple[str, int]] = field(default_factory=list)  # (axis, extent) whose split overflows
+
+    def leaf(self, name: str) -> Leaf:
+        for l in self.leaves:
+            if l.name == name:
+                return l
+        raise ScheduleError(f"axis {name!r} is not a loop of this kernel now; loops are "
+                            f"{', '.join(l.name for l in self.leaves)}")
+
+    def value(self, axis: str, subst: dict[str, L.Expr] | None = None) -> L.Expr:
+        """The expression of `axis` in leaf variables (leaves in `subst` replaced)."""
+        rel = self.relations.get(axis, ("leaf",))
+        if rel[0] == "leaf":
+            return (subst or {}).get(axis, L.Var(axis))
+        if rel[0] == "split":
+            _, outer, inner, factor = rel
+            return L.simplify_expr(self.value(outer, subst) * factor + self.value(inner, subst))
+        _, fused, later, first = rel   # fuse(a, b, c) -> f: a = f / C / B, b = f / C % B, c = f % C
+        v = self.value(fused, subst)
+        for e in later:
+            v = v / e
+        return L.simplify_expr(v if first else v % self.extents[axis])
+
+    def roots_of(self, axis: str) -> set[str]:
+        """The original axes whose value depends on `axis` (several for a fused axis)."""
+        out = set()
+        for r in self.roots:
+            if axis == r or axis in self._descendants(r):
+                out.add(r)
+        return out
+
+    def _descendants(self, axis: str) -> set[str]:
+        rel = self.relations.get(axis, ("leaf",))
+        if rel[0] == "leaf":
+            return set()
+        kids = {rel[1], rel[2]} if rel[0] == "split" else {rel[1]}
+        out = set(kids)
+        for k in kids:
+            out |= self._descendants(k)
+        return out
+
+    def chain_has_fuse(self, axis: str) -> bool:
+        rel = self.relations.get(axis, ("leaf",))
+        if rel[0] == "leaf":
+            return False
+        if rel[0] == "fuse":
+            return True
+        return self.chain_has_fuse(rel[1]) or self.chain_has_fuse(rel[2])
+
+    def leaves_of(self, axis: str) -> list[str]:
+        rel = self.relations.get(axis, ("leaf",))
+        if rel[0] == "leaf":
+            return [axis]
+        if rel[0] == "split":
+            return self.leaves_of(rel[1]) + self.leaves_of(rel[2])
+        return self.leaves_of(rel[1])
+
+    def bound(self, kind_prefix: str) -> list[Leaf]:
+        return [l for l in self.leaves if l.kind.startswith(kind_prefix)]
+
+
+def apply(schedule: Schedule, spatial: Sequence[tuple[str, int]], reduce: Sequence[tuple[str, int]],
+          buffers: Sequence[str] = (), kernel: str = "kernel") -> AxisState:
+    """Apply the primitives in order to the axes; ScheduleError names the problem and the limit."""
+    leaves = [Leaf(n, e, False) for n, e in spatial] + [Leaf(n, e, True) for n, e in reduce]
+    st = AxisState(leaves, {}, {n: e for n, e in (*spatial, *reduce)}, [n for n, _ in (*spatial, *reduce)])
+    where = f"schedule of {kernel}"
+
+    def pos(name: str) -> int:
+        for k, l in enumerate(st.leaves):
+            if l.name == name:
+                return k
+        raise ScheduleError(f"{where}: axis {name!r} is not a loop here; loops are "
+                            f"{', '.join(l.name for l in st.leaves)}")
+
+    def fresh(name: str):
+        if name in st.extents:
+            raise ScheduleError(f"{where}: axis name {name!r} is already used; pass names=(...) to split")
+
+    for p in schedule:
+        if isinstance(p, Split):
+            k = pos(p.axis)
+            leaf = st.leaves[k]
+            if p.factor > leaf.extent:
+                raise ScheduleError(f"{where}: split({p.axis}, {p.factor}): the tile {p.factor} is larger than the "
+                                    f"axis extent {leaf.extent}; use a tile ≤ {leaf.extent}")
+            fresh(p.outer); fresh(p.inner)
+            outer_ext = -(-leaf.extent // p.factor)
+            st.leaves[k:k + 1] = [Leaf(p.outer, outer_ext, leaf.reduce), Leaf(p.inner, p.factor, leaf.reduce)]
+            st.relations[p.axis] = ("split", p.outer, p.inner, p.factor)
+            st.extents[p.outer], st.extents[p.inner] = outer_ext, p.factor
+            if leaf.extent % p.factor:
+                st.guards.append((p.axis, leaf.extent))
+        elif isinstance(p, Fuse):
+            ks = [pos(a) for a in p.axes]
+            if ks != list(range(ks[0], ks[0] + len(ks))):
+                raise ScheduleError(f"{where}: fuse{p.axes}: axes must be adjacent loops in order")
+            kinds = {st.leaves[k].reduce for k in ks}
+            if len(kinds) > 1:
+                raise ScheduleError(f"{where}: fuse{p.axes}: cannot fuse a reduction axis with a spatial axis")
+            fresh(p.fused)
+            total = 1
+            for k in ks:
+                total *= st.leaves[k].extent
+            exts = [st.leaves[k].extent for k in ks]
+            for n_ in range(len(ks)):
+                # nested divisions ((f / e_last) / ...) so that flattening simplifies back to f
+                st.relations[p.axes[n_]] = ("fuse", p.fused, tuple(reversed(exts[n_ + 1:])), n_ == 0)
+            st.leaves[ks[0]:ks[-1] + 1] = [Leaf(p.fused, total, st.leaves[ks[0]].reduce)]
+            st.extents[p.fused] = total
+        elif isinstance(p, Reorder):
+            ks = sorted(pos(a) for a in p.order)
+            if len(set(p.order)) != len(p.order):
+                raise ScheduleError(f"{where}: reorder{p.order}: an axis is listed twice")
+            by_name = {l.name: l for l in st.leaves}
+            for k, name in zip(ks, p.order):
+                st.leaves[k] = by_name[name]
+        elif isinstance(p, Bind):
+            if p.thread not in L.BOUND_KINDS:
+                raise ScheduleError(f"{where}: bind({p.axis}, {p.thread!r}): bind to one of {', '.join(L.BOUND_KINDS)}")
+            if any(l.kind == p.thread for l in st.leaves):
+                raise ScheduleError(f"{where}: {p.thread} is already bound; each block/thread axis binds one loop")
+            st.leaves[pos(p.axis)].kind = p.thread
+        elif isinstance(p, (Parallel, Vectorize, Unroll)):
+            leaf = st.leaves[pos(p.axis)]
+            kind = {Parallel: "parallel", Vectorize: "vectorized", Unroll: "unrolled"}[type(p)]
+            if kind == "parallel" and leaf.reduce:
+                raise ScheduleError(f"{where}: parallel({p.axis}): a reduction axis cannot run in parallel "
+                                    f"(threads would race on the accumulator); bind it to threadIdx for a tree reduction")
+            if kind == "vectorized" and leaf.extent > 64:
+                raise ScheduleError(f"{where}: vectorize({p.axis}): extent {leaf.extent} is over 64 lanes; "
+                                    f"split it first, e.g. split({p.axis}, 8)")
+            if kind == "unrolled" and leaf.extent > 256:
+                raise ScheduleError(f"{where}: unroll({p.axis}): extent {leaf.extent} is over the unroll limit 256; "
+                                    f"split it first")
+            leaf.kind = kind
+        elif isinstance(p, CacheRead):
+            if p.scope not in ("shared", "local"):
+                raise ScheduleError(f"{where}: cache_read scope must be 'shared' or 'local', got {p.scope!r}")
+            if p.buffer not in buffers:
+                raise ScheduleError(f"{where}: cache_read({p.buffer!r}): not an operand this kernel reads; "
+                                    f"operands are {', '.join(buffers) or 'none'}")
+            pos(p.at)
+            st.cache_reads.append(p)
+        elif isinstance(p, CacheWrite):
+            if p.scope != "local":
+                raise ScheduleError(f"{where}: cache_write scope must be 'local' (registers), got {p.scope!r}")
+            pos(p.at)
+            st.cache_write = p
+        else:
+            raise ScheduleError(f"{where}: unknown schedule primitive {p!r}")
+    _validate_launch(st, where)
+    return st
+
+
+def _validate_launch(st: AxisState, where: str) -> None:
+    threads = 1
+    for l in st.leaves:
+        if l.kind in THREAD_AXES:
+            threads *= l.extent
+        if l.kind in ("blockIdx.y", "blockIdx.z") and l.extent > MAX_GRID_YZ:
+            raise ScheduleError(f"{where}: {l.name} bound to {l.kind} has {l.extent} blocks, over the CUDA limit "
+                                f"{MAX_GRID_YZ} for grid y/z; bind it to blockIdx.x or split it")
+        if l.kind == "blockIdx.x" and l.extent > MAX_GRID_X:
+            raise ScheduleError(f"{where}: {l.extent} blocks along x is over the CUDA limit {MAX_GRID_X}")
+    if threads > MAX_THREADS_PER_BLOCK:
+        raise ScheduleError(f"{where}: {threads} threads per block is over the CUDA limit of "
+                            f"{MAX_THREADS_PER_BLOCK}; use smaller thread tiles")
+
+
+# ----------------------------------------------------------------------------- knobs and defaults
+KNOBS = {
+    "tile": "matmul block tile (BM, BN, BK)",
+    "thread_tile": "matmul per-thread register tile (TM, TN)",
+    "threads": "threads per block for elementwise/reduction kernels (CUDA)",
+    "vector": "elements per thread / SIMD chunk for elementwise kernels",
+    "unroll": "unroll the innermost loops (bool)",
+    "shared": "stage matmul operands in shared memory (bool, CUDA)",
+    "chunk": "elements per parallel chunk on the CPU",
+}
+
+
+def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
+    unknown = [k for k in knobs if k not in KNOBS]
+    if unknown:
+        raise ScheduleError(f"unknown schedule knob(s) {', '.join(map(repr, unknown))}; knobs are: "
+                            + "; ".join(f"{k}: {v}" for k, v in KNOBS.items()))
+    out = dict(knobs)
+
+    def positive(name, v):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ScheduleError(f"schedule knob {name}: {v!r} must be a positive integer")
+    if "tile" in out:
+        t = tuple(out["tile"]) if isinstance(out["tile"], (tuple, list)) else None
+        if t is None or len(t) != 3:
+            raise ScheduleError(f"schedule knob tile: {out['tile']!r} must be a 3-tuple (BM, BN, BK), e.g. (64, 64, 16)")
+        for v in t:
+            positive("tile", v)
+        out["tile"] = t
+    if "thread_tile" in out:
+        t = tuple(out["thread_tile"])
+        if len(t) != 2:
+            raise ScheduleError(f"schedule knob thread_tile: {out['thread_tile']!r} must be (TM, TN), e.g. (4, 4)")
+        for v in t:
+            positive("thread_tile", v)
+        out["thread_tile"] = t
+    for k in ("threads", "vector", "chunk"):
+        if k in out:
+            positive(k, out[k])
+    return out
+
+
+def _pow2_at_most(n: int, cap: int) -> int:
+    p = 1
+    while p * 2 <= min(n, cap):
+        p *= 2
+    return p
+
+
+def default_schedule(compute, target: str, knobs: dict[str, Any] | None = None) -> Schedule:
+    """The default Schedule for a compute definition on 'cuda' (also used by sim) or 'cpu'."""
+    knobs = check_knobs(knobs or {})
+    if target == "cpu":
+        return _cpu_default(compute, knobs)
+    return _cuda_default(compute, knobs)
+
+
+def _fuse_all(s: Schedule, names: list[str], name: str) -> str | None:
+    if not names:
+        return None
+    if len(names) == 1:
+        return names[0]
+    return s.fuse(*names, name=name)
+
+
+def _cuda_default(c, knobs) -> Schedule:
+    s = Schedule()
+    sp = [a.name for a in c.spatial]
+    rd = [a.name for a in c.reduce]
+    if c.kind == "elementwise":
+        f = _fuse_all(s, sp, "n")
+        if f is None:
+            return s
+        n = c_extent(c, sp)
+        vec = knobs.get("vector", 4 if n % 4 == 0 and n >= 1024 else 1)
+        threads = knobs.get("threads", 256)
+        if vec > 1:
+            if n % vec:
+                raise ScheduleError(f"schedule of {c.name}: vector={vec} does not divide the {n} elements "
+                                    f"(a masked tail is not generated for vector loads); use vector=1 or a divisor")
+            f, fv = s.split(f, vec, names=("n_o", "n_v"))
+            (s.unroll if knobs.get("unroll", True) else s.vectorize)(fv)
+        m = -(-n // vec)
+        threads = min(threads, _pow2_at_most(max(m, 1), 1024)) if "threads" not in knobs else threads
+        if threads > MAX_THREADS_PER_BLOCK:
+            raise ScheduleError(f"schedule of {c.name}: threads={threads} is over the CUDA limit of "
+                                f"{MAX_THREADS_PER_BLOCK} threads per block")
+        fb, ft = s.split(f, min(threads, m) if m >= 1 else 1, names=("blk", "thr"))
+        s.bind(fb, "blockIdx.x")
+        s.bind(ft, "threadIdx.x")
+        s.notes.append(f"elementwise: one thread per {vec} element(s), {threads} threads per block")
+        return s
+    if c.kind == "reduce":
+        o = _fuse_all(s, sp, "row")
+        r = _fuse_all(s, rd, "red")
+        R = c_extent(c, rd)
+        threads = knobs.get("threads", max(32, min(256, _pow2_at_most(R, 256) if R >= 32 else 32)))
+        if threads > MAX_THREADS_PER_BLOCK:
+            raise ScheduleError(f"schedule of {c.name}: threads={threads} is over the CUDA limit of "
+                                f"{MAX_THREADS_PER_BLOCK} threads per block")
+        if o is not None:
+            s.bind(o, "blockIdx.x")
+        if threads > R:
+            threads = R
+        ro, rt = s.split(r, threads, names=("red_o", "red_t"))
+        s.bind(rt, "threadIdx.x")
+        s.notes.append(f"reduction: one block per row, {threads} threads stride over the row, "
+                       f"then a warp-shuffle/shared-memory tree (allreduce)")
+        return s
+    if c.kind == "opaque":
+        o = _fuse_all(s, sp, "row")
+        if o is not None:
+            O = c_extent(c, sp)
+            t = min(knobs.get("threads", 128), O)
+            ob, ot = s.split(o, t, names=("blk", "thr"))
+            s.bind(ob, "blockIdx.x")
+            s.bind(ot, "threadIdx.x")
+        s.notes.append("scan: one thread per row, serial along the scan axis (opaque: no fusion, no tiling)")
+        return s
+    return _cuda_matmul(c, knobs)
+
+
+def c_extent(c, names: Sequence[str]) -> int:
+    n = 1
+    for a in c.axes:
+        if a.name in names:
+            n *= a.extent
+    return n
+
+
+def _cuda_matmul(c, knobs) -> Schedule:
+    s = Schedule()
+    M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
+    BM, BN, BK = knobs.get("tile", (64, 64, 16))
+    TM, TN = knobs.get("thread_tile", (4, 4))
+    user_tile = "tile" in knobs
+    if not user_tile:   # shrink the default tile for small problems, keep powers of two
+        BM, BN, BK = min(BM, _pow2_at_most(M, 64)), min(BN, _pow2_at_most(N, 64)), min(BK, _pow2_at_most(K, 16))
+        TM, TN = min(TM, BM), min(TN, BN)
+    for name, big, small in (("BM", BM, TM), ("BN", BN, TN)):
+        if big % small:
+            raise ScheduleError(f"schedule of {c.name}: thread tile {small} does not divide block tile {name}={big}")
+    threads = (BM // TM) * (BN // TN)
+    if threads > MAX_THREADS_PER_BLOCK:
+        raise ScheduleError(f"schedule of {c.name}: tile ({BM}, {BN}) with thread tile ({TM}, {TN}) needs "
+                            f"{threads} threads per block, over the CUDA limit of {MAX_THREADS_PER_BLOCK}")
+    use_shared = knobs.get("shared", True) and len(c.operands) == 2
+    shared = (BM * BK + BK * BN) * 4 if use_shared else 0
+    if shared > MAX_SHARED_BYTES:
+        raise ScheduleError(f"schedule of {c.name}: tile ({BM}, {BN}, {BK}) stages {shared} bytes of shared "
+                            f"memory, over the {MAX_SHARED_BYTES}-byte (48 KiB) static limit; use a smaller BK or tile")
+    batch = [a.name for a in c.spatial[:-2]]
+    io, ii = s.split("i", BM, names=("i_b", "i_in"))
+    it, ir = s.split(ii, TM, names=("i_t", "i_r"))
+    jo, ji = s.split("j", BN, names=("j_b", "j_in"))
+    jt, jr = s.split(ji, TN, names=("j_t", "j_r"))
+    ko, kin = s.split("k", BK, names=("k_o", "k_i"))
+    bz = _fuse_all(s, batch, "batch") if batch else None
+    order = ([bz] if bz else []) + [io, jo, it, jt, ko, kin, ir, jr]
+    s.reorder(*order)
+    if bz:
+        s.bind(bz, "blockIdx.z")
+    s.bind(io, "blockIdx.y")
+    s.bind(jo, "blockIdx.x")
+    s.bind(it, "threadIdx.y")
+    s.bind(jt, "threadIdx.x")
+    s.cache_write("local", at=jt)
+    if use_shared:
+        s.cache_read(c.operands[0], "shared", at=ko)
+        s.cache_read(c.operands[1], "shared", at=ko)
+    if knobs.get("unroll", True):
+        s.unroll(kin)
+        s.unroll(ir)
+        s.unroll(jr)
+    s.notes.append(f"matmul: {BM}x{BN} block tile, {TM}x{TN} register tile per thread ({threads} threads), "
+                   f"k step {BK}" + (", operands staged in shared memory" if use_shared else ""))
+    return s
+
+
+def _cpu_default(c, knobs) -> Schedule:
+    s = Schedule()
+    sp = [a.name for a in c.spatial]
+    rd = [a.name for a in c.reduce]
+    if c.kind == "elementwise":
+        f = _fuse_all(s, sp, "n")
+        if f is None:
+            return s
+        n = c_extent(c, sp)
+        chunk = knobs.get("chunk", 4096)
+        chunk = min(chunk, n)
+        if n > chunk:
+            fo, fi = s.split(f, chunk, names=("n_o", "n_i"))
+            s.parallel(fo)
+            vec = knobs.get("vector", 16)
+            if chunk % vec == 0 and chunk > vec:
+                fv_o, fv = s.split(fi, vec, names=("n_c", "n_v"))
+                s.vectorize(fv)
+            else:
+                s.vectorize(fi) if chunk <= 64 else None
+        else:
+            if n > 1 and n <= 64:
+                s.vectorize(f)
+        s.notes.append(f"elementwise: chunks of {chunk} elements across OpenMP threads, SIMD inside")
+        return s
+    if c.kind in ("reduce", "opaque"):
+        o = _fuse_all(s, sp, "row")
+        if o is not None and c_extent(c, sp) > 1:
+            s.parallel(o)
+        s.notes.append("reduction: rows across OpenMP threads, serial accumulation along the row")
+        return s
+    # matmul: register tile TM x TN, TN contiguous floats vectorized; rows split across threads
+    M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
+    TM, TN = knobs.get("thread_tile", (4, 32))
+    TM, TN = min(TM, M), min(TN, N)
+    batch = [a.name for a in c.spatial[:-2]]
+    io, ir = s.split("i", TM, names=("i_o", "i_r"))
+    jo, jv = s.split("j", TN, names=("j_o", "j_v"))
+    outer = io
+    if batch:
+        bf = _fuse_all(s, batch, "batch")
+        s.reorder(bf, io, jo, "k", ir, jv)
+        outer = s.fuse(bf, io, name="bi")
+    else:
+        s.reorder(io, jo, "k", ir, jv)
+    s.parallel(outer)
+    s.cache_write("local", at=jo)
+    s.unroll(ir)
+    s.vectorize(jv)
+    s.notes.append(f"matmul: {TM}x{TN} register tile (acc in registers, {TN} columns per SIMD sweep), "
+                   f"row tiles across OpenMP threads")
+    return s

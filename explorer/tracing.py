@@ -1,0 +1,921 @@
+"""Tracing: run a plain NumPy function on proxy `Tensor`s and record every op into a Graph.
+
+Like JAX tracers or torch.fx proxies, a `Tensor` holds a graph node instead of data.
+Python operators, NumPy ufuncs (`__array_ufunc__`) and NumPy functions
+(`__array_function__`) on it append typed nodes; dtype promotion follows NumPy 2
+exactly (Python scalars are "weak": `x_f32 * 2.0` stays float32).
+
+>>> import numpy as np
+>>> g = trace(lambda x, w, b: np.maximum(x @ w + b, 0),
+...           np.ones((4, 8), np.float32), np.ones((8, 3), np.float32), np.zeros(3, np.float32))
+>>> print(g.text())
+graph lambda(x: f32[4,8], w: f32[8,3], b: f32[3]):
+  %3: f32[4,3] = matmul(x, w)
+  %4: f32[4,3] = add(%3, b)
+  %5: f32[] = const 0.0
+  %6: f32[4,3] = maximum(%4, %5)
+  return %6
+
+Values the tracer cannot know (Python `if` on a traced value, `float(x)`, in-place
+writes) raise TraceError with the fix, instead of silently baking in one path.
+"""
+from __future__ import annotations
+
+import inspect
+import linecache
+import math
+import sys
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import dtypes
+from . import ops as _ops
+from .errors import DTypeError, ExplorerError, ShapeError, TraceError, UnsupportedOpError
+from .graph import Graph, Node, Provenance, c_identifier
+
+# Frames of these modules are the tracer's own machinery, not the user's code, so
+# provenance skips them (numpy too: np.mean's Python wrapper calls back into us).
+INTERNAL_MODULES = {"explorer.tracing", "explorer.nn", "explorer.ops", "explorer.passes.simplify", "explorer.dtypes",
+                    "explorer.graph", "explorer.errors", "explorer.pipeline", "explorer.compiled",
+                    "explorer.backends.reference"}
+
+_PROV_CACHE: dict[tuple[Any, int], Provenance] = {}
+
+
+def _is_internal(modname: str) -> bool:
+    return modname in INTERNAL_MODULES or modname == "numpy" or modname.startswith("numpy.")
+
+
+def _provenance_from_frame(f) -> Provenance:
+    code = f.f_code
+    line = f.f_lineno
+    key = (code, line)
+    p = _PROV_CACHE.get(key)
+    if p is None:
+        text = linecache.getline(code.co_filename, line).strip()
+        p = Provenance(code.co_filename, line, code.co_name, text)
+        if len(_PROV_CACHE) > 20000:  # bound memory in long notebook sessions
+            _PROV_CACHE.clear()
+        _PROV_CACHE[key] = p
+    return p
+
+
+def user_provenance() -> Provenance | None:
+    """Provenance of the innermost stack frame outside the tracer's own modules and NumPy."""
+    f = sys._getframe(1)
+    while f is not None:
+        if not _is_internal(f.f_globals.get("__name__", "")):
+            return _provenance_from_frame(f)
+        f = f.f_back
+    return None
+
+
+def _user_location(tb) -> Provenance | None:
+    """The innermost user frame of a traceback (where the user's code raised)."""
+    found = None
+    while tb is not None:
+        if not _is_internal(tb.tb_frame.f_globals.get("__name__", "")):
+            code = tb.tb_frame.f_code
+            found = Provenance(code.co_filename, tb.tb_lineno, code.co_name,
+                               linecache.getline(code.co_filename, tb.tb_lineno).strip())
+        tb = tb.tb_next
+    return found
+
+
+# ----------------------------------------------------------------------------- the tracer
+class Tracer:
+    """Records nodes. `id_source` and `provenance` let simplify re-trace a composite's
+    decomposition inside an existing graph (fresh ids from that graph, the composite's provenance)."""
+
+    def __init__(self, id_source: Callable[[], int] | None = None, provenance: Provenance | None = None):
+        self.nodes: list[Node] = []
+        self.inputs: list[Node] = []
+        self._next = 0
+        self._id_source = id_source
+        self._fixed_provenance = provenance
+        self.closed = False
+
+    def new_id(self) -> int:
+        if self._id_source is not None:
+            return self._id_source()
+        i = self._next
+        self._next += 1
+        return i
+
+    def input(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> "Tensor":
+        n = Node(self.new_id(), "input", (), tuple(int(s) for s in shape), np.dtype(dtype), name=name)
+        self.inputs.append(n)
+        self.nodes.append(n)
+        return Tensor(n, self)
+
+    def wrap(self, node: Node) -> "Tensor":
+        """A Tensor for an already-existing node (not recorded again)."""
+        return Tensor(node, self)
+
+    def _provenance(self) -> Provenance | None:
+        if self._fixed_provenance is not None:
+            return self._fixed_provenance
+        return user_provenance()
+
+    def const(self, value: np.ndarray) -> Node:
+        value = np.array(value, copy=True)
+        dtypes.check(value.dtype, "constant")
+        n = Node(self.new_id(), "const", (), tuple(value.shape), value.dtype, value=value,
+                 provenance=self._provenance())
+        self.nodes.append(n)
+        return n
+
+    def emit(self, op: str, inputs: Sequence[Node], attrs: dict | None = None) -> "Tensor":
+        if self.closed:
+            raise TraceError("a traced value was used after its trace finished (was it stored in a global or "
+                             "returned through a closure?); compute everything inside the traced function")
+        attrs = dict(attrs or {})
+        shape, dt = _ops.infer_type(op, [(i.shape, i.dtype) for i in inputs], attrs)
+        n = Node(self.new_id(), op, tuple(inputs), shape, dt, attrs, provenance=self._provenance())
+        self.nodes.append(n)
+        return Tensor(n, self)
+
+
+# ----------------------------------------------------------------------------- operand handling
+_PY_SCALARS = (bool, int, float)
+
+
+def _tracer_of(args: Sequence[Any]) -> Tracer:
+    tr = None
+    for a in args:
+        if isinstance(a, Tensor):
+            if a.tracer.closed:
+                raise TraceError("a traced value was used after its trace finished (was it stored in a global or "
+                                 "a closure?); compute everything inside the traced function")
+            if tr is None:
+                tr = a.tracer
+            elif a.tracer is not tr:
+                raise TraceError("an op mixes values from two different traces; keep each traced value inside "
+                                 "the function call that created it")
+    if tr is None:  # pragma: no cover - callers only dispatch here with a Tensor present
+        raise TraceError("internal: no traced value among the operands")
+    return tr
+
+
+def _strong_dtype(a: Any) -> np.dtype | None:
+    if isinstance(a, Tensor):
+        return a.dtype
+    if isinstance(a, (np.ndarray, np.generic)):
+        return a.dtype
+    return None
+
+
+def _to_nodes(op: str, args: Sequence[Any], tracer: Tracer, value_slice: slice = slice(None)) -> list[Node]:
+    """Turn operands into nodes: Tensors as-is, arrays/numpy scalars as constants of their own
+    dtype, Python scalars as constants of the dtype NumPy 2 would cast them to (weak scalars)."""
+    vals = list(args)[value_slice]
+    weak_dt = None
+    if any(isinstance(a, _PY_SCALARS) and not isinstance(a, np.generic) for a in vals):
+        strong = [d for d in (_strong_dtype(a) for a in vals) if d is not None]
+        weak = [a for a in vals if isinstance(a, _PY_SCALARS) and not isinstance(a, np.generic)]
+        try:
+            weak_dt = np.result_type(*strong, *weak)
+        except (TypeError, OverflowError) as e:
+            raise DTypeError(f"{op}: cannot combine Python scalar(s) {weak} with dtypes "
+                             f"{[str(d) for d in strong]}: {e}") from None
+    out = []
+    for a in args:
+        if isinstance(a, Tensor):
+            out.append(a.node)
+        elif isinstance(a, (np.ndarray, np.generic)):
+            _check_const_dtype(op, a.dtype)
+            out.append(tracer.const(np.asarray(a)))
+        elif isinstance(a, _PY_SCALARS):
+            dt = weak_dt if weak_dt is not None else np.result_type(a)
+            try:
+                with np.errstate(all="ignore"):
+                    v = np.asarray(a, dtype=dt)
+            except OverflowError:
+                raise DTypeError(f"{op}: the Python integer {a} does not fit in {dt}; use a smaller value or "
+                                 f"cast the array first (x.astype(np.int64))") from None
+            out.append(tracer.const(v))
+        elif isinstance(a, complex):
+            raise DTypeError(f"{op}: complex numbers are not supported; supported dtypes are {dtypes.SUPPORTED_NAMES}")
+        elif isinstance(a, (list, tuple)) and _is_numeric_nest(a):
+            arr = np.asarray(a)
+            _check_const_dtype(op, arr.dtype)
+            out.append(tracer.const(arr))
+        else:
+            raise TraceError(f"{op}: cannot use a {type(a).__name__} as an operand of a traced op; operands must be "
+                             f"traced arrays, np.ndarray constants or Python numbers (np.asarray(...) converts lists)")
+    return out
+
+
+def _is_numeric_nest(a: Any) -> bool:
+    try:
+        return np.asarray(a).dtype.kind in "biuf"
+    except Exception:
+        return False
+
+
+def _check_const_dtype(op: str, dt: np.dtype) -> None:
+    if np.dtype(dt) not in dtypes.SUPPORTED:
+        raise DTypeError(f"{op}: a constant has dtype {dt}, which is not supported; use one of "
+                         f"{dtypes.SUPPORTED_NAMES} (e.g. c.astype(np.float32))")
+
+
+def apply_op(op: str, *args: Any, **attrs: Any):
+    """Apply registry op `op`: record it when any argument is a Tensor, else run the NumPy reference.
+
+    >>> apply_op("erf", np.zeros(2, np.float32))
+    array([0., 0.], dtype=float32)
+    """
+    if any(isinstance(a, Tensor) for a in args):
+        tr = _tracer_of(args)
+        sl = slice(1, None) if op == "where" else slice(None)
+        return tr.emit(op, _to_nodes(op, args, tr, sl), attrs)
+    arrs = [np.asarray(a) for a in args]
+    return _ops.evaluate(op, arrs, attrs)
+
+
+def _binary(op: str, a: Any, b: Any) -> "Tensor":
+    tr = _tracer_of((a, b))
+    return tr.emit(op, _to_nodes(op, (a, b), tr), {})
+
+
+def _unary(op: str, a: "Tensor") -> "Tensor":
+    return a.tracer.emit(op, [a.node], {})
+
+
+# ----------------------------------------------------------------------------- shape helpers
+def _norm_shape(op: str, shape: Any, size: int | None = None) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise ShapeError(f"{op}: shape must be a tuple of ints, got {shape!r}") from None
+    if size is not None and -1 in shape:
+        if shape.count(-1) > 1:
+            raise ShapeError(f"{op}: can only specify one unknown dimension (-1), got {shape}")
+        rest = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+        if rest == 0 or size % rest:
+            raise ShapeError(f"{op}: cannot reshape {size} elements into {shape}")
+        shape = tuple(size // rest if s == -1 else s for s in shape)
+    if any(s < 0 for s in shape):
+        raise ShapeError(f"{op}: negative dimension in shape {shape}")
+    return shape
+
+
+def _reshape(x: "Tensor", shape: Any) -> "Tensor":
+    shape = _norm_shape("reshape", shape, x.size)
+    return x.tracer.emit("reshape", [x.node], {"shape": shape})
+
+
+def _transpose(x: "Tensor", axes: Any = None) -> "Tensor":
+    if axes is None:
+        axes = tuple(reversed(range(x.ndim)))
+    else:
+        if isinstance(axes, (int, np.integer)):
+            axes = (axes,)
+        try:
+            axes = tuple(int(a) for a in axes)
+        except TypeError:
+            raise ShapeError(f"transpose: axes must be a tuple of ints, got {axes!r}") from None
+        if any(not -x.ndim <= a < x.ndim for a in axes):
+            raise ShapeError(f"transpose: axes {axes} out of range for an array of shape {x.shape}")
+        axes = tuple(a % x.ndim for a in axes) if x.ndim else axes
+    return x.tracer.emit("transpose", [x.node], {"axes": axes})
+
+
+def _reduce(op: str, x: Any, axis: Any = None, keepdims: bool = False) -> "Tensor":
+    x = _as_tensor_like(op, x)
+    axes = _ops.normalize_axes(op, axis, x.ndim, x.shape)
+    return x.tracer.emit(op, [x.node], {"axes": axes, "keepdims": bool(keepdims)})
+
+
+def _mean(x: Any, axis: Any = None, keepdims: bool = False) -> "Tensor":
+    """np.mean traced into primitives, as NumPy computes it: sum, then divide by the count.
+
+    Integers/bool accumulate in float64, float16 in float32 and the result is cast back,
+    matching numpy's `_mean`; tracing into `sum` keeps the reduce visible to fusion.
+    """
+    x = _as_tensor_like("mean", x)
+    axes = _ops.normalize_axes("mean", axis, x.ndim, x.shape)
+    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    dt = x.dtype
+    xs = x
+    if dt.kind in "biu":
+        xs = x.astype(np.float64)
+    elif dt == np.float16:
+        xs = x.astype(np.float32)
+    s = _reduce("sum", xs, axes, keepdims)
+    r = s / count
+    if dt == np.float16:
+        r = r.astype(np.float16)
+    return r
+
+
+def _as_tensor_like(op: str, x: Any) -> "Tensor":
+    if not isinstance(x, Tensor):  # pragma: no cover - dispatch guarantees a Tensor here
+        raise TraceError(f"{op}: expected a traced array")
+    return x
+
+
+def _getitem(x: "Tensor", idx: Any) -> "Tensor":
+    if not isinstance(idx, tuple):
+        idx = (idx,)
+    for e in idx:
+        if isinstance(e, (Tensor, np.ndarray, list)) or isinstance(e, (bool, np.bool_)):
+            raise UnsupportedOpError("indexing with arrays, lists or booleans (advanced indexing) is not supported "
+                                     "in traced code; use basic slices/ints/None/..., or np.where for masking")
+        if not (e is None or e is Ellipsis or isinstance(e, (slice, int, np.integer))):
+            raise TraceError(f"cannot index a traced array with {type(e).__name__}; use ints, slices, None or ...")
+    n_ell = sum(1 for e in idx if e is Ellipsis)
+    if n_ell > 1:
+        raise ShapeError("an index can only have a single ellipsis ('...')")
+    n_real = sum(1 for e in idx if e is not None and e is not Ellipsis)
+    if n_real > x.ndim:
+        raise ShapeError(f"too many indices for an array of shape {x.shape}: {n_real} were indexed")
+    if n_ell:
+        k = idx.index(Ellipsis)
+        idx = idx[:k] + (slice(None),) * (x.ndim - n_real) + idx[k + 1:]
+    else:
+        idx = idx + (slice(None),) * (x.ndim - n_real)
+    starts, stops, steps, final = [], [], [], []
+    dim = 0
+    for e in idx:
+        if e is None:
+            final.append(1)
+            continue
+        size = x.shape[dim]
+        if isinstance(e, slice):
+            if e.step == 0:
+                raise ShapeError("slice step cannot be zero")
+            a, b, c = e.indices(size)
+            starts.append(a), stops.append(b), steps.append(c)
+            final.append(len(range(a, b, c)))
+        else:
+            i = int(e)
+            if not -size <= i < size:
+                raise ShapeError(f"index {i} is out of bounds for axis {dim} with size {size} (shape {x.shape})")
+            i %= size
+            starts.append(i), stops.append(i + 1), steps.append(1)
+        dim += 1
+    out = x
+    full = all(a == 0 and b == s and c == 1 for a, b, c, s in zip(starts, stops, steps, x.shape))
+    if not full:
+        out = x.tracer.emit("slice", [x.node], {"starts": tuple(starts), "stops": tuple(stops), "steps": tuple(steps)})
+    if tuple(final) != out.shape:
+        out = out.tracer.emit("reshape", [out.node], {"shape": tuple(final)})
+    return out
+
+
+# ----------------------------------------------------------------------------- the proxy
+def _no_control_flow(what: str) -> TraceError:
+    return TraceError(
+        f"{what} on a traced value: data-dependent Python control flow cannot be traced, because the tracer "
+        f"only knows shapes and dtypes, not values; use np.where(cond, a, b) to choose values elementwise "
+        f"(or np.maximum/np.minimum), so both branches become part of the graph")
+
+
+class Tensor:
+    """A traced array: holds a graph Node and the Tracer recording it.
+
+    Supports Python operators, NumPy ufuncs/functions and the common ndarray methods.
+
+    >>> g = trace(lambda x: (x * 2).sum(axis=0), np.ones((3, 4), np.float32))
+    >>> g.outputs[0].shape
+    (4,)
+    """
+
+    __slots__ = ("node", "tracer")
+    __array_priority__ = 1000.0  # numpy defers binary operators to us
+
+    def __init__(self, node: Node, tracer: Tracer):
+        self.node = node
+        self.tracer = tracer
+
+    # -- properties ----------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.node.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.node.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.node.shape)
+
+    @property
+    def size(self) -> int:
+        return self.node.size
+
+    @property
+    def T(self) -> "Tensor":
+        return self if self.ndim < 2 else _transpose(self)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.node.name}: {self.node.type_str})"
+
+    __hash__ = object.__hash__
+
+    # -- arithmetic --------------------------------------------------------------
+    def __add__(self, o): return _binary("add", self, o)
+    def __radd__(self, o): return _binary("add", o, self)
+    def __sub__(self, o): return _binary("sub", self, o)
+    def __rsub__(self, o): return _binary("sub", o, self)
+    def __mul__(self, o): return _binary("mul", self, o)
+    def __rmul__(self, o): return _binary("mul", o, self)
+    def __truediv__(self, o): return _binary("div", self, o)
+    def __rtruediv__(self, o): return _binary("div", o, self)
+    def __pow__(self, o): return _binary("pow", self, o)
+    def __rpow__(self, o): return _binary("pow", o, self)
+    def __matmul__(self, o): return _binary("matmul", self, o)
+    def __rmatmul__(self, o): return _binary("matmul", o, self)
+    def __neg__(self): return _unary("neg", self)
+    def __pos__(self): return self
+    def __abs__(self): return _unary("abs", self)
+    def __lt__(self, o): return _binary("lt", self, o)
+    def __le__(self, o): return _binary("le", self, o)
+    def __gt__(self, o): return _binary("gt", self, o)
+    def __ge__(self, o): return _binary("ge", self, o)
+    def __eq__(self, o): return _binary("eq", self, o)  # type: ignore[override]
+    def __ne__(self, o): return _binary("ne", self, o)  # type: ignore[override]
+
+    def _logical(self, op: str, o: Any, rev: bool = False) -> "Tensor":
+        if self.dtype != np.bool_ or _strong_dtype(o) not in (None, np.dtype(bool)):
+            raise UnsupportedOpError(f"bitwise {op.split('_')[1]} is only supported on bool arrays (as logical_{op.split('_')[1]}); "
+                                     f"got {self.dtype}; compare first, e.g. (x > 0) & (x < 1)")
+        return _binary(op, o, self) if rev else _binary(op, self, o)
+
+    def __and__(self, o): return self._logical("logical_and", o)
+    def __rand__(self, o): return self._logical("logical_and", o, True)
+    def __or__(self, o): return self._logical("logical_or", o)
+    def __ror__(self, o): return self._logical("logical_or", o, True)
+
+    def __invert__(self):
+        if self.dtype != np.bool_:
+            raise UnsupportedOpError(f"~ (invert) is only supported on bool arrays, got {self.dtype}")
+        return _unary("logical_not", self)
+
+    def _unsupported(self, what: str, *_a):
+        raise UnsupportedOpError(f"the operator {what} is not supported on traced arrays; supported ops are: "
+                                 f"{_ops.supported_ops()}")
+
+    def __floordiv__(self, o): self._unsupported("//")
+    def __rfloordiv__(self, o): self._unsupported("//")
+    def __mod__(self, o): self._unsupported("%")
+    def __rmod__(self, o): self._unsupported("%")
+    def __divmod__(self, o): self._unsupported("divmod")
+    def __xor__(self, o): self._unsupported("^")
+    def __lshift__(self, o): self._unsupported("<<")
+    def __rshift__(self, o): self._unsupported(">>")
+
+    # -- things that need a concrete value ---------------------------------------
+    def __bool__(self):
+        raise _no_control_flow("`if`/`while`/`and`/`or`/bool() (e.g. `if x > 0:`)")
+
+    def __float__(self):
+        raise TraceError("float() of a traced value: its value is unknown at trace time; keep it as an array "
+                         "(e.g. use x.sum() instead of float(x.sum())) and return it")
+
+    def __int__(self):
+        raise TraceError("int() of a traced value: its value is unknown at trace time; keep it as an array, "
+                         "or use x.shape for sizes")
+
+    def __index__(self):
+        raise TraceError("a traced value cannot be used as an index or size: its value is unknown at trace time; "
+                         "use x.shape[...] for sizes")
+
+    def __complex__(self):
+        raise DTypeError(f"complex numbers are not supported; supported dtypes are {dtypes.SUPPORTED_NAMES}")
+
+    def item(self, *a):
+        raise TraceError(".item() of a traced value: its value is unknown at trace time; return the array instead")
+
+    def tolist(self):
+        raise TraceError(".tolist() of a traced value: its value is unknown at trace time; return the array instead")
+
+    def __iter__(self):
+        raise TraceError("iterating over a traced array is not supported (it would unroll data into Python); "
+                         "use whole-array ops (np.sum(x, axis=0), x[i] with a fixed int, broadcasting)")
+
+    def __contains__(self, v):
+        raise _no_control_flow("`in`")
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TraceError("len() of a 0-d traced array; use x.shape")
+        return self.shape[0]
+
+    def __setitem__(self, key, value):
+        raise TraceError("in-place mutation (x[...] = ...) is not supported in traced code: the graph is pure "
+                         "dataflow; build a new array instead, e.g. np.where(mask, new_values, x)")
+
+    def __array__(self, dtype=None, copy=None):
+        raise TraceError("a traced value cannot be converted to a concrete np.ndarray (np.asarray/np.array) while "
+                         "tracing: its data does not exist yet; use NumPy operations on it directly")
+
+    # -- ndarray methods ------------------------------------------------------------
+    def sum(self, axis=None, keepdims=False): return _reduce("sum", self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return _reduce("max", self, axis, keepdims)
+    def min(self, axis=None, keepdims=False): return _reduce("min", self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _mean(self, axis, keepdims)
+
+    def astype(self, dtype, copy=True) -> "Tensor":
+        dt = dtypes.check(dtype, "astype")
+        return self.tracer.emit("cast", [self.node], {"dtype": dt})
+
+    def reshape(self, *shape) -> "Tensor":
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = shape[0]
+        return _reshape(self, shape)
+
+    def transpose(self, *axes) -> "Tensor":
+        if len(axes) == 1 and (axes[0] is None or not isinstance(axes[0], (int, np.integer))):
+            axes = axes[0]
+        return _transpose(self, axes if axes != () else None)
+
+    def ravel(self) -> "Tensor":
+        return _reshape(self, (-1,))
+
+    flatten = ravel
+
+    def squeeze(self, axis=None) -> "Tensor":
+        return _squeeze(self, axis)
+
+    def cumsum(self, axis=None) -> "Tensor":
+        return _cumsum(self, axis)
+
+    def copy(self) -> "Tensor":
+        return self
+
+    def __getitem__(self, idx) -> "Tensor":
+        return _getitem(self, idx)
+
+    # -- numpy protocols --------------------------------------------------------------
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        name = getattr(ufunc, "__name__", str(ufunc))
+        if method != "__call__":
+            hint = {"reduce": "use np.sum / np.max / np.min", "accumulate": "use np.cumsum"}.get(method, "")
+            raise UnsupportedOpError(f"np.{name}.{method} is not supported in traced code{'; ' + hint if hint else ''}")
+        if "out" in kwargs:
+            raise TraceError(f"np.{name}(..., out=...) writes in place, which traced code cannot do; "
+                             f"use the returned value: y = np.{name}(...)")
+        if kwargs:
+            raise TraceError(f"np.{name}: keyword argument(s) {', '.join(sorted(kwargs))} are not supported in traced "
+                             f"code; call np.{name} with positional arrays only (cast with .astype first)")
+        op = _ufunc_op(name, inputs)
+        if op is None:
+            raise UnsupportedOpError(f"np.{name} is not supported by the tracer; supported NumPy functions are: "
+                                     f"{supported_numpy()}; registry ops: {_ops.supported_ops()}")
+        if callable(op):
+            return op(*inputs)
+        tr = _tracer_of(inputs)
+        return tr.emit(op, _to_nodes(op, inputs, tr), {})
+
+    def __array_function__(self, func, types, args, kwargs):
+        h = _FUNCTIONS.get(func)
+        if h is None:
+            name = getattr(func, "__name__", str(func))
+            raise UnsupportedOpError(f"np.{name} is not supported by the tracer; supported NumPy functions are: "
+                                     f"{supported_numpy()}; registry ops: {_ops.supported_ops()}")
+        return h(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- ufuncs
+_UFUNC_EXTRA: dict[str, Callable[..., Any]] = {
+    "square": lambda x: _binary("mul", x, x),
+    "positive": lambda x: x,
+    "bitwise_and": lambda a, b: _bool_logic("logical_and", a, b),
+    "bitwise_or": lambda a, b: _bool_logic("logical_or", a, b),
+    "invert": lambda a: ~a if isinstance(a, Tensor) else _unsupported_fn("invert"),
+}
+
+
+def _bool_logic(op: str, a: Any, b: Any) -> "Tensor":
+    if any(_strong_dtype(v) not in (None, np.dtype(bool)) for v in (a, b)):
+        raise UnsupportedOpError(f"bitwise ops are only supported on bool arrays (as {op})")
+    return _binary(op, a, b)
+
+
+def _unsupported_fn(name: str):
+    raise UnsupportedOpError(f"np.{name} is not supported by the tracer; supported NumPy functions are: {supported_numpy()}")
+
+
+_UFUNC_CACHE: dict[str, str] = {}
+
+
+def _ufunc_table() -> dict[str, str]:
+    if len(_UFUNC_CACHE) < 1 or _UFUNC_CACHE.get("__n__") != str(len(_ops.OPS)):
+        _UFUNC_CACHE.clear()
+        for name, d in _ops.OPS.items():
+            if d.category == "elementwise" and not d.composite or name == "matmul":
+                for nn_ in d.numpy_names:
+                    if nn_ not in ("astype", "where", "dot"):
+                        _UFUNC_CACHE[nn_] = name
+        _UFUNC_CACHE["__n__"] = str(len(_ops.OPS))
+    return _UFUNC_CACHE
+
+
+def _ufunc_op(name: str, inputs: Sequence[Any]):
+    if name in _UFUNC_EXTRA:
+        return _UFUNC_EXTRA[name]
+    op = _ufunc_table().get(name)
+    if op is None or op == "__n__":
+        return None
+    if _ops.OPS[op].arity != len(inputs):
+        return None
+    return op
+
+
+# ----------------------------------------------------------------------------- numpy functions
+def _no_kw(fname: str, **kw: Any) -> None:
+    bad = {k: v for k, v in kw.items() if v is not None and v is not np._NoValue}
+    if "out" in bad:
+        raise TraceError(f"np.{fname}(..., out=...) writes in place, which traced code cannot do; use the returned value")
+    if bad:
+        raise TraceError(f"np.{fname}: argument(s) {', '.join(sorted(bad))} are not supported in traced code "
+                         f"(cast with .astype(...) before, instead of dtype=)")
+
+
+def _keep(keepdims: Any) -> bool:
+    return False if keepdims is np._NoValue else bool(keepdims)
+
+
+def _np_sum(a, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
+    _no_kw("sum", dtype=dtype, out=out, initial=initial, where=where)
+    return _reduce("sum", a, axis, _keep(keepdims))
+
+
+def _np_red(op: str):
+    def f(a, axis=None, out=None, keepdims=False, initial=None, where=None):
+        _no_kw(op, out=out, initial=initial, where=where)
+        return _reduce(op, a, axis, _keep(keepdims))
+    return f
+
+
+def _np_mean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=None):
+    _no_kw("mean", dtype=dtype, out=out, where=where)
+    return _mean(a, axis, _keep(keepdims))
+
+
+def _np_dot(a, b, out=None):
+    _no_kw("dot", out=out)
+    for v in (a, b):
+        nd = len(v.shape) if isinstance(v, Tensor) else np.ndim(v)
+        if nd != 2:
+            raise UnsupportedOpError("np.dot is supported for 2-D operands only; use a @ b (np.matmul) for "
+                                     "batched products or reshape vectors to (1, n) / (n, 1)")
+    return _binary("matmul", a, b)
+
+
+def _np_where(condition, x=None, y=None):
+    if x is None or y is None:
+        raise UnsupportedOpError("np.where(cond) with one argument (indices of True) has a data-dependent shape "
+                                 "and is not supported; use np.where(cond, a, b)")
+    return apply_op("where", condition, x, y)
+
+
+def _np_transpose(a, axes=None):
+    return _transpose(a, axes)
+
+
+def _np_reshape(a, shape=None, order="C", *, newshape=None, copy=None):
+    if order != "C":
+        raise UnsupportedOpError(f"np.reshape(order={order!r}) is not supported; only C order")
+    return _reshape(a, shape if shape is not None else newshape)
+
+
+def _np_broadcast_to(array, shape, subok=False):
+    shape = _norm_shape("broadcast_to", shape)
+    return array.tracer.emit("broadcast_to", [array.node], {"shape": shape})
+
+
+def _cumsum(a, axis=None, dtype=None, out=None):
+    _no_kw("cumsum", dtype=dtype, out=out)
+    if axis is None:
+        a = _reshape(a, (-1,))
+        axis = 0
+    ax = _ops.normalize_axes("cumsum", axis, a.ndim, a.shape)[0]
+    return a.tracer.emit("cumsum", [a.node], {"axis": ax})
+
+
+def _squeeze(a, axis=None):
+    if axis is None:
+        axes = tuple(i for i, s in enumerate(a.shape) if s == 1)
+    else:
+        axes = _ops.normalize_axes("squeeze", axis, a.ndim, a.shape)
+        for i in axes:
+            if a.shape[i] != 1:
+                raise ShapeError(f"squeeze: cannot select axis {i} of shape {a.shape}: its size is not 1")
+    return _reshape(a, tuple(s for i, s in enumerate(a.shape) if i not in axes))
+
+
+def _expand_dims(a, axis):
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    nd = a.ndim + len(axes)
+    norm = _ops.normalize_axes("expand_dims", axes, nd, a.shape)
+    it = iter(a.shape)
+    return _reshape(a, tuple(1 if i in norm else next(it) for i in range(nd)))
+
+
+def _swapaxes(a, axis1, axis2):
+    perm = list(range(a.ndim))
+    i, j = (_ops.normalize_axes("swapaxes", ax, a.ndim, a.shape)[0] for ax in (axis1, axis2))
+    perm[i], perm[j] = perm[j], perm[i]
+    return _transpose(a, tuple(perm))
+
+
+def _clip(a, a_min=None, a_max=None, out=None, **kw):
+    _no_kw("clip", out=out, **kw)
+    r = a
+    if a_min is not None:
+        r = np.maximum(r, a_min)
+    if a_max is not None:
+        r = np.minimum(r, a_max)
+    return r
+
+
+def _np_ravel(a, order="C"):
+    if order != "C":
+        raise UnsupportedOpError(f"np.ravel(order={order!r}) is not supported; only C order")
+    return _reshape(a, (-1,))
+
+
+_FUNCTIONS: dict[Any, Callable[..., Any]] = {
+    np.sum: _np_sum, np.max: _np_red("max"), np.amax: _np_red("max"), np.min: _np_red("min"),
+    np.amin: _np_red("min"), np.mean: _np_mean, np.dot: _np_dot, np.where: _np_where,
+    np.transpose: _np_transpose, np.reshape: _np_reshape, np.broadcast_to: _np_broadcast_to,
+    np.cumsum: _cumsum, np.squeeze: _squeeze, np.expand_dims: _expand_dims, np.swapaxes: _swapaxes,
+    np.clip: _clip, np.ravel: _np_ravel,
+    np.shape: lambda a: a.shape, np.ndim: lambda a: a.ndim, np.size: lambda a, axis=None: (
+        a.size if axis is None else a.shape[axis]),
+}
+
+
+def supported_numpy() -> str:
+    """Names of the NumPy functions and ufuncs the tracer understands."""
+    names = {getattr(f, "__name__", "") for f in _FUNCTIONS} | {"amax", "amin"}
+    names |= {k for k in _ufunc_table() if k != "__n__"} | set(_UFUNC_EXTRA)
+    return ", ".join(f"np.{n}" for n in sorted(n for n in names if n))
+
+
+# ----------------------------------------------------------------------------- examples & trace
+def _param_names(fn: Callable, n_examples: int) -> list[str]:
+    """Names for the inputs, from fn's signature; raises TraceError when the count does not fit."""
+    fname = getattr(fn, "__name__", "fn")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return [f"x{i}" for i in range(n_examples)]
+    names: list[str] = []
+    required = 0
+    maximum = 0
+    var = None
+    for p in sig.parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+            maximum += 1
+            if p.default is p.empty:
+                required += 1
+        elif p.kind == p.VAR_POSITIONAL:
+            var = p.name
+        elif p.kind == p.KEYWORD_ONLY and p.default is p.empty:
+            raise TraceError(f"{fname} has a required keyword-only parameter {p.name!r}; the tracer passes examples "
+                             f"positionally: give it a default or wrap it, e.g. lambda x: {fname}(x, {p.name}=...)")
+    if n_examples < required or (var is None and n_examples > maximum):
+        want = f"{required}" if required == maximum and var is None else (
+            f"{required} to {maximum}" if var is None else f"at least {required}")
+        raise TraceError(f"{fname} takes {want} positional argument(s) ({', '.join(names) or 'none'}) but "
+                         f"{n_examples} example input(s) were given; pass one example array per parameter")
+    out = names[:n_examples]
+    for i in range(len(out), n_examples):
+        out.append(f"x{i - len(names)}")
+    return out
+
+
+def _check_example(k: int, name: str, a: Any) -> np.ndarray:
+    if isinstance(a, Tensor):
+        raise TraceError(f"example input {k} ({name}) is a traced value; pass concrete np.ndarray examples")
+    if isinstance(a, np.ndarray):
+        arr = a
+    elif isinstance(a, np.generic):
+        arr = np.asarray(a)
+    else:
+        tn = type(a).__name__
+        kind = "None" if a is None else f"{'an' if tn[0] in 'aeiou' else 'a'} {tn}"
+        raise TraceError(f"example input {k} ({name}) is {kind}, not an array: pass np.ndarray examples, e.g. "
+                         f"np.asarray(value, dtype=np.float32)")
+    dtypes.check(arr.dtype, f"example input {k} ({name})")
+    return arr
+
+
+def prepare_examples(fn: Callable, examples: Sequence[Any], dtype: Any = None) -> list[np.ndarray]:
+    """Validate example inputs for `fn` and return them as C-contiguous arrays.
+
+    `dtype` (e.g. np.float16) casts floating-point examples to that dtype.
+
+    >>> [a.dtype for a in prepare_examples(lambda x, n: x, [np.ones(2), np.arange(2, dtype=np.int32)], np.float32)]
+    [dtype('float32'), dtype('int32')]
+    """
+    if not callable(fn):
+        raise TraceError(f"expected a function to trace, got a {type(fn).__name__}")
+    names = _param_names(fn, len(examples))
+    dt = dtypes.check(dtype, "dtype=") if dtype is not None else None
+    out = []
+    for k, (name, a) in enumerate(zip(names, examples)):
+        arr = _check_example(k, name, a)
+        if dt is not None and arr.dtype.kind == "f":
+            arr = arr.astype(dt)
+        # np.ascontiguousarray would turn a 0-d array into shape (1,)
+        out.append(arr if arr.flags.c_contiguous else np.array(arr, order="C"))
+    return out
+
+
+def _graph_name(fn: Callable) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    if name == "<lambda>":
+        return "lambda"
+    return c_identifier(name, "fn")
+
+
+def _source_of(fn: Callable) -> tuple[str, dict[int, str]]:
+    try:
+        code = fn.__code__
+    except AttributeError:
+        return "", {}
+    file = code.co_filename
+    try:
+        lines, start = inspect.getsourcelines(fn)
+    except (OSError, TypeError):
+        return file, {}
+    return file, {start + i: ln.rstrip("\n") for i, ln in enumerate(lines)}
+
+
+def trace(fn: Callable, *examples: Any) -> Graph:
+    """Run `fn` on proxy Tensors shaped like `examples` and return the recorded Graph.
+
+    >>> g = trace(lambda a, b: np.exp(a) * b, np.ones(3, np.float32), np.ones(3, np.float32))
+    >>> [n.op for n in g.op_nodes()]
+    ['exp', 'mul']
+    """
+    names = _param_names(fn, len(examples)) if callable(fn) else None
+    if names is None:
+        raise TraceError(f"expected a function to trace, got a {type(fn).__name__}")
+    arrays = [_check_example(k, nm, a) for k, (nm, a) in enumerate(zip(names, examples))]
+    seen: set[str] = set()
+    uniq = []
+    for nm in names:
+        base = c_identifier(nm, "x")
+        cand, i = base, 1
+        while cand in seen:
+            cand = f"{base}_{i}"
+            i += 1
+        seen.add(cand)
+        uniq.append(cand)
+    tr = Tracer()
+    proxies = [tr.input(nm, a.shape, a.dtype) for nm, a in zip(uniq, arrays)]
+    fname = getattr(fn, "__name__", "fn")
+    try:
+        result = fn(*proxies)
+    except ExplorerError as e:
+        tr.closed = True
+        loc = _user_location(e.__traceback__)
+        if loc is None or getattr(e, "_located", False):
+            raise
+        try:  # same class, message extended with where the user wrote the failing line
+            new = type(e)(f"{e} (at {loc.short()}: {loc.code})")
+        except Exception:
+            raise e from None
+        new._located = True  # type: ignore[attr-defined]
+        raise new.with_traceback(e.__traceback__) from None
+    except RecursionError:
+        tr.closed = True
+        raise TraceError(f"{fname} recursed too deeply while tracing; traced code cannot recurse on values") from None
+    except Exception as e:
+        tr.closed = True
+        loc = _user_location(e.__traceback__)
+        where = f" at {loc.short()}: {loc.code}" if loc else ""
+        raise TraceError(f"{fname} raised {type(e).__name__}: {e}{where} (while tracing with proxy arrays; "
+                         f"only NumPy operations on the inputs can be traced)") from e
+    tr.closed = True
+    outs = result if isinstance(result, (tuple, list)) else (result,)
+    if not outs:
+        raise TraceError(f"{fname} returned an empty {type(result).__name__}; return at least one array")
+    out_nodes = []
+    for k, o in enumerate(outs):
+        if not isinstance(o, Tensor):
+            tn = type(o).__name__
+            what = "None (missing return?)" if o is None else f"{'an' if tn[0] in 'aeiou' else 'a'} {tn}"
+            raise TraceError(f"{fname} returned {what}{f' as output {k}' if len(outs) > 1 else ''}, not a traced "
+                             f"array computed from its inputs; return arrays derived from the inputs "
+                             f"(a tuple of them for several outputs)")
+        if o.tracer is not tr:
+            raise TraceError(f"{fname} returned a traced value from a different trace")
+        out_nodes.append(o.node)
+    file, lines = _source_of(fn)
+    return Graph(_graph_name(fn), tr.inputs, tr.nodes, out_nodes, source_lines=lines, source_file=file,
+                 next_id=tr._next)
+
+
+__all__ = ["Tensor", "Tracer", "trace", "prepare_examples", "apply_op", "supported_numpy", "user_provenance"]

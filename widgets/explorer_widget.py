@@ -1,0 +1,259 @@
+"""Explorer: the whole dashboard for one function — stages, fusion, tiling, source, run, charts, knobs.
+
+>>> import numpy as np, widgets
+>>> def mlp(x, w, b):
+...     return np.maximum(x @ w + b, 0)
+>>> x, w, b = np.ones((64, 32), np.float32), np.ones((32, 16), np.float32), np.zeros(16, np.float32)
+>>> ex = widgets.Explorer(mlp, x, w, b, target="cpu")     # doctest: +SKIP
+>>> ex.knobs.fuse.value = False                            # recompiles and redraws  # doctest: +SKIP
+>>> ex                                                     # in JupyterLab: the dashboard  # doctest: +SKIP
+
+Every control maps to one explorer.compile argument (see KnobPanel.kwargs), so any view can be
+reproduced in a script. The dashboard holds no compiler logic: it calls explorer.compile,
+Compiled.explain_fusion / with_kernel_source / max_error / benchmark, and explorer.compare.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+import ipywidgets as W
+import numpy as np
+
+from .panels._util import describe_error, error_html, esc, format_stats, note_html, pre_html
+from .panels.charts import TimingChart
+from .panels.diff import StageDiff
+from .panels.fusion import FusionView
+from .panels.graph import GraphView
+from .panels.knobs import TARGETS, KnobPanel
+from .panels.run import RunPanel
+from .panels.source import SourceView, language_of
+from .panels.tiling import TilingView
+
+KNOB_ARGS = ("target", "fuse", "schedule", "dtype", "fast_math")
+TAB_TITLES = ("Stages", "Fusion", "Tiling", "Source", "Run", "Charts")
+STAGE_SUBTABS = ("Graph", "IR text", "Diff vs previous")
+_CACHE_SIZE = 24
+
+
+def scale_examples(examples: list[np.ndarray], scale: float) -> list[np.ndarray]:
+    """Scale the leading (batch) dimension of the first input; other inputs are unchanged.
+
+    Values repeat the original ones (np.resize), so results stay comparable across sizes.
+    """
+    if scale == 1.0 or not examples or np.ndim(examples[0]) == 0:
+        return list(examples)
+    first = examples[0]
+    rows = max(1, int(round(first.shape[0] * scale)))
+    return [np.resize(first, (rows, *first.shape[1:])).astype(first.dtype, copy=False), *examples[1:]]
+
+
+class Explorer(W.VBox):
+    """Dashboard over explorer.compile(fn, *examples, **compile_kwargs).
+
+    Attributes for scripts and tests: `compiled` (the Compiled shown), `knobs` (KnobPanel),
+    `stage_nav`, `graph`, `ir_text`, `diff`, `fusion`, `tiling`, `source`, `run_panel`, `charts`,
+    `error` (red message of the last failed knob change, '' when fine), `last_redraw_ms`.
+    """
+
+    def __init__(self, fn: Callable, *examples: Any, scale: float = 1.0, **compile_kwargs: Any):
+        import explorer
+        self.fn = fn
+        self.examples = [np.asarray(e) for e in examples]
+        self.extra = {k: v for k, v in compile_kwargs.items() if k not in KNOB_ARGS}
+        self.extra.setdefault("verbose", False)
+        self.compiled: Any = None
+        self.last_error: BaseException | None = None
+        self.last_compile_ms = self.last_redraw_ms = 0.0
+        self._cache: "OrderedDict[str, Any]" = OrderedDict()
+        self._dirty: set[int] = set()
+        self._stage_graph_dirty = True
+        self._busy = False
+
+        target = compile_kwargs.get("target", "auto")
+        if target == "auto":
+            from explorer.pipeline import resolve_target
+            target = resolve_target("auto", verbose=False)
+        self.knobs = KnobPanel(target=target, fuse=compile_kwargs.get("fuse", True),
+                               schedule=compile_kwargs.get("schedule"), dtype=compile_kwargs.get("dtype"),
+                               fast_math=compile_kwargs.get("fast_math", False), scale=scale)
+        self.header = W.HTML()
+        self.error = W.HTML()
+        # stages
+        self.stage_nav = W.ToggleButtons(options=[], style={"button_width": "92px"})
+        self.stage_stats = W.HTML()
+        self.graph = GraphView()
+        self.ir_text = W.HTML()
+        self.diff = StageDiff()
+        self.stage_tabs = W.Tab([self.graph, self.ir_text, self.diff], titles=STAGE_SUBTABS)
+        stages = W.VBox([self.stage_nav, self.stage_stats, self.stage_tabs])
+        # other views
+        self.fusion = FusionView()
+        self.tiling = TilingView()
+        self.source = SourceView()
+        self.run_panel = RunPanel(provider=self.compiled_for, target=target)
+        self.charts = TimingChart()
+        self.charts.set_request(lambda: (self.fn, tuple(self.current_examples()),
+                                         {"target": self.knobs.target.value}))
+        self.tabs = W.Tab([stages, self.fusion, self.tiling, self.source, self.run_panel, self.charts],
+                          titles=TAB_TITLES)
+        body = W.HBox([self.knobs, W.VBox([self.tabs], layout=W.Layout(width="100%", overflow="auto"))])
+        super().__init__([self.header, self.error, body])
+        self.add_class("ke-explorer")
+
+        self.stage_nav.observe(lambda ch: self._draw_stage(), "value")
+        self.stage_tabs.observe(lambda ch: self._draw_stage(), "selected_index")
+        self.tabs.observe(lambda ch: self._draw_tab(ch["new"]), "selected_index")
+        self.knobs.on_change(self._on_knob)
+
+        # The first compile uses the caller's arguments as given; afterwards the knobs drive it.
+        t0 = time.perf_counter()
+        try:
+            first = self._compile({**{k: compile_kwargs[k] for k in KNOB_ARGS if k in compile_kwargs},
+                                   "target": target}, scale)
+        except Exception as e:  # noqa: BLE001 — show it in the dashboard instead of raising
+            self._show_error(e, "cannot compile:")
+            return
+        self.knobs.set(target=first.target)
+        self.knobs.update_applicability(self._has_matmul(first))
+        self._show(first, t0)
+
+    # -- compiling ---------------------------------------------------------------------------------
+    def current_examples(self) -> list[np.ndarray]:
+        return scale_examples(self.examples, self.knobs.scale.value)
+
+    def _compile(self, kwargs: dict[str, Any], scale: float) -> Any:
+        import explorer
+        key = repr((sorted((k, repr(v)) for k, v in kwargs.items()), scale))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        comp = explorer.compile(self.fn, *scale_examples(self.examples, scale), **{**self.extra, **kwargs})
+        self._cache[key] = comp
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return comp
+
+    def compiled_for(self, target: str) -> Any:
+        """The current knobs compiled for `target` (the run panel and the other language use this)."""
+        return self._compile(self.knobs.kwargs(target), self.knobs.scale.value)
+
+    def _language_provider(self, language: str) -> Any:
+        comp = self.compiled
+        if language_of(comp) == language:
+            return comp
+        target = "cpu" if language == "c" else ("cuda" if comp.target == "cuda" else "sim")
+        return self.compiled_for(target)
+
+    @staticmethod
+    def _has_matmul(comp: Any) -> bool:
+        stats = comp.stages[0].stats if comp.stages else {}
+        if (stats.get("ops_by_category") or {}).get("contraction"):
+            return True
+        return any(op in ("matmul", "dot", "einsum", "tensordot") for op in (stats.get("ops") or {}))
+
+    def recompile(self, reason: str = "knobs") -> bool:
+        """Compile with the current knobs and redraw; on any error show it and keep the old view."""
+        t0 = time.perf_counter()
+        self.knobs.update_applicability()
+        try:
+            comp = self._compile(self.knobs.kwargs(), self.knobs.scale.value)
+        except Exception as e:  # noqa: BLE001 — every failure is shown, the previous view stays
+            self._show_error(e, f"{reason}: ")
+            return False
+        self._show(comp, t0)
+        self.charts.mark_stale(reason)
+        return True
+
+    def _on_knob(self, name: str) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            self.recompile(f"changed {name}")
+        finally:
+            self._busy = False
+
+    def _show_error(self, e: BaseException, prefix: str) -> None:
+        self.last_error = e
+        keep = " — still showing the last valid compile" if self.compiled is not None else ""
+        self.error.value = error_html(describe_error(e) + keep, prefix)
+
+    # -- drawing ------------------------------------------------------------------------------------
+    def _show(self, comp: Any, t0: float) -> None:
+        t1 = time.perf_counter()
+        self.compiled = comp
+        self.last_error = None
+        self.error.value = ""
+        names = [s.name for s in comp.stages]
+        keep = self.stage_nav.value
+        default = "fused" if "fused" in names else names[-1]
+        self.stage_nav.unobserve_all("value")
+        self.stage_nav.options = names
+        self.stage_nav.value = keep if keep in names else default
+        self.stage_nav.observe(lambda ch: self._draw_stage(), "value")
+        self._stage_graph_dirty = True
+        self._dirty = set(range(len(TAB_TITLES)))
+        self._draw_tab(self.tabs.selected_index or 0)
+        t2 = time.perf_counter()
+        self.last_compile_ms, self.last_redraw_ms = (t1 - t0) * 1e3, (t2 - t0) * 1e3
+        shapes = ", ".join(f"{e.dtype}[{','.join(map(str, e.shape))}]" for e in comp.examples)
+        self.header.value = (f"<div class='ke-header'><b>kernel explorer</b> · <code>{esc(comp.name)}</code>({esc(shapes)})"
+                             f" · target <b>{esc(comp.target)}</b> · {len(comp.kernels)} kernel(s) · stages "
+                             f"{esc(' → '.join(names))} · compiled in {self.last_compile_ms:.0f} ms, "
+                             f"drawn in {(t2 - t1) * 1e3:.0f} ms</div>")
+
+    def _draw_tab(self, index: int) -> None:
+        if self.compiled is None or index not in self._dirty:
+            return
+        self._dirty.discard(index)
+        comp = self.compiled
+        try:
+            if index == 0:
+                self._draw_stage()
+            elif index == 1:
+                self.fusion.set_compiled(comp)
+            elif index == 2:
+                self.tiling.set_compiled(comp)
+            elif index == 3:
+                self.source.set_compiled(comp, self._language_provider)
+            elif index == 4:
+                if self.run_panel.target.value != comp.target and comp.target in TARGETS:
+                    self.run_panel.target.value = comp.target
+        except Exception as e:  # noqa: BLE001 — a drawing bug must not take the dashboard down
+            self._show_error(e, f"cannot draw the {TAB_TITLES[index]} tab:")
+
+    def _draw_stage(self) -> None:
+        comp = self.compiled
+        name = self.stage_nav.value
+        if comp is None or name is None:
+            return
+        names = [s.name for s in comp.stages]
+        snap = comp.stage(name)
+        self.stage_stats.value = format_stats(snap.stats)
+        try:
+            text = snap.text()
+        except Exception as e:  # noqa: BLE001
+            text = ""
+            self.ir_text.value = error_html(describe_error(e), "no text for this stage:")
+        else:
+            self.ir_text.value = f"<div class='ke-ir'>{pre_html(text, '520px')}</div>"
+        i = names.index(name)
+        if i == 0:
+            self.diff.show_first(name, text)
+        else:
+            prev = comp.stages[i - 1]
+            try:
+                self.diff.set(prev.text(), text, prev.name, name)
+            except Exception as e:  # noqa: BLE001
+                self.diff.html.value = error_html(describe_error(e))
+        if (self.stage_tabs.selected_index or 0) == 0:
+            self.graph.show(snap)  # the only costly drawing (graphviz), so only when visible
+
+    # -- conveniences ---------------------------------------------------------------------------------
+    def select_stage(self, name: str) -> None:
+        self.stage_nav.value = name
+
+    def select_tab(self, title: str) -> None:
+        self.tabs.selected_index = TAB_TITLES.index(title)

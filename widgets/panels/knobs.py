@@ -1,0 +1,205 @@
+"""KnobPanel: every compile knob as a control; `kwargs()` is exactly what explorer.compile gets.
+
+Knobs that do not apply are disabled, with a tooltip saying why (tile sizes without a matmul,
+per-rule fusion checkboxes with fusion off, schedule knobs on the NumPy reference target, ...).
+
+>>> from widgets.panels.knobs import KnobPanel
+>>> k = KnobPanel(target="cpu", schedule={"vector": 4})
+>>> k.kwargs()["schedule"], k.kwargs()["target"]
+({'vector': 4}, 'cpu')
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ipywidgets as W
+
+FUSION_RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
+RULE_HELP = {
+    "elementwise": "chains of elementwise/injective ops become one loop",
+    "reduce_producer": "elementwise producers are computed inside a reduction",
+    "reduce_consumer": "elementwise consumers of a reduction join its kernel",
+    "multi_reduce": "reductions over the same rows share one kernel (softmax, layernorm)",
+    "epilogue": "bias/activation after a matmul run in the matmul kernel",
+    "prologue": "reshapes/transposes feeding a matmul are folded into its loads",
+}
+TARGETS = ("cpu", "sim", "cuda", "reference")
+AUTO = "auto"
+TILE_SIZES = (AUTO, 4, 8, 16, 32, 64, 128, 256)
+THREADS = (AUTO, 32, 64, 128, 256, 512, 1024)
+VECTOR = (AUTO, 1, 2, 4, 8, 16)
+THREAD_TILES = (AUTO, (1, 1), (2, 2), (4, 4), (4, 8), (8, 8), (4, 16), (4, 32), (8, 32))
+ON_OFF = (("auto", AUTO), ("on", True), ("off", False))
+SCHEDULE_KNOBS = ("thread_tile", "threads", "vector", "unroll", "shared")  # besides "tile"
+DTYPES = (("as given", None), ("float32", "float32"), ("float64", "float64"), ("float16", "float16"))
+SCALES = (("×¼", 0.25), ("×½", 0.5), ("×1", 1.0), ("×2", 2.0), ("×4", 4.0), ("×8", 8.0))
+NARROW = W.Layout(width="150px")
+
+
+class KnobPanel(W.VBox):
+    """Fusion on/off and per rule, tile (BM, BN, BK), threads, vector, unroll, dtype, target,
+    fast-math and problem-size scale. `on_change(cb)` calls cb(knob_name) after a user change."""
+
+    def __init__(self, target: str = "cpu", fuse: Any = True, schedule: dict | None = None, dtype: Any = None,
+                 fast_math: bool = False, scale: float = 1.0, **kwargs: Any):
+        style = {"description_width": "70px"}
+        self.fuse = W.Checkbox(description="fusion", indent=False, tooltip="fuse ops into kernels (fuse=True/False)")
+        self.rules = {r: W.Checkbox(description=r, indent=False, value=True, layout=W.Layout(margin="0 0 0 14px"))
+                      for r in FUSION_RULES}
+        self.tile = [W.Dropdown(description=d, options=TILE_SIZES, layout=NARROW, style=style)
+                     for d in ("tile BM", "tile BN", "tile BK")]
+        self.threads = W.Dropdown(description="threads", options=THREADS, layout=NARROW, style=style)
+        self.thread_tile = W.Dropdown(description="reg tile", options=[(_tt(v), v) for v in THREAD_TILES],
+                                      layout=NARROW, style=style)
+        self.vector = W.Dropdown(description="vector", options=VECTOR, layout=NARROW, style=style)
+        self.unroll = W.Dropdown(description="unroll", options=ON_OFF, layout=NARROW, style=style)
+        self.shared = W.Dropdown(description="shared", options=ON_OFF, layout=NARROW, style=style)
+        self.dtype = W.Dropdown(description="dtype", options=DTYPES, layout=NARROW, style=style)
+        self.target = W.Dropdown(description="target", options=TARGETS, layout=NARROW, style=style)
+        self.fast_math = W.Checkbox(description="fast math", indent=False)
+        self.scale = W.Dropdown(description="size", options=SCALES, value=1.0, layout=NARROW, style=style,
+                                tooltip="problem size: scales the leading (batch) dimension of the first input")
+        self.tile_note = W.HTML()
+        self._callbacks: list[Callable[[str], None]] = []
+        self._quiet = False
+        self._why: dict[str, str] = {}
+        self.has_matmul = True  # until a compile says otherwise
+        for r, cb in self.rules.items():
+            cb.tooltip = RULE_HELP[r]
+        super().__init__([W.HTML("<b>knobs</b>"), self.target, self.dtype, self.scale, self.fast_math,
+                          W.HTML("<b>fusion</b>"), self.fuse, *self.rules.values(),
+                          W.HTML("<b>schedule</b>"), *self.tile, self.tile_note, self.thread_tile, self.threads,
+                          self.vector, self.unroll, self.shared], layout=W.Layout(width="190px", min_width="190px"), **kwargs)
+        self.add_class("ke-knobs")
+        self.set(target=target, fuse=fuse, schedule=schedule, dtype=dtype, fast_math=fast_math, scale=scale)
+        for name, w in self.controls().items():
+            w.observe(lambda ch, name=name: self._changed(name), "value")
+
+    def controls(self) -> dict[str, W.ValueWidget]:
+        c: dict[str, Any] = {"fuse": self.fuse, "dtype": self.dtype, "target": self.target,
+                             "fast_math": self.fast_math, "scale": self.scale}
+        c.update({k: getattr(self, k) for k in SCHEDULE_KNOBS})
+        c.update({f"rule:{r}": w for r, w in self.rules.items()})
+        c.update({f"tile{i}": w for i, w in enumerate(self.tile)})
+        return c
+
+    # -- values ---------------------------------------------------------------------------------
+    def set(self, target: str | None = None, fuse: Any = None, schedule: dict | None = None, dtype: Any = None,
+            fast_math: bool | None = None, scale: float | None = None) -> None:
+        """Set controls without triggering a recompile."""
+        self._quiet = True
+        try:
+            if target is not None and target in TARGETS:
+                self.target.value = target
+            if fuse is not None:
+                self.fuse.value = bool(fuse) if not isinstance(fuse, dict) else True
+                for r, w in self.rules.items():
+                    w.value = bool(fuse.get(r, True)) if isinstance(fuse, dict) else True
+            if isinstance(schedule, dict):
+                tile = schedule.get("tile")
+                for w, v in zip(self.tile, tile if tile else (AUTO,) * 3):
+                    w.value = v if v in TILE_SIZES else AUTO
+                for key in SCHEDULE_KNOBS:
+                    w = getattr(self, key)
+                    v = schedule.get(key, AUTO)
+                    v = tuple(v) if isinstance(v, list) else v
+                    w.value = v if v in _values(w) else AUTO
+            if dtype is not None:
+                name = getattr(dtype, "__name__", None) or str(dtype)
+                self.dtype.value = name if name in dict(DTYPES).values() else None
+            if fast_math is not None:
+                self.fast_math.value = bool(fast_math)
+            if scale is not None:
+                self.scale.value = scale
+        finally:
+            self._quiet = False
+
+    def fuse_value(self) -> Any:
+        if not self.fuse.value:
+            return False
+        rules = {r: w.value for r, w in self.rules.items()}
+        return True if all(rules.values()) else rules
+
+    def schedule_value(self, target: str | None = None) -> dict | None:
+        """The schedule dict of the knobs that apply to `target` (default: the target knob)."""
+        why = self.applicability(target or self.target.value)
+        sched: dict[str, Any] = {}
+        tile = [w.value for w in self.tile]
+        if all(v != AUTO for v in tile) and "tile0" not in why:
+            sched["tile"] = tuple(tile)
+        for key in SCHEDULE_KNOBS:
+            v = getattr(self, key).value
+            if v != AUTO and key not in why:
+                sched[key] = v
+        return sched or None
+
+    def kwargs(self, target: str | None = None) -> dict[str, Any]:
+        """The keyword arguments for explorer.compile these controls stand for (for `target`, which
+        defaults to the target knob: the dashboard compiles the other language's source this way)."""
+        target = target or self.target.value
+        return {"target": target, "fuse": self.fuse_value(), "schedule": self.schedule_value(target),
+                "dtype": self.dtype.value, "fast_math": self.fast_math.value and target == "cpu"}
+
+    # -- applicability ------------------------------------------------------------------------------
+    def applicability(self, target: str, has_matmul: bool | None = None) -> dict[str, str]:
+        """{control name: why it does not apply} for `target` (pure; no widget changes)."""
+        has_matmul = self.has_matmul if has_matmul is None else has_matmul
+        ref = "target 'reference' runs NumPy on the graph: schedules do not apply"
+        why: dict[str, str] = {}
+        if not self.fuse.value:
+            for r in self.rules:
+                why[f"rule:{r}"] = "fusion is off: turn it on to choose fusion rules"
+        no_mm = "no matmul in this function: this knob applies to matmul kernels"
+        gpu_only = ("applies to GPU targets (cuda, sim); the CPU schedule does not use it "
+                    "(its matmul uses the register tile and always unrolls it)")
+        if target == "reference":
+            for name in ("tile0", "tile1", "tile2", *SCHEDULE_KNOBS):
+                why[name] = ref
+        else:
+            for i in range(3):
+                if not has_matmul:
+                    why[f"tile{i}"] = no_mm
+                elif target == "cpu":
+                    why[f"tile{i}"] = "block tile (BM, BN, BK) " + gpu_only
+            if not has_matmul:
+                why["thread_tile"] = why["shared"] = no_mm
+            if target == "cpu":
+                why["threads"] = "threads per block " + gpu_only
+                why["unroll"] = "unroll " + gpu_only
+                why.setdefault("shared", "shared-memory staging " + gpu_only)
+        if target != "cpu":
+            why["fast_math"] = "fast math is a C-compiler flag: it applies to target 'cpu'"
+        return why
+
+    def update_applicability(self, has_matmul: bool | None = None) -> None:
+        """Disable what does not apply to this function and target; the tooltip says why."""
+        if has_matmul is not None:
+            self.has_matmul = has_matmul
+        why = self._why = self.applicability(self.target.value)
+        for name, w in self.controls().items():
+            w.disabled = name in why
+            w.tooltip = why.get(name, RULE_HELP.get(name.split(":", 1)[-1], getattr(w, "description", name)))
+        partial = [w.value for w in self.tile].count(AUTO)
+        self.tile_note.value = ("<small style='color:#8a6d3b'>set BM, BN and BK to override the tile</small>"
+                                if 0 < partial < 3 and "tile0" not in why else "")
+
+    def why_disabled(self, name: str) -> str | None:
+        return self._why.get(name)
+
+    # -- events ---------------------------------------------------------------------------------------
+    def on_change(self, callback: Callable[[str], None]) -> None:
+        self._callbacks.append(callback)
+
+    def _changed(self, name: str) -> None:
+        if self._quiet:
+            return
+        for cb in self._callbacks:
+            cb(name)
+
+
+def _tt(v: Any) -> str:
+    return "auto" if v == AUTO else f"{v[0]}×{v[1]}"
+
+
+def _values(w: Any) -> list:
+    return [o[1] if isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) else o for o in w.options]

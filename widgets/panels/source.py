@@ -1,0 +1,324 @@
+"""SourceView: each kernel's CUDA or C source (pygments), nvcc's resource report, edit-and-run,
+and provenance (the lines of the user's function that went into the selected kernel).
+
+The other language is produced lazily, by compiling the same function for the other target
+the first time the user switches (C ← target 'cpu', CUDA ← target 'sim' or 'cuda').
+
+>>> from widgets import SourceView                               # doctest: +SKIP
+>>> SourceView(explorer.compile(mlp, x, w, b, target="cpu"))    # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import inspect
+import shutil
+import threading
+from typing import Any, Callable
+
+import ipywidgets as W
+
+from ._util import Worker, describe_error, error_html, esc, get, line_numbers, note_html
+
+LANG_LABELS = [("CUDA", "cuda"), ("C", "c")]
+_RESOURCE_CACHE: dict[tuple[str, str, str], dict] = {}
+_RESOURCE_LOCK = threading.Lock()
+
+
+def highlight(code: str, language: str, hl_lines: list[int] | None = None, linenostart: int = 1) -> str:
+    """Syntax-highlighted HTML with inline styles (no stylesheet needed inside a widget)."""
+    from pygments import highlight as _hl
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import CLexer, CudaLexer, PythonLexer
+    lexer = {"cuda": CudaLexer, "c": CLexer, "python": PythonLexer}.get(language, CLexer)()
+    fmt = HtmlFormatter(noclasses=True, linenos="inline", hl_lines=hl_lines or [], linenostart=linenostart,
+                        style="default", cssstyles="font-size:12px;line-height:1.35;margin:0")
+    body = _hl(code, lexer, fmt)
+    return f'<div class="ke-code" style="max-height:480px;overflow:auto">{body}</div>'
+
+
+def language_of(compiled: Any) -> str:
+    ks = getattr(compiled, "kernels", None) or []
+    if ks:
+        return ks[0].language
+    from explorer.codegen import language_for
+    return language_for(compiled.target)
+
+
+def default_provider(compiled: Any) -> Callable[[str], Any]:
+    """Compile `compiled`'s function again for the other language's target (cached)."""
+    cache: dict[str, Any] = {language_of(compiled): compiled}
+
+    def provide(language: str) -> Any:
+        if language not in cache:
+            import explorer
+            o = compiled.options
+            target = "cpu" if language == "c" else ("cuda" if compiled.target == "cuda" else "sim")
+            cache[language] = explorer.compile(compiled.fn, *compiled.examples, target=target, fuse=o.fuse,
+                                               schedule=o.schedule, fast_math=o.fast_math, verbose=False)
+        return cache[language]
+    return provide
+
+
+class ProvenanceView(W.VBox):
+    """The user's function with some lines highlighted. `.highlighted` lists those line numbers."""
+
+    def __init__(self, fn: Callable | None = None, **kwargs: Any):
+        self.title = W.HTML()
+        self.html = W.HTML()
+        self.highlighted: list[int] = []
+        self._src: tuple[list[str], int] | None = None
+        super().__init__([self.title, self.html], **kwargs)
+        self.add_class("ke-provenance")
+        if fn is not None:
+            self.set_function(fn)
+
+    def set_function(self, fn: Callable) -> None:
+        try:
+            self._src = inspect.getsourcelines(fn)
+        except (OSError, TypeError):
+            self._src = None
+        self.highlight([])
+
+    def highlight(self, lines: list[int], label: str = "") -> None:
+        self.highlighted = sorted(lines)
+        self.title.value = (f"<b>your function</b> — lines in <code>{esc(label)}</code> highlighted" if label
+                            else "<b>your function</b>")
+        if self._src is None:
+            self.html.value = note_html("source of the function is not available (defined interactively?); "
+                                        f"lines: {', '.join(map(str, lines)) or '—'}")
+            return
+        src_lines, start = self._src
+        rel = [n - start + 1 for n in lines if start <= n < start + len(src_lines)]
+        self.html.value = highlight("".join(src_lines), "python", rel, linenostart=start)
+
+
+class SourceView(W.VBox):
+    """Generated kernel sources with language switch, resource report, editor and provenance.
+
+    `provider(language) -> Compiled` supplies the compile for a language (the dashboard caches
+    them); without one the view compiles the other target itself.
+    """
+
+    def __init__(self, compiled: Any = None, provider: Callable[[str], Any] | None = None, **kwargs: Any):
+        self.kernel = W.Dropdown(description="kernel", options=[], layout=W.Layout(width="420px"))
+        self.language = W.ToggleButtons(options=LANG_LABELS, value="cuda", tooltips=[
+            "CUDA source (target cuda, or the simulator's)", "C + OpenMP source (target cpu)"])
+        self.status = W.HTML()
+        self.launch = W.HTML()
+        self.code = W.HTML(layout=W.Layout(width="100%"))
+        self.resources = W.HTML()
+        self.editor = W.Textarea(layout=W.Layout(width="100%", height="240px"),
+                                 placeholder="kernel source to edit")
+        self.editor.add_class("ke-editor")
+        self.run_button = W.Button(description="Run edited", button_style="primary", icon="play",
+                                   tooltip="build the edited kernel, run it, compare with the generated one")
+        self.reset_button = W.Button(description="Reset", tooltip="put the generated source back")
+        self.result = W.HTML()
+        self.provenance = ProvenanceView()
+        self.compiled: Any = None
+        self.current: Any = None          # the compile whose source is shown (language-dependent)
+        self._provider = provider
+        self._explanations: dict[int, Any] = {}
+        self._quiet = False
+        self._nvcc = Worker()
+        edit = W.VBox([W.HTML("<b>edit and run</b>"), self.editor,
+                       W.HBox([self.run_button, self.reset_button]), self.result])
+        left = W.VBox([W.HBox([self.kernel, self.language]), self.status, self.launch, self.code,
+                       self.resources, edit], layout=W.Layout(width="62%"))
+        super().__init__([W.HBox([left, W.VBox([self.provenance], layout=W.Layout(width="38%"))])], **kwargs)
+        self.add_class("ke-source")
+        self.kernel.observe(self._on_kernel, "value")
+        self.language.observe(self._on_language, "value")
+        self.run_button.on_click(lambda _b: self.run_edited())
+        self.reset_button.on_click(lambda _b: self._reset_editor())
+        if compiled is not None:
+            self.set_compiled(compiled, provider)
+
+    # -- data ------------------------------------------------------------------------------
+    def set_compiled(self, compiled: Any, provider: Callable[[str], Any] | None = None) -> None:
+        """Show `compiled` (its own language first)."""
+        self.compiled = compiled
+        self._provider = provider or default_provider(compiled)
+        self.provenance.set_function(compiled.fn)
+        self.result.value = ""
+        lang = language_of(compiled)
+        self._quiet = True
+        try:
+            self.language.value = lang
+        finally:
+            self._quiet = False
+        self._show_language(lang)
+
+    def _show_language(self, lang: str) -> None:
+        try:
+            self.current = self._provider(lang)
+            self.status.value = ""
+        except Exception as e:  # noqa: BLE001 — e.g. a schedule invalid for the other target
+            self.current = None
+            self.status.value = error_html(describe_error(e), f"no {lang.upper()} source for these knobs:")
+            self.kernel.options = []
+            self.code.value = self.launch.value = self.resources.value = ""
+            self.editor.value = ""
+            return
+        ks = self.current.kernels
+        if not ks:
+            self.status.value = note_html(f"this compile has no codegen stage (stages: "
+                                          f"{', '.join(s.name for s in self.current.stages)})")
+        old = self.kernel.value
+        self._quiet = True
+        try:
+            self.kernel.options = [(f"{i}: {k.name}", i) for i, k in enumerate(ks)]
+            self.kernel.value = old if old is not None and old < len(ks) else (0 if ks else None)
+        finally:
+            self._quiet = False
+        self._render_kernel()
+
+    def _on_language(self, change: dict) -> None:
+        if not self._quiet and self.compiled is not None:
+            self.result.value = ""
+            self._show_language(change["new"])
+
+    def _on_kernel(self, change: dict) -> None:
+        if not self._quiet:
+            self.result.value = ""
+            self._render_kernel()
+
+    def selected_kernel(self) -> Any:
+        if self.current is None or self.kernel.value is None or not self.current.kernels:
+            return None
+        return self.current.kernels[self.kernel.value]
+
+    def _render_kernel(self) -> None:
+        k = self.selected_kernel()
+        if k is None:
+            self.code.value = self.launch.value = self.resources.value = ""
+            self.editor.value = ""
+            self.provenance.highlight([])
+            return
+        self.code.value = highlight(k.source, k.language)
+        launch = getattr(k, "launch", None) or {}
+        self.launch.value = ("<code>" + esc(" · ".join(f"{a}={b}" for a, b in launch.items())) + "</code>"
+                             if launch else "")
+        self.editor.value = k.source
+        self._render_resources(k)
+        self._render_provenance(k)
+
+    def _reset_editor(self) -> None:
+        k = self.selected_kernel()
+        self.editor.value = k.source if k is not None else ""
+        self.result.value = ""
+
+    # -- nvcc resource report -------------------------------------------------------------------
+    def _render_resources(self, k: Any) -> None:
+        if k.language != "cuda":
+            self.resources.value = note_html("resource report (registers, spills, shared memory) is for CUDA kernels")
+            return
+        if shutil.which("nvcc") is None:
+            self.resources.value = note_html("nvcc not found: install the CUDA toolkit for the register/spill/"
+                                             "shared-memory report")
+            return
+        key = (k.name, k.source, getattr(k, "arch", ""))
+        if key in _RESOURCE_CACHE:
+            self.resources.value = self._resources_html(k.name, _RESOURCE_CACHE[key])
+            return
+        self.resources.value = note_html("nvcc: compiling for the resource report…")
+
+        def job() -> None:
+            with _RESOURCE_LOCK:
+                rep = dict(k.resources)
+            _RESOURCE_CACHE[key] = rep
+            if self.selected_kernel() is k:
+                self.resources.value = self._resources_html(k.name, rep)
+
+        def failed(e: BaseException) -> None:
+            if self.selected_kernel() is k:
+                self.resources.value = error_html(describe_error(e), "nvcc resource report failed:")
+        if not self._nvcc.start(job, failed):
+            # one report at a time; the newest selection is drawn when the user comes back to it
+            self.resources.value = note_html("nvcc is busy with another kernel; reselect to refresh")
+
+    @staticmethod
+    def _resources_html(name: str, rep: dict) -> str:
+        if not rep:
+            return note_html(f"nvcc reported nothing for {name}")
+        cells = "".join(f"<td style='padding:0 8px'><b>{esc(a)}</b>: {esc(b)}</td>" for a, b in rep.items())
+        return f"<div class='ke-resources'>nvcc resources: <table><tr>{cells}</tr></table></div>"
+
+    def wait(self, timeout: float | None = 60) -> None:
+        """Wait for a pending nvcc report (tests, scripts)."""
+        self._nvcc.wait(timeout)
+
+    # -- provenance ----------------------------------------------------------------------------
+    def _explanation(self, compiled: Any) -> Any:
+        key = id(compiled)
+        if key not in self._explanations:
+            try:
+                self._explanations = {key: compiled.explain_fusion()}
+            except Exception:  # noqa: BLE001 — no fused stage: fall back to the kernel's own lines
+                self._explanations = {key: None}
+        return self._explanations[key]
+
+    def kernel_lines(self, k: Any) -> list[int]:
+        """User source lines that went into kernel `k` (Explanation first, then the loop kernel's)."""
+        expl = self._explanation(self.current)
+        for entry in (get(expl, "kernels") or []) if expl is not None else []:
+            if get(entry, "name") == k.name:
+                lines = line_numbers(get(entry, "lines"))
+                if lines:
+                    return lines
+        return line_numbers(getattr(getattr(k, "kernel", None), "source_lines", ()))
+
+    def _render_provenance(self, k: Any) -> None:
+        self.provenance.highlight(self.kernel_lines(k), k.name)
+
+    # -- edit and run ------------------------------------------------------------------------------
+    def run_edited(self) -> None:
+        """Build the editor's text as the selected kernel, run it, compare with the generated one."""
+        from explorer.errors import CompileError
+        comp, k, i = self.current, self.selected_kernel(), self.kernel.value
+        if comp is None or k is None:
+            self.result.value = error_html("no kernel selected")
+            return
+        if comp.target not in ("cpu", "cuda"):
+            self.result.value = error_html(
+                f"this {k.language.upper()} source is for target {comp.target!r}, which does not compile source; "
+                "switch the language to C to edit and run on this machine's CPU (or use target 'cuda' on a GPU)")
+            return
+        src = self.editor.value
+        self.result.value = note_html("building…")
+        try:
+            edited = comp.with_kernel_source(i, src, check=False)
+            err_e, err_g = edited.max_error(), comp.max_error()
+            t_e = edited.benchmark(warmup=1, repeat=5)
+            t_g = comp.benchmark(warmup=1, repeat=5)
+        except CompileError as e:
+            self.result.value = self._compile_error_html(e, src)
+            return
+        except Exception as e:  # noqa: BLE001
+            self.result.value = error_html(describe_error(e))
+            return
+        from explorer.compiled import default_rtol
+        tol = default_rtol(comp.examples[0].dtype) if comp.examples else 1e-4
+        # "wrong" = clearly worse than the generated kernel (which is itself within NumPy's tolerance)
+        bad = not err_e <= max(10 * err_g, tol)
+        colour = "#b00020" if bad else "#116329"
+        self.result.value = (
+            "<table class='ke-edit-result' style='border-collapse:collapse'>"
+            "<tr><th></th><th style='padding:0 10px'>max abs error vs NumPy</th><th style='padding:0 10px'>median ms</th></tr>"
+            f"<tr><td>generated</td><td style='padding:0 10px'>{err_g:.3g}</td><td style='padding:0 10px'>{t_g.median_ms:.4g}</td></tr>"
+            f"<tr><td>edited</td><td style='padding:0 10px;color:{colour}'>{err_e:.3g}</td>"
+            f"<td style='padding:0 10px'>{t_e.median_ms:.4g}</td></tr></table>"
+            + (error_html("the edited kernel's result differs from NumPy") if bad else ""))
+
+    @staticmethod
+    def _compile_error_html(e: Any, src: str) -> str:
+        line = getattr(e, "line", None)
+        log = (getattr(e, "log", "") or "").strip()
+        lines = src.splitlines()
+        where = ""
+        if line is not None and 1 <= line <= len(lines):
+            where = (f"<div class='ke-error-line'>line {line}: <code style='background:#ffebe9'>"
+                     f"{esc(lines[line - 1].strip())}</code></div>")
+        elif line is not None:
+            where = f"<div class='ke-error-line'>line {line}</div>"
+        logs = (f"<pre style='max-height:160px;overflow:auto;font-size:11px'>{esc(log[-3000:])}</pre>" if log else "")
+        return error_html(f"CompileError: {e}", "the edited kernel does not build:") + where + logs
