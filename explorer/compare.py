@@ -345,6 +345,10 @@ def _fmt_ms(x: float | None) -> str:
     return f"{x:.4g}"
 
 
+def _fmt_x(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
 def _matplotlib():
     """matplotlib's Figure class with the Agg canvas (no pyplot, no display needed)."""
     try:
@@ -412,24 +416,34 @@ class Comparison:
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        base = self.variant("unfused").median_ms
+        unf = self.variant("unfused")
+        base = unf.median_ms
         out = []
         for v in self.variants:
+            # a wall-clock time over a model time (or back) is no speedup: leave it out
+            comparable = v.measured == unf.measured
             out.append({
                 "variant": v.name, "kind": v.kind, "target": self.target if v.kind == "compiled" else "host",
                 "kernels": v.kernels, "median_ms": v.median_ms, "stdev_ms": v.stdev_ms, "min_ms": v.min_ms,
                 "repeat": v.repeat, "time_source": v.time_source,
-                "speedup_vs_unfused": base / v.median_ms if v.median_ms > 0 else float("inf"),
+                "speedup_vs_unfused": (base / v.median_ms if v.median_ms > 0 else float("inf")) if comparable else None,
                 "flops": v.flops, "bytes_model": v.bytes_model, "bytes_measured": v.bytes_measured,
                 "max_abs_error": v.max_abs_error, "note": v.note})
         return out
 
     # -- text -----------------------------------------------------------------------------
     def _header(self) -> list[str]:
-        times = sorted({v.time_source for v in self.variants})
+        by_source: dict[str, list[Variant]] = {}
+        for v in self.variants:
+            by_source.setdefault(v.time_source, []).append(v)
+        parts = []
+        for src, vs in by_source.items():
+            how = f"{src}, median of {vs[0].repeat} runs" if src.startswith("measured") else \
+                f"{src} on {self.device.name}"
+            parts.append(f"{', '.join(v.name for v in vs)}: {how}")
         return [f"{self.name}({', '.join(self.shapes)}) on target {self.target!r}",
                 f"device for the model: {self.device.label()}",
-                "times: " + "; ".join(times) + f"; median of {self.variants[0].repeat} runs"]
+                "times — " + "; ".join(parts)]
 
     def table(self) -> str:
         """A plain-text table (no pandas) of every variant.
@@ -443,7 +457,7 @@ class Comparison:
         for r in self.rows:
             body.append([r["variant"] + ("" if r["time_source"].startswith("measured") else " [model time]"),
                          "-" if r["kernels"] is None else str(r["kernels"]),
-                         _fmt_ms(r["median_ms"]), _fmt_ms(r["stdev_ms"]), f"{r['speedup_vs_unfused']:.2f}x",
+                         _fmt_ms(r["median_ms"]), _fmt_ms(r["stdev_ms"]), _fmt_x(r["speedup_vs_unfused"]),
                          _fmt_bytes(r["bytes_model"]), _fmt_bytes(r["bytes_measured"]),
                          "-" if r["flops"] is None else f"{r['flops'] / 1e9:.3g}",
                          "-" if r["max_abs_error"] is None else f"{r['max_abs_error']:.2g}"])
@@ -473,7 +487,7 @@ class Comparison:
                 "bytes_measured", "flops", "max_abs_error", "time_source"]
         heads = ["variant", "kernels", "time (ms)", "± (ms)", "vs unfused", "bytes (model)", "bytes (sim)",
                  "GFLOP (model)", "max err", "time source"]
-        fmt = {"median_ms": _fmt_ms, "stdev_ms": _fmt_ms, "speedup_vs_unfused": lambda x: f"{x:.2f}x",
+        fmt = {"median_ms": _fmt_ms, "stdev_ms": _fmt_ms, "speedup_vs_unfused": _fmt_x,
                "bytes_model": _fmt_bytes, "bytes_measured": _fmt_bytes,
                "flops": lambda x: "-" if x is None else f"{x / 1e9:.3g}",
                "max_abs_error": lambda x: "-" if x is None else f"{x:.2g}",
@@ -543,6 +557,7 @@ class Comparison:
                   label=f"{dev.name} roof ({how}): {dev.peak_fp32 / 1e9:,.0f} GFLOP/s, {dev.bandwidth / 1e9:,.0f} GB/s")
         ax.axvline(dev.ridge, color="#999999", ls=":", lw=1)
         seen = set()
+        clusters: dict[tuple, list[dict[str, Any]]] = {}
         for p in pts:
             color = VARIANT_COLORS.get(p["variant"], "#999999")
             label = f"{p['variant']} — {'measured' if p['measured'] else 'model'}"
@@ -552,8 +567,17 @@ class Comparison:
                 kw["markerfacecolor"] = "none"
             ax.plot([p["intensity"]], [p["gflops"]], label=label if label not in seen else None, **kw)
             seen.add(label)
-            ax.annotate(p["label"], (p["intensity"], p["gflops"]), xytext=(6, -10 if p["measured"] else 5),
-                        textcoords="offset points", fontsize=7, color=color)
+            # points that (nearly) coincide share one annotation instead of overprinting
+            key = (p["variant"], p["measured"], round(math.log10(max(p["intensity"], 1e-30)), 1),
+                   round(math.log10(max(p["gflops"], 1e-30)), 1))
+            clusters.setdefault(key, []).append(p)
+        for (variant, measured, _, _), group in clusters.items():
+            names = list(dict.fromkeys(q["label"] for q in group))
+            fused = variant == "fused"
+            ax.annotate(", ".join(names), (group[0]["intensity"], group[0]["gflops"]),
+                        xytext=(-8 if fused else 8, (9 if fused else -12) if not measured else (-14 if fused else 9)),
+                        textcoords="offset points", fontsize=7, ha="right" if fused else "left",
+                        color=VARIANT_COLORS.get(variant, "#999999"))
         ax.set_xlabel("arithmetic intensity (flop / byte)" + (" — simulator counters" if any(
             p["bytes_source"] == "simulator" for p in pts) else " — model bytes"))
         ax.set_ylabel("performance (GFLOP/s)")
@@ -704,9 +728,13 @@ class Sweep:
         ax.semilogx(sizes, [r["model_speedup"] for r in self.rows], "--", color="#888888",
                     label=f"speedup, model (roofline on {self.device.name})")
         ax.axhline(1.0, color="black", lw=0.8)
+        ys = [r["speedup"] for r in self.rows if r["speedup"] and math.isfinite(r["speedup"])]
+        if ys and max(ys) / max(min(ys), 1e-9) > 20:  # noisy or huge ranges read better on a log axis
+            ax.set_yscale("log")
         ax.set_xlabel("problem size (elements of the first input)")
         ax.set_ylabel("speedup of fused over unfused (x)")
-        ax.set_title(f"{self.name} on {self.target}: where fusion pays off", fontsize=10)
+        ax.set_title(f"{self.name} on {self.target}: where fusion pays off "
+                     f"({'measured' if self.measured else 'model'} times)", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.25)
         return fig
@@ -753,18 +781,16 @@ def sweep(fn: Callable, make_args: Callable[[int], tuple] | None = None, sizes: 
 
 
 # ----------------------------------------------------------------------------- python -m explorer bench
-def _mlp(x, w, b):
-    return np.maximum(x @ w + b, 0)
-
-
-def _softmax(x):
-    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
-    return e / np.sum(e, axis=-1, keepdims=True)
-
-
 def bench_cases(target: str, quick: bool = False) -> list[tuple[str, Callable, tuple]]:
     """The essay's MLP (memory-bound and compute-bound shapes) and a softmax, sized for `target`."""
     rng = np.random.default_rng(0)
+
+    def mlp(x, w, b):          # the essay's example: matmul + bias + relu
+        return np.maximum(x @ w + b, 0)
+
+    def softmax(x):
+        e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+        return e / np.sum(e, axis=-1, keepdims=True)
 
     def r(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
@@ -773,9 +799,9 @@ def bench_cases(target: str, quick: bool = False) -> list[tuple[str, Callable, t
     m, k, n = (2048, 64, 64) if small else (8192, 64, 64)
     big = 128 if target == "sim" else (256 if quick else 1024)
     rows, cols = (256, 256) if small else (4096, 1024)
-    return [(f"mlp, memory-bound ({m}x{k} @ {k}x{n})", _mlp, (r(m, k), r(k, n), r(n))),
-            (f"mlp, compute-bound ({big}^3)", _mlp, (r(big, big), r(big, big), r(big))),
-            (f"softmax ({rows}x{cols})", _softmax, (r(rows, cols),))]
+    return [(f"mlp, memory-bound ({m}x{k} @ {k}x{n})", mlp, (r(m, k), r(k, n), r(n))),
+            (f"mlp, compute-bound ({big}^3)", mlp, (r(big, big), r(big, big), r(big))),
+            (f"softmax ({rows}x{cols})", softmax, (r(rows, cols),))]
 
 
 def bench_main(argv: Sequence[str] | None = None) -> int:

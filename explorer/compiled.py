@@ -116,7 +116,7 @@ class Compiled:
                 else:
                     raise DTypeError(f"{self.name}: input {k} has dtype {arr.dtype} but the function was compiled for "
                                      f"{e.dtype}; cast it with .astype(np.{e.dtype})")
-            out.append(np.ascontiguousarray(arr))
+            out.append(np.require(arr, requirements='C'))  # keeps 0-d arrays 0-d
         return out
 
     def executable(self):

@@ -376,7 +376,8 @@ def simulator_counters(compiled) -> list[dict[str, Any]] | None:
     if not counters:
         return None
     if isinstance(counters, dict):
-        return [dict(v, name=k) for k, v in counters.items()]
+        # per-kernel dicts keyed by kernel name; 'total' is the simulator's own sum
+        return [dict(v, name=k) for k, v in counters.items() if k != "total" and isinstance(v, dict)]
     return [dict(c) for c in counters]
 
 

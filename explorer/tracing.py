@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import inspect
 import linecache
-import math
 import sys
 from typing import Any, Callable, Sequence
 
@@ -757,7 +756,7 @@ def supported_numpy() -> str:
     """Names of the NumPy functions and ufuncs the tracer understands."""
     names = {getattr(f, "__name__", "") for f in _FUNCTIONS} | {"amax", "amin"}
     names |= {k for k in _ufunc_table() if k != "__n__"} | set(_UFUNC_EXTRA)
-    return ", ".join(f"np.{n}" for n in sorted(n for n in names if n))
+    return ", ".join(f"np.{n}" for n in sorted(n for n in names if n and hasattr(np, n)))
 
 
 # ----------------------------------------------------------------------------- examples & trace

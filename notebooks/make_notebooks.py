@@ -125,7 +125,7 @@ print(f"measured speedup from fusion: {t_u.median_ms / t_f.median_ms:.2f}x "
 memory-bound kernels sit on the sloped part, where fewer bytes means less time.
 '''),
     code('''
-r = explorer.compare(mlp, x, w, b, target=TARGET)
+r = explorer.compare(mlp, x, w, b, target=TARGET, repeat=10)
 print(r.table())
 '''),
     code('''
@@ -255,7 +255,7 @@ dominate. `explorer.sweep` measures fused vs unfused across sizes.
     code('''
 f4 = chain(4)
 sizes = [1 << 10, 1 << 12, 1 << 14] if SMALL else [1 << 12, 1 << 15, 1 << 18, 1 << 21, 1 << 23]
-sw = explorer.sweep(f4, sizes=[(s,) for s in sizes], target=TARGET)
+sw = explorer.sweep(f4, sizes=sizes, target=TARGET, repeat=5)
 print(sw.table())
 '''),
     code('''
@@ -492,7 +492,7 @@ for s_ in ([32, 64, 128] if SMALL else [128, 256, 512, 1024]):
 ## Fused vs unfused, measured
 '''),
     code('''
-r = explorer.compare(attention, q, k, v, target=TARGET)
+r = explorer.compare(attention, q, k, v, target=TARGET, repeat=10)
 print(r.table())
 '''),
     md('''

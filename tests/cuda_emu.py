@@ -1,7 +1,7 @@
 """Run generated CUDA source on the CPU (test helper; no GPU needed).
 
-The CUDA TU is compiled as C++20 by g++ with a shim header: each block runs as one OS thread per CUDA
-thread, __syncthreads is a std::barrier over the block, warp shuffles exchange through a per-warp slot
+The CUDA TU is compiled as C++17 by g++ with a shim header: one persistent OS thread per CUDA thread
+runs the blocks one after another, __syncthreads is a pthread barrier over the block, warp shuffles exchange through a per-warp slot
 array with a per-warp barrier (and check that the shuffle mask names exactly the live lanes), __shared__
 arrays are function statics (blocks run one after another). It checks the *semantics* of the generated
 code — indexing, guards, barriers, shuffle reductions, float4 paths — not its speed.
@@ -22,19 +22,15 @@ from explorer.loopir import np_dtype
 SHIM = r"""
 #pragma once
 #include <math.h>
-#include <stdio.h>
 #include <string.h>
-#include <atomic>
-#include <barrier>
-#include <thread>
-#include <vector>
+#include <pthread.h>
 struct uint3 { unsigned x, y, z; };
-struct dim3 { unsigned x = 1, y = 1, z = 1; };
-static thread_local uint3 threadIdx;
-static thread_local int ke_lin;
-static uint3 blockIdx;
+struct dim3 { unsigned x, y, z; };
+static __thread uint3 threadIdx;
+static __thread uint3 blockIdx;
+static __thread int ke_lin;
 static dim3 blockDim, gridDim;
-static std::atomic<int> ke_emu_error{0};
+static volatile int ke_emu_error;
 #define __global__
 #define __device__
 #define __host__
@@ -50,52 +46,53 @@ static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 struct __half { _Float16 v; };
 static inline float __half2float(__half h) { return (float)h.v; }
 static inline __half __float2half(float f) { return __half{(_Float16)f}; }
-struct KeWarp { std::barrier<>* bar; int live; alignas(8) unsigned char slot[32][8]; };
-static std::barrier<>* ke_block_bar;
-static std::vector<KeWarp*> ke_warps;
-static inline void __syncthreads() { ke_block_bar->arrive_and_wait(); }
+struct KeWarp { pthread_barrier_t bar; int live; alignas(8) unsigned char slot[32][8]; };
+static pthread_barrier_t ke_block_bar;
+static KeWarp ke_warps[32];
+static inline void __syncthreads() { pthread_barrier_wait(&ke_block_bar); }
 template <class T> static T ke_exchange(unsigned mask, T v, int src) {
-    KeWarp& w = *ke_warps[ke_lin / 32];
+    KeWarp& w = ke_warps[ke_lin / 32];
     int lane = ke_lin % 32;
-    if (__builtin_popcount(mask) != w.live) ke_emu_error = 1;   /* mask must name exactly the live lanes */
+    if (__builtin_popcount(mask) != w.live) ke_emu_error = 1;   /* the mask must name exactly the live lanes */
     memcpy(w.slot[lane], &v, sizeof(T));
-    w.bar->arrive_and_wait();
+    pthread_barrier_wait(&w.bar);
     T r = v;
-    if (src >= 0 && src < w.live) memcpy(&r, w.slot[src], sizeof(T));  /* an inactive source lane: undefined, keep v */
-    w.bar->arrive_and_wait();
+    if (src >= 0 && src < w.live) memcpy(&r, w.slot[src], sizeof(T));  /* inactive source lane: undefined, keep v */
+    pthread_barrier_wait(&w.bar);
     return r;
 }
 template <class T> static T __shfl_xor_sync(unsigned mask, T v, int o) { return ke_exchange(mask, v, (ke_lin % 32) ^ o); }
 template <class T> static T __shfl_down_sync(unsigned mask, T v, int o) { return ke_exchange(mask, v, ke_lin % 32 + o); }
-template <class F> static void ke_launch(dim3 g, dim3 b, F f) {
-    gridDim = g; blockDim = b;
-    int n = b.x * b.y * b.z;
+typedef void (*ke_body_t)(void**);
+struct KeJob { ke_body_t body; void** args; int t; };
+static void* ke_thread(void* p) {
+    KeJob* j = (KeJob*)p;
+    dim3 b = blockDim, g = gridDim;
+    ke_lin = j->t;
+    threadIdx = uint3{j->t % b.x, (j->t / b.x) % b.y, j->t / (b.x * b.y)};
+    /* one persistent OS thread per CUDA thread; blocks run one after another */
     for (unsigned bz = 0; bz < g.z; ++bz) for (unsigned by = 0; by < g.y; ++by) for (unsigned bx = 0; bx < g.x; ++bx) {
-        std::barrier<> bar(n);
-        ke_block_bar = &bar;
-        std::vector<KeWarp> warps((n + 31) / 32);
-        std::vector<std::barrier<>*> wbars;
-        ke_warps.clear();
-        for (size_t w = 0; w < warps.size(); ++w) {
-            int live = n - 32 * (int)w < 32 ? n - 32 * (int)w : 32;
-            warps[w].live = live;
-            warps[w].bar = new std::barrier<>(live);
-            ke_warps.push_back(&warps[w]);
-        }
         blockIdx = uint3{bx, by, bz};
-        std::vector<std::thread> ts;
-        for (int t = 0; t < n; ++t)
-            ts.emplace_back([&, t] {
-                ke_lin = t;
-                threadIdx = uint3{t % b.x, (t / b.x) % b.y, t / (b.x * b.y)};
-                f();
-                /* an exited thread no longer holds up barriers (as on sm_70+) */
-                ke_warps[t / 32]->bar->arrive_and_drop();
-                ke_block_bar->arrive_and_drop();
-            });
-        for (auto& th : ts) th.join();
-        for (auto& w : warps) delete w.bar;
+        j->body(j->args);
+        pthread_barrier_wait(&ke_block_bar);  /* block done: its __shared__ statics may be reused */
     }
+    return 0;
+}
+static int ke_launch(dim3 g, dim3 b, ke_body_t body, void** args) {
+    gridDim = g; blockDim = b; ke_emu_error = 0;
+    int n = b.x * b.y * b.z;
+    pthread_barrier_init(&ke_block_bar, 0, n);
+    for (int w = 0; w < (n + 31) / 32; ++w) {
+        ke_warps[w].live = n - 32 * w < 32 ? n - 32 * w : 32;
+        pthread_barrier_init(&ke_warps[w].bar, 0, ke_warps[w].live);
+    }
+    pthread_t ts[1024]; KeJob jobs[1024];
+    pthread_attr_t attr; pthread_attr_init(&attr); pthread_attr_setstacksize(&attr, 1 << 20);
+    for (int t = 0; t < n; ++t) { jobs[t] = KeJob{body, args, t}; pthread_create(&ts[t], &attr, ke_thread, &jobs[t]); }
+    for (int t = 0; t < n; ++t) pthread_join(ts[t], 0);
+    pthread_barrier_destroy(&ke_block_bar);
+    for (int w = 0; w < (n + 31) / 32; ++w) pthread_barrier_destroy(&ke_warps[w].bar);
+    return ke_emu_error;
 }
 """
 
@@ -113,9 +110,9 @@ def _wrappers(codegen) -> str:
         gx, gy, gz = g.launch["grid"]
         bx, by, bz = g.launch["block"]
         args = ", ".join(f"({_CTYPES[p.dtype]}*)a[{j}]" for j, p in enumerate(g.kernel.params))
-        out.append(f'extern "C" int ke_emu_run_{i}(void** a) {{ ke_emu_error = 0; '
-                   f'ke_launch(dim3{{{gx}, {gy}, {gz}}}, dim3{{{bx}, {by}, {bz}}}, [&] {{ {g.name}({args}); }}); '
-                   f'return ke_emu_error.load(); }}')
+        out.append(f"static void ke_emu_body_{i}(void** a) {{ {g.name}({args}); }}")
+        out.append(f'extern "C" int ke_emu_run_{i}(void** a) {{ return ke_launch(dim3{{{gx}, {gy}, {gz}}}, '
+                   f'dim3{{{bx}, {by}, {bz}}}, ke_emu_body_{i}, a); }}')
     return "\n".join(out)
 
 
@@ -135,7 +132,7 @@ def build(codegen, source: str | None = None) -> ctypes.CDLL:
     with open(os.path.join(tmp, "k.cu"), "w") as f:
         f.write(src)
     lib = os.path.join(tmp, "k.so")
-    proc = subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w", "-x", "c++",
+    proc = subprocess.run(["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-pthread", "-w", "-x", "c++",
                            "-include", os.path.join(tmp, "ke_emu.h"), "-I", tmp, os.path.join(tmp, "k.cu"),
                            "-o", lib], capture_output=True, text=True)
     if proc.returncode != 0:

@@ -21,8 +21,8 @@ def _and(a, b):
 def elementwise(n: int = 10001, threads: int = 256, aligned: bool = True) -> Program:
     """out0 = max(tanh(x) * 1.5 + y, x - y): 4 elements per thread, float4 body plus a guarded scalar tail.
 
-    aligned=False offsets the element index by the thread index alone (no *4), so the float4
-    base is not provably aligned and codegen must fall back to a scalar loop.
+    aligned=False spreads a thread's 4 elements `groups` apart (coalesced across threads but not
+    contiguous per thread), so float4 does not apply and codegen must fall back to a scalar loop.
     """
     x, y, out = Buffer("x", (n,)), Buffer("y", (n,)), Buffer("out0", (n,))
     bx, tx, v = Var("bx"), Var("tx"), Var("v")

@@ -48,7 +48,7 @@ def test_build_run_and_cache_hit(cache):
     assert cpu.stats["compiles"] == before["compiles"] + 1
     out = exe.run([x])
     assert len(out) == 1 and out[0].dtype == np.float32
-    np.testing.assert_allclose(out[0], np.exp(x) * 2 + x, rtol=1e-6)
+    np.testing.assert_allclose(out[0], np.exp(x) * 2 + x, rtol=1e-6, atol=1e-6)
     assert list(cache.glob("*.so"))
     # same source and flags: loaded from the cache, the compiler does not run
     exe2 = cpu.build_codegen(generate_c(two_kernel_program()))
@@ -124,7 +124,7 @@ def test_two_processes_build_the_same_source(cache):
         from explorer.backends import cpu
         exe = cpu.build_codegen(generate_c(two_kernel_program(n=333, scale=5.0)))
         x = np.linspace(-1, 1, 333).astype(np.float32)
-        assert np.allclose(exe.run([x])[0], np.exp(x) * 5 + x, rtol=1e-6)
+        assert np.allclose(exe.run([x])[0], np.exp(x) * 5 + x, rtol=1e-6, atol=1e-6)
         print(cpu.stats["compiles"])
     """)
     env = {**os.environ, "XDG_CACHE_HOME": str(cache.parents[1])}
@@ -136,3 +136,52 @@ def test_two_processes_build_the_same_source(cache):
     # the file lock lets exactly one of them run the compiler; the other loads its result
     assert sum(int(out.strip().splitlines()[-1]) for out, _ in results) == 1
     assert len(list(cache.glob("*.so"))) == 1
+
+
+def _compile_cpu(fn, *args, **kw):
+    import explorer
+    c = explorer.compile(fn, *args, target="cpu", verbose=False, **kw)
+    if "codegen" not in c.stage_names:
+        pytest.skip("the pipeline has no codegen stage yet")
+    return c
+
+
+def test_pipeline_chain_and_mlp_match_numpy(cache):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(1001).astype(np.float32)
+    b = rng.standard_normal(1001).astype(np.float32)
+    a[:3] = [np.nan, np.inf, -np.inf]
+
+    def chain(a, b):
+        return np.maximum(np.tanh(a * 1.5 + b) * b - a / 3, 0.1) + a * b
+    for fast in (False, True):
+        c = _compile_cpu(chain, a, b, fast_math=fast)
+        assert c.kernels[0].language == "c"
+        got = c(a, b)
+        if not fast:
+            np.testing.assert_allclose(got, chain(a, b), rtol=2e-6, atol=1e-6, equal_nan=True)
+        else:
+            np.testing.assert_allclose(got[3:], chain(a, b)[3:], rtol=1e-5, atol=1e-5)
+    x = rng.standard_normal((37, 50)).astype(np.float32)
+    w = rng.standard_normal((50, 19)).astype(np.float32)
+    bias = rng.standard_normal(19).astype(np.float32)
+    c = _compile_cpu(lambda x, w, b: np.maximum(x @ w + b, 0), x, w, bias)
+    np.testing.assert_allclose(c(x, w, bias), np.maximum(x @ w + bias, 0), rtol=1e-4, atol=1e-4)
+    t = c.benchmark(repeat=3)
+    assert t.per_kernel_ms and set(t.per_kernel_ms) == {k.name for k in c.kernels}
+
+
+def test_with_kernel_source_reports_compiler_line(cache):
+    x = np.linspace(-1, 1, 64).astype(np.float32)
+    c = _compile_cpu(lambda x: np.exp(x) * 2, x)
+    src = c.kernels[0].source
+    lines = src.splitlines()
+    at = next(k for k, l in enumerate(lines) if "ke_expf" in l)
+    lines[at] = lines[at].replace("ke_expf(", "undeclared_fn(").replace(";", "")
+    with pytest.raises(CompileError) as ei:
+        c.with_kernel_source(0, "\n".join(lines))
+    assert ei.value.line is not None and at + 1 <= ei.value.line <= at + 2
+    new_src = src.replace("* 2.0f;", "* 2.0f + 0.0f;")
+    assert new_src != src
+    edited = c.with_kernel_source(0, new_src)
+    np.testing.assert_allclose(edited(x), np.exp(x) * 2, rtol=1e-6)

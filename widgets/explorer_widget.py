@@ -94,8 +94,7 @@ class Explorer(W.VBox):
         self.source = SourceView()
         self.run_panel = RunPanel(provider=self.compiled_for, target=target)
         self.charts = TimingChart()
-        self.charts.set_request(lambda: (self.fn, tuple(self.current_examples()),
-                                         {"target": self.knobs.target.value}))
+        self.charts.set_request(self._compare_request)
         self.tabs = W.Tab([stages, self.fusion, self.tiling, self.source, self.run_panel, self.charts],
                           titles=TAB_TITLES)
         body = W.HBox([self.knobs, W.VBox([self.tabs], layout=W.Layout(width="100%", overflow="auto"))])
@@ -109,14 +108,18 @@ class Explorer(W.VBox):
 
         # The first compile uses the caller's arguments as given; afterwards the knobs drive it.
         t0 = time.perf_counter()
+        given = {"target": target, "fuse": compile_kwargs.get("fuse", True),
+                 "schedule": compile_kwargs.get("schedule") or None, "dtype": compile_kwargs.get("dtype"),
+                 "fast_math": compile_kwargs.get("fast_math", False)}
         try:
-            first = self._compile({**{k: compile_kwargs[k] for k in KNOB_ARGS if k in compile_kwargs},
-                                   "target": target}, scale)
+            first = self._compile(given, scale)
         except Exception as e:  # noqa: BLE001 — show it in the dashboard instead of raising
             self._show_error(e, "cannot compile:")
             return
         self.knobs.set(target=first.target)
         self.knobs.update_applicability(self._has_matmul(first))
+        if self.knobs.kwargs() == given:  # the knobs say the same: reuse this compile for them
+            self._cache[self._key(given, scale)] = first
         self._show(first, t0)
 
     # -- compiling ---------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ class Explorer(W.VBox):
 
     def _compile(self, kwargs: dict[str, Any], scale: float) -> Any:
         import explorer
-        key = repr((sorted((k, repr(v)) for k, v in kwargs.items()), scale))
+        key = self._key(kwargs, scale)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -134,6 +137,10 @@ class Explorer(W.VBox):
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return comp
+
+    @staticmethod
+    def _key(kwargs: dict[str, Any], scale: float) -> str:
+        return repr((sorted((k, repr(v)) for k, v in kwargs.items()), scale))
 
     def compiled_for(self, target: str) -> Any:
         """The current knobs compiled for `target` (the run panel and the other language use this)."""
@@ -145,6 +152,15 @@ class Explorer(W.VBox):
             return comp
         target = "cpu" if language == "c" else ("cuda" if comp.target == "cuda" else "sim")
         return self.compiled_for(target)
+
+    def _compare_request(self) -> tuple[Callable, tuple, dict[str, Any]]:
+        """explorer.compare arguments for the current knobs (compare builds the unfused variant itself)."""
+        kw = self.knobs.kwargs()
+        fuse = kw.pop("fuse")
+        if isinstance(fuse, dict):
+            kw["fuse"] = fuse
+        kw = {k: v for k, v in kw.items() if v is not None and v is not False}
+        return self.fn, tuple(self.current_examples()), {**kw, "repeat": 10, "warmup": 2}
 
     @staticmethod
     def _has_matmul(comp: Any) -> bool:

@@ -63,7 +63,6 @@ _BLOCK_AXES = ("blockIdx.x", "blockIdx.y", "blockIdx.z")
 _THREAD_AXES = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
 # pseudo lane variables used in flattened shared/local addresses
 _BLK = "$blk"
-_LANE = "$lane"
 DEFAULT_CHUNK_LANES = 1 << 17
 
 
@@ -83,9 +82,11 @@ class _Counters:
 class _Frame:
     """State of one chunk of blocks: lane coordinates, allocations, per-chunk caches."""
 
-    __slots__ = ("env", "coords", "L", "nb", "nt", "tshape", "alloc", "glob", "cache", "c", "kname", "b0")
+    __slots__ = ("env", "coords", "L", "nb", "nt", "tshape", "FS", "alloc", "glob", "cache", "c", "kname", "b0")
 
     def __init__(self, kname, glob, coords, L_, nb, nt, tshape, c, b0):
+        # lanes form the array shape FS = (blocks, threadIdx.z, .y, .x); a value that does not vary
+        # along an axis keeps size 1 there, so e.g. As[ty*4+i, k] is gathered once per (block, ty)
         self.kname = kname
         self.glob = glob
         self.coords = coords
@@ -93,6 +94,7 @@ class _Frame:
         self.nb = nb
         self.nt = nt
         self.tshape = tshape
+        self.FS = (nb, *tshape)
         self.c = c
         self.b0 = b0
         self.env: dict[str, Any] = {}
@@ -123,16 +125,21 @@ class _Frame:
         """'block (x, y, z), thread (x, y, z)' of a lane in this chunk (for error messages)."""
         def get(axis):
             a = self.coords.get(axis)
-            return int(a[lane]) if a is not None else 0
+            return int(np.broadcast_to(a, self.FS).reshape(-1)[lane]) if a is not None else 0
         if any(a in self.coords for a in _BLOCK_AXES + _THREAD_AXES):
             return (f"block ({get('blockIdx.x')}, {get('blockIdx.y')}, {get('blockIdx.z')}), "
                     f"thread ({get('threadIdx.x')}, {get('threadIdx.y')}, {get('threadIdx.z')})")
-        par = {a: int(v[lane]) for a, v in self.coords.items() if not a.startswith("$")}
+        par = {a: get(a) for a in self.coords if not a.startswith("$")}
         return "iteration " + ", ".join(f"{k}={v}" for k, v in par.items()) if par else "the single lane"
 
 
-def _count(mask) -> int:
-    return int(np.count_nonzero(mask))
+def _count(mask: np.ndarray, L_: int) -> int:
+    """Active lanes of a mask broadcastable to the chunk's lane shape (of L_ lanes)."""
+    return int(np.count_nonzero(mask)) * (L_ // mask.size)
+
+
+def _full(a, FS):
+    return np.broadcast_to(a, FS)
 
 
 # ----------------------------------------------------------------------------- compile context
@@ -341,7 +348,7 @@ def _cexpr(e: L.Expr, ctx: _Ctx) -> Callable:
                 sub = a if is_and else ~a
                 if m is not None:
                     sub = sub & m
-                k = _count(sub)
+                k = _count(sub, fr.L)
                 if k == 0:
                     return a
                 b = fb(fr, sub, k)
@@ -414,13 +421,13 @@ def _cexpr(e: L.Expr, ctx: _Ctx) -> Callable:
             # branches that load run only on the lanes that take them (C's ?: short-circuits)
             if la:
                 sub = c if m is None else (c & m)
-                k = _count(sub)
+                k = _count(sub, fr.L)
                 a = fa(fr, sub, k) if k else None
             else:
                 a = fa(fr, m, n)
             if lb:
                 sub = ~c if m is None else (~c & m)
-                k = _count(sub)
+                k = _count(sub, fr.L)
                 b = fb(fr, sub, k) if k else None
             else:
                 b = fb(fr, m, n)
@@ -487,7 +494,11 @@ def _affine_fn(ctx: _Ctx, terms: dict[str, int], const: int) -> Callable:
 
 # ----------------------------------------------------------------------------- memory accesses
 class _Access:
-    """A Load or Store site: flattens indices, checks bounds on active lanes, counts bytes."""
+    """A Load or Store site: flattens indices, checks bounds on active lanes, counts bytes.
+
+    Global buffers are flat arrays, shared ones (blocks, size) indexed with blk*size + offset,
+    local ones (size, *lane shape) so a lane-uniform offset is one contiguous slice.
+    """
 
     def __init__(self, buf: L.Buffer, indices: Sequence[L.Expr], ctx: _Ctx):
         self.buf = buf
@@ -513,7 +524,7 @@ class _Access:
         self.global_ = buf.scope == "global"
         self.shared = buf.scope == "shared"
         self.local = buf.scope == "local"
-        scope_term = {_BLK: self.size} if self.shared else ({_LANE: self.size} if self.local else {})
+        scope_term = {_BLK: self.size} if self.shared else {}
         if all(a is not None for a in affs):
             self.affine = True
             terms: dict[str, int] = dict(scope_term)
@@ -532,26 +543,17 @@ class _Access:
             self.static_ok = static_ok
             lk, un = _split(ctx, {v: c for v, c in terms.items() if c})
             self.lane_key, self.unif, self.const = lk, un, const
-            # local buffer at a lane-uniform offset: a column of the (lanes, size) storage
-            self.column = self.local and lk == ((_LANE, self.size),)
         else:
             self.affine = False
             self.static_ok = False
-            self.column = False
             self.fidx = [_cexpr(i, ctx) for i in indices]
             self.strides = strides
             self.scope_key = tuple(scope_term.items())
-        if buf.scope == "global" and buf.name in ctx.readonly:
-            self.readonly = True
-        else:
-            self.readonly = False
+        self.readonly = buf.scope == "global" and buf.name in ctx.readonly
 
     # -- helpers
     def _storage(self, fr: _Frame) -> np.ndarray:
-        if self.global_:
-            s = fr.glob.get(self.name)
-        else:
-            s = fr.alloc.get(self.name)
+        s = fr.glob.get(self.name) if self.global_ else fr.alloc.get(self.name)
         if s is None:
             where = "is not a parameter of the kernel" if self.global_ else "is used before its Alloc"
             raise VerificationError(f"kernel {self.kname}: buffer {self.name} {where}")
@@ -562,56 +564,29 @@ class _Access:
         if isinstance(vals, np.ndarray):
             bad = (vals < 0) | (vals >= n)
             if mask is not None:
-                bad &= mask
+                bad = bad & mask
+            bad = _full(bad, fr.FS).reshape(-1)
             lane = int(np.argmax(bad))
-            v = int(vals[lane])
-            where = fr.where(lane)
+            v = int(_full(vals, fr.FS).reshape(-1)[lane])
         else:
             v = int(vals)
-            lane = 0 if mask is None else int(np.argmax(mask))
-            where = fr.where(lane)
+            lane = 0 if mask is None else int(np.argmax(_full(mask, fr.FS).reshape(-1)))
         raise VerificationError(
             f"kernel {self.kname}: out-of-bounds {what} {self.name}[{self.idx_text}] ({self.scope}): index {v} on "
-            f"dimension {d} is outside [0, {n}) at {where}; add a bounds guard (If) or fix the tile sizes")
+            f"dimension {d} is outside [0, {n}) at {fr.where(lane)}; add a bounds guard (If) or fix the tile sizes")
 
     def _check_dim(self, fr, what, d, vals, mask):
         n = self.shape[d]
         if isinstance(vals, np.ndarray):
-            sel = vals if mask is None else vals[mask]
+            if mask is None:
+                sel = vals
+            else:
+                vb, mb = np.broadcast_arrays(vals, mask)
+                sel = vb[mb]
             if sel.size and (int(sel.min()) < 0 or int(sel.max()) >= n):
                 self._oob(fr, what, d, vals, mask)
         elif not 0 <= vals < n:
             self._oob(fr, what, d, vals, mask)
-
-    def _index(self, fr: _Frame, m, n, what: str):
-        """Flat index (int or per-lane array) with masked-off lanes clamped to 0; checks bounds."""
-        if self.affine:
-            u = self.const
-            env = fr.env
-            for v, c in self.unif:
-                u += c * env[v]
-            if self.column:
-                if not self.static_ok:
-                    self._check_affine(fr, m, what)
-                return u
-            idx = fr.lanepart(self.lane_key) + u if self.lane_key else u
-            if self.static_ok:
-                return idx
-            self._check_affine(fr, m, what)
-        else:
-            idx = None
-            for d, (f, st) in enumerate(zip(self.fidx, self.strides)):
-                v = f(fr, m, n)
-                self._check_dim(fr, what, d, v, m)
-                t = v * st if st != 1 else v
-                idx = t if idx is None else idx + t
-            if idx is None:
-                idx = 0
-            if self.scope_key:
-                idx = fr.lanepart(self.scope_key) + idx
-        if m is not None and isinstance(idx, np.ndarray):
-            idx = np.where(m, idx, 0)
-        return idx
 
     def _check_affine(self, fr, m, what):
         env = fr.env
@@ -628,6 +603,32 @@ class _Access:
                     self._oob(fr, what, d, fr.lanepart(lk) + u, None)
             else:
                 self._check_dim(fr, what, d, fr.lanepart(lk) + u, m)
+
+    def _index(self, fr: _Frame, m, n, what: str):
+        """Flat index (int or lane array; for local buffers the offset) with masked-off lanes at 0."""
+        if self.affine:
+            u = self.const
+            env = fr.env
+            for v, c in self.unif:
+                u += c * env[v]
+            idx = fr.lanepart(self.lane_key) + u if self.lane_key else u
+            if self.static_ok:
+                return idx   # in bounds for every lane, masked or not
+            self._check_affine(fr, m, what)
+        else:
+            idx = None
+            for d, (f, st) in enumerate(zip(self.fidx, self.strides)):
+                v = f(fr, m, n)
+                self._check_dim(fr, what, d, v, m)
+                t = v * st if st != 1 else v
+                idx = t if idx is None else idx + t
+            if idx is None:
+                idx = 0
+            if self.scope_key:
+                idx = fr.lanepart(self.scope_key) + idx
+        if m is not None and isinstance(idx, np.ndarray):
+            idx = np.where(m, idx, 0)
+        return idx
 
     def _count(self, fr, n, store: bool):
         b = n * self.itemsize
@@ -650,12 +651,14 @@ class _Access:
         st = self._storage(fr)
         idx = self._index(fr, m, n, "load of")
         self._count(fr, n, False)
-        if self.column:
-            return st[:, idx]
-        flat = st.reshape(-1)
+        if self.local:
+            if not isinstance(idx, np.ndarray):
+                return st[idx]
+            # per-lane offsets into registers (rare): gather lane by lane
+            return st.reshape(st.shape[0], -1)[_full(idx, fr.FS).reshape(-1), np.arange(fr.L)].reshape(fr.FS)
         if self.size == 0:
-            return np.zeros(fr.L, self.np_dt)
-        return flat[idx]
+            return self.np_dt.type(0)
+        return st.reshape(-1)[idx]
 
     def store(self, fr: _Frame, m, n, value) -> None:
         if n == 0:
@@ -666,22 +669,40 @@ class _Access:
         st = self._storage(fr)
         idx = self._index(fr, m, n, "store to")
         self._count(fr, n, True)
-        if self.column:
-            if m is None:
-                st[:, idx] = value
-            else:
-                np.copyto(st[:, idx], value, casting="unsafe", where=m)
+        if self.local:
+            if not isinstance(idx, np.ndarray):
+                if m is None:
+                    st[idx] = value
+                else:
+                    np.copyto(st[idx], value, casting="unsafe", where=m)
+                return
+            st2 = st.reshape(st.shape[0], -1)
+            off = _full(idx, fr.FS).reshape(-1)
+            lanes = np.arange(fr.L)
+            v = _full(value, fr.FS).reshape(-1)
+            if m is not None:
+                sel = _full(m, fr.FS).reshape(-1)
+                off, lanes, v = off[sel], lanes[sel], v[sel]
+            st2[off, lanes] = v
             return
         flat = st.reshape(-1)
         if isinstance(idx, np.ndarray):
             if m is None:
+                if isinstance(value, np.ndarray) and value.shape != idx.shape:
+                    idx, value = np.broadcast_arrays(idx, value)
                 flat[idx] = value
             else:
-                flat[idx[m]] = value[m] if isinstance(value, np.ndarray) else value
+                if isinstance(value, np.ndarray):
+                    idx, mb, value = np.broadcast_arrays(idx, m, value)
+                    flat[idx[mb]] = value[mb]
+                else:
+                    idx, mb = np.broadcast_arrays(idx, m)
+                    flat[idx[mb]] = value
         else:
             # every active lane writes the same address: the last one wins
             if isinstance(value, np.ndarray):
-                value = value[m][-1] if m is not None else value[-1]
+                v = _full(value, fr.FS).reshape(-1)
+                value = v[_full(m, fr.FS).reshape(-1)][-1] if m is not None else v[-1]
             flat[idx] = value
 
 
@@ -697,11 +718,35 @@ def _cstmts(stmts: Sequence[L.Stmt], ctx: _Ctx) -> Callable:
     return seq
 
 
+def _accumulate(acc: _Access, v: L.BinOp, ctx: _Ctx) -> Callable:
+    """r[i] = r[i] op x on a register at a lane-uniform offset: update it in place (the matmul
+    inner loop; saves a full-width temporary and copy per statement)."""
+    ufunc = {"+": np.add, "*": np.multiply, "min": np.minimum, "max": np.maximum}[v.op]
+    fb = _cexpr(v.b, ctx)
+    np_dt = acc.np_dt
+    rd = _Access(acc.buf, v.a.indices, ctx)   # the read, counted like any load
+
+    def accumulate(fr, m, n):
+        if n == 0:
+            return
+        rd.load(fr, m, n)
+        x = fb(fr, m, n)
+        fr.c.flops += n
+        st = acc._storage(fr)
+        idx = acc._index(fr, m, n, "store to")
+        col = st[idx]
+        if m is None:
+            ufunc(col, x, out=col, casting="unsafe")
+        else:
+            np.copyto(col, ufunc(col, x).astype(np_dt, copy=False), where=m)
+    return accumulate
+
+
 def _divergence(fr: _Frame, m, what: str, kname: str) -> int:
     """Blocks (with at least one active lane) at a block-wide operation; raises if a block is split."""
     if m is None:
         return fr.nb
-    rows = m.reshape(fr.nb, fr.nt)
+    rows = _full(m, fr.FS).reshape(fr.nb, fr.nt)
     anyr = rows.any(axis=1)
     allr = rows.all(axis=1)
     split = anyr & ~allr
@@ -720,8 +765,14 @@ def _cstmt(s: L.Stmt, ctx: _Ctx) -> Callable | None:
         return None
     if isinstance(s, L.Store):
         acc = _Access(s.buffer, s.indices, ctx)
-        fv = _cexpr(s.value, ctx)
         np_dt = acc.np_dt
+        v = s.value
+        if (s.buffer.scope == "local" and s.buffer.dtype in _FLOATS and isinstance(v, L.BinOp)
+                and v.op in ("+", "*", "min", "max") and v.dtype == s.buffer.dtype
+                and isinstance(v.a, L.Load) and v.a.buffer == s.buffer and v.a.indices == s.indices
+                and acc.affine and not acc.lane_key):
+            return _accumulate(acc, v, ctx)
+        fv = _cexpr(v, ctx)
 
         def store(fr, m, n):
             v = fv(fr, m, n)
@@ -741,8 +792,8 @@ def _cstmt(s: L.Stmt, ctx: _Ctx) -> Callable | None:
         name = b.name
 
         def alloc(fr, m, n):
-            rows = fr.nb if shared else fr.L
-            fr.alloc[name] = np.full((rows, size), fill, np_dt)
+            shape = (fr.nb, size) if shared else (size, *fr.FS)
+            fr.alloc[name] = np.full(shape, fill, np_dt)
         return alloc
     if isinstance(s, L.Barrier):
         if ctx.thread_guard:
@@ -776,7 +827,7 @@ def _cstmt(s: L.Stmt, ctx: _Ctx) -> Callable | None:
                     felse(fr, m, n)
                 return
             if m is None:
-                k = _count(c)
+                k = _count(c, fr.L)
                 if k == n:
                     fthen(fr, None, n)
                     return
@@ -786,7 +837,7 @@ def _cstmt(s: L.Stmt, ctx: _Ctx) -> Callable | None:
                     felse(fr, ~c, n - k) if k else felse(fr, None, n)
                 return
             mt = m & c
-            k = _count(mt)
+            k = _count(mt, fr.L)
             if k == n:
                 fthen(fr, m, n)
                 return
@@ -819,7 +870,7 @@ def _cfor(s: L.For, ctx: _Ctx) -> Callable:
                 # a bound loop narrower than the launch along its axis: the extra threads idle
                 c = fr.coords[axis] < ext
                 mm = c if m is None else (c & m)
-                k = _count(mm)
+                k = _count(mm, fr.L)
                 if k:
                     body(fr, mm, k)
             return partial_bound
@@ -871,14 +922,12 @@ def _all_reduce(s: L.ThreadAllReduce, ctx: _Ctx) -> Callable:
         st = fr.alloc.get(name)
         if st is None:
             raise VerificationError(f"kernel {kname}: buffer {name} is used before its Alloc")
-        tz, ty, tx = fr.tshape
-        v = st[:, 0].reshape(fr.nb, tz, ty, tx)
+        v = st[0]
         r = red.reduce(v, axis=pos, keepdims=True)
-        r = np.broadcast_to(r, v.shape).reshape(-1)
         if m is None:
-            st[:, 0] = r
+            st[0] = r
         else:
-            np.copyto(st[:, 0], r, where=m)
+            np.copyto(st[0], r, where=m)
         if is_float:
             t = v.shape[pos]
             fr.c.flops += n - n // t
@@ -929,7 +978,7 @@ class KernelSim:
         axis_extent = {**{a: self.grid.get(a, 1) for a in _BLOCK_AXES}, **{a: self.block.get(a, 1) for a in _THREAD_AXES},
                        **{f"parallel{d}": self.grid.get(f"parallel{d}", 1) for d in range(3)}}
         # the pseudo lane variables of flattened shared/local addresses are lane axes of their own
-        self.ctx = _Ctx(kernel, {_BLK: _BLK, _LANE: _LANE}, {}, axis_extent, lane_loops, frozenset(readonly))
+        self.ctx = _Ctx(kernel, {_BLK: _BLK}, {}, axis_extent, lane_loops, frozenset(readonly))
         self.body = _cstmts(kernel.body, self.ctx)
 
     def run(self, buffers: dict[str, np.ndarray]) -> dict[str, int]:
@@ -953,27 +1002,20 @@ class KernelSim:
         c = _Counters()
         nt = self.nthreads
         tx, ty, tz = self.tdims
-        t = np.arange(nt, dtype=np.int64)
-        tcoords = {"threadIdx.x": t % tx, "threadIdx.y": (t // tx) % ty, "threadIdx.z": t // (tx * ty)}
+        tcoords = {"threadIdx.x": np.arange(tx, dtype=np.int64).reshape(1, 1, 1, tx),
+                   "threadIdx.y": np.arange(ty, dtype=np.int64).reshape(1, 1, ty, 1),
+                   "threadIdx.z": np.arange(tz, dtype=np.int64).reshape(1, tz, 1, 1)}
         per_chunk = max(1, self.chunk_lanes // nt)
         gnames = _BLOCK_AXES if self.cuda else tuple(f"parallel{d}" for d in range(3))
         g0, g1, _ = self.gdims
         with np.errstate(all="ignore"):
             for b0 in range(0, self.nblocks, per_chunk):
                 nb = min(per_chunk, self.nblocks - b0)
-                b = np.arange(b0, b0 + nb, dtype=np.int64)
-                bc = {gnames[0]: b % g0, gnames[1]: (b // g0) % g1, gnames[2]: b // (g0 * g1)}
-                coords = {}
-                for a, v in bc.items():
-                    coords[a] = np.repeat(v, nt) if nt > 1 else v
-                for a, v in tcoords.items():
-                    coords[a] = np.tile(v, nb) if nb > 1 else v
-                Ln = nb * nt
-                lane = np.arange(Ln, dtype=np.int64)
-                coords[_LANE] = lane
-                coords[_BLK] = lane // nt if nt > 1 else lane
-                fr = _Frame(k.name, glob, coords, Ln, nb, nt, (tz, ty, tx), c, b0)
-                self.body(fr, None, Ln)
+                b = np.arange(b0, b0 + nb, dtype=np.int64).reshape(nb, 1, 1, 1)
+                coords = {gnames[0]: b % g0, gnames[1]: (b // g0) % g1, gnames[2]: b // (g0 * g1), **tcoords}
+                coords[_BLK] = b - b0
+                fr = _Frame(k.name, glob, coords, nb * nt, nb, nt, (tz, ty, tx), c, b0)
+                self.body(fr, None, nb * nt)
         return {"global_load_bytes": c.gl, "global_store_bytes": c.gs, "shared_load_bytes": c.sl,
                 "shared_store_bytes": c.ss, "flops": c.flops, "barriers": c.barriers,
                 "blocks": self.nblocks if self.cuda else 1, "threads_per_block": nt if self.cuda else 1}
@@ -1083,8 +1125,11 @@ def run_program(program: L.Program, inputs: Sequence[np.ndarray], *,
 def summary(counters: dict[str, dict[str, int]]) -> str:
     """A table of counters per kernel (and the total), bytes in human units.
 
-    >>> print(summary({"k": dict.fromkeys(COUNTER_KEYS, 0)}).splitlines()[0].split()[:3])
-    ['kernel', 'grid', 'blocks']
+    >>> c = dict(global_load_bytes=4096, global_store_bytes=2048, shared_load_bytes=0, shared_store_bytes=0,
+    ...          flops=1024, barriers=0, blocks=4, threads_per_block=128)
+    >>> print(summary({"scale": c}))
+    kernel  blocks×threads  global ld  global st  shared ld  shared st  flops  barriers
+    scale            4×128     4.1 kB    2.05 kB        0 B        0 B  1,024         0
     """
     def human(b: int) -> str:
         for unit, s in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -1092,7 +1137,7 @@ def summary(counters: dict[str, dict[str, int]]) -> str:
                 return f"{b / s:.3g} {unit}"
         return f"{b} B"
 
-    rows = [("kernel", "grid blocks×threads", "global ld", "global st", "shared ld", "shared st", "flops",
+    rows = [("kernel", "blocks×threads", "global ld", "global st", "shared ld", "shared st", "flops",
              "barriers")]
     for name, c in counters.items():
         rows.append((name, f"{c['blocks']}×{c['threads_per_block']}" if name != "total" else "",

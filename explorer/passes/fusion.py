@@ -147,7 +147,7 @@ class FusedGraph:
                 head += "  lines: " + ", ".join(_short_lines(g.source_lines))
             lines.append(head)
             lines.append("    reads: " + (", ".join(i.name for i in g.inputs) or "-")
-                         + "   writes: " + ", ".join(o.name + ("*" if id(o) in outs else "") for o in g.outputs))
+                         + "   writes: " + ", ".join(o.name + (" (returned)" if id(o) in outs else "") for o in g.outputs))
             for n in g.nodes:
                 lines.append("    " + self.graph.node_line(n, provenance=False))
         passthrough = [o for o in self.graph.outputs if o.op in ("input", "const")]

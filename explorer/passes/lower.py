@@ -205,7 +205,7 @@ def lower(fused) -> L.Program:
         if n.op == "const" and n.size > 1:
             b = L.Buffer(f"c{n.id}", n.shape, _dt(n))
             buffers[n.id] = b
-            constants.append((b, np.ascontiguousarray(n.value)))
+            constants.append((b, np.require(n.value, requirements='C')))
     temps: list[L.Buffer] = []
     for grp in fused.groups:
         for o in grp.outputs:

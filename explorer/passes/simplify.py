@@ -154,7 +154,7 @@ def _fold(n: Node) -> Node | None:
     v = _ops.evaluate(n.op, [i.value for i in n.inputs], n.attrs)
     if tuple(v.shape) != n.shape:
         return None
-    v = np.ascontiguousarray(v.astype(n.dtype, copy=False))
+    v = np.array(v, dtype=n.dtype, order="C")  # not ascontiguousarray: it turns 0-d into shape (1,)
     return Node(n.id, "const", (), n.shape, n.dtype, {}, n.name, n.provenance, v)
 
 

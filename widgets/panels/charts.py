@@ -22,8 +22,9 @@ def figure_png(fig: Any, dpi: int = 80) -> bytes:
     try:
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     finally:
-        import matplotlib.pyplot as plt
-        plt.close(fig)
+        if getattr(fig.canvas, "manager", None) is not None:  # a pyplot figure: drop it from pyplot's registry
+            import matplotlib.pyplot as plt
+            plt.close(fig)
     return buf.getvalue()
 
 
