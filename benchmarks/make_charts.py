@@ -11,10 +11,27 @@ The local CPU's roof is measured again at the start, in this run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
-import numpy as np
+
+def _threads_from_argv(argv) -> str | None:
+    # Thread counts must be set before NumPy (OpenBLAS) and the first kernel (libgomp) load.
+    for k, arg in enumerate(argv):
+        if arg == "--threads" and k + 1 < len(argv):
+            return argv[k + 1]
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+_THREADS = _threads_from_argv(sys.argv[1:])
+if _THREADS:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = _THREADS
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,10 +55,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                  "docs", "images"))
     p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--threads", type=int, default=None,
+                   help="OpenMP/BLAS threads for every measurement (steadier numbers on a busy machine)")
     a = p.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     target = resolve_target(a.target)
     dev = costmodel.local_cpu(refresh=True) if target != "cuda" else costmodel.device("cuda")
+    if a.threads and dev.kind == "cpu":
+        dev = dataclasses.replace(dev, name=f"{dev.name}, {a.threads} thread{'s' if a.threads > 1 else ''}")
     print(f"target {target}; roofline device: {dev.label()}")
 
     rng = np.random.default_rng(0)

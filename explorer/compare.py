@@ -574,10 +574,10 @@ class Comparison:
         for (variant, measured, _, _), group in clusters.items():
             names = list(dict.fromkeys(q["label"] for q in group))
             fused = variant == "fused"
-            ax.annotate(", ".join(names), (group[0]["intensity"], group[0]["gflops"]),
-                        xytext=(-8 if fused else 8, (9 if fused else -12) if not measured else (-14 if fused else 9)),
-                        textcoords="offset points", fontsize=7, ha="right" if fused else "left",
-                        color=VARIANT_COLORS.get(variant, "#999999"))
+            # fused labels to the left, unfused to the right, so coinciding fused/unfused points stay readable
+            ax.annotate(", ".join(names) + ("" if measured else " (model)"), (group[0]["intensity"], group[0]["gflops"]),
+                        xytext=(-9 if fused else 9, 0), textcoords="offset points", fontsize=7, va="center",
+                        ha="right" if fused else "left", color=VARIANT_COLORS.get(variant, "#999999"))
         ax.set_xlabel("arithmetic intensity (flop / byte)" + (" — simulator counters" if any(
             p["bytes_source"] == "simulator" for p in pts) else " — model bytes"))
         ax.set_ylabel("performance (GFLOP/s)")

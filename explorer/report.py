@@ -68,6 +68,8 @@ def _anchor(s: str) -> str:
 
 # ----------------------------------------------------------------------------- pieces
 def _fmt_value(v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, dict):
@@ -172,7 +174,7 @@ def function_source(compiled: Any) -> tuple[str, str, int | None]:
     return "# source not available", file, line
 
 
-def _charts_html(compiled: Any) -> str:
+def _charts_html(compiled: Any, repeat: int = 10) -> str:
     """Run explorer.compare() on the compile's examples and inline each plot_* chart as PNG."""
     try:
         import matplotlib
@@ -185,7 +187,8 @@ def _charts_html(compiled: Any) -> str:
     except ImportError as e:
         return f'<p class="note">charts unavailable: {esc(e)}</p>'
     try:
-        result = compare(compiled.fn, *compiled.examples, target=compiled.target)
+        result = compare(compiled.fn, *compiled.examples, target=compiled.target, repeat=repeat,
+                         warmup=min(2, repeat), verbose=False)
     except ExplorerError as e:
         return f'<p class="note">compare() failed: {esc(e)}</p>'
     parts = []
@@ -263,12 +266,14 @@ def _kernel_html(i: int, k: Any, compiled: Any, css: set[str], resources: bool) 
 
 
 # ----------------------------------------------------------------------------- the report
-def to_html(compiled: Any, *, charts: bool = True, resources: bool = True, graphs: bool = True) -> str:
+def to_html(compiled: Any, *, charts: bool = True, resources: bool = True, graphs: bool = True,
+            repeat: int = 10) -> str:
     """One self-contained HTML page for a Compiled: source, every stage, every kernel, charts.
 
     charts: run explorer.compare() (fused vs unfused) and inline its charts as PNG (needs matplotlib);
     resources: nvcc's register/spill report per CUDA kernel (needs nvcc);
-    graphs: draw graph stages as SVG (needs graphviz's `dot`; otherwise DOT text).
+    graphs: draw graph stages as SVG (needs graphviz's `dot`; otherwise DOT text);
+    repeat: timed runs per variant for the charts (median reported).
 
     >>> import numpy as np, explorer
     >>> c = explorer.compile(lambda x: x * 2, np.ones(4, np.float32), target="sim")  # doctest: +SKIP
@@ -303,7 +308,12 @@ def to_html(compiled: Any, *, charts: bool = True, resources: bool = True, graph
             text = _snapshot_text(s)
         except Exception as e:
             text = f"(text() failed: {e})"
-        parts.append(f"<pre>{esc(text)}</pre>")
+        if s.name == "codegen":
+            # the whole translation unit is long (prelude + every kernel); the kernels section shows each one
+            parts.append(f"<details><summary>whole translation unit ({text.count(chr(10)) + 1} lines)</summary>"
+                         f"<pre>{esc(text)}</pre></details>")
+        else:
+            parts.append(f"<pre>{esc(text)}</pre>")
         if graphs and s.name in GRAPH_STAGES:
             parts.append(graph_html(s))
         parts.append("</section>")
@@ -314,7 +324,7 @@ def to_html(compiled: Any, *, charts: bool = True, resources: bool = True, graph
         body.append('<section id="kernels"><h2>Kernels</h2>' + "\n".join(ks) + "</section>")
 
     if charts:
-        body.append(f'<section id="charts"><h2>Charts (measured in this run)</h2>{_charts_html(compiled)}</section>')
+        body.append(f'<section id="charts"><h2>Charts: fused vs unfused (explorer.compare, run while writing this report)</h2>{_charts_html(compiled, repeat)}</section>')
 
     from . import __version__
     head = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -427,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target", default="auto", help="auto | cuda | cpu | sim | reference (default auto)")
     p.add_argument("--no-fuse", action="store_true", help="compile with fusion off")
     p.add_argument("--no-charts", action="store_true", help="skip the fused-vs-unfused compare() run")
+    p.add_argument("--no-resources", action="store_true", help="skip nvcc's per-kernel register report")
+    p.add_argument("--repeat", type=int, default=10, help="timed runs per variant for the charts (default 10)")
     p.add_argument("-o", "--output", default="report.html", help="output file (default report.html)")
     args = p.parse_args(list(argv) if argv is not None else None)
     try:
@@ -434,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fn = load_function(args.function)
         examples = make_examples(fn, parse_shapes(args.shapes), args.dtype)
         c = _compile(fn, *examples, target=args.target, fuse=not args.no_fuse)
-        text = to_html(c, charts=not args.no_charts)
+        text = to_html(c, charts=not args.no_charts, resources=not args.no_resources, repeat=args.repeat)
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)
     except ExplorerError as e:

@@ -568,24 +568,26 @@ def _cpu_default(c, knobs) -> Schedule:
             s.parallel(o)
         s.notes.append("reduction: rows across OpenMP threads, serial accumulation along the row")
         return s
-    # matmul: register tile TM x TN, TN contiguous floats vectorized; rows split across threads
+    # matmul: B's column panel packed once per j tile (contiguous rows, no 4 KB-stride L1 aliasing),
+    # then row tiles across OpenMP threads, each keeping a TM x TN register tile of accumulators.
     M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
     TM, TN = knobs.get("thread_tile", (4, 32))
     TM, TN = min(TM, M), min(TN, N)
     batch = [a.name for a in c.spatial[:-2]]
     io, ir = s.split("i", TM, names=("i_o", "i_r"))
     jo, jv = s.split("j", TN, names=("j_o", "j_v"))
-    outer = io
     if batch:
         bf = _fuse_all(s, batch, "batch")
-        s.reorder(bf, io, jo, "k", ir, jv)
-        outer = s.fuse(bf, io, name="bi")
+        s.reorder(bf, jo, io, "k", ir, jv)
+        s.parallel(io)
     else:
-        s.reorder(io, jo, "k", ir, jv)
-    s.parallel(outer)
-    s.cache_write("local", at=jo)
+        s.reorder(jo, io, "k", ir, jv)
+        s.parallel(io)
+    if len(c.operands) == 2 and knobs.get("shared", True) and K * TN * 4 <= 4 << 20:
+        s.cache_read(c.operands[1], "local", at=jo)
+    s.cache_write("local", at=io)
     s.unroll(ir)
     s.vectorize(jv)
-    s.notes.append(f"matmul: {TM}x{TN} register tile (acc in registers, {TN} columns per SIMD sweep), "
-                   f"row tiles across OpenMP threads")
+    s.notes.append(f"matmul: B panel of {TN} columns packed contiguously, {TM}x{TN} register tile of "
+                   f"accumulators, row tiles across OpenMP threads")
     return s

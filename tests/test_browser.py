@@ -153,21 +153,25 @@ def test_dashboard_renders_in_jupyterlab(lab):
             dash.locator(".lm-TabBar-tab:has-text('Source')").first.click()
             source = dash.locator(".ke-source")
             expect(source).to_be_visible()
-            source.locator(".widget-toggle-button:has-text('CUDA')").click()
             code = source.locator(".ke-code")
+            # first the C source (target cpu), so the language toggle has its real state before the click
+            expect(code).to_contain_text("void fused_matmul_add_maximum", timeout=30_000)
+            expect(source.locator(".widget-toggle-button.mod-active")).to_have_text("C")
+            source.locator(".widget-toggle-button:has-text('CUDA')").click()
             expect(code).to_contain_text("__global__", timeout=30_000)
             expect(code).to_contain_text("fused_matmul_add_maximum")
             assert code.locator("span[style*='color']").count() > 10  # pygments colours
 
             # A knob: fusion off → three kernels, and the page says so.
             before = dash.locator(".ke-header").inner_text()
-            dash.locator(".ke-knobs .widget-checkbox").filter(has_text=re.compile(r"^\s*fusion\s*$")) \
-                .locator("input[type=checkbox]").click()
+            knobs = dash.locator(".ke-knobs")
+            print(knobs.locator(".widget-checkbox").first.evaluate("e => e.outerHTML"))
+            knobs.get_by_role("checkbox", name="fusion", exact=True).click()
             expect(dash.locator(".ke-header")).to_contain_text("3 kernel(s)", timeout=30_000)
             assert dash.locator(".ke-header").inner_text() != before
             expect(source.locator(".ke-code")).to_contain_text("matmul_kernel", timeout=30_000)
             # the per-rule boxes are now disabled
-            rule = dash.locator(".ke-knobs .widget-checkbox").filter(has_text="epilogue").locator("input")
+            rule = knobs.get_by_role("checkbox", name="epilogue", exact=True)
             expect(rule).to_be_disabled()
 
             # Back to the stages: the fused graph now has more clusters (one kernel per op).

@@ -213,6 +213,7 @@ def test_casts_select_and_nan_propagating_min_max():
     o_max, o_min, o_sel = Buffer("o_max", (n,)), Buffer("o_min", (n,)), Buffer("o_sel", (n,))
     o_int, o_f64, o_bool = Buffer("o_int", (n,), "i32"), Buffer("o_f64", (n,), "f64"), Buffer("o_bool", (n,), "bool")
     o_imax, o_neg = Buffer("o_imax", (n,), "i64"), Buffer("o_neg", (n,))
+    o_div, o_h = Buffer("o_div", (n,), "i32"), Buffer("o_h", (n,))
     i = Var("i")
     xi, yi = X[i], Y[i]
     finite = Select(BinOp("==", xi - xi, Const(0.0, "f32")), xi, Const(0.0, "f32"))
@@ -225,8 +226,11 @@ def test_casts_select_and_nan_propagating_min_max():
         Store(o_bool, (i,), BinOp("||", BinOp(">", xi, Const(0.0, "f32")), UnOp("not", BinOp("==", yi, yi)))),
         Store(o_imax, (i,), maximum(Cast("i64", i), Const(4, "i64")) % Const(3, "i64")),
         Store(o_neg, (i,), UnOp("neg", call("abs", xi))),
+        # data-dependent integer divisor, zero at i == 4: no SIGFPE, 0 like numpy
+        Store(o_div, (i,), BinOp("/", Const(100, "i32"), i - Const(4, "i32"))),
+        Store(o_h, (i,), Cast("f32", Cast("f16", xi * Const(1.001, "f32")))),
     )
-    outs = (o_max, o_min, o_sel, o_int, o_f64, o_bool, o_imax, o_neg)
+    outs = (o_max, o_min, o_sel, o_int, o_f64, o_bool, o_imax, o_neg, o_div, o_h)
     k = Kernel("misc", (X, Y, *outs), (For(i, n, stores, kind="vectorized"),), outputs=tuple(o.name for o in outs))
     got = dict(zip([o.name for o in outs], run(Program("misc", (k,), (X, Y), outs), x, y)))
     np.testing.assert_array_equal(got["o_max"], np.maximum(x, y))
@@ -237,6 +241,10 @@ def test_casts_select_and_nan_propagating_min_max():
     np.testing.assert_array_equal(got["o_bool"], (x > 0) | np.isnan(y))
     np.testing.assert_array_equal(got["o_imax"], np.maximum(np.arange(n), 4) % 3)
     np.testing.assert_array_equal(got["o_neg"], -np.abs(x))
+    d = np.arange(n) - 4
+    with np.errstate(divide="ignore"):
+        np.testing.assert_array_equal(got["o_div"], np.where(d == 0, 0, np.trunc(100 / np.where(d == 0, 1, d))))
+    np.testing.assert_array_equal(got["o_h"], (x * np.float32(1.001)).astype(np.float16).astype(np.float32))
 
 
 def _special_and_wide_inputs() -> np.ndarray:

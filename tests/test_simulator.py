@@ -8,7 +8,7 @@ from explorer import VerificationError
 from explorer import loopir as L
 from explorer.backends import simulator as S
 from explorer.backends.sim_examples import (elementwise_kernel, matmul_bias_relu_programs, softmax_kernel,
-                                            tiled_matmul_kernel, tiled_matmul_program)
+                                            tiled_matmul_program)
 
 rng = np.random.default_rng(0)
 
@@ -265,6 +265,20 @@ def test_serial_reduction_kernel_single_lane():
     (out,), ctr = S.run_program(L.Program("f", (k,), (x,), (y,)), [xv])
     assert out.shape == () and abs(float(out) - float(xv.sum())) < 1e-4
     assert ctr["total"]["global_load_bytes"] == n * 4 and ctr["total"]["global_store_bytes"] == 4
+
+
+def test_math_on_lane_uniform_scalars():
+    # a single-lane kernel evaluates on scalars, not arrays
+    x, y = L.Buffer("x", (3,)), L.Buffer("out0", (3,))
+    i = L.Var("i")
+    val = L.call("erf", x[i]) + L.call("tanh", x[i]) * L.call("exp", L.UnOp("neg", x[i]))
+    k = L.Kernel("k", (x, y), (L.For(i, 3, (L.Store(y, (i,), val),)),), ("out0",))
+    xv = np.array([-1.5, 0.0, 0.7], np.float32)
+    (out,), _ = S.run_program(L.Program("f", (k,), (x,), (y,)), [xv])
+    import math
+    want = [math.erf(v) + math.tanh(v) * math.exp(-v) for v in xv.tolist()]
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    assert out.dtype == np.float32
 
 
 def test_c_integer_semantics_and_math_calls():

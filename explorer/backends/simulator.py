@@ -32,6 +32,12 @@ Counters (ints, per kernel):
 Loads count every access actually executed: a matmul that re-reads A per output element
 counts all of those reads, one that stages tiles through shared memory counts the staging.
 
+Arithmetic follows NumPy in the IR's dtypes, except that a register accumulation
+`acc = acc + x * y` in f32 is a fused multiply-add (one rounding), as nvcc (--fmad=true),
+gcc -O3 and BLAS compute it. Lanes are laid out as an array of shape (blocks, threadIdx.z,
+threadIdx.y, threadIdx.x); values that do not vary along an axis keep size 1 there, so a
+shared-memory operand read by a whole warp is gathered once (NumPy broadcasting does the rest).
+
 Memcheck: an access by an active lane outside a buffer's shape (checked per dimension)
 raises VerificationError naming kernel, buffer, index and bound; so does a barrier or a
 ThreadAllReduce reached by only part of a block, a store to a program input, and a kernel
@@ -273,7 +279,7 @@ _exp = np.exp
 def _erf(x):
     # NumPy has no erf; math.erf per element is exact and fast enough for a simulator
     a = np.asarray(x)
-    r = np.frompyfunc(math.erf, 1, 1)(a.astype(np.float64)).astype(np.float64).astype(a.dtype)
+    r = np.asarray(np.frompyfunc(math.erf, 1, 1)(a.astype(np.float64)), dtype=np.float64).astype(a.dtype)
     return r if a.ndim else r[()]
 
 
@@ -722,9 +728,21 @@ def _accumulate(acc: _Access, v: L.BinOp, ctx: _Ctx) -> Callable:
     """r[i] = r[i] op x on a register at a lane-uniform offset: update it in place (the matmul
     inner loop; saves a full-width temporary and copy per statement)."""
     ufunc = {"+": np.add, "*": np.multiply, "min": np.minimum, "max": np.maximum}[v.op]
-    fb = _cexpr(v.b, ctx)
     np_dt = acc.np_dt
     rd = _Access(acc.buf, v.a.indices, ctx)   # the read, counted like any load
+    b = v.b
+    # acc + x*y in f32 is a fused multiply-add, as nvcc (--fmad=true), gcc -O3 and BLAS compute it:
+    # the exact product (exact in f64) is added and rounded once
+    fma = (v.op == "+" and acc.buf.dtype == "f32" and isinstance(b, L.BinOp) and b.op == "*"
+           and b.dtype == "f32")
+    if fma:
+        fp, fq = _cexpr(b.a, ctx), _cexpr(b.b, ctx)
+
+        def fb(fr, m, n):
+            fr.c.flops += n
+            return np.multiply(fp(fr, m, n), fq(fr, m, n), dtype=np.float64)
+    else:
+        fb = _cexpr(b, ctx)
 
     def accumulate(fr, m, n):
         if n == 0:
@@ -1074,7 +1092,8 @@ def _program_inputs(program: L.Program, inputs: Sequence[np.ndarray]) -> list[np
             if not np.can_cast(a.dtype, dt, casting="same_kind"):
                 raise DTypeError(f"program {program.name}: input {b.name} expects dtype {dt}, got {a.dtype}")
             a = a.astype(dt)
-        out.append(np.ascontiguousarray(a))
+        # (np.ascontiguousarray would turn a 0-d array into shape (1,))
+        out.append(a if a.flags.c_contiguous else a.copy(order="C"))
     return out
 
 

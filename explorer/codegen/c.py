@@ -76,6 +76,13 @@ static inline int32_t ke_min_i32(int32_t a, int32_t b) { return a < b ? a : b; }
 static inline int64_t ke_max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t ke_min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int32_t ke_abs_i32(int32_t a) { return a < 0 ? -a : a; }
+/* C division for data-dependent divisors without the traps: x/0 -> 0 (as numpy), INT_MIN/-1 wraps. */
+static inline int32_t ke_div_i32(int32_t a, int32_t b) {
+  return b == 0 ? 0 : (b == -1 ? (int32_t)(0u - (uint32_t)a) : a / b); }
+static inline int32_t ke_mod_i32(int32_t a, int32_t b) { return (b == 0 || b == -1) ? 0 : a % b; }
+static inline int64_t ke_div_i64(int64_t a, int64_t b) {
+  return b == 0 ? 0 : (b == -1 ? (int64_t)(0ull - (uint64_t)a) : a / b); }
+static inline int64_t ke_mod_i64(int64_t a, int64_t b) { return (b == 0 || b == -1) ? 0 : a % b; }
 static inline int64_t ke_abs_i64(int64_t a) { return a < 0 ? -a : a; }
 
 /* exp(x), f32: n = round(x/ln2), r = x - n*ln2 (Cody-Waite), exp(r) by a degree-7
@@ -315,7 +322,8 @@ class _KernelEmitter:
         if isinstance(e, L.Cast):
             if e.dtype == "bool":
                 return f"({r(e.a, 4)} != 0)"
-            s = f"({COMPUTE_TYPE[e.dtype]}){r(e.a, 9)}"
+            # a cast to f16 rounds to half precision (as numpy's astype) but computes on in float
+            s = f"(float)(_Float16){r(e.a, 9)}" if e.dtype == "f16" else f"({COMPUTE_TYPE[e.dtype]}){r(e.a, 9)}"
             return f"({s})" if prec >= 9 else s
         if isinstance(e, L.Select):
             s = f"{r(e.cond, 1)} ? {r(e.a, 1)} : {r(e.b, 1)}"
@@ -334,6 +342,9 @@ class _KernelEmitter:
             return f"{fn}({r(e.a)}, {r(e.b)})"
         if e.op == "%" and dt in FLOATS:
             return f"{'fmod' if dt == 'f64' else 'fmodf'}({r(e.a)}, {r(e.b)})"
+        if e.op in ("/", "%") and dt in ("i32", "i64") and not (isinstance(e.b, L.Const) and int(e.b.value) > 0):
+            # a data-dependent divisor: 0 or -1 would trap (SIGFPE) and kill the Python process
+            return f"ke_{'div' if e.op == '/' else 'mod'}_{dt}({r(e.a)}, {r(e.b)})"
         if e.op not in _PREC:
             raise CompileError(f"unknown binary op {e.op!r} in kernel {self.kernel.name} (a lowering bug)")
         p = _PREC[e.op]

@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 from ..errors import ExplorerError, VerificationError
 from ..graph import Graph, Node, Provenance, c_identifier
+from ..ops import OPS, get as get_op
 
 RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
 KINDS = ("elementwise", "reduce", "contraction", "opaque")
@@ -125,7 +126,7 @@ class FusedGraph:
         """kernels, fused/unfused edges, bytes of intermediates that round-trip through global memory."""
         outs = {id(o) for o in self.graph.outputs}
         inter = [o for g in self.groups for o in g.outputs if id(o) not in outs]
-        cats = Counter(n.category for g in self.groups for n in g.nodes)
+        cats = Counter(_cat(n) for g in self.groups for n in g.nodes)
         return {"kernels": len(self.groups), "ops": sum(len(g.nodes) for g in self.groups),
                 "fused_edges": sum(d.fused for d in self.decisions),
                 "unfused_edges": sum(not d.fused for d in self.decisions),
@@ -202,6 +203,14 @@ def _axes(n: Node) -> tuple[int, ...]:
     return normalize_axes(n.op, n.attrs.get("axes"), len(src), src)
 
 
+def _cat(n: Node) -> str:
+    # Node.category imports lazily on every call; this pass asks millions of times on big graphs.
+    if n.op in ("input", "const"):
+        return n.op
+    d = OPS.get(n.op)
+    return d.category if d is not None else get_op(n.op).category  # get_op raises UnsupportedOpError
+
+
 def _is_scalar_const(n: Node) -> bool:
     return n.op == "const" and n.size == 1
 
@@ -211,7 +220,7 @@ def _is_op(n: Node) -> bool:
 
 
 def _opaque_why(op: str) -> str:
-    from ..ops import OPS
+    from ..ops import OPS, get as get_op
     doc = OPS[op].doc if op in OPS else ""
     doc = doc.split(", so")[0].strip()
     return f"{op} is opaque ({doc})" if doc else f"{op} is opaque (its loop structure cannot be shared)"
@@ -284,15 +293,10 @@ class _Ctx:
         cons = self.consumers.get(m, [])
         return id(m) in self.out_ids or not cons or any(id(c) not in members for c in cons)
 
-    def outside_reader(self, m: Node, members: set[int]) -> Node | None:
-        for c in self.consumers.get(m, []):
-            if id(c) not in members:
-                return c
-        return None
 
 
 def _kind_of(members: list[Node]) -> str:
-    cats = {m.category for m in members}
+    cats = {_cat(m) for m in members}
     if "contraction" in cats:
         return "contraction"
     if "reduce" in cats:
@@ -305,7 +309,7 @@ def _kind_of(members: list[Node]) -> str:
 def _validate(members: list[Node], ctx: _Ctx) -> tuple[str, Node] | str:
     """(kind, anchor) when `members` can be one kernel under the contract's invariants, else a reason."""
     ids = {id(m) for m in members}
-    cats = [m.category for m in members]
+    cats = [_cat(m) for m in members]
     kind = _kind_of(members)
     opaque = [m for m, c in zip(members, cats) if c == "opaque"]
     if opaque and len(members) > 1:
@@ -327,40 +331,32 @@ def _validate(members: list[Node], ctx: _Ctx) -> tuple[str, Node] | str:
     # elementwise: any index mapping is fine inside (values are recomputed per element),
     # but everything the kernel writes must share the anchor's shape.
     outs = [m for m in members if ctx.is_output(m, ids)]
-    anchor = outs[-1] if outs else members[-1]
+    return _elementwise_outputs_problem(outs or [members[-1]], lambda c: id(c) in ids, ctx)
+
+
+def _elementwise_outputs_problem(outs: list[Node], in_group: Callable[[Node], bool],
+                                 ctx: _Ctx) -> tuple[str, Node] | str:
+    outs = sorted(outs, key=lambda m: ctx.pos[id(m)])
+    anchor = outs[-1]
     for o in outs:
         if o.shape != anchor.shape:
+            reader = next((c for c in ctx.consumers.get(o, []) if not in_group(c)), None)
+            also = (f" ({o.name} is also read by {reader.name})" if reader is not None else
+                    f" ({o.name} is also returned by the function)" if id(o) in ctx.out_ids else "")
             return (f"{o.name} ({o.op}, {_shape(o.shape)}) and {anchor.name} ({anchor.op}, {_shape(anchor.shape)}) "
-                    f"would both be written by one kernel but have different shapes"
-                    + (f" ({o.name} is also read by {_reader(o, ids, ctx)})" if not _only_inside(o, ids, ctx) else ""))
+                    f"would both be written by one kernel but have different shapes{also}")
     return "elementwise", anchor
-
-
-def _only_inside(m: Node, ids: set[int], ctx: _Ctx) -> bool:
-    return ctx.outside_reader(m, ids) is None and id(m) not in ctx.out_ids
-
-
-def _reader(m: Node, ids: set[int], ctx: _Ctx) -> str:
-    c = ctx.outside_reader(m, ids)
-    return f"{c.name}" if c is not None else "the function's return"
 
 
 def _validate_contraction(members: list[Node], ids: set[int], mm: Node, ctx: _Ctx) -> tuple[str, Node] | str:
     # Prologue = in-group ancestors of the matmul; everything else is epilogue.
-    pro: set[int] = set()
-    stack = [i for i in mm.inputs if id(i) in ids]
-    while stack:
-        m = stack.pop()
-        if id(m) in pro:
-            continue
-        pro.add(id(m))
-        stack.extend(i for i in m.inputs if id(i) in ids)
+    pro = _prologue_of(mm, ids)
     for m in members:
         if m is mm:
             continue
         if id(m) in pro:
-            if m.category != "injective":
-                return (f"{m.op} {m.name} feeds the matmul's operand but is {m.category}; a matmul only folds "
+            if _cat(m) != "injective":
+                return (f"{m.op} {m.name} feeds the matmul's operand but is {_cat(m)}; a matmul only folds "
                         f"injective producers (transpose, reshape, slice, broadcast) into its operand loads")
             if id(m) in ctx.out_ids:
                 return f"{m.name} is also returned by the function, fusing it into the matmul's operand load would recompute it"
@@ -369,42 +365,80 @@ def _validate_contraction(members: list[Node], ids: set[int], mm: Node, ctx: _Ct
                     return (f"{m.name} is also read by {c.name}{_gref(c)}, fusing it into the matmul's operand load "
                             f"would recompute it")
         else:
-            if m.category != "elementwise":
-                return (f"{m.op} {m.name} is {m.category}; a matmul epilogue only takes elementwise ops on its "
-                        f"output, element by element")
-            if m.shape != mm.shape:
-                return (f"{m.op} {m.name} has shape {_shape(m.shape)}, not the matmul's output shape "
-                        f"{_shape(mm.shape)}, so it cannot run in the matmul's epilogue")
+            why = _epilogue_problem(m, mm)
+            if why:
+                return why
     return "contraction", mm
+
+
+def _prologue_of(mm: Node, ids: set[int]) -> set[int]:
+    """ids of the in-group ancestors of the matmul (its prologue)."""
+    pro: set[int] = set()
+    stack = [i for i in mm.inputs if id(i) in ids]
+    while stack:
+        m = stack.pop()
+        if id(m) in pro:
+            continue
+        pro.add(id(m))
+        stack.extend(i for i in m.inputs if id(i) in ids)
+    return pro
+
+
+def _epilogue_problem(m: Node, mm: Node) -> str | None:
+    if _cat(m) != "elementwise":
+        return (f"{m.op} {m.name} is {_cat(m)}; a matmul epilogue only takes elementwise ops on its "
+                f"output, element by element")
+    if m.shape != mm.shape:
+        return (f"{m.op} {m.name} has shape {_shape(m.shape)}, not the matmul's output shape "
+                f"{_shape(mm.shape)}, so it cannot run in the matmul's epilogue")
+    return None
 
 
 def _validate_reduce(members: list[Node], ids: set[int], reds: list[Node], ctx: _Ctx) -> tuple[str, Node] | str:
     r0 = reds[0]
     d, a = r0.inputs[0].shape, _axes(r0)
     for r in reds[1:]:
-        if r.inputs[0].shape != d or _axes(r) != a:
-            return (f"{r.op} {r.name} reduces {_shape(r.inputs[0].shape)} over axes {_axes(r)}, but the kernel of "
-                    f"{r0.op} {r0.name} reduces {_shape(d)} over axes {a}; one kernel has one reduction domain")
+        why = _reduce_problem(r, r0)
+        if why:
+            return why
     rshapes = {r.shape for r in reds}
     for m in members:
-        if m.category == "reduce":
+        if _cat(m) == "reduce":
             continue
-        if m.shape != d and m.shape not in rshapes:
-            return (f"{m.op} {m.name} has shape {_shape(m.shape)}, which is neither the reduction's input shape "
-                    f"{_shape(d)} nor its result shape {_shape(r0.shape)}")
-        for i in m.inputs:
-            if id(i) not in ids:
-                continue  # read from global memory: any index is fine
-            if m.op in ("transpose", "reshape", "slice") and not _is_identity_injective(m):
-                return (f"{m.op} {m.name} would rearrange {i.name} across rows of the reduction kernel "
-                        f"(each row is computed by its own threads)")
-            if i.shape == m.shape:
-                continue
-            if m.shape == d and i.shape in rshapes and _row_aligned(i.shape, d, a):
-                continue
-            return (f"{m.op} {m.name} reads the reduced value {i.name} ({_shape(i.shape)}) of a different row "
-                    f"than the one it computes")
+        why = _reduce_member_problem(m, lambda i: id(i) in ids, r0, rshapes)
+        if why:
+            return why
     return "reduce", r0
+
+
+def _reduce_problem(r: Node, r0: Node) -> str | None:
+    d, a = r0.inputs[0].shape, _axes(r0)
+    if r.inputs[0].shape != d or _axes(r) != a:
+        return (f"{r.op} {r.name} reduces {_shape(r.inputs[0].shape)} over axes {_axes(r)}, but the kernel of "
+                f"{r0.op} {r0.name} reduces {_shape(d)} over axes {a}; one kernel has one reduction domain")
+    return None
+
+
+def _reduce_member_problem(m: Node, in_group: Callable[[Node], bool], r0: Node,
+                           rshapes: set[tuple[int, ...]]) -> str | None:
+    """Is the non-reduce member m legal in the reduce kernel anchored at r0 (shape, same-row reads)?"""
+    d, a = r0.inputs[0].shape, _axes(r0)
+    if m.shape != d and m.shape not in rshapes:
+        return (f"{m.op} {m.name} has shape {_shape(m.shape)}, which is neither the reduction's input shape "
+                f"{_shape(d)} nor its result shape {_shape(r0.shape)}")
+    for i in m.inputs:
+        if not in_group(i):
+            continue  # read from global memory: any index is fine
+        if m.op in ("transpose", "reshape", "slice") and not _is_identity_injective(m):
+            return (f"{m.op} {m.name} would rearrange {i.name} across rows of the reduction kernel "
+                    f"(each row is computed by its own threads)")
+        if i.shape == m.shape:
+            continue
+        if m.shape == d and i.shape in rshapes and _row_aligned(i.shape, d, a):
+            continue
+        return (f"{m.op} {m.name} reads the reduced value {i.name} ({_shape(i.shape)}) of a different row "
+                f"than the one it computes")
+    return None
 
 
 # Group references in reasons are resolved after the final numbering: "\x00<node id>\x00".
@@ -414,65 +448,122 @@ def _gref(n: Node) -> str:
 
 # ----------------------------------------------------------------------------- the pass
 class _Partition:
-    def __init__(self, graph: Graph):
+    """The current grouping, with what incremental legality checks need per group.
+
+    members are unordered until the end; cand holds the members that may be read outside
+    (a superset of the outputs); ext the consumers outside the group (for the cycle check).
+    """
+
+    def __init__(self, graph: Graph, ctx: _Ctx):
+        self.ctx = ctx
         self.gid: dict[int, int] = {}          # id(node) -> group key
         self.members: dict[int, list[Node]] = {}
         self.kind: dict[int, str] = {}
-        self.pos = {id(n): k for k, n in enumerate(graph.nodes)}
-        self.consumers = graph.consumers()
+        self.anchor: dict[int, Node] = {}
+        self.cand: dict[int, list[Node]] = {}
+        self.ext: dict[int, dict[int, Node]] = {}
+        self.rshapes: dict[int, set[tuple[int, ...]]] = {}
+        self.pro: dict[int, set[int]] = {}
         self._next = 0
 
-    def new(self, n: Node, kind: str) -> int:
+    def new(self, n: Node) -> int:
         k = self._next
         self._next += 1
         self.gid[id(n)] = k
         self.members[k] = [n]
-        self.kind[k] = kind
+        self.kind[k] = _kind_of([n])
+        self.anchor[k] = n
+        self.cand[k] = [n]
+        self.ext[k] = {id(c): c for c in self.ctx.consumers.get(n, [])}
+        self.rshapes[k] = {n.shape} if _cat(n) == "reduce" else set()
+        self.pro[k] = set()
         return k
 
-    def union_members(self, a: int, b: int) -> list[Node]:
-        return sorted(self.members[a] + self.members[b], key=lambda n: self.pos[id(n)])
+    def sorted_members(self, k: int) -> list[Node]:
+        return sorted(self.members[k], key=lambda m: self.ctx.pos[id(m)])
 
-    def merge(self, a: int, b: int, kind: str) -> int:
-        ms = self.union_members(a, b)
+    def try_merge(self, a: int, b: int) -> tuple[str, Node] | str:
+        """(kind, anchor) of the union of groups a and b when it is a legal kernel, else the reason."""
+        if len(self.members[b]) == 1:  # b is {n}, the newest node: check only what n adds
+            fast = self._join_one(a, self.members[b][0], b)
+            if fast is not None:
+                return fast
+        return _validate(sorted(self.members[a] + self.members[b], key=lambda m: self.ctx.pos[id(m)]), self.ctx)
+
+    def _join_one(self, a: int, n: Node, b: int) -> tuple[str, Node] | str | None:
+        """Fast legality of adding the newest node n (group b = {n}) to group a; None: do the full check."""
+        ka, cat = self.kind[a], _cat(n)
+        union = (a, b)
+        in_group = lambda c: self.gid.get(id(c)) in union  # noqa: E731
+        if ka == "elementwise" and cat in _POINTWISE:
+            outs = [m for m in self.cand[a] if self._is_output(m, union)] + [n]
+            return _elementwise_outputs_problem(outs, in_group, self.ctx)
+        if ka == "reduce" and cat in _POINTWISE:
+            why = _reduce_member_problem(n, in_group, self.anchor[a], self.rshapes[a])
+            return why or ("reduce", self.anchor[a])
+        if ka == "reduce" and cat == "reduce":
+            why = _reduce_problem(n, self.anchor[a])
+            return why or ("reduce", self.anchor[a])
+        if ka == "contraction" and cat == "elementwise":
+            why = _epilogue_problem(n, self.anchor[a])
+            if why:
+                return why
+            for i in n.inputs:
+                if id(i) in self.pro[a]:
+                    return (f"{i.name} is also read by {n.name}{_gref(n)}, fusing it into the matmul's operand "
+                            f"load would recompute it")
+            return "contraction", self.anchor[a]
+        return None
+
+    def _is_output(self, m: Node, union: tuple[int, ...]) -> bool:
+        cons = self.ctx.consumers.get(m, [])
+        return id(m) in self.ctx.out_ids or not cons or any(self.gid.get(id(c)) not in union for c in cons)
+
+    def merge(self, a: int, b: int, kind: str, anchor: Node) -> int:
         for n in self.members[b]:
             self.gid[id(n)] = a
-        self.members[a] = ms
+        self.members[a] = self.members[a] + self.members[b]
         self.kind[a] = kind
-        del self.members[b], self.kind[b]
+        self.anchor[a] = anchor
+        self.cand[a] = [m for m in self.cand[a] + self.cand[b] if self._is_output(m, (a,))]
+        ext = {**self.ext[a], **self.ext[b]}
+        self.ext[a] = {k: c for k, c in ext.items() if self.gid.get(k) != a}
+        self.rshapes[a] = self.rshapes[a] | self.rshapes[b]
+        if kind == "contraction":
+            self.pro[a] = _prologue_of(anchor, {id(m) for m in self.members[a]})
+        for d in (self.members, self.kind, self.anchor, self.cand, self.ext, self.rshapes, self.pro):
+            del d[b]
         return a
 
     def cycle_through(self, a: int, b: int) -> Node | None:
         """A node outside groups a∪b on a path that leaves the union and comes back (None: no cycle)."""
-        union = {a, b}
+        union = (a, b)
         seen: set[int] = set()
         stack: list[tuple[int, Node]] = []
         for g in union:
-            for m in self.members[g]:
-                for c in self.consumers.get(m, []):
-                    cg = self.gid.get(id(c))
-                    if cg is not None and cg not in union:
-                        stack.append((cg, c))
+            for c in self.ext[g].values():
+                cg = self.gid.get(id(c))
+                if cg is not None and cg not in union:  # unprocessed nodes cannot lead back
+                    stack.append((cg, c))
         while stack:
             g, first = stack.pop()
             if g in seen:
                 continue
             seen.add(g)
-            for m in self.members[g]:
-                for c in self.consumers.get(m, []):
-                    cg = self.gid.get(id(c))
-                    if cg is None or cg == g:
-                        continue
-                    if cg in union:
-                        return first
-                    stack.append((cg, first))
+            for c in self.ext[g].values():
+                cg = self.gid.get(id(c))
+                if cg is None or cg == g:
+                    continue
+                if cg in union:
+                    return first
+                stack.append((cg, first))
         return None
 
 
 def _rule_for(p: Node, n: Node, kp: str, kn: str, n_cat: str) -> tuple[str, str | None]:
     """(rule, refusal) for merging p's group (kind kp) with n's group (kind kn); refusal None = rule applies."""
-    if p.category == "opaque" or n_cat == "opaque" or kp == "opaque" or kn == "opaque":
-        op = p.op if p.category == "opaque" else n.op
+    if _cat(p) == "opaque" or n_cat == "opaque" or kp == "opaque" or kn == "opaque":
+        op = p.op if _cat(p) == "opaque" else n.op
         return "opaque", _opaque_why(op)
     if n_cat == "contraction":
         if kp == "elementwise":
@@ -523,7 +614,7 @@ def _fused_reason(rule: str, p: Node, n: Node, anchor: Node) -> str:
         return (f"fused: reduce_producer — {p.op} {p.name} is computed on the fly while the reduction kernel of "
                 f"{anchor.op} {anchor.name} reads its input")
     if rule == "reduce_consumer":
-        if p.category == "reduce":
+        if _cat(p) == "reduce":
             return (f"fused: reduce_consumer — {n.op} uses the reduced value {p.name} ({p.op}) on the same row, "
                     f"right after the reduction, without a round trip through global memory")
         return (f"fused: reduce_consumer — {n.op} reads {p.name} on the same row inside the reduction kernel of "
@@ -572,14 +663,14 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
     all_off = not any(rule_on.values())
     off_text = "fuse=False" if all_off else "fuse=" + repr({k: v for k, v in rule_on.items() if not v})
     ctx = _Ctx(graph)
-    part = _Partition(graph)
+    part = _Partition(graph, ctx)
     pending: list[tuple[Node, Node, bool, str, str, bool]] = []  # p, n, fused, rule, reason, disabled
 
     for n in graph.nodes:
         if not _is_op(n):
             continue
-        cat = n.category
-        part.new(n, _kind_of([n]))
+        cat = _cat(n)
+        part.new(n)
         seen_p: set[int] = set()
         for p in n.inputs:
             if not _is_op(p) or id(p) in seen_p:
@@ -588,8 +679,7 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
             gp, gn = part.gid[id(p)], part.gid[id(n)]
             if gp == gn:  # joined through an earlier producer of n (a diamond)
                 rule = _same_group_rule(p, n, part.members[gn], part.kind[gn])
-                anchor = _anchor(part.members[gn], ctx)
-                pending.append((p, n, True, rule, _fused_reason(rule, p, n, anchor), False))
+                pending.append((p, n, True, rule, _fused_reason(rule, p, n, part.anchor[gn]), False))
                 continue
             rule, refusal = _rule_for(p, n, part.kind[gp], part.kind[gn], cat)
             if refusal is not None:
@@ -600,8 +690,7 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
                        else f"rule '{rule}' is turned off ({off_text})")
                 pending.append((p, n, False, rule, f"not fused: {why}", True))
                 continue
-            members = part.union_members(gp, gn)
-            res = _validate(members, ctx)
+            res = part.try_merge(gp, gn)
             if isinstance(res, str):
                 pending.append((p, n, False, rule, f"not fused: {res}", False))
                 continue
@@ -613,7 +702,7 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
                                 f"for itself", False))
                 continue
             kind, anchor = res
-            part.merge(gp, gn, kind)
+            part.merge(gp, gn, kind, anchor)
             pending.append((p, n, True, rule, _fused_reason(rule, p, n, anchor), False))
 
     # Final numbering: groups in a valid execution order (Kahn, earliest first member first).
@@ -621,13 +710,14 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
     succ: dict[int, set[int]] = {k: set() for k in keys}
     indeg: dict[int, int] = {k: 0 for k in keys}
     for k in keys:
+        part.members[k] = part.sorted_members(k)
         for m in part.members[k]:
             for c in ctx.consumers.get(m, []):
                 ck = part.gid.get(id(c))
                 if ck is not None and ck != k and ck not in succ[k]:
                     succ[k].add(ck)
                     indeg[ck] += 1
-    heap = [(part.pos[id(part.members[k][0])], k) for k in keys if indeg[k] == 0]
+    heap = [(ctx.pos[id(part.members[k][0])], k) for k in keys if indeg[k] == 0]
     heapq.heapify(heap)
     order: list[int] = []
     while heap:
@@ -636,12 +726,12 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
         for s in succ[k]:
             indeg[s] -= 1
             if indeg[s] == 0:
-                heapq.heappush(heap, (part.pos[id(part.members[s][0])], s))
+                heapq.heappush(heap, (ctx.pos[id(part.members[s][0])], s))
     if len(order) != len(keys):  # the cycle check above makes this unreachable
         raise VerificationError(f"fuse({graph.name}): the kernels form a cycle; please report this graph")
 
     groups: list[FusionGroup] = []
-    used: set[str] = set()
+    used: dict[str, int] = {}
     gname: dict[int, str] = {}
     for idx, k in enumerate(order):
         ms = part.members[k]
@@ -673,19 +763,14 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
     return fg
 
 
-def _anchor(members: list[Node], ctx: _Ctx) -> Node:
-    res = _validate(members, ctx)
-    return res[1] if not isinstance(res, str) else members[0]
-
-
 def _same_group_rule(p: Node, n: Node, members: list[Node], kind: str) -> str:
     """The rule that explains an edge whose two ends already share a kernel."""
     if kind == "contraction":
-        mm = next(m for m in members if m.category == "contraction")
+        mm = next(m for m in members if _cat(m) == "contraction")
         return "prologue" if (n is mm or _reaches(p, mm, members)) else "epilogue"
     if kind == "reduce":
-        after_reduce = p.category == "reduce" or _after_reduce(p, members)
-        if n.category == "reduce":
+        after_reduce = _cat(p) == "reduce" or _after_reduce(p, members)
+        if _cat(n) == "reduce":
             return "multi_reduce" if after_reduce else "reduce_producer"
         return "reduce_consumer" if after_reduce else "reduce_producer"
     return "elementwise"
@@ -713,7 +798,7 @@ def _after_reduce(p: Node, members: list[Node]) -> bool:
         if id(m) not in ids or id(m) in seen:
             continue
         seen.add(id(m))
-        if m.category == "reduce":
+        if _cat(m) == "reduce":
             return True
         stack.extend(m.inputs)
     return False
@@ -731,15 +816,19 @@ def _group_inputs(members: list[Node], ids: set[int]) -> list[Node]:
     return out
 
 
-def _unique_name(members: list[Node], used: set[str]) -> str:
+def _unique_name(members: list[Node], used: dict[str, int]) -> str:
+    """fused_<ops> (or <op>_kernel for one op), made unique with _1, _2...; `used` counts each base."""
     ops = [m.op for m in members]
     base = "fused_" + "_".join(ops) if len(ops) > 1 else f"{ops[0]}_kernel"
     base = c_identifier(base, "k")[:56].rstrip("_")
-    name, k = base, 0
-    while name in used:
+    name, k = base, used.get(base, 0)
+    if k:
+        name = f"{base}_{k}"
+    while name in used:  # a truncated base can collide with an earlier suffixed name
         k += 1
         name = f"{base}_{k}"
-    used.add(name)
+    used[base] = k + 1
+    used.setdefault(name, 1)
     return name
 
 

@@ -33,7 +33,7 @@ ON_OFF = (("auto", AUTO), ("on", True), ("off", False))
 SCHEDULE_KNOBS = ("thread_tile", "threads", "vector", "unroll", "shared")  # besides "tile"
 DTYPES = (("as given", None), ("float32", "float32"), ("float64", "float64"), ("float16", "float16"))
 SCALES = (("×¼", 0.25), ("×½", 0.5), ("×1", 1.0), ("×2", 2.0), ("×4", 4.0), ("×8", 8.0))
-NARROW = W.Layout(width="150px")
+NARROW = W.Layout(width="176px")
 
 
 class KnobPanel(W.VBox):
@@ -69,7 +69,7 @@ class KnobPanel(W.VBox):
         super().__init__([W.HTML("<b>knobs</b>"), self.target, self.dtype, self.scale, self.fast_math,
                           W.HTML("<b>fusion</b>"), self.fuse, *self.rules.values(),
                           W.HTML("<b>schedule</b>"), *self.tile, self.tile_note, self.thread_tile, self.threads,
-                          self.vector, self.unroll, self.shared], layout=W.Layout(width="190px", min_width="190px"), **kwargs)
+                          self.vector, self.unroll, self.shared], layout=W.Layout(width="200px", min_width="200px"), **kwargs)
         self.add_class("ke-knobs")
         self.set(target=target, fuse=fuse, schedule=schedule, dtype=dtype, fast_math=fast_math, scale=scale)
         for name, w in self.controls().items():

@@ -23,7 +23,8 @@ _RESOURCE_CACHE: dict[tuple[str, str, str], dict] = {}
 _RESOURCE_LOCK = threading.Lock()
 
 
-def highlight(code: str, language: str, hl_lines: list[int] | None = None, linenostart: int = 1) -> str:
+def highlight(code: str, language: str, hl_lines: list[int] | None = None, linenostart: int = 1,
+              css_class: str = "ke-code") -> str:
     """Syntax-highlighted HTML with inline styles (no stylesheet needed inside a widget)."""
     from pygments import highlight as _hl
     from pygments.formatters import HtmlFormatter
@@ -32,7 +33,7 @@ def highlight(code: str, language: str, hl_lines: list[int] | None = None, linen
     fmt = HtmlFormatter(noclasses=True, linenos="inline", hl_lines=hl_lines or [], linenostart=linenostart,
                         style="default", cssstyles="font-size:12px;line-height:1.35;margin:0")
     body = _hl(code, lexer, fmt)
-    return f'<div class="ke-code" style="max-height:480px;overflow:auto">{body}</div>'
+    return f'<div class="{css_class}" style="max-height:480px;overflow:auto">{body}</div>'
 
 
 def language_of(compiled: Any) -> str:
@@ -88,7 +89,7 @@ class ProvenanceView(W.VBox):
             return
         src_lines, start = self._src
         rel = [n - start + 1 for n in lines if start <= n < start + len(src_lines)]
-        self.html.value = highlight("".join(src_lines), "python", rel, linenostart=start)
+        self.html.value = highlight("".join(src_lines), "python", rel, linenostart=start, css_class="ke-pycode")
 
 
 class SourceView(W.VBox):
