@@ -327,7 +327,7 @@ def apply(schedule: Schedule, spatial: Sequence[tuple[str, int]], reduce: Sequen
         elif isinstance(p, CacheRead):
             if p.scope not in ("shared", "local"):
                 raise ScheduleError(f"{where}: cache_read scope must be 'shared' or 'local', got {p.scope!r}")
-            if p.buffer not in buffers:
+            if p.buffer not in buffers and p.buffer.partition("#")[0] not in buffers:
                 raise ScheduleError(f"{where}: cache_read({p.buffer!r}): not an operand this kernel reads; "
                                     f"operands are {', '.join(buffers) or 'none'}")
             pos(p.at)

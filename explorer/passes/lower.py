@@ -306,7 +306,10 @@ def _contraction(grp, name, members, buffers, out_buffers) -> Compute:
     b_idx = _bcast_index(b.shape[:-2], tuple(batch), bvars) + (k, j)
     av = _cast(low.value(a, a_idx), acc_dt)
     bv = _cast(low.value(b, b_idx), acc_dt)
-    operands = tuple(x.buffer.name for x in (av, bv) if isinstance(x, L.Load))
+    # operands name the loads cache_read can stage; a second read of the same buffer (y.T @ y) is 'y#1'
+    loads = [x for x in (av, bv) if isinstance(x, L.Load)]
+    operands = tuple(x.buffer.name if k == 0 or x.buffer.name != loads[0].buffer.name else f"{x.buffer.name}#1"
+                     for k, x in enumerate(loads))
     accum = Accum(acc, "sum", L.BinOp("*", av, bv), 0, _dt(m))
     idx = bvars + (i, j)
     stores = tuple(StoreDef(buf, idx, _cast(low.value(o, idx), buf.dtype)) for o, buf in out_buffers)

@@ -265,10 +265,15 @@ class _Generator:
                 if self.target == "cpu":
                     raise ScheduleError(f"cache_read({cr.buffer}, 'shared'): the CPU has no shared memory; use 'local'")
                 foot |= {l.name for l in self.threads}
-            loads = [x for a in accums for x in L.walk_expr(a.value) if isinstance(x, L.Load) and x.buffer.name == cr.buffer]
-            if not loads:
+            name, _, nth = cr.buffer.partition("#")
+            loads = []
+            for a in accums:
+                for x in L.walk_expr(a.value):
+                    if isinstance(x, L.Load) and x.buffer.name == name and x not in loads:
+                        loads.append(x)
+            if len(loads) <= int(nth or 0):
                 raise ScheduleError(f"cache_read({cr.buffer}): the accumulation does not read {cr.buffer}")
-            ld = loads[0]
+            ld = loads[int(nth or 0)]
             dims, shape, local_idx, base_idx = [], [], [], []
             for d, ix in enumerate(ld.indices):
                 if isinstance(ix, L.Const):
@@ -287,12 +292,12 @@ class _Generator:
                 base = self.st.value(r, zero_in)
                 maxv = _eval_int(local, {l: self.st.extents[l] - 1 for l in chain if l in foot})
                 shape.append(maxv + 1); local_idx.append(local); base_idx.append(base); dims.append(r)
-            buf = L.Buffer(f"{cr.buffer}_{cr.scope}", tuple(shape), ld.buffer.dtype, cr.scope)
+            buf = L.Buffer(f"{name}{'_' + nth if nth else ''}_{cr.scope}", tuple(shape), ld.buffer.dtype, cr.scope)
             copy = self.copy_code(ld.buffer, buf, dims, base_idx, shape)
             if cr.scope == "shared":
                 self.shared_allocs.append(buf)
             self.staging.setdefault(cr.at, []).append((cr, buf, copy))
-            self.rewrites[cr.buffer] = (buf, {"idx": tuple(local_idx)})
+            self.rewrites[ld] = (buf, tuple(local_idx))
 
     def copy_code(self, src: L.Buffer, dst: L.Buffer, dims, base_idx, shape) -> list[L.Stmt]:
         total = 1
@@ -355,9 +360,9 @@ class _Generator:
         rw = self.rewrites
 
         def fn(x: L.Expr):
-            if isinstance(x, L.Load) and x.buffer.name in rw:
-                buf, info = rw[x.buffer.name]
-                return L.Load(buf, info["idx"])
+            if isinstance(x, L.Load) and x in rw:
+                buf, idx = rw[x]
+                return L.Load(buf, idx)
             return None
         return L.map_expr(e, fn)
 
@@ -366,7 +371,7 @@ class _Generator:
         if not getattr(self, "rewrites", None):
             return e
         rw = self.rewrites
-        return L.map_expr(e, lambda x: L.Const(0) if isinstance(x, L.Load) and x.buffer.name in rw else None)
+        return L.map_expr(e, lambda x: L.Const(0) if isinstance(x, L.Load) and x in rw else None)
 
 
 def _zero(dt: str) -> L.Const:
