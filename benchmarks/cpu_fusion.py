@@ -64,22 +64,23 @@ def ours(fn, *args, repeat: int = 10, **kw) -> tuple[Timing, float, "explorer.Co
 
 class Table:
     def __init__(self):
-        self.rows: list[tuple[str, str, str, str]] = []
+        self.rows: list[tuple[str, str, str, str, str]] = []
 
     def add(self, name: str, t: Timing | None, ratio: str = "", note: str = ""):
-        self.rows.append((name, f"{t.median_ms:9.3f}" if t else "      n/a", ratio, note))
+        self.rows.append((name, f"{t.median_ms:9.3f}" if t else "      n/a", f"{t.min_ms:9.3f}" if t else "",
+                          ratio, note))
 
     def section(self, title: str):
-        self.rows.append((f"-- {title}", "", "", ""))
+        self.rows.append((f"-- {title}", "", "", "", ""))
 
     def print(self):
         w = max(len(r[0]) for r in self.rows)
-        print(f"{'case':<{w}}  {'median ms':>9}  {'ratio':>12}  note")
-        for name, ms, ratio, note in self.rows:
+        print(f"{'case':<{w}}  {'median ms':>9}  {'min ms':>9}  {'ratio':>14}  note (ratios use medians)")
+        for name, ms, mn, ratio, note in self.rows:
             if name.startswith("--"):
                 print(name)
             else:
-                print(f"{name:<{w}}  {ms:>9}  {ratio:>12}  {note}")
+                print(f"{name:<{w}}  {ms:>9}  {mn:>9}  {ratio:>14}  {note}")
 
 
 def main(argv=None) -> int:
@@ -95,8 +96,11 @@ def main(argv=None) -> int:
     rep = 3 if args.quick else 10
     rng = np.random.default_rng(0)
     tab = Table()
-    print(f"machine: {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}, "
-          f"compiler: {why}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}, compiler: {why}")
+    if load > 0.5 * (os.cpu_count() or 1):
+        print("note: the machine is busy; timings (medians especially) are noisy, compare the min column")
 
     # -- copy bandwidth
     a = rng.standard_normal(n, dtype=np.float32)

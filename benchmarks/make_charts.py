@@ -11,7 +11,6 @@ The local CPU's roof is measured again at the start, in this run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -61,8 +60,6 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     target = resolve_target(a.target)
     dev = costmodel.local_cpu(refresh=True) if target != "cuda" else costmodel.device("cuda")
-    if a.threads and dev.kind == "cpu":
-        dev = dataclasses.replace(dev, name=f"{dev.name}, {a.threads} thread{'s' if a.threads > 1 else ''}")
     print(f"target {target}; roofline device: {dev.label()}")
 
     rng = np.random.default_rng(0)

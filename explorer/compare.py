@@ -349,17 +349,33 @@ def _fmt_x(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+_FIGURE_CLASS = None
+
+
 def _matplotlib():
-    """matplotlib's Figure class with the Agg canvas (no pyplot, no display needed)."""
+    """A factory of matplotlib Figures on the Agg canvas (no pyplot, no display needed).
+
+    The figures render off-screen (headless servers, CI) and never enter pyplot's global
+    figure list, so a notebook shows each one once: as the cell's value, through `_repr_png_`.
+    """
+    global _FIGURE_CLASS
     try:
         from matplotlib.figure import Figure
         from matplotlib.backends.backend_agg import FigureCanvasAgg
     except ImportError:
         raise BackendUnavailable(f"charts need matplotlib, which is not installed; {NOTEBOOK_HINT}") from None
+    if _FIGURE_CLASS is None:
+        class ExplorerFigure(Figure):
+            def _repr_png_(self) -> bytes:
+                import io
+                buf = io.BytesIO()
+                self.savefig(buf, format="png", dpi=100)
+                return buf.getvalue()
+        _FIGURE_CLASS = ExplorerFigure
 
     def new_figure(**kw):
-        fig = Figure(**kw)
-        FigureCanvasAgg(fig)  # render off-screen: works headless, never touches pyplot's global state
+        fig = _FIGURE_CLASS(**kw)
+        FigureCanvasAgg(fig)
         return fig
     return new_figure
 
@@ -430,6 +446,35 @@ class Comparison:
                 "flops": v.flops, "bytes_model": v.bytes_model, "bytes_measured": v.bytes_measured,
                 "max_abs_error": v.max_abs_error, "note": v.note})
         return out
+
+    @property
+    def kernel_rows(self) -> list[dict[str, Any]]:
+        """One dict per kernel of the fused and unfused variants: the cost model's numbers
+        (flops, bytes, intensity, bound, predicted_ms — all model unless source is 'simulator')
+        and the measured time where the backend reports per-kernel times."""
+        out = []
+        for vname in ("fused", "unfused"):
+            v = self.variant(vname)
+            for c in v.costs:
+                measured = (v.per_kernel_ms or {}).get(c.name) if v.measured else None
+                out.append({"variant": vname, "kernel": c.name, "ops": " → ".join(c.ops), "flops": c.flops,
+                            "bytes": c.bytes, "bytes_source": c.source, "intensity": c.intensity, "bound": c.bound,
+                            "predicted_ms": c.predicted_ms, "measured_ms": measured})
+        return out
+
+    def kernels_table(self) -> str:
+        """Per-kernel text table: model flops/bytes/intensity/bound/predicted time, and measured time."""
+        head = f"{'variant':8s} {'kernel':32s} {'MFLOP':>9s} {'bytes':>10s} {'flop/B':>7s} {'bound (model)':>13s} " \
+               f"{'model ms':>9s} {'measured ms':>11s}"
+        lines = [f"kernels of {self.name} on {self.target}; roofline of {self.device.name}", head]
+        for r in self.kernel_rows:
+            src = "" if r["bytes_source"] == "model" else "*"
+            lines.append(f"{r['variant']:8s} {r['kernel'][:32]:32s} {r['flops'] / 1e6:>9.4g} "
+                         f"{_fmt_bytes(r['bytes']) + src:>10s} {r['intensity']:>7.3g} {r['bound']:>13s} "
+                         f"{r['predicted_ms']:>9.4g} {_fmt_ms(r['measured_ms']):>11s}")
+        if any(r["bytes_source"] != "model" for r in self.kernel_rows):
+            lines.append("* bytes and flops counted by the simulator")
+        return "\n".join(lines)
 
     # -- text -----------------------------------------------------------------------------
     def _header(self) -> list[str]:
@@ -527,7 +572,9 @@ class Comparison:
                         textcoords="offset points", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, labels)
         measured = all(v.measured for v in self.variants)
-        ax.set_ylabel("time per call (ms), median ± stdev")
+        reps = sorted({v.repeat for v in self.variants if v.measured})
+        ax.set_ylabel("time per call (ms), median ± stdev" + (f"\nmeasured: {'/'.join(map(str, reps))} runs"
+                                                               if reps else ""))
         if not measured:
             ax.text(0.01, 0.98, "hatched bars: model time (roofline on the simulator's counters), not measured",
                     transform=ax.transAxes, va="top", fontsize=8, color="#444444")
@@ -584,7 +631,8 @@ class Comparison:
             fused = variant == "fused"
             # fused labels to the left, unfused to the right, so coinciding fused/unfused points stay readable
             ax.annotate(", ".join(names) + ("" if measured else " (model)"), (group[0]["intensity"], group[0]["gflops"]),
-                        xytext=(-9 if fused else 9, 0), textcoords="offset points", fontsize=7, va="center",
+                        xytext=(-9 if fused else 9, 5 if measured != fused else -5), textcoords="offset points",
+                        fontsize=7, va="bottom" if measured != fused else "top",
                         ha="right" if fused else "left", color=VARIANT_COLORS.get(variant, "#999999"))
         ax.set_xlabel("arithmetic intensity (flop / byte)" + (" — simulator counters" if any(
             p["bytes_source"] == "simulator" for p in pts) else " — model bytes"))

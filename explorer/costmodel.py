@@ -230,6 +230,9 @@ def local_cpu(refresh: bool = False) -> Device:
         return _LOCAL
     model = _cpu_model()
     key = f"{socket.gethostname()}|{model}"
+    threads = os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS")
+    if threads:  # a thread-limited measurement must not stand in for the whole CPU
+        key += f"|threads={threads}"
     path = _cache_path()
     cache: dict[str, Any] = {}
     try:
@@ -252,7 +255,8 @@ def local_cpu(refresh: bool = False) -> Device:
             pass  # read-only home: keep the in-process value
     short = model if len(model) < 40 else model[:37] + "..."
     _LOCAL = Device(
-        name=f"this CPU ({short}, {entry.get('cores', os.cpu_count())} cores)",
+        name=f"this CPU ({short}, {entry.get('cores', os.cpu_count())} cores"
+             + (f", {threads} thread{'s' if threads != '1' else ''})" if threads else ")"),
         peak_fp32=float(entry["peak_fp32"]), peak_fp16=float(entry["peak_fp32"]), peak_tensor=0.0,
         bandwidth=float(entry["bandwidth"]), kind="cpu",
         source=(f"measured {entry.get('when', '')}: 64 MB array copy (STREAM-like), NumPy float32 1024^3 matmul "

@@ -141,7 +141,7 @@ def _register_default_stages() -> None:
 
     @stage("codegen")
     def _codegen(prog, ctx):
-        return generate(prog, target=ctx.options.target, fast_math=ctx.options.fast_math)
+        return generate(prog, target=ctx.options.target, fast_math=ctx.options.fast_math, arch=ctx.options.arch)
 
 
 def resolve_target(target: str, verbose: bool = True) -> str:

@@ -106,7 +106,7 @@ tu = show_costs(unfused, "unfused")
 saved = tu["bytes"] - tf["bytes"]
 inter = M * N * 4   # one M x N float32 intermediate
 print(f"\\nfusion removes {saved:,d} bytes of traffic ({tu['bytes'] / tf['bytes']:.2f}x fewer): "
-      f"{saved / inter:.0f} passes over an {M}x{N} intermediate of {inter:,d} B "
+      f"{saved / inter:.0f} passes over one {M}x{N} intermediate of {inter:,d} B "
       f"(x@w and x@w+b, each written once and read once)")
 '''),
     md('''

@@ -146,6 +146,9 @@ def run(codegen, inputs: list[np.ndarray], source: str | None = None) -> list[np
     lib = build(codegen, source)
     prog = codegen.program
     arrays = {b.name: np.zeros(b.shape, np_dtype(b.dtype)) for b in prog.buffers().values() if b.scope == "global"}
+    consts = list(getattr(prog, "constants", ()) or ())
+    if consts and len(inputs) == len(prog.inputs) - len(consts):
+        inputs = list(inputs) + [data for _, data in consts]
     for b, x in zip(prog.inputs, inputs):
         arrays[b.name][...] = x
     for i, g in enumerate(codegen.kernels):

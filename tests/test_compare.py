@@ -95,6 +95,11 @@ def test_compare_cpu_fused_moves_fewer_bytes(cpu_mlp):
     assert rows[1]["speedup_vs_unfused"] == pytest.approx(1.0)
     assert rows[0]["bytes_model"] == f.bytes_model and rows[0]["bytes_measured"] is None
     assert "<table>" in r._repr_html_() and "fused" in r._repr_html_()
+    krows = r.kernel_rows
+    assert [k["variant"] for k in krows] == ["fused", "unfused", "unfused", "unfused"]
+    assert [k["bound"] for k in krows[2:]] == ["memory", "memory"]      # bias add and relu alone
+    assert sum(k["bytes"] for k in krows[1:]) == r.variant("unfused").bytes_model
+    assert "matmul_kernel" in r.kernels_table() and "model ms" in r.kernels_table()
 
 
 def test_compare_reference_and_baselines():
@@ -166,7 +171,7 @@ def test_plot_timing_has_one_bar_per_variant(sim_mlp):
     notes = [t.get_text() for t in ax.texts]
     assert all("(model)" in n for n in notes[:2]) and "(model)" not in notes[2]
     assert any("model time" in t for t in notes[3:]) and "(model)" in ax.get_title()
-    fig.savefig(__import__("io").BytesIO(), format="png")  # renders headless
+    assert fig._repr_png_().startswith(b"\x89PNG")  # renders headless; shows itself in a notebook
 
 
 def test_plot_roofline_points_sim_are_all_model(sim_mlp):
@@ -271,3 +276,15 @@ def test_bench_main_prints_tables(capsys):
     assert rc == 0
     assert out.count("fusion: 3 → 1 kernels") == 2          # both MLP shapes
     assert "softmax" in out and "memory-bound" in out and "compute-bound" in out
+
+
+@pytest.mark.gpu
+def test_compare_cuda_uses_gpu_roofline_and_events():
+    if not _available("cuda"):
+        pytest.skip("no CUDA GPU with pycuda")
+    r = C.compare(mlp, *mlp_args(4096, 64, 64), target="cuda", baselines=(), repeat=5, warmup=2)
+    _check_fusion_saves_bytes(r, measured_bytes=False)
+    assert r.device.kind == "gpu" and not r.device.measured
+    assert r.variant("fused").measured
+    fig = r.plot_roofline()
+    assert any("data sheet" in t.get_text() for t in fig.axes[0].get_legend().get_texts())

@@ -129,3 +129,29 @@ def test_find_nvcc_uses_cuda_home(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setenv("CUDA_HOME", str(tmp_path))
     assert nvcc.find_nvcc() == os.fspath(fake)
+
+
+@needs_nvcc
+def test_every_dtype_and_math_function_compiles():
+    from explorer.loopir import MATH_FUNCTIONS, BinOp, Buffer, Cast, Const, For, Kernel, Program, Select, Store, Var, call
+    t = Var("t")
+    kernels = []
+    for dt in ("f32", "f64", "f16"):
+        x, y = Buffer("x", (64,), dt), Buffer(f"out_{dt}", (64,), dt)
+        e = x[t]
+        for fn in MATH_FUNCTIONS:
+            e = e + (call(fn, x[t], x[t]) if fn == "pow" else call(fn, x[t]))
+        e = BinOp("max", BinOp("min", e, Const(float("inf"), dt)), Const(float("nan"), dt)) + BinOp("%", e, x[t])
+        kernels.append(Kernel(f"k_{dt}", (x, y), (For(t, 64, (Store(y, (t,), Cast(dt, e)),), kind="threadIdx.x"),),
+                              outputs=(y.name,)))
+    for dt in ("i32", "i64", "bool"):
+        x, y = Buffer("x", (64,), dt), Buffer(f"out_{dt}", (64,), dt)
+        if dt == "bool":
+            e = Select(BinOp("&&", x[t], BinOp("max", x[t], Const(False, "bool"))), Const(True, "bool"), x[t])
+        else:
+            e = call("pow", x[t], Const(3, dt)) + call("abs", x[t]) + BinOp("max", x[t] % 7, x[t] / 3)
+        kernels.append(Kernel(f"k_{dt}", (x, y), (For(t, 64, (Store(y, (t,), e),), kind="threadIdx.x"),),
+                              outputs=(y.name,)))
+    for k in kernels:
+        src = generate_cuda(Program("p", (k,), k.inputs, k.output_buffers)).source()
+        assert f".entry {k.name}(" in nvcc.check(src), k.name

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import ipywidgets as W
 import numpy as np
 
-from .panels._util import describe_error, error_html, esc, format_stats, note_html, pre_html
+from .panels._util import describe_error, error_html, esc, format_stats, pre_html
 from .panels.charts import TimingChart
 from .panels.diff import StageDiff
 from .panels.fusion import FusionView
@@ -58,7 +58,6 @@ class Explorer(W.VBox):
     """
 
     def __init__(self, fn: Callable, *examples: Any, scale: float = 1.0, **compile_kwargs: Any):
-        import explorer
         self.fn = fn
         self.examples = [np.asarray(e) for e in examples]
         self.extra = {k: v for k, v in compile_kwargs.items() if k not in KNOB_ARGS}
@@ -70,6 +69,7 @@ class Explorer(W.VBox):
         self._dirty: set[int] = set()
         self._stage_graph_dirty = True
         self._busy = False
+        self.compare_options: dict[str, Any] = {"repeat": 10, "warmup": 2}  # explorer.compare's, for Charts
 
         target = compile_kwargs.get("target", "auto")
         if target == "auto":
@@ -160,7 +160,7 @@ class Explorer(W.VBox):
         if isinstance(fuse, dict):
             kw["fuse"] = fuse
         kw = {k: v for k, v in kw.items() if v is not None and v is not False}
-        return self.fn, tuple(self.current_examples()), {**kw, "repeat": 10, "warmup": 2}
+        return self.fn, tuple(self.current_examples()), {**kw, **self.compare_options}
 
     @staticmethod
     def _has_matmul(comp: Any) -> bool:

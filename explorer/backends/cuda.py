@@ -214,6 +214,7 @@ class CudaExecutable:
 
     def _upload(self, inputs: Sequence[np.ndarray]) -> None:
         drv = _drv()
+        inputs = _with_constants(self.program, inputs)
         if len(inputs) != len(self.program.inputs):
             raise ExplorerError(f"{self.program.name} takes {len(self.program.inputs)} inputs, got {len(inputs)}")
         for b, arr in zip(self.program.inputs, inputs):
@@ -296,6 +297,16 @@ class CudaExecutable:
         import statistics
         per_kernel = {k: statistics.median(v) for k, v in per.items() if v}
         return summarize(total, per_kernel, source="cuda-events")
+
+
+def _with_constants(program, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The function's inputs followed by the data of its non-scalar constants (Program.constants),
+    whose buffers the lowering appends to Program.inputs."""
+    consts = list(getattr(program, "constants", ()) or ())
+    inputs = list(inputs)
+    if consts and len(inputs) == len(program.inputs) - len(consts):
+        inputs += [data for _, data in consts]
+    return inputs
 
 
 def _np(dtype: str) -> np.dtype:

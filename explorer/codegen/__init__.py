@@ -97,4 +97,7 @@ def generate(program: Program, target: str = "cuda", fast_math: bool = False, ar
         from .c import generate_c
         return generate_c(program, fast_math=fast_math)
     from .cuda import generate_cuda
-    return generate_cuda(program, arch=arch)
+    cg = generate_cuda(program, arch=arch)
+    for k in cg.kernels:
+        k.arch = arch
+    return cg

@@ -57,13 +57,14 @@ class FusionView(W.VBox):
             return
         self.kernels.value = self._kernels_html(get(expl, "kernels") or [])
         boundaries = list(get(expl, "boundaries") or [])
-        self.table.value = self._boundaries_html(boundaries)
+        options = self._node_names(snap.ir, boundaries)
+        self.table.value = self._boundaries_html(boundaries, {name: label for label, name in options})
         first = None
         for b in boundaries:
             if get(b, "fused", False) is False and get(b, "producer") is not None:
                 first = (node_name(get(b, "producer")), node_name(get(b, "consumer")))
                 break
-        self._set_options(self._node_names(snap.ir, boundaries), first)
+        self._set_options(options, first)
 
     @staticmethod
     def _node_names(ir: Any, boundaries: list | None = None) -> list[tuple[str, str]]:
@@ -116,13 +117,17 @@ class FusionView(W.VBox):
         return f"<table class='ke-kernels' style='font-size:90%'>{rows}</table>"
 
     @staticmethod
-    def _boundaries_html(boundaries: list) -> str:
+    def _boundaries_html(boundaries: list, labels: dict[str, str] | None = None) -> str:
+        labels = labels or {}
+
+        def label(x: Any) -> str:  # '%3 (matmul)' whether the explanation holds Nodes or names
+            return labels.get(node_name(x), node_label(x))
         rows = []
         for b in boundaries:
             if get(b, "fused", False):
                 continue
-            rows.append(f"<tr><td><code>{esc(node_label(get(b, 'producer', '?')))}</code> → "
-                        f"<code>{esc(node_label(get(b, 'consumer', '?')))}</code></td>"
+            rows.append(f"<tr><td><code>{esc(label(get(b, 'producer', '?')))}</code> → "
+                        f"<code>{esc(label(get(b, 'consumer', '?')))}</code></td>"
                         f"<td>{esc(get(b, 'rule', '') or '')}</td><td>{esc(get(b, 'reason', b))}</td></tr>")
         if not rows:
             return note_html("every producer → consumer edge is fused")

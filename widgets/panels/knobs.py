@@ -31,7 +31,8 @@ VECTOR = (AUTO, 1, 2, 4, 8, 16)
 THREAD_TILES = (AUTO, (1, 1), (2, 2), (4, 4), (4, 8), (8, 8), (4, 16), (4, 32), (8, 32))
 ON_OFF = (("auto", AUTO), ("on", True), ("off", False))
 SCHEDULE_KNOBS = ("thread_tile", "threads", "vector", "unroll", "shared")  # besides "tile"
-DTYPES = (("as given", None), ("float32", "float32"), ("float64", "float64"), ("float16", "float16"))
+AS_GIVEN = "given"  # Dropdown treats None as "nothing selected", so a sentinel
+DTYPES = (("as given", AS_GIVEN), ("float32", "float32"), ("float64", "float64"), ("float16", "float16"))
 SCALES = (("×¼", 0.25), ("×½", 0.5), ("×1", 1.0), ("×2", 2.0), ("×4", 4.0), ("×8", 8.0))
 NARROW = W.Layout(width="176px")
 
@@ -106,7 +107,7 @@ class KnobPanel(W.VBox):
                     w.value = v if v in _values(w) else AUTO
             if dtype is not None:
                 name = getattr(dtype, "__name__", None) or str(dtype)
-                self.dtype.value = name if name in dict(DTYPES).values() else None
+                self.dtype.value = name if name in dict(DTYPES).values() else AS_GIVEN
             if fast_math is not None:
                 self.fast_math.value = bool(fast_math)
             if scale is not None:
@@ -138,7 +139,7 @@ class KnobPanel(W.VBox):
         defaults to the target knob: the dashboard compiles the other language's source this way)."""
         target = target or self.target.value
         return {"target": target, "fuse": self.fuse_value(), "schedule": self.schedule_value(target),
-                "dtype": self.dtype.value, "fast_math": self.fast_math.value and target == "cpu"}
+                "dtype": None if self.dtype.value == AS_GIVEN else self.dtype.value, "fast_math": self.fast_math.value and target == "cpu"}
 
     # -- applicability ------------------------------------------------------------------------------
     def applicability(self, target: str, has_matmul: bool | None = None) -> dict[str, str]:
