@@ -386,6 +386,8 @@ class Kernel:
         if self.schedule:
             lines.append("  # schedule:")
             lines.extend(f"  #   {p}" for p in self.schedule)
+        for note in self.meta_dict().get("notes", ()):
+            lines.append(f"  # why: {note}")
         for s in self.body:
             lines.extend(stmt_lines(s, 1))
         return "\n".join(lines)

@@ -188,3 +188,14 @@ def test_charts_embedded_as_png_when_matplotlib(compiled):
         pytest.skip("explorer.compare is not built yet")
     page = to_html(compiled, charts=True, resources=False, repeat=2)
     assert page.count("data:image/png;base64,") >= 2   # timing and roofline
+
+
+def test_report_without_dot_shows_dot_text(compiled, monkeypatch):
+    import explorer.render
+    monkeypatch.setattr(explorer.render, "have_dot", lambda: False)
+    page = to_html(compiled, charts=False, resources=False)
+    graph_stages = [s for s in compiled.stage_names if s in GRAPH_STAGES]
+    assert "<svg" not in page
+    assert page.count("DOT source") == len(graph_stages)
+    assert "apt-get install graphviz" in page
+    assert html.escape(compiled.stage("traced").dot().splitlines()[0]) in page
