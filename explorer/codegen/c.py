@@ -168,6 +168,29 @@ static inline float ke_logf(float x) {
   return r;
 }
 
+/* GCC vector types for register tiles (AVX2: 32 bytes). The *_u types are unaligned and
+ * may_alias, so loads/stores through them are valid at any float address. */
+typedef float ke_v8f __attribute__((vector_size(32)));
+typedef double ke_v4d __attribute__((vector_size(32)));
+typedef int32_t ke_v8i __attribute__((vector_size(32)));
+typedef int64_t ke_v4l __attribute__((vector_size(32)));
+typedef float ke_v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double ke_v4d_u __attribute__((vector_size(32), aligned(8), may_alias));
+typedef int32_t ke_v8i_u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int64_t ke_v4l_u __attribute__((vector_size(32), aligned(8), may_alias));
+static inline ke_v8f ke_load_v8f(const float* p) { return *(const ke_v8f_u*)p; }
+static inline ke_v4d ke_load_v4d(const double* p) { return *(const ke_v4d_u*)p; }
+static inline ke_v8i ke_load_v8i(const int32_t* p) { return *(const ke_v8i_u*)p; }
+static inline ke_v4l ke_load_v4l(const int64_t* p) { return *(const ke_v4l_u*)p; }
+static inline void ke_store_v8f(float* p, ke_v8f v) { *(ke_v8f_u*)p = v; }
+static inline void ke_store_v4d(double* p, ke_v4d v) { *(ke_v4d_u*)p = v; }
+static inline void ke_store_v8i(int32_t* p, ke_v8i v) { *(ke_v8i_u*)p = v; }
+static inline void ke_store_v4l(int64_t* p, ke_v4l v) { *(ke_v4l_u*)p = v; }
+static inline ke_v8f ke_splat_v8f(float s) { return (ke_v8f){s, s, s, s, s, s, s, s}; }
+static inline ke_v4d ke_splat_v4d(double s) { return (ke_v4d){s, s, s, s}; }
+static inline ke_v8i ke_splat_v8i(int32_t s) { return (ke_v8i){s, s, s, s, s, s, s, s}; }
+static inline ke_v4l ke_splat_v4l(int64_t s) { return (ke_v4l){s, s, s, s}; }
+
 static inline float ke_sigmoidf(float x) { return 1.0f / (1.0f + ke_expf(-x)); }
 static inline float ke_rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double ke_sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
