@@ -537,6 +537,10 @@ def _cuda_matmul(c, knobs) -> Schedule:
     return s
 
 
+# lanes of a 32-byte (AVX2) vector per accumulator dtype: the CPU matmul tile's width unit
+CPU_VECTOR_LANES = {"f32": 8, "i32": 8, "f64": 4, "i64": 4}
+
+
 def _cpu_default(c, knobs) -> Schedule:
     s = Schedule()
     sp = [a.name for a in c.spatial]
@@ -571,7 +575,12 @@ def _cpu_default(c, knobs) -> Schedule:
     # matmul: B's column panel packed once per j tile (contiguous rows, no 4 KB-stride L1 aliasing),
     # then row tiles across OpenMP threads, each keeping a TM x TN register tile of accumulators.
     M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
-    TM, TN = knobs.get("thread_tile", (4, 32))
+    # TM x TN accumulators as 32-byte vectors (codegen/c.py keeps them in registers): 6 rows x 2
+    # vectors = 12 of the 16 AVX2 registers, plus 2 for the B row and 1 for the broadcast A value
+    # (the BLIS Haswell micro-kernel shape); other dtypes keep the scalar (4, 32) tile.
+    acc_dt = c.accums[0].buffer.dtype if c.accums else "f32"
+    lanes = CPU_VECTOR_LANES.get(acc_dt)
+    TM, TN = knobs.get("thread_tile", (6, 2 * lanes) if lanes else (4, 32))
     TM, TN = min(TM, M), min(TN, N)
     batch = [a.name for a in c.spatial[:-2]]
     io, ir = s.split("i", TM, names=("i_o", "i_r"))

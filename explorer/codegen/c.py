@@ -296,6 +296,8 @@ class _KernelEmitter:
     locals: dict[str, L.Buffer] = field(default_factory=dict)   # allocated buffers in scope
     wide: bool = False          # 64-bit index arithmetic
     in_parallel: int = 0
+    fn_name: str = "k"
+    helpers: list[str] = field(default_factory=list)   # micro-kernel functions emitted before the kernel
 
     # -- expressions -------------------------------------------------------------------------
     def index(self, buf: L.Buffer, indices: tuple[L.Expr, ...]) -> str:
@@ -506,6 +508,11 @@ class _KernelEmitter:
                     f" reduction(+:{self.names.get('buf', n)})" for n in red)
         elif s.kind == "unrolled":
             pragma = f"#pragma GCC unroll {min(s.extent, 65534)}"
+        if s.kind == "serial" and bound is None and not pre:
+            call = self.vector_region(s, depth)
+            if call is not None:
+                self.lines.extend(call)
+                return
         self.lines.extend(pre)
         if pragma:
             self.lines.append(f"{pad}{pragma}")
@@ -521,6 +528,165 @@ class _KernelEmitter:
             self.stmts(body, depth + 1)
         self.in_parallel -= inc
         self.lines.append(f"{pad}}}")
+
+    # -- register tiles as GCC vector variables -----------------------------------------------------
+    def vector_region(self, s: L.For, depth: int) -> list[str] | None:
+        """Serial loop `s` as a call of a register-tiled micro-kernel, or None (emit it normally).
+
+        Applies when the loop body is only unrolled loops around vectorized loops of Stores whose
+        lane count divides the extent (8 floats / 4 doubles), the simd loops carry no dependency,
+        and some local tile is indexed by constants after unrolling (a matmul's accumulators).
+        Each such tile becomes named GCC vector variables, loaded before the loop and stored after
+        it, so gcc keeps them in registers (as a stack array it reloads and stores them per FMA).
+        The loop goes into its own noinline function: register allocation there does not suffer
+        from the rest of the kernel (gcc spilled the accumulators when the kernel's vectorized
+        epilogue shared the function). Guards, calls, casts, strided lanes, f16 → None.
+        """
+        try:
+            items = self._unroll_region(s.body)
+        except _NoVector:
+            return None
+        if not items:
+            return None
+        lane = _LANE
+        # buffers whose every access in the region is at a constant, lane-aligned base → registers
+        bases: dict[str, set] = {}
+        bad: set[str] = set()
+        for st, m, dt in items:
+            accesses = [(st.buffer, st.indices)] + [(ld.buffer, ld.indices) for ld in _buffers_in_expr(st.value)]
+            for buf, idx in accesses:
+                if buf.scope == "global" or buf.name not in self.locals:
+                    continue
+                flat = L.flat_index(buf, [L.substitute(i, m) for i in idx])
+                base = _const_int(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
+                if (base is None or buf.dtype != dt or base % _VEC[dt][1] or _lane_coef(flat, lane) != 1):
+                    bad.add(buf.name)
+                else:
+                    bases.setdefault(buf.name, set()).add(base)
+        written = {st.buffer.name for st, _, _ in items}
+        tiles = {n: b for n, b in bases.items() if n in written and n not in bad}
+        if not tiles or sum(len(b) for b in tiles.values()) > MAX_VECTOR_REGISTERS:
+            return None
+        # the helper's parameters: every buffer and free loop variable the region reads or writes
+        buffers: dict[str, L.Buffer] = {}
+        free: dict[str, L.Var] = {}
+        for st, m, _ in items:
+            for e in (*st.indices, st.value):
+                for x in L.walk_expr(L.substitute(e, m)):
+                    if isinstance(x, L.Load):
+                        buffers.setdefault(x.buffer.name, x.buffer)
+                    elif isinstance(x, L.Var) and x.name not in (lane, s.var.name):
+                        free.setdefault(x.name, x)
+            buffers.setdefault(st.buffer.name, st.buffer)
+        if any(b.scope != "global" and not b.shape for b in buffers.values()):
+            return None   # a 0-d local lives in a C scalar, not addressable from the helper
+        helper = f"ke_{self.fn_name}_mk{len(self.helpers)}"
+        itype = "int64_t" if self.wide else "int"
+        params, args = [], []
+        for n in sorted(buffers):
+            b = buffers[n]
+            cname = self.names.get("buf", n)
+            const = "" if n in written else "const "
+            ctype = STORAGE_TYPE[b.dtype] if b.scope == "global" else COMPUTE_TYPE[b.dtype]
+            params.append(f"{const}{ctype}* restrict {cname}")
+            args.append(cname)
+        for n in sorted(free):
+            cname = self.names.get("var", n)
+            params.append(f"{itype} {cname}")
+            args.append(cname)
+        regs: dict[tuple[str, int], str] = {}
+        body = [f"/* {comment_text(self.kernel.name)}: loop {comment_text(s.var.name)} with register tile"
+                f"{'s' if len(tiles) > 1 else ''} {comment_text(', '.join(sorted(tiles)))} in vector variables */",
+                "static __attribute__((noinline)) void " + helper + f"({', '.join(params)})", "{"]
+        post = []
+        for n in sorted(tiles):
+            cname = self.names.get("buf", n)
+            suf = _VEC[self.locals[n].dtype][0]
+            for base in sorted(tiles[n]):
+                r = self.names.fresh(f"{cname}_r")
+                regs[(n, base)] = r
+                body.append(f"  ke_{suf} {r} = ke_load_{suf}(&{cname}[{base}]);")
+                post.append(f"  ke_store_{suf}(&{cname}[{base}], {r});")
+        var = self.names.get("var", s.var.name)
+        body.append(f"  for ({itype} {var} = 0; {var} < {s.extent}; ++{var}) {{")
+        try:
+            for st, m, dt in items:
+                suf = _VEC[dt][0]
+                v, is_vec = self._vexpr(L.substitute(st.value, m), dt, regs)
+                if not is_vec:
+                    v = f"ke_splat_{suf}({v})"
+                flat = L.flat_index(st.buffer, [L.substitute(i, m) for i in st.indices])
+                if _lane_coef(flat, lane) != 1 or st.buffer.dtype != dt:
+                    return None
+                base_e = L.simplify_expr(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
+                if st.buffer.name in tiles:
+                    body.append(f"    {regs[(st.buffer.name, _const_int(base_e))]} = {v};")
+                else:
+                    body.append(f"    ke_store_{suf}(&{self.names.get('buf', st.buffer.name)}"
+                                f"[{self.expr(base_e)}], {v});")
+        except _NoVector:
+            return None
+        body += ["  }"] + post + ["}"]
+        self.helpers.append("\n".join(body) + "\n")
+        pad = "  " * depth
+        return [f"{pad}/* loop {comment_text(s.var.name)}: register-tiled micro-kernel */",
+                f"{pad}{helper}({', '.join(args)});"]
+
+    def _unroll_region(self, body) -> list[tuple[L.Store, dict, str]]:
+        items: list[tuple[L.Store, dict, str]] = []
+
+        def visit(stmts, env):
+            for st in stmts:
+                if isinstance(st, L.For) and st.kind == "unrolled" and st.extent <= 64:
+                    for v in range(st.extent):
+                        visit(st.body, {**env, st.var.name: L.Const(v, st.var.dtype)})
+                elif isinstance(st, L.For) and st.kind == "vectorized":
+                    if not st.body or not all(isinstance(b, L.Store) for b in st.body):
+                        raise _NoVector
+                    dts = {b.buffer.dtype for b in st.body}
+                    dt = dts.pop() if len(dts) == 1 else None
+                    if dt not in _VEC or st.extent % _VEC[dt][1] or _simd_reduction(st, self.locals) != []:
+                        raise _NoVector
+                    w = _VEC[dt][1]
+                    lane = L.Var(_LANE, st.var.dtype)
+                    for c in range(st.extent // w):
+                        m = {**env, st.var.name: L.BinOp("+", L.Const(c * w, st.var.dtype), lane)}
+                        items.extend((b, m, dt) for b in st.body)
+                else:
+                    raise _NoVector
+                if len(items) > MAX_VECTOR_STMTS:
+                    raise _NoVector
+        visit(body, {})
+        return items
+
+    def _vexpr(self, e: L.Expr, dt: str, regs: dict) -> tuple[str, bool]:
+        """C text of e in a vector region and whether it is a vector (else a scalar to broadcast)."""
+        lane = _LANE
+        has_reg = any(isinstance(x, L.Load) and any(k[0] == x.buffer.name for k in regs) for x in L.walk_expr(e))
+        if not has_reg and not _uses_var(e, lane):
+            if e.dtype != dt:
+                raise _NoVector
+            return self.expr(e), False
+        if e.dtype != dt:
+            raise _NoVector
+        suf = _VEC[dt][0]
+        if isinstance(e, L.Load):
+            flat = L.flat_index(e.buffer, e.indices)
+            if _lane_coef(flat, lane) != 1 or e.buffer.dtype != dt:
+                raise _NoVector
+            base = L.simplify_expr(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
+            key = (e.buffer.name, _const_int(base))
+            if key in regs:
+                return regs[key], True
+            return f"ke_load_{suf}(&{self.names.get('buf', e.buffer.name)}[{self.expr(base)}])", True
+        if isinstance(e, L.BinOp) and (e.op in ("+", "-", "*") or (e.op == "/" and dt in FLOATS)):
+            a, _ = self._vexpr(e.a, dt, regs)
+            b, _ = self._vexpr(e.b, dt, regs)
+            return f"({a} {e.op} {b})", True
+        if isinstance(e, L.UnOp) and e.op == "neg":
+            a, _ = self._vexpr(e.a, dt, regs)
+            return f"(-{a})", True
+        raise _NoVector
 
     # -- the function ---------------------------------------------------------------------------------
     def emit(self, name: str) -> str:
@@ -542,10 +708,53 @@ class _KernelEmitter:
         if self.wide:
             head.append(" * 64-bit indices: a buffer has >= 2^31 elements")
         head.append(" */")
-        self.lines = head + [f"void {name}({', '.join(params)})", "{"]
+        self.fn_name = name
+        self.lines = [f"void {name}({', '.join(params)})", "{"]
         self.stmts(k.body, 1)
         self.lines.append("}")
-        return "\n".join(self.lines) + "\n"
+        return "\n".join([h.rstrip("\n") for h in self.helpers] + head + self.lines) + "\n"
+
+
+# vector type suffix and lanes per dtype (32-byte AVX2 vectors; gcc splits them on narrower ISAs)
+_VEC = {"f32": ("v8f", 8), "f64": ("v4d", 4), "i32": ("v8i", 8), "i64": ("v4l", 4)}
+_LANE = "ke lane"          # a name no user variable can have (it never reaches the C text)
+MAX_VECTOR_STMTS = 256     # unrolled vector statements per region
+MAX_VECTOR_REGISTERS = 24  # 16 ymm registers; beyond this gcc spills anyway, keep the array form
+
+
+class _NoVector(Exception):
+    """The region does not fit the vector-register form; emit the scalar loops."""
+
+
+def _lane_coef(e: L.Expr, lane: str) -> int | None:
+    """Coefficient of Var(lane) when e is affine in it (other terms opaque), else None."""
+    if not _uses_var(e, lane):
+        return 0
+    if isinstance(e, L.Var):
+        return 1
+    if isinstance(e, L.BinOp) and e.op in ("+", "-"):
+        a, b = _lane_coef(e.a, lane), _lane_coef(e.b, lane)
+        if a is None or b is None:
+            return None
+        return a + b if e.op == "+" else a - b
+    if isinstance(e, L.BinOp) and e.op == "*":
+        for x, y in ((e.a, e.b), (e.b, e.a)):
+            if isinstance(y, L.Const) and not _uses_var(y, lane):
+                c = _lane_coef(x, lane)
+                return None if c is None else c * int(y.value)
+    return None
+
+
+def _const_int(e: L.Expr) -> int | None:
+    """Value of an integer expression of constants (+, -, *), else None."""
+    if isinstance(e, L.Const) and e.dtype in ("i32", "i64"):
+        return int(e.value)
+    if isinstance(e, L.BinOp) and e.op in ("+", "-", "*"):
+        a, b = _const_int(e.a), _const_int(e.b)
+        if a is None or b is None:
+            return None
+        return a + b if e.op == "+" else (a - b if e.op == "-" else a * b)
+    return None
 
 
 def _children(e: L.Expr) -> tuple[L.Expr, ...]:
