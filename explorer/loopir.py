@@ -95,10 +95,6 @@ class Var(Expr):
     def __hash__(self): return hash(("Var", self.name))
     # identity of a loop variable is its name: passes rename by making a new Var
     __eq__ = lambda self, o: isinstance(o, Var) and o.name == self.name and o.dtype == self.dtype  # noqa: E731
-    __lt__ = Expr.__lt__
-    __le__ = Expr.__le__
-    __gt__ = Expr.__gt__
-    __ge__ = Expr.__ge__
 
 
 @dataclass(frozen=True)
@@ -109,10 +105,6 @@ class Const(Expr):
     def __post_init__(self):
         object.__setattr__(self, "dtype", short_dtype(self.dtype))
 
-    __lt__ = Expr.__lt__
-    __le__ = Expr.__le__
-    __gt__ = Expr.__gt__
-    __ge__ = Expr.__ge__
 
 
 @dataclass(frozen=True)
@@ -127,10 +119,6 @@ class BinOp(Expr):
             return "bool"
         return self.a.dtype
 
-    __lt__ = Expr.__lt__
-    __le__ = Expr.__le__
-    __gt__ = Expr.__gt__
-    __ge__ = Expr.__ge__
 
 
 @dataclass(frozen=True)
@@ -142,10 +130,6 @@ class UnOp(Expr):
     def dtype(self) -> str:  # type: ignore[override]
         return "bool" if self.op == "not" else self.a.dtype
 
-    __lt__ = Expr.__lt__
-    __le__ = Expr.__le__
-    __gt__ = Expr.__gt__
-    __ge__ = Expr.__ge__
 
 
 @dataclass(frozen=True)
@@ -154,10 +138,6 @@ class Call(Expr):
     args: tuple[Expr, ...]
     dtype: str = "f32"
 
-    __lt__ = Expr.__lt__
-    __le__ = Expr.__le__
-    __gt__ = Expr.__gt__
-    __ge__ = Expr.__ge__
 
 
 @dataclass(frozen=True)
@@ -170,10 +150,6 @@ class Select(Expr):
     def dtype(self) -> str:  # type: ignore[override]
         return self.a.dtype
 
-    __lt__ = Expr.__lt__
-    __le__ = Expr.__le__
-    __gt__ = Expr.__gt__
-    __ge__ = Expr.__ge__
 
 
 @dataclass(frozen=True)
@@ -181,10 +157,6 @@ class Cast(Expr):
     dtype: str
     a: Expr
 
-    __lt__ = Expr.__lt__
-    __le__ = Expr.__le__
-    __gt__ = Expr.__gt__
-    __ge__ = Expr.__ge__
 
 
 @dataclass(frozen=True)
@@ -228,10 +200,6 @@ class Load(Expr):
     def dtype(self) -> str:  # type: ignore[override]
         return self.buffer.dtype
 
-    __lt__ = Expr.__lt__
-    __le__ = Expr.__le__
-    __gt__ = Expr.__gt__
-    __ge__ = Expr.__ge__
 
 
 def as_expr(x: Any, dtype: str = "i32") -> Expr:
