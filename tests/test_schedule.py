@@ -107,7 +107,7 @@ def test_cache_write_register_tile():
 
 def test_cache_read_shared_stages_tiles_between_barriers():
     c = mm_compute()
-    s = default_schedule(c, "cuda", {"tile": (8, 8, 4), "thread_tile": (2, 2)})
+    s = default_schedule(c, "cuda", {"tile": (8, 8, 4), "thread_tile": (2, 2), "double_buffer": False})
     k = generate_kernel(c, s, "cuda")
     shared = [x.buffer for x in L.walk(k.body) if isinstance(x, L.Alloc) and x.buffer.scope == "shared"]
     assert {b.shape for b in shared} == {(8, 4), (4, 8)}

@@ -4,7 +4,9 @@ Loop generation follows TVM's ScheduleOps: block-bound loops outermost, then
 thread-bound loops, then the remaining leaves in schedule order; splits that do
 not divide get bounds guards; cache_write keeps a register tile of accumulators;
 cache_read stages an operand tile in shared memory (cooperative copy between two
-barriers) or a local buffer; a thread-bound reduction axis ends in an allreduce.
+barriers) or a local buffer; double_buffer gives a shared tile two slots (prologue
+copies tile 0, each step prefetches tile k+1 into the other slot, one barrier per
+step); a thread-bound reduction axis ends in an allreduce.
 
 Before (lowered, naive):                    After (tiled for CUDA, elementwise):
   for i0 in range(1000):                      # schedule: split(n, 256) -> blk, thr; bind(blk, blockIdx.x); ...
@@ -12,6 +14,16 @@ Before (lowered, naive):                    After (tiled for CUDA, elementwise):
                                                 for thr in threadIdx.x(256):
                                                   if blk * 256 + thr < 1000:
                                                     out0[blk * 256 + thr] = exp(x[blk * 256 + thr])
+
+Double buffering (cache_read(a, shared, at=k_o); double_buffer(a)), matmul k loop:
+  for k_o in range(E):                        alloc a_shared: f32[2,BM,BK] shared
+    a_shared[...] = a[.., k_o * BK + ..]      a_shared[0, ...] = a[.., 0 * BK + ..]     # tile 0 → slot 0
+    barrier()                                 barrier()
+    acc += a_shared[...] * ...                for k_o in range(E):
+    barrier()                                   if k_o + 1 < E:
+                                                  a_shared[(k_o + 1) % 2, ...] = a[.., (k_o + 1) * BK + ..]
+                                                acc += a_shared[k_o % 2, ...] * ...
+                                                barrier()
 """
 from __future__ import annotations
 
@@ -72,8 +84,10 @@ def generate_kernel(compute, schedule: Schedule, target: str = "cuda") -> L.Kern
         body = partition_tails(body)
     shared = sum(b.nbytes for b in gen.shared_allocs)
     if shared > MAX_SHARED_BYTES:
+        db = f" (double-buffered tiles {', '.join(st.double_buffers)} count twice; double_buffer off halves them)" \
+            if st.double_buffers else ""
         raise ScheduleError(f"schedule of {compute.name}: {shared} bytes of shared memory per block, over the "
-                            f"{MAX_SHARED_BYTES}-byte (48 KiB) static limit; use smaller tiles")
+                            f"{MAX_SHARED_BYTES}-byte (48 KiB) static limit{db}; use smaller tiles")
     params = tuple(compute.inputs) + tuple(b for b in compute.outputs if b not in compute.inputs)
     seen, uniq = set(), []
     for p in params:
@@ -94,7 +108,9 @@ class _Generator:
         self.blocks, self.threads = blocks, threads
         self.rest = [l for l in st.leaves if l.kind not in L.BOUND_KINDS]
         self.shared_allocs: list[L.Buffer] = []
-        self.staging: dict[str, list[tuple[CacheRead, L.Buffer, list]]] = {}
+        # attach loop → [(cache_read, staged buffer, copy statements)]; for a double-buffered tile the
+        # third item is a function (tile index expr, slot expr) -> copy statements
+        self.staging: dict[str, list[tuple[CacheRead, L.Buffer, Any]]] = {}
         if target == "cpu" and (blocks or threads):
             raise ScheduleError(f"schedule of {c.name}: the CPU target cannot bind loops to blockIdx/threadIdx; "
                                 f"use parallel/vectorize/unroll")
@@ -118,24 +134,40 @@ class _Generator:
             cond = L.BinOp("&&", cond, c)
         return [L.If(cond, tuple(stmts))]
 
-    def loop(self, leaf: Leaf, body: list[L.Stmt]) -> L.For:
-        prefix, suffix = [], []
+    def loop(self, leaf: Leaf, body: list[L.Stmt]) -> list[L.Stmt]:
+        """The For of `leaf` around `body`, with the copies of the tiles staged at it (and, for
+        double-buffered tiles, the prologue copying tile 0 before it)."""
+        prefix, suffix, before = [], [], []
         staged = self.staging.get(leaf.name, [])
+        double = [mk for _, _, mk in staged if callable(mk)]
         for cr, buf, copy in staged:
+            if callable(copy):
+                continue
             if buf.scope == "shared":
                 prefix += copy
             else:
                 prefix += [L.Alloc(buf)] + copy
-        if any(buf.scope == "shared" for _, buf, _ in staged):
+        if any(buf.scope == "shared" and not callable(copy) for _, buf, copy in staged):
             # tile loaded by every thread before use; nobody overwrites it while others still read
             prefix += [L.Barrier()]
             suffix += [L.Barrier()]
+        if double:
+            # prologue: tile 0 into slot 0, visible to all threads before step 0 reads it
+            before = [s for mk in double for s in mk(L.Const(0), L.Const(0))] + [L.Barrier()]
+            if leaf.extent > 1:
+                # prefetch tile k+1 into the other slot: that slot's last readers (step k-1) are past the
+                # barrier ending step k-1, and step k+1 reads it only after the barrier ending step k
+                nxt = L.BinOp("+", L.Var(leaf.name), L.Const(1))
+                pre = [s for mk in double for s in mk(nxt, L.BinOp("%", nxt, L.Const(2)))]
+                prefix = [L.If(L.BinOp("<", nxt, L.Const(leaf.extent)), tuple(pre))] + prefix
+            if not suffix:
+                suffix = [L.Barrier()]   # the one barrier per step
         kind = leaf.kind if self.target != "naive" else "serial"
-        return L.For(L.Var(leaf.name), leaf.extent, tuple(prefix + body + suffix), kind)
+        return before + [L.For(L.Var(leaf.name), leaf.extent, tuple(prefix + body + suffix), kind)]
 
     def nest(self, leaves: Sequence[Leaf], body: list[L.Stmt]) -> list[L.Stmt]:
         for leaf in reversed(list(leaves)):
-            body = [self.loop(leaf, body)]
+            body = self.loop(leaf, body)
         return body
 
     # -- structure ---------------------------------------------------------------------
@@ -292,14 +324,30 @@ class _Generator:
                 base = self.st.value(r, zero_in)
                 maxv = _eval_int(local, {l: self.st.extents[l] - 1 for l in chain if l in foot})
                 shape.append(maxv + 1); local_idx.append(local); base_idx.append(base); dims.append(r)
-            buf = L.Buffer(f"{name}{'_' + nth if nth else ''}_{cr.scope}", tuple(shape), ld.buffer.dtype, cr.scope)
-            copy = self.copy_code(ld.buffer, buf, dims, base_idx, shape)
+            bname = f"{name}{'_' + nth if nth else ''}_{cr.scope}"
+            if cr.scope == "shared" and cr.buffer in self.st.double_buffers:
+                # slot k_o % 2 holds tile k_o; copies are made per (tile index, slot) by loop()
+                buf = L.Buffer(bname, (2, *shape), ld.buffer.dtype, cr.scope)
+                kv = at.name
+
+                def copy(k: L.Expr, slot: L.Expr, src=ld.buffer, buf=buf, dims=dims, base_idx=base_idx,
+                         shape=tuple(shape), kv=kv) -> list[L.Stmt]:
+                    base = [L.simplify_expr(L.substitute(b, {kv: k})) for b in base_idx]
+                    return self.copy_code(src, buf, dims, base, list(shape), slot=L.simplify_expr(slot))
+                local_idx = [L.BinOp("%", L.Var(kv), L.Const(2))] + local_idx
+            else:
+                buf = L.Buffer(bname, tuple(shape), ld.buffer.dtype, cr.scope)
+                copy = self.copy_code(ld.buffer, buf, dims, base_idx, shape)
             if cr.scope == "shared":
                 self.shared_allocs.append(buf)
             self.staging.setdefault(cr.at, []).append((cr, buf, copy))
             self.rewrites[ld] = (buf, tuple(local_idx))
 
-    def copy_code(self, src: L.Buffer, dst: L.Buffer, dims, base_idx, shape) -> list[L.Stmt]:
+    def copy_code(self, src: L.Buffer, dst: L.Buffer, dims, base_idx, shape,
+                  slot: L.Expr | None = None) -> list[L.Stmt]:
+        """Copy the tile `shape` at `base_idx` of `src` into `dst` (into dst[slot, ...] when given);
+        shared tiles cooperatively, element e*threads + tid per thread, zero-padded at the edges."""
+        lead = () if slot is None else (slot,)
         total = 1
         for s in shape:
             total *= s
@@ -315,13 +363,13 @@ class _Generator:
                 gidx.append(g)
                 if any(self.st.roots_of(a) & {r} for a, _ in self.st.guards):
                     conds.append(L.BinOp("<", g, L.Const(ext[r])))
-            store = L.Store(dst, tuple(d_vars), L.Load(src, tuple(gidx)))
+            store = L.Store(dst, lead + tuple(d_vars), L.Load(src, tuple(gidx)))
             if not conds:
                 return [store]
             cond = conds[0]
             for cc in conds[1:]:
                 cond = L.BinOp("&&", cond, cc)
-            return [L.If(cond, (store,), (L.Store(dst, tuple(d_vars), _zero(dst.dtype)),))]
+            return [L.If(cond, (store,), (L.Store(dst, lead + tuple(d_vars), _zero(dst.dtype)),))]
 
         if dst.scope == "shared":
             nthreads = 1
