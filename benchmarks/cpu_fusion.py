@@ -2,16 +2,20 @@
 
     .venv/bin/python benchmarks/cpu_fusion.py [--quick]
 
-Rows:
-  * copy bandwidth: numpy copy of a 16M float32 array (GB/s, read + write)
+Rows (one table, all measured in this run; min and median of the repeats):
+  * copy bandwidth of 16M float32: numpy copy, and a plain 2-thread C copy kernel built through
+    the CPU backend from hand-written loop IR (GB/s counts read + write)
   * the 8-op chain np.maximum(np.tanh(a*1.5+b)*b - a/3, 0.1) + a*b on 16M float32:
     fused CPU kernel (NumPy NaN/Inf semantics), the fast_math=True variant, numpy, numexpr
-    (if installed) and torch.compile (if torch is importable; never installed by this script),
-    with speedups and the share of the copy bandwidth (3 arrays moved)
-  * matmul+bias+relu at 1024x1024x1024 and at the memory-bound 8192x64 @ 64x64: fused vs
-    unfused (fuse=False) on the CPU backend, and numpy
-  * matmul 1024^3: CPU backend vs numpy in GFLOP/s
+    (if installed), torch eager and torch.compile (if torch is importable; never installed by
+    this script), with speedups and the share of the C copy bandwidth (3 arrays moved)
+  * matmul+bias+relu at 1024x1024x1024, 8192x64 @ 64x64 and the memory-bound 131072x16 @ 16x16:
+    fused vs unfused (fuse=False) on the CPU backend, numpy, torch eager and torch.compile
+  * matmul 1024^3: CPU backend vs numpy (and torch) in GFLOP/s
+  * softmax and layernorm over the last axis of 4096x1024 float32: CPU backend vs numpy, torch.compile
 
+torch runs in a child process after the rest: its OpenMP pool and ours (and OpenBLAS's) spin
+between parallel regions, so sharing one process makes whichever runs next look slow.
 Our timings come from Compiled.benchmark (output buffers allocated once, as a caching allocator
 would); NumPy's from wall time of the expression (which allocates its temporaries).
 """
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import subprocess
 import statistics
 import sys
 import time
@@ -30,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import explorer  # noqa: E402
+from explorer.codegen.c import generate_c  # noqa: E402
 from explorer.compiled import Timing, summarize  # noqa: E402
 
 
@@ -83,18 +90,87 @@ class Table:
                 print(f"{name:<{w}}  {ms:>9}  {mn:>9}  {ratio:>14}  {note}")
 
 
+def sizes(quick: bool) -> dict:
+    return {"n": 1 << (20 if quick else 24), "rep": 3 if quick else 10,
+            # 8192x64 @ 64x64 is the issue's shape; at 16 flop/byte it is compute-bound once the matmul runs
+            # near peak (machine balance ~5 flop/byte), so 131072x16 @ 16x16 (4 flop/byte) is the memory-bound one
+            "mlp": ([(256, 256, 256), (2048, 64, 64), (16384, 16, 16)] if quick
+                    else [(1024, 1024, 1024), (8192, 64, 64), (131072, 16, 16)]),
+            "mm": 256 if quick else 1024, "rows": 512 if quick else 4096}
+
+
+def data(sz: dict):
+    """The same inputs in both processes (seeded)."""
+    rng = np.random.default_rng(0)
+    n = sz["n"]
+    out = {"a": rng.standard_normal(n, dtype=np.float32), "b": rng.standard_normal(n, dtype=np.float32)}
+    for m, k, nn in sz["mlp"]:
+        out[f"mlp{m}"] = (rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, nn), dtype=np.float32),
+                          rng.standard_normal(nn, dtype=np.float32))
+    m = sz["mm"]
+    out["mm"] = (rng.standard_normal((m, m), dtype=np.float32), rng.standard_normal((m, m), dtype=np.float32))
+    out["rows"] = rng.standard_normal((sz["rows"], 1024), dtype=np.float32)
+    return out
+
+
+def torch_measure(quick: bool) -> dict:
+    """All torch rows (run in a child process): {key: [median_ms, min_ms]} plus 'threads'."""
+    import torch
+    sz = sizes(quick)
+    d = data(sz)
+    rep = sz["rep"]
+    res: dict = {"threads": torch.get_num_threads(), "version": torch.__version__}
+
+    def put(key, t: Timing):
+        res[key] = [t.median_ms, t.min_ms]
+
+    ta, tb = torch.from_numpy(d["a"]), torch.from_numpy(d["b"])
+
+    def tchain(a, b):
+        return torch.clamp_min(torch.tanh(a * 1.5 + b) * b - a / 3, 0.1) + a * b
+    put("chain eager", wall(tchain, ta, tb, repeat=rep))
+    put("chain compile", wall(torch.compile(tchain), ta, tb, repeat=rep))
+    for m, k, nn in sz["mlp"]:
+        x, w, b = (torch.from_numpy(v) for v in d[f"mlp{m}"])
+        r = rep if m * k * nn < 2**28 else max(3, rep // 2)
+        put(f"mlp{m} eager", wall(lambda x, w, b: torch.relu(x @ w + b), x, w, b, repeat=r))
+        put(f"mlp{m} compile", wall(torch.compile(lambda x, w, b: torch.relu(x @ w + b)), x, w, b, repeat=r))
+    x, w = (torch.from_numpy(v) for v in d["mm"])
+    put("mm", wall(torch.matmul, x, w, repeat=rep))
+    x = torch.from_numpy(d["rows"])
+    put("softmax", wall(torch.compile(_torch_softmax), x, repeat=rep))
+    put("layernorm", wall(torch.compile(_torch_layernorm), x, repeat=rep))
+    return res
+
+
+def torch_results(quick: bool) -> tuple[dict | None, str]:
+    if _torch_spec() is None:
+        return None, "torch not installed (this script never installs it)"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--torch-child"] + (["--quick"] if quick else [])
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode or not lines:
+        return None, f"torch run failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}"
+    return json.loads(lines[-1]), ""
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (smoke test)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the torch rows")
+    ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.torch_child:
+        print(json.dumps(torch_measure(args.quick)))
+        return 0
     from explorer.backends import cpu
     ok, why = cpu.available()
     if not ok:
         print(f"CPU backend unavailable: {why}")
         return 1
-    n = 1 << (20 if args.quick else 24)
-    rep = 3 if args.quick else 10
-    rng = np.random.default_rng(0)
+    sz = sizes(args.quick)
+    n, rep = sz["n"], sz["rep"]
+    d = data(sz)
     tab = Table()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f}, "
@@ -102,31 +178,18 @@ def main(argv=None) -> int:
     if load > 0.5 * (os.cpu_count() or 1):
         print("note: the machine is busy; timings (medians especially) are noisy, compare the min column")
 
-    # -- copy bandwidth
-    a = rng.standard_normal(n, dtype=np.float32)
-    b = rng.standard_normal(n, dtype=np.float32)
+    # ---- our kernels and numpy (this process)
+    a, b = d["a"], d["b"]
     dst = np.empty_like(a)
-    tcopy = wall(np.copyto, dst, a, repeat=rep * 2)
-    copy_gbs = 2 * a.nbytes / tcopy.median_ms / 1e6
-    tab.section(f"copy bandwidth, {n / 2**20:.0f}M float32")
-    tab.add("numpy copy", tcopy, f"{copy_gbs:.1f} GB/s")
-
-    # -- the 8-op chain
-    moved = 3 * a.nbytes   # read a, b; write out
-
-    def bw_note(t: Timing) -> str:
-        gbs = moved / t.median_ms / 1e6
-        return f"{gbs:.1f} GB/s = {100 * gbs / copy_gbs:.0f}% of copy"
-
-    tab.section(f"8-op chain, {n / 2**20:.0f}M float32")
+    tcopy_np = wall(np.copyto, dst, a, repeat=rep * 2)
+    exe = cpu.build_codegen(generate_c(copy_program(n)))
+    tcopy = exe.time([a], warmup=3, repeat=rep * 2)
+    if not np.array_equal(exe.run([a])[0], a):
+        raise SystemExit("the C copy kernel did not copy")
     tnp = wall(chain, a, b, warmup=1, repeat=max(3, rep // 2))
     tfused, err, _ = ours(chain, a, b, repeat=rep)
     tfast, err_fast, _ = ours(chain, a, b, repeat=rep, fast_math=True)
-    tab.add("numpy", tnp, "1.0x", bw_note(tnp))
-    tab.add("fused CPU kernel (NumPy NaN/Inf)", tfused, f"{tnp.median_ms / tfused.median_ms:.1f}x numpy",
-            f"{bw_note(tfused)}; max err {err:.2g}")
-    tab.add("fused CPU kernel, fast_math=True", tfast, f"{tnp.median_ms / tfast.median_ms:.1f}x numpy",
-            f"{bw_note(tfast)}; max err {err_fast:.2g}")
+    tne = None
     if importlib.util.find_spec("numexpr"):
         import numexpr as ne
 
@@ -134,68 +197,135 @@ def main(argv=None) -> int:
             t = ne.evaluate("tanh(a*1.5+b)*b - a/3")
             return ne.evaluate("where(t > 0.1, t, 0.1) + a*b")
         tne = wall(ne_chain, a, b, repeat=rep)
-        tab.add(f"numexpr ({ne.detect_number_of_cores()} threads)", tne, f"{tnp.median_ms / tne.median_ms:.1f}x numpy",
-                f"fused is {tne.median_ms / tfused.median_ms:.1f}x faster")
-    else:
-        tab.add("numexpr", None, "", "not installed")
-    torch = _torch()
-    if torch is not None:
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        tc = torch.compile(lambda a, b: torch.clamp_min(torch.tanh(a * 1.5 + b) * b - a / 3, 0.1) + a * b)
-        tc(ta, tb)
-        tt = wall(tc, ta, tb, repeat=rep)
-        tab.add("torch.compile (Inductor)", tt, f"{tnp.median_ms / tt.median_ms:.1f}x numpy",
-                f"fused is {tt.median_ms / tfused.median_ms:.1f}x faster")
-    else:
-        tab.add("torch.compile", None, "", "torch not importable (not installed by this script)")
-
-    # -- matmul + bias + relu
-    shapes = [(256, 256, 256), (2048, 64, 64)] if args.quick else [(1024, 1024, 1024), (8192, 64, 64)]
-    for m, k, nn in shapes:
-        x = rng.standard_normal((m, k), dtype=np.float32)
-        w = rng.standard_normal((k, nn), dtype=np.float32)
-        bias = rng.standard_normal(nn, dtype=np.float32)
-        tab.section(f"matmul+bias+relu {m}x{k} @ {k}x{nn}")
+        ne_threads = ne.detect_number_of_cores()
+    mlp_res = []
+    for m, k, nn in sz["mlp"]:
+        x, w, bias = d[f"mlp{m}"]
         r = rep if m * k * nn < 2**28 else max(3, rep // 2)
         tf, ef, cf = ours(mlp, x, w, bias, repeat=r)
         tu, eu, cu = ours(mlp, x, w, bias, repeat=r, fuse=False)
         tn = wall(mlp, x, w, bias, repeat=r)
+        mlp_res.append((m, k, nn, tf, ef, cf, tu, cu, tn))
+    x, w = d["mm"]
+    tm, em, _ = ours(matmul, x, w, repeat=max(3, rep // 2))
+    tmn = wall(matmul, x, w, repeat=rep)
+    red_res = []
+    for name, fn in (("softmax", softmax), ("layernorm", layernorm)):
+        tr, er, _ = ours(fn, d["rows"], repeat=rep)
+        red_res.append((name, tr, er, wall(fn, d["rows"], repeat=rep)))
+    end_load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+    # ---- torch (child process)
+    tr_res, tr_why = (None, "skipped (--no-torch)") if args.no_torch else torch_results(args.quick)
+
+    def tt(key: str) -> Timing | None:
+        if not tr_res or key not in tr_res:
+            return None
+        med, mn = tr_res[key]
+        return Timing(median_ms=med, min_ms=mn, stdev_ms=0.0, repeat=0)
+
+    # ---- the table
+    copy_gbs = 2 * a.nbytes / tcopy.median_ms / 1e6
+    tab.section(f"copy bandwidth, {n / 2**20:.0f}M float32 (read + write)")
+    tab.add("numpy copy (1 thread)", tcopy_np, f"{2 * a.nbytes / tcopy_np.median_ms / 1e6:.1f} GB/s")
+    tab.add("C copy kernel (OpenMP, via the CPU backend)", tcopy, f"{copy_gbs:.1f} GB/s",
+            f"min {2 * a.nbytes / tcopy.min_ms / 1e6:.1f} GB/s; the shares below use the median")
+    moved = 3 * a.nbytes   # read a, b; write out
+
+    def bw_note(t: Timing) -> str:
+        gbs = moved / t.median_ms / 1e6
+        return f"{gbs:.1f} GB/s = {100 * gbs / copy_gbs:.0f}% of copy"
+
+    tab.section(f"8-op chain, {n / 2**20:.0f}M float32")
+    tab.add("numpy", tnp, "1.0x", bw_note(tnp))
+    tab.add("fused CPU kernel (NumPy NaN/Inf)", tfused, f"{tnp.median_ms / tfused.median_ms:.1f}x numpy",
+            f"{bw_note(tfused)}; max err {err:.2g}")
+    tab.add("fused CPU kernel, fast_math=True", tfast, f"{tnp.median_ms / tfast.median_ms:.1f}x numpy",
+            f"{bw_note(tfast)}; max err {err_fast:.2g}")
+    if tne is not None:
+        tab.add(f"numexpr ({ne_threads} threads)", tne, f"{tnp.median_ms / tne.median_ms:.1f}x numpy",
+                f"fused is {tne.median_ms / tfused.median_ms:.1f}x faster")
+    else:
+        tab.add("numexpr", None, "", "not installed")
+    threads = tr_res["threads"] if tr_res else "?"
+    for key, label in (("chain eager", f"torch eager ({threads} threads)"), ("chain compile", "torch.compile (Inductor)")):
+        t = tt(key)
+        tab.add(label, t, f"{tnp.median_ms / t.median_ms:.1f}x numpy" if t else "",
+                (f"fused is {t.median_ms / tfused.median_ms:.1f}x faster, fast_math "
+                 f"{t.median_ms / tfast.median_ms:.1f}x") if t else tr_why)
+    for m, k, nn, tf, ef, cf, tu, cu, tn in mlp_res:
+        tab.section(f"matmul+bias+relu {m}x{k} @ {k}x{nn}")
         tab.add("numpy", tn, "1.0x")
         tab.add(f"fused ({len(cf.kernels)} kernel)", tf, f"{tn.median_ms / tf.median_ms:.2f}x numpy",
                 f"{tu.median_ms / tf.median_ms:.2f}x vs unfused; max err {ef:.2g}")
         tab.add(f"unfused ({len(cu.kernels)} kernels)", tu, f"{tn.median_ms / tu.median_ms:.2f}x numpy",
                 "per kernel ms: " + ", ".join(f"{v:.3f}" for v in (tu.per_kernel_ms or {}).values()))
-        if torch is not None:
-            tx, twt, tbb = (torch.from_numpy(v) for v in (x, w, bias))
-            tcm = torch.compile(lambda x, w, b: torch.relu(x @ w + b))
-            tcm(tx, twt, tbb)
-            tt = wall(tcm, tx, twt, tbb, repeat=r)
-            tab.add("torch.compile (Inductor)", tt, f"{tn.median_ms / tt.median_ms:.2f}x numpy",
-                    f"fused is {tt.median_ms / tf.median_ms:.2f}x its speed")
-
-    # -- plain matmul
-    m = 256 if args.quick else 1024
-    x = rng.standard_normal((m, m), dtype=np.float32)
-    w = rng.standard_normal((m, m), dtype=np.float32)
+        for key, label in ((f"mlp{m} eager", "torch eager"), (f"mlp{m} compile", "torch.compile (Inductor)")):
+            t = tt(key)
+            tab.add(label, t, f"{tn.median_ms / t.median_ms:.2f}x numpy" if t else "",
+                    f"fused is {t.median_ms / tf.median_ms:.2f}x its speed" if t else tr_why)
+    m = sz["mm"]
     flops = 2 * m ** 3
     tab.section(f"matmul {m}^3")
-    tm, em, _ = ours(matmul, x, w, repeat=max(3, rep // 2))
-    tn = wall(matmul, x, w, repeat=rep)
-    tab.add("numpy", tn, f"{flops / tn.median_ms / 1e6:.0f} GFLOP/s")
+    tab.add("numpy", tmn, f"{flops / tmn.median_ms / 1e6:.0f} GFLOP/s")
     tab.add("CPU backend", tm, f"{flops / tm.median_ms / 1e6:.0f} GFLOP/s",
-            f"{tn.median_ms / tm.median_ms:.2f}x numpy; max err {em:.2g}")
+            f"{tmn.median_ms / tm.median_ms:.2f}x numpy (min: {tmn.min_ms / tm.min_ms:.2f}x); max err {em:.2g}")
+    t = tt("mm")
+    tab.add("torch.matmul", t, f"{flops / t.median_ms / 1e6:.0f} GFLOP/s" if t else "", "" if t else tr_why)
+    for name, tr, er, tn in red_res:
+        tab.section(f"{name} over the last axis, {sz['rows']}x1024 float32")
+        tab.add("numpy", tn, "1.0x")
+        gbs = 2 * d["rows"].nbytes / tr.median_ms / 1e6
+        tab.add("CPU backend (1 kernel)", tr, f"{tn.median_ms / tr.median_ms:.1f}x numpy",
+                f"{gbs:.1f} GB/s = {100 * gbs / copy_gbs:.0f}% of copy; max err {er:.2g}")
+        t = tt(name)
+        tab.add("torch.compile (Inductor)", t, f"{tn.median_ms / t.median_ms:.1f}x numpy" if t else "",
+                f"ours is {t.median_ms / tr.median_ms:.2f}x its speed" if t else tr_why)
     tab.print()
+    print(f"load average: {load:.1f} at the start, {end_load:.1f} after our and numpy's rows"
+          + (f"; torch {tr_res['version']} measured afterwards in a child process" if tr_res else ""))
     return 0
 
 
-def _torch():
-    if importlib.util.find_spec("torch") is None:
-        return None
-    try:
-        import torch
-        return torch
-    except Exception:   # a broken torch install is just "not available" here
-        return None
+def _torch_spec():
+    return importlib.util.find_spec("torch")
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def layernorm(x):
+    m = x.mean(axis=-1, keepdims=True)
+    v = ((x - m) ** 2).mean(axis=-1, keepdims=True)
+    return (x - m) / np.sqrt(v + 1e-5)
+
+
+def _torch_softmax(x):
+    import torch
+    return torch.softmax(x, dim=-1)
+
+
+def _torch_layernorm(x):
+    import torch
+    m = x.mean(dim=-1, keepdim=True)
+    v = ((x - m) ** 2).mean(dim=-1, keepdim=True)
+    return (x - m) / torch.sqrt(v + 1e-5)
+
+
+def copy_program(n: int, chunk: int = 1 << 16, vec: int = 16):
+    """out0 = x as hand-written loop IR: chunks across OpenMP threads, SIMD inside (what the
+    elementwise default schedule generates, without any arithmetic)."""
+    from explorer.loopir import Buffer, For, Kernel, Load, Program, Store, Var
+    x, y = Buffer("x", (n,)), Buffer("out0", (n,))
+    o, c, v = Var("o"), Var("c"), Var("v")
+    if n % chunk or chunk % vec:
+        raise ValueError(f"copy_program: n={n} must be a multiple of chunk={chunk}, a multiple of vec={vec}")
+    idx = o * chunk + c * vec + v
+    body = For(o, n // chunk, (For(c, chunk // vec, (For(v, vec, (Store(y, (idx,), Load(x, (idx,))),),
+                                                          kind="vectorized"),)),), kind="parallel")
+    return Program("copy", (Kernel("copy_kernel", (x, y), (body,), outputs=("out0",)),), (x,), (y,))
 
 
 if __name__ == "__main__":

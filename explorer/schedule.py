@@ -1,5 +1,5 @@
 """Schedules as data (TVM te.Schedule / Halide style): split, fuse, reorder, bind,
-parallel, vectorize, unroll, cache_read, cache_write.
+parallel, vectorize, unroll, cache_read, cache_write, double_buffer.
 
 A Schedule is a list of primitives on the named axes of one kernel's compute
 definition; applying it gives an AxisState (leaf loops in order, their kinds, how
@@ -104,6 +104,15 @@ class CacheWrite:
     def __str__(self): return f"cache_write({self.scope}, at={self.at})"
 
 
+@dataclass(frozen=True)
+class DoubleBuffer:
+    """Two shared slots for a cache_read tile: the copy of tile k+1 overlaps the compute on tile k."""
+
+    buffer: str
+
+    def __str__(self): return f"double_buffer({self.buffer})"
+
+
 Primitive = Any
 
 
@@ -154,6 +163,16 @@ class Schedule:
     def cache_write(self, scope: str, at: str) -> None:
         self.primitives.append(CacheWrite(scope, at))
 
+    def double_buffer(self, buffer: str) -> None:
+        """Give the shared tile of `buffer` (already cache_read into 'shared') two slots: the loop
+        copies tile k+1 into one while computing on tile k from the other, one barrier per step.
+
+        >>> s = Schedule(); s.cache_read("a", "shared", at="k_o"); s.double_buffer("a"); print(s)
+        cache_read(a, shared, at=k_o)
+        double_buffer(a)
+        """
+        self.primitives.append(DoubleBuffer(buffer))
+
     def __iter__(self):
         return iter(self.primitives)
 
@@ -189,6 +208,7 @@ class AxisState:
     cache_reads: list[CacheRead] = field(default_factory=list)
     cache_write: CacheWrite | None = None
     guards: list[tuple[str, int]] = field(default_factory=list)  # (axis, extent) whose split overflows
+    double_buffers: list[str] = field(default_factory=list)      # cache_read buffers with two shared slots
 
     def leaf(self, name: str) -> Leaf:
         for l in self.leaves:
@@ -337,6 +357,19 @@ def apply(schedule: Schedule, spatial: Sequence[tuple[str, int]], reduce: Sequen
                 raise ScheduleError(f"{where}: cache_write scope must be 'local' (registers), got {p.scope!r}")
             pos(p.at)
             st.cache_write = p
+        elif isinstance(p, DoubleBuffer):
+            shared = [cr.buffer for cr in st.cache_reads if cr.scope == "shared"]
+            if p.buffer not in shared:
+                local = any(cr.buffer == p.buffer for cr in st.cache_reads)
+                raise ScheduleError(
+                    f"{where}: double_buffer({p.buffer!r}): " + (
+                        f"{p.buffer} is cache_read into 'local', not 'shared'; only a shared tile is double-buffered"
+                        if local else f"{p.buffer} is not cache_read into shared memory before it; add "
+                        f"cache_read({p.buffer}, 'shared', at=...) first") +
+                    f" (shared tiles so far: {', '.join(shared) or 'none'})")
+            if p.buffer in st.double_buffers:
+                raise ScheduleError(f"{where}: double_buffer({p.buffer!r}) is given twice")
+            st.double_buffers.append(p.buffer)
         else:
             raise ScheduleError(f"{where}: unknown schedule primitive {p!r}")
     _validate_launch(st, where)
@@ -366,6 +399,8 @@ KNOBS = {
     "vector": "elements per thread / SIMD chunk for elementwise kernels",
     "unroll": "unroll the innermost loops (bool)",
     "shared": "stage matmul operands in shared memory (bool, CUDA)",
+    "double_buffer": "two shared-memory slots per staged matmul tile: copy the next k tile during the "
+                     "compute, one barrier per k step (bool, CUDA; default on when it fits in 48 KiB)",
     "chunk": "elements per parallel chunk on the CPU",
 }
 
@@ -397,6 +432,12 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
     for k in ("threads", "vector", "chunk"):
         if k in out:
             positive(k, out[k])
+    if "double_buffer" in out:
+        v = out["double_buffer"]
+        import numpy as np
+        if not isinstance(v, (bool, np.bool_)):
+            raise ScheduleError(f"schedule knob double_buffer: {v!r} must be True or False")
+        out["double_buffer"] = bool(v)
     return out
 
 
@@ -509,6 +550,27 @@ def _cuda_matmul(c, knobs) -> Schedule:
     if shared > MAX_SHARED_BYTES:
         raise ScheduleError(f"schedule of {c.name}: tile ({BM}, {BN}, {BK}) stages {shared} bytes of shared "
                             f"memory, over the {MAX_SHARED_BYTES}-byte (48 KiB) static limit; use a smaller BK or tile")
+    # double buffering needs two slots per tile; by default only when they fit and there is a next k tile
+    double, db_note = False, ""
+    if knobs.get("double_buffer") and knobs.get("shared") is False:
+        raise ScheduleError(f"schedule of {c.name}: double_buffer=True needs the operands staged in shared memory, "
+                            f"but shared=False; drop one of the two knobs")
+    if use_shared:
+        asked = knobs.get("double_buffer")
+        if asked and 2 * shared > MAX_SHARED_BYTES:
+            raise ScheduleError(f"schedule of {c.name}: double_buffer=True needs 2 x {shared} = {2 * shared} bytes "
+                                f"of shared memory, over the {MAX_SHARED_BYTES}-byte (48 KiB) static limit; use "
+                                f"a smaller tile or BK, or double_buffer=False")
+        if asked is None:
+            if 2 * shared > MAX_SHARED_BYTES:
+                db_note = (f"double buffering off: two slots would need {2 * shared} bytes of shared memory, "
+                           f"over 48 KiB")
+            elif K <= BK:
+                db_note = "double buffering off: a single k step has no next tile to prefetch"
+            else:
+                double = True
+        else:
+            double = bool(asked)
     batch = [a.name for a in c.spatial[:-2]]
     io, ii = s.split("i", BM, names=("i_b", "i_in"))
     it, ir = s.split(ii, TM, names=("i_t", "i_r"))
@@ -528,17 +590,47 @@ def _cuda_matmul(c, knobs) -> Schedule:
     if use_shared:
         s.cache_read(c.operands[0], "shared", at=ko)
         s.cache_read(c.operands[1], "shared", at=ko)
+        if double:
+            s.double_buffer(c.operands[0])
+            s.double_buffer(c.operands[1])
     if knobs.get("unroll", True):
         s.unroll(kin)
         s.unroll(ir)
         s.unroll(jr)
     s.notes.append(f"matmul: {BM}x{BN} block tile, {TM}x{TN} register tile per thread ({threads} threads), "
-                   f"k step {BK}" + (", operands staged in shared memory" if use_shared else ""))
+                   f"k step {BK}" + (", operands staged in shared memory" if use_shared else "")
+                   + (" (double-buffered: tile k+1 is copied while tile k is used, one barrier per k step)"
+                      if double else ""))
+    if db_note:
+        s.notes.append(db_note)
     return s
 
 
 # lanes of a 32-byte (AVX2) vector per accumulator dtype: the CPU matmul tile's width unit
 CPU_VECTOR_LANES = {"f32": 8, "i32": 8, "f64": 4, "i64": 4}
+
+
+def _cpu_reduce_lanes(c, knobs) -> int:
+    """SIMD lanes for a row reduction on the CPU, or 0 to keep it serial.
+
+    Only a single reduce axis that is the innermost (stride-1) index of every array it reads,
+    with an extent divisible by the lane count (no masked tail), and float/int accumulators.
+    """
+    if len(c.reduce) != 1 or not c.accums:
+        return 0
+    r = c.reduce[0]
+    vec = knobs.get("vector", 16)
+    if vec <= 1 or r.extent % vec or r.extent <= vec:
+        return 0
+    for a in c.accums:
+        if a.buffer.dtype not in ("f32", "f64", "i32", "i64") or a.op not in ("sum", "max", "min"):
+            return 0
+        for x in L.walk_expr(a.value):
+            if isinstance(x, L.Load) and any(isinstance(v, L.Var) and v.name == r.name
+                                             for i in x.indices for v in L.walk_expr(i)):
+                if not (x.indices and x.indices[-1] == L.Var(r.name)):
+                    return 0
+    return vec
 
 
 def _cpu_default(c, knobs) -> Schedule:
@@ -570,7 +662,16 @@ def _cpu_default(c, knobs) -> Schedule:
         o = _fuse_all(s, sp, "row")
         if o is not None and c_extent(c, sp) > 1:
             s.parallel(o)
-        s.notes.append("reduction: rows across OpenMP threads, serial accumulation along the row")
+        vec = _cpu_reduce_lanes(c, knobs) if c.kind == "reduce" else 0
+        if vec:
+            # r -> (r_o, r_i): r_i runs in SIMD lanes with one partial accumulator per lane
+            # (codegen/c.py), combined after the row; max/min keep NumPy's NaN propagation
+            _, ri = s.split(rd[0], vec, names=(f"{rd[0]}_o", f"{rd[0]}_i"))
+            s.vectorize(ri)
+            s.notes.append(f"reduction: rows across OpenMP threads, {vec} partial accumulators per row "
+                           f"in SIMD lanes along the contiguous reduce axis")
+        else:
+            s.notes.append("reduction: rows across OpenMP threads, serial accumulation along the row")
         return s
     # matmul: B's column panel packed once per j tile (contiguous rows, no 4 KB-stride L1 aliasing),
     # then row tiles across OpenMP threads, each keeping a TM x TN register tile of accumulators.

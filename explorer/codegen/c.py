@@ -15,6 +15,20 @@ Mapping (before → after):
                                          y[i] = x[i] * 2.0f;
                                        }
 
+Register tiles (matmul accumulators): a serial loop whose body is unrolled loops around
+vectorized loops over a local tile at constant indices becomes a noinline micro-kernel with the
+tile in GCC vector variables (`ke_v8f`), B rows as unaligned vector loads, A as broadcasts:
+
+    for k in range(K):                          static void ke_<kernel>_mk0(float* acc, ...) {
+      for r in unrolled(2):                       ke_v8f acc_r0 = ke_load_v8f(&acc[0]); ...
+        for v in vectorized(8):          →        for (int k = 0; k < K; ++k) {
+          acc[r, v] += x[r, k] * w[k, v]              acc_r0 = (acc_r0 + (x[k] * ke_load_v8f(&w[k * 8])));
+                                                      acc_r1 = (acc_r1 + (x[K + k] * ke_load_v8f(&w[k * 8]))); }
+                                                  ke_store_v8f(&acc[0], acc_r0); ... }
+
+Row reductions split as (r_o serial, r_i vectorized) keep one partial accumulator per lane
+(`acc_lanes[r_i]`, combined after the row), so the lane loop has no carried dependency.
+
 Loop kinds: serial → plain for; parallel → `omp parallel for` (directly nested parallel
 loops collapse; deeper ones run serially inside the outer team); vectorized → `omp simd`
 (with a `reduction(+:acc)` clause for scalar sums, dropped when the loop carries any other
@@ -190,6 +204,16 @@ static inline ke_v8f ke_splat_v8f(float s) { return (ke_v8f){s, s, s, s, s, s, s
 static inline ke_v4d ke_splat_v4d(double s) { return (ke_v4d){s, s, s, s}; }
 static inline ke_v8i ke_splat_v8i(int32_t s) { return (ke_v8i){s, s, s, s, s, s, s, s}; }
 static inline ke_v4l ke_splat_v4l(int64_t s) { return (ke_v4l){s, s, s, s}; }
+/* lane-wise NaN-propagating max/min (as ke_maxf): a comparison gives a 0/-1 lane mask, then a blend */
+#define KE_VSEL(T, M, a, b) ((T)(((M)(a) & m) | ((M)(b) & ~m)))
+static inline ke_v8f ke_max_v8f(ke_v8f a, ke_v8f b) { ke_v8i m = (a > b) | (a != a); return KE_VSEL(ke_v8f, ke_v8i, a, b); }
+static inline ke_v8f ke_min_v8f(ke_v8f a, ke_v8f b) { ke_v8i m = (a < b) | (a != a); return KE_VSEL(ke_v8f, ke_v8i, a, b); }
+static inline ke_v4d ke_max_v4d(ke_v4d a, ke_v4d b) { ke_v4l m = (a > b) | (a != a); return KE_VSEL(ke_v4d, ke_v4l, a, b); }
+static inline ke_v4d ke_min_v4d(ke_v4d a, ke_v4d b) { ke_v4l m = (a < b) | (a != a); return KE_VSEL(ke_v4d, ke_v4l, a, b); }
+static inline ke_v8i ke_max_v8i(ke_v8i a, ke_v8i b) { ke_v8i m = a > b; return KE_VSEL(ke_v8i, ke_v8i, a, b); }
+static inline ke_v8i ke_min_v8i(ke_v8i a, ke_v8i b) { ke_v8i m = a < b; return KE_VSEL(ke_v8i, ke_v8i, a, b); }
+static inline ke_v4l ke_max_v4l(ke_v4l a, ke_v4l b) { ke_v4l m = a > b; return KE_VSEL(ke_v4l, ke_v4l, a, b); }
+static inline ke_v4l ke_min_v4l(ke_v4l a, ke_v4l b) { ke_v4l m = a < b; return KE_VSEL(ke_v4l, ke_v4l, a, b); }
 
 static inline float ke_sigmoidf(float x) { return 1.0f / (1.0f + ke_expf(-x)); }
 static inline float ke_rsqrtf(float x) { return 1.0f / sqrtf(x); }
@@ -467,6 +491,10 @@ class _KernelEmitter:
 
     def loop(self, s: L.For, depth: int) -> None:
         pad = "  " * depth
+        lanes = self.lane_accumulators(s) if s.kind == "serial" else None
+        if lanes is not None:
+            self.stmts(lanes, depth)
+            return
         if s.bound:
             raise CompileError(f"kernel {self.kernel.name}: loop {s.var.name} is bound to {s.kind}, which exists "
                                f"only on a GPU: the C backend needs a CPU schedule (parallel/vectorized/unrolled "
@@ -529,6 +557,59 @@ class _KernelEmitter:
         self.in_parallel -= inc
         self.lines.append(f"{pad}}}")
 
+    # -- reductions in SIMD lanes ------------------------------------------------------------------
+    def lane_accumulators(self, s: L.For) -> list[L.Stmt] | None:
+        """`for o: for v in vectorized(E): acc = acc OP e` → E partial accumulators, one per lane.
+
+            acc_lanes[v] = (OP is + ? 0 : acc)          for v in vectorized(E)
+            for o: for v in vectorized(E): acc_lanes[v] = acc_lanes[v] OP e
+            acc = acc OP acc_lanes[v]                    for v in range(E)
+
+        The lane loop then has no loop-carried dependency, so it vectorizes (and, for + and -,
+        max/min, its lanes become vector registers); max/min keep NaN propagation lane-wise
+        and in the final combine. Sums are reassociated (E partial sums; NumPy's pairwise sum
+        rounds differently from a serial sum too). Returns None when the loop is not this shape.
+        """
+        if len(s.body) != 1 or not isinstance(s.body[0], L.For) or s.body[0].kind != "vectorized":
+            return None
+        inner = s.body[0]
+        v = inner.var
+        stores = [st for st in L.walk(inner.body) if isinstance(st, L.Store)]
+        loads = [ld for st in L.walk(inner.body) for e in L.stmt_exprs(st) for ld in _buffers_in_expr(e)]
+        accs: dict[str, tuple[L.Buffer, str]] = {}
+        for st in stores:
+            b = st.buffer
+            if b.name not in self.locals or b.shape or b.scope == "global":
+                continue
+            val = st.value
+            if not (b.dtype in _VEC and isinstance(val, L.BinOp) and val.op in ("+", "max", "min")
+                    and val.a == L.Load(b, ()) and not any(isinstance(x, L.Load) and x.buffer.name == b.name
+                                                           for x in L.walk_expr(val.b))):
+                return None
+            if b.name in accs or sum(ld.buffer.name == b.name for ld in loads) != 1:
+                return None   # written twice, or read by another statement of the loop
+            accs[b.name] = (b, val.op)
+        if not accs:
+            return None
+        lanes: dict[str, L.Buffer] = {n: L.Buffer(f"{n} lanes", (inner.extent,), b.dtype, "local")
+                                      for n, (b, _) in accs.items()}
+
+        def to_lanes(st: L.Stmt):
+            if isinstance(st, L.Store) and st.buffer.name in lanes:
+                lb = lanes[st.buffer.name]
+                return L.Store(lb, (v,), L.BinOp(st.value.op, L.Load(lb, (v,)), st.value.b))
+            return None
+        out: list[L.Stmt] = []
+        fin: list[L.Stmt] = []
+        for n, (b, op) in accs.items():
+            lb, lv = lanes[n], L.Var(f"{n} lane", v.dtype)
+            init = L.Const(0.0 if b.dtype in FLOATS else 0, b.dtype) if op == "+" else L.Load(b, ())
+            out += [L.Alloc(lb), L.For(lv, inner.extent, (L.Store(lb, (lv,), init),), "vectorized")]
+            fin.append(L.For(lv, inner.extent, (L.Store(b, (), L.BinOp(op, L.Load(b, ()), L.Load(lb, (lv,)))),),
+                             "serial"))
+        body = L.map_stmts(inner.body, to_lanes)
+        return out + [L.For(s.var, s.extent, (L.For(v, inner.extent, body, "vectorized"),), s.kind)] + fin
+
     # -- register tiles as GCC vector variables -----------------------------------------------------
     def vector_region(self, s: L.For, depth: int) -> list[str] | None:
         """Serial loop `s` as a call of a register-tiled micro-kernel, or None (emit it normally).
@@ -552,7 +633,7 @@ class _KernelEmitter:
         # buffers whose every access in the region is at a constant, lane-aligned base → registers
         bases: dict[str, set] = {}
         bad: set[str] = set()
-        for st, m, dt in items:
+        for st, m, dt, _ in items:
             accesses = [(st.buffer, st.indices)] + [(ld.buffer, ld.indices) for ld in _buffers_in_expr(st.value)]
             for buf, idx in accesses:
                 if buf.scope == "global" or buf.name not in self.locals:
@@ -563,15 +644,23 @@ class _KernelEmitter:
                     bad.add(buf.name)
                 else:
                     bases.setdefault(buf.name, set()).add(base)
-        written = {st.buffer.name for st, _, _ in items}
+        written = {st.buffer.name for st, _, _, _ in items}
         tiles = {n: b for n, b in bases.items() if n in written and n not in bad}
         if not tiles or sum(len(b) for b in tiles.values()) > MAX_VECTOR_REGISTERS:
             return None
         # the helper's parameters: every buffer and free loop variable the region reads or writes
         buffers: dict[str, L.Buffer] = {}
         free: dict[str, L.Var] = {}
-        for st, m, _ in items:
-            for e in (*st.indices, st.value):
+        guards: list[L.Expr] = []
+        for st, m, _, cond in items:
+            if cond is not None:
+                g = L.substitute(cond, m)
+                if (_uses_var(g, lane) or _uses_var(g, s.var.name)
+                        or any(isinstance(x, L.Load) for x in L.walk_expr(g))):
+                    return None   # only guards fixed for the whole loop are hoisted
+                if g not in guards:
+                    guards.append(g)
+            for e in (*st.indices, st.value, *(() if cond is None else (L.substitute(cond, m),))):
                 for x in L.walk_expr(L.substitute(e, m)):
                     if isinstance(x, L.Load):
                         buffers.setdefault(x.buffer.name, x.buffer)
@@ -608,9 +697,10 @@ class _KernelEmitter:
                 body.append(f"  ke_{suf} {r} = ke_load_{suf}(&{cname}[{base}]);")
                 post.append(f"  ke_store_{suf}(&{cname}[{base}], {r});")
         var = self.names.get("var", s.var.name)
-        body.append(f"  for ({itype} {var} = 0; {var} < {s.extent}; ++{var}) {{")
+        gnames = [self.names.fresh("ke_g") for _ in guards]
+        stmts: list[tuple[int | None, str]] = []
         try:
-            for st, m, dt in items:
+            for st, m, dt, cond in items:
                 suf = _VEC[dt][0]
                 v, is_vec = self._vexpr(L.substitute(st.value, m), dt, regs)
                 if not is_vec:
@@ -619,21 +709,33 @@ class _KernelEmitter:
                 if _lane_coef(flat, lane) != 1 or st.buffer.dtype != dt:
                     return None
                 base_e = L.simplify_expr(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
+                g = None if cond is None else guards.index(L.substitute(cond, m))
                 if st.buffer.name in tiles:
-                    body.append(f"    {regs[(st.buffer.name, _const_int(base_e))]} = {v};")
+                    stmts.append((g, f"{regs[(st.buffer.name, _const_int(base_e))]} = {v};"))
                 else:
-                    body.append(f"    ke_store_{suf}(&{self.names.get('buf', st.buffer.name)}"
-                                f"[{self.expr(base_e)}], {v});")
+                    stmts.append((g, f"ke_store_{suf}(&{self.names.get('buf', st.buffer.name)}"
+                                     f"[{self.expr(base_e)}], {v});"))
         except _NoVector:
             return None
-        body += ["  }"] + post + ["}"]
+        head = f"for ({itype} {var} = 0; {var} < {s.extent}; ++{var}) {{"
+        if not guards:
+            body += [f"  {head}"] + [f"    {t}" for _, t in stmts] + ["  }"]
+        else:
+            # guards depend only on outer loops: test them once, run the unguarded loop for full tiles
+            body += [f"  const bool {n} = {self.expr(g)};" for n, g in zip(gnames, guards)]
+            body += [f"  if ({' && '.join(gnames)}) {{", f"    {head}"] + [f"      {t}" for _, t in stmts]
+            body += ["    }", "  } else {", f"    {head}"]
+            body += [f"      {t}" if g is None else f"      if ({gnames[g]}) {t}" for g, t in stmts]
+            body += ["    }", "  }"]
+        body += post + ["}"]
         self.helpers.append("\n".join(body) + "\n")
         pad = "  " * depth
         return [f"{pad}/* loop {comment_text(s.var.name)}: register-tiled micro-kernel */",
                 f"{pad}{helper}({', '.join(args)});"]
 
-    def _unroll_region(self, body) -> list[tuple[L.Store, dict, str]]:
-        items: list[tuple[L.Store, dict, str]] = []
+    def _unroll_region(self, body) -> list[tuple[L.Store, dict, str, L.Expr | None]]:
+        """(store, substitution, dtype, guard) per vector statement of the fully unrolled body."""
+        items: list[tuple[L.Store, dict, str, L.Expr | None]] = []
 
         def visit(stmts, env):
             for st in stmts:
@@ -641,9 +743,15 @@ class _KernelEmitter:
                     for v in range(st.extent):
                         visit(st.body, {**env, st.var.name: L.Const(v, st.var.dtype)})
                 elif isinstance(st, L.For) and st.kind == "vectorized":
-                    if not st.body or not all(isinstance(b, L.Store) for b in st.body):
+                    inner, cond = st.body, None
+                    if len(inner) == 1 and isinstance(inner[0], L.If) and not inner[0].orelse:
+                        # a bounds guard of the whole lane loop (a partial row tile): kept per statement
+                        inner, cond = inner[0].then, inner[0].cond
+                        if _uses_var(cond, st.var.name):
+                            raise _NoVector
+                    if not inner or not all(isinstance(b, L.Store) for b in inner):
                         raise _NoVector
-                    dts = {b.buffer.dtype for b in st.body}
+                    dts = {b.buffer.dtype for b in inner}
                     dt = dts.pop() if len(dts) == 1 else None
                     if dt not in _VEC or st.extent % _VEC[dt][1] or _simd_reduction(st, self.locals) != []:
                         raise _NoVector
@@ -651,7 +759,7 @@ class _KernelEmitter:
                     lane = L.Var(_LANE, st.var.dtype)
                     for c in range(st.extent // w):
                         m = {**env, st.var.name: L.BinOp("+", L.Const(c * w, st.var.dtype), lane)}
-                        items.extend((b, m, dt) for b in st.body)
+                        items.extend((b, m, dt, cond) for b in inner)
                 else:
                     raise _NoVector
                 if len(items) > MAX_VECTOR_STMTS:
@@ -683,6 +791,12 @@ class _KernelEmitter:
             a, _ = self._vexpr(e.a, dt, regs)
             b, _ = self._vexpr(e.b, dt, regs)
             return f"({a} {e.op} {b})", True
+        if isinstance(e, L.BinOp) and e.op in ("max", "min"):
+            a, av = self._vexpr(e.a, dt, regs)
+            b, bv = self._vexpr(e.b, dt, regs)
+            a = a if av else f"ke_splat_{suf}({a})"
+            b = b if bv else f"ke_splat_{suf}({b})"
+            return f"ke_{e.op}_{suf}({a}, {b})", True
         if isinstance(e, L.UnOp) and e.op == "neg":
             a, _ = self._vexpr(e.a, dt, regs)
             return f"(-{a})", True
