@@ -120,6 +120,18 @@ def test_cache_read_local_packs_on_cpu():
     s = Schedule(); io, ii = s.split("i", 4)
     s.cache_read("b", "local", at=io)
     k = generate_kernel(mm_compute(), s, "cpu")
+    # packed in loop order: k is the innermost loop here, so the (k, j) panel is stored as (j, k)
+    assert any(isinstance(x, L.Alloc) and x.buffer.name == "b_local" and x.buffer.shape == (24, 16)
+               for x in L.walk(k.body))
+    check_mm(k)
+
+
+def test_cache_read_local_keeps_layout_when_loop_order_matches():
+    s = Schedule(); io, ii = s.split("i", 4)
+    s.reorder(io, "k", ii, "j")
+    s.cache_write("local", at=io)
+    s.cache_read("b", "local", at=io)
+    k = generate_kernel(mm_compute(), s, "cpu")
     assert any(isinstance(x, L.Alloc) and x.buffer.name == "b_local" and x.buffer.shape == (16, 24)
                for x in L.walk(k.body))
     check_mm(k)

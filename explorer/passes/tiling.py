@@ -306,10 +306,11 @@ class _Generator:
             if len(loads) <= int(nth or 0):
                 raise ScheduleError(f"cache_read({cr.buffer}): the accumulation does not read {cr.buffer}")
             ld = loads[int(nth or 0)]
-            dims, shape, local_idx, base_idx = [], [], [], []
+            dims, shape, local_idx, base_idx, depth = [], [], [], [], []
             for d, ix in enumerate(ld.indices):
                 if isinstance(ix, L.Const):
                     shape.append(1); local_idx.append(L.Const(0)); base_idx.append(ix); dims.append(None)
+                    depth.append(-1)
                     continue
                 if not isinstance(ix, L.Var) or ix.name not in self.vals:
                     raise ScheduleError(f"cache_read({cr.buffer}): dimension {d} is indexed by {ix}, not by one loop "
@@ -324,6 +325,10 @@ class _Generator:
                 base = self.st.value(r, zero_in)
                 maxv = _eval_int(local, {l: self.st.extents[l] - 1 for l in chain if l in foot})
                 shape.append(maxv + 1); local_idx.append(local); base_idx.append(base); dims.append(r)
+                depth.append(max((k2 for k2, l in enumerate(order) if l.name in chain & foot), default=-1))
+            # a local (CPU) tile is packed in loop order: the dimension walked by the innermost loop is
+            # contiguous, whatever the source layout (x @ w.T packs w's panel as (k, j) rows)
+            perm = sorted(range(len(shape)), key=lambda d: depth[d]) if cr.scope == "local" else list(range(len(shape)))
             bname = f"{name}{'_' + nth if nth else ''}_{cr.scope}"
             if cr.scope == "shared" and cr.buffer in self.st.double_buffers:
                 # slot k_o % 2 holds tile k_o; copies are made per (tile index, slot) by loop()
@@ -336,18 +341,21 @@ class _Generator:
                     return self.copy_code(src, buf, dims, base, list(shape), slot=L.simplify_expr(slot))
                 local_idx = [L.BinOp("%", L.Var(kv), L.Const(2))] + local_idx
             else:
-                buf = L.Buffer(bname, tuple(shape), ld.buffer.dtype, cr.scope)
-                copy = self.copy_code(ld.buffer, buf, dims, base_idx, shape)
+                buf = L.Buffer(bname, tuple(shape[p] for p in perm), ld.buffer.dtype, cr.scope)
+                copy = self.copy_code(ld.buffer, buf, dims, base_idx, shape, perm=perm)
+                local_idx = [local_idx[p] for p in perm]
             if cr.scope == "shared":
                 self.shared_allocs.append(buf)
             self.staging.setdefault(cr.at, []).append((cr, buf, copy))
             self.rewrites[ld] = (buf, tuple(local_idx))
 
     def copy_code(self, src: L.Buffer, dst: L.Buffer, dims, base_idx, shape,
-                  slot: L.Expr | None = None) -> list[L.Stmt]:
+                  slot: L.Expr | None = None, perm: Sequence[int] | None = None) -> list[L.Stmt]:
         """Copy the tile `shape` at `base_idx` of `src` into `dst` (into dst[slot, ...] when given);
-        shared tiles cooperatively, element e*threads + tid per thread, zero-padded at the edges."""
+        shared tiles cooperatively, element e*threads + tid per thread, zero-padded at the edges.
+        `perm` lays the tile out transposed: dst dimension k is source dimension perm[k]."""
         lead = () if slot is None else (slot,)
+        perm = list(perm) if perm is not None else list(range(len(shape)))
         total = 1
         for s in shape:
             total *= s
@@ -363,19 +371,17 @@ class _Generator:
                 gidx.append(g)
                 if any(self.st.roots_of(a) & {r} for a, _ in self.st.guards):
                     conds.append(L.BinOp("<", g, L.Const(ext[r])))
-            store = L.Store(dst, lead + tuple(d_vars), L.Load(src, tuple(gidx)))
+            didx = lead + tuple(d_vars[p] for p in perm)
+            store = L.Store(dst, didx, L.Load(src, tuple(gidx)))
             if not conds:
                 return [store]
             cond = conds[0]
             for cc in conds[1:]:
                 cond = L.BinOp("&&", cond, cc)
-            return [L.If(cond, (store,), (L.Store(dst, lead + tuple(d_vars), _zero(dst.dtype)),))]
+            return [L.If(cond, (store,), (L.Store(dst, didx, _zero(dst.dtype)),))]
 
         if dst.scope == "shared":
-            nthreads = 1
-            tid: L.Expr = L.Const(0)
-            for t in reversed(self.threads):   # x fastest
-                pass
+            tid: L.Expr = L.Const(0)   # linear thread id, threadIdx.x fastest
             stride = 1
             for t in sorted(self.threads, key=lambda l: -_KIND_ORDER[l.kind[-1]]):
                 tid = L.simplify_expr(tid + L.Var(t.name) * stride)
@@ -398,8 +404,8 @@ class _Generator:
             return [L.For(e, -(-total // nthreads), tuple(stmts), "unrolled" if -(-total // nthreads) <= 8 else "serial")]
         vars_ = [L.Var(f"{dst.name}_{d}") for d in range(len(shape))]
         stmts = body(vars_)
-        for v, s in reversed(list(zip(vars_, shape))):
-            stmts = [L.For(v, s, tuple(stmts), "serial")]
+        for p in reversed(perm):   # loop in the destination's order: contiguous writes
+            stmts = [L.For(vars_[p], shape[p], tuple(stmts), "serial")]
         return stmts
 
     def staged(self, e: L.Expr) -> L.Expr:
