@@ -139,8 +139,12 @@ def test_schedule_knobs_change_tiled_stage():
     e.knobs.unroll.value = False
     t4 = stage_text(e, "tiled")
     assert t4 != t3 and "unroll(" in t3 and "unroll(" not in t4
+    e.knobs.double_buffer.value = False
+    t5 = stage_text(e, "tiled")
+    assert "double_buffer(" in t4 and "double_buffer(" not in t5 and "cache_read" in t5
     e.knobs.shared.value = False
-    assert "cache_read" in t4 and "cache_read" not in stage_text(e, "tiled")
+    assert "cache_read" not in stage_text(e, "tiled")
+    assert e.knobs.double_buffer.disabled and "shared" in e.knobs.double_buffer.tooltip
 
     # threads and vector shape the elementwise kernels (unfused graph on the GPU schedule)
     e.knobs.fuse.value = False

@@ -30,7 +30,7 @@ THREADS = (AUTO, 32, 64, 128, 256, 512, 1024)
 VECTOR = (AUTO, 1, 2, 4, 8, 16)
 THREAD_TILES = (AUTO, (1, 1), (2, 2), (4, 4), (4, 8), (8, 8), (4, 16), (4, 32), (8, 32))
 ON_OFF = (("auto", AUTO), ("on", True), ("off", False))
-SCHEDULE_KNOBS = ("thread_tile", "threads", "vector", "unroll", "shared")  # besides "tile"
+SCHEDULE_KNOBS = ("thread_tile", "threads", "vector", "unroll", "shared", "double_buffer")  # besides "tile"
 AS_GIVEN = "given"  # Dropdown treats None as "nothing selected", so a sentinel
 DTYPES = (("as given", AS_GIVEN), ("float32", "float32"), ("float64", "float64"), ("float16", "float16"))
 SCALES = (("×¼", 0.25), ("×½", 0.5), ("×1", 1.0), ("×2", 2.0), ("×4", 4.0), ("×8", 8.0))
@@ -38,7 +38,8 @@ NARROW = W.Layout(width="176px")
 
 
 class KnobPanel(W.VBox):
-    """Fusion on/off and per rule, tile (BM, BN, BK), threads, vector, unroll, dtype, target,
+    """Fusion on/off and per rule, tile (BM, BN, BK), threads, vector, unroll, shared staging and its
+    double buffering, dtype, target,
     fast-math and problem-size scale. `on_change(cb)` calls cb(knob_name) after a user change."""
 
     def __init__(self, target: str = "cpu", fuse: Any = True, schedule: dict | None = None, dtype: Any = None,
@@ -55,6 +56,7 @@ class KnobPanel(W.VBox):
         self.vector = W.Dropdown(description="vector", options=VECTOR, layout=NARROW, style=style)
         self.unroll = W.Dropdown(description="unroll", options=ON_OFF, layout=NARROW, style=style)
         self.shared = W.Dropdown(description="shared", options=ON_OFF, layout=NARROW, style=style)
+        self.double_buffer = W.Dropdown(description="2x buffer", options=ON_OFF, layout=NARROW, style=style)
         self.dtype = W.Dropdown(description="dtype", options=DTYPES, layout=NARROW, style=style)
         self.target = W.Dropdown(description="target", options=TARGETS, layout=NARROW, style=style)
         self.fast_math = W.Checkbox(description="fast math", indent=False)
@@ -70,7 +72,7 @@ class KnobPanel(W.VBox):
         super().__init__([W.HTML("<b>knobs</b>"), self.target, self.dtype, self.scale, self.fast_math,
                           W.HTML("<b>fusion</b>"), self.fuse, *self.rules.values(),
                           W.HTML("<b>schedule</b>"), *self.tile, self.tile_note, self.thread_tile, self.threads,
-                          self.vector, self.unroll, self.shared], layout=W.Layout(width="200px", min_width="200px"), **kwargs)
+                          self.vector, self.unroll, self.shared, self.double_buffer], layout=W.Layout(width="200px", min_width="200px"), **kwargs)
         self.add_class("ke-knobs")
         self.set(target=target, fuse=fuse, schedule=schedule, dtype=dtype, fast_math=fast_math, scale=scale)
         for name, w in self.controls().items():
@@ -163,11 +165,14 @@ class KnobPanel(W.VBox):
                 elif target == "cpu":
                     why[f"tile{i}"] = "block tile (BM, BN, BK) " + gpu_only
             if not has_matmul:
-                why["thread_tile"] = why["shared"] = no_mm
+                why["thread_tile"] = why["shared"] = why["double_buffer"] = no_mm
+            elif self.shared.value is False:
+                why["double_buffer"] = "double buffering needs shared-memory staging: set shared to on or auto"
             if target == "cpu":
                 why["threads"] = "threads per block " + gpu_only
                 why["unroll"] = "unroll " + gpu_only
                 why.setdefault("shared", "shared-memory staging " + gpu_only)
+                why.setdefault("double_buffer", "shared-memory double buffering " + gpu_only)
         if target != "cpu":
             why["fast_math"] = "fast math is a C-compiler flag: it applies to target 'cpu'"
         return why
