@@ -29,6 +29,16 @@ Conventions every consumer relies on
 - Expressions are immutable and hashable; BinOp ops are '+ - * / % min max < <= > >= == != && ||'.
   '/' on ints is C division (indices are never negative); '%' likewise.
 - Call(fn, args) names a math intrinsic from MATH_FUNCTIONS; codegen maps it per language/dtype.
+- Warp-level matrix ops (tensor cores, from schedule.tensorize): a Fragment is a per-warp array of
+  16x16 tiles (role 'matrix_a' | 'matrix_b' | 'accumulator'), declared by FragmentAlloc.
+  FragmentFill / FragmentLoad / Mma / FragmentStore are executed by all 32 lanes of a warp together
+  (threadIdx.x is the lane; never inside a guard that depends on threadIdx). FragmentLoad/Store move
+  the 16x16 tile whose top-left element is `origin` (a Load naming the element) in a row-major
+  buffer with leading dimension buffer.shape[-1]; a 'col_major' operand is read transposed.
+
+      for k_i in unrolled(1):
+        x_frag[i_f] = wmma_load(&x_shared[i_w * 32 + i_f * 16, k_i * 16])
+        acc_frag[i_f, j_f] = mma(x_frag[i_f], w_frag[j_f], acc_frag[i_f, j_f])
 """
 from __future__ import annotations
 
@@ -289,6 +299,79 @@ class Comment(Stmt):
     text: str
 
 
+FRAGMENT_ROLES = ("matrix_a", "matrix_b", "accumulator")
+WMMA_SHAPE = (16, 16, 16)   # (m, n, k) of one warp-level mma
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A per-warp array of `count` WMMA tiles (16x16 elements each, spread over the warp's registers).
+
+    role 'matrix_a' (m x k, f16), 'matrix_b' (k x n, f16) or 'accumulator' (m x n, f32); layout is how
+    an operand tile sits in memory ('row_major' or 'col_major'; accumulators are loaded/stored row-major).
+    """
+
+    name: str
+    role: str
+    count: tuple[int, ...]
+    dtype: str
+    layout: str = "row_major"
+
+    def __post_init__(self):
+        if self.role not in FRAGMENT_ROLES:
+            raise ValueError(f"fragment role must be one of {FRAGMENT_ROLES}, got {self.role!r}")
+        object.__setattr__(self, "count", tuple(int(c) for c in self.count))
+
+    def type_str(self) -> str:
+        lay = f", {self.layout}" if self.role != "accumulator" else ""
+        return f"{self.role} {self.dtype}[{','.join(map(str, self.count))}] of 16x16{lay}"
+
+
+@dataclass(frozen=True)
+class FragmentAlloc(Stmt):
+    fragment: Fragment
+
+
+@dataclass(frozen=True)
+class FragmentFill(Stmt):
+    fragment: Fragment
+    index: tuple[Expr, ...]
+    value: Const
+
+
+@dataclass(frozen=True)
+class FragmentLoad(Stmt):
+    """fragment[index] = the 16x16 tile of origin.buffer starting at origin.indices (warp-collective)."""
+
+    fragment: Fragment
+    index: tuple[Expr, ...]
+    origin: Load
+
+
+@dataclass(frozen=True)
+class Mma(Stmt):
+    """c[c_index] = a[a_index] @ b[b_index] + c[c_index]: f16 products, f32 accumulation (warp-collective)."""
+
+    c: Fragment
+    c_index: tuple[Expr, ...]
+    a: Fragment
+    a_index: tuple[Expr, ...]
+    b: Fragment
+    b_index: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class FragmentStore(Stmt):
+    """The 16x16 tile starting at origin.indices of origin.buffer = fragment[index] (warp-collective)."""
+
+    origin: Load
+    fragment: Fragment
+    index: tuple[Expr, ...]
+
+
+WARP_STMTS = (FragmentAlloc, FragmentFill, FragmentLoad, Mma, FragmentStore)
+
+
 # ----------------------------------------------------------------------------- kernels
 @dataclass(frozen=True)
 class Kernel:
@@ -508,6 +591,13 @@ def stmt_exprs(s: Stmt) -> Iterator[Expr]:
         yield s.value
     elif isinstance(s, If):
         yield s.cond
+    elif isinstance(s, (FragmentLoad, FragmentStore)):
+        yield s.origin
+        yield from s.index
+    elif isinstance(s, (FragmentFill,)):
+        yield from s.index
+    elif isinstance(s, Mma):
+        yield from (*s.c_index, *s.a_index, *s.b_index)
 
 
 def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
@@ -682,4 +772,21 @@ def stmt_lines(s: Stmt, depth: int) -> list[str]:
         return [f"{pad}{s.buffer.name}[] = allreduce_{s.op}({s.buffer.name}[], {s.axis})"]
     if isinstance(s, Comment):
         return [f"{pad}# {s.text}"]
+    if isinstance(s, FragmentAlloc):
+        return [f"{pad}alloc {s.fragment.name}: {s.fragment.type_str()}"]
+    if isinstance(s, FragmentFill):
+        return [f"{pad}{_frag_text(s.fragment, s.index)} = wmma_fill({expr_text(s.value)})"]
+    if isinstance(s, FragmentLoad):
+        return [f"{pad}{_frag_text(s.fragment, s.index)} = wmma_load(&{expr_text(s.origin)}, "
+                f"ld={s.origin.buffer.shape[-1]})"]
+    if isinstance(s, Mma):
+        c = _frag_text(s.c, s.c_index)
+        return [f"{pad}{c} = mma({_frag_text(s.a, s.a_index)}, {_frag_text(s.b, s.b_index)}, {c})"]
+    if isinstance(s, FragmentStore):
+        return [f"{pad}wmma_store(&{expr_text(s.origin)}, {_frag_text(s.fragment, s.index)}, "
+                f"ld={s.origin.buffer.shape[-1]})"]
     return [f"{pad}{s!r}"]
+
+
+def _frag_text(f: Fragment, index: Sequence[Expr]) -> str:
+    return f"{f.name}[{', '.join(expr_text(i) for i in index)}]"

@@ -1,5 +1,5 @@
 """Schedules as data (TVM te.Schedule / Halide style): split, fuse, reorder, bind,
-parallel, vectorize, unroll, cache_read, cache_write, double_buffer.
+parallel, vectorize, unroll, cache_read, cache_write, double_buffer, tensorize.
 
 A Schedule is a list of primitives on the named axes of one kernel's compute
 definition; applying it gives an AxisState (leaf loops in order, their kinds, how
@@ -113,6 +113,22 @@ class DoubleBuffer:
     def __str__(self): return f"double_buffer({self.buffer})"
 
 
+# tensor intrinsics tensorize knows: name -> (m, n, k) of one warp-level op
+TENSOR_INTRINSICS = {"wmma_16x16x16": (16, 16, 16)}
+WARP_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Tensorize:
+    """Replace the loop nest from `axis` inward (the warp tile: rows, columns, k step) by warp-level
+    tensor-core ops of `intrinsic`: fragments loaded from the shared tiles, mma, fragments stored."""
+
+    axis: str
+    intrinsic: str
+
+    def __str__(self): return f"tensorize({self.axis}, {self.intrinsic})"
+
+
 Primitive = Any
 
 
@@ -173,6 +189,15 @@ class Schedule:
         """
         self.primitives.append(DoubleBuffer(buffer))
 
+    def tensorize(self, axis: str, intrinsic: str = "wmma_16x16x16") -> None:
+        """Compute the loops from `axis` inward (i rows, j columns, k step of a warp's tile, in that
+        order) with tensor-core `intrinsic` on a warp: threadIdx.x becomes the 32 lanes of a warp.
+
+        >>> s = Schedule(); s.tensorize("i_f", "wmma_16x16x16"); print(s)
+        tensorize(i_f, wmma_16x16x16)
+        """
+        self.primitives.append(Tensorize(axis, intrinsic))
+
     def __iter__(self):
         return iter(self.primitives)
 
@@ -209,6 +234,7 @@ class AxisState:
     cache_write: CacheWrite | None = None
     guards: list[tuple[str, int]] = field(default_factory=list)  # (axis, extent) whose split overflows
     double_buffers: list[str] = field(default_factory=list)      # cache_read buffers with two shared slots
+    tensorize: Tensorize | None = None                           # warp-level tensor-core tile
 
     def leaf(self, name: str) -> Leaf:
         for l in self.leaves:
@@ -370,6 +396,14 @@ def apply(schedule: Schedule, spatial: Sequence[tuple[str, int]], reduce: Sequen
             if p.buffer in st.double_buffers:
                 raise ScheduleError(f"{where}: double_buffer({p.buffer!r}) is given twice")
             st.double_buffers.append(p.buffer)
+        elif isinstance(p, Tensorize):
+            if p.intrinsic not in TENSOR_INTRINSICS:
+                raise ScheduleError(f"{where}: tensorize({p.axis}, {p.intrinsic!r}): unknown intrinsic; known: "
+                                    f"{', '.join(TENSOR_INTRINSICS)}")
+            if st.tensorize is not None:
+                raise ScheduleError(f"{where}: tensorize is given twice ({st.tensorize.axis} and {p.axis})")
+            pos(p.axis)
+            st.tensorize = p
         else:
             raise ScheduleError(f"{where}: unknown schedule primitive {p!r}")
     _validate_launch(st, where)
@@ -386,9 +420,12 @@ def _validate_launch(st: AxisState, where: str) -> None:
                                 f"{MAX_GRID_YZ} for grid y/z; bind it to blockIdx.x or split it")
         if l.kind == "blockIdx.x" and l.extent > MAX_GRID_X:
             raise ScheduleError(f"{where}: {l.extent} blocks along x is over the CUDA limit {MAX_GRID_X}")
+    if st.tensorize is not None:
+        threads *= WARP_SIZE   # tensorize makes threadIdx.x the 32 lanes of each warp
     if threads > MAX_THREADS_PER_BLOCK:
         raise ScheduleError(f"{where}: {threads} threads per block is over the CUDA limit of "
-                            f"{MAX_THREADS_PER_BLOCK}; use smaller thread tiles")
+                            f"{MAX_THREADS_PER_BLOCK}; use smaller thread tiles"
+                            + (" (tensorize: 32 lanes per warp)" if st.tensorize is not None else ""))
 
 
 # ----------------------------------------------------------------------------- knobs and defaults
@@ -402,6 +439,9 @@ KNOBS = {
     "double_buffer": "two shared-memory slots per staged matmul tile: copy the next k tile during the "
                      "compute, one barrier per k step (bool, CUDA; default on when it fits in 48 KiB)",
     "chunk": "elements per parallel chunk on the CPU",
+    "tensor_core": "f16 matmul on tensor cores: WMMA 16x16x16 fragments from the shared tiles, f32 accumulation "
+                   "(bool, CUDA/sim only, ignored on the CPU; default on when the operands are f16 and "
+                   "M, N, K >= 16)",
 }
 
 
@@ -438,6 +478,12 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(v, (bool, np.bool_)):
             raise ScheduleError(f"schedule knob double_buffer: {v!r} must be True or False")
         out["double_buffer"] = bool(v)
+    if "tensor_core" in out:
+        v = out["tensor_core"]
+        import numpy as np
+        if not isinstance(v, (bool, np.bool_)):
+            raise ScheduleError(f"schedule knob tensor_core: {v!r} must be True or False")
+        out["tensor_core"] = bool(v)
     return out
 
 
@@ -529,7 +575,128 @@ def c_extent(c, names: Sequence[str]) -> int:
     return n
 
 
+def _tc_operands(c) -> tuple[tuple[str, str] | None, str]:
+    """(names of the f16 A and B buffers for cache_read, '') when the matmul can run on tensor cores,
+    else (None, why not). The accumulation must be exactly f32(A[.., i, k]) * f32(B[.., k, j])
+    (either operand may be transposed) with f16 A and B summed in f32."""
+    if c.kind != "contraction" or len(c.accums) != 1:
+        return None, "not a matmul"
+    acc = c.accums[0]
+    if acc.op != "sum" or acc.buffer.dtype != "f32":
+        return None, f"the accumulator is {acc.buffer.dtype}, tensor cores accumulate f16 products in f32"
+    v = acc.value
+    if not (isinstance(v, L.BinOp) and v.op == "*"):
+        return None, "the accumulation is not a plain product of the two operands"
+    loads = []
+    for x, inner in ((v.a, "k"), (v.b, "k")):
+        ld = x.a if isinstance(x, L.Cast) and x.dtype == "f32" else x
+        if not isinstance(ld, L.Load):
+            return None, "an operand is computed (a fused prologue), not read from memory"
+        if ld.buffer.dtype != "f16":
+            return None, f"operand {ld.buffer.name} is {ld.buffer.dtype}; the WMMA path needs f16 operands"
+        if not all(isinstance(ix, (L.Var, L.Const)) for ix in ld.indices):
+            return None, f"operand {ld.buffer.name} is not indexed by plain loop axes"
+        loads.append(ld)
+    a, b = loads
+    ai = {ix.name for ix in a.indices[-2:] if isinstance(ix, L.Var)}
+    bi = {ix.name for ix in b.indices[-2:] if isinstance(ix, L.Var)}
+    if ai != {"i", "k"} or bi != {"k", "j"}:
+        return None, "the operands' last two dimensions are not (i, k) and (k, j)"
+    names = (a.buffer.name, b.buffer.name if b.buffer.name != a.buffer.name else f"{b.buffer.name}#1")
+    return names, ""
+
+
+def _tc_tile(n: int) -> int:
+    """Largest of 64, 32, 16 that is at most n (a block tile a multiple of the 16-wide fragment)."""
+    for t in (64, 32, 16):
+        if t <= n:
+            return t
+    return 16
+
+
+def _cuda_tensor_core(c, knobs, operands: tuple[str, str]) -> Schedule:
+    """f16 matmul on tensor cores: a BM x BN block tile of warps, each computing a WM x WN warp tile
+    as (WM/16) x (WN/16) WMMA accumulator fragments; A and B tiles staged in shared memory (double-
+    buffered when it fits); the accumulators go through a shared f32 tile so the fused epilogue runs
+    per element with bounds guards."""
+    s = Schedule()
+    M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
+    where = f"schedule of {c.name} (tensor_core)"
+    if "tile" in knobs:
+        BM, BN, BK = knobs["tile"]
+    else:
+        BM, BN, BK = _tc_tile(M), _tc_tile(N), min(_tc_tile(K), 32)
+    for name, v, ext in (("BM", BM, M), ("BN", BN, N), ("BK", BK, K)):
+        if v % 16:
+            raise ScheduleError(f"{where}: tile {name}={v} is not a multiple of 16, the WMMA fragment size "
+                                f"(16x16x16); use e.g. tile=(64, 64, 32)")
+        if v > ext:
+            raise ScheduleError(f"{where}: tile {name}={v} is larger than the axis extent {ext}; tensor cores need "
+                                f"M, N, K >= 16 and a tile <= the extent (or tensor_core=False)")
+    WM, WN = (32 if BM % 32 == 0 else 16), (32 if BN % 32 == 0 else 16)
+    warps = (BM // WM) * (BN // WN)
+    if warps * WARP_SIZE > MAX_THREADS_PER_BLOCK:
+        raise ScheduleError(f"{where}: tile ({BM}, {BN}) needs {warps} warps = {warps * WARP_SIZE} threads per "
+                            f"block, over the CUDA limit of {MAX_THREADS_PER_BLOCK}; use a smaller tile")
+    ab = (BM * BK + BK * BN) * 2          # f16 tiles
+    ctile = BM * BN * 4                   # f32 accumulator tile for the epilogue
+    if ab + ctile > MAX_SHARED_BYTES:
+        raise ScheduleError(f"{where}: tile ({BM}, {BN}, {BK}) needs {ab} bytes of f16 operand tiles plus a "
+                            f"{ctile}-byte f32 epilogue tile in shared memory, over the {MAX_SHARED_BYTES}-byte "
+                            f"(48 KiB) static limit; use a smaller tile")
+    asked = knobs.get("double_buffer")
+    if asked and 2 * ab + ctile > MAX_SHARED_BYTES:
+        raise ScheduleError(f"{where}: double_buffer=True needs {2 * ab + ctile} bytes of shared memory, over the "
+                            f"{MAX_SHARED_BYTES}-byte (48 KiB) static limit; use a smaller tile or "
+                            f"double_buffer=False")
+    double = asked if asked is not None else (2 * ab + ctile <= MAX_SHARED_BYTES and K > BK)
+    batch = [a.name for a in c.spatial[:-2]]
+    io, ii = s.split("i", BM, names=("i_b", "i_in"))
+    iw, if_ = s.split(ii, WM, names=("i_w", "i_f"))
+    jo, ji = s.split("j", BN, names=("j_b", "j_in"))
+    jw, jf = s.split(ji, WN, names=("j_w", "j_f"))
+    ko, ki = s.split("k", BK, names=("k_o", "k_i"))
+    bz = _fuse_all(s, batch, "batch") if batch else None
+    s.reorder(*([bz] if bz else []), io, jo, iw, jw, ko, if_, jf, ki)
+    if bz:
+        s.bind(bz, "blockIdx.z")
+    s.bind(io, "blockIdx.y")
+    s.bind(jo, "blockIdx.x")
+    s.bind(iw, "threadIdx.z")
+    s.bind(jw, "threadIdx.y")
+    s.cache_read(operands[0], "shared", at=ko)
+    s.cache_read(operands[1], "shared", at=ko)
+    if double:
+        s.double_buffer(operands[0])
+        s.double_buffer(operands[1])
+    s.tensorize(if_, "wmma_16x16x16")
+    s.notes.append(f"matmul on tensor cores: {BM}x{BN} block tile of {warps} warps, each a {WM}x{WN} tile of "
+                   f"{(WM // 16) * (WN // 16)} WMMA 16x16x16 f32 accumulators; k step {BK} staged in shared memory"
+                   + (" (double-buffered)" if double else "")
+                   + "; the epilogue reads the accumulators back from a shared f32 tile")
+    return s
+
+
 def _cuda_matmul(c, knobs) -> Schedule:
+    tc = knobs.get("tensor_core")
+    # f16 operands (read through an f32 cast) are what the tensor-core path is for
+    f16 = bool(c.accums) and any(isinstance(x, L.Load) and x.buffer.dtype == "f16"
+                                 for x in L.walk_expr(c.accums[0].value))
+    tc_note = "tensor cores off: tensor_core=False" if f16 else ""
+    if tc is not False:
+        operands, why = _tc_operands(c)
+        M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
+        if operands is not None and min(M, N, K) < 16:
+            operands, why = None, f"M, N, K = {M}, {N}, {K}: each must be >= 16 (one 16x16x16 fragment)"
+        if operands is not None and knobs.get("shared") is False:
+            operands, why = None, "shared=False, but WMMA fragments are loaded from shared-memory tiles"
+        if operands is not None and "tile" in knobs and any(v % 16 for v in knobs["tile"]) and tc is None:
+            operands, why = None, f"tile {knobs['tile']} is not a multiple of 16"
+        if operands is not None:
+            return _cuda_tensor_core(c, knobs, operands)
+        if tc:
+            raise ScheduleError(f"schedule of {c.name}: tensor_core=True, but {why}; use tensor_core=False")
+        tc_note = f"tensor cores off: {why}" if f16 else ""
     s = Schedule()
     M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
     BM, BN, BK = knobs.get("tile", (64, 64, 16))
@@ -603,6 +770,8 @@ def _cuda_matmul(c, knobs) -> Schedule:
                       if double else ""))
     if db_note:
         s.notes.append(db_note)
+    if tc_note:
+        s.notes.append(tc_note)
     return s
 
 

@@ -117,6 +117,10 @@ case("int32_sum_mean", [m(3, 4, dt=I32)])(lambda a: (a.sum(axis=0), np.mean(a, a
 case("int32_float_scalar", [m(5, dt=I32)])(lambda a: a * 0.5 + (a < 1.5))
 case("f16_chain", [m(4, 8, dt=F16), m(8, dt=F16)])(lambda x, b: np.tanh(x * b + 1))
 case("f16_mean_softmax", [m(4, 8, dt=F16)])(lambda x: (np.mean(x, axis=-1), nn.softmax(x)))
+# f16 matmuls take the tensor-core (WMMA) path on cuda/sim: a non-divisible shape with a fused epilogue, a batch
+case("f16_mlp_tensor_core", [m(100, 72, dt=F16), m(72, 130, dt=F16), m(130, dt=F16)])(
+    lambda x, w, b: np.maximum(x @ w + b, 0))
+case("f16_matmul_batched_tensor_core", [m(2, 20, 32, dt=F16), m(2, 32, 24, dt=F16)])(lambda a, b: np.matmul(a, b))
 case("f64_chain", [m(5, 3, dt=F64)])(lambda x: np.exp(-x * x) @ np.ones((3, 2)))
 case("bool_logic", [m(4, 5, dt=B), m(4, 5, dt=B)])(lambda a, b: (a & ~b) | (b & a))
 case("bool_where_sum", [m(6, dt=B), m(6)])(lambda c, x: (np.where(c, x, -x), c.sum(), np.logical_not(c)))

@@ -44,6 +44,10 @@ ThreadAllReduce reached by only part of a block, a store to a program input, and
 that reads a variable outside its loop. Shared/local buffers and outputs start as NaN
 (floats) so reading memory nobody wrote shows up as a wrong result, as garbage would on a GPU.
 
+Tensor cores: WMMA fragment statements (FragmentLoad / Mma / FragmentStore, from schedule.tensorize)
+run per warp — threadIdx.x must be the 32 lanes — on whole 16x16 tiles: mma multiplies the f16 tiles
+exactly and rounds once into the f32 accumulator; a tile overhanging its buffer is a memcheck error.
+
 Kernels without bound loops (CPU schedules) run too: their outermost perfectly nested
 'parallel' loops become lanes (iterations are independent by definition), every other
 loop runs serially.
@@ -866,7 +870,203 @@ def _cstmt(s: L.Stmt, ctx: _Ctx) -> Callable | None:
         return if_
     if isinstance(s, L.For):
         return _cfor(s, ctx)
+    if isinstance(s, L.WARP_STMTS):
+        return _warp_op(s, ctx)
     raise VerificationError(f"kernel {kname}: the simulator cannot execute statement {type(s).__name__}")
+
+
+# ----------------------------------------------------------------------------- tensor cores (WMMA)
+_WARP = 32
+_T16 = np.arange(16, dtype=np.int64)
+
+
+def _warp_op(s: L.Stmt, ctx: _Ctx) -> Callable:
+    """A warp-collective WMMA statement. Warps are (block, threadIdx.z, threadIdx.y) with threadIdx.x the
+    32 lanes; a fragment is stored whole per warp as (blocks, tz, ty, *count, 16, 16). mma multiplies the
+    f16 tiles exactly (in f64: products of f16 values and their sums over 16 terms are exact there) and
+    rounds once into the f32 accumulator."""
+    kname = ctx.kernel.name
+    if ctx.axis_extent.get("threadIdx.x") != _WARP:
+        raise VerificationError(f"kernel {kname}: warp-level {type(s).__name__} needs threadIdx.x to be the 32 lanes "
+                                f"of a warp, but blockDim.x is {ctx.axis_extent.get('threadIdx.x')}")
+    if ctx.thread_guard:
+        raise VerificationError(f"kernel {kname}: {type(s).__name__} inside an If whose condition depends on "
+                                f"threadIdx: every lane of the warp must execute it")
+
+    def findex(index):
+        for i in index:
+            ctx.check_vars(i)
+            if ctx.thread_dependent(i) or any(isinstance(x, L.Var) and x.name in ctx.lane_axis for x in L.walk_expr(i)):
+                raise VerificationError(f"kernel {kname}: fragment index {L.expr_text(i)} must be the same for every "
+                                        f"thread (an unrolled loop variable)")
+        fs = [_cexpr(i, ctx) for i in index]
+        return lambda fr, m, n: tuple(int(f(fr, m, n)) for f in fs)
+
+    def warps(fr, m):
+        """(bool mask over warps (nb, tz, ty) or None for all, active warp count)."""
+        nw = fr.nb * fr.tshape[0] * fr.tshape[1]
+        if m is None:
+            return None, nw
+        mb = _full(m, fr.FS)
+        anyw, allw = mb.any(axis=-1), mb.all(axis=-1)
+        if (anyw & ~allw).any():
+            raise VerificationError(f"kernel {kname}: {type(s).__name__} reached by only some lanes of a warp; "
+                                    f"all 32 lanes must execute warp-level matrix ops")
+        return allw, int(np.count_nonzero(allw))
+
+    def frag_of(fr, f: L.Fragment) -> np.ndarray:
+        a = fr.alloc.get(f.name)
+        if a is None:
+            raise VerificationError(f"kernel {kname}: fragment {f.name} is used before its FragmentAlloc")
+        return a
+
+    def check_count(f: L.Fragment, idx: tuple[int, ...]):
+        if len(idx) != len(f.count) or any(not 0 <= i < c for i, c in zip(idx, f.count)):
+            raise VerificationError(f"kernel {kname}: fragment index {list(idx)} is outside {f.name}"
+                                    f"[{', '.join(map(str, f.count))}]")
+
+    def put(dst: np.ndarray, sel, value: np.ndarray, wm) -> None:
+        if wm is None:
+            dst[sel] = value
+        else:
+            np.copyto(dst[sel], value, where=wm[..., None, None], casting="unsafe")
+
+    if isinstance(s, L.FragmentAlloc):
+        f = s.fragment
+        np_dt = L.np_dtype(f.dtype)
+
+        def falloc(fr, m, n):
+            tz, ty, _ = fr.tshape
+            fr.alloc[f.name] = np.full((fr.nb, tz, ty, *f.count, 16, 16), np.nan, np_dt)
+        return falloc
+    if isinstance(s, L.FragmentFill):
+        f, fi = s.fragment, findex(s.index)
+        value = L.np_dtype(f.dtype).type(s.value.value)
+
+        def fill(fr, m, n):
+            idx = fi(fr, m, n)
+            check_count(f, idx)
+            wm, _ = warps(fr, m)
+            put(frag_of(fr, f), (slice(None),) * 3 + idx, np.full(fr.FS[:3] + (16, 16), value), wm)
+        return fill
+    if isinstance(s, (L.FragmentLoad, L.FragmentStore)):
+        f, fi = s.fragment, findex(s.index)
+        buf, ixs = s.origin.buffer, s.origin.indices
+        if len(ixs) != len(buf.shape) or len(buf.shape) < 2:
+            raise VerificationError(f"kernel {kname}: WMMA tile origin {L.expr_text(s.origin)} must index every "
+                                    f"dimension of a buffer with at least 2 dimensions")
+        if buf.scope == "local":
+            raise VerificationError(f"kernel {kname}: WMMA tiles live in shared or global memory, not in local "
+                                    f"buffer {buf.name}")
+        store = isinstance(s, L.FragmentStore)
+        if store and f.role != "accumulator":
+            raise VerificationError(f"kernel {kname}: only accumulator fragments are stored ({f.name} is {f.role})")
+        if not store and f.role == "accumulator":
+            raise VerificationError(f"kernel {kname}: accumulator fragment {f.name} is filled, not loaded")
+        if buf.dtype != f.dtype:
+            raise VerificationError(f"kernel {kname}: fragment {f.name} is {f.dtype} but {buf.name} is {buf.dtype}")
+        for i in ixs:
+            ctx.check_vars(i)
+        fo = [_cexpr(i, ctx) for i in ixs]
+        shape = buf.shape
+        strides = [1] * len(shape)
+        for d in range(len(shape) - 2, -1, -1):
+            strides[d] = strides[d + 1] * shape[d + 1]
+        ld = shape[-1]
+        col = f.layout == "col_major" and not store
+        itemsize = L.np_dtype(buf.dtype).itemsize
+        what = "store to" if store else "load of"
+
+        def offsets(fr, m, wm):
+            """Flat element offsets (nb, tz, ty, 16, 16) of each warp's tile, bounds-checked."""
+            flat = 0
+            for d, (fn, st_) in enumerate(zip(fo, strides)):
+                v = np.broadcast_to(np.asarray(fn(fr, m, 1), dtype=np.int64), fr.FS)
+                w = v[..., 0]
+                if (v != w[..., None]).any() if wm is None else ((v != w[..., None]) & wm[..., None]).any():
+                    raise VerificationError(f"kernel {kname}: WMMA tile origin {L.expr_text(s.origin)} differs "
+                                            f"between the lanes of a warp (dimension {d})")
+                span = 16 if d >= len(shape) - 2 else 1
+                act = w if wm is None else w[wm]
+                if act.size and (int(act.min()) < 0 or int(act.max()) + span > shape[d]):
+                    bad = int(act.min()) if int(act.min()) < 0 else int(act.max())
+                    raise VerificationError(
+                        f"kernel {kname}: out-of-bounds WMMA {what} {buf.name}[{L.expr_text(s.origin)}] ({buf.scope}): "
+                        f"the 16x16 tile at index {bad} on dimension {d} does not fit in [0, {shape[d]})")
+                flat = flat + w * st_
+            return np.asarray(flat)[..., None, None] + _T16[:, None] * ld + _T16[None, :]
+
+        def memory(fr):
+            st_ = fr.glob.get(buf.name) if buf.scope == "global" else fr.alloc.get(buf.name)
+            if st_ is None:
+                raise VerificationError(f"kernel {kname}: buffer {buf.name} is used before its Alloc")
+            return st_
+
+        def count(fr, k):
+            b = k * 256 * itemsize
+            if buf.scope == "global":
+                if store:
+                    fr.c.gs += b
+                else:
+                    fr.c.gl += b
+            elif store:
+                fr.c.ss += b
+            else:
+                fr.c.sl += b
+
+        def move(fr, m, n):
+            idx = fi(fr, m, n)
+            check_count(f, idx)
+            wm, k = warps(fr, m)
+            if k == 0:
+                return
+            off = offsets(fr, m, wm)
+            mem = memory(fr)
+            sel = (slice(None),) * 3 + idx
+            if buf.scope == "shared":
+                bidx = np.broadcast_to(np.arange(fr.nb).reshape(fr.nb, 1, 1, 1, 1), off.shape)
+            count(fr, k)
+            if store:
+                if buf.scope == "global" and buf.name in ctx.readonly:
+                    raise VerificationError(f"kernel {kname}: WMMA store to {buf.name}, an input of the program")
+                val = frag_of(fr, f)[sel]
+                if wm is not None:
+                    off, val = off[wm], val[wm]
+                    if buf.scope == "shared":
+                        bidx = bidx[wm]
+                if buf.scope == "shared":
+                    mem[bidx, off] = val
+                else:
+                    mem[off] = val
+                return
+            tile = mem[bidx, off] if buf.scope == "shared" else mem[off]
+            if col:   # the operand sits transposed in memory: element (r, c) is at origin + c * ld + r
+                tile = tile.swapaxes(-1, -2)
+            put(frag_of(fr, f), sel, tile, wm)
+        return move
+    if isinstance(s, L.Mma):
+        if (s.a.role, s.b.role, s.c.role) != ("matrix_a", "matrix_b", "accumulator"):
+            raise VerificationError(f"kernel {kname}: mma({s.a.name}, {s.b.name}, {s.c.name}) needs a matrix_a, a "
+                                    f"matrix_b and an accumulator fragment")
+        fc, fa, fb = findex(s.c_index), findex(s.a_index), findex(s.b_index)
+        c_dt = L.np_dtype(s.c.dtype)
+
+        def mma(fr, m, n):
+            ci, ai, bi = fc(fr, m, n), fa(fr, m, n), fb(fr, m, n)
+            for f, i in ((s.c, ci), (s.a, ai), (s.b, bi)):
+                check_count(f, i)
+            wm, k = warps(fr, m)
+            if k == 0:
+                return
+            head = (slice(None),) * 3
+            a = frag_of(fr, s.a)[head + ai].astype(np.float64)
+            b = frag_of(fr, s.b)[head + bi].astype(np.float64)
+            cfr = frag_of(fr, s.c)
+            r = (np.matmul(a, b) + cfr[head + ci].astype(np.float64)).astype(c_dt)
+            put(cfr, head + ci, r, wm)
+            fr.c.flops += k * 2 * 16 * 16 * 16
+        return mma
+    raise VerificationError(f"kernel {kname}: unknown warp-level statement {type(s).__name__}")
 
 
 def _cfor(s: L.For, ctx: _Ctx) -> Callable:

@@ -3,7 +3,9 @@
 Bound loops become index reads (the launch grid/block carries their extents), serial loops
 become `for`, unrolled loops get `#pragma unroll`, a vectorized loop becomes float4
 loads/stores when that is provably legal, shared buffers are hoisted `__shared__`
-arrays and ThreadAllReduce becomes a warp-shuffle block reduction.
+arrays and ThreadAllReduce becomes a warp-shuffle block reduction. Warp-level fragment statements
+(schedule.tensorize) become nvcuda::wmma calls, e.g. `Mma` →
+`wmma::mma_sync(acc_frag[i_f][j_f], x_frag[i_f], w_frag[j_f], acc_frag[i_f][j_f]);`.
 
 Before (tiled loop IR)::
 
@@ -40,12 +42,12 @@ from typing import Any, Sequence
 
 from ..errors import ScheduleError, VerificationError
 from ..graph import c_identifier
-from ..loopir import (Alloc, Barrier, BinOp, Buffer, Call, Cast, Comment, Const, Expr, For, If, Kernel, Load,
-                      Program, Select, Stmt, Store, ThreadAllReduce, UnOp, Var, map_expr, simplify_expr, walk,
-                      walk_expr)
+from ..loopir import (WARP_STMTS, Alloc, Barrier, BinOp, Buffer, Call, Cast, Comment, Const, Expr, For, Fragment,
+                      FragmentAlloc, FragmentFill, FragmentLoad, FragmentStore, If, Kernel, Load, Mma, Program,
+                      Select, Stmt, Store, ThreadAllReduce, UnOp, Var, map_expr, simplify_expr, walk, walk_expr)
 from . import Codegen, GeneratedKernel
 
-__all__ = ["generate_cuda", "PRELUDE"]
+__all__ = ["generate_cuda", "PRELUDE", "WMMA_PRELUDE"]
 
 MAX_THREADS_PER_BLOCK = 1024
 _INT32_MAX = 2**31 - 1
@@ -143,6 +145,19 @@ __device__ __forceinline__ T ke_allreduce(T v, T* smem, Op op) {
         return r;
     }
 }"""
+
+
+# Added to the prelude when a kernel uses tensor cores (schedule.tensorize): WMMA needs sm_70+.
+WMMA_PRELUDE = r"""
+/* Tensor cores (WMMA, sm_70+): warp-level 16x16x16 f16 x f16 -> f32 fragments. */
+#include <mma.h>
+namespace wmma = nvcuda::wmma;"""
+
+_FRAG_TYPES = {"f16": "__half", "f32": "float"}
+
+
+def _uses_wmma(k: Kernel) -> bool:
+    return any(isinstance(s, WARP_STMTS) for s in walk(k.body))
 
 
 def _allreduce_scratch(nx: int, rows: int) -> int:
@@ -372,8 +387,45 @@ class _KernelEmitter:
             self.allreduce(s, depth)
         elif isinstance(s, Comment):
             self.emit(depth, f"/* {_comment_text(s.text)} */")
+        elif isinstance(s, WARP_STMTS):
+            self.warp_op(s, depth)
         else:
             raise VerificationError(f"kernel {self.kernel.name}: CUDA codegen does not know statement {s!r}")
+
+    # -- tensor cores (nvcuda::wmma); every lane of the warp executes these together
+    def frag(self, f: Fragment, index: Sequence[Expr]) -> str:
+        return self.name(f.name) + "".join(f"[{self.expr(simplify_expr(i))}]" for i in index)
+
+    def warp_op(self, s: Stmt, depth: int) -> None:
+        if isinstance(s, FragmentAlloc):
+            f = s.fragment
+            if f.dtype not in _FRAG_TYPES:
+                raise VerificationError(f"kernel {self.kernel.name}: WMMA fragment {f.name} of {f.dtype}; "
+                                        f"only f16 operands and f32 accumulators are generated")
+            m, n, k = 16, 16, 16
+            lay = f", wmma::{f.layout}" if f.role != "accumulator" else ""
+            dims = "".join(f"[{c}]" for c in f.count)
+            self.emit(depth, f"wmma::fragment<wmma::{f.role}, {m}, {n}, {k}, {_FRAG_TYPES[f.dtype]}{lay}> "
+                             f"{self.name(f.name)}{dims};")
+        elif isinstance(s, FragmentFill):
+            self.emit(depth, f"wmma::fill_fragment({self.frag(s.fragment, s.index)}, {_const(s.value)});")
+        elif isinstance(s, FragmentLoad):
+            if s.fragment.role == "accumulator":
+                raise VerificationError(f"kernel {self.kernel.name}: loading accumulator fragment "
+                                        f"{s.fragment.name} is not generated; fill it instead")
+            o = s.origin
+            self.emit(depth, f"wmma::load_matrix_sync({self.frag(s.fragment, s.index)}, "
+                             f"&{self.access(o.buffer, o.indices)}, {o.buffer.shape[-1]});")
+        elif isinstance(s, Mma):
+            c = self.frag(s.c, s.c_index)
+            self.emit(depth, f"wmma::mma_sync({c}, {self.frag(s.a, s.a_index)}, {self.frag(s.b, s.b_index)}, {c});")
+        elif isinstance(s, FragmentStore):
+            o = s.origin
+            if o.buffer.dtype != "f32":
+                raise VerificationError(f"kernel {self.kernel.name}: accumulator {s.fragment.name} stored to "
+                                        f"{o.buffer.dtype} buffer {o.buffer.name}; WMMA stores f32 here")
+            self.emit(depth, f"wmma::store_matrix_sync(&{self.access(o.buffer, o.indices)}, "
+                             f"{self.frag(s.fragment, s.index)}, {o.buffer.shape[-1]}, wmma::mem_row_major);")
 
     def store(self, s: Store, depth: int) -> None:
         value = self.expr(simplify_expr(s.value))
@@ -570,8 +622,10 @@ def _generate_kernel(k: Kernel, arch: str) -> GeneratedKernel:
     body = em.lines
 
     top: list[str] = []
+    # WMMA loads/stores need 256-bit aligned tile pointers (tile offsets are multiples of 16 elements)
+    align = "__align__(32) " if _uses_wmma(k) else ""
     for cname, b in sorted(em.shared.items()):
-        top.append(f"  __shared__ {_STORAGE[b.dtype]} {cname}[{max(b.size, 1)}];")
+        top.append(f"  __shared__ {align}{_STORAGE[b.dtype]} {cname}[{max(b.size, 1)}];")
     for ctype, n in sorted(em.reduce_scratch.items()):
         top.append(f"  __shared__ {ctype} ke_red_{ctype.replace(' ', '_')}[{n}];  /* block-reduction scratch */")
     import numpy as np
@@ -601,4 +655,5 @@ def generate_cuda(program: Program, arch: str = "sm_80") -> Codegen:
             raise VerificationError(f"two kernels are both named {g.name!r} in program {program.name}; "
                                     f"kernel names must be unique")
         seen.add(g.name)
-    return Codegen(language="cuda", prelude=PRELUDE, kernels=kernels, program=program)
+    prelude = PRELUDE + (WMMA_PRELUDE if any(_uses_wmma(k) for k in program.kernels) else "")
+    return Codegen(language="cuda", prelude=prelude, kernels=kernels, program=program)

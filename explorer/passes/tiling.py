@@ -6,7 +6,8 @@ not divide get bounds guards; cache_write keeps a register tile of accumulators;
 cache_read stages an operand tile in shared memory (cooperative copy between two
 barriers) or a local buffer; double_buffer gives a shared tile two slots (prologue
 copies tile 0, each step prefetches tile k+1 into the other slot, one barrier per
-step); a thread-bound reduction axis ends in an allreduce.
+step); a thread-bound reduction axis ends in an allreduce; tensorize turns a warp's tile of an f16
+matmul into WMMA fragment statements (see build_tensorized for the before/after).
 
 Before (lowered, naive):                    After (tiled for CUDA, elementwise):
   for i0 in range(1000):                      # schedule: split(n, 256) -> blk, thr; bind(blk, blockIdx.x); ...
@@ -31,8 +32,8 @@ from typing import Any, Callable, Sequence
 
 from .. import loopir as L
 from ..errors import ExplorerError, ScheduleError
-from ..schedule import (MAX_SHARED_BYTES, AxisState, CacheRead, Leaf, Schedule, apply, check_knobs,
-                        default_schedule)
+from ..schedule import (MAX_SHARED_BYTES, WARP_SIZE, AxisState, CacheRead, Leaf, Schedule, _tc_operands, apply,
+                        check_knobs, default_schedule)
 
 _KIND_ORDER = {"z": 0, "y": 1, "x": 2}
 
@@ -76,8 +77,13 @@ def tile(program: L.Program, schedule: Any = None, target: str = "cuda", example
 
 def generate_kernel(compute, schedule: Schedule, target: str = "cuda") -> L.Kernel:
     """The loop nest of one compute definition under `schedule` (target: 'cuda' | 'cpu' | 'naive')."""
+    operands = tuple(compute.operands)
+    if compute.kind == "contraction" and not operands:
+        # f16 operands are read through an f32 cast, which lowering does not list; the tensor-core
+        # path stages them (the SIMT path keeps reading them from global memory, as before)
+        operands = _tc_operands(compute)[0] or ()
     st = apply(schedule, [(a.name, a.extent) for a in compute.spatial], [(a.name, a.extent) for a in compute.reduce],
-               buffers=compute.operands, kernel=compute.name)
+               buffers=operands, kernel=compute.name)
     gen = _Generator(compute, st, target)
     body = gen.build()
     if target == "cpu":
@@ -114,6 +120,20 @@ class _Generator:
         if target == "cpu" and (blocks or threads):
             raise ScheduleError(f"schedule of {c.name}: the CPU target cannot bind loops to blockIdx/threadIdx; "
                                 f"use parallel/vectorize/unroll")
+        self.staged_dims: dict[L.Load, list] = {}
+        if st.tensorize is not None:
+            where = f"schedule of {c.name}: {st.tensorize}"
+            if target != "cuda":
+                raise ScheduleError(f"{where}: tensor cores exist only on the CUDA target (and the simulator "
+                                    f"that runs its loop IR); the {target} target cannot tensorize")
+            bound_x = [l.name for l in threads if l.kind == "threadIdx.x"]
+            if bound_x or "lane" in st.extents:
+                raise ScheduleError(f"{where}: tensorize makes threadIdx.x the 32 lanes of each warp, but "
+                                    f"{', '.join(bound_x) or 'an axis named lane'} is bound to it; bind the warp "
+                                    f"axes to threadIdx.y / threadIdx.z")
+            # the warp's lanes: a thread axis of their own that no loop of the compute has
+            self.threads = sorted(threads + [Leaf("lane", WARP_SIZE, False, "threadIdx.x")],
+                                  key=lambda l: _KIND_ORDER[l.kind[-1]])
 
     # -- helpers ---------------------------------------------------------------------
     def sub(self, e: L.Expr) -> L.Expr:
@@ -179,6 +199,8 @@ class _Generator:
                 st = L.Store(s.buffer, tuple(self.sub(i) for i in s.indices), self.sub(s.value))
                 stmts += self.guard([st], self.roots_in_store(s))
             inner = self.nest(self.rest, stmts)
+        elif self.st.tensorize is not None:
+            inner = self.build_tensorized()
         elif self.st.cache_write is not None:
             inner = self.build_register_tiled()
         else:
@@ -280,6 +302,153 @@ class _Generator:
         writeback = self.nest(tile, wb)
         return self.nest(outer, [L.Alloc(tbuf)] + init + update + writeback)
 
+    def build_tensorized(self) -> list[L.Stmt]:
+        """The warp tile (rows i_f, columns j_f, k step k_i) as WMMA fragment ops on the shared tiles:
+
+            alloc x_frag: matrix_a f16[2] of 16x16, row_major  (and w_frag, acc3_frag)
+            acc3_frag[i_f, j_f] = wmma_fill(0.0f)
+            for k_o in range(E):                      # staging copies + barriers from cache_read
+              for k_i in unrolled(BK / 16):
+                x_frag[i_f] = wmma_load(&x_shared[k_o % 2, i_w * 32 + i_f * 16, k_i * 16], ld=BK)
+                w_frag[j_f] = wmma_load(&w_shared[k_o % 2, k_i * 16, j_w * 32 + j_f * 16], ld=BN)
+                acc3_frag[i_f, j_f] = mma(x_frag[i_f], w_frag[j_f], acc3_frag[i_f, j_f])
+            wmma_store(&acc3_shared[i_w * 32 + i_f * 16, j_w * 32 + j_f * 16], acc3_frag[i_f, j_f], ld=BN)
+            barrier()
+            for e in range(BM * BN / threads):        # the fused epilogue, per element, guarded
+              out0[i_b * BM + r, j_b * BN + c] = epilogue(acc3_shared[r, c])
+
+        The operand tiles are zero-padded by the staging copies, so edge tiles need no guards in the mma.
+        """
+        c, st = self.c, self.st
+        tz = st.tensorize
+        where = f"schedule of {c.name}: {tz}"
+        operands, why = _tc_operands(c)
+        if operands is None:
+            raise ScheduleError(f"{where}: {why}")
+        leaf = st.leaf(tz.axis)
+        if leaf not in self.rest:
+            raise ScheduleError(f"{where}: {tz.axis} is bound to {leaf.kind}; tensorize an unbound loop (the warp "
+                                f"tile's rows)")
+        pos = self.rest.index(leaf)
+        outer, tail = self.rest[:pos], self.rest[pos:]
+        if len(tail) != 3 or [st.roots_of(l.name) for l in tail] != [{"i"}, {"j"}, {"k"}]:
+            raise ScheduleError(f"{where}: the loops from {tz.axis} inward must be the warp tile's rows (from i), "
+                                f"columns (from j) and k step (from k), in that order; they are "
+                                f"{', '.join(l.name for l in tail)}; reorder them")
+        for l, what in zip(tail, ("rows", "columns", "k step")):
+            if l.extent % 16:
+                raise ScheduleError(f"{where}: the warp tile's {what} loop {l.name} has extent {l.extent}, not a "
+                                    f"multiple of 16 (WMMA fragments are 16x16x16); use tiles that are multiples "
+                                    f"of 16")
+        if any(not l.reduce for l in outer):
+            raise ScheduleError(f"{where}: spatial loop(s) {', '.join(l.name for l in outer if not l.reduce)} "
+                                f"run serially around the warp tile; bind them to blockIdx/threadIdx")
+        if any(l.reduce for l in self.threads + self.blocks):
+            raise ScheduleError(f"{where}: a reduction axis is bound to a block/thread; only the warp tile's "
+                                f"k loop and the k loops around it may come from k")
+        roots = set(st.roots)
+        for axis, _ in st.guards:
+            if axis not in roots:
+                raise ScheduleError(f"{where}: split of {axis} does not divide it evenly; inside a block every tile "
+                                    f"must be whole (only the block tiles may overhang the matrix edges)")
+        li, lj, lk = tail
+        self.plan_staging(tail, c.accums)
+        acc = c.accums[0]
+        frags, origins = [], []
+        for (opnd, role, mine) in ((operands[0], "matrix_a", "i"), (operands[1], "matrix_b", "j")):
+            name, _, nth = opnd.partition("#")
+            loads = []
+            for x in L.walk_expr(acc.value):
+                if isinstance(x, L.Load) and x.buffer.name == name and x not in loads:
+                    loads.append(x)
+            ld = loads[int(nth or 0)]
+            if ld not in self.rewrites or self.rewrites[ld][0].scope != "shared":
+                raise ScheduleError(f"{where}: WMMA loads fragments from shared memory, but {opnd} is not staged "
+                                    f"there; add cache_read({opnd}, 'shared', at={outer[-1].name if outer else '...'})")
+            buf, lidx = self.rewrites[ld]
+            dims = self.staged_dims[ld]
+            # row-major when the tile's contiguous (last) dimension is the fragment's inner one
+            inner_dim = "k" if role == "matrix_a" else mine
+            layout = "row_major" if dims[-1] == inner_dim else "col_major"
+            frags.append(L.Fragment(buf.name[:-len("_shared")] + "_frag", role,
+                                    ((li if role == "matrix_a" else lj).extent // 16,), "f16", layout))
+            origins.append((buf, lidx))
+        afrag, bfrag = frags
+        FM, FN, FK = li.extent // 16, lj.extent // 16, lk.extent // 16
+        cfrag = L.Fragment(f"{acc.buffer.name}_frag", "accumulator", (FM, FN), "f32")
+        vi, vj, vk = (L.Var(l.name) for l in tail)
+        fsub = {l.name: L.Var(l.name) * 16 for l in tail}   # the fragment's top-left element
+
+        def origin(buf: L.Buffer, idx) -> L.Load:
+            return L.Load(buf, tuple(L.simplify_expr(L.substitute(e, fsub)) for e in idx))
+
+        def unrolled(v: L.Var, n: int, body: list[L.Stmt]) -> L.For:
+            return L.For(v, n, tuple(body), "unrolled")
+
+        loads_a = unrolled(vi, FM, [L.FragmentLoad(afrag, (vi,), origin(*origins[0]))])
+        loads_b = unrolled(vj, FN, [L.FragmentLoad(bfrag, (vj,), origin(*origins[1]))])
+        mma = unrolled(vi, FM, [unrolled(vj, FN, [L.Mma(cfrag, (vi, vj), afrag, (vi,), bfrag, (vj,))])])
+        step = [unrolled(vk, FK, [loads_a, loads_b, mma])]
+        init: list[L.Stmt] = [L.FragmentAlloc(afrag), L.FragmentAlloc(bfrag), L.FragmentAlloc(cfrag),
+                              unrolled(vi, FM, [unrolled(vj, FN, [L.FragmentFill(cfrag, (vi, vj),
+                                                                                   L.Const(0.0, "f32"))])])]
+        update = self.nest(outer, step)
+        # the accumulators → a shared f32 tile of the block, so the epilogue can run per element
+        blocks = {l.name for l in self.blocks}
+        inner_leaves = [l.name for l in st.leaves if l.name not in blocks]
+        local = {r: st.value(r, {b: L.Const(0) for b in blocks}) for r in ("i", "j")}
+        base = {r: st.value(r, {n: L.Const(0) for n in inner_leaves}) for r in st.roots}
+        ext = {l.name: l.extent - 1 for l in st.leaves}
+        BMx, BNx = (_eval_int(local[r], ext) + 1 for r in ("i", "j"))
+        ctile = L.Buffer(f"{acc.buffer.name}_shared", (BMx, BNx), "f32", "shared")
+        self.shared_allocs.append(ctile)
+        store = [unrolled(vi, FM, [unrolled(vj, FN, [L.FragmentStore(
+            origin(ctile, (local["i"], local["j"])), cfrag, (vi, vj))])]), L.Barrier()]
+        return init + update + store + self.tensor_epilogue(ctile, base)
+
+    def tensor_epilogue(self, ctile: L.Buffer, base: dict[str, L.Expr]) -> list[L.Stmt]:
+        """The fused epilogue over the block's shared accumulator tile: thread t handles elements
+        e * threads + t (consecutive threads → consecutive columns: coalesced stores), guarded at the edges."""
+        c, st = self.c, self.st
+        blocks = {l.name for l in self.blocks}
+        for r, v in base.items():
+            if r not in ("i", "j", "k") and any(x.name not in blocks for x in L.walk_expr(v) if isinstance(x, L.Var)):
+                raise ScheduleError(f"schedule of {c.name}: {st.tensorize}: batch axis {r} must be bound to blocks "
+                                    f"(one matrix per block)")
+        tid: L.Expr = L.Const(0)
+        stride = 1
+        for t in sorted(self.threads, key=lambda l: -_KIND_ORDER[l.kind[-1]]):
+            tid = L.simplify_expr(tid + L.Var(t.name) * stride)
+            stride *= t.extent
+        BMx, BNx = ctile.shape
+        total = BMx * BNx
+        e = L.Var(f"{ctile.name}_e")
+        flat = L.simplify_expr(e * stride + tid)
+        r, col = L.simplify_expr(flat / BNx), L.simplify_expr(flat % BNx)
+        vals = dict(base)
+        vals["i"] = L.simplify_expr(base["i"] + r)
+        vals["j"] = L.simplify_expr(base["j"] + col)
+        acc = c.accums[0]
+
+        def sub(x: L.Expr) -> L.Expr:
+            x = L.map_expr(x, lambda y: L.Load(ctile, (r, col)) if isinstance(y, L.Load) and y.buffer == acc.buffer
+                           else None)
+            return L.simplify_expr(L.substitute(x, vals))
+
+        conds: list[L.Expr] = [L.BinOp("<", flat, L.Const(total))] if total % stride else []
+        guarded = {a for a, _ in st.guards}
+        for rt in st.roots:
+            if rt != "k" and rt in guarded:
+                conds.append(L.BinOp("<", vals[rt], L.Const(st.extents[rt])))
+        body: list[L.Stmt] = [L.Store(s.buffer, tuple(sub(i) for i in s.indices), sub(s.value)) for s in c.stores]
+        if conds:
+            cond = conds[0]
+            for x in conds[1:]:
+                cond = L.BinOp("&&", cond, x)
+            body = [L.If(cond, tuple(body))]
+        n = -(-total // stride)
+        return [L.For(e, n, tuple(body), "unrolled" if n <= 8 else "serial")]
+
     # -- cache_read ------------------------------------------------------------------------
     def plan_staging(self, inside: Sequence[Leaf], accums) -> None:
         """Build the copy code of each cache_read and remember how to rewrite its loads."""
@@ -348,6 +517,7 @@ class _Generator:
                 self.shared_allocs.append(buf)
             self.staging.setdefault(cr.at, []).append((cr, buf, copy))
             self.rewrites[ld] = (buf, tuple(local_idx))
+            self.staged_dims[ld] = dims
 
     def copy_code(self, src: L.Buffer, dst: L.Buffer, dims, base_idx, shape,
                   slot: L.Expr | None = None, perm: Sequence[int] | None = None) -> list[L.Stmt]:
