@@ -118,8 +118,11 @@ t_f = fused.benchmark(repeat=10)
 t_u = unfused.benchmark(repeat=10)
 print("fused:  ", t_f)
 print("unfused:", t_u)
-print(f"measured speedup from fusion: {t_u.median_ms / t_f.median_ms:.2f}x "
-      f"(the bytes ratio above, {tu['bytes'] / tf['bytes']:.2f}x, bounds it when every kernel is memory-bound)")
+sp, ratio = t_u.median_ms / t_f.median_ms, tu["bytes"] / tf["bytes"]
+print(f"measured speedup from fusion: {sp:.2f}x; the model's bytes ratio is {ratio:.2f}x, so here the time saved is "
+      + ("less than the traffic saved (bytes are not the only cost: compute and fixed overheads take time too)"
+         if sp < ratio else "more than the traffic saved (the bytes model ignores caches and per-kernel overheads)")
+      + ("" if sp >= 1 else "; fused is slower than unfused on this machine at this size"))
 '''),
     md('''
 ## Roofline
@@ -136,9 +139,9 @@ r.plot_roofline()
     md('''
 ## Why "sometimes 2x"
 Fusion saves the round trips of the `M x N` intermediate. How much that matters depends on how much
-*other* work the kernel does. Shrinking the inner dimension `K` makes the matmul cheap, so the
-intermediate's traffic dominates and fusion approaches its best case; growing `K` makes the matmul
-compute-bound and the saved bytes stop mattering.
+*other* work the kernel does. The cost model predicts: with a small inner dimension `K` the matmul is
+cheap, the intermediate's traffic dominates and fusion is near its best case; with a large `K` the
+matmul gets compute-bound and the saved bytes matter less. The cell measures whether this machine agrees.
 '''),
     code('''
 Ks = [4, 16, 64] if SMALL else [4, 16, 64, 256, 1024]
@@ -159,6 +162,10 @@ for k_, ratio, inten, bnd, sp in rows:
 best = max(rows, key=lambda r_: r_[4])
 print(f"\\nlargest measured speedup {best[4]:.2f}x at K={best[0]}; smallest "
       f"{min(r_[4] for r_ in rows):.2f}x. The bytes ratio falls from {rows[0][1]:.2f}x to {rows[-1][1]:.2f}x as K grows.")
+agree = rows[0][4] > rows[-1][4]
+print(f"measured: the speedup at K={rows[0][0]} ({rows[0][4]:.2f}x) is {'larger' if agree else 'not larger'} than at "
+      f"K={rows[-1][0]} ({rows[-1][4]:.2f}x): {'as' if agree else 'unlike what'} the model predicts"
+      + ("" if agree else " (at these sizes timing noise or fixed overheads dominate on this machine)"))
 '''),
     code('''
 import matplotlib.pyplot as plt
@@ -181,7 +188,8 @@ NB02 = [
 # 2. Elementwise chains and the roofline
 
 An elementwise op does a handful of flops per element but moves every element in and out of memory:
-its arithmetic intensity (flop/byte) is tiny, so it is memory-bound on every chip. Chaining `n` of
+its arithmetic intensity (flop/byte) is tiny, far below a device's ridge point, so it is memory-bound
+(the cells below print both numbers for this device). Chaining `n` of
 them unfused moves the array `2n` times; fused, twice. This notebook measures that, classifies kernels
 as memory- or compute-bound on this device, and sweeps the problem size.
 '''),
@@ -205,7 +213,7 @@ print(f"{SIZE:,d} float32 elements = {x.nbytes:,d} bytes; ridge point of {DEVICE
 ## Intensity grows with fusion, bytes do not
 '''),
     code('''
-print(f"{'ops':>4} {'kernels f/u':>12} {'bytes fused':>12} {'bytes unfused':>14} {'fused flop/B':>13} {'bound':>8} {'time f':>9} {'time u':>9}")
+print(f"{'steps':>5} {'kernels f/u':>12} {'bytes fused':>12} {'bytes unfused':>14} {'fused flop/B':>13} {'bound':>8} {'time f':>9} {'time u':>9}")
 results = []
 for n in ([1, 2, 4, 8] if SMALL else [1, 2, 4, 8, 16]):
     f = chain(n)
@@ -214,11 +222,11 @@ for n in ([1, 2, 4, 8] if SMALL else [1, 2, 4, 8, 16]):
     kf, ku = costmodel.kernel_costs(cf, DEVICE), costmodel.kernel_costs(cu, DEVICE)
     tf_, tu_ = costmodel.total(kf), costmodel.total(ku)
     ms_f, ms_u = cf.benchmark(repeat=5).median_ms, cu.benchmark(repeat=5).median_ms
-    results.append((n, tf_["bytes"], tu_["bytes"], kf[0].intensity, kf[0].bound, ms_f, ms_u))
-    print(f"{n:>4} {len(cf.kernels):>5}/{len(cu.kernels):<6} {tf_['bytes']:>12,d} {tu_['bytes']:>14,d} "
+    results.append((n, tf_["bytes"], tu_["bytes"], kf[0].intensity, kf[0].bound, ms_f, ms_u, len(cu.kernels)))
+    print(f"{n:>5} {len(cf.kernels):>5}/{len(cu.kernels):<6} {tf_['bytes']:>12,d} {tu_['bytes']:>14,d} "
           f"{kf[0].intensity:>13.3f} {kf[0].bound:>8} {ms_f:>8.3f}ms {ms_u:>8.3f}ms")
-n, bf_, bu_, inten, bnd, ms_f, ms_u = results[-1]
-print(f"\\n{n} ops: unfused moves {bu_ / bf_:.1f}x the bytes and takes {ms_u / ms_f:.1f}x the time (measured); "
+n, bf_, bu_, inten, bnd, ms_f, ms_u, n_ops = results[-1]
+print(f"\\n{n} steps = {n_ops} elementwise ops: unfused moves {bu_ / bf_:.1f}x the bytes and takes {ms_u / ms_f:.1f}x the time (measured); "
       f"the fused kernel is still {bnd}-bound at {inten:.2f} flop/byte (ridge {DEVICE.ridge:.1f})")
 '''),
     md('''
@@ -251,14 +259,18 @@ ax.set_xlabel("arithmetic intensity (flop/byte)"); ax.set_ylabel("GFLOP/s"); ax.
 '''),
     md('''
 ## Sweep over sizes
-Fusion matters where the work is memory-bound and large enough that launch and loop overheads do not
-dominate. `explorer.sweep` measures fused vs unfused across sizes.
+Fusion should matter most where the work is memory-bound and large enough that launch and loop overheads
+do not dominate. `explorer.sweep` measures fused vs unfused across sizes; the last line says where the
+win was largest on this machine.
 '''),
     code('''
 f4 = chain(4)
 sizes = [1 << 10, 1 << 12, 1 << 14] if SMALL else [1 << 12, 1 << 15, 1 << 18, 1 << 21, 1 << 23]
 sw = explorer.sweep(f4, sizes=sizes, target=TARGET, repeat=5)
 print(sw.table())
+lo, hi = min(sw.rows, key=lambda r_: r_["speedup"]), max(sw.rows, key=lambda r_: r_["speedup"])
+print(f"{'measured' if sw.measured else 'model'} speedup: {lo['speedup']:.2f}x at size {lo['size']:,d} "
+      f"… {hi['speedup']:.2f}x at size {hi['size']:,d}")
 '''),
     code('''
 sw.plot()
@@ -331,7 +343,8 @@ print(f"\\ntile {big_t[0]['tile']} loads {small_t[1] / big_t[1]:.1f}x fewer glob
 '''),
     md('''
 ## Schedules are checked
-A schedule that does not fit the hardware is rejected with the limit it broke.
+A schedule that does not fit the hardware is rejected with the limit it broke; a misspelt knob is
+rejected with the list of knobs.
 '''),
     code('''
 for bad in ({"tile": (128, 128, 64)}, {"tile": (256, 256, 8)}, {"tilesize": 8}):
@@ -499,6 +512,22 @@ for s_ in ([32, 64, 128] if SMALL else [128, 256, 512, 1024]):
     code('''
 r = explorer.compare(attention, q, k, v, target=TARGET, repeat=10)
 print(r.table())
+'''),
+    md('''
+## Tensor cores for the two matmuls
+In float16 the GPU schedule can run a matmul on tensor cores (`tensorize` with WMMA 16x16x16 fragments,
+f32 accumulation). This cell compiles only down to the `tiled` stage, so it needs no GPU, and prints
+which kernels got them.
+'''),
+    code('''
+gpu_target = "cuda" if TARGET == "cuda" else "sim"
+c16 = explorer.compile(attention, q, k, v, target=gpu_target, dtype=np.float16, stop_after="tiled", verbose=False)
+kernels16 = c16.stage("tiled").ir.kernels
+for kk in kernels16:
+    tc = [str(p_) for p_ in kk.schedule if "tensorize" in str(p_)]
+    print(f"{kk.name:34s}", tc[0] if tc else "no tensor cores")
+print(f"{sum(any('tensorize' in str(p_) for p_ in kk.schedule) for kk in kernels16)} of {len(kernels16)} kernels "
+      f"use tensor cores ({gpu_target} schedule, float16)")
 '''),
     md('''
 ## What is missing

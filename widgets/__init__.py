@@ -5,8 +5,8 @@
 >>> ex                                               # the dashboard, in a notebook cell  # doctest: +SKIP
 
 Dashboard (`Explorer`): knobs on the left (target, dtype, problem size, fast math, fusion on/off
-and per rule, tile BM/BN/BK, threads, vector, unroll, shared staging, double buffering; knobs that do not apply are disabled with a
-tooltip saying why) and tabs: Stages (navigator over traced → … → codegen; graph, IR text, diff
+and per rule, tile BM/BN/BK, threads, vector, unroll, shared staging, double buffering, tensor cores; knobs that do not
+apply are disabled with a tooltip saying why) and tabs: Stages (navigator over traced → … → codegen; graph, IR text, diff
 against the previous stage), Fusion (clusters, boundary table with reasons, "why not fused?"),
 Tiling (schedule primitives and loop nest per kernel), Source (CUDA/C with pygments, nvcc resource
 report, edit-and-run, provenance), Run (max abs error vs NumPy, timings), Charts (explorer.compare's

@@ -37,16 +37,30 @@ STAGE_SUBTABS = ("Graph", "IR text", "Diff vs previous")
 _CACHE_SIZE = 24
 
 
-def scale_examples(examples: list[np.ndarray], scale: float) -> list[np.ndarray]:
-    """Scale the leading (batch) dimension of the first input; other inputs are unchanged.
+def scale_examples(examples: list[np.ndarray], scale: float, shared: bool = False) -> list[np.ndarray]:
+    """Scale the leading (batch) dimension of the first input; other inputs are unchanged, or with
+    `shared`, every input whose leading dimension equals the first one's is scaled with it.
 
     Values repeat the original ones (np.resize), so results stay comparable across sizes.
     """
     if scale == 1.0 or not examples or np.ndim(examples[0]) == 0:
         return list(examples)
-    first = examples[0]
-    rows = max(1, int(round(first.shape[0] * scale)))
-    return [np.resize(first, (rows, *first.shape[1:])).astype(first.dtype, copy=False), *examples[1:]]
+    lead = examples[0].shape[0]
+    rows = max(1, int(round(lead * scale)))
+
+    def resized(e: np.ndarray) -> np.ndarray:
+        return np.resize(e, (rows, *e.shape[1:])).astype(e.dtype, copy=False)
+    return [resized(e) if i == 0 or (shared and np.ndim(e) > 0 and e.shape[0] == lead) else e
+            for i, e in enumerate(examples)]
+
+
+def scale_variants(examples: list[np.ndarray], scale: float) -> list[list[np.ndarray]]:
+    """The inputs to try for `scale`, in order: the first input scaled alone (x in x @ w + b), then,
+    when other inputs share its leading dimension (x + y, a batched a @ b), all of those together."""
+    alone = scale_examples(examples, scale)
+    together = scale_examples(examples, scale, shared=True)
+    same = len(alone) == len(together) and all(a is b for a, b in zip(alone, together))
+    return [alone] if same else [alone, together]
 
 
 class Explorer(W.VBox):
@@ -54,7 +68,9 @@ class Explorer(W.VBox):
 
     Attributes for scripts and tests: `compiled` (the Compiled shown), `knobs` (KnobPanel),
     `stage_nav`, `graph`, `ir_text`, `diff`, `fusion`, `tiling`, `source`, `run_panel`, `charts`,
-    `error` (red message of the last failed knob change, '' when fine), `last_redraw_ms`.
+    `error` (red message of the last failed knob change, '' when fine), `notice` (red note when the shown
+    target cannot run on this machine, e.g. cuda without a GPU: its stages and source are still shown),
+    `last_redraw_ms`.
     """
 
     def __init__(self, fn: Callable, *examples: Any, scale: float = 1.0, **compile_kwargs: Any):
@@ -66,6 +82,7 @@ class Explorer(W.VBox):
         self.last_error: BaseException | None = None
         self.last_compile_ms = self.last_redraw_ms = 0.0
         self._cache: "OrderedDict[str, Any]" = OrderedDict()
+        self._inputs: dict[str, list[np.ndarray]] = {}  # cache key -> the (scaled) inputs it compiled
         self._dirty: set[int] = set()
         self._stage_graph_dirty = True
         self._busy = False
@@ -80,6 +97,7 @@ class Explorer(W.VBox):
                                fast_math=compile_kwargs.get("fast_math", False), scale=scale)
         self.header = W.HTML()
         self.error = W.HTML()
+        self.notice = W.HTML()  # red note when the shown target cannot run on this machine
         # stages
         self.stage_nav = W.ToggleButtons(options=[], style={"button_width": "92px"})
         self.stage_stats = W.HTML()
@@ -98,7 +116,7 @@ class Explorer(W.VBox):
         self.tabs = W.Tab([stages, self.fusion, self.tiling, self.source, self.run_panel, self.charts],
                           titles=TAB_TITLES)
         body = W.HBox([self.knobs, W.VBox([self.tabs], layout=W.Layout(width="100%", overflow="auto"))])
-        super().__init__([self.header, self.error, body])
+        super().__init__([self.header, self.error, self.notice, body])
         self.add_class("ke-explorer")
 
         self.stage_nav.observe(lambda ch: self._draw_stage(), "value")
@@ -124,7 +142,12 @@ class Explorer(W.VBox):
 
     # -- compiling ---------------------------------------------------------------------------------
     def current_examples(self) -> list[np.ndarray]:
-        return scale_examples(self.examples, self.knobs.scale.value)
+        """The inputs at the size knob's scale (the ones the shown compile used, when it did)."""
+        scale = self.knobs.scale.value
+        for inputs in (self._inputs.get(self._key(self.knobs.kwargs(), scale)), *scale_variants(self.examples, scale)):
+            if inputs is not None:
+                return inputs
+        return list(self.examples)
 
     def _compile(self, kwargs: dict[str, Any], scale: float) -> Any:
         import explorer
@@ -132,10 +155,21 @@ class Explorer(W.VBox):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        comp = explorer.compile(self.fn, *scale_examples(self.examples, scale), **{**self.extra, **kwargs})
-        self._cache[key] = comp
+        first_error: Exception | None = None
+        for inputs in scale_variants(self.examples, scale):
+            try:
+                comp = explorer.compile(self.fn, *inputs, **{**self.extra, **kwargs})
+            except explorer.ShapeError as e:  # e.g. x + y with only x scaled: scale y too, then give up
+                first_error = first_error or e
+                continue
+            break
+        else:
+            assert first_error is not None
+            raise first_error
+        self._cache[key], self._inputs[key] = comp, inputs
         if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
+            old, _ = self._cache.popitem(last=False)
+            self._inputs.pop(old, None)
         return comp
 
     @staticmethod
@@ -174,7 +208,13 @@ class Explorer(W.VBox):
         t0 = time.perf_counter()
         self.knobs.update_applicability()
         try:
-            comp = self._compile(self.knobs.kwargs(), self.knobs.scale.value)
+            kw = self.knobs.kwargs()
+            comp = self._compile(kw, self.knobs.scale.value)
+            # the first successful compile may be this one (the constructor's failed): it says whether there
+            # is a matmul, which decides the knobs that apply; compile again if that changes the arguments
+            self.knobs.update_applicability(self._has_matmul(comp))
+            if self.knobs.kwargs() != kw:
+                comp = self._compile(self.knobs.kwargs(), self.knobs.scale.value)
         except Exception as e:  # noqa: BLE001 — every failure is shown, the previous view stays
             self._show_error(e, f"{reason}: ")
             return False
@@ -202,6 +242,7 @@ class Explorer(W.VBox):
         self.compiled = comp
         self.last_error = None
         self.error.value = ""
+        self.notice.value = self._availability_note(comp.target)
         names = [s.name for s in comp.stages]
         keep = self.stage_nav.value
         default = "fused" if "fused" in names else names[-1]
@@ -219,6 +260,20 @@ class Explorer(W.VBox):
                              f" · target <b>{esc(comp.target)}</b> · {len(comp.kernels)} kernel(s) · stages "
                              f"{esc(' → '.join(names))} · compiled in {self.last_compile_ms:.0f} ms, "
                              f"drawn in {(t2 - t1) * 1e3:.0f} ms</div>")
+
+    @staticmethod
+    def _availability_note(target: str) -> str:
+        """'' when `target` runs here; else a red note: its stages and source are shown, running needs it."""
+        try:
+            from explorer.backends import backend_module
+            ok, why = backend_module(target).available()
+        except Exception as e:  # noqa: BLE001
+            ok, why = False, describe_error(e)
+        if ok:
+            return ""
+        alt = " (target 'sim' runs the same CUDA kernels in the simulator)" if target == "cuda" else ""
+        return error_html(f"target {target!r} cannot run here: {why}. The stages and the generated source shown "
+                          f"are compiled for it; Run, edit-and-run and Charts need it{alt}.", "not runnable here:")
 
     def _draw_tab(self, index: int) -> None:
         if self.compiled is None or index not in self._dirty:

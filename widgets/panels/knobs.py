@@ -1,7 +1,8 @@
 """KnobPanel: every compile knob as a control; `kwargs()` is exactly what explorer.compile gets.
 
 Knobs that do not apply are disabled, with a tooltip saying why (tile sizes without a matmul,
-per-rule fusion checkboxes with fusion off, schedule knobs on the NumPy reference target, ...).
+per-rule fusion checkboxes with fusion off, schedule knobs on the NumPy reference target, tensor cores
+on the CPU, ...). A value given to the constructor that a menu lacks (tile 48, scale 3) is added to it.
 
 >>> from widgets.panels.knobs import KnobPanel
 >>> k = KnobPanel(target="cpu", schedule={"vector": 4})
@@ -30,7 +31,8 @@ THREADS = (AUTO, 32, 64, 128, 256, 512, 1024)
 VECTOR = (AUTO, 1, 2, 4, 8, 16)
 THREAD_TILES = (AUTO, (1, 1), (2, 2), (4, 4), (4, 8), (8, 8), (4, 16), (4, 32), (8, 32))
 ON_OFF = (("auto", AUTO), ("on", True), ("off", False))
-SCHEDULE_KNOBS = ("thread_tile", "threads", "vector", "unroll", "shared", "double_buffer")  # besides "tile"
+SCHEDULE_KNOBS = ("thread_tile", "threads", "vector", "unroll", "shared", "double_buffer",
+                  "tensor_core")  # besides "tile"
 AS_GIVEN = "given"  # Dropdown treats None as "nothing selected", so a sentinel
 DTYPES = (("as given", AS_GIVEN), ("float32", "float32"), ("float64", "float64"), ("float16", "float16"))
 SCALES = (("×¼", 0.25), ("×½", 0.5), ("×1", 1.0), ("×2", 2.0), ("×4", 4.0), ("×8", 8.0))
@@ -39,8 +41,7 @@ NARROW = W.Layout(width="176px")
 
 class KnobPanel(W.VBox):
     """Fusion on/off and per rule, tile (BM, BN, BK), threads, vector, unroll, shared staging and its
-    double buffering, dtype, target,
-    fast-math and problem-size scale. `on_change(cb)` calls cb(knob_name) after a user change."""
+    double buffering, tensor cores (f16 matmuls on cuda/sim), dtype, target, fast-math and problem-size scale. `on_change(cb)` calls cb(knob_name) after a user change."""
 
     def __init__(self, target: str = "cpu", fuse: Any = True, schedule: dict | None = None, dtype: Any = None,
                  fast_math: bool = False, scale: float = 1.0, **kwargs: Any):
@@ -57,22 +58,26 @@ class KnobPanel(W.VBox):
         self.unroll = W.Dropdown(description="unroll", options=ON_OFF, layout=NARROW, style=style)
         self.shared = W.Dropdown(description="shared", options=ON_OFF, layout=NARROW, style=style)
         self.double_buffer = W.Dropdown(description="2x buffer", options=ON_OFF, layout=NARROW, style=style)
+        self.tensor_core = W.Dropdown(description="tensor core", options=ON_OFF, layout=NARROW, style=style)
         self.dtype = W.Dropdown(description="dtype", options=DTYPES, layout=NARROW, style=style)
         self.target = W.Dropdown(description="target", options=TARGETS, layout=NARROW, style=style)
         self.fast_math = W.Checkbox(description="fast math", indent=False)
         self.scale = W.Dropdown(description="size", options=SCALES, value=1.0, layout=NARROW, style=style,
-                                tooltip="problem size: scales the leading (batch) dimension of the first input")
+                                tooltip=SCALE_HELP)
         self.tile_note = W.HTML()
         self._callbacks: list[Callable[[str], None]] = []
         self._quiet = False
         self._why: dict[str, str] = {}
         self.has_matmul = True  # until a compile says otherwise
+        # schedule keys given to the constructor that no control shows (e.g. "chunk"): kept as given
+        self.schedule_extra: dict[str, Any] = {}
         for r, cb in self.rules.items():
             cb.tooltip = RULE_HELP[r]
         super().__init__([W.HTML("<b>knobs</b>"), self.target, self.dtype, self.scale, self.fast_math,
                           W.HTML("<b>fusion</b>"), self.fuse, *self.rules.values(),
                           W.HTML("<b>schedule</b>"), *self.tile, self.tile_note, self.thread_tile, self.threads,
-                          self.vector, self.unroll, self.shared, self.double_buffer], layout=W.Layout(width="200px", min_width="200px"), **kwargs)
+                          self.vector, self.unroll, self.shared, self.double_buffer, self.tensor_core],
+                         layout=W.Layout(width="200px", min_width="200px"), **kwargs)
         self.add_class("ke-knobs")
         self.set(target=target, fuse=fuse, schedule=schedule, dtype=dtype, fast_math=fast_math, scale=scale)
         for name, w in self.controls().items():
@@ -99,21 +104,23 @@ class KnobPanel(W.VBox):
                 for r, w in self.rules.items():
                     w.value = bool(fuse.get(r, True)) if isinstance(fuse, dict) else True
             if isinstance(schedule, dict):
+                # a value the menu lacks (tile 48, threads 96, ...) is added to it, so the controls show
+                # exactly the schedule that was compiled and the next knob change keeps it
                 tile = schedule.get("tile")
-                for w, v in zip(self.tile, tile if tile else (AUTO,) * 3):
-                    w.value = v if v in TILE_SIZES else AUTO
+                tile = tuple(tile) if isinstance(tile, (tuple, list)) and len(tile) == 3 else (AUTO,) * 3
+                for w, v in zip(self.tile, tile):
+                    _select(w, v)
                 for key in SCHEDULE_KNOBS:
-                    w = getattr(self, key)
                     v = schedule.get(key, AUTO)
-                    v = tuple(v) if isinstance(v, list) else v
-                    w.value = v if v in _values(w) else AUTO
+                    _select(getattr(self, key), tuple(v) if isinstance(v, list) else v)
+                self.schedule_extra = {k: v for k, v in schedule.items() if k != "tile" and k not in SCHEDULE_KNOBS}
             if dtype is not None:
                 name = getattr(dtype, "__name__", None) or str(dtype)
                 self.dtype.value = name if name in dict(DTYPES).values() else AS_GIVEN
             if fast_math is not None:
                 self.fast_math.value = bool(fast_math)
             if scale is not None:
-                self.scale.value = scale
+                _select(self.scale, float(scale))
         finally:
             self._quiet = False
 
@@ -125,8 +132,9 @@ class KnobPanel(W.VBox):
 
     def schedule_value(self, target: str | None = None) -> dict | None:
         """The schedule dict of the knobs that apply to `target` (default: the target knob)."""
-        why = self.applicability(target or self.target.value)
-        sched: dict[str, Any] = {}
+        target = target or self.target.value
+        why = self.applicability(target)
+        sched: dict[str, Any] = dict(self.schedule_extra) if target != "reference" else {}
         tile = [w.value for w in self.tile]
         if all(v != AUTO for v in tile) and "tile0" not in why:
             sched["tile"] = tuple(tile)
@@ -165,14 +173,18 @@ class KnobPanel(W.VBox):
                 elif target == "cpu":
                     why[f"tile{i}"] = "block tile (BM, BN, BK) " + gpu_only
             if not has_matmul:
-                why["thread_tile"] = why["shared"] = why["double_buffer"] = no_mm
+                why["thread_tile"] = why["shared"] = why["double_buffer"] = why["tensor_core"] = no_mm
             elif self.shared.value is False:
                 why["double_buffer"] = "double buffering needs shared-memory staging: set shared to on or auto"
+                why["tensor_core"] = ("tensor cores load their WMMA fragments from shared-memory tiles: "
+                                      "set shared to on or auto")
             if target == "cpu":
                 why["threads"] = "threads per block " + gpu_only
                 why["unroll"] = "unroll " + gpu_only
                 why.setdefault("shared", "shared-memory staging " + gpu_only)
                 why.setdefault("double_buffer", "shared-memory double buffering " + gpu_only)
+                why["tensor_core"] = ("tensor cores (WMMA) are for f16 matmuls on GPU targets (cuda, sim); "
+                                      "the CPU schedule ignores this knob")
         if target != "cpu":
             why["fast_math"] = "fast math is a C-compiler flag: it applies to target 'cpu'"
         return why
@@ -184,7 +196,7 @@ class KnobPanel(W.VBox):
         why = self._why = self.applicability(self.target.value)
         for name, w in self.controls().items():
             w.disabled = name in why
-            w.tooltip = why.get(name, RULE_HELP.get(name.split(":", 1)[-1], getattr(w, "description", name)))
+            w.tooltip = why.get(name) or _help(name, w)
         partial = [w.value for w in self.tile].count(AUTO)
         self.tile_note.value = ("<small style='color:#8a6d3b'>set BM, BN and BK to override the tile</small>"
                                 if 0 < partial < 3 and "tile0" not in why else "")
@@ -201,6 +213,43 @@ class KnobPanel(W.VBox):
             return
         for cb in self._callbacks:
             cb(name)
+
+
+SCALE_HELP = ("problem size: scales the leading (batch) dimension of the first input (and of the other inputs "
+              "sharing it, when the function needs that)")
+KNOB_HELP = {
+    "tile0": "matmul block tile (BM, BN, BK): set all three to override the default",
+    "thread_tile": "matmul per-thread register tile (TM, TN)",
+    "threads": "threads per block for elementwise and reduction kernels",
+    "vector": "elements per thread / SIMD chunk for elementwise kernels",
+    "unroll": "unroll the innermost loops",
+    "shared": "stage matmul operands in shared memory",
+    "double_buffer": "two shared-memory slots per staged matmul tile: copy the next k tile during the compute",
+    "tensor_core": ("f16 matmuls on tensor cores (WMMA 16x16x16, f32 accumulation); auto uses them when the "
+                    "operands are f16 and M, N, K >= 16, 'on' fails with the reason otherwise"),
+    "dtype": "cast the float inputs to this dtype",
+    "target": "where the kernels run: cpu (C + OpenMP), sim (CUDA simulator), cuda (GPU), reference (NumPy)",
+    "fast_math": "fast math: -ffast-math for the C compiler",
+    "fuse": "fuse ops into kernels (fuse=True/False)",
+    "scale": SCALE_HELP,
+}
+
+
+def _help(name: str, w: Any) -> str:
+    """The tooltip of an enabled control: what it does."""
+    if name.startswith("rule:"):
+        return RULE_HELP[name[5:]]
+    return KNOB_HELP.get("tile0" if name.startswith("tile") else name, getattr(w, "description", name))
+
+
+def _select(w: Any, v: Any) -> None:
+    """w.value = v, adding v to the Dropdown's options first when the menu lacks it."""
+    if v not in _values(w):
+        labels = {True: "on", False: "off"}
+        label = labels[v] if isinstance(v, bool) else (_tt(v) if isinstance(v, tuple) and len(v) == 2
+                                                         else f"×{v:g}" if isinstance(v, float) else str(v))
+        w.options = [*w.options, (label, v)] if isinstance(w.options[0], tuple) else [*w.options, v]
+    w.value = v
 
 
 def _tt(v: Any) -> str:

@@ -285,6 +285,10 @@ class SourceView(W.VBox):
                 "switch the language to C to edit and run on this machine's CPU (or use target 'cuda' on a GPU)")
             return
         src = self.editor.value
+        if not src.strip():
+            self.result.value = error_html("the editor is empty: write the kernel, or press Reset to put the "
+                                           "generated source back")
+            return
         self.result.value = note_html("building…")
         try:
             edited = comp.with_kernel_source(i, src, check=False)
