@@ -13,8 +13,8 @@ C compiler are used when present and each says in one line when it is missing.
 """
 from __future__ import annotations
 
-from .errors import (BackendUnavailable, CompileError, DTypeError, ExplorerError, ScheduleError, ShapeError,
-                     TraceError, UnsupportedOpError, VerificationError)
+from .errors import (BackendUnavailable, CompileError, DTypeError, ExplorerError, KernelFault, ScheduleError,
+                     ShapeError, TraceError, UnsupportedOpError, VerificationError)
 from .graph import Graph, Node, Provenance
 from .pipeline import Options, Snapshot, compile
 from .tracing import Tensor, trace

@@ -26,6 +26,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -679,6 +680,27 @@ def _shapes(arrays: Sequence[np.ndarray]) -> list[str]:
     return [type_str(a.shape, a.dtype) for a in arrays]
 
 
+def _check_baselines(baselines: Any) -> tuple[str, ...]:
+    if baselines is None:
+        return ()
+    if isinstance(baselines, str):
+        baselines = (baselines,)
+    try:
+        baselines = tuple(baselines)
+    except TypeError:
+        raise ExplorerError(f"baselines={baselines!r} must be a list of names from {', '.join(BASELINES)}") from None
+    for b in baselines:
+        if b not in BASELINES:
+            raise ExplorerError(f"unknown baseline {b!r}; choose from {', '.join(BASELINES)}")
+    return baselines
+
+
+def _check_repeat(repeat: Any, warmup: Any) -> None:
+    for name, v, lo in (("repeat", repeat, 1), ("warmup", warmup, 0)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ExplorerError(f"repeat must be >= 1 and warmup >= 0 (integers), got {name}={v!r}")
+
+
 def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[str] = ("numpy",),
             repeat: int = 20, warmup: int = 3, device: "Device | str | None" = None, check: bool = True,
             **compile_kwargs: Any) -> Comparison:
@@ -697,13 +719,15 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
     True
     """
     from .pipeline import compile as _compile, resolve_target
-    for b in baselines:
-        if b not in BASELINES:
-            raise ExplorerError(f"unknown baseline {b!r}; choose from {', '.join(BASELINES)}")
-    if repeat < 1 or warmup < 0:
-        raise ExplorerError(f"repeat must be >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+    baselines = _check_baselines(baselines)
+    _check_repeat(repeat, warmup)
     verbose = compile_kwargs.pop("verbose", True)
     t = resolve_target(target, verbose)
+    if t == "cuda" and device is None:
+        from .backends import cuda as _cuda
+        ok, why = _cuda.available()
+        if not ok:
+            raise BackendUnavailable(f"compare(target='cuda') needs a working GPU: {why}; use target='cpu' or 'sim'")
     fuse_rules = compile_kwargs.pop("fuse", True)
     if fuse_rules is False:
         raise ExplorerError("compare() builds the unfused variant itself; leave fuse= unset (or pass fusion rules)")
@@ -812,15 +836,35 @@ def sweep(fn: Callable, make_args: Callable[[int], tuple] | None = None, sizes: 
     """
     from .pipeline import resolve_target
     from .progress import progress as _progress
-    if not sizes:
-        raise ExplorerError("sweep needs at least one size, e.g. sizes=[1 << 12, 1 << 16, 1 << 20]")
+    if isinstance(sizes, (int, np.integer)) and not isinstance(sizes, bool):
+        sizes = (sizes,)
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable) or not sizes:
+        raise ExplorerError(f"sweep needs at least one size: pass a list of positive ints, e.g. "
+                            f"sizes=[1 << 12, 1 << 16, 1 << 20]; got {sizes!r}")
+    sizes = list(sizes)
+    bad = [n for n in sizes if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1]
+    if bad:
+        raise ExplorerError(f"sweep sizes must be positive integers, got {bad[0]!r}")
+    _check_repeat(repeat, warmup)
+    for k in ("baselines", "fuse"):
+        if k in compile_kwargs:
+            raise ExplorerError(f"sweep() measures fused vs unfused only and does not take {k}=; use "
+                                f"explorer.compare(fn, *args, {k}=...) for one size")
+    if make_args is not None and not callable(make_args):
+        raise ExplorerError(f"make_args must be a function of the size n returning the arguments, got "
+                            f"{type(make_args).__name__}")
     make = make_args or _default_make_args(fn)
     t = resolve_target(target, compile_kwargs.pop("verbose", True))
     rows = []
     name = getattr(fn, "__name__", "fn")
     dev = costmodel.device(device if device is not None else t)
     for n in _progress(list(sizes), desc=f"sweep {name}", enabled=progress):
-        args = make(int(n))
+        try:
+            args = make(int(n))
+        except ExplorerError:
+            raise
+        except Exception as e:
+            raise ExplorerError(f"make_args({int(n)}) raised {type(e).__name__}: {e}") from e
         if not isinstance(args, tuple):
             args = (args,)
         r = compare(fn, *args, target=t, baselines=(), repeat=repeat, warmup=warmup, device=dev, verbose=False,
@@ -873,6 +917,11 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--baselines", default="numpy,numexpr,torch,torch.compile",
                    help="comma-separated: numpy,numexpr,torch,torch.compile")
     a = p.parse_args(list(argv) if argv is not None else None)
+    if a.repeat < 1 or a.warmup < 0:
+        p.error(f"--repeat must be >= 1 and --warmup >= 0, got --repeat {a.repeat} --warmup {a.warmup}")
+    bad = [s for s in a.baselines.split(",") if s and s not in BASELINES]
+    if bad:
+        p.error(f"argument --baselines: unknown {', '.join(map(repr, bad))}; choose from {','.join(BASELINES)}")
     try:
         t = resolve_target(a.target, verbose=True)
         bl = tuple(s for s in a.baselines.split(",") if s)

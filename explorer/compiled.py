@@ -38,6 +38,31 @@ def summarize(samples_ms: Sequence[float], per_kernel: dict[str, float] | None =
     return Timing(statistics.median(s), min(s), statistics.stdev(s) if len(s) > 1 else 0.0, len(s), per_kernel, source)
 
 
+class KernelIndexError(ExplorerError, IndexError):
+    """c.kernels[i] with i out of range (an IndexError too, so iteration protocols keep working)."""
+
+
+class KernelList(list):
+    """The generated kernels; a bad index names the valid range."""
+
+    def __getitem__(self, i):
+        try:
+            return super().__getitem__(i)
+        except IndexError:
+            n = len(self)
+            raise KernelIndexError(f"kernel index {i} out of range: this compile has {n} kernel"
+                                   f"{'' if n == 1 else 's'}" + (f" (0..{n - 1})" if n else
+                                   " (it stopped before codegen; compile without stop_after=)")) from None
+        except TypeError:
+            raise ExplorerError(f"kernels are indexed by int (or slice), got {type(i).__name__} {i!r}") from None
+
+
+def _check_count(name: str, v: Any, minimum: int) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise ExplorerError(f"{name}={v!r}: must be an integer >= {minimum}")
+    return int(v)
+
+
 class Compiled:
     """A compiled function. `stages` is the list of Snapshots in pipeline order."""
 
@@ -80,8 +105,8 @@ class Compiled:
     def kernels(self) -> list:
         """Generated kernels (name, language, source, launch, resources) in launch order."""
         if "codegen" not in self.stage_names:
-            return []
-        return list(self.codegen.kernels)
+            return KernelList(())
+        return KernelList(self.codegen.kernels)
 
     def text(self) -> str:
         return "\n\n".join(f"== {s.name} ==\n{s.text()}" for s in self.stages)
@@ -105,8 +130,22 @@ class Compiled:
             raise TraceError(f"{self.name} was compiled for {len(self.examples)} inputs but was called with {len(args)}; "
                              f"pass arrays shaped like " + ", ".join(f"{e.dtype}{list(e.shape)}" for e in self.examples))
         out = []
+        from .tracing import Tensor, _array_subclass_problem
         for k, (a, e) in enumerate(zip(args, self.examples)):
-            arr = np.asarray(a)
+            if isinstance(a, Tensor):
+                raise TraceError(f"{self.name}: input {k} is a traced value; a Compiled function runs on concrete "
+                                 f"arrays and cannot be called inside explorer.trace/compile (call the Python "
+                                 f"function there instead)")
+            if isinstance(a, np.ma.MaskedArray):
+                raise TraceError(f"{self.name}: input {k} is {_array_subclass_problem(a)}")
+            if a is None or isinstance(a, (str, bytes, dict, set)):
+                raise TraceError(f"{self.name}: input {k} is {'None' if a is None else 'a ' + type(a).__name__}, "
+                                 f"not an array; pass arrays shaped like {e.dtype}{list(e.shape)}")
+            try:
+                arr = np.asarray(a)
+            except (ValueError, TypeError) as err:
+                raise TraceError(f"{self.name}: input {k} ({type(a).__name__}) cannot be converted to an array "
+                                 f"({err}); pass an np.ndarray of shape {e.shape}") from None
             if arr.shape != e.shape:
                 raise ShapeError(f"{self.name}: input {k} has shape {arr.shape} but the function was compiled for "
                                  f"{e.shape}; recompile with explorer.compile(fn, *new_examples) for new shapes")
@@ -127,7 +166,12 @@ class Compiled:
 
     def run(self, *args: Any) -> list[np.ndarray]:
         """Run on the compile's target; always returns a list of outputs."""
-        return self.executable().run(self.backend_inputs(self.check_args(args)))
+        inputs = self.backend_inputs(self.check_args(args))
+        try:
+            return self.executable().run(inputs)
+        except MemoryError as e:
+            raise ExplorerError(f"{self.name}: running on target {self.target!r} needs more memory than is "
+                                f"available ({e}); use smaller shapes") from None
 
     def backend_inputs(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """The user's arrays followed by the program's non-scalar constants (loop-IR backends)."""
@@ -135,7 +179,10 @@ class Compiled:
             return inputs
         return inputs + [data for _, data in self.program.constants]
 
-    def __call__(self, *args: Any):
+    def __call__(self, *args: Any, **kwargs: Any):
+        if kwargs:
+            raise TraceError(f"{self.name}: pass the inputs positionally, in parameter order "
+                             f"(got keyword argument(s) {', '.join(kwargs)})")
         outs = self.run(*args)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -146,6 +193,10 @@ class Compiled:
 
     def benchmark(self, *args: Any, warmup: int = 3, repeat: int = 20, include_copies: bool = False) -> Timing:
         """Median/min/stdev time of one call. CUDA uses events and excludes host↔device copies unless asked."""
+        warmup = _check_count("warmup", warmup, 0)
+        repeat = _check_count("repeat", repeat, 1)
+        if not isinstance(include_copies, (bool, np.bool_)):
+            raise ExplorerError(f"include_copies={include_copies!r}: must be True or False")
         inputs = self.backend_inputs(self.check_args(args if args else self.examples))
         exe = self.executable()
         if hasattr(exe, "time"):
@@ -164,10 +215,27 @@ class Compiled:
         """A new Compiled whose kernel `index` runs hand-edited `source` (same name and parameters).
 
         The edited build runs on the example inputs and is checked against the NumPy reference;
-        CompileError carries the compiler's message and line when it does not build.
+        CompileError carries the compiler's message and line when it does not build. On the CPU the
+        edited build first runs once in a separate process with canaries around every buffer: a crash,
+        an endless loop (cpu.TRIAL_TIMEOUT_S) or a write outside the buffers or into an input raises
+        KernelFault and leaves this process (a notebook's kernel) unharmed.
+
+        >>> c2 = c.with_kernel_source(0, c.kernels[0].source.replace("2.0f", "2.0f"))  # doctest: +SKIP
         """
         from .errors import CompileError, VerificationError
         n = len(self.kernels)
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise ExplorerError(f"with_kernel_source: the kernel index must be an int, got {type(index).__name__} "
+                                f"{index!r}")
+        index = int(index)
+        if not isinstance(source, str):
+            raise ExplorerError(f"with_kernel_source: source must be a str of C/CUDA code, got "
+                                f"{type(source).__name__}; start from c.kernels[{index}].source")
+        if rtol is not None and (isinstance(rtol, bool) or not isinstance(rtol, (int, float, np.floating))
+                                 or not rtol >= 0):
+            raise ExplorerError(f"with_kernel_source: rtol={rtol!r} must be a number >= 0 (or None for the default)")
+        if not isinstance(check, (bool, np.bool_)):
+            raise ExplorerError(f"with_kernel_source: check={check!r} must be True or False")
         if not 0 <= index < n:
             raise ExplorerError(f"kernel index {index} out of range: this compile has {n} kernels (0..{n - 1})")
         if self.target not in ("cpu", "cuda"):
@@ -175,7 +243,12 @@ class Compiled:
                                 f"this compile's target is {self.target!r}; recompile with target='cpu'")
         overrides = {**self.kernel_overrides, index: source}
         new = Compiled(self.fn, self.examples, self.stages, self.options, overrides)
-        new.executable()  # builds now: CompileError surfaces here
+        exe = new.executable()  # builds now: CompileError surfaces here
+        if self.target == "cpu":
+            # edited C can crash, hang or scribble on memory: try it in a child process first
+            from .backends.cpu import trial_run
+            trial_run(exe, new.backend_inputs(new.check_args(list(self.examples))),
+                      what=f"edited kernel {index} ({self.kernels[index].name})")
         if check:
             got = new.run(*self.examples)
             want = self.reference(*self.examples)

@@ -53,7 +53,12 @@ class VerificationError(ExplorerError):
     """An IR failed its structural check, or a result disagreed with the NumPy reference."""
 
 
+class KernelFault(VerificationError):
+    """A hand-edited kernel crashed, did not finish, or wrote outside its buffers in the sandboxed
+    trial run (a separate process) that checks it before it runs in this one."""
+
+
 __all__ = [
     "ExplorerError", "TraceError", "ShapeError", "DTypeError", "UnsupportedOpError",
-    "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError",
+    "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError", "KernelFault",
 ]

@@ -246,10 +246,17 @@ register(OpDef("slice", "injective", 1, _slice_infer, _slice_ref, 0, None, ()))
 def normalize_axes(op: str, axis: Any, ndim: int, shape: tuple[int, ...] = ()) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if isinstance(axis, (int, np.integer)):
+        axes = (axis,)
+    elif isinstance(axis, (tuple, list)):
+        axes = tuple(axis)
+    else:
+        raise ShapeError(f"{op}: axis must be an int, a tuple of ints or None, got {type(axis).__name__} {axis!r}")
     out = []
     for a in axes:
-        if not isinstance(a, (int, np.integer)) or not -ndim <= a < ndim:
+        if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
+            raise ShapeError(f"{op}: axis must be an int, a tuple of ints or None, got {type(a).__name__} {a!r}")
+        if not -ndim <= a < ndim:
             raise ShapeError(f"{op}: axis {a} is out of range for an array of shape {shape} ({ndim} dims)")
         out.append(int(a) % ndim)
     if len(set(out)) != len(out):
@@ -310,7 +317,12 @@ def infer_type(op: str, types: Sequence[Type], attrs: dict) -> Type:
     d = get(op)
     if d.arity != len(types):
         raise ShapeError(f"{op}: takes {d.arity} operands, got {len(types)}")
-    shape, dt = d.infer([(tuple(s), np.dtype(t)) for s, t in types], attrs)
+    try:
+        shape, dt = d.infer([(tuple(s), np.dtype(t)) for s, t in types], attrs)
+    except TypeError as e:  # NumPy itself rejects these dtypes (e.g. -x on bool)
+        from .errors import DTypeError
+        raise DTypeError(f"{op}: not defined for operand dtype(s) {', '.join(str(np.dtype(t)) for _, t in types)} "
+                         f"(NumPy: {e}); cast first, e.g. x.astype(np.float32)") from None
     return tuple(int(s) for s in shape), np.dtype(dt)
 
 

@@ -46,6 +46,10 @@ class Options:
         return self.target
 
 
+class TextOptionError(ExplorerError, TypeError):
+    """Snapshot.text(option=...) that this stage's IR does not take (a TypeError too, as before)."""
+
+
 @dataclass
 class Snapshot:
     """The IR after one stage. `text()`/`dot()` delegate to the IR; `stats` includes `wall_ms`."""
@@ -55,6 +59,16 @@ class Snapshot:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def text(self, **kw) -> str:
+        if kw:
+            import inspect
+            try:
+                inspect.signature(self.ir.text).bind(**kw)
+            except TypeError:
+                params = [p for p in inspect.signature(self.ir.text).parameters if p != "self"]
+                raise TextOptionError(f"stage {self.name!r}: text() takes {', '.join(f'{p}=' for p in params) or 'no'} "
+                                    f"keyword option(s), got {', '.join(f'{k}=' for k in kw)}") from None
+            except ValueError:
+                pass
         return self.ir.text(**kw)
 
     def dot(self) -> str:
@@ -191,9 +205,33 @@ def _say_once(msg: str) -> None:
         print(msg)
 
 
+OPTION_NAMES = ("target", "fuse", "schedule", "decompose", "fast_math", "dtype", "stop_after", "arch", "verbose")
+
+
+def check_options(unknown: dict[str, Any], **flags: Any) -> None:
+    """Reject misspelled keyword options and non-bool flags with one line naming the fix."""
+    import difflib
+    import re
+    from .schedule import KNOBS
+    for k in unknown:
+        if k in KNOBS:
+            hint = f"; {k!r} is a schedule knob: pass schedule={{{k!r}: ...}}"
+        else:
+            close = difflib.get_close_matches(k, OPTION_NAMES, n=1)
+            hint = f"; did you mean {close[0]}=?" if close else ""
+        raise ExplorerError(f"unknown compile option {k}=; options are {', '.join(OPTION_NAMES)}{hint}")
+    for name in ("decompose", "fast_math", "verbose"):
+        if name in flags and not isinstance(flags[name], (bool, np.bool_)):
+            raise ExplorerError(f"{name}={flags[name]!r}: must be True or False")
+    arch = flags.get("arch")
+    if "arch" in flags and not (isinstance(arch, str) and re.fullmatch(r"(sm|compute)_\d+[a-z]?", arch)):
+        raise ExplorerError(f"arch={arch!r} is not a CUDA architecture; use a string like 'sm_80' (A100) or "
+                            f"'sm_90' (H100)")
+
+
 def compile(fn: Callable, *examples: Any, target: str = "auto", fuse: Any = True, schedule: Any = None,
             decompose: bool = True, fast_math: bool = False, dtype: Any = None,
-            stop_after: str | None = None, arch: str = "sm_80", verbose: bool = True) -> "Compiled":
+            stop_after: str | None = None, arch: str = "sm_80", verbose: bool = True, **unknown: Any) -> "Compiled":
     """Trace `fn` on `examples` and run every stage, keeping a Snapshot after each.
 
     >>> import numpy as np, explorer
@@ -204,6 +242,7 @@ def compile(fn: Callable, *examples: Any, target: str = "auto", fuse: Any = True
     from .compiled import Compiled
     from .tracing import prepare_examples, trace
 
+    check_options(unknown, decompose=decompose, fast_math=fast_math, verbose=verbose, arch=arch)
     opts = Options(target=target, fuse=fuse, schedule=schedule, decompose=decompose, fast_math=fast_math,
                    dtype=dtype, stop_after=stop_after, arch=arch, verbose=verbose)
     if stop_after is not None and stop_after not in ("traced", *STAGES) and stop_after not in _ALL_STAGE_NAMES:

@@ -407,6 +407,9 @@ def make_examples(fn: Callable, shapes: dict[str, tuple[int, ...]], dtype: str =
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
         raise ExplorerError("cannot read the function's parameters; pass a plain Python function") from None
+    if not params:
+        raise ExplorerError("--shapes: the function has no named positional parameters (only *args/keywords); "
+                            "wrap it, e.g. def f(x): return fn(x), so each input has a name")
     names = [p.name for p in params]
     missing = [n for n in names if n not in shapes and params[names.index(n)].default is inspect.Parameter.empty]
     extra = [n for n in shapes if n not in names]
@@ -441,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=10, help="timed runs per variant for the charts (default 10)")
     p.add_argument("-o", "--output", default="report.html", help="output file (default report.html)")
     args = p.parse_args(list(argv) if argv is not None else None)
+    if args.repeat < 1:
+        p.error(f"argument --repeat: must be >= 1, got {args.repeat}")
     try:
         from .pipeline import compile as _compile
         fn = load_function(args.function)

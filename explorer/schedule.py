@@ -463,7 +463,7 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
             positive("tile", v)
         out["tile"] = t
     if "thread_tile" in out:
-        t = tuple(out["thread_tile"])
+        t = tuple(out["thread_tile"]) if isinstance(out["thread_tile"], (tuple, list)) else ()
         if len(t) != 2:
             raise ScheduleError(f"schedule knob thread_tile: {out['thread_tile']!r} must be (TM, TN), e.g. (4, 4)")
         for v in t:
@@ -472,18 +472,13 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
     for k in ("threads", "vector", "chunk"):
         if k in out:
             positive(k, out[k])
-    if "double_buffer" in out:
-        v = out["double_buffer"]
-        import numpy as np
-        if not isinstance(v, (bool, np.bool_)):
-            raise ScheduleError(f"schedule knob double_buffer: {v!r} must be True or False")
-        out["double_buffer"] = bool(v)
-    if "tensor_core" in out:
-        v = out["tensor_core"]
-        import numpy as np
-        if not isinstance(v, (bool, np.bool_)):
-            raise ScheduleError(f"schedule knob tensor_core: {v!r} must be True or False")
-        out["tensor_core"] = bool(v)
+    import numpy as np
+    for k in ("double_buffer", "tensor_core", "shared", "unroll"):
+        if k in out:
+            v = out[k]
+            if not isinstance(v, (bool, np.bool_)):
+                raise ScheduleError(f"schedule knob {k}: {v!r} must be True or False")
+            out[k] = bool(v)
     return out
 
 
@@ -497,6 +492,10 @@ def _pow2_at_most(n: int, cap: int) -> int:
 def default_schedule(compute, target: str, knobs: dict[str, Any] | None = None) -> Schedule:
     """The default Schedule for a compute definition on 'cuda' (also used by sim) or 'cpu'."""
     knobs = check_knobs(knobs or {})
+    if any(a.extent == 0 for a in (*compute.spatial, *compute.reduce)):
+        # a zero-size array: the naive loop nest runs zero (or, for an empty reduction, only the
+        # initialising) iterations; tiles of an empty axis cannot be formed
+        return Schedule(notes=("an axis has extent 0 (a zero-size array): naive loops, no tiling",))
     if target == "cpu":
         return _cpu_default(compute, knobs)
     return _cuda_default(compute, knobs)

@@ -246,10 +246,10 @@ def _unary(op: str, a: "Tensor") -> "Tensor":
 def _norm_shape(op: str, shape: Any, size: int | None = None) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise ShapeError(f"{op}: shape must be a tuple of ints, got {shape!r}") from None
+    if isinstance(shape, (str, bytes)) or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+                                                   for s in _iter_or_none(shape)):
+        raise ShapeError(f"{op}: shape must be a tuple of ints, got {shape!r}")
+    shape = tuple(int(s) for s in shape)
     if size is not None and -1 in shape:
         if shape.count(-1) > 1:
             raise ShapeError(f"{op}: can only specify one unknown dimension (-1), got {shape}")
@@ -260,6 +260,13 @@ def _norm_shape(op: str, shape: Any, size: int | None = None) -> tuple[int, ...]
     if any(s < 0 for s in shape):
         raise ShapeError(f"{op}: negative dimension in shape {shape}")
     return shape
+
+
+def _iter_or_none(v: Any) -> tuple:
+    try:
+        return tuple(v)
+    except TypeError:
+        return (None,)
 
 
 def _reshape(x: "Tensor", shape: Any) -> "Tensor":
@@ -273,10 +280,10 @@ def _transpose(x: "Tensor", axes: Any = None) -> "Tensor":
     else:
         if isinstance(axes, (int, np.integer)):
             axes = (axes,)
-        try:
-            axes = tuple(int(a) for a in axes)
-        except TypeError:
-            raise ShapeError(f"transpose: axes must be a tuple of ints, got {axes!r}") from None
+        if isinstance(axes, (str, bytes)) or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+                                                     for a in _iter_or_none(axes)):
+            raise ShapeError(f"transpose: axes must be a tuple of ints, got {axes!r}")
+        axes = tuple(int(a) for a in axes)
         if any(not -x.ndim <= a < x.ndim for a in axes):
             raise ShapeError(f"transpose: axes {axes} out of range for an array of shape {x.shape}")
         axes = tuple(a % x.ndim for a in axes) if x.ndim else axes
@@ -347,6 +354,12 @@ def _getitem(x: "Tensor", idx: Any) -> "Tensor":
         if isinstance(e, slice):
             if e.step == 0:
                 raise ShapeError("slice step cannot be zero")
+            for v in (e.start, e.stop, e.step):
+                if isinstance(v, Tensor):
+                    raise TraceError("a traced value cannot be a slice bound: its value is unknown at trace time; "
+                                     "use ints (x.shape[...] for sizes), or np.where for masking")
+                if v is not None and not isinstance(v, (int, np.integer)):
+                    raise TraceError(f"slice bounds must be ints or None, got {type(v).__name__} {v!r} in {e}")
             a, b, c = e.indices(size)
             starts.append(a), stops.append(b), steps.append(c)
             final.append(len(range(a, b, c)))
@@ -367,6 +380,10 @@ def _getitem(x: "Tensor", idx: Any) -> "Tensor":
 
 
 # ----------------------------------------------------------------------------- the proxy
+class UnsupportedAttributeError(UnsupportedOpError, AttributeError):
+    """An ndarray attribute or method the traced Tensor does not have (hasattr() still works)."""
+
+
 def _no_control_flow(what: str) -> TraceError:
     return TraceError(
         f"{what} on a traced value: data-dependent Python control flow cannot be traced, because the tracer "
@@ -426,7 +443,10 @@ class Tensor:
     def __rmul__(self, o): return _binary("mul", o, self)
     def __truediv__(self, o): return _binary("div", self, o)
     def __rtruediv__(self, o): return _binary("div", o, self)
-    def __pow__(self, o): return _binary("pow", self, o)
+    def __pow__(self, o, mod=None):
+        if mod is not None:
+            self._unsupported("pow(x, y, mod)")
+        return _binary("pow", self, o)
     def __rpow__(self, o): return _binary("pow", o, self)
     def __matmul__(self, o): return _binary("matmul", self, o)
     def __rmatmul__(self, o): return _binary("matmul", o, self)
@@ -460,6 +480,7 @@ class Tensor:
         raise UnsupportedOpError(f"the operator {what} is not supported on traced arrays; supported ops are: "
                                  f"{_ops.supported_ops()}")
 
+    def __round__(self, ndigits=None): self._unsupported("round()")
     def __floordiv__(self, o): self._unsupported("//")
     def __rfloordiv__(self, o): self._unsupported("//")
     def __mod__(self, o): self._unsupported("%")
@@ -515,16 +536,26 @@ class Tensor:
                          "tracing: its data does not exist yet; use NumPy operations on it directly")
 
     # -- ndarray methods ------------------------------------------------------------
-    def sum(self, axis=None, keepdims=False): return _reduce("sum", self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return _reduce("max", self, axis, keepdims)
-    def min(self, axis=None, keepdims=False): return _reduce("min", self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return _mean(self, axis, keepdims)
+    # ndarray's signatures, so dtype=/out=/where= get the same clear errors as np.sum(...) has
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
+        return _np_sum(self, axis, dtype, out, keepdims, initial, where)
+
+    def max(self, axis=None, out=None, keepdims=False, initial=None, where=None):
+        return _np_red("max")(self, axis, out, keepdims, initial, where)
+
+    def min(self, axis=None, out=None, keepdims=False, initial=None, where=None):
+        return _np_red("min")(self, axis, out, keepdims, initial, where)
+
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False, *, where=None):
+        return _np_mean(self, axis, dtype, out, keepdims, where=where)
 
     def astype(self, dtype, copy=True) -> "Tensor":
         dt = dtypes.check(dtype, "astype")
         return self.tracer.emit("cast", [self.node], {"dtype": dt})
 
-    def reshape(self, *shape) -> "Tensor":
+    def reshape(self, *shape, order="C", copy=None) -> "Tensor":
+        if order != "C":
+            raise UnsupportedOpError(f"x.reshape(order={order!r}) is not supported; only C order")
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
             shape = shape[0]
         return _reshape(self, shape)
@@ -550,6 +581,15 @@ class Tensor:
 
     def __getitem__(self, idx) -> "Tensor":
         return _getitem(self, idx)
+
+    def __getattr__(self, name: str):
+        # only reached for attributes Tensor does not define (ndarray's argmax, std, clip, view, ...)
+        if name.startswith("__") or name in Tensor.__slots__:
+            raise AttributeError(name)  # NumPy and copy probe dunders with getattr: keep AttributeError
+        methods = sorted(n for n in dir(Tensor) if not n.startswith("_") and n not in ("node", "tracer"))
+        raise UnsupportedAttributeError(f"x.{name} is not supported on traced arrays; supported attributes and "
+                                        f"methods are: {', '.join(methods)} (see explorer.tracing.supported_numpy() "
+                                        f"for NumPy functions)")
 
     # -- numpy protocols --------------------------------------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -748,7 +788,7 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
     np.cumsum: _cumsum, np.squeeze: _squeeze, np.expand_dims: _expand_dims, np.swapaxes: _swapaxes,
     np.clip: _clip, np.ravel: _np_ravel,
     np.shape: lambda a: a.shape, np.ndim: lambda a: a.ndim, np.size: lambda a, axis=None: (
-        a.size if axis is None else a.shape[axis]),
+        a.size if axis is None else a.shape[_ops.normalize_axes("size", axis, a.ndim, a.shape)[0]]),
 }
 
 
@@ -793,9 +833,22 @@ def _param_names(fn: Callable, n_examples: int) -> list[str]:
     return out
 
 
+def _array_subclass_problem(a: Any) -> str | None:
+    """Why an ndarray subclass cannot be traced like a plain array (None when it can)."""
+    if isinstance(a, np.ma.MaskedArray):
+        return ("a masked array: the mask would be ignored; pass a plain array, e.g. m.filled(0) or "
+                "np.where(m.mask, 0, m.data)")
+    if isinstance(a, np.matrix):
+        return "an np.matrix, whose * means matmul unlike arrays; pass np.asarray(m) (and use @ for matmul)"
+    return None
+
+
 def _check_example(k: int, name: str, a: Any) -> np.ndarray:
     if isinstance(a, Tensor):
         raise TraceError(f"example input {k} ({name}) is a traced value; pass concrete np.ndarray examples")
+    bad_sub = _array_subclass_problem(a)
+    if bad_sub:
+        raise TraceError(f"example input {k} ({name}) is {bad_sub}")
     if isinstance(a, np.ndarray):
         arr = a
     elif isinstance(a, np.generic):
@@ -827,7 +880,15 @@ def prepare_examples(fn: Callable, examples: Sequence[Any], dtype: Any = None) -
         if dt is not None and arr.dtype.kind == "f":
             arr = arr.astype(dt)
         # np.ascontiguousarray would turn a 0-d array into shape (1,)
-        out.append(arr if arr.flags.c_contiguous else np.array(arr, order="C"))
+        try:
+            out.append(arr if arr.flags.c_contiguous else np.array(arr, order="C"))
+        except MemoryError:
+            raise ShapeError(f"example input {k} ({name}) of shape {arr.shape} is a strided view (e.g. from "
+                             f"np.broadcast_to) whose contiguous copy ({arr.size * arr.itemsize:,} bytes) does not "
+                             f"fit in memory; pass a smaller example") from None
+        except ValueError as e:  # 'array is too big'
+            raise ShapeError(f"example input {k} ({name}) of shape {arr.shape} cannot be copied into a "
+                             f"contiguous array ({e}); pass a smaller example") from None
     return out
 
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailable, CompileError, ExplorerError
+from ..errors import BackendUnavailable, CompileError, ExplorerError, KernelFault
 
 # -fno-tree-loop-distribute-patterns: gcc otherwise turns a register tile's write-back loop into
 # memcpy, which forces the tile out of registers and made plain matmul kernels 2-10x slower than the
@@ -321,6 +321,88 @@ def build_codegen(codegen, overrides: dict[int, str] | None = None, fast_math: b
     so = compile_source(codegen.source(overrides), fast_math=fm, parts=parts,
                         part_names=[k.name for k in codegen.kernels])
     return CpuExecutable(so, codegen, codegen.program, constants)
+
+
+# -- sandboxed trial run of hand-edited kernels -----------------------------------------------------
+TRIAL_TIMEOUT_S = 60.0
+TRIAL_GUARD_BYTES = 4096  # canary bytes before and after every buffer
+
+# The child imports only numpy: it loads the same shared object, lays every buffer out between two
+# canary zones (keeping 64-byte alignment, as _aligned_empty does), runs the kernels in order and
+# reports which canaries or inputs changed. A crash or hang there cannot take the notebook down.
+_TRIAL_CHILD = r"""
+import ctypes, json, sys
+import numpy as np
+d = sys.argv[1]
+spec = json.load(open(d + "/spec.json"))
+G = spec["guard"]
+arrays = dict(np.load(d + "/buffers.npz"))
+raw, views = {}, {}
+for name, a in arrays.items():
+    r = np.full(a.nbytes + 2 * G + 64, 0xA5, np.uint8)
+    off = (-r.ctypes.data) % 64
+    v = r[off + G: off + G + a.nbytes].view(a.dtype).reshape(a.shape)
+    v[...] = a
+    raw[name], views[name] = (r, off), v
+lib = ctypes.CDLL(spec["lib"])
+for k, (name, params) in enumerate(spec["calls"]):
+    print("running", k, flush=True)
+    fn = getattr(lib, name)
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * len(params)
+    fn(*[views[p].ctypes.data for p in params])
+faults = []
+for name, (r, off) in raw.items():
+    n = arrays[name].nbytes
+    if (r[: off + G] != 0xA5).any():
+        faults.append(f"wrote before the start of buffer {name}")
+    if (r[off + G + n:] != 0xA5).any():
+        faults.append(f"wrote past the end of buffer {name}")
+    if name in spec["readonly"] and not np.array_equal(views[name], arrays[name], equal_nan=True):
+        faults.append(f"wrote into its input {name}")
+print("faults", json.dumps(faults), flush=True)
+"""
+
+
+def trial_run(exe: CpuExecutable, inputs: Sequence[np.ndarray], what: str = "the edited kernels",
+              timeout_s: float | None = None) -> None:
+    """Run `exe` once on `inputs` in a child process, with canaries around every buffer; raise
+    KernelFault when it crashes, does not finish in `timeout_s`, or writes outside its buffers or
+    into its inputs. Hand-edited C can do all three, and in this process it would kill the kernel."""
+    import json
+    import signal
+    env = exe._buffers(inputs)
+    readonly = [b.name for b in exe.program.inputs] + list(exe.constants)
+    timeout_s = TRIAL_TIMEOUT_S if timeout_s is None else timeout_s
+    with tempfile.TemporaryDirectory(prefix="ke-trial-") as d:
+        np.savez(os.path.join(d, "buffers.npz"), **env)
+        with open(os.path.join(d, "spec.json"), "w") as f:
+            json.dump({"lib": str(exe.lib_path), "guard": TRIAL_GUARD_BYTES, "readonly": readonly,
+                       "calls": [[name, list(params)] for name, _, params in exe.kernels]}, f)
+        try:
+            proc = subprocess.run([sys.executable, "-c", _TRIAL_CHILD, d], capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise KernelFault(f"{what} did not finish within {timeout_s:g} s on the example inputs (an endless "
+                              f"loop?); it ran in a separate process, so this session is unharmed") from None
+    lines = proc.stdout.splitlines()
+    ran = [int(l.split()[1]) for l in lines if l.startswith("running ")]
+    kernel = exe.kernels[ran[-1]][0] if ran else "?"
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = f"signal {-proc.returncode}"
+        raise KernelFault(f"{what} crashed with {sig} in {kernel} on the example inputs: an index reaches outside "
+                          f"a buffer (check loop bounds and index arithmetic); it ran in a separate process, so "
+                          f"this session is unharmed")
+    faults = next((json.loads(l[len("faults "):]) for l in lines if l.startswith("faults ")), None)
+    if proc.returncode != 0 or faults is None:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise KernelFault(f"the trial run of {what} failed (exit code {proc.returncode}): {tail}")
+    if faults:
+        raise KernelFault(f"{what} {'; '.join(faults)} (found by canaries around each buffer in a trial run): "
+                          f"check loop bounds and index arithmetic")
 
 
 def build(compiled) -> CpuExecutable:

@@ -66,13 +66,30 @@ def tile(program: L.Program, schedule: Any = None, target: str = "cuda", example
         if k.name in per_kernel:
             s = per_kernel[k.name]
         elif callable(schedule) and not isinstance(schedule, (dict, Schedule)):
-            s = schedule(compute, sched_target)
+            s = _call_schedule_fn(schedule, compute, sched_target)
         else:
             s = default_schedule(compute, sched_target, knobs)
         new = generate_kernel(compute, s, sched_target)
         kernels.append(new.replace(group=k.group, ops=k.ops, source_lines=k.source_lines))
     return L.Program(program.name, tuple(kernels), program.inputs, program.outputs, program.temps,
                      constants=program.constants)
+
+
+def _call_schedule_fn(fn, compute, target: str) -> Schedule:
+    """Run a user's schedule function; its failures and wrong return types become ScheduleErrors."""
+    name = getattr(fn, "__name__", type(fn).__name__)
+    try:
+        s = fn(compute, target)
+    except ExplorerError:
+        raise
+    except Exception as e:
+        raise ScheduleError(f"the schedule function {name}(compute, target) raised {type(e).__name__}: {e} "
+                            f"(kernel {compute.name}, target {target!r})") from e
+    if not isinstance(s, Schedule):
+        raise ScheduleError(f"the schedule function {name}(compute, target) returned {type(s).__name__}, not an "
+                            f"explorer.Schedule, for kernel {compute.name}; return a Schedule (an empty Schedule() "
+                            f"keeps the naive loops)")
+    return s
 
 
 def generate_kernel(compute, schedule: Schedule, target: str = "cuda") -> L.Kernel:
