@@ -65,6 +65,8 @@ class Variant:
     per_kernel_ms: dict[str, float] | None = None
     compiled: Any = None
     note: str = ""
+    q1_ms: float | None = None      # 25th/75th percentile of the measured times (the chart's error bars)
+    q3_ms: float | None = None
 
     @property
     def measured(self) -> bool:
@@ -80,7 +82,7 @@ def _time_source(timing) -> str:
     return f"measured ({src})"
 
 
-def _time_calls(call: Callable[[], Any], warmup: int, repeat: int) -> tuple[float, float, float, int]:
+def _time_calls(call: Callable[[], Any], warmup: int, repeat: int) -> tuple[float, float, float, int, tuple[float, float]]:
     for _ in range(warmup):
         call()
     samples = []
@@ -89,7 +91,8 @@ def _time_calls(call: Callable[[], Any], warmup: int, repeat: int) -> tuple[floa
         call()
         samples.append((time.perf_counter() - t0) * 1e3)
     sd = statistics.stdev(samples) if len(samples) > 1 else 0.0
-    return statistics.median(samples), sd, min(samples), len(samples)
+    from .compiled import quartiles
+    return statistics.median(samples), sd, min(samples), len(samples), quartiles(samples)
 
 
 def _as_list(out: Any) -> list[np.ndarray]:
@@ -149,18 +152,21 @@ def _measure_compiled(name: str, compiled, want: list[np.ndarray], dev: Device, 
         # the roofline model on `dev` applied to the simulator's exact per-kernel counts.
         ms = sum(c.predicted_ms for c in costs)
         median, sd, mn, n = ms, 0.0, ms, 1
+        q1 = q3 = None
         source = "model (simulator counters)" if sim else "model (op registry)"
         per_kernel = {c.name: c.predicted_ms for c in costs}
     else:
         t = compiled.benchmark(*args, warmup=warmup, repeat=repeat)
         median, sd, mn, n = t.median_ms, t.stdev_ms, t.min_ms, t.repeat
+        q1, q3 = getattr(t, "q1_ms", None), getattr(t, "q3_ms", None)
         source = _time_source(t)
         per_kernel = dict(t.per_kernel_ms) if getattr(t, "per_kernel_ms", None) else None
     n_kernels = len(compiled.kernels) if "codegen" in compiled.stage_names else len(costs)
     return Variant(name=name, kind="compiled", median_ms=median, stdev_ms=sd, min_ms=mn, repeat=n,
                    time_source=source, kernels=n_kernels, flops=flops, bytes_model=bytes_model,
                    bytes_measured=sum(c.bytes for c in costs) if sim else None, max_abs_error=err,
-                   costs=model_costs if not sim else costs, per_kernel_ms=per_kernel, compiled=compiled)
+                   costs=model_costs if not sim else costs, per_kernel_ms=per_kernel, compiled=compiled,
+                   q1_ms=q1, q3_ms=q3)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -324,10 +330,10 @@ def _measure_baseline(name: str, fn: Callable, arrays: list[np.ndarray], graph, 
     if call is None:
         return None, why
     err = max_abs_error(_as_list(call()), want)
-    median, sd, mn, n = _time_calls(call, warmup, repeat)
+    median, sd, mn, n, (q1, q3) = _time_calls(call, warmup, repeat)
     note = "on the GPU" if name.startswith("torch") and target == "cuda" else ""
     return Variant(name=name, kind="baseline", median_ms=median, stdev_ms=sd, min_ms=mn, repeat=n,
-                   time_source="measured (wall clock)", max_abs_error=err, note=note), ""
+                   time_source="measured (wall clock)", max_abs_error=err, note=note, q1_ms=q1, q3_ms=q3), ""
 
 
 # ----------------------------------------------------------------------------- formatting helpers
@@ -549,7 +555,8 @@ class Comparison:
 
     # -- charts ---------------------------------------------------------------------------
     def plot_timing(self, ax=None):
-        """Bar chart of the median time per variant with stdev error bars → matplotlib Figure.
+        """Bar chart of the median time per variant → matplotlib Figure. Error bars span the 25th to
+        75th percentile of the measured runs (one slow outlier on a busy machine would blow up a stdev bar).
 
         Bars whose time is not measured (target 'sim') are hatched and labelled "model".
         """
@@ -557,14 +564,20 @@ class Comparison:
         fig = ax.figure if ax is not None else new_figure(figsize=(7, 4), layout="constrained")
         ax = ax if ax is not None else fig.add_subplot()
         labels, heights, errs, colors, hatches = [], [], [], [], []
+        lo_errs = []
         for v in self.variants:
             labels.append(v.name if v.measured else f"{v.name}\n(model)")
             heights.append(v.median_ms)
-            errs.append(v.stdev_ms)
+            if v.q1_ms is not None and v.q3_ms is not None:
+                lo_errs.append(max(0.0, v.median_ms - v.q1_ms))
+                errs.append(max(0.0, v.q3_ms - v.median_ms))
+            else:
+                lo_errs.append(v.stdev_ms)
+                errs.append(v.stdev_ms)
             colors.append(VARIANT_COLORS.get(v.name, "#999999"))
             hatches.append("" if v.measured else "//")
         x = np.arange(len(labels))
-        bars = ax.bar(x, heights, yerr=errs, capsize=4, color=colors, edgecolor="black", linewidth=0.6)
+        bars = ax.bar(x, heights, yerr=[lo_errs, errs], capsize=4, color=colors, edgecolor="black", linewidth=0.6)
         for bar, h in zip(bars, hatches):
             bar.set_hatch(h)
         for bar, v in zip(bars, self.variants):
@@ -574,7 +587,9 @@ class Comparison:
         ax.set_xticks(x, labels)
         measured = all(v.measured for v in self.variants)
         reps = sorted({v.repeat for v in self.variants if v.measured})
-        ax.set_ylabel("time per call (ms), median ± stdev" + (f"\nmeasured: {'/'.join(map(str, reps))} runs"
+        quart = all(v.q1_ms is not None for v in self.variants if v.measured)
+        ax.set_ylabel("time per call (ms): median, " + ("bars 25th–75th percentile" if quart else "± stdev")
+                      + (f"\nmeasured: {'/'.join(map(str, reps))} runs"
                                                                if reps else ""))
         if not measured:
             ax.text(0.01, 0.98, "hatched bars: model time (roofline on the simulator's counters), not measured",
@@ -608,6 +623,9 @@ class Comparison:
         hi = max(xs + [dev.ridge]) * 8
         grid = np.logspace(math.log10(lo), math.log10(hi), 200)
         roof = np.minimum(dev.peak_fp32, grid * dev.bandwidth) / 1e9
+
+        def attainable_gflops(intensity: float) -> float:
+            return min(dev.peak_fp32, intensity * dev.bandwidth) / 1e9
         how = "measured" if dev.measured else "data sheet"
         ax.loglog(grid, roof, color="black", lw=1.5,
                   label=f"{dev.name} roof ({how}): {dev.peak_fp32 / 1e9:,.0f} GFLOP/s, {dev.bandwidth / 1e9:,.0f} GB/s")
@@ -638,6 +656,13 @@ class Comparison:
         ax.set_xlabel("arithmetic intensity (flop / byte)" + (" — simulator counters" if any(
             p["bytes_source"] == "simulator" for p in pts) else " — model bytes"))
         ax.set_ylabel("performance (GFLOP/s)")
+        above = [p for p in pts if p["measured"] and p["gflops"] > 1.05 * attainable_gflops(p["intensity"])]
+        if above:
+            # not an error: the roof's bandwidth is main memory's, and a small working set runs from cache
+            ax.text(0.99, 0.30, f"{len(above)} measured point{'s' if len(above) > 1 else ''} above the roof:\n"
+                    f"{'their data fit' if len(above) > 1 else 'its data fits'} in cache, faster than\n"
+                    f"the memory bandwidth the roof uses", transform=ax.transAxes, fontsize=7, ha="right",
+                    va="bottom", color="#555555")
         ax.set_title(f"Roofline: {self.name} on {self.target} (solid = measured, hollow = model)", fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
         ax.grid(True, which="both", alpha=0.25)

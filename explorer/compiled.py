@@ -28,6 +28,8 @@ class Timing:
     repeat: int
     per_kernel_ms: dict[str, float] | None = None
     source: str = "wall"   # 'cuda-events' | 'wall'
+    q1_ms: float | None = None   # 25th and 75th percentiles: a spread one slow outlier does not blow up
+    q3_ms: float | None = None
 
     def __str__(self) -> str:
         return f"{self.median_ms:.4g} ms (min {self.min_ms:.4g}, ±{self.stdev_ms:.2g}, n={self.repeat}, {self.source})"
@@ -35,7 +37,18 @@ class Timing:
 
 def summarize(samples_ms: Sequence[float], per_kernel: dict[str, float] | None = None, source: str = "wall") -> Timing:
     s = list(samples_ms)
-    return Timing(statistics.median(s), min(s), statistics.stdev(s) if len(s) > 1 else 0.0, len(s), per_kernel, source)
+    q1, q3 = quartiles(s)
+    return Timing(statistics.median(s), min(s), statistics.stdev(s) if len(s) > 1 else 0.0, len(s), per_kernel, source,
+                  q1, q3)
+
+
+def quartiles(samples: Sequence[float]) -> tuple[float, float]:
+    """(25th, 75th) percentile of the samples (both the value itself for one sample)."""
+    s = list(samples)
+    if len(s) < 2:
+        return s[0], s[0]
+    q = statistics.quantiles(s, n=4, method="inclusive")
+    return q[0], q[2]
 
 
 class KernelIndexError(ExplorerError, IndexError):

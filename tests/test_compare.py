@@ -288,3 +288,11 @@ def test_compare_cuda_uses_gpu_roofline_and_events():
     assert r.variant("fused").measured
     fig = r.plot_roofline()
     assert any("data sheet" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_timing_quartiles_resist_one_outlier():
+    from explorer.compiled import summarize
+    t = summarize([1.0, 1.1, 0.9, 1.05, 0.95, 50.0])
+    assert t.q1_ms <= t.median_ms <= t.q3_ms < 2.0 < t.stdev_ms   # the outlier moves stdev, not the bars
+    one = summarize([3.0])
+    assert one.q1_ms == one.q3_ms == 3.0
