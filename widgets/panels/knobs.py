@@ -58,7 +58,7 @@ class KnobPanel(W.VBox):
         self.unroll = W.Dropdown(description="unroll", options=ON_OFF, layout=NARROW, style=style)
         self.shared = W.Dropdown(description="shared", options=ON_OFF, layout=NARROW, style=style)
         self.double_buffer = W.Dropdown(description="2x buffer", options=ON_OFF, layout=NARROW, style=style)
-        self.tensor_core = W.Dropdown(description="tensor core", options=ON_OFF, layout=NARROW, style=style)
+        self.tensor_core = W.Dropdown(description="wmma", options=ON_OFF, layout=NARROW, style=style)
         self.dtype = W.Dropdown(description="dtype", options=DTYPES, layout=NARROW, style=style)
         self.target = W.Dropdown(description="target", options=TARGETS, layout=NARROW, style=style)
         self.fast_math = W.Checkbox(description="fast math", indent=False)
