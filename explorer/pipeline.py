@@ -147,7 +147,9 @@ def _register_default_stages() -> None:
 
     @stage("lowered")
     def _lowered(fg, ctx):
-        return lower(fg)
+        # stash (compute a reduction's exp once, re-read it from the output) pays on the CPU, where the
+        # row is in L1; on a GPU the exp is cheap and the extra global write + read is what fusion avoids
+        return lower(fg, stash=ctx.options.target == "cpu")
 
     @stage("tiled")
     def _tiled(prog, ctx):

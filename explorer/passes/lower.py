@@ -56,6 +56,20 @@ class StoreDef:
 
 
 @dataclass(frozen=True)
+class Stash:
+    """`buffer[indices] = value` run per element inside accumulation phase `phase` (see stash_shared_values).
+
+    An accumulator of that phase whose value contains `value` reads `buffer[indices]` back instead
+    (tiling), and the full_stores already read it (lowering rewrote them), so `value` is evaluated
+    once per element."""
+
+    buffer: L.Buffer
+    indices: tuple[L.Expr, ...]
+    value: L.Expr
+    phase: int
+
+
+@dataclass(frozen=True)
 class Compute:
     """A fusion group as a compute definition over named axes (expressions use Var(axis.name)).
 
@@ -63,6 +77,8 @@ class Compute:
     (phases run in order), then `stores` over spatial axes and `full_stores` over spatial+reduce.
     'contraction': one sum accumulator over k, then epilogue `stores`. 'opaque' (scan): one
     accumulator whose running value is stored at every reduce step (`scan_stores`).
+    'reduce' `stashes`: values the last phase stores into a full_store's buffer for the full_store to
+    read back (see stash_shared_values).
     """
 
     kind: str
@@ -76,6 +92,7 @@ class Compute:
     inputs: tuple[L.Buffer, ...] = ()
     outputs: tuple[L.Buffer, ...] = ()
     operands: tuple[str, ...] = ()   # contraction: names of the (A, B) buffers, for cache_read
+    stashes: tuple[Stash, ...] = ()  # reduce: see stash_shared_values
 
     @property
     def axes(self) -> tuple[Axis, ...]:
@@ -211,8 +228,11 @@ def param_name(name: str, taken: set[str]) -> str:
     return cand
 
 
-def lower(fused) -> L.Program:
+def lower(fused, stash: bool = True) -> L.Program:
     """FusedGraph → Program: one kernel per fusion group, loops from the naive schedule.
+
+    `stash=False` turns off stash_shared_values (the pipeline does for GPU targets: there the extra
+    global write and read cost more than recomputing an exp, which is cheap on a GPU).
 
     Each Kernel carries its Compute in `meta` (key 'compute') for the tiling stage.
     """
@@ -252,7 +272,7 @@ def lower(fused) -> L.Program:
 
     computes: list[Compute] = []
     for grp in fused.groups:
-        computes.append(_group_compute(grp, buffers, out_bufs_of))
+        computes.append(_group_compute(grp, buffers, out_bufs_of, stash))
     # graph outputs that are inputs or constants: a copy kernel each
     grouped = {n.id for grp in fused.groups for n in grp.nodes}
     for k, o in enumerate(g.outputs):
@@ -281,7 +301,8 @@ def _copy_compute(o: Node, buffers, out: L.Buffer, k: int) -> Compute:
                    inputs=tuple(low.used), outputs=(out,))
 
 
-def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, list[L.Buffer]]) -> Compute:
+def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, list[L.Buffer]],
+                   stash: bool = True) -> Compute:
     members = {n.id for n in grp.nodes}
     name = c_identifier(grp.name, "kernel")
     out_buffers: list[tuple[Node, L.Buffer]] = []
@@ -292,7 +313,7 @@ def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, lis
     if grp.kind == "contraction":
         return _contraction(grp, name, members, buffers, out_buffers)
     if grp.kind == "reduce":
-        return _reduction(grp, name, members, buffers, out_buffers)
+        return _reduction(grp, name, members, buffers, out_buffers, stash)
     if grp.kind == "opaque":
         return _opaque(grp, name, members, buffers, out_buffers)
     # elementwise: iterate over the common output shape
@@ -351,7 +372,7 @@ def _contraction(grp, name, members, buffers, out_buffers) -> Compute:
                    outputs=tuple(buf for _, buf in out_buffers), operands=operands)
 
 
-def _reduction(grp, name, members, buffers, out_buffers) -> Compute:
+def _reduction(grp, name, members, buffers, out_buffers, stash: bool = True) -> Compute:
     reduces = [n for n in grp.nodes if get_op(n.op).category == "reduce"]
     D = reduces[0].inputs[0].shape
     axes_set = normalize_axes(reduces[0].op, reduces[0].attrs["axes"], len(D), D)
@@ -394,8 +415,98 @@ def _reduction(grp, name, members, buffers, out_buffers) -> Compute:
                     raise VerificationError(f"lowering {name}: output {o.name} {o.shape} is neither the row domain "
                                             f"{D} nor a reduced shape")
             stores.append(StoreDef(buf, idx, _cast(low.value(o, idx), buf.dtype)))
+    full, stashes = stash_shared_values(accums, stores, full, full_idx, low.used) if stash else (full, ())
     return Compute("reduce", name, spatial, red, tuple(accums), tuple(stores), tuple(full),
-                   inputs=tuple(low.used), outputs=tuple(b for _, b in out_buffers))
+                   inputs=tuple(low.used), outputs=tuple(b for _, b in out_buffers), stashes=stashes)
+
+
+def _costly(e: L.Expr) -> bool:
+    """Worth evaluating once: a math call (exp, log, tanh, ...) or a division somewhere in e.
+    A bare load, or a subtraction such as layernorm's x - mean, is cheaper to recompute than to
+    store and read back."""
+    return any(isinstance(x, L.Call) and x.fn != "abs" or isinstance(x, L.BinOp) and x.op in ("/", "%")
+               for x in L.walk_expr(e))
+
+
+def _stores_exactly(e: L.Expr, buf: L.Buffer) -> bool:
+    """Storing e into buf and loading it back gives e's register value bit for bit.
+
+    Needs the same dtype, and f16 values are computed in f32 registers by both code generators
+    (rounded to half only at an explicit cast or a store), so an f16 e must itself be such a cast:
+    softmax's f16 exp(...) is held unrounded, and storing it would round what the sum adds."""
+    return buf.dtype == e.dtype and (e.dtype != "f16" or isinstance(e, L.Cast))
+
+
+def _contains(e: L.Expr, sub: L.Expr) -> bool:
+    return any(x == sub for x in L.walk_expr(e))
+
+
+def _replace(e: L.Expr, old: L.Expr, new: L.Expr) -> L.Expr:
+    return L.map_expr(e, lambda x: new if x == old else None)
+
+
+def stash_shared_values(accums, stores, full, full_idx, inputs) -> tuple[list[StoreDef], tuple[Stash, ...]]:
+    """Compute a per-element value shared by the last accumulation phase and the final loop once.
+
+    A reduce group runs its phases' loops over the row, then the full_stores' loop over it again;
+    when that final loop recomputes an expression E the last phase accumulates (softmax's
+    exp(x - max)), E is evaluated twice per element. If E is costly (_costly: not a bare load or a
+    subtraction) and a full_store's buffer holds E's register value exactly (_stores_exactly: same
+    dtype; not f16 unless E ends in a cast to f16) — so storing E and reading it back is
+    bit-identical to recomputing it — the last phase also stores E into that buffer at the same
+    element, and every full_store reads it back:
+
+      Before (softmax row i0):                    After:
+        acc2 = max(acc2, x[i0, r1])   (r1 loop)     acc2 = max(acc2, x[i0, r1])          (r1 loop)
+        acc5 = acc5 + exp(x[i0, r1] - acc2)         # stash exp(x[i0, r1] - acc2) in out0
+                                      (r1 loop)     out0[i0, r1] = exp(x[i0, r1] - acc2)  (r1 loop)
+                                                    acc5 = acc5 + out0[i0, r1]
+        out0[i0, r1] = exp(x[i0, r1] - acc2) / acc5 out0[i0, r1] = out0[i0, r1] / acc5   (r1 loop)
+
+    The accumulators keep E as their value here (what is summed); tiling emits the stash store and
+    makes them read it back. The stash runs over exactly the elements, loops and guards of the final
+    loop, so on CUDA each element is written and re-read by the same thread (no barrier needed).
+    The buffer must not be an input or read anywhere else in the kernel (it holds E, not the
+    output, until the final loop). The pipeline applies it on the CPU only (lower(..., stash=False)
+    elsewhere): there the row sits in L1 and softmax got ~30% faster, while on a GPU the extra
+    global write and read would cost more than the exp (a register-resident row is the GPU answer).
+    """
+    if not accums or not full:
+        return list(full), ()
+    last = max(a.phase for a in accums)
+    read = {x.buffer.name for part in ([a.value for a in accums], [s.value for s in stores],
+                                      [s.value for s in full], [i for s in stores + list(full) for i in s.indices])
+            for e in part for x in L.walk_expr(e) if isinstance(x, L.Load)}
+    read |= {b.name for b in inputs}
+    full = list(full)
+    stashes: list[Stash] = []
+    homes: set[str] = set()
+    reads_stash: set[str] = set()     # buffers whose full_store already reads a stash back
+    for a in accums:
+        if a.phase != last:
+            continue
+        e = a.value
+        if isinstance(e, L.Cast) and e.a.dtype != e.dtype:
+            e = e.a       # the accumulator's widening cast (f16 values summed in f32) is not part of E
+        if not _costly(e) or any(st.value == e for st in stashes):
+            continue
+        users = [k for k, s in enumerate(full) if tuple(s.indices) == tuple(full_idx) and _contains(s.value, e)]
+        home = next((full[k].buffer for k in users if _stores_exactly(e, full[k].buffer) and full[k].buffer.name
+                     not in read | homes | reads_stash), None)
+        if home is None:
+            continue
+        back = L.Load(home, tuple(full_idx))
+        homes.add(home.name)
+        for k in users:
+            b = full[k].buffer.name
+            if b in homes and b != home.name:
+                continue      # another stash's buffer reads only its own stash (no cycle, no stale read)
+            full[k] = StoreDef(full[k].buffer, full[k].indices, _replace(full[k].value, e, back))
+            reads_stash.add(b)
+        stashes.append(Stash(home, tuple(full_idx), e, last))
+    # a stash's buffer is overwritten by its own full_store: the other full_stores read it first
+    full = [s for s in full if s.buffer.name not in homes] + [s for s in full if s.buffer.name in homes]
+    return full, tuple(stashes)
 
 
 def _opaque(grp, name, members, buffers, out_buffers) -> Compute:

@@ -261,10 +261,15 @@ class _Generator:
             for a in accs:
                 body += [L.Alloc(a.buffer), L.Store(a.buffer, (), _identity(a.op, a.buffer.dtype))]
             upd: list[L.Stmt] = []
-            for a in accs:
-                v = self.staged(a.value)
-                s = L.Store(a.buffer, (), self.combine(a.op, L.Load(a.buffer, ()), self.sub(v)))
-                upd += self.guard([s], self.roots_in(self.unstaged_part(a.value)))
+            stashes = [x for x in c.stashes if x.phase == phase]
+            if stashes:
+                body += [self.stash_comment(x) for x in stashes]
+                upd = self.stash_updates(stashes, accs)
+            else:
+                for a in accs:
+                    v = self.staged(a.value)
+                    s = L.Store(a.buffer, (), self.combine(a.op, L.Load(a.buffer, ()), self.sub(v)))
+                    upd += self.guard([s], self.roots_in(self.unstaged_part(a.value)))
             for s in c.scan_stores:
                 upd += self.guard([L.Store(s.buffer, tuple(self.sub(i) for i in s.indices), self.sub(s.value))],
                                   self.roots_in_store(s))
@@ -283,6 +288,34 @@ class _Generator:
                 fs += self.guard([st_], self.roots_in_store(s))
             body += self.nest(R, fs)
         return self.nest(S, body)
+
+    def stash_comment(self, x) -> L.Comment:
+        return L.Comment(f"stash {x.value} in {x.buffer.name}: the final loop reads it back instead of recomputing it")
+
+    def stash_updates(self, stashes, accs) -> list[L.Stmt]:
+        """One element of a phase with stashes (lower.stash_shared_values), under one guard:
+
+            out0[i0, r1] = exp(x[i0, r1] - acc2)       # the stash, at the final loop's element
+            acc5 = acc5 + out0[i0, r1]                 # accumulators read it back
+
+        The guard is the final loop's (the stash's indices name every axis), and this loop nest is
+        nest(R) inside the same block/thread loops as the final loop's, so on CUDA each element is
+        stashed and re-read by the same thread in program order: no barrier is needed (the
+        ThreadAllReduce between the two loops does not move data between threads' elements).
+        """
+        stmts: list[L.Stmt] = []
+        roots: set[str] = set()
+        back: dict[L.Expr, L.Expr] = {}
+        for x in stashes:
+            stmts.append(L.Store(x.buffer, tuple(self.sub(i) for i in x.indices), self.sub(self.staged(x.value))))
+            roots |= {r for i in x.indices for r in self.roots_in(i)} | self.roots_in(self.unstaged_part(x.value))
+            back[x.value] = L.Load(x.buffer, x.indices)
+        for a in accs:
+            v = L.map_expr(a.value, lambda y: back.get(y))
+            s = L.Store(a.buffer, (), self.combine(a.op, L.Load(a.buffer, ()), self.sub(self.staged(v))))
+            stmts.append(s)
+            roots |= self.roots_in(self.unstaged_part(v))
+        return self.guard(stmts, roots)
 
     def build_register_tiled(self) -> list[L.Stmt]:
         c, st = self.c, self.st
