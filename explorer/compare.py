@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from collections.abc import Iterable
@@ -82,7 +81,9 @@ def _time_source(timing) -> str:
     return f"measured ({src})"
 
 
-def _time_calls(call: Callable[[], Any], warmup: int, repeat: int) -> tuple[float, float, float, int, tuple[float, float]]:
+def _time_calls(call: Callable[[], Any], warmup: int, repeat: int):
+    """Wall-clock Timing of `call` (median, min, stdev, quartiles: compiled.summarize)."""
+    from .compiled import summarize
     for _ in range(warmup):
         call()
     samples = []
@@ -90,9 +91,7 @@ def _time_calls(call: Callable[[], Any], warmup: int, repeat: int) -> tuple[floa
         t0 = time.perf_counter()
         call()
         samples.append((time.perf_counter() - t0) * 1e3)
-    sd = statistics.stdev(samples) if len(samples) > 1 else 0.0
-    from .compiled import quartiles
-    return statistics.median(samples), sd, min(samples), len(samples), quartiles(samples)
+    return summarize(samples)
 
 
 def _as_list(out: Any) -> list[np.ndarray]:
@@ -330,10 +329,11 @@ def _measure_baseline(name: str, fn: Callable, arrays: list[np.ndarray], graph, 
     if call is None:
         return None, why
     err = max_abs_error(_as_list(call()), want)
-    median, sd, mn, n, (q1, q3) = _time_calls(call, warmup, repeat)
+    t = _time_calls(call, warmup, repeat)
     note = "on the GPU" if name.startswith("torch") and target == "cuda" else ""
-    return Variant(name=name, kind="baseline", median_ms=median, stdev_ms=sd, min_ms=mn, repeat=n,
-                   time_source="measured (wall clock)", max_abs_error=err, note=note, q1_ms=q1, q3_ms=q3), ""
+    return Variant(name=name, kind="baseline", median_ms=t.median_ms, stdev_ms=t.stdev_ms, min_ms=t.min_ms,
+                   repeat=t.repeat, time_source="measured (wall clock)", max_abs_error=err, note=note,
+                   q1_ms=t.q1_ms, q3_ms=t.q3_ms), ""
 
 
 # ----------------------------------------------------------------------------- formatting helpers
@@ -721,8 +721,9 @@ def _check_baselines(baselines: Any) -> tuple[str, ...]:
 
 
 def _check_repeat(repeat: Any, warmup: Any) -> None:
+    from .compiled import is_count
     for name, v, lo in (("repeat", repeat, 1), ("warmup", warmup, 0)):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo:
+        if not is_count(v, lo):
             raise ExplorerError(f"repeat must be >= 1 and warmup >= 0 (integers), got {name}={v!r}")
 
 

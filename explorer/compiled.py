@@ -70,8 +70,13 @@ class KernelList(list):
             raise ExplorerError(f"kernels are indexed by int (or slice), got {type(i).__name__} {i!r}") from None
 
 
+def is_count(v: Any, minimum: int) -> bool:
+    """v is an integer (not a bool) >= minimum: a valid repeat/warmup count."""
+    return not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, np.integer)) and v >= minimum
+
+
 def _check_count(name: str, v: Any, minimum: int) -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < minimum:
+    if not is_count(v, minimum):
         raise ExplorerError(f"{name}={v!r}: must be an integer >= {minimum}")
     return int(v)
 

@@ -682,9 +682,9 @@ def _cuda_matmul(c, knobs) -> Schedule:
     f16 = bool(c.accums) and any(isinstance(x, L.Load) and x.buffer.dtype == "f16"
                                  for x in L.walk_expr(c.accums[0].value))
     tc_note = "tensor cores off: tensor_core=False" if f16 else ""
+    M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
     if tc is not False:
         operands, why = _tc_operands(c)
-        M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
         if operands is not None and min(M, N, K) < 16:
             operands, why = None, f"M, N, K = {M}, {N}, {K}: each must be >= 16 (one 16x16x16 fragment)"
         if operands is not None and knobs.get("shared") is False:
@@ -697,7 +697,6 @@ def _cuda_matmul(c, knobs) -> Schedule:
             raise ScheduleError(f"schedule of {c.name}: tensor_core=True, but {why}; use tensor_core=False")
         tc_note = f"tensor cores off: {why}" if f16 else ""
     s = Schedule()
-    M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
     BM, BN, BK = knobs.get("tile", (64, 64, 16))
     TM, TN = knobs.get("thread_tile", (4, 4))
     user_tile = "tile" in knobs

@@ -246,10 +246,10 @@ def _unary(op: str, a: "Tensor") -> "Tensor":
 def _norm_shape(op: str, shape: Any, size: int | None = None) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
-    if isinstance(shape, (str, bytes)) or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
-                                                   for s in _iter_or_none(shape)):
+    ints = _int_tuple(shape)
+    if ints is None:
         raise ShapeError(f"{op}: shape must be a tuple of ints, got {shape!r}")
-    shape = tuple(int(s) for s in shape)
+    shape = ints
     if size is not None and -1 in shape:
         if shape.count(-1) > 1:
             raise ShapeError(f"{op}: can only specify one unknown dimension (-1), got {shape}")
@@ -262,11 +262,17 @@ def _norm_shape(op: str, shape: Any, size: int | None = None) -> tuple[int, ...]
     return shape
 
 
-def _iter_or_none(v: Any) -> tuple:
+def _int_tuple(v: Any) -> tuple[int, ...] | None:
+    """v as a tuple of Python ints, or None when it is not a sequence of (non-bool) integers."""
+    if isinstance(v, (str, bytes)):
+        return None
     try:
-        return tuple(v)
+        items = tuple(v)
     except TypeError:
-        return (None,)
+        return None
+    if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in items):
+        return None
+    return tuple(int(x) for x in items)
 
 
 def _reshape(x: "Tensor", shape: Any) -> "Tensor":
@@ -280,10 +286,10 @@ def _transpose(x: "Tensor", axes: Any = None) -> "Tensor":
     else:
         if isinstance(axes, (int, np.integer)):
             axes = (axes,)
-        if isinstance(axes, (str, bytes)) or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool)
-                                                     for a in _iter_or_none(axes)):
+        ints = _int_tuple(axes)
+        if ints is None:
             raise ShapeError(f"transpose: axes must be a tuple of ints, got {axes!r}")
-        axes = tuple(int(a) for a in axes)
+        axes = ints
         if any(not -x.ndim <= a < x.ndim for a in axes):
             raise ShapeError(f"transpose: axes {axes} out of range for an array of shape {x.shape}")
         axes = tuple(a % x.ndim for a in axes) if x.ndim else axes

@@ -88,6 +88,27 @@ class _Counters:
     def __init__(self):
         self.gl = self.gs = self.sl = self.ss = self.flops = self.barriers = 0
 
+    def add_bytes(self, scope: str, store: bool, nbytes: int) -> None:
+        """Count a load or store of `nbytes` in global or shared memory (local ones are registers)."""
+        if scope == "global":
+            if store:
+                self.gs += nbytes
+            else:
+                self.gl += nbytes
+        elif scope == "shared":
+            if store:
+                self.ss += nbytes
+            else:
+                self.sl += nbytes
+
+
+def _row_major_strides(shape: Sequence[int]) -> list[int]:
+    """Element strides of a C-ordered array of `shape`."""
+    strides = [1] * len(shape)
+    for d in range(len(shape) - 2, -1, -1):
+        strides[d] = strides[d + 1] * shape[d + 1]
+    return strides
+
 
 class _Frame:
     """State of one chunk of blocks: lane coordinates, allocations, per-chunk caches."""
@@ -524,9 +545,7 @@ class _Access:
         self.itemsize = L.np_dtype(buf.dtype).itemsize
         self.np_dt = L.np_dtype(buf.dtype)
         shape = buf.shape
-        strides = [1] * len(shape)
-        for d in range(len(shape) - 2, -1, -1):
-            strides[d] = strides[d + 1] * shape[d + 1]
+        strides = _row_major_strides(shape)
         self.shape = shape
         self.size = buf.size
         self.idx_text = ", ".join(L.expr_text(i) for i in indices)
@@ -641,18 +660,7 @@ class _Access:
         return idx
 
     def _count(self, fr, n, store: bool):
-        b = n * self.itemsize
-        c = fr.c
-        if self.global_:
-            if store:
-                c.gs += b
-            else:
-                c.gl += b
-        elif self.shared:
-            if store:
-                c.ss += b
-            else:
-                c.sl += b
+        fr.c.add_bytes(self.scope, store, n * self.itemsize)
 
     # -- the two operations
     def load(self, fr: _Frame, m, n):
@@ -969,9 +977,7 @@ def _warp_op(s: L.Stmt, ctx: _Ctx) -> Callable:
             ctx.check_vars(i)
         fo = [_cexpr(i, ctx) for i in ixs]
         shape = buf.shape
-        strides = [1] * len(shape)
-        for d in range(len(shape) - 2, -1, -1):
-            strides[d] = strides[d + 1] * shape[d + 1]
+        strides = _row_major_strides(shape)
         ld = shape[-1]
         col = f.layout == "col_major" and not store
         itemsize = L.np_dtype(buf.dtype).itemsize
@@ -1002,18 +1008,6 @@ def _warp_op(s: L.Stmt, ctx: _Ctx) -> Callable:
                 raise VerificationError(f"kernel {kname}: buffer {buf.name} is used before its Alloc")
             return st_
 
-        def count(fr, k):
-            b = k * 256 * itemsize
-            if buf.scope == "global":
-                if store:
-                    fr.c.gs += b
-                else:
-                    fr.c.gl += b
-            elif store:
-                fr.c.ss += b
-            else:
-                fr.c.sl += b
-
         def move(fr, m, n):
             idx = fi(fr, m, n)
             check_count(f, idx)
@@ -1025,7 +1019,7 @@ def _warp_op(s: L.Stmt, ctx: _Ctx) -> Callable:
             sel = (slice(None),) * 3 + idx
             if buf.scope == "shared":
                 bidx = np.broadcast_to(np.arange(fr.nb).reshape(fr.nb, 1, 1, 1, 1), off.shape)
-            count(fr, k)
+            fr.c.add_bytes(buf.scope, store, k * 256 * itemsize)
             if store:
                 if buf.scope == "global" and buf.name in ctx.readonly:
                     raise VerificationError(f"kernel {kname}: WMMA store to {buf.name}, an input of the program")

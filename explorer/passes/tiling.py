@@ -166,10 +166,16 @@ class _Generator:
                 conds.append(L.BinOp("<", self.st.value(axis), L.Const(extent)))
         if not conds:
             return stmts
-        cond = conds[0]
-        for c in conds[1:]:
-            cond = L.BinOp("&&", cond, c)
-        return [L.If(cond, tuple(stmts))]
+        return [L.If(_all_of(conds), tuple(stmts))]
+
+    def thread_rank(self) -> tuple[L.Expr, int]:
+        """(linear thread id in the block, threadIdx.x fastest; threads per block)."""
+        tid: L.Expr = L.Const(0)
+        stride = 1
+        for t in sorted(self.threads, key=lambda l: -_KIND_ORDER[l.kind[-1]]):
+            tid = L.simplify_expr(tid + L.Var(t.name) * stride)
+            stride *= t.extent
+        return tid, stride
 
     def loop(self, leaf: Leaf, body: list[L.Stmt]) -> list[L.Stmt]:
         """The For of `leaf` around `body`, with the copies of the tiles staged at it (and, for
@@ -465,11 +471,7 @@ class _Generator:
             if r not in ("i", "j", "k") and any(x.name not in blocks for x in L.walk_expr(v) if isinstance(x, L.Var)):
                 raise ScheduleError(f"schedule of {c.name}: {st.tensorize}: batch axis {r} must be bound to blocks "
                                     f"(one matrix per block)")
-        tid: L.Expr = L.Const(0)
-        stride = 1
-        for t in sorted(self.threads, key=lambda l: -_KIND_ORDER[l.kind[-1]]):
-            tid = L.simplify_expr(tid + L.Var(t.name) * stride)
-            stride *= t.extent
+        tid, stride = self.thread_rank()
         BMx, BNx = ctile.shape
         total = BMx * BNx
         e = L.Var(f"{ctile.name}_e")
@@ -492,10 +494,7 @@ class _Generator:
                 conds.append(L.BinOp("<", vals[rt], L.Const(st.extents[rt])))
         body: list[L.Stmt] = [L.Store(s.buffer, tuple(sub(i) for i in s.indices), sub(s.value)) for s in c.stores]
         if conds:
-            cond = conds[0]
-            for x in conds[1:]:
-                cond = L.BinOp("&&", cond, x)
-            body = [L.If(cond, tuple(body))]
+            body = [L.If(_all_of(conds), tuple(body))]
         n = -(-total // stride)
         return [L.For(e, n, tuple(body), "unrolled" if n <= 8 else "serial")]
 
@@ -595,18 +594,10 @@ class _Generator:
             store = L.Store(dst, didx, L.Load(src, tuple(gidx)))
             if not conds:
                 return [store]
-            cond = conds[0]
-            for cc in conds[1:]:
-                cond = L.BinOp("&&", cond, cc)
-            return [L.If(cond, (store,), (L.Store(dst, didx, _zero(dst.dtype)),))]
+            return [L.If(_all_of(conds), (store,), (L.Store(dst, didx, _zero(dst.dtype)),))]
 
         if dst.scope == "shared":
-            tid: L.Expr = L.Const(0)   # linear thread id, threadIdx.x fastest
-            stride = 1
-            for t in sorted(self.threads, key=lambda l: -_KIND_ORDER[l.kind[-1]]):
-                tid = L.simplify_expr(tid + L.Var(t.name) * stride)
-                stride *= t.extent
-            nthreads = stride
+            tid, nthreads = self.thread_rank()
             e = L.Var(f"{dst.name}_e")
             flat = L.simplify_expr(e * nthreads + tid)
             d_vars, rem = [], flat
@@ -646,6 +637,14 @@ class _Generator:
             return e
         rw = self.rewrites
         return L.map_expr(e, lambda x: L.Const(0) if isinstance(x, L.Load) and x in rw else None)
+
+
+def _all_of(conds: Sequence[L.Expr]) -> L.Expr:
+    """conds[0] && conds[1] && ... (left-nested, as C prints it)."""
+    cond = conds[0]
+    for c in conds[1:]:
+        cond = L.BinOp("&&", cond, c)
+    return cond
 
 
 def _zero(dt: str) -> L.Const:

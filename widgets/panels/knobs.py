@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ipywidgets as W
+from explorer.schedule import KNOBS as SCHEDULE_KNOB_DOCS
 
 FUSION_RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
 RULE_HELP = {
@@ -218,15 +219,9 @@ class KnobPanel(W.VBox):
 SCALE_HELP = ("problem size: scales the leading (batch) dimension of the first input (and of the other inputs "
               "sharing it, when the function needs that)")
 KNOB_HELP = {
-    "tile0": "matmul block tile (BM, BN, BK): set all three to override the default",
-    "thread_tile": "matmul per-thread register tile (TM, TN)",
-    "threads": "threads per block for elementwise and reduction kernels",
-    "vector": "elements per thread / SIMD chunk for elementwise kernels",
-    "unroll": "unroll the innermost loops",
-    "shared": "stage matmul operands in shared memory",
-    "double_buffer": "two shared-memory slots per staged matmul tile: copy the next k tile during the compute",
-    "tensor_core": ("f16 matmuls on tensor cores (WMMA 16x16x16, f32 accumulation); auto uses them when the "
-                    "operands are f16 and M, N, K >= 16, 'on' fails with the reason otherwise"),
+    # the schedule knobs say what explorer.schedule.KNOBS says (one description for API and dashboard)
+    "tile0": f"{SCHEDULE_KNOB_DOCS['tile']}: set all three to override the default",
+    **{k: SCHEDULE_KNOB_DOCS[k] for k in SCHEDULE_KNOBS},
     "dtype": "cast the float inputs to this dtype",
     "target": "where the kernels run: cpu (C + OpenMP), sim (CUDA simulator), cuda (GPU), reference (NumPy)",
     "fast_math": "fast math: -ffast-math for the C compiler",
