@@ -94,13 +94,18 @@ TRACE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", TRACE_CASES, ids=[c[0] for c in TRACE_CASES])
-def test_trace_errors(case):
+def check_trace_error(case) -> None:
+    """case = (id, fn, examples, exception class, phrase): tracing raises that ExplorerError with the phrase."""
     _, fn, examples, exc, phrase = case
     with pytest.raises(exc) as info:
         explorer.trace(fn, *examples)
     assert isinstance(info.value, ExplorerError)
     assert phrase in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("case", TRACE_CASES, ids=[c[0] for c in TRACE_CASES])
+def test_trace_errors(case):
+    check_trace_error(case)
 
 
 def test_error_names_user_line():
