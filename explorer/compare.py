@@ -2,7 +2,8 @@
 
 `compare(fn, *args)` compiles `fn` twice on one target — fused (one kernel per
 fusion group) and unfused (one kernel per op) — checks both against NumPy,
-times them (median of repeats) next to optional baselines, and collects
+times them interleaved with optional baselines (explorer.measure: median,
+interquartile range, min, n and an "unstable" flag), and collects
 kernel counts, flops and bytes moved per kernel from the cost model (and, on
 the simulator, from its exact counters).
 
@@ -30,8 +31,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import costmodel
+from . import costmodel, measure
 from .costmodel import Device, KernelCost
+from .measure import Timing, fmt_ratio
 from .errors import BackendUnavailable, ExplorerError, VerificationError
 
 BASELINES = ("numpy", "numexpr", "torch", "torch.compile")
@@ -66,10 +68,26 @@ class Variant:
     note: str = ""
     q1_ms: float | None = None      # 25th/75th percentile of the measured times (the chart's error bars)
     q3_ms: float | None = None
+    unstable: bool = False          # explorer.measure's verdict: the spread stayed high (unstable_reason says how)
+    unstable_reason: str = ""
+    timing: Timing | None = None    # the full measurement (None for model times)
 
     @property
     def measured(self) -> bool:
         return self.time_source.startswith("measured")
+
+    def set_timing(self, t: Timing) -> None:
+        """Fill the time fields from one explorer.measure Timing."""
+        self.median_ms, self.stdev_ms, self.min_ms, self.repeat = t.median_ms, t.stdev_ms, t.min_ms, t.repeat
+        self.q1_ms, self.q3_ms, self.unstable, self.unstable_reason = t.q1_ms, t.q3_ms, t.unstable, t.reason
+        self.time_source, self.timing = _time_source(t), t
+        if t.per_kernel_ms:
+            self.per_kernel_ms = dict(t.per_kernel_ms)
+
+    def as_timing(self) -> Timing:
+        """The measurement, or a spread-free Timing of a model time (for ratios)."""
+        return self.timing or Timing(self.median_ms, self.min_ms, 0.0, self.repeat, q1_ms=self.median_ms,
+                                     q3_ms=self.median_ms)
 
 
 def _time_source(timing) -> str:
@@ -79,19 +97,6 @@ def _time_source(timing) -> str:
     if src == "wall":
         return "measured (wall clock)"
     return f"measured ({src})"
-
-
-def _time_calls(call: Callable[[], Any], warmup: int, repeat: int):
-    """Wall-clock Timing of `call` (median, min, stdev, quartiles: compiled.summarize)."""
-    from .compiled import summarize
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return summarize(samples)
 
 
 def _as_list(out: Any) -> list[np.ndarray]:
@@ -132,8 +137,9 @@ def _tolerance(want: Sequence[np.ndarray]) -> float:
 
 
 # ----------------------------------------------------------------------------- compiled variants
-def _measure_compiled(name: str, compiled, want: list[np.ndarray], dev: Device, warmup: int, repeat: int,
-                      check: bool) -> Variant:
+def _check_compiled(name: str, compiled, want: list[np.ndarray], dev: Device, check: bool) -> Variant:
+    """The variant's error vs NumPy and costs; on 'sim' its model time. Measured times come later,
+    from one interleaved measurement of all variants (compare)."""
     args = compiled.examples
     got = compiled.run(*args)  # on 'sim' this run fills the exact counters
     err = max_abs_error(got, want)
@@ -142,30 +148,21 @@ def _measure_compiled(name: str, compiled, want: list[np.ndarray], dev: Device, 
                                 f"(max abs error {err:.3g}); pass check=False to compare anyway")
     costs = costmodel.kernel_costs(compiled, dev)
     model_costs = costmodel.kernel_costs(compiled, dev, counters=False)
-    bytes_model = sum(c.bytes for c in model_costs)
-    flops = sum(c.flops for c in model_costs)
     sim = compiled.target == "sim" and any(c.source == "simulator" for c in costs)
-    per_kernel = None
+    n_kernels = len(compiled.kernels) if "codegen" in compiled.stage_names else len(costs)
+    v = Variant(name=name, kind="compiled", median_ms=math.nan, stdev_ms=0.0, min_ms=math.nan, repeat=0,
+                time_source="measured (wall clock)", kernels=n_kernels, flops=sum(c.flops for c in model_costs),
+                bytes_model=sum(c.bytes for c in model_costs),
+                bytes_measured=sum(c.bytes for c in costs) if sim else None, max_abs_error=err,
+                costs=model_costs if not sim else costs, compiled=compiled)
     if compiled.target == "sim":
         # The simulator runs in NumPy: its wall time says nothing about a GPU. The time shown is
         # the roofline model on `dev` applied to the simulator's exact per-kernel counts.
         ms = sum(c.predicted_ms for c in costs)
-        median, sd, mn, n = ms, 0.0, ms, 1
-        q1 = q3 = None
-        source = "model (simulator counters)" if sim else "model (op registry)"
-        per_kernel = {c.name: c.predicted_ms for c in costs}
-    else:
-        t = compiled.benchmark(*args, warmup=warmup, repeat=repeat)
-        median, sd, mn, n = t.median_ms, t.stdev_ms, t.min_ms, t.repeat
-        q1, q3 = getattr(t, "q1_ms", None), getattr(t, "q3_ms", None)
-        source = _time_source(t)
-        per_kernel = dict(t.per_kernel_ms) if getattr(t, "per_kernel_ms", None) else None
-    n_kernels = len(compiled.kernels) if "codegen" in compiled.stage_names else len(costs)
-    return Variant(name=name, kind="compiled", median_ms=median, stdev_ms=sd, min_ms=mn, repeat=n,
-                   time_source=source, kernels=n_kernels, flops=flops, bytes_model=bytes_model,
-                   bytes_measured=sum(c.bytes for c in costs) if sim else None, max_abs_error=err,
-                   costs=model_costs if not sim else costs, per_kernel_ms=per_kernel, compiled=compiled,
-                   q1_ms=q1, q3_ms=q3)
+        v.median_ms, v.min_ms, v.repeat = ms, ms, 1
+        v.time_source = "model (simulator counters)" if sim else "model (op registry)"
+        v.per_kernel_ms = {c.name: c.predicted_ms for c in costs}
+    return v
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -315,8 +312,9 @@ def _baseline_torch(graph, arrays: list[np.ndarray], compiled_mode: bool, target
     return call, ""
 
 
-def _measure_baseline(name: str, fn: Callable, arrays: list[np.ndarray], graph, want: list[np.ndarray], target: str,
-                      warmup: int, repeat: int) -> tuple[Variant | None, str]:
+def _baseline(name: str, fn: Callable, arrays: list[np.ndarray], graph, want: list[np.ndarray], target: str
+              ) -> tuple[Variant | None, Callable[[], Any] | None, str]:
+    """(Variant without times, the call to time, '') or (None, None, why it is skipped)."""
     if name == "numpy":
         call: Callable[[], Any] | None = lambda: fn(*arrays)  # noqa: E731
         why = ""
@@ -327,13 +325,11 @@ def _measure_baseline(name: str, fn: Callable, arrays: list[np.ndarray], graph, 
     else:
         raise ExplorerError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     if call is None:
-        return None, why
+        return None, None, why
     err = max_abs_error(_as_list(call()), want)
-    t = _time_calls(call, warmup, repeat)
     note = "on the GPU" if name.startswith("torch") and target == "cuda" else ""
-    return Variant(name=name, kind="baseline", median_ms=t.median_ms, stdev_ms=t.stdev_ms, min_ms=t.min_ms,
-                   repeat=t.repeat, time_source="measured (wall clock)", max_abs_error=err, note=note,
-                   q1_ms=t.q1_ms, q3_ms=t.q3_ms), ""
+    return Variant(name=name, kind="baseline", median_ms=math.nan, stdev_ms=0.0, min_ms=math.nan, repeat=0,
+                   time_source="measured (wall clock)", max_abs_error=err, note=note), call, ""
 
 
 # ----------------------------------------------------------------------------- formatting helpers
@@ -346,14 +342,26 @@ def _fmt_bytes(n: float | None) -> str:
     return f"{int(n)} B"
 
 
-def _fmt_ms(x: float | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.4g}"
+_fmt_ms = measure.fmt_ms
 
 
 def _fmt_x(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
+    return "-" if x is None else fmt_ratio(x)
+
+
+def _fmt_iqr(r: dict[str, Any]) -> str:
+    return "-" if r.get("q1_ms") is None or r.get("q3_ms") is None else f"{_fmt_ms(r['q1_ms'])}–{_fmt_ms(r['q3_ms'])}"
+
+
+def _fmt_vs(r: dict[str, Any]) -> str:
+    """'1.42x (1.30–1.55)': the speedup vs unfused with its quartile range ('-' when not comparable)."""
+    x = r["speedup_vs_unfused"]
+    if x is None:
+        return "-"
+    lo, hi = r.get("speedup_low"), r.get("speedup_high")
+    if lo is None or hi is None or lo == hi:
+        return fmt_ratio(x)
+    return measure.Ratio(x, lo, hi).range_text()
 
 
 _FIGURE_CLASS = None
@@ -428,9 +436,23 @@ class Comparison:
 
     @property
     def speedup(self) -> float:
-        """Unfused time / fused time (>1: fusion is faster)."""
+        """Unfused time / fused time (>1: fusion is faster); its range and flag: speedup_range."""
         f, u = self.variant("fused"), self.variant("unfused")
         return u.median_ms / f.median_ms if f.median_ms > 0 else float("inf")
+
+    @property
+    def speedup_range(self) -> measure.Ratio:
+        """The fusion speedup with its quartile range and the unstable flag of either measurement.
+
+        >>> print(r.speedup_range)                       # doctest: +SKIP
+        1.42x (1.30–1.55)
+        """
+        return measure.speedup(self.variant("unfused").as_timing(), self.variant("fused").as_timing())
+
+    @property
+    def unstable(self) -> bool:
+        """True when any measured variant's spread stayed high: rerun before trusting the ratios."""
+        return any(v.unstable for v in self.variants)
 
     @property
     def bytes_saved(self) -> int:
@@ -439,17 +461,22 @@ class Comparison:
 
     @property
     def rows(self) -> list[dict[str, Any]]:
+        """One dict per variant: median_ms, q1_ms/q3_ms (IQR), min_ms, repeat, unstable (+ reason),
+        speedup_vs_unfused with speedup_low/high, model flops and bytes, max abs error."""
         unf = self.variant("unfused")
-        base = unf.median_ms
         out = []
         for v in self.variants:
             # a wall-clock time over a model time (or back) is no speedup: leave it out
             comparable = v.measured == unf.measured
+            sp = measure.speedup(unf.as_timing(), v.as_timing()) if comparable else None
             out.append({
                 "variant": v.name, "kind": v.kind, "target": self.target if v.kind == "compiled" else "host",
                 "kernels": v.kernels, "median_ms": v.median_ms, "stdev_ms": v.stdev_ms, "min_ms": v.min_ms,
+                "q1_ms": v.q1_ms, "q3_ms": v.q3_ms, "iqr_ms": v.timing.iqr_ms if v.timing else None,
                 "repeat": v.repeat, "time_source": v.time_source,
-                "speedup_vs_unfused": (base / v.median_ms if v.median_ms > 0 else float("inf")) if comparable else None,
+                "unstable": v.unstable, "unstable_reason": v.unstable_reason,
+                "speedup_vs_unfused": sp.value if sp else None,
+                "speedup_low": sp.low if sp else None, "speedup_high": sp.high if sp else None,
                 "flops": v.flops, "bytes_model": v.bytes_model, "bytes_measured": v.bytes_measured,
                 "max_abs_error": v.max_abs_error, "note": v.note})
         return out
@@ -490,39 +517,55 @@ class Comparison:
             by_source.setdefault(v.time_source, []).append(v)
         parts = []
         for src, vs in by_source.items():
-            how = f"{src}, median of {vs[0].repeat} runs" if src.startswith("measured") else \
-                f"{src} on {self.device.name}"
+            how = f"{src}, {vs[0].repeat} interleaved runs each: median, IQR = 25th–75th percentile, min" \
+                if src.startswith("measured") else f"{src} on {self.device.name}"
             parts.append(f"{', '.join(v.name for v in vs)}: {how}")
         return [f"{self.name}({', '.join(self.shapes)}) on target {self.target!r}",
                 f"device for the model: {self.device.label()}",
                 "times — " + "; ".join(parts)]
 
-    def table(self) -> str:
-        """A plain-text table (no pandas) of every variant.
+    def _flag_lines(self) -> list[str]:
+        return [f"! {measure.UNSTABLE_TEXT} — {v.name}: {v.unstable_reason}" for v in self.variants if v.unstable]
 
-        Columns: kernels, median time and stdev (ms), speedup vs unfused, bytes moved
-        (model; 'sim' = the simulator's exact count), GFLOP (model), max abs error vs NumPy.
-        """
-        head = ["variant", "kernels", "time ms", "± ms", "vs unfused", "bytes (model)", "bytes (sim)",
-                "GFLOP (model)", "max err"]
+    def _cells(self) -> tuple[list[str], list[list[str]]]:
+        head = ["variant", "kernels", "median ms", "IQR ms", "min ms", "n", "vs unfused", "bytes (model)",
+                "bytes (sim)", "GFLOP (model)", "max err"]
         body = []
         for r in self.rows:
-            body.append([r["variant"] + ("" if r["time_source"].startswith("measured") else " [model time]"),
+            measured = r["time_source"].startswith("measured")
+            body.append([r["variant"] + ("" if measured else " [model time]") + (" !" if r["unstable"] else ""),
                          "-" if r["kernels"] is None else str(r["kernels"]),
-                         _fmt_ms(r["median_ms"]), _fmt_ms(r["stdev_ms"]), _fmt_x(r["speedup_vs_unfused"]),
+                         _fmt_ms(r["median_ms"]), _fmt_iqr(r), _fmt_ms(r["min_ms"]) if measured else "-",
+                         str(r["repeat"]) if measured else "-", _fmt_vs(r),
                          _fmt_bytes(r["bytes_model"]), _fmt_bytes(r["bytes_measured"]),
                          "-" if r["flops"] is None else f"{r['flops'] / 1e9:.3g}",
                          "-" if r["max_abs_error"] is None else f"{r['max_abs_error']:.2g}"])
+        return head, body
+
+    def summary(self) -> str:
+        """'fusion: 3 → 1 kernels, 1.6 MB → 0.5 MB moved (model), speedup 1.42x (1.30–1.55)' (+ the flag)."""
+        f, u = self.variant("fused"), self.variant("unfused")
+        sp = self.speedup_range
+        return (f"fusion: {u.kernels} → {f.kernels} kernels, {_fmt_bytes(u.bytes_model)} → "
+                f"{_fmt_bytes(f.bytes_model)} moved (model), speedup "
+                + (fmt_ratio(sp.value) + " (model time)" if not f.measured else str(sp)))
+
+    def table(self) -> str:
+        """A plain-text table (no pandas) of every variant.
+
+        Columns: kernels, median time, interquartile range and min (ms), n, speedup vs unfused with
+        its range, bytes moved (model; 'sim' = the simulator's exact count), GFLOP (model), max abs
+        error vs NumPy. A '!' marks an unstable measurement; the lines below say why.
+        """
+        head, body = self._cells()
         widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(head)]
         lines = self._header()
         lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
         lines.append("  ".join("-" * w for w in widths))
         for row in body:
             lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        f, u = self.variant("fused"), self.variant("unfused")
-        lines.append(f"fusion: {u.kernels} → {f.kernels} kernels, {_fmt_bytes(u.bytes_model)} → "
-                     f"{_fmt_bytes(f.bytes_model)} moved (model), speedup {self.speedup:.2f}x"
-                     + ("" if f.measured else " (model time)"))
+        lines.append(self.summary())
+        lines.extend(self._flag_lines())
         for name, why in self.skipped.items():
             lines.append(f"skipped baseline {name}: {why}")
         return "\n".join(lines)
@@ -531,27 +574,19 @@ class Comparison:
         return self.table()
 
     def __repr__(self) -> str:
-        return f"<Comparison {self.name} on {self.target}: speedup {self.speedup:.2f}x>"
+        return f"<Comparison {self.name} on {self.target}: speedup {self.speedup_range}>"
 
     def _repr_html_(self) -> str:
         import html
-        cols = ["variant", "kernels", "median_ms", "stdev_ms", "speedup_vs_unfused", "bytes_model",
-                "bytes_measured", "flops", "max_abs_error", "time_source"]
-        heads = ["variant", "kernels", "time (ms)", "± (ms)", "vs unfused", "bytes (model)", "bytes (sim)",
-                 "GFLOP (model)", "max err", "time source"]
-        fmt = {"median_ms": _fmt_ms, "stdev_ms": _fmt_ms, "speedup_vs_unfused": _fmt_x,
-               "bytes_model": _fmt_bytes, "bytes_measured": _fmt_bytes,
-               "flops": lambda x: "-" if x is None else f"{x / 1e9:.3g}",
-               "max_abs_error": lambda x: "-" if x is None else f"{x:.2g}",
-               "kernels": lambda x: "-" if x is None else str(x)}
-        trs = []
-        for r in self.rows:
-            tds = "".join(f"<td>{html.escape(fmt.get(c, str)(r[c]))}</td>" for c in cols)
-            trs.append(f"<tr>{tds}</tr>")
+        head, body = self._cells()
+        trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
         cap = "<br>".join(html.escape(h) for h in self._header())
+        notes = [html.escape(self.summary())] + [f"<b style='color:#b35900'>{html.escape(t)}</b>"
+                                                 for t in self._flag_lines()]
         skipped = "".join(f"<li>skipped {html.escape(k)}: {html.escape(v)}</li>" for k, v in self.skipped.items())
-        return (f"<div><p>{cap}</p><table><thead><tr>{''.join(f'<th>{h}</th>' for h in heads)}</tr></thead>"
-                f"<tbody>{''.join(trs)}</tbody></table>" + (f"<ul>{skipped}</ul>" if skipped else "") + "</div>")
+        return (f"<div><p>{cap}</p><table><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>"
+                f"</thead><tbody>{trs}</tbody></table><p>{'<br>'.join(notes)}</p>"
+                + (f"<ul>{skipped}</ul>" if skipped else "") + "</div>")
 
     # -- charts ---------------------------------------------------------------------------
     def plot_timing(self, ax=None):
@@ -581,7 +616,7 @@ class Comparison:
         for bar, h in zip(bars, hatches):
             bar.set_hatch(h)
         for bar, v in zip(bars, self.variants):
-            txt = f"{v.median_ms:.3g} ms" + ("" if v.measured else " (model)")
+            txt = f"{v.median_ms:.3g} ms" + ("" if v.measured else " (model)") + ("\n! unstable" if v.unstable else "")
             ax.annotate(txt, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 3),
                         textcoords="offset points", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, labels)
@@ -594,8 +629,13 @@ class Comparison:
         if not measured:
             ax.text(0.01, 0.98, "hatched bars: model time (roofline on the simulator's counters), not measured",
                     transform=ax.transAxes, va="top", fontsize=8, color="#444444")
-        ax.set_title(f"{self.name}: fused vs unfused on {self.target} — speedup {self.speedup:.2f}x"
-                     + ("" if self.variant("fused").measured else " (model)"), fontsize=10)
+        if self.unstable:
+            ax.text(0.99, 0.98, f"! {measure.UNSTABLE_TEXT}", transform=ax.transAxes, va="top", ha="right",
+                    fontsize=8, color="#b35900")
+        sp = self.speedup_range
+        ax.set_title(f"{self.name}: fused vs unfused on {self.target} — speedup "
+                     + (f"{fmt_ratio(sp.value)} (model)" if not self.variant("fused").measured
+                        else sp.range_text()), fontsize=10)
         top = max(h + e for h, e in zip(heights, errs)) or 1.0
         low = min((h for h in heights if h > 0), default=top)
         if top / low > 30:  # e.g. model GPU times next to a wall-clock NumPy baseline
@@ -720,17 +760,25 @@ def _check_baselines(baselines: Any) -> tuple[str, ...]:
     return baselines
 
 
-def _check_repeat(repeat: Any, warmup: Any) -> None:
+def _check_repeat(repeat: Any, warmup: Any, budget_s: Any = None) -> None:
     from .compiled import is_count
     for name, v, lo in (("repeat", repeat, 1), ("warmup", warmup, 0)):
-        if not is_count(v, lo):
-            raise ExplorerError(f"repeat must be >= 1 and warmup >= 0 (integers), got {name}={v!r}")
+        if not (name == "repeat" and v is None) and not is_count(v, lo):
+            raise ExplorerError(f"repeat must be >= 1 (or None: chosen until the median is stable) and warmup >= 0 "
+                                f"(integers), got {name}={v!r}")
+    if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float))
+                                 or not budget_s > 0):
+        raise ExplorerError(f"budget_s={budget_s!r}: must be a number of seconds > 0")
 
 
 def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[str] = ("numpy",),
-            repeat: int = 20, warmup: int = 3, device: "Device | str | None" = None, check: bool = True,
-            **compile_kwargs: Any) -> Comparison:
+            repeat: int | None = None, warmup: int = 3, device: "Device | str | None" = None, check: bool = True,
+            budget_s: float | None = None, **compile_kwargs: Any) -> Comparison:
     """Compile `fn` fused and unfused on `target`, check both against NumPy and measure them.
+
+    Timing (explorer.measure): fused, unfused and the baselines run interleaved round-robin after
+    `warmup` rounds, until every median is stable or `budget_s` seconds are spent (`repeat=N`: exactly
+    N rounds); each variant gets median, IQR, min, n and an unstable flag.
 
     baselines: any of 'numpy' (fn on arrays), 'numexpr' (elementwise functions),
     'torch' (eager) and 'torch.compile' — those not installed are skipped with a note.
@@ -746,7 +794,7 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
     """
     from .pipeline import compile as _compile, resolve_target
     baselines = _check_baselines(baselines)
-    _check_repeat(repeat, warmup)
+    _check_repeat(repeat, warmup, budget_s)
     verbose = compile_kwargs.pop("verbose", True)
     t = resolve_target(target, verbose)
     if t == "cuda" and device is None:
@@ -762,15 +810,22 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
     arrays = list(fused.examples)
     want = _as_list(fn(*arrays))
     dev = costmodel.device(device if device is not None else t)
-    variants = [_measure_compiled("fused", fused, want, dev, warmup, repeat, check),
-                _measure_compiled("unfused", unfused, want, dev, warmup, repeat, check)]
+    variants = [_check_compiled("fused", fused, want, dev, check),
+                _check_compiled("unfused", unfused, want, dev, check)]
+    calls = {v.name: v.compiled.sampler() for v in variants if v.measured}
     skipped: dict[str, str] = {}
     for b in baselines:
-        v, why = _measure_baseline(b, fn, arrays, fused.graph, want, t, warmup, repeat)
+        v, call, why = _baseline(b, fn, arrays, fused.graph, want, t)
         if v is None:
             skipped[b] = why
         else:
             variants.append(v)
+            calls[b] = call
+    if calls:
+        timings = measure.interleaved(calls, warmup=warmup, repeat=repeat, budget_s=budget_s)
+        for v in variants:
+            if v.name in timings:
+                v.set_timing(timings[v.name])
     return Comparison(fused.name, t, dev, variants, skipped, _shapes(arrays))
 
 
@@ -792,6 +847,12 @@ def _default_make_args(fn: Callable) -> Callable[[int], tuple]:
 DEFAULT_SIZES = tuple(1 << k for k in range(10, 23, 2))
 
 
+def _ms_iqr(row: dict[str, Any], which: str) -> str:
+    q1, q3 = row.get(f"{which}_q1_ms"), row.get(f"{which}_q3_ms")
+    med = _fmt_ms(row[f"{which}_ms"])
+    return med if q1 is None or q3 is None else f"{med} ({_fmt_ms(q1)}–{_fmt_ms(q3)})"
+
+
 @dataclass
 class Sweep:
     """Fused vs unfused across problem sizes. rows: size, fused_ms, unfused_ms, speedup, bytes, ..."""
@@ -805,15 +866,26 @@ class Sweep:
     def measured(self) -> bool:
         return bool(self.rows) and all(r["time_source"].startswith("measured") for r in self.rows)
 
+    @property
+    def unstable(self) -> bool:
+        """True when any size's measurement was flagged unstable: rerun before trusting the curve."""
+        return any(r.get("unstable") for r in self.rows)
+
     def table(self) -> str:
-        head = f"{'size':>10}  {'fused ms':>10}  {'unfused ms':>10}  {'speedup':>8}  {'model speedup':>13}  " \
-               f"{'bytes fused':>11}  {'bytes unfused':>13}"
+        """Per size: median fused/unfused time with IQR, the speedup with its range, the model's speedup
+        and bytes; '!' marks an unstable measurement (reasons below the table)."""
+        head = f"{'size':>10}  {'fused ms (IQR)':>22}  {'unfused ms (IQR)':>22}  {'speedup (range)':>22}  " \
+               f"{'model speedup':>13}  {'bytes fused':>11}  {'bytes unfused':>13}"
         lines = [f"sweep {self.name} on {self.target} (times: "
-                 f"{'measured' if self.measured else 'model'}; bytes: model)", head]
+                 f"{'measured, median of interleaved runs' if self.measured else 'model'}; bytes: model)", head]
         for r in self.rows:
-            lines.append(f"{r['size']:>10}  {r['fused_ms']:>10.4g}  {r['unfused_ms']:>10.4g}  {r['speedup']:>7.2f}x  "
-                         f"{r['model_speedup']:>12.2f}x  {_fmt_bytes(r['bytes']):>11}  "
+            sp = measure.Ratio(r["speedup"], r.get("speedup_low", r["speedup"]), r.get("speedup_high", r["speedup"]))
+            lines.append(f"{r['size']:>10}  {_ms_iqr(r, 'fused'):>22}  {_ms_iqr(r, 'unfused'):>22}  "
+                         f"{str(sp) + (' !' if r.get('unstable') else ''):>22}  "
+                         f"{fmt_ratio(r['model_speedup']):>13}  {_fmt_bytes(r['bytes']):>11}  "
                          f"{_fmt_bytes(r['unfused_bytes']):>13}")
+        lines += [f"! {measure.UNSTABLE_TEXT} — size {r['size']}: {r['unstable_reason']}" for r in self.rows
+                  if r.get("unstable")]
         return "\n".join(lines)
 
     __str__ = table
@@ -831,6 +903,14 @@ class Sweep:
         what = "measured" if self.measured else "model (simulator counters)"
         ax.semilogx(sizes, [r["speedup"] for r in self.rows], "o-", color=VARIANT_COLORS["fused"],
                     label=f"speedup, {what}")
+        if self.measured:   # the band: fused and unfused interquartile ranges combined (measure.ratio)
+            ax.fill_between(sizes, [r.get("speedup_low", r["speedup"]) for r in self.rows],
+                            [r.get("speedup_high", r["speedup"]) for r in self.rows], color=VARIANT_COLORS["fused"],
+                            alpha=0.18, lw=0, label="speedup range (from the IQRs)")
+            for r in self.rows:
+                if r.get("unstable"):
+                    ax.annotate("! unstable", (r["size"], r["speedup"]), xytext=(0, 6), textcoords="offset points",
+                                ha="center", fontsize=7, color="#b35900")
         ax.semilogx(sizes, [r["model_speedup"] for r in self.rows], "--", color="#888888",
                     label=f"speedup, model (roofline on {self.device.name})")
         ax.axhline(1.0, color="black", lw=0.8)
@@ -847,9 +927,12 @@ class Sweep:
 
 
 def sweep(fn: Callable, make_args: Callable[[int], tuple] | None = None, sizes: Sequence[int] = DEFAULT_SIZES,
-          target: str = "auto", progress: bool = True, repeat: int = 10, warmup: int = 2,
-          device: "Device | str | None" = None, **compile_kwargs: Any) -> Sweep:
+          target: str = "auto", progress: bool = True, repeat: int | None = None, warmup: int = 2,
+          device: "Device | str | None" = None, budget_s: float | None = None, **compile_kwargs: Any) -> Sweep:
     """Measure fused vs unfused across problem sizes → Sweep (rows; .plot() speedup vs size).
+
+    Each size is one compare(): fused and unfused interleaved (explorer.measure, `repeat`/`budget_s`
+    as there); rows carry the medians, quartiles, the speedup's range and the unstable flag.
 
     make_args(n) returns the arguments for size n (default: one float32 vector of n
     elements per parameter of fn — right for elementwise functions). A progress bar
@@ -871,7 +954,7 @@ def sweep(fn: Callable, make_args: Callable[[int], tuple] | None = None, sizes: 
     bad = [n for n in sizes if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1]
     if bad:
         raise ExplorerError(f"sweep sizes must be positive integers, got {bad[0]!r}")
-    _check_repeat(repeat, warmup)
+    _check_repeat(repeat, warmup, budget_s)
     for k in ("baselines", "fuse"):
         if k in compile_kwargs:
             raise ExplorerError(f"sweep() measures fused vs unfused only and does not take {k}=; use "
@@ -894,12 +977,16 @@ def sweep(fn: Callable, make_args: Callable[[int], tuple] | None = None, sizes: 
         if not isinstance(args, tuple):
             args = (args,)
         r = compare(fn, *args, target=t, baselines=(), repeat=repeat, warmup=warmup, device=dev, verbose=False,
-                    **compile_kwargs)
+                    budget_s=budget_s, **compile_kwargs)
         f, u = r.variant("fused"), r.variant("unfused")
         fp = sum(c.predicted_ms for c in costmodel.kernel_costs(f.compiled, dev, counters=False))
         up = sum(c.predicted_ms for c in costmodel.kernel_costs(u.compiled, dev, counters=False))
         name = r.name
+        sp = r.speedup_range
         rows.append({"size": int(n), "fused_ms": f.median_ms, "unfused_ms": u.median_ms, "speedup": r.speedup,
+                     "fused_q1_ms": f.q1_ms, "fused_q3_ms": f.q3_ms, "unfused_q1_ms": u.q1_ms, "unfused_q3_ms": u.q3_ms,
+                     "speedup_low": sp.low, "speedup_high": sp.high, "unstable": sp.unstable,
+                     "unstable_reason": sp.reason, "repeat": f.repeat,
                      "model_speedup": up / fp if fp > 0 else float("nan"),
                      "bytes": f.bytes_model, "unfused_bytes": u.bytes_model,
                      "fused_kernels": f.kernels, "unfused_kernels": u.kernels, "time_source": f.time_source})
@@ -937,14 +1024,17 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m explorer bench",
                                 description="Fused vs unfused on the best available target (or --target).")
     p.add_argument("--target", default="auto", choices=TARGETS)
-    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=None,
+                   help="rounds of interleaved runs (default: until the medians are stable, within --budget)")
+    p.add_argument("--budget", type=float, default=None, help="seconds of timing per comparison (default 1)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="smaller problems")
     p.add_argument("--baselines", default="numpy,numexpr,torch,torch.compile",
                    help="comma-separated: numpy,numexpr,torch,torch.compile")
     a = p.parse_args(list(argv) if argv is not None else None)
-    if a.repeat < 1 or a.warmup < 0:
-        p.error(f"--repeat must be >= 1 and --warmup >= 0, got --repeat {a.repeat} --warmup {a.warmup}")
+    if (a.repeat is not None and a.repeat < 1) or a.warmup < 0 or (a.budget is not None and a.budget <= 0):
+        p.error(f"--repeat must be >= 1, --warmup >= 0 and --budget > 0, got --repeat {a.repeat} --warmup {a.warmup} "
+                f"--budget {a.budget}")
     bad = [s for s in a.baselines.split(",") if s and s not in BASELINES]
     if bad:
         p.error(f"argument --baselines: unknown {', '.join(map(repr, bad))}; choose from {','.join(BASELINES)}")
@@ -953,7 +1043,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         bl = tuple(s for s in a.baselines.split(",") if s)
         for title, fn, args in bench_cases(t, a.quick):
             print(f"== {title}")
-            r = compare(fn, *args, target=t, baselines=bl, repeat=a.repeat, warmup=a.warmup, verbose=False)
+            r = compare(fn, *args, target=t, baselines=bl, repeat=a.repeat, warmup=a.warmup, budget_s=a.budget,
+                        verbose=False)
             print(r.table())
             print()
     except ExplorerError as e:

@@ -7,9 +7,6 @@ array([1., 3., 5., 7.], dtype=float32)
 """
 from __future__ import annotations
 
-import statistics
-import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,37 +15,9 @@ from .errors import ExplorerError, ShapeError, TraceError, DTypeError
 from .pipeline import Options, Snapshot
 
 
-@dataclass
-class Timing:
-    """Times in milliseconds over `repeat` runs."""
-
-    median_ms: float
-    min_ms: float
-    stdev_ms: float
-    repeat: int
-    per_kernel_ms: dict[str, float] | None = None
-    source: str = "wall"   # 'cuda-events' | 'wall'
-    q1_ms: float | None = None   # 25th and 75th percentiles: a spread one slow outlier does not blow up
-    q3_ms: float | None = None
-
-    def __str__(self) -> str:
-        return f"{self.median_ms:.4g} ms (min {self.min_ms:.4g}, ±{self.stdev_ms:.2g}, n={self.repeat}, {self.source})"
-
-
-def summarize(samples_ms: Sequence[float], per_kernel: dict[str, float] | None = None, source: str = "wall") -> Timing:
-    s = list(samples_ms)
-    q1, q3 = quartiles(s)
-    return Timing(statistics.median(s), min(s), statistics.stdev(s) if len(s) > 1 else 0.0, len(s), per_kernel, source,
-                  q1, q3)
-
-
-def quartiles(samples: Sequence[float]) -> tuple[float, float]:
-    """(25th, 75th) percentile of the samples (both the value itself for one sample)."""
-    s = list(samples)
-    if len(s) < 2:
-        return s[0], s[0]
-    q = statistics.quantiles(s, n=4, method="inclusive")
-    return q[0], q[2]
+# Timing and summarize live in the timing module (one methodology for benchmark, compare, sweep, widgets);
+# re-exported here, where callers have always imported them from.
+from .measure import Timing, quartiles, summarize  # noqa: E402,F401
 
 
 class KernelIndexError(ExplorerError, IndexError):
@@ -209,24 +178,42 @@ class Compiled:
         from .backends.reference import run_graph
         return run_graph(self.stage("traced").ir, self.check_args(args))
 
-    def benchmark(self, *args: Any, warmup: int = 3, repeat: int = 20, include_copies: bool = False) -> Timing:
-        """Median/min/stdev time of one call. CUDA uses events and excludes host↔device copies unless asked."""
+    def benchmark(self, *args: Any, warmup: int = 3, repeat: int | None = None, include_copies: bool = False,
+                  budget_s: float | None = None) -> Timing:
+        """Time one call → Timing (median, IQR, min, n, and an `unstable` flag with its reason).
+
+        explorer.measure's methodology: `warmup` untimed calls, then repeats until the median is
+        stable or `budget_s` seconds (default measure.DEFAULT_BUDGET_S) are spent; `repeat=N` fixes
+        the count. CUDA uses events and excludes host↔device copies unless `include_copies`.
+
+        >>> t = c.benchmark()                                     # doctest: +SKIP
+        >>> print(t)                                              # doctest: +SKIP
+        0.132 ms (IQR 0.128–0.139, min 0.121, n=41, wall)
+        """
+        from . import measure
         warmup = _check_count("warmup", warmup, 0)
-        repeat = _check_count("repeat", repeat, 1)
+        if repeat is not None:
+            repeat = _check_count("repeat", repeat, 1)
+        if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float))
+                                     or not budget_s > 0):
+            raise ExplorerError(f"budget_s={budget_s!r}: must be a number of seconds > 0")
+        return measure.measure(self.sampler(*args, include_copies=include_copies), warmup=warmup, repeat=repeat,
+                               budget_s=budget_s)
+
+    def sampler(self, *args: Any, include_copies: bool = False):
+        """One timed call of this function on `args` (default: the examples), for explorer.measure:
+        the backend's own sampler (CUDA events, per-kernel times) where it has one, else wall time.
+
+        >>> from explorer import measure
+        >>> ts = measure.interleaved({"fused": c.sampler(x), "numpy": lambda: f(x)})   # doctest: +SKIP
+        """
         if not isinstance(include_copies, (bool, np.bool_)):
             raise ExplorerError(f"include_copies={include_copies!r}: must be True or False")
         inputs = self.backend_inputs(self.check_args(args if args else self.examples))
         exe = self.executable()
-        if hasattr(exe, "time"):
-            return exe.time(inputs, warmup=warmup, repeat=repeat, include_copies=include_copies)
-        for _ in range(warmup):
-            exe.run(inputs)
-        samples = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            exe.run(inputs)
-            samples.append((time.perf_counter() - t0) * 1e3)
-        return summarize(samples)
+        if hasattr(exe, "sampler"):
+            return exe.sampler(inputs, include_copies=include_copies)
+        return lambda: exe.run(inputs)
 
     # -- workbench ----------------------------------------------------------------------
     def with_kernel_source(self, index: int, source: str, check: bool = True, rtol: float | None = None) -> "Compiled":

@@ -7,7 +7,9 @@
 
 Each backend module exposes `available() -> (bool, reason)` and
 `build(compiled) -> Executable` where Executable has `run(inputs) -> list[np.ndarray]`
-and optionally `time(inputs, warmup, repeat, include_copies) -> Timing`.
+and optionally `sampler(inputs, include_copies) -> explorer.measure.Sampler` (one timed run: CUDA
+events, per-kernel times; explorer.measure repeats and interleaves it) and
+`time(inputs, warmup, repeat, include_copies) -> Timing` (that sampler through explorer.measure).
 """
 from __future__ import annotations
 

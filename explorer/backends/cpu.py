@@ -285,28 +285,27 @@ class CpuExecutable:
             fn(*[env[p].ctypes.data for p in params])
         return self._outputs(env)
 
-    def time(self, inputs: Sequence[np.ndarray], warmup: int = 3, repeat: int = 20, include_copies: bool = False):
-        """Wall time of all kernels (output/temp buffers allocated once, as a caching allocator would),
-        with the median of each kernel's own time in per_kernel_ms."""
-        from ..compiled import summarize
+    def sampler(self, inputs: Sequence[np.ndarray], include_copies: bool = False):
+        """One timed run of all kernels for explorer.measure → (total ms, {kernel: ms}); output/temp
+        buffers are allocated once, as a caching allocator would."""
+        from ..measure import Sampler
         env = self._buffers(inputs, fresh=False)
         calls = [(name, fn, [env[p].ctypes.data for p in params]) for name, fn, params in self.kernels]
-        for _ in range(warmup):
-            for _, fn, args in calls:
-                fn(*args)
-        samples: list[float] = []
-        per: dict[str, list[float]] = {}
-        for _ in range(max(1, repeat)):
-            total = 0.0
+
+        def sample() -> tuple[float, dict[str, float]]:
+            per: dict[str, float] = {}
             for name, fn, args in calls:
                 t0 = time.perf_counter()
                 fn(*args)
-                dt = (time.perf_counter() - t0) * 1e3
-                total += dt
-                per.setdefault(name, []).append(dt)
-            samples.append(total)
-        import statistics
-        return summarize(samples, {k: statistics.median(v) for k, v in per.items()})
+                per[name] = per.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
+            return sum(per.values()), per
+        return Sampler(sample)
+
+    def time(self, inputs: Sequence[np.ndarray], warmup: int = 3, repeat: int | None = 20,
+             include_copies: bool = False):
+        """Timing of all kernels (explorer.measure), with the median of each kernel's own time in per_kernel_ms."""
+        from ..measure import measure
+        return measure(self.sampler(inputs), warmup=warmup, repeat=repeat)
 
 
 def build_codegen(codegen, overrides: dict[int, str] | None = None, fast_math: bool | None = None,

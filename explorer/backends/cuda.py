@@ -264,23 +264,17 @@ class CudaExecutable:
         self._sync("kernel launch")
         return self._download()
 
-    def time(self, inputs: Sequence[np.ndarray], warmup: int = 3, repeat: int = 20, include_copies: bool = False):
-        """CUDA-event times of the whole program and of each kernel (milliseconds, median over `repeat`)."""
-        from ..compiled import summarize
+    def sampler(self, inputs: Sequence[np.ndarray], include_copies: bool = False):
+        """One CUDA-event-timed run for explorer.measure → (total ms, {kernel: ms}); host↔device
+        copies are inside the timed span only with include_copies."""
+        from ..measure import Sampler
         drv = _drv()
         _context()
         self._upload(inputs)
-        for _ in range(max(warmup, 0)):
-            if include_copies:
-                self._upload(inputs)
-            self._launch_all()
-            if include_copies:
-                self._download()
-        self._sync("warmup")
-        total, per = [], {name: [] for name, *_ in self.launches}
         start, end = drv.Event(), drv.Event()
         kev = [(drv.Event(), drv.Event()) for _ in self.launches]
-        for _ in range(max(repeat, 1)):
+
+        def sample() -> tuple[float, dict[str, float]]:
             start.record()
             if include_copies:
                 self._upload(inputs)
@@ -289,14 +283,18 @@ class CudaExecutable:
                 self._download()
             end.record()
             end.synchronize()
-            total.append(start.time_till(end))
-            for (name, _fn, grid, block, *_r), (a, b) in zip(self.launches, kev):
-                if 0 not in grid and 0 not in block:
-                    per[name].append(a.time_till(b))
+            per = {name: a.time_till(b) for (name, _fn, grid, block, *_r), (a, b) in zip(self.launches, kev)
+                   if 0 not in grid and 0 not in block}
+            return start.time_till(end), per
+        return Sampler(sample, source="cuda-events")
+
+    def time(self, inputs: Sequence[np.ndarray], warmup: int = 3, repeat: int | None = 20,
+             include_copies: bool = False):
+        """CUDA-event times of the whole program and of each kernel (explorer.measure; milliseconds)."""
+        from ..measure import measure
+        t = measure(self.sampler(inputs, include_copies), warmup=warmup, repeat=repeat)
         self._sync("timed run")
-        import statistics
-        per_kernel = {k: statistics.median(v) for k, v in per.items() if v}
-        return summarize(total, per_kernel, source="cuda-events")
+        return t
 
 
 def _with_constants(program, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

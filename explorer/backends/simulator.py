@@ -1374,17 +1374,20 @@ class SimExecutable:
         outs, self.counters = self.sim.run(inputs)
         return outs
 
-    def time(self, inputs: Sequence[np.ndarray], warmup: int = 0, repeat: int = 3, include_copies: bool = False):
-        """Wall time of the *simulation* (source='sim-wall'); it says nothing about a GPU's speed."""
-        from ..compiled import summarize
-        for _ in range(warmup):
-            self.run(inputs)
-        samples = []
-        for _ in range(max(1, repeat)):
+    def sampler(self, inputs: Sequence[np.ndarray], include_copies: bool = False):
+        """One wall-timed *simulation* for explorer.measure (source 'sim-wall': says nothing about a GPU)."""
+        from ..measure import Sampler
+
+        def sample() -> float:
             t0 = time.perf_counter()
             self.run(inputs)
-            samples.append((time.perf_counter() - t0) * 1e3)
-        return summarize(samples, source="sim-wall")
+            return (time.perf_counter() - t0) * 1e3
+        return Sampler(sample, source="sim-wall")
+
+    def time(self, inputs: Sequence[np.ndarray], warmup: int = 0, repeat: int | None = 3, include_copies: bool = False):
+        """Wall time of the *simulation* (source='sim-wall'); it says nothing about a GPU's speed."""
+        from ..measure import measure
+        return measure(self.sampler(inputs), warmup=warmup, repeat=repeat)
 
     def summary(self) -> str:
         if not self.counters:
