@@ -296,3 +296,58 @@ def test_timing_quartiles_resist_one_outlier():
     assert t.q1_ms <= t.median_ms <= t.q3_ms < 2.0 < t.stdev_ms   # the outlier moves stdev, not the bars
     one = summarize([3.0])
     assert one.q1_ms == one.q3_ms == 3.0
+
+
+# ----------------------------------------------------------------------------- timing fields (explorer.measure)
+def test_compare_rows_carry_spread_and_table_shows_it():
+    a = np.linspace(-2, 2, 4096, dtype=np.float32)
+    r = C.compare(ew, a, a[::-1].copy(), target="reference", baselines=("numpy",), repeat=4, warmup=0)
+    for row in r.rows:
+        assert row["repeat"] == 4 and row["q1_ms"] <= row["median_ms"] <= row["q3_ms"]
+        assert row["min_ms"] <= row["q1_ms"] and isinstance(row["unstable"], bool)
+        assert row["speedup_low"] <= row["speedup_vs_unfused"] <= row["speedup_high"]
+    text = r.table()
+    assert "IQR ms" in text and "min ms" in text and "interleaved" in text
+    assert r.speedup_range.value == pytest.approx(r.speedup)
+    assert "IQR" in r._repr_html_()
+
+
+def test_compare_flags_an_unstable_measurement(monkeypatch):
+    from explorer import measure
+
+    def fake_interleaved(calls, **kw):
+        for call in calls.values():
+            call() if callable(call) else call.sample()
+        steady = measure.summarize([1.0, 1.01, 0.99, 1.0, 1.02])
+        noisy = measure.summarize([0.01, 16.0, 0.02, 9.0, 0.015, 12.0])
+        return {n: (noisy if n == "fused" else steady) for n in calls}
+    monkeypatch.setattr(C.measure, "interleaved", fake_interleaved)
+    a = np.linspace(-2, 2, 256, dtype=np.float32)
+    r = C.compare(ew, a, a, target="reference", baselines=("numpy",))
+    assert r.unstable and r.variant("fused").unstable and not r.variant("numpy").unstable
+    text = r.table()
+    assert "fused !" in text and measure.UNSTABLE_TEXT in text and "fused: the middle half" in text
+    assert r.speedup_range.unstable and measure.UNSTABLE_TEXT in repr(r)
+    assert "0.00x" not in text
+    fig = r.plot_timing()
+    assert any(measure.UNSTABLE_TEXT in t.get_text() for t in fig.axes[0].texts)
+
+
+def test_benchmark_returns_a_timing_with_spread_and_verdict():
+    a = np.ones(64, np.float32)
+    c = explorer.compile(ew, a, a, target="reference")
+    t = c.benchmark(repeat=6, warmup=0)
+    assert t.repeat == 6 and t.q1_ms <= t.median_ms <= t.q3_ms and t.min_ms <= t.median_ms
+    assert isinstance(t.unstable, bool) and "IQR" in str(t)
+    auto = c.benchmark(warmup=0, budget_s=0.2)
+    assert auto.repeat >= 3
+    with pytest.raises(ExplorerError, match="budget_s"):
+        c.benchmark(budget_s=-1)
+
+
+def test_sweep_rows_carry_speedup_range():
+    s = C.sweep(ew, sizes=[256], target="reference", progress=False, repeat=4, warmup=0)
+    (row,) = s.rows
+    assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"] and isinstance(row["unstable"], bool)
+    assert row["fused_q1_ms"] <= row["fused_ms"] <= row["fused_q3_ms"] and row["repeat"] == 4
+    assert "speedup (range)" in s.table()
