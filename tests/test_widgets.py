@@ -315,3 +315,24 @@ def test_panels_standalone(monkeypatch):
     cmp = explorer.compare(mlp, X, W_, B, target="sim", repeat=2, warmup=0)
     t = widgets.TimingChart(cmp)
     assert t.timing.value[:4] == b"\x89PNG" and t.roofline.value[:4] == b"\x89PNG"
+
+
+def test_run_panel_shows_spread_and_unstable_flag(monkeypatch):
+    from explorer import measure
+    from widgets.panels import run as run_mod
+    a = np.ones(32, np.float32)
+    panel = run_mod.RunPanel(lambda target: explorer.compile(lambda x: x * 2.0, a, target=target), target="reference",
+                             repeat=4)
+    assert panel.run()
+    panel.wait()
+    row = panel.rows[0]
+    assert row["n"] == 4 and "–" in row["IQR ms"] and row["vs numpy"].endswith(")")
+    assert "IQR ms" in panel.results.value and row["IQR ms"] in panel.results.value
+
+    def noisy(calls, **kw):
+        return {n: measure.summarize([0.01, 16.0, 0.02, 9.0, 0.015, 12.0]) for n in calls}
+    monkeypatch.setattr(run_mod.measure, "interleaved", noisy)
+    assert panel.run()
+    panel.wait()
+    assert panel.rows[0]["note"] == measure.UNSTABLE_TEXT
+    assert html.escape(measure.UNSTABLE_TEXT) in panel.results.value

@@ -86,7 +86,8 @@ class Explorer(W.VBox):
         self._dirty: set[int] = set()
         self._stage_graph_dirty = True
         self._busy = False
-        self.compare_options: dict[str, Any] = {"repeat": 10, "warmup": 2}  # explorer.compare's, for Charts
+        # explorer.compare's, for Charts: explorer.measure picks the repeats within the budget
+        self.compare_options: dict[str, Any] = {"warmup": 2, "budget_s": 1.0}
 
         target = compile_kwargs.get("target", "auto")
         if target == "auto":

@@ -1,15 +1,18 @@
 """RunPanel: run the compiled function on a chosen target; max abs error vs NumPy and timings.
 
+Timings come from explorer.measure: the compiled function and NumPy interleaved, median with its
+interquartile range, min and n, and "unstable measurement (noisy machine): rerun" when the spread stays high.
+
 >>> from widgets.panels.run import RunPanel                              # doctest: +SKIP
 >>> p = RunPanel(lambda target: explorer.compile(mlp, x, w, b, target=target)); p.run(); p.wait()  # doctest: +SKIP
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any, Callable
 
 import ipywidgets as W
+
+from explorer import measure
 
 from ._util import Worker, describe_error, error_html, esc, note_html
 from .knobs import TARGETS
@@ -18,8 +21,8 @@ from .knobs import TARGETS
 class RunPanel(W.VBox):
     """`provider(target) -> Compiled`. Each run appends a row to `.results` (newest first)."""
 
-    def __init__(self, provider: Callable[[str], Any] | None = None, target: str = "cpu", repeat: int = 5,
-                 **kwargs: Any):
+    def __init__(self, provider: Callable[[str], Any] | None = None, target: str = "cpu", repeat: int | None = None,
+                 budget_s: float = 0.5, **kwargs: Any):
         self.target = W.Dropdown(description="run on", options=TARGETS, value=target if target in TARGETS else "cpu",
                                  layout=W.Layout(width="200px"))
         self.button = W.Button(description="Run", icon="play", button_style="success")
@@ -28,7 +31,8 @@ class RunPanel(W.VBox):
         self.status = W.HTML()
         self.results = W.HTML()
         self.rows: list[dict[str, Any]] = []
-        self.repeat = repeat
+        self.repeat = repeat          # None: explorer.measure picks it within budget_s
+        self.budget_s = budget_s
         self.provider = provider
         self._worker = Worker()
         super().__init__([W.HBox([self.target, self.button, self.progress]), self.status, self.results], **kwargs)
@@ -49,13 +53,16 @@ class RunPanel(W.VBox):
             self.status.value = note_html(f"running on {target}…")
             err = comp.max_error()
             self.progress.value = 0.5
-            t = comp.benchmark(warmup=1, repeat=self.repeat)
+            t, ref = _time_with_numpy(comp, self.repeat, self.budget_s)
             self.progress.value = 0.8
-            ref = _time_numpy(comp.fn, comp.examples, self.repeat)
             shapes = ", ".join("×".join(map(str, e.shape)) or "scalar" for e in comp.examples)
             self.rows.insert(0, {"target": comp.target, "inputs": shapes, "max abs error": err,
-                                 "median ms": t.median_ms, "min ms": t.min_ms, "numpy ms": ref,
-                                 "kernels": len(comp.kernels)})
+                                 "median ms": t.median_ms, "IQR ms": _iqr(t), "min ms": t.min_ms, "n": t.repeat,
+                                 "numpy ms": ref.median_ms, "vs numpy": measure.speedup(ref, t).range_text(),
+                                 "kernels": len(comp.kernels),
+                                 "note": "; ".join(filter(None, [
+                                     "simulation wall time, not a GPU's" if t.source == "sim-wall" else "",
+                                     measure.UNSTABLE_TEXT if (t.unstable or ref.unstable) else ""]))})
             del self.rows[8:]
             self.results.value = self._table()
             self._done("")
@@ -93,12 +100,12 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _time_numpy(fn: Callable, examples: list, repeat: int) -> float:
-    """Median ms of the plain NumPy function on the same inputs (the baseline, same process)."""
-    samples = []
-    fn(*examples)
-    for _ in range(max(repeat, 1)):
-        t0 = time.perf_counter()
-        fn(*examples)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+def _iqr(t: Any) -> str:
+    return f"{measure.fmt_ms(t.q1_ms)}–{measure.fmt_ms(t.q3_ms)}"
+
+
+def _time_with_numpy(comp: Any, repeat: int | None, budget_s: float) -> tuple[Any, Any]:
+    """(compiled Timing, NumPy Timing), measured interleaved on the same inputs in this process."""
+    ts = measure.interleaved({"compiled": comp.sampler(), "numpy": lambda: comp.fn(*comp.examples)}, warmup=1,
+                             repeat=repeat, budget_s=budget_s)
+    return ts["compiled"], ts["numpy"]
