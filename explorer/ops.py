@@ -146,22 +146,40 @@ def _call(fn: str):
     return lambda a, out: L.call(fn, a)
 
 
+# A transcendental math call counts as this many flops in the cost model and in the simulator's
+# counters: roughly what a vectorised polynomial implementation executes (Sleef/SVML-style expf or
+# tanhf: range reduction plus ~15-20 multiply-adds). Counting it as 1 would call a chain of tanh
+# memory-bound while its time grows with every step; a scalar libm call costs more still (notebook 02
+# measures it). sqrt, rsqrt and abs are single hardware instructions and count 1.
+TRANSCENDENTAL_FLOPS = 20
+TRANSCENDENTALS = frozenset({"exp", "log", "tanh", "sin", "cos", "erf", "pow", "sigmoid"})
+
+
+def call_flops(fn: str) -> int:
+    """Flops one evaluation of math function `fn` counts (TRANSCENDENTAL_FLOPS for exp, tanh, ...; else 1).
+
+    >>> call_flops("tanh"), call_flops("sqrt")
+    (20, 1)
+    """
+    return TRANSCENDENTAL_FLOPS if fn in TRANSCENDENTALS else 1
+
+
 _unary("neg", np.negative, lambda a, out: L.UnOp("neg", a), 1, ("negative",))
-_unary("exp", np.exp, _call("exp"))
-_unary("log", np.log, _call("log"))
-_unary("tanh", np.tanh, _call("tanh"))
+_unary("exp", np.exp, _call("exp"), call_flops("exp"))
+_unary("log", np.log, _call("log"), call_flops("log"))
+_unary("tanh", np.tanh, _call("tanh"), call_flops("tanh"))
 _unary("sqrt", np.sqrt, _call("sqrt"))
 _unary("abs", np.abs, _call("abs"), 1, ("absolute", "abs"))
-_unary("sin", np.sin, _call("sin"))
-_unary("cos", np.cos, _call("cos"))
-_unary("erf", _erf, _call("erf"), 1, ("erf",))
+_unary("sin", np.sin, _call("sin"), call_flops("sin"))
+_unary("cos", np.cos, _call("cos"), call_flops("cos"))
+_unary("erf", _erf, _call("erf"), call_flops("erf"), ("erf",))
 _unary("logical_not", np.logical_not, lambda a, out: L.UnOp("not", a), 1)
 
 _binary("add", np.add, lambda a, b, out: L.BinOp("+", a, b))
 _binary("sub", np.subtract, lambda a, b, out: L.BinOp("-", a, b), 1, ("subtract",))
 _binary("mul", np.multiply, lambda a, b, out: L.BinOp("*", a, b), 1, ("multiply",))
 _binary("div", np.true_divide, lambda a, b, out: L.BinOp("/", a, b), 1, ("true_divide", "divide"))
-_binary("pow", np.power, lambda a, b, out: L.call("pow", a, b), 1, ("power",))
+_binary("pow", np.power, lambda a, b, out: L.call("pow", a, b), call_flops("pow"), ("power",))
 _binary("maximum", np.maximum, lambda a, b, out: L.BinOp("max", a, b))
 _binary("minimum", np.minimum, lambda a, b, out: L.BinOp("min", a, b))
 for _n, _np, _sym in (("lt", np.less, "<"), ("le", np.less_equal, "<="), ("gt", np.greater, ">"),

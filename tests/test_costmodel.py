@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import explorer
+from explorer.ops import TRANSCENDENTAL_FLOPS
 from explorer import costmodel as cm
 from explorer.errors import ExplorerError
 
@@ -73,7 +74,7 @@ def test_elementwise_is_memory_bound(dev):
     a = np.ones(1 << 16, np.float32)
     c = explorer.compile(lambda a: np.exp(a) * 2.0 + 1.0, a, target="reference")
     (k,) = cm.kernel_costs(c, dev)
-    assert k.flops == 3 * a.size and k.bytes == 2 * a.nbytes
+    assert k.flops == (TRANSCENDENTAL_FLOPS + 2) * a.size and k.bytes == 2 * a.nbytes    # exp counts as N flops
     assert k.bound == "memory"
 
 
@@ -159,3 +160,20 @@ def test_simulator_counters_replace_the_model():
     # an elementwise kernel loads each input element once and stores each output once
     assert k.bytes_read == 2 * a.nbytes and k.bytes_written == a.nbytes
     assert cm.kernel_costs(c, "h100", counters=False)[0].source == "model"
+
+
+def test_transcendentals_count_in_the_compute_estimate():
+    # one tanh per element is memory-bound on an H100; a chain of 16 does 16 x TRANSCENDENTAL_FLOPS per
+    # element at the same bytes and crosses the ridge (the model's answer to "why does time grow with steps")
+    a = np.ones(1 << 12, np.float32)
+
+    def chain(n):
+        def f(x):
+            for _ in range(n):
+                x = np.tanh(x)
+            return x
+        return f
+    one, many = (cm.kernel_costs(explorer.compile(chain(n), a, target="reference"), "h100")[0] for n in (1, 16))
+    assert one.bytes == many.bytes == 2 * a.nbytes
+    assert many.flops == 16 * one.flops == 16 * TRANSCENDENTAL_FLOPS * a.size
+    assert one.bound == "memory" and many.bound == "compute"

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from explorer import VerificationError
+from explorer.ops import TRANSCENDENTAL_FLOPS as TF
 from explorer import loopir as L
 from explorer.backends import simulator as S
 from explorer.backends.sim_examples import (elementwise_kernel, matmul_bias_relu_programs, softmax_kernel,
@@ -93,8 +94,9 @@ def test_softmax_block_reduction(rows, cols, threads):
     np.testing.assert_allclose(bufs["y"], e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
     assert c["global_load_bytes"] == 3 * rows * cols * 4
     assert c["global_store_bytes"] == rows * cols * 4
-    # max pass 1, sum pass sub+exp+add, store pass sub+exp+div; two all-reduces of T-1 combines each
-    assert c["flops"] == 7 * rows * cols + 2 * rows * (threads - 1)
+    # max pass 1, sum pass sub+exp+add, store pass sub+exp+div (exp: TRANSCENDENTAL_FLOPS);
+    # two all-reduces of T-1 combines each
+    assert c["flops"] == (5 + 2 * TF) * rows * cols + 2 * rows * (threads - 1)
 
 
 def test_all_reduce_max_keeps_nan():
@@ -248,7 +250,8 @@ def test_cpu_schedule_program_runs_with_parallel_lanes():
     (out,), ctr = S.run_program(L.Program("f", (k,), (x,), (y,)), [xv])
     flat = np.arange(R * C).reshape(R, C)
     np.testing.assert_allclose(out, np.tanh(xv) * 2 + (flat // 5 % 3), rtol=1e-6)
-    assert ctr["k"]["global_load_bytes"] == R * C * 4 and ctr["k"]["flops"] == 3 * R * C
+    # tanh counts TRANSCENDENTAL_FLOPS, * and + one each
+    assert ctr["k"]["global_load_bytes"] == R * C * 4 and ctr["k"]["flops"] == (TF + 2) * R * C
     assert ctr["k"]["blocks"] == 1
 
 
@@ -300,8 +303,8 @@ def test_c_integer_semantics_and_math_calls():
     want = np.array([math.erf(v) for v in xv]) + 1 / (1 + np.exp(-xv)) + 1 / np.sqrt(np.abs(xv) + 1)
     np.testing.assert_allclose(bufs["y"], want, rtol=1e-5)
     assert bufs["y"].dtype == np.float32
-    # x*10 twice (the expression appears twice), erf sigmoid abs rsqrt (4), + + + (3) → 9 per lane
-    assert c["flops"] == 9 * n
+    # x*10 twice (the expression appears twice), erf sigmoid (transcendentals) abs rsqrt (1 each), + + + (3)
+    assert c["flops"] == (7 + 2 * TF) * n
 
 
 # ----------------------------------------------------------------------------- executable / API

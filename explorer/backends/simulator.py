@@ -25,7 +25,8 @@ buffers per lane.
 Counters (ints, per kernel):
   global_load_bytes / global_store_bytes   bytes accessed by active lanes (buffer dtype size each)
   shared_load_bytes / shared_store_bytes   the same for shared buffers
-  flops        float + - * / min max, unary minus and math calls, one per active lane each
+  flops        float + - * / min max, unary minus and math calls, per active lane: one each, a
+               transcendental (exp, tanh, erf, ...) ops.TRANSCENDENTAL_FLOPS as in the cost model
                (a ThreadAllReduce over T threads counts T-1 combines per group)
   barriers     __syncthreads executed, summed over blocks (a block counts each barrier it reaches)
   blocks, threads_per_block   the launch (1, 1 for kernels without bound loops)
@@ -64,6 +65,7 @@ import numpy as np
 
 from .. import loopir as L
 from ..errors import DTypeError, ExplorerError, ShapeError, VerificationError
+from ..ops import call_flops
 
 COUNTER_KEYS = ("global_load_bytes", "global_store_bytes", "shared_load_bytes", "shared_store_bytes",
                 "flops", "barriers", "blocks", "threads_per_block")
@@ -434,10 +436,11 @@ def _cexpr(e: L.Expr, ctx: _Ctx) -> Callable:
         fargs = [_cexpr(a, ctx) for a in e.args]
         np_dt = L.np_dtype(e.dtype)
         is_float = e.dtype in _FLOATS
+        weight = call_flops(e.fn)   # a transcendental counts as ops.TRANSCENDENTAL_FLOPS, as in the cost model
 
         def call(fr, m, n):
             if is_float:
-                fr.c.flops += n
+                fr.c.flops += weight * n
             args = [_fix_dtype(f(fr, m, n), np_dt) if is_float else f(fr, m, n) for f in fargs]
             return _fix_dtype(fn(*args), np_dt)
         return call
