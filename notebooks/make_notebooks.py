@@ -27,26 +27,44 @@ def code(text: str) -> tuple[str, str]:
     return ("code", text.strip("\n"))
 
 
-# Shared first code cell: imports, the target, and the problem-size switch.
+# Shared first code cell: imports, the target, the problem-size switch and how times are measured.
 SETUP = code('''
 import os, math, time
 import numpy as np
 import explorer
-from explorer import costmodel
+from explorer import costmodel, measure
 from explorer.pipeline import resolve_target
 
 TARGET = resolve_target("auto")   # cuda if a GPU works, else cpu (C + OpenMP) if a C compiler works, else sim
 # KE_FAST=1 (set by the test suite) or the slow simulator → small problems; the numbers are still measured.
 SMALL = os.environ.get("KE_FAST") == "1" or TARGET == "sim"
-DEVICE = costmodel.device(TARGET)  # the roofline of the machine we run on
+DEVICE = costmodel.device(TARGET)  # the roofline the cost model uses for this target
 print("target:", TARGET, "| small sizes:", SMALL)
-print(DEVICE.label())
+print("cost model device:", DEVICE.label())
+print("times: explorer.measure — variants interleaved, median with its IQR (25th–75th percentile), min and n;",
+      f"'{measure.UNSTABLE_TEXT}' marks a spread too high to trust")
 ''')
 
 WIDGET_NOTE = md('''
 ## The same compile, interactively
 `widgets.Explorer` shows every stage, the fusion groups, the generated source and the knobs for this
 function. (In a headless run it just builds the widget tree.)
+''')
+
+# A sentence comparing two measured ratios by their ranges, shared by the notebooks' conclusion cells.
+COMPARE_RANGES = code('''
+def compare_ranges(a, b):
+    """'larger' / 'smaller' when the ranges of two measure.Ratio do not overlap, else 'indistinguishable'."""
+    if a.low > b.high:
+        return "larger"
+    if a.high < b.low:
+        return "smaller"
+    return "indistinguishable (the ranges overlap)"
+
+def flag_line(what, ratios):
+    """A line naming the flagged (unstable) measurements, or ''."""
+    bad = [str(k) for k, r_ in ratios if r_.unstable]
+    return f"{measure.UNSTABLE_TEXT}: " + " ".join(filter(None, [what, ", ".join(bad)])) if bad else ""
 ''')
 
 # ============================================================================ 01
@@ -57,9 +75,10 @@ NB01 = [
 The canonical compiler win: `relu(x @ w + b)` as separate kernels writes the matmul result to memory and
 reads it back to add `b`, then writes and re-reads that sum to apply `relu`. Fused, bias and relu are
 applied while the matmul result is still in registers. This notebook measures both versions: kernels, bytes moved, time,
-and where they sit on the roofline — and why the win is "sometimes 2x", not always.
+and where they sit on the roofline — and why the win varies with the shape.
 '''),
     SETUP,
+    COMPARE_RANGES,
     code('''
 def mlp(x, w, b):
     return np.maximum(x @ w + b, 0)
@@ -105,39 +124,51 @@ tf = show_costs(fused, "fused")
 tu = show_costs(unfused, "unfused")
 saved = tu["bytes"] - tf["bytes"]
 inter = M * N * 4   # one M x N float32 intermediate
+assert saved == 4 * inter   # x@w and x@w+b: each written once and read once more when unfused
 print(f"\\nfusion removes {saved:,d} bytes of traffic ({tu['bytes'] / tf['bytes']:.2f}x fewer): "
-      f"{saved / inter:.0f} passes over one {M}x{N} intermediate of {inter:,d} B "
+      f"{saved // inter} passes over one {M}x{N} intermediate of {inter:,d} B "
       f"(x@w and x@w+b, each written once and read once)")
 '''),
     md('''
 ## Time
-Measured here, median of repeats, on the target above.
+`explorer.measure` runs fused and unfused interleaved (so a busy neighbour slows both alike) until
+their medians are stable, and gives each a median, an interquartile range and a min. The speedup
+carries a range: unfused's quartiles over fused's.
 '''),
     code('''
-t_f = fused.benchmark(repeat=10)
-t_u = unfused.benchmark(repeat=10)
-print("fused:  ", t_f)
-print("unfused:", t_u)
-sp, ratio = t_u.median_ms / t_f.median_ms, tu["bytes"] / tf["bytes"]
-print(f"measured speedup from fusion: {sp:.2f}x; the model's bytes ratio is {ratio:.2f}x, so here the time saved is "
-      + ("less than the traffic saved (bytes are not the only cost: compute and fixed overheads take time too)"
-         if sp < ratio else "more than the traffic saved (the bytes model ignores caches and per-kernel overheads)")
-      + ("" if sp >= 1 else "; fused is slower than unfused on this machine at this size"))
+ts = measure.interleaved({"fused": fused.sampler(), "unfused": unfused.sampler()})
+for name, t in ts.items():
+    print(f"{name:8s} {t}")
+sp = measure.speedup(ts["unfused"], ts["fused"])
+ratio = tu["bytes"] / tf["bytes"]
+print(f"\\nmeasured speedup from fusion: {sp}")
+if sp.high < ratio:
+    verdict = (f"less than the {ratio:.2f}x fewer bytes (the whole range is below it): bytes are not the only "
+               f"cost, compute and fixed per-call overheads take time too")
+elif sp.low > ratio:
+    verdict = (f"more than the {ratio:.2f}x fewer bytes (the whole range is above it): the bytes model ignores "
+               f"caches and the fixed cost of each kernel, which unfused pays once per op")
+else:
+    verdict = f"consistent with the {ratio:.2f}x fewer bytes (the range includes it)"
+print("the time saved is", verdict + (f" (flagged: {measure.UNSTABLE_TEXT})" if sp.unstable else ""))
+print("fused is " + ("faster than" if sp.low > 1 else "slower than" if sp.high < 1 else "not clearly faster than")
+      + " unfused on this machine at this size" + (" (simulation wall time, not a GPU's)" if TARGET == "sim" else ""))
 '''),
     md('''
 ## Roofline
-`explorer.compare` runs both variants (and NumPy) and plots each kernel on this device's roofline:
-memory-bound kernels sit on the sloped part, where fewer bytes means less time.
+`explorer.compare` runs both variants and NumPy interleaved and plots each kernel on this device's
+roofline: memory-bound kernels sit on the sloped part, where fewer bytes means less time. The table
+shows each median with its IQR, min and n; a `!` marks an unstable measurement.
 '''),
     code('''
-r = explorer.compare(mlp, x, w, b, target=TARGET, repeat=10)
+r = explorer.compare(mlp, x, w, b, target=TARGET)
 print(r.table())
 '''),
     code('''
 r.plot_roofline()
 '''),
     md('''
-## Why "sometimes 2x"
+## Why the win varies
 Fusion saves the round trips of the `M x N` intermediate. How much that matters depends on how much
 *other* work the kernel does. The cost model predicts: with a small inner dimension `K` the matmul is
 cheap, the intermediate's traffic dominates and fusion is near its best case; with a large `K` the
@@ -154,26 +185,32 @@ for k_ in Ks:
     bf = costmodel.total(costmodel.kernel_costs(cf, DEVICE))
     bu = costmodel.total(costmodel.kernel_costs(cu, DEVICE))
     mm = costmodel.kernel_costs(cu, DEVICE)[0]       # the unfused matmul alone
-    sp = cu.benchmark(repeat=5).median_ms / cf.benchmark(repeat=5).median_ms
-    rows.append((k_, bu["bytes"] / bf["bytes"], mm.intensity, mm.bound, sp))
-print(f"{'K':>6} {'bytes unfused/fused':>20} {'matmul flop/B':>14} {'matmul bound':>13} {'measured speedup':>17}")
+    tk = measure.interleaved({"fused": cf.sampler(), "unfused": cu.sampler()}, budget_s=0.5)
+    rows.append((k_, bu["bytes"] / bf["bytes"], mm.intensity, mm.bound, measure.speedup(tk["unfused"], tk["fused"])))
+print(f"{'K':>6} {'bytes unfused/fused':>20} {'matmul flop/B':>14} {'matmul bound':>13}  measured speedup (range)")
 for k_, ratio, inten, bnd, sp in rows:
-    print(f"{k_:>6} {ratio:>20.2f} {inten:>14.1f} {bnd:>13} {sp:>16.2f}x")
-best = max(rows, key=lambda r_: r_[4])
-print(f"\\nlargest measured speedup {best[4]:.2f}x at K={best[0]}; smallest "
-      f"{min(r_[4] for r_ in rows):.2f}x. The bytes ratio falls from {rows[0][1]:.2f}x to {rows[-1][1]:.2f}x as K grows.")
-agree = rows[0][4] > rows[-1][4]
-print(f"measured: the speedup at K={rows[0][0]} ({rows[0][4]:.2f}x) is {'larger' if agree else 'not larger'} than at "
-      f"K={rows[-1][0]} ({rows[-1][4]:.2f}x): {'as' if agree else 'unlike what'} the model predicts"
-      + ("" if agree else " (at these sizes timing noise or fixed overheads dominate on this machine)"))
+    print(f"{k_:>6} {ratio:>20.2f} {inten:>14.1f} {bnd:>13}  {sp.range_text()}{' !' if sp.unstable else ''}")
+best = max(rows, key=lambda r_: r_[4].value)
+print(f"\\nlargest measured speedup {best[4].range_text()} at K={best[0]}. The bytes ratio falls from "
+      f"{rows[0][1]:.2f}x to {rows[-1][1]:.2f}x as K grows.")
+how = compare_ranges(rows[0][4], rows[-1][4])
+if rows[0][4].unstable or rows[-1][4].unstable:
+    print(f"(K={rows[0][0]} or K={rows[-1][0]} is flagged — {measure.UNSTABLE_TEXT} — so this comparison is unreliable)")
+print(f"measured: the speedup at K={rows[0][0]} is {how} than at K={rows[-1][0]}: "
+      + {"larger": "as the model predicts",
+         "smaller": "unlike what the model predicts (fixed overheads or caches dominate here)"}.get(
+          how, "this run cannot confirm the model's prediction"))
+print(flag_line("K =", [(r_[0], r_[4]) for r_ in rows]))
 '''),
     code('''
 import matplotlib.pyplot as plt
 fig, ax = plt.subplots(figsize=(5, 3))
-ax.plot([r_[0] for r_ in rows], [r_[4] for r_ in rows], "o-", label="measured speedup")
-ax.plot([r_[0] for r_ in rows], [r_[1] for r_ in rows], "s--", mfc="none", label="bytes ratio (model)")
+ks_, sps = [r_[0] for r_ in rows], [r_[4] for r_ in rows]
+ax.errorbar(ks_, [s_.value for s_ in sps], yerr=[[s_.value - s_.low for s_ in sps], [s_.high - s_.value for s_ in sps]],
+            fmt="o-", capsize=3, label="measured speedup (bars: range from the IQRs)")
+ax.plot(ks_, [r_[1] for r_ in rows], "s--", mfc="none", label="bytes ratio (model)")
 ax.set_xscale("log", base=2); ax.set_xlabel("inner dimension K"); ax.set_ylabel("unfused / fused")
-ax.axhline(1, color="grey", lw=0.5); ax.legend(); ax.set_title(f"fusion win vs K ({TARGET})");
+ax.axhline(1, color="grey", lw=0.5); ax.legend(fontsize=8); ax.set_title(f"fusion win vs K ({TARGET})");
 '''),
     WIDGET_NOTE,
     code('''
@@ -187,14 +224,19 @@ NB02 = [
     md('''
 # 2. Elementwise chains and the roofline
 
-An elementwise op does a handful of flops per element but moves every element in and out of memory:
-its arithmetic intensity (flop/byte) is tiny, far below a device's ridge point, so it is memory-bound
-(the cells below print both numbers for this device). Chaining `n` of
-them unfused moves the array `2n` times; fused, twice. This notebook measures that, classifies kernels
-as memory- or compute-bound on this device, and sweeps the problem size.
+A simple elementwise op, say `x * 1.01 + 0.5`, does two flops per element but moves every element in
+and out of memory: its arithmetic intensity (flop/byte) is tiny, far below a device's ridge point, so
+it is memory-bound. A transcendental such as `tanh` is dearer: the cost model counts it as
+`TRANSCENDENTAL_FLOPS` flops (about what a vectorised polynomial implementation executes). Chaining `n`
+ops unfused moves the array `2n` times; fused, twice — but the fused kernel still does all the flops.
+This notebook measures that, classifies kernels as memory- or compute-bound on this device, compares
+the model with the measurement, and sweeps the problem size.
 '''),
     SETUP,
+    COMPARE_RANGES,
     code('''
+from explorer.ops import TRANSCENDENTAL_FLOPS as TF
+
 def chain(n):
     """x → n elementwise steps (a mul-add and a tanh, alternating)."""
     def f(x):
@@ -207,27 +249,79 @@ def chain(n):
 SIZE = 1 << 14 if SMALL else 1 << 22
 x = np.random.default_rng(0).standard_normal(SIZE, dtype=np.float32)
 print(f"{SIZE:,d} float32 elements = {x.nbytes:,d} bytes; ridge point of {DEVICE.name}: "
-      f"{DEVICE.ridge:.1f} flop/byte")
+      f"{DEVICE.ridge:.1f} flop/byte; a tanh counts {TF} flops in the model")
 '''),
     md('''
-## Intensity grows with fusion, bytes do not
+## Bytes stay, flops grow
+For each chain length: the fused kernel's bytes, its intensity and roofline bound (model), the model's
+time, and the measured fused and unfused medians with their IQRs.
 '''),
     code('''
-print(f"{'steps':>5} {'kernels f/u':>12} {'bytes fused':>12} {'bytes unfused':>14} {'fused flop/B':>13} {'bound':>8} {'time f':>9} {'time u':>9}")
+print(f"{'steps':>5} {'kernels f/u':>11} {'bytes fused':>12} {'bytes unfused':>14} {'fused flop/B':>12} "
+      f"{'bound':>8} {'model ms':>9} {'fused ms (IQR)':>24} {'unfused ms (IQR)':>24}")
 results = []
-for n in ([1, 2, 4, 8] if SMALL else [1, 2, 4, 8, 16]):
+for n in [1, 2, 4, 8, 16]:
     f = chain(n)
     cf = explorer.compile(f, x, target=TARGET, verbose=False)
     cu = explorer.compile(f, x, target=TARGET, fuse=False, verbose=False)
     kf, ku = costmodel.kernel_costs(cf, DEVICE), costmodel.kernel_costs(cu, DEVICE)
     tf_, tu_ = costmodel.total(kf), costmodel.total(ku)
-    ms_f, ms_u = cf.benchmark(repeat=5).median_ms, cu.benchmark(repeat=5).median_ms
-    results.append((n, tf_["bytes"], tu_["bytes"], kf[0].intensity, kf[0].bound, ms_f, ms_u, len(cu.kernels)))
-    print(f"{n:>5} {len(cf.kernels):>5}/{len(cu.kernels):<6} {tf_['bytes']:>12,d} {tu_['bytes']:>14,d} "
-          f"{kf[0].intensity:>13.3f} {kf[0].bound:>8} {ms_f:>8.3f}ms {ms_u:>8.3f}ms")
-n, bf_, bu_, inten, bnd, ms_f, ms_u, n_ops = results[-1]
-print(f"\\n{n} steps = {n_ops} elementwise ops: unfused moves {bu_ / bf_:.1f}x the bytes and takes {ms_u / ms_f:.1f}x the time (measured); "
-      f"the fused kernel is still {bnd}-bound at {inten:.2f} flop/byte (ridge {DEVICE.ridge:.1f})")
+    t = measure.interleaved({"fused": cf.sampler(), "unfused": cu.sampler()}, budget_s=0.5)
+    results.append(dict(n=n, bytes_f=tf_["bytes"], bytes_u=tu_["bytes"], inten=kf[0].intensity, bound=kf[0].bound,
+                        model_f=tf_["predicted_ms"], model_u=tu_["predicted_ms"], fused=t["fused"],
+                        unfused=t["unfused"], kernels_u=len(cu.kernels)))
+    cell = lambda t_: f"{t_.median_ms:.3g} ({t_.q1_ms:.3g}–{t_.q3_ms:.3g}){' !' if t_.unstable else ''}"
+    print(f"{n:>5} {len(cf.kernels):>5}/{len(cu.kernels):<5} {tf_['bytes']:>12,d} {tu_['bytes']:>14,d} "
+          f"{kf[0].intensity:>12.2f} {kf[0].bound:>8} {tf_['predicted_ms']:>9.3g} {cell(t['fused']):>24} "
+          f"{cell(t['unfused']):>24}")
+'''),
+    md('''
+## What the model says, what the machine says
+The cell below prints the conclusions from the table: how the fused kernel's time grows at equal bytes,
+where the model puts the chain relative to the ridge, and how much one `tanh` really costs here compared
+with the model's count.
+'''),
+    code('''
+first, last = results[0], results[-1]
+assert first["bytes_f"] == last["bytes_f"]          # fused: one read and one write, whatever the length
+growth = measure.ratio(last["fused"], first["fused"])
+model_growth = last["model_f"] / first["model_f"]
+n_tanh, n_madd = (lambda n: n // 2), (lambda n: (n + 1) // 2)
+print(f"fused, {first['n']} → {last['n']} steps at equal bytes ({last['bytes_f']:,d} B): measured time "
+      f"x{growth.value:.3g} (range {growth.low:.3g}–{growth.high:.3g}), model time x{model_growth:.3g}"
+      + (f" — {measure.UNSTABLE_TEXT}" if growth.unstable else ""))
+print(f"model: {first['n']} step is {first['bound']}-bound at {first['inten']:.2f} flop/B; {last['n']} steps "
+      f"({n_tanh(last['n'])} tanh at {TF} flops each) are {last['bound']}-bound at {last['inten']:.1f} flop/B "
+      f"(ridge {DEVICE.ridge:.1f})")
+extra_ms = last["fused"].median_ms - first["fused"].median_ms
+dt, dm = n_tanh(last["n"]) - n_tanh(first["n"]), n_madd(last["n"]) - n_madd(first["n"])
+if TARGET == "sim":
+    print("on the simulator the times are simulation wall time: no per-tanh cost to infer")
+elif first["fused"].unstable or last["fused"].unstable:
+    print(f"the fused times are flagged ({measure.UNSTABLE_TEXT}): no per-tanh cost inferred from them")
+elif extra_ms > 0:
+    implied = (extra_ms * 1e-3 * DEVICE.peak_fp32 / SIZE - 2 * dm) / dt
+    print(f"measured, each extra tanh takes roughly the time of {implied:.0f} flops at this device's peak; the model "
+          f"counts {TF}: " + ("the model underestimates it (a real tanh also has range checks and a division, and "
+                              "a loop rarely runs at the roofline's peak)" if implied > 2 * TF else
+                              "the model overestimates it" if implied < TF / 2 else "the model is about right"))
+sp_first = measure.speedup(first["unfused"], first["fused"])
+sp_last = measure.speedup(last["unfused"], last["fused"])
+m_first, m_last = first["model_u"] / first["model_f"], last["model_u"] / last["model_f"]
+print(f"fusion speedup, measured: {sp_first.range_text()} at {first['n']} step, {sp_last.range_text()} at "
+      f"{last['n']} steps; model: {m_first:.3g}x and {m_last:.3g}x")
+trend = compare_ranges(sp_last, sp_first)
+model_trend = "larger" if m_last > m_first else "smaller"
+if sp_first.unstable or sp_last.unstable:
+    print(f"(one of these speedups is flagged — {measure.UNSTABLE_TEXT} — so the comparison below is unreliable)")
+if trend == model_trend:
+    print(f"measured, the speedup at {last['n']} steps is {trend}, as the model says")
+else:
+    print(f"the model expects the speedup at {last['n']} steps to be {model_trend}; measured it is {trend}. The "
+          f"roofline prices every byte at main-memory bandwidth and every flop at peak: arrays of {x.nbytes:,d} B "
+          f"may sit in the caches, where the unfused round trips are cheaper, and a long fused loop may run "
+          f"below peak")
+print(flag_line("steps =", [(r_["n"], measure.speedup(r_["unfused"], r_["fused"])) for r_ in results]))
 '''),
     md('''
 ## Memory-bound vs compute-bound
@@ -252,25 +346,48 @@ import matplotlib.pyplot as plt
 I = np.logspace(-2, 3, 200)
 fig, ax = plt.subplots(figsize=(5.5, 3.5))
 ax.loglog(I, [costmodel.attainable(i, DEVICE) / 1e9 for i in I], "k-", lw=1, label=f"roofline ({DEVICE.name})")
-for label, k, m in ((f"matmul {n_mm}", km, "o"), ("elementwise", ke, "s")):
-    ax.loglog([k.intensity], [k.attainable_flops / 1e9], m, mfc="none", label=f"{label} (model)")
+for label, k, m in ((f"matmul {n_mm}", km, "o"), ("elementwise", ke, "s"), (f"chain of {last['n']} (fused)", None, "^")):
+    xi = k.intensity if k else last["inten"]
+    ax.loglog([xi], [costmodel.attainable(xi, DEVICE) / 1e9], m, mfc="none", label=f"{label} (model)")
 ax.axvline(DEVICE.ridge, color="grey", ls=":", lw=1)
 ax.set_xlabel("arithmetic intensity (flop/byte)"); ax.set_ylabel("GFLOP/s"); ax.legend(fontsize=8);
 '''),
     md('''
 ## Sweep over sizes
-Fusion should matter most where the work is memory-bound and large enough that launch and loop overheads
-do not dominate. `explorer.sweep` measures fused vs unfused across sizes; the last line says where the
-win was largest on this machine.
+Two effects compete. Each kernel has a fixed cost (a call, a thread team starting), which the unfused
+version pays once per op: it weighs most at small sizes. The bytes fusion saves cost most once the
+arrays no longer fit in the caches: large sizes. `explorer.sweep` measures fused vs unfused across
+sizes (interleaved at each size); the cell after the table says where the win was largest here.
+The model's speedup is the roofline's prediction: it knows neither caches nor fixed costs.
 '''),
     code('''
 f4 = chain(4)
 sizes = [1 << 10, 1 << 12, 1 << 14] if SMALL else [1 << 12, 1 << 15, 1 << 18, 1 << 21, 1 << 23]
-sw = explorer.sweep(f4, sizes=sizes, target=TARGET, repeat=5)
+sw = explorer.sweep(f4, sizes=sizes, target=TARGET)
 print(sw.table())
-lo, hi = min(sw.rows, key=lambda r_: r_["speedup"]), max(sw.rows, key=lambda r_: r_["speedup"])
-print(f"{'measured' if sw.measured else 'model'} speedup: {lo['speedup']:.2f}x at size {lo['size']:,d} "
-      f"… {hi['speedup']:.2f}x at size {hi['size']:,d}")
+'''),
+    code('''
+rows_ = sw.rows
+rat = {r_["size"]: measure.Ratio(r_["speedup"], r_["speedup_low"], r_["speedup_high"], r_["unstable"]) for r_ in rows_}
+best = max(rows_, key=lambda r_: r_["speedup"])
+where = ("the smallest size" if best is rows_[0] else "the largest size" if best is rows_[-1] else "a middle size")
+clear = all(compare_ranges(rat[best["size"]], rat[r_["size"]]) == "larger" for r_ in rows_ if r_ is not best)
+print(f"{'measured' if sw.measured else 'model'} speedup: largest {rat[best['size']].range_text()} at size "
+      f"{best['size']:,d} ({where}); " + ("its range is above every other size's" if clear else
+                                         "but its range overlaps another size's: no size clearly wins"))
+if sw.measured and best is rows_[0] and clear:
+    print("here the fixed per-kernel cost that unfused pays once per op outweighs the bytes saved at large sizes")
+elif sw.measured and best is rows_[-1] and clear:
+    print("here the bytes saved (main-memory traffic at large sizes) outweigh the fixed per-kernel costs")
+model = [r_["model_speedup"] for r_ in rows_]
+meas = [r_["speedup"] for r_ in rows_]
+span = lambda v: f"{min(v):.3g}x" + (f"–{max(v):.3g}x" if max(v) > min(v) else "")
+print(f"model speedup {span(model)} (roofline: bytes at main-memory bandwidth, flops at peak) vs measured "
+      f"{span(meas)}: the measurement "
+      + ("falls short of" if max(meas) < min(model) else "exceeds" if min(meas) > max(model) else "overlaps")
+      + " the model's prediction" + ("" if not sw.measured else
+                                    " (the model knows neither caches nor the fixed cost of each kernel)"))
+print(flag_line("size", [(r_["size"], rat[r_["size"]]) for r_ in rows_]))
 '''),
     code('''
 sw.plot()
@@ -292,7 +409,18 @@ into tiles, reordered, bound to GPU blocks/threads, operands staged in shared me
 plain data you can print and change. This notebook uses the SIMT simulator (which counts every global
 and shared-memory access) to show what tiling buys, then prints the generated CUDA.
 '''),
-    SETUP,
+    code('''
+import os
+import numpy as np
+import explorer
+from explorer import costmodel
+
+TARGET = "sim"   # every compile here runs on the SIMT simulator, whatever hardware this machine has
+SMALL = os.environ.get("KE_FAST") == "1"
+print(f"target: {TARGET} (the SIMT simulator: NumPy executes the CUDA-bound loop IR and counts every "
+      f"global and shared-memory access) | small sizes: {SMALL}")
+print("nothing is timed here: every number below is an exact count from the simulator")
+'''),
     code('''
 def matmul(a, b):
     return a @ b
@@ -301,7 +429,7 @@ n = 32 if SMALL else 128
 rng = np.random.default_rng(0)
 A = rng.standard_normal((n, n), dtype=np.float32)
 B = rng.standard_normal((n, n), dtype=np.float32)
-c = explorer.compile(matmul, A, B, target="sim")
+c = explorer.compile(matmul, A, B, target=TARGET)
 print(c.stage("lowered").text())
 '''),
     md('''
@@ -330,7 +458,7 @@ rows = []
 configs = [dict(tile=(t, t, t)) for t in ([4, 8, 16] if SMALL else [8, 16, 32])]
 configs.append(dict(configs[-1], shared=False))
 for knobs in configs:
-    ct = explorer.compile(matmul, A, B, target="sim", schedule=knobs, verbose=False)
+    ct = explorer.compile(matmul, A, B, target=TARGET, schedule=knobs, verbose=False)
     err = float(np.max(np.abs(ct(A, B) - A @ B)))          # running it fills the counters
     cnt = costmodel.simulator_counters(ct)[0]
     rows.append((knobs, cnt["global_load_bytes"], cnt["shared_load_bytes"], cnt["barriers"], err))
@@ -349,7 +477,7 @@ rejected with the list of knobs.
     code('''
 for bad in ({"tile": (128, 128, 64)}, {"tile": (256, 256, 8)}, {"tilesize": 8}):
     try:
-        explorer.compile(matmul, A, B, target="sim", schedule=bad, verbose=False)
+        explorer.compile(matmul, A, B, target=TARGET, schedule=bad, verbose=False)
         print(bad, "→ accepted")
     except explorer.ExplorerError as e:
         print(bad, "→", type(e).__name__ + ":", e)
@@ -372,7 +500,7 @@ else:
     WIDGET_NOTE,
     code('''
 from widgets import Explorer
-Explorer(matmul, A, B, target="sim")
+Explorer(matmul, A, B, target=TARGET)
 '''),
 ]
 
@@ -386,6 +514,7 @@ kernels, each streaming the whole matrix through memory; fused it is one kernel 
 the same kernel at float32 and float16 — the hand-written-kernel explosion a compiler absorbs.
 '''),
     SETUP,
+    COMPARE_RANGES,
     code('''
 from explorer import nn
 
@@ -398,14 +527,21 @@ def softmax(x):
 def layernorm(x):
     return nn.layernorm(x, axis=-1)
 
+speedups = []
 for fn in (softmax, layernorm):
     cf = explorer.compile(fn, x, target=TARGET, verbose=False)
     cu = explorer.compile(fn, x, target=TARGET, fuse=False, verbose=False)
     bf = costmodel.total(costmodel.kernel_costs(cf, DEVICE))["bytes"]
     bu = costmodel.total(costmodel.kernel_costs(cu, DEVICE))["bytes"]
-    tf_, tu_ = cf.benchmark(repeat=5).median_ms, cu.benchmark(repeat=5).median_ms
+    t = measure.interleaved({"fused": cf.sampler(), "unfused": cu.sampler()})
+    sp = measure.speedup(t["unfused"], t["fused"])
+    speedups.append((fn.__name__, sp))
     print(f"{fn.__name__:10s} kernels fused/unfused {len(cf.kernels)}/{len(cu.kernels)}  bytes {bf:,d} / {bu:,d} "
-          f"({bu / bf:.1f}x)  time {tf_:.3f} / {tu_:.3f} ms ({tu_ / tf_:.1f}x)  max err {cf.max_error():.2g}")
+          f"({bu / bf:.1f}x fewer fused)  max err {cf.max_error():.2g}")
+    print(f"{'':10s} fused   {t['fused']}")
+    print(f"{'':10s} unfused {t['unfused']}")
+    print(f"{'':10s} speedup {sp}")
+print(flag_line("", speedups))
 '''),
     md('''
 ## What the fused softmax kernel contains
@@ -420,17 +556,41 @@ print(cs.explain_fusion())
 '''),
     md('''
 ## The same kernel at float32 and float16
-One source function, two dtypes: the compiler writes both kernels. The diff is the types (and the
-float16 accuracy you give up).
+One source function, two dtypes: the compiler writes both kernels. The diff is more than a change of
+type names: the cell counts which changed lines differ only in types and casts, and which change the
+kernel's structure, and names the structural differences it finds.
 '''),
     code('''
-import difflib
+import difflib, re
 c32 = explorer.compile(softmax, x, target=TARGET, verbose=False)
 c16 = explorer.compile(softmax, x, target=TARGET, dtype=np.float16, verbose=False)
-src32, src16 = c32.kernels[0].source, c16.kernels[0].source
+src32, src16 = "\\n".join(k.source for k in c32.kernels), "\\n".join(k.source for k in c16.kernels)
 diff = [l for l in difflib.unified_diff(src32.splitlines(), src16.splitlines(), "float32", "float16", lineterm="", n=0)]
-print("\\n".join(diff[:40]))
-print(f"\\n{len(diff)} diff lines; max error vs NumPy: float32 {c32.max_error():.2g}, float16 {c16.max_error():.2g}")
+print("\\n".join(diff[:40]) + ("\\n..." if len(diff) > 40 else ""))
+
+TYPES = r"float|double|_Float16|__half|half"
+def types_out(line):
+    """The line with casts removed and type names replaced: equal for a type-only change."""
+    return re.sub(rf"\\b({TYPES})\\b", "T", re.sub(rf"\\((?:{TYPES})\\)", "", line)).strip()
+removed = [l[1:] for l in diff if l.startswith("-") and not l.startswith("---")]
+added = [l[1:] for l in diff if l.startswith("+") and not l.startswith("+++")]
+pool = [types_out(l) for l in removed]
+type_only = 0
+for l in added:
+    if types_out(l) in pool:
+        pool.remove(types_out(l)); type_only += 1
+structural = len(removed) + len(added) - 2 * type_only
+features = {"a register-tiled micro-kernel": "micro-kernel", "a stash of exp values reused by the last loop": "stash",
+            "explicit conversions to float for the arithmetic": "(float)", "half-precision intrinsics": "__h"}
+only32 = [f for f, key in features.items() if key in src32 and key not in src16]
+only16 = [f for f, key in features.items() if key in src16 and key not in src32]
+print(f"\\n{len(removed)} lines removed and {len(added)} added: {type_only} changed only in type names or casts, "
+      f"{structural} lines are structural")
+if only32:
+    print("only the float32 kernel has", "; ".join(only32))
+if only16:
+    print("only the float16 kernel has", "; ".join(only16))
+print(f"max error vs NumPy: float32 {c32.max_error():.2g}, float16 {c16.max_error():.2g}")
 '''),
     code('''
 ops = {"softmax": softmax, "layernorm": layernorm, "gelu": lambda x: nn.gelu(x)}
@@ -476,6 +636,7 @@ S, D = (64, 16) if SMALL else (512, 64)
 rng = np.random.default_rng(0)
 q, k, v = (rng.standard_normal((S, D), dtype=np.float32) for _ in range(3))
 c = explorer.compile(attention, q, k, v, target=TARGET)
+assert len(c.kernels) > 1   # the claim above: more than one kernel
 print(len(c.kernels), "kernels:", ", ".join(kk.name for kk in c.kernels), f"| max error {c.max_error():.2g}")
 print()
 print(c.explain_fusion())
@@ -494,24 +655,38 @@ for kc in costs:
     print(f"  {kc.name:34s} {kc.bytes:>10,d} B  I={kc.intensity:6.2f}  {kc.bound}-bound (model)")
 '''),
     md('''
-The temporaries grow with `S²` while the inputs grow with `S`: the unfusable score matrix dominates
-traffic as sequences get longer.
+How do the temporaries and the inputs grow with the sequence length `S`? The cell prints both and the
+growth factor per doubling of `S`.
 '''),
     code('''
 print(f"{'S':>6} {'input B':>10} {'temp B':>12} {'temp/input':>11}")
+grow = []
 for s_ in ([32, 64, 128] if SMALL else [128, 256, 512, 1024]):
     qs = rng.standard_normal((s_, D), dtype=np.float32)
     cs_ = explorer.compile(attention, qs, qs, qs, target=TARGET, stop_after="lowered", verbose=False)
     p_ = cs_.stage("lowered").ir
     ib, tb = sum(bf.nbytes for bf in p_.inputs), sum(bf.nbytes for bf in p_.temps)
+    grow.append((s_, ib, tb))
     print(f"{s_:>6} {ib:>10,d} {tb:>12,d} {tb / ib:>11.1f}")
+(s0, i0, t0), (s1, i1, t1) = grow[-2], grow[-1]
+print(f"\\nfrom S={s0} to S={s1}: inputs x{i1 / i0:.1f}, temporaries x{t1 / t0:.1f} — the score matrix "
+      + ("grows with S², the inputs with S: it dominates the traffic as sequences get longer"
+         if t1 / t0 > 1.5 * i1 / i0 else "does not outgrow the inputs at these sizes"))
 '''),
     md('''
 ## Fused vs unfused, measured
+Fused, unfused and NumPy run interleaved; each row has its median, IQR, min and n, and `!` marks an
+unstable measurement. The line under the table is computed from these numbers.
 '''),
     code('''
-r = explorer.compare(attention, q, k, v, target=TARGET, repeat=10)
+r = explorer.compare(attention, q, k, v, target=TARGET)
 print(r.table())
+f_, u_ = r.variant("fused"), r.variant("unfused")
+sp = r.speedup_range
+print(f"\\nfused {f_.median_ms:.3g} ms (IQR {f_.q1_ms:.3g}–{f_.q3_ms:.3g}) vs unfused {u_.median_ms:.3g} ms "
+      f"(IQR {u_.q1_ms:.3g}–{u_.q3_ms:.3g}): fusion is "
+      + ("faster" if sp.low > 1 else "slower" if sp.high < 1 else "not clearly faster or slower")
+      + f" here, {sp}" if f_.measured else f"model times only on {TARGET}: speedup {sp.range_text()}")
 '''),
     md('''
 ## Tensor cores for the two matmuls
