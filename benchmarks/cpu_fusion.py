@@ -26,9 +26,7 @@ import importlib.util
 import json
 import os
 import subprocess
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import explorer  # noqa: E402
 from explorer.codegen.c import generate_c  # noqa: E402
-from explorer.compiled import Timing, summarize  # noqa: E402
+from explorer import measure  # noqa: E402
+from explorer.compiled import Timing  # noqa: E402
 
 
 def chain(a, b):
@@ -53,14 +52,8 @@ def matmul(x, w):
 
 
 def wall(fn, *args, warmup: int = 2, repeat: int = 10) -> Timing:
-    for _ in range(warmup):
-        fn(*args)
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn(*args)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return summarize(samples)
+    """Wall-clock Timing of fn(*args) (explorer.measure: median, IQR, min, unstable flag)."""
+    return measure.measure(lambda: fn(*args), warmup=warmup, repeat=repeat)
 
 
 def ours(fn, *args, repeat: int = 10, **kw) -> tuple[Timing, float, "explorer.Compiled"]:

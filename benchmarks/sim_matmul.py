@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from explorer import measure  # noqa: E402
 from explorer.backends import simulator as S  # noqa: E402
 from explorer.backends.sim_examples import tiled_matmul_program  # noqa: E402
 
@@ -26,12 +25,9 @@ TARGET_S = 2.0
 
 
 def _time(fn, repeat: int) -> tuple[float, float]:
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples), min(samples)
+    """(median, min) seconds of fn() over `repeat` runs (explorer.measure)."""
+    t = measure.measure(fn, warmup=0, repeat=repeat)
+    return t.median_ms / 1e3, t.min_ms / 1e3
 
 
 def main() -> int:

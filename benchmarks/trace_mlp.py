@@ -4,12 +4,10 @@
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 
 import explorer
+from explorer import measure
 from explorer.passes.simplify import simplify
 
 
@@ -27,14 +25,12 @@ def main(runs: int = 50) -> float:
     for k_in, k_out in dims[1:]:
         params += [rng.standard_normal((k_in, k_out), dtype=np.float32), np.zeros(k_out, np.float32)]
     simplify(explorer.trace(mlp3, x, *params))  # warm caches (imports, linecache)
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        g = simplify(explorer.trace(mlp3, x, *params))
-        samples.append((time.perf_counter() - t0) * 1e3)
-    med = statistics.median(samples)
+    g = simplify(explorer.trace(mlp3, x, *params))
+    t = measure.measure(lambda: simplify(explorer.trace(mlp3, x, *params)), warmup=0, repeat=runs)
+    med = t.median_ms
     print(f"trace + simplify of a 3-layer MLP ({len(g.op_nodes())} ops): median {med:.3f} ms over {runs} runs "
-          f"(min {min(samples):.3f} ms); target < 20 ms")
+          f"(IQR {t.q1_ms:.3f}–{t.q3_ms:.3f}, min {t.min_ms:.3f} ms); target < 20 ms"
+          + (f" — {t.flag_text()}" if t.unstable else ""))
     return med
 
 
