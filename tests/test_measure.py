@@ -146,3 +146,51 @@ def test_bad_arguments():
         M.interleaved({"x": 3})
     with pytest.raises(ValueError, match="at least one"):
         M.interleaved({})
+
+
+def test_cuda_sampler_with_a_fake_driver(monkeypatch):
+    """The CUDA backend's sampler (no GPU: a fake driver whose events read a fake GPU clock) returns the
+    event span and per-kernel times, skips empty launches, and time() reports source 'cuda-events'."""
+    from explorer.backends import cuda
+
+    gpu = {"now": 0.0}
+
+    class Event:
+        def record(self, stream=None):
+            self.t = gpu["now"]
+
+        def synchronize(self):
+            pass
+
+        def time_till(self, other):
+            return other.t - self.t
+
+    class Drv:
+        Event = None   # set below: a class body cannot see the enclosing function's names
+
+        class Context:
+            @staticmethod
+            def synchronize():
+                pass
+
+    class Kernel:
+        def __init__(self, ms):
+            self.ms = ms
+
+        def prepared_call(self, grid, block, *args, shared_size=0):
+            gpu["now"] += self.ms
+
+    Drv.Event = Event
+    monkeypatch.setattr(cuda, "_drv", lambda: Drv)
+    monkeypatch.setattr(cuda, "_context", lambda: None)
+    exe = object.__new__(cuda.CudaExecutable)
+    exe.launches = [("k0", Kernel(0.25), (4, 1, 1), (128, 1, 1), 0, ()),
+                    ("empty", Kernel(9.0), (0, 1, 1), (128, 1, 1), 0, ()),
+                    ("k1", Kernel(0.5), (2, 1, 1), (64, 1, 1), 0, ())]
+    exe.dev = {}
+    monkeypatch.setattr(exe, "_upload", lambda inputs: None, raising=False)
+    ms, per = exe.sampler([]).sample()
+    assert ms == pytest.approx(0.75) and per == pytest.approx({"k0": 0.25, "k1": 0.5})
+    t = exe.time([], warmup=1, repeat=4)
+    assert t.source == "cuda-events" and t.repeat == 4 and t.median_ms == pytest.approx(0.75)
+    assert t.per_kernel_ms == pytest.approx({"k0": 0.25, "k1": 0.5}) and not t.unstable
