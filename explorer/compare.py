@@ -635,7 +635,7 @@ class Comparison:
         sp = self.speedup_range
         ax.set_title(f"{self.name}: fused vs unfused on {self.target} — speedup "
                      + (f"{fmt_ratio(sp.value)} (model)" if not self.variant("fused").measured
-                        else sp.range_text()), fontsize=10)
+                        else sp.range_text() + (" — unstable, rerun" if sp.unstable else "")), fontsize=10)
         top = max(h + e for h, e in zip(heights, errs)) or 1.0
         low = min((h for h in heights if h > 0), default=top)
         if top / low > 30:  # e.g. model GPU times next to a wall-clock NumPy baseline
