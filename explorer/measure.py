@@ -3,7 +3,8 @@
 On a shared machine (Binder, a laptop, 2 cores with neighbours) a single timing, or a mean, says
 little: a descheduled thread turns a 0.1 ms call into 16 ms now and then. So every measurement here
 
-* warms up (`warmup` calls per variant) before it records anything,
+* warms up (`warmup` calls per variant) before it records anything, and pauses Python's garbage
+  collector while it times (as timeit does),
 * runs the variants **interleaved round-robin** (each round times every variant once, the starting
   variant rotating), so drift and neighbours hit them alike,
 * picks the number of rounds itself, as `timeit.autorange` / pyperf do: it stops once the median is
@@ -27,6 +28,7 @@ Imports only NumPy and the standard library (a leaf module).
 """
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import time
@@ -214,30 +216,36 @@ def interleaved(variants: Mapping[str, Variant], *, budget_s: float | None = Non
     samplers = {n: _as_sampler(v, clock) for n, v in variants.items()}
     samples: dict[str, list[float]] = {n: [] for n in names}
     per_kernel: dict[str, dict[str, list[float]]] = {n: {} for n in names}
-    for r in range(warmup):
-        for n in _rotation(names, r):
-            samplers[n].sample()
-    start = clock()
-    rounds, converged = 0, True
-    while True:
-        for n in _rotation(names, rounds):
-            ms, per = _unpack(samplers[n].sample())
-            samples[n].append(ms)
-            for k, v in per.items():
-                per_kernel[n].setdefault(k, []).append(v)
-        rounds += 1
-        if on_round is not None:
-            on_round(rounds)
-        if repeat is not None:
-            if rounds >= repeat:
+    gc_was_enabled = gc.isenabled()
+    gc.disable()   # as timeit does: a collection triggered by one variant's garbage would land on another's time
+    try:
+        for r in range(warmup):
+            for n in _rotation(names, r):
+                samplers[n].sample()
+        start = clock()
+        rounds, converged = 0, True
+        while True:
+            for n in _rotation(names, rounds):
+                ms, per = _unpack(samplers[n].sample())
+                samples[n].append(ms)
+                for k, v in per.items():
+                    per_kernel[n].setdefault(k, []).append(v)
+            rounds += 1
+            if on_round is not None:
+                on_round(rounds)
+            if repeat is not None:
+                if rounds >= repeat:
+                    break
+                continue
+            precise = all(median_interval(samples[n]) <= precision for n in names)
+            if rounds >= min_repeat and precise:
                 break
-            continue
-        precise = all(median_interval(samples[n]) <= precision for n in names)
-        if rounds >= min_repeat and precise:
-            break
-        if rounds >= max_repeat or (clock() - start >= budget and rounds >= min(MIN_ROUNDS, min_repeat)):
-            converged = precise
-            break
+            if rounds >= max_repeat or (clock() - start >= budget and rounds >= min(MIN_ROUNDS, min_repeat)):
+                converged = precise
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return {n: summarize(samples[n], {k: statistics.median(v) for k, v in per_kernel[n].items()} or None,
                          samplers[n].source, converged) for n in names}
 

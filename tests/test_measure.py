@@ -194,3 +194,14 @@ def test_cuda_sampler_with_a_fake_driver(monkeypatch):
     t = exe.time([], warmup=1, repeat=4)
     assert t.source == "cuda-events" and t.repeat == 4 and t.median_ms == pytest.approx(0.75)
     assert t.per_kernel_ms == pytest.approx({"k0": 0.25, "k1": 0.5}) and not t.unstable
+
+
+def test_gc_is_paused_while_timing_and_restored():
+    import gc
+    seen = []
+    clock = FakeClock()
+    M.measure(lambda: seen.append(gc.isenabled()), repeat=3, warmup=1, clock=clock)
+    assert seen == [False] * 4 and gc.isenabled()
+    with pytest.raises(ZeroDivisionError):
+        M.measure(lambda: 1 / 0, repeat=1, clock=clock)
+    assert gc.isenabled()
