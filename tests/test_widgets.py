@@ -336,3 +336,18 @@ def test_run_panel_shows_spread_and_unstable_flag(monkeypatch):
     panel.wait()
     assert panel.rows[0]["note"] == measure.UNSTABLE_TEXT
     assert html.escape(measure.UNSTABLE_TEXT) in panel.results.value
+
+
+def test_timing_chart_shows_spread_and_unstable_flag(monkeypatch):
+    import importlib
+    from explorer import measure
+    C = importlib.import_module("explorer.compare")
+
+    def noisy(calls, **kw):
+        return {n: measure.summarize([0.01, 16.0, 0.02, 9.0, 0.015, 12.0] if n == "fused" else [1.0, 1.02, 0.99])
+                for n in calls}
+    monkeypatch.setattr(C.measure, "interleaved", noisy)
+    a = np.linspace(-1, 1, 256, dtype=np.float32)
+    t = widgets.TimingChart(explorer.compare(lambda x: np.exp(x) * 2.0, a, target="reference", verbose=False))
+    text = html.unescape(t.table.value)
+    assert "IQR ms" in text and "fused !" in text and measure.UNSTABLE_TEXT in text
