@@ -195,7 +195,8 @@ print(f"\\nlargest measured speedup {best[4].range_text()} at K={best[0]}. The b
       f"{rows[0][1]:.2f}x to {rows[-1][1]:.2f}x as K grows.")
 how = compare_ranges(rows[0][4], rows[-1][4])
 if rows[0][4].unstable or rows[-1][4].unstable:
-    print(f"(K={rows[0][0]} or K={rows[-1][0]} is flagged — {measure.UNSTABLE_TEXT} — so this comparison is unreliable)")
+    print(f"(K={rows[0][0]} or K={rows[-1][0]} is flagged — {measure.UNSTABLE_TEXT} — "
+          f"so this comparison is unreliable)")
 print(f"measured: the speedup at K={rows[0][0]} is {how} than at K={rows[-1][0]}: "
       + {"larger": "as the model predicts",
          "smaller": "unlike what the model predicts (fixed overheads or caches dominate here)"}.get(
@@ -346,7 +347,8 @@ import matplotlib.pyplot as plt
 I = np.logspace(-2, 3, 200)
 fig, ax = plt.subplots(figsize=(5.5, 3.5))
 ax.loglog(I, [costmodel.attainable(i, DEVICE) / 1e9 for i in I], "k-", lw=1, label=f"roofline ({DEVICE.name})")
-for label, k, m in ((f"matmul {n_mm}", km, "o"), ("elementwise", ke, "s"), (f"chain of {last['n']} (fused)", None, "^")):
+points = ((f"matmul {n_mm}", km, "o"), ("elementwise", ke, "s"), (f"chain of {last['n']} (fused)", None, "^"))
+for label, k, m in points:
     xi = k.intensity if k else last["inten"]
     ax.loglog([xi], [costmodel.attainable(xi, DEVICE) / 1e9], m, mfc="none", label=f"{label} (model)")
 ax.axvline(DEVICE.ridge, color="grey", ls=":", lw=1)
