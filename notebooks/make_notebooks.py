@@ -191,7 +191,7 @@ print(f"{'K':>6} {'bytes unfused/fused':>20} {'matmul flop/B':>14} {'matmul boun
 for k_, ratio, inten, bnd, sp in rows:
     print(f"{k_:>6} {ratio:>20.2f} {inten:>14.1f} {bnd:>13}  {sp.range_text()}{' !' if sp.unstable else ''}")
 best = max(rows, key=lambda r_: r_[4].value)
-print(f"\\nlargest measured speedup {best[4].range_text()} at K={best[0]}. The bytes ratio falls from "
+print(f"\\nlargest measured speedup {best[4]} at K={best[0]}. The bytes ratio falls from "
       f"{rows[0][1]:.2f}x to {rows[-1][1]:.2f}x as K grows.")
 how = compare_ranges(rows[0][4], rows[-1][4])
 if rows[0][4].unstable or rows[-1][4].unstable:
@@ -374,7 +374,7 @@ rat = {r_["size"]: measure.Ratio(r_["speedup"], r_["speedup_low"], r_["speedup_h
 best = max(rows_, key=lambda r_: r_["speedup"])
 where = ("the smallest size" if best is rows_[0] else "the largest size" if best is rows_[-1] else "a middle size")
 clear = all(compare_ranges(rat[best["size"]], rat[r_["size"]]) == "larger" for r_ in rows_ if r_ is not best)
-print(f"{'measured' if sw.measured else 'model'} speedup: largest {rat[best['size']].range_text()} at size "
+print(f"{'measured' if sw.measured else 'model'} speedup: largest {rat[best['size']]} at size "
       f"{best['size']:,d} ({where}); " + ("its range is above every other size's" if clear else
                                          "but its range overlaps another size's: no size clearly wins"))
 if sw.measured and best is rows_[0] and clear:
