@@ -539,6 +539,17 @@ def _cuda_default(c, knobs) -> Schedule:
     if c.kind == "reduce":
         o = _fuse_all(s, sp, "row")
         r = _fuse_all(s, rd, "red")
+        if r is None:
+            # no reduce loop (np.sum of a 0-d array, axis=()): each output element is one input element,
+            # so schedule the rows as an elementwise kernel, one thread per row
+            if o is not None:
+                O = c_extent(c, sp)
+                t = min(knobs.get("threads", 256), _pow2_at_most(O, 1024))
+                ob, ot = s.split(o, t, names=("blk", "thr"))
+                s.bind(ob, "blockIdx.x")
+                s.bind(ot, "threadIdx.x")
+            s.notes.append("reduction over no axes (nothing to combine): one thread per output element")
+            return s
         R = c_extent(c, rd)
         threads = knobs.get("threads", max(32, min(256, _pow2_at_most(R, 256) if R >= 32 else 32)))
         if threads > MAX_THREADS_PER_BLOCK:

@@ -351,8 +351,8 @@ class _KernelEmitter:
     def cast(self, e: Cast) -> str:
         inner = self.expr(e.a)
         src = e.a.dtype
-        if e.dtype == src:
-            return inner
+        if e.dtype == src and not (src == "f16" and not isinstance(e.a, (Load, Const))):
+            return inner   # an f16 -> f16 cast of a computed value rounds its float register to half
         if e.dtype == "bool":
             return f"({inner} != 0)"
         if e.dtype == "f16":

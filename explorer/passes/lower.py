@@ -145,6 +145,20 @@ def _cast(e: L.Expr, dt: str) -> L.Expr:
     return e if e.dtype == dt else L.Cast(dt, e)
 
 
+def round_half(e: L.Expr) -> L.Expr:
+    """An f16 value rounded to half precision at its op's boundary, as NumPy rounds every f16 result.
+
+    Both code generators compute f16 in float registers, so an f16 intermediate inlined into a fused
+    expression would otherwise keep float precision (np.tanh(x).astype(np.int32) on f16 x differed).
+    A Cast to f16 is the rounding (a load, a constant or an existing cast is already half):
+
+        tanh(x[i0]) > x[i0]    →    f16(tanh(x[i0])) > x[i0]
+    """
+    if e.dtype != "f16" or isinstance(e, (L.Load, L.Const)) or (isinstance(e, L.Cast) and e.dtype == "f16"):
+        return e
+    return L.Cast("f16", e)
+
+
 class GroupLowering:
     """Builds the scalar expression of any member at a symbolic index (compute_inline)."""
 
@@ -177,7 +191,7 @@ class GroupLowering:
                     args.append(_cast(a, "bool"))
                 else:
                     args.append(_cast(a, od))
-            return _cast(d.scalar(*args, _dt(n)), _dt(n))
+            return round_half(_cast(d.scalar(*args, _dt(n)), _dt(n)))
         src = n.inputs[0]
         if n.op == "transpose":
             axes = n.attrs["axes"]

@@ -40,7 +40,18 @@ _KIND_ORDER = {"z": 0, "y": 1, "x": 2}
 
 def tile(program: L.Program, schedule: Any = None, target: str = "cuda", examples=None) -> L.Program:
     """Apply `schedule` (None: defaults; dict of knobs; Schedule for a 1-kernel program;
-    {kernel name: Schedule}; or callable(compute, target) -> Schedule) for `target`."""
+    {kernel name: Schedule}; or callable(compute, target) -> Schedule) for `target`.
+
+    target 'reference' interprets the graph with NumPy, so no schedule applies there: every kernel
+    keeps its naive loop nest (knobs are still checked for typos), and no GPU schedule can fail it."""
+    if target == "reference":
+        if isinstance(schedule, dict) and not all(isinstance(v, Schedule) for v in schedule.values()):
+            check_knobs(schedule)
+        note = "target 'reference' runs NumPy on the graph: schedules do not apply, the naive loops are shown"
+        kernels = [generate_kernel(k.meta_dict()["compute"], Schedule(notes=(note,)), "naive")
+                   .replace(group=k.group, ops=k.ops, source_lines=k.source_lines) for k in program.kernels]
+        return L.Program(program.name, tuple(kernels), program.inputs, program.outputs, program.temps,
+                         constants=program.constants)
     sched_target = "cpu" if target == "cpu" else "cuda"
     kernels = []
     per_kernel: dict[str, Any] = {}

@@ -1,0 +1,144 @@
+"""Regression tests for the wrong results and failing supported ops the random-program fuzzer found
+(issue 13, bugs A-H and the minor ones), each shrunk to a few lines.
+
+Every program runs on reference, sim and cpu (skipped without a C compiler), and its generated CUDA
+(the sim compile's codegen) is run on the CPU by tests/cuda_emu.py and compiled by `nvcc --ptx` when
+those tools exist. Results must equal NumPy's exactly (same dtype, same bits) unless a tolerance is given.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import explorer
+from explorer import DTypeError
+from explorer.backends import cpu as cpu_backend
+from explorer.backends import nvcc
+
+import cuda_emu
+
+_CPU_OK, _CPU_WHY = cpu_backend.available()
+_EMU_OK = cuda_emu.available()[0]
+_NVCC_OK = nvcc.available()[0]
+TARGETS = ["reference", "sim", pytest.param("cpu", marks=pytest.mark.skipif(not _CPU_OK, reason=_CPU_WHY))]
+
+
+def _same(got, want, label: str, rtol: float = 0.0) -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, f"{label}: {got.dtype}{got.shape} != {want.dtype}{want.shape}"
+    if rtol:
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=rtol,
+                                   equal_nan=True, err_msg=label)
+    else:
+        np.testing.assert_array_equal(got, want, err_msg=label)
+
+
+def check_targets(fn, *args, target: str, rtol: float = 0.0, **compile_kw):
+    """fn on `target` (fused and unfused) equals NumPy; on sim also the generated CUDA, emulated and through nvcc."""
+    want = fn(*args)
+    for fuse in (True, False):
+        c = explorer.compile(fn, *args, target=target, fuse=fuse, verbose=False, **compile_kw)
+        _same(c(*args), want, f"{target} fuse={fuse}", rtol)
+        if target == "sim" and _EMU_OK:
+            (got,) = cuda_emu.run(c.codegen, c.backend_inputs(c.check_args(args)))
+            _same(got, want, f"generated CUDA (emulated) fuse={fuse}", rtol)
+        if target == "sim" and _NVCC_OK:
+            nvcc.check(c.codegen.source(), arch="sm_80", mode="ptx")
+
+
+BOOL_A = np.array([True, True, False, False])
+BOOL_B = np.array([True, False, True, False])
+
+
+# --- A: arithmetic on bool follows NumPy (add is logical or, multiply logical and) ------------------
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name,fn", [
+    ("add", lambda a, b: (a + b).astype(np.float32)),
+    ("add_sum", lambda a, b: (a + b).sum()),
+    ("mul", lambda a, b: (a * b).astype(np.int32)),
+    ("maximum", lambda a, b: np.maximum(a, b).astype(np.float32)),
+    ("minimum", lambda a, b: np.minimum(a, b).astype(np.float32)),
+    ("abs", lambda a, b: np.abs(a + b).astype(np.float32)),
+    ("div", lambda a, b: a / (b + True)),
+    ("compare", lambda a, b: (a > b) + (a == b)),
+    ("add_scalar", lambda a, b: (a + True).astype(np.int64)),
+])
+def test_bool_arithmetic_matches_numpy(name, fn, target):
+    check_targets(fn, BOOL_A, BOOL_B, target=target)
+
+
+@pytest.mark.parametrize("name,fn,numpy_gives", [
+    ("sub", lambda a: a - a, TypeError), ("neg", lambda a: -a, TypeError), ("positive", np.positive, TypeError),
+    ("unary_plus", lambda a: +a, TypeError), ("square", np.square, np.int8), ("power", lambda a: a ** a, np.int8)])
+def test_bool_ops_numpy_rejects_or_makes_int8_are_dtype_errors(name, fn, numpy_gives):
+    if numpy_gives is TypeError:
+        with pytest.raises(TypeError):
+            fn(BOOL_A)
+    else:
+        assert fn(BOOL_A).dtype == numpy_gives   # int8: not a supported dtype
+    with pytest.raises(DTypeError, match="bool|int8"):
+        explorer.trace(fn, BOOL_A)
+
+
+# --- B: f16 intermediates round to half inside fused C and CUDA kernels ------------------------------
+F16_X = np.array([4.6, -0.027, 0.5, 3.0, -7.25, 0.0009765625], np.float16)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name,fn", [
+    ("tanh_astype", lambda x: np.tanh(x).astype(np.int32)),
+    ("tanh_gt_x", lambda x: np.tanh(x) > x),
+    ("chain", lambda x: np.exp(x * 0.5) - np.tanh(x) * x + 1),
+    ("layernorm_constant_row", lambda x: (lambda d: d / np.sqrt((d * d).mean(-1, keepdims=True) + 1e-5))(
+        x - x.mean(-1, keepdims=True))),
+])
+def test_f16_intermediates_round_to_half(name, fn, target):
+    x = np.full((2, 8), 0.3, np.float16) if name == "layernorm_constant_row" else F16_X
+    check_targets(fn, x, target=target)
+
+
+# --- E: reductions with no reduce loop -------------------------------------------------------------
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name,fn,x", [
+    ("sum_0d", np.sum, np.array(3.5, np.float32)),
+    ("sum_axis_empty_tuple", lambda x: np.sum(x, axis=()), np.arange(12, dtype=np.float32).reshape(3, 4)),
+    ("max_0d_fused", lambda x: (x * 2).max(), np.array(-1.5, np.float32)),
+    ("mean_axis_empty_keepdims", lambda x: x - x.mean(axis=(), keepdims=True), np.arange(5, dtype=np.float32)),
+])
+def test_reduction_without_reduce_loop(name, fn, x, target):
+    check_targets(fn, x, target=target)
+
+
+def test_reference_target_never_applies_a_gpu_schedule():
+    # a CUDA-only knob combination that no kernel here could satisfy does not matter to the interpreter
+    x = np.ones((4, 4), np.float32)
+    c = explorer.compile(lambda x: (x @ x).sum(), x, target="reference", schedule={"tile": (256, 256, 64)},
+                         verbose=False)
+    assert c(x) == 64.0
+    assert all(leaf.kind == "serial" for k in c.program.kernels for leaf in
+               __import__("explorer").loopir.walk_loops(k.body))
+    assert "schedules do not apply" in " ".join(c.program.kernels[0].meta_dict()["notes"])
+
+
+# --- H: math the cpu (and CUDA) backends used to reject ---------------------------------------------
+I32 = np.array([1, -2, 3, 7, 0, -5], np.int32)
+J32 = np.array([2, 3, 0, 5, 4, 1], np.int32)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name,fn,args", [
+    ("abs_bool", np.abs, (BOOL_A,)),
+    ("square_pow_i32", lambda i: i ** 2, (I32,)),
+    ("power_i32", np.power, (I32, J32)),
+    ("power_i64_wraps", np.power, (I32.astype(np.int64) * 1000, J32.astype(np.int64) + 3)),
+    ("power_i32_wraps", np.power, (I32 * 1000, J32 + 1)),
+])
+def test_integer_and_bool_math(name, fn, args, target):
+    check_targets(fn, *args, target=target)
+
+
+# --- minor: x.clip method -----------------------------------------------------------------------------
+@pytest.mark.parametrize("target", TARGETS)
+def test_clip_method(target):
+    x = np.linspace(-2, 2, 9, dtype=np.float32)
+    check_targets(lambda x: x.clip(-0.5, 0.5) + x.clip(max=1.0) + x.clip(min=0.0), x, target=target)
