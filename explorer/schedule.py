@@ -374,8 +374,9 @@ def apply(schedule: Schedule, spatial: Sequence[tuple[str, int]], reduce: Sequen
             if p.scope not in ("shared", "local"):
                 raise ScheduleError(f"{where}: cache_read scope must be 'shared' or 'local', got {p.scope!r}")
             if p.buffer not in buffers and p.buffer.partition("#")[0] not in buffers:
-                raise ScheduleError(f"{where}: cache_read({p.buffer!r}): not an operand this kernel reads; "
-                                    f"operands are {', '.join(buffers) or 'none'}")
+                raise ScheduleError(f"{where}: cache_read({p.buffer!r}): not an operand this kernel can stage; "
+                                    f"stageable operands are {', '.join(buffers) or 'none'} (an operand read through "
+                                    f"a reshape or broadcast is read from global memory)")
             pos(p.at)
             st.cache_reads.append(p)
         elif isinstance(p, CacheWrite):

@@ -142,3 +142,36 @@ def test_integer_and_bool_math(name, fn, args, target):
 def test_clip_method(target):
     x = np.linspace(-2, 2, 9, dtype=np.float32)
     check_targets(lambda x: x.clip(-0.5, 0.5) + x.clip(max=1.0) + x.clip(min=0.0), x, target=target)
+
+
+# --- F: matmul with a fused slice / reshape / index operand -------------------------------------------
+def _f(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+MATMUL_OPERAND_CASES = [
+    ("step_slice", lambda a, w: a[::2] @ w, (_f(8, 5), _f(5, 4))),
+    ("index_3d", lambda a, w: a[1] @ w, (_f(3, 8, 5), _f(5, 4))),
+    ("reshape_rhs", lambda a, w: a @ w.reshape(4, 5), (_f(3, 4), _f(20))),
+    ("newaxis_rhs", lambda a, w: a @ w[None], (_f(2, 3, 5), _f(5, 4))),
+    ("same_reshaped_value", lambda a: (lambda s: s @ s)(a.reshape(4, 4)), (_f(16),)),
+    ("gpt2_qkv", lambda x: x[:, 0:16] @ x[:, 16:32].T, (_f(8, 32),)),
+    # big enough for several tiles, edge guards and double buffering of the staged slices
+    ("gpt2_qkv_tiles", lambda x: x[:, 0:48] @ x[:, 48:96].T + 1, (_f(70, 96),)),
+    ("strided_offset_tiles", lambda a, w: np.maximum(a[1::3, 2:] @ w[::2], 0), (_f(200, 39), _f(74, 33))),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name,fn,args", MATMUL_OPERAND_CASES, ids=[c[0] for c in MATMUL_OPERAND_CASES])
+def test_matmul_with_sliced_or_reshaped_operand(name, fn, args, target):
+    check_targets(fn, *args, target=target, rtol=1e-5)
+
+
+def test_sliced_operands_are_staged_not_just_read_from_global():
+    x = _f(70, 96)
+    c = explorer.compile(lambda x: x[:, 0:48] @ x[:, 48:96].T, x, target="sim", verbose=False)
+    text = c.stage("tiled").text()
+    assert "cache_read(x, shared" in text and "cache_read(x#1, shared" in text
+    # the copy reads the slice at its offset: column 48 + k of x
+    assert "x[" in text and "+ 48" in text

@@ -344,6 +344,20 @@ def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, lis
                    outputs=tuple(b for _, b in out_buffers))
 
 
+def stageable(load: L.Load) -> bool:
+    """True when cache_read can copy a tile of `load`: each index is a constant or stride * axis + offset
+    (L.axis_stride_offset) and no axis indexes two dimensions (a diagonal)."""
+    seen: set[str] = set()
+    for ix in load.indices:
+        if isinstance(ix, L.Const):
+            continue
+        aff = L.axis_stride_offset(ix)
+        if aff is None or aff[0] in seen:
+            return False
+        seen.add(aff[0])
+    return True
+
+
 def _acc_dtype(n: Node) -> str:
     dt = _dt(n)
     return "f32" if dt == "f16" else dt
@@ -375,10 +389,15 @@ def _contraction(grp, name, members, buffers, out_buffers) -> Compute:
     b_idx = _bcast_index(b.shape[:-2], tuple(batch), bvars) + (k, j)
     av = _cast(low.value(a, a_idx), acc_dt)
     bv = _cast(low.value(b, b_idx), acc_dt)
-    # operands name the loads cache_read can stage; a second read of the same buffer (y.T @ y) is 'y#1'
+    # operands name the loads cache_read can stage; a second read of the same buffer (y.T @ y) is 'y#1'.
+    # Only when both are stageable (every dimension a constant or one axis times a stride plus an offset,
+    # as a[::2] or x[:, 16:32]); a reshaped or broadcast operand (w.reshape(4, 5): k * 5 + j) is read
+    # from global memory instead
     loads = [x for x in (av, bv) if isinstance(x, L.Load)]
     operands = tuple(x.buffer.name if k == 0 or x.buffer.name != loads[0].buffer.name else f"{x.buffer.name}#1"
                      for k, x in enumerate(loads))
+    if len(loads) != 2 or not all(stageable(x) for x in loads):
+        operands = ()
     accum = Accum(acc, "sum", L.BinOp("*", av, bv), 0, _dt(m))
     idx = bvars + (i, j)
     stores = tuple(StoreDef(buf, idx, _cast(low.value(o, idx), buf.dtype)) for o, buf in out_buffers)
