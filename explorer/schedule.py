@@ -635,6 +635,10 @@ def _cuda_tensor_core(c, knobs, operands: tuple[str, str]) -> Schedule:
     where = f"schedule of {c.name} (tensor_core)"
     if "tile" in knobs:
         BM, BN, BK = knobs["tile"]
+        if BM > M or BN > N or BK > K:   # a global knob: clamp it for this kernel (multiples of 16)
+            asked = (BM, BN, BK)
+            BM, BN, BK = (v if v <= ext else _tc_tile(ext) for v, ext in ((BM, M), (BN, N), (BK, K)))
+            s.notes.append(f"tile {asked} clamped to ({BM}, {BN}, {BK}) for this kernel's extents ({M}, {N}, {K})")
     else:
         BM, BN, BK = _tc_tile(M), _tc_tile(N), min(_tc_tile(K), 32)
     for name, v, ext in (("BM", BM, M), ("BN", BN, N), ("BK", BK, K)):
@@ -715,6 +719,12 @@ def _cuda_matmul(c, knobs) -> Schedule:
     if not user_tile:   # shrink the default tile for small problems, keep powers of two
         BM, BN, BK = min(BM, _pow2_at_most(M, 64)), min(BN, _pow2_at_most(N, 64)), min(BK, _pow2_at_most(K, 16))
         TM, TN = min(TM, BM), min(TN, BN)
+    elif BM > M or BN > N or BK > K:
+        # one global tile knob serves every matmul of the program: clamp it for this kernel's smaller axes
+        asked = (BM, BN, BK)
+        BM, BN, BK = (v if v <= ext else _pow2_at_most(ext, v) for v, ext in ((BM, M), (BN, N), (BK, K)))
+        TM, TN = min(TM, BM), min(TN, BN)
+        s.notes.append(f"tile {asked} clamped to ({BM}, {BN}, {BK}) for this kernel's extents ({M}, {N}, {K})")
     for name, big, small in (("BM", BM, TM), ("BN", BN, TN)):
         if big % small:
             raise ScheduleError(f"schedule of {c.name}: thread tile {small} does not divide block tile {name}={big}")

@@ -579,8 +579,8 @@ class Tensor:
     def squeeze(self, axis=None) -> "Tensor":
         return _squeeze(self, axis)
 
-    def cumsum(self, axis=None) -> "Tensor":
-        return _cumsum(self, axis)
+    def cumsum(self, axis=None, dtype=None) -> "Tensor":
+        return _cumsum(self, axis, dtype)
 
     def clip(self, min=None, max=None, **kw) -> "Tensor":  # noqa: A002 - ndarray.clip's parameter names
         return _clip(self, min, max, **kw)
@@ -754,7 +754,11 @@ def _np_broadcast_to(array, shape, subok=False):
 
 
 def _cumsum(a, axis=None, dtype=None, out=None):
-    _no_kw("cumsum", dtype=dtype, out=out)
+    """np.cumsum / x.cumsum. As in NumPy the scan accumulates in the result dtype, so float16 rounds every
+    partial sum to half; `dtype=np.float32` is the knob for a more accurate (f32) accumulation."""
+    _no_kw("cumsum", out=out)
+    if dtype is not None:   # NumPy: accumulate (and return) in dtype
+        a = a.astype(dtypes.check(dtype, "np.cumsum(dtype=...)"))
     if axis is None:
         a = _reshape(a, (-1,))
         axis = 0

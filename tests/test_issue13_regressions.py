@@ -175,3 +175,52 @@ def test_sliced_operands_are_staged_not_just_read_from_global():
     assert "cache_read(x, shared" in text and "cache_read(x#1, shared" in text
     # the copy reads the slice at its offset: column 48 + k of x
     assert "x[" in text and "+ 48" in text
+
+
+# --- C: float16 cumsum rounds each partial sum to half, as NumPy; dtype=np.float32 is the accurate knob --
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name,fn,x", [
+    ("ones_3000", np.cumsum, np.full(3000, 1, np.float16)),
+    ("rows_axis1", lambda x: np.cumsum(x * 3, axis=1), np.full((3, 2100), 0.7, np.float16)),
+    ("method_axis0", lambda x: x.cumsum(axis=0), np.full((2100, 2), 1.3, np.float16)),
+    ("f32_accumulation_knob", lambda x: np.cumsum(x, dtype=np.float32).astype(np.float16),
+     np.full(3000, 1, np.float16)),
+])
+def test_f16_cumsum_rounds_like_numpy(name, fn, x, target):
+    check_targets(fn, x, target=target)
+
+
+def test_f16_cumsum_default_and_knob_values():
+    x = np.full(3000, 1, np.float16)
+    c = explorer.compile(np.cumsum, x, target="sim", verbose=False)
+    assert c(x)[-1] == 2048                                   # NumPy's f16 answer: 2048 + 1 rounds to 2048
+    knob = explorer.compile(lambda x: x.cumsum(dtype=np.float32), x, target="sim", verbose=False)
+    assert knob(x)[-1] == 3000 and knob(x).dtype == np.float32
+
+
+# --- decompose=False: composites stay whole in the graph stages and are lowered by their decomposition --
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "layernorm", "gelu"])
+def test_decompose_false_runs_composites(name, target):
+    fn = getattr(explorer.nn, name)
+    x = _f(6, 10)
+    c = explorer.compile(fn, x, target=target, decompose=False, verbose=False)
+    assert [n.op for n in c.stage("simplified").ir.op_nodes()] == [name]      # kept whole where it is shown
+    assert name in c.stage("lowered").stats["note"]
+    _same(c(x), fn(x), f"{name} decompose=False on {target}", rtol=1e-6)
+
+
+# --- a global tile knob larger than one kernel's axes is clamped for that kernel ------------------------
+@pytest.mark.parametrize("name,fn,args,knobs", [
+    ("small_matmul", lambda a: (a @ a).sum(0) + 1, (_f(8, 8),), {"tile": (64, 64, 16)}),
+    ("odd_extents", lambda a, b: a @ b, (_f(6, 7), _f(7, 5)), {"tile": (64, 64, 16)}),
+    ("one_big_one_small", lambda a, b: (a @ a).sum() + b @ b, (_f(128, 128), _f(8, 8)),
+     {"tile": (128, 128, 32), "thread_tile": (8, 8)}),
+    ("tensor_core_f16", lambda a, b: a @ b, (_f(16, 48).astype(np.float16), _f(48, 64).astype(np.float16)),
+     {"tile": (64, 64, 32)}),
+])
+def test_global_tile_is_clamped_per_kernel(name, fn, args, knobs):
+    c = explorer.compile(fn, *args, target="sim", schedule=knobs, verbose=False)
+    _same(c(*args), fn(*args), name, rtol=2e-3)
+    notes = " ".join(n for k in c.program.kernels for n in k.meta_dict()["notes"])
+    assert "clamped" in notes

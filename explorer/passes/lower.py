@@ -551,7 +551,9 @@ def _opaque(grp, name, members, buffers, out_buffers) -> Compute:
     spatial = tuple(Axis(f"i{d}", D[d]) for d in range(len(D)) if d != ax)
     red = (Axis(f"r{ax}", D[ax]),)
     idx = tuple(L.Var(f"r{d}" if d == ax else f"i{d}") for d in range(len(D)))
-    acc_dt = _acc_dtype(n)
+    # NumPy's cumsum accumulates in the output dtype: an f16 scan rounds each partial sum to half
+    # (np.cumsum(np.ones(3000, np.float16))[-1] is 2048). np.cumsum(x, dtype=np.float32) accumulates in f32.
+    acc_dt = _dt(n)
     buf = L.Buffer(f"acc{n.id}", (), acc_dt, "local")
     low = GroupLowering(buffers, set(), {})
     val = _cast(low.value(n.inputs[0], idx), acc_dt)

@@ -260,8 +260,10 @@ class _Generator:
         return r | self.roots_in(s.value)
 
     def combine(self, op: str, acc: L.Expr, v: L.Expr) -> L.Expr:
-        return {"sum": lambda: L.BinOp("+", acc, v), "max": lambda: L.BinOp("max", acc, v),
-                "min": lambda: L.BinOp("min", acc, v)}[op]()
+        e = {"sum": lambda: L.BinOp("+", acc, v), "max": lambda: L.BinOp("max", acc, v),
+             "min": lambda: L.BinOp("min", acc, v)}[op]()
+        # an f16 accumulator (cumsum, as NumPy) rounds every partial result to half; registers hold float
+        return L.Cast("f16", e) if acc.dtype == "f16" else e
 
     def build_reduction(self) -> list[L.Stmt]:
         c, st = self.c, self.st
