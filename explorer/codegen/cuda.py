@@ -175,10 +175,10 @@ class _Raw(Var):
 
 
 def _comment_text(text: str) -> str:
-    """User text made safe for a /* */ comment: ASCII only, no comment delimiters, one line."""
-    s = str(text).replace("→", "->").replace("\r", " ").replace("\n", " ").replace("\t", " ")
-    s = s.encode("ascii", "replace").decode("ascii")
-    return s.replace("*/", "* /").replace("/*", "/ *")
+    """User text made safe for a /* */ comment (c.comment_text: one line, no comment delimiters, no
+    trailing line splice), and ASCII only for nvcc."""
+    from .c import comment_text
+    return comment_text(str(text).replace("→", "->")).encode("ascii", "replace").decode("ascii")
 
 
 def _float_literal(value: float, dtype: str) -> str:
