@@ -356,7 +356,13 @@ def apply(schedule: Schedule, spatial: Sequence[tuple[str, int]], reduce: Sequen
                 raise ScheduleError(f"{where}: bind({p.axis}, {p.thread!r}): bind to one of {', '.join(L.BOUND_KINDS)}")
             if any(l.kind == p.thread for l in st.leaves):
                 raise ScheduleError(f"{where}: {p.thread} is already bound; each block/thread axis binds one loop")
-            st.leaves[pos(p.axis)].kind = p.thread
+            leaf = st.leaves[pos(p.axis)]
+            if leaf.reduce and p.thread.startswith("blockIdx"):
+                # blocks cannot combine their partial results (no grid-wide barrier): each would write its own
+                raise ScheduleError(f"{where}: bind({p.axis}, {p.thread}): {p.axis} is a reduction axis, and blocks "
+                                    f"cannot combine partial results; bind it to threadIdx (a tree reduction) or "
+                                    f"keep it a serial loop")
+            leaf.kind = p.thread
         elif isinstance(p, (Parallel, Vectorize, Unroll)):
             leaf = st.leaves[pos(p.axis)]
             kind = {Parallel: "parallel", Vectorize: "vectorized", Unroll: "unrolled"}[type(p)]
