@@ -33,16 +33,23 @@ def _same(got, want, label: str, rtol: float = 0.0) -> None:
         np.testing.assert_array_equal(got, want, err_msg=label)
 
 
-def check_targets(fn, *args, target: str, rtol: float = 0.0, **compile_kw):
-    """fn on `target` (fused and unfused) equals NumPy; on sim also the generated CUDA, emulated and through nvcc."""
+# cases whose fused CUDA is also emulated and checked by nvcc (a couple per bug: each costs a g++ and an nvcc run)
+CUDA_CHECKED = {"add", "add_sum", "mul", "tanh_astype", "tanh_gt_x", "layernorm_constant_row", "sum_0d",
+                "max_0d_fused", "abs_bool", "power_i32", "power_i64_wraps", "step_slice", "gpt2_qkv_tiles",
+                "strided_offset_tiles", "same_reshaped_value", "ones_3000", "f32_accumulation_knob"}
+
+
+def check_targets(fn, *args, target: str, rtol: float = 0.0, cuda: bool = True, **compile_kw):
+    """fn on `target` (fused and unfused) equals NumPy; on sim with `cuda` also the fused program's generated
+    CUDA, emulated and through nvcc (the fused kernels are where these bugs lived)."""
     want = fn(*args)
     for fuse in (True, False):
         c = explorer.compile(fn, *args, target=target, fuse=fuse, verbose=False, **compile_kw)
         _same(c(*args), want, f"{target} fuse={fuse}", rtol)
-        if target == "sim" and _EMU_OK:
+        if target == "sim" and fuse and cuda and _EMU_OK:
             (got,) = cuda_emu.run(c.codegen, c.backend_inputs(c.check_args(args)))
-            _same(got, want, f"generated CUDA (emulated) fuse={fuse}", rtol)
-        if target == "sim" and _NVCC_OK:
+            _same(got, want, "generated CUDA (emulated)", rtol)
+        if target == "sim" and fuse and cuda and _NVCC_OK:
             nvcc.check(c.codegen.source(), arch="sm_80", mode="ptx")
 
 
@@ -64,7 +71,7 @@ BOOL_B = np.array([True, False, True, False])
     ("add_scalar", lambda a, b: (a + True).astype(np.int64)),
 ])
 def test_bool_arithmetic_matches_numpy(name, fn, target):
-    check_targets(fn, BOOL_A, BOOL_B, target=target)
+    check_targets(fn, BOOL_A, BOOL_B, target=target, cuda=name in CUDA_CHECKED)
 
 
 @pytest.mark.parametrize("name,fn,numpy_gives", [
@@ -94,7 +101,7 @@ F16_X = np.array([4.6, -0.027, 0.5, 3.0, -7.25, 0.0009765625], np.float16)
 ])
 def test_f16_intermediates_round_to_half(name, fn, target):
     x = np.full((2, 8), 0.3, np.float16) if name == "layernorm_constant_row" else F16_X
-    check_targets(fn, x, target=target)
+    check_targets(fn, x, target=target, cuda=name in CUDA_CHECKED)
 
 
 # --- E: reductions with no reduce loop -------------------------------------------------------------
@@ -106,7 +113,7 @@ def test_f16_intermediates_round_to_half(name, fn, target):
     ("mean_axis_empty_keepdims", lambda x: x - x.mean(axis=(), keepdims=True), np.arange(5, dtype=np.float32)),
 ])
 def test_reduction_without_reduce_loop(name, fn, x, target):
-    check_targets(fn, x, target=target)
+    check_targets(fn, x, target=target, cuda=name in CUDA_CHECKED)
 
 
 def test_reference_target_never_applies_a_gpu_schedule():
@@ -134,14 +141,14 @@ J32 = np.array([2, 3, 0, 5, 4, 1], np.int32)
     ("power_i32_wraps", np.power, (I32 * 1000, J32 + 1)),
 ])
 def test_integer_and_bool_math(name, fn, args, target):
-    check_targets(fn, *args, target=target)
+    check_targets(fn, *args, target=target, cuda=name in CUDA_CHECKED)
 
 
 # --- minor: x.clip method -----------------------------------------------------------------------------
 @pytest.mark.parametrize("target", TARGETS)
 def test_clip_method(target):
     x = np.linspace(-2, 2, 9, dtype=np.float32)
-    check_targets(lambda x: x.clip(-0.5, 0.5) + x.clip(max=1.0) + x.clip(min=0.0), x, target=target)
+    check_targets(lambda x: x.clip(-0.5, 0.5) + x.clip(max=1.0) + x.clip(min=0.0), x, target=target, cuda=False)
 
 
 # --- F: matmul with a fused slice / reshape / index operand -------------------------------------------
@@ -165,7 +172,7 @@ MATMUL_OPERAND_CASES = [
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name,fn,args", MATMUL_OPERAND_CASES, ids=[c[0] for c in MATMUL_OPERAND_CASES])
 def test_matmul_with_sliced_or_reshaped_operand(name, fn, args, target):
-    check_targets(fn, *args, target=target, rtol=1e-5)
+    check_targets(fn, *args, target=target, rtol=1e-5, cuda=name in CUDA_CHECKED)
 
 
 def test_sliced_operands_are_staged_not_just_read_from_global():
@@ -187,7 +194,7 @@ def test_sliced_operands_are_staged_not_just_read_from_global():
      np.full(3000, 1, np.float16)),
 ])
 def test_f16_cumsum_rounds_like_numpy(name, fn, x, target):
-    check_targets(fn, x, target=target)
+    check_targets(fn, x, target=target, cuda=name in CUDA_CHECKED)
 
 
 def test_f16_cumsum_default_and_knob_values():
