@@ -600,6 +600,27 @@ def stmt_exprs(s: Stmt) -> Iterator[Expr]:
         yield from (*s.c_index, *s.a_index, *s.b_index)
 
 
+def axis_stride_offset(e: Expr) -> tuple[str, int, int] | None:
+    """(axis, stride, offset) when the index e is stride * Var(axis) + offset with int constants, stride > 0.
+
+    >>> axis_stride_offset(BinOp("+", BinOp("*", Var("i"), Const(2)), Const(1)))
+    ('i', 2, 1)
+    """
+    if isinstance(e, Var):
+        return e.name, 1, 0
+    if isinstance(e, BinOp) and e.op in ("+", "*"):
+        for x, c in ((e.a, e.b), (e.b, e.a)):
+            if isinstance(c, Const) and c.dtype in ("i32", "i64"):
+                inner = axis_stride_offset(x)
+                if inner is None:
+                    return None
+                v, k = int(c.value), inner
+                if e.op == "+":
+                    return k[0], k[1], k[2] + v
+                return (k[0], k[1] * v, k[2] * v) if v > 0 else None
+    return None
+
+
 def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
     """Rebuild e bottom-up; fn(node) returns a replacement or None to keep it."""
     if isinstance(e, BinOp):

@@ -169,15 +169,16 @@ _unary("exp", np.exp, _call("exp"), call_flops("exp"))
 _unary("log", np.log, _call("log"), call_flops("log"))
 _unary("tanh", np.tanh, _call("tanh"), call_flops("tanh"))
 _unary("sqrt", np.sqrt, _call("sqrt"))
-_unary("abs", np.abs, _call("abs"), 1, ("absolute", "abs"))
+_unary("abs", np.abs, lambda a, out: a if out == "bool" else L.call("abs", a), 1, ("absolute", "abs"))
 _unary("sin", np.sin, _call("sin"), call_flops("sin"))
 _unary("cos", np.cos, _call("cos"), call_flops("cos"))
 _unary("erf", _erf, _call("erf"), call_flops("erf"), ("erf",))
 _unary("logical_not", np.logical_not, lambda a, out: L.UnOp("not", a), 1)
 
-_binary("add", np.add, lambda a, b, out: L.BinOp("+", a, b))
+# on bool NumPy's add is logical or and multiply logical and (True + True is True, not 2)
+_binary("add", np.add, lambda a, b, out: L.BinOp("||" if out == "bool" else "+", a, b))
 _binary("sub", np.subtract, lambda a, b, out: L.BinOp("-", a, b), 1, ("subtract",))
-_binary("mul", np.multiply, lambda a, b, out: L.BinOp("*", a, b), 1, ("multiply",))
+_binary("mul", np.multiply, lambda a, b, out: L.BinOp("&&" if out == "bool" else "*", a, b), 1, ("multiply",))
 _binary("div", np.true_divide, lambda a, b, out: L.BinOp("/", a, b), 1, ("true_divide", "divide"))
 _binary("pow", np.power, lambda a, b, out: L.call("pow", a, b), call_flops("pow"), ("power",))
 _binary("maximum", np.maximum, lambda a, b, out: L.BinOp("max", a, b))
@@ -338,9 +339,13 @@ def infer_type(op: str, types: Sequence[Type], attrs: dict) -> Type:
     try:
         shape, dt = d.infer([(tuple(s), np.dtype(t)) for s, t in types], attrs)
     except TypeError as e:  # NumPy itself rejects these dtypes (e.g. -x on bool)
-        from .errors import DTypeError
         raise DTypeError(f"{op}: not defined for operand dtype(s) {', '.join(str(np.dtype(t)) for _, t in types)} "
                          f"(NumPy: {e}); cast first, e.g. x.astype(np.float32)") from None
+    from .dtypes import SUPPORTED, SUPPORTED_NAMES
+    if np.dtype(dt) not in SUPPORTED:  # e.g. bool ** bool and bool // bool are int8 in NumPy
+        raise DTypeError(f"{op}: NumPy's result for operand dtype(s) {', '.join(str(np.dtype(t)) for _, t in types)} "
+                         f"is {np.dtype(dt)}, which is not supported ({SUPPORTED_NAMES}); cast the operands first, "
+                         f"e.g. x.astype(np.int32)")
     return tuple(int(s) for s in shape), np.dtype(dt)
 
 

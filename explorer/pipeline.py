@@ -93,6 +93,7 @@ class Context:
         self.options = options
         self.snapshots = snapshots
         self.examples = examples
+        self.stage_notes: dict[str, dict[str, Any]] = {}   # extra stats a stage reports (stage name → dict)
 
     def ir(self, name: str) -> Any:
         for s in self.snapshots:
@@ -139,6 +140,7 @@ def _register_default_stages() -> None:
         return fuse(g, rules=ctx.options.fuse)
 
     try:
+        from .ops import get as get_op
         from .passes.lower import lower
         from .passes.tiling import tile
         from .codegen import generate
@@ -147,6 +149,13 @@ def _register_default_stages() -> None:
 
     @stage("lowered")
     def _lowered(fg, ctx):
+        # decompose=False keeps composites (softmax, layernorm, gelu, ...) as single nodes in the graph
+        # stages; they have no loop template, so the loops are made from their decomposition (re-fused)
+        composites = sorted({n.op for n in fg.graph.op_nodes() if get_op(n.op).composite})
+        if composites:
+            fg = fuse(simplify(fg.graph, decompose=True), rules=ctx.options.fuse)
+            ctx.stage_notes["lowered"] = {"note": f"decompose=False: {', '.join(composites)} kept whole in the graph "
+                                                  f"stages, lowered through their decomposition (no loop template)"}
         # stash (compute a reduction's exp once, re-read it from the output) pays on the CPU, where the
         # row is in L1; on a GPU the exp is cheap and the extra global write + read is what fusion avoids
         return lower(fg, stash=ctx.options.target == "cpu")
@@ -263,7 +272,8 @@ def compile(fn: Callable, *examples: Any, target: str = "auto", fuse: Any = True
         for name, fn_stage in STAGES.items():
             t0 = time.perf_counter()
             ir = fn_stage(ir, ctx)
-            snapshots.append(Snapshot(name, ir, {**_ir_stats(ir), "wall_ms": (time.perf_counter() - t0) * 1e3}))
+            snapshots.append(Snapshot(name, ir, {**_ir_stats(ir), **ctx.stage_notes.get(name, {}),
+                                                 "wall_ms": (time.perf_counter() - t0) * 1e3}))
             if name == stop_after:
                 break
     return Compiled(fn, arrays, snapshots, opts)

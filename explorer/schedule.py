@@ -356,7 +356,13 @@ def apply(schedule: Schedule, spatial: Sequence[tuple[str, int]], reduce: Sequen
                 raise ScheduleError(f"{where}: bind({p.axis}, {p.thread!r}): bind to one of {', '.join(L.BOUND_KINDS)}")
             if any(l.kind == p.thread for l in st.leaves):
                 raise ScheduleError(f"{where}: {p.thread} is already bound; each block/thread axis binds one loop")
-            st.leaves[pos(p.axis)].kind = p.thread
+            leaf = st.leaves[pos(p.axis)]
+            if leaf.reduce and p.thread.startswith("blockIdx"):
+                # blocks cannot combine their partial results (no grid-wide barrier): each would write its own
+                raise ScheduleError(f"{where}: bind({p.axis}, {p.thread}): {p.axis} is a reduction axis, and blocks "
+                                    f"cannot combine partial results; bind it to threadIdx (a tree reduction) or "
+                                    f"keep it a serial loop")
+            leaf.kind = p.thread
         elif isinstance(p, (Parallel, Vectorize, Unroll)):
             leaf = st.leaves[pos(p.axis)]
             kind = {Parallel: "parallel", Vectorize: "vectorized", Unroll: "unrolled"}[type(p)]
@@ -374,8 +380,9 @@ def apply(schedule: Schedule, spatial: Sequence[tuple[str, int]], reduce: Sequen
             if p.scope not in ("shared", "local"):
                 raise ScheduleError(f"{where}: cache_read scope must be 'shared' or 'local', got {p.scope!r}")
             if p.buffer not in buffers and p.buffer.partition("#")[0] not in buffers:
-                raise ScheduleError(f"{where}: cache_read({p.buffer!r}): not an operand this kernel reads; "
-                                    f"operands are {', '.join(buffers) or 'none'}")
+                raise ScheduleError(f"{where}: cache_read({p.buffer!r}): not an operand this kernel can stage; "
+                                    f"stageable operands are {', '.join(buffers) or 'none'} (an operand read through "
+                                    f"a reshape or broadcast is read from global memory)")
             pos(p.at)
             st.cache_reads.append(p)
         elif isinstance(p, CacheWrite):
@@ -539,6 +546,17 @@ def _cuda_default(c, knobs) -> Schedule:
     if c.kind == "reduce":
         o = _fuse_all(s, sp, "row")
         r = _fuse_all(s, rd, "red")
+        if r is None:
+            # no reduce loop (np.sum of a 0-d array, axis=()): each output element is one input element,
+            # so schedule the rows as an elementwise kernel, one thread per row
+            if o is not None:
+                O = c_extent(c, sp)
+                t = min(knobs.get("threads", 256), _pow2_at_most(O, 1024))
+                ob, ot = s.split(o, t, names=("blk", "thr"))
+                s.bind(ob, "blockIdx.x")
+                s.bind(ot, "threadIdx.x")
+            s.notes.append("reduction over no axes (nothing to combine): one thread per output element")
+            return s
         R = c_extent(c, rd)
         threads = knobs.get("threads", max(32, min(256, _pow2_at_most(R, 256) if R >= 32 else 32)))
         if threads > MAX_THREADS_PER_BLOCK:
@@ -623,6 +641,10 @@ def _cuda_tensor_core(c, knobs, operands: tuple[str, str]) -> Schedule:
     where = f"schedule of {c.name} (tensor_core)"
     if "tile" in knobs:
         BM, BN, BK = knobs["tile"]
+        if BM > M or BN > N or BK > K:   # a global knob: clamp it for this kernel (multiples of 16)
+            asked = (BM, BN, BK)
+            BM, BN, BK = (v if v <= ext else _tc_tile(ext) for v, ext in ((BM, M), (BN, N), (BK, K)))
+            s.notes.append(f"tile {asked} clamped to ({BM}, {BN}, {BK}) for this kernel's extents ({M}, {N}, {K})")
     else:
         BM, BN, BK = _tc_tile(M), _tc_tile(N), min(_tc_tile(K), 32)
     for name, v, ext in (("BM", BM, M), ("BN", BN, N), ("BK", BK, K)):
@@ -703,6 +725,12 @@ def _cuda_matmul(c, knobs) -> Schedule:
     if not user_tile:   # shrink the default tile for small problems, keep powers of two
         BM, BN, BK = min(BM, _pow2_at_most(M, 64)), min(BN, _pow2_at_most(N, 64)), min(BK, _pow2_at_most(K, 16))
         TM, TN = min(TM, BM), min(TN, BN)
+    elif BM > M or BN > N or BK > K:
+        # one global tile knob serves every matmul of the program: clamp it for this kernel's smaller axes
+        asked = (BM, BN, BK)
+        BM, BN, BK = (v if v <= ext else _pow2_at_most(ext, v) for v, ext in ((BM, M), (BN, N), (BK, K)))
+        TM, TN = min(TM, BM), min(TN, BN)
+        s.notes.append(f"tile {asked} clamped to ({BM}, {BN}, {BK}) for this kernel's extents ({M}, {N}, {K})")
     for name, big, small in (("BM", BM, TM), ("BN", BN, TN)):
         if big % small:
             raise ScheduleError(f"schedule of {c.name}: thread tile {small} does not divide block tile {name}={big}")

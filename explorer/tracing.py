@@ -457,7 +457,7 @@ class Tensor:
     def __matmul__(self, o): return _binary("matmul", self, o)
     def __rmatmul__(self, o): return _binary("matmul", o, self)
     def __neg__(self): return _unary("neg", self)
-    def __pos__(self): return self
+    def __pos__(self): return _positive(self)
     def __abs__(self): return _unary("abs", self)
     def __lt__(self, o): return _binary("lt", self, o)
     def __le__(self, o): return _binary("le", self, o)
@@ -579,8 +579,11 @@ class Tensor:
     def squeeze(self, axis=None) -> "Tensor":
         return _squeeze(self, axis)
 
-    def cumsum(self, axis=None) -> "Tensor":
-        return _cumsum(self, axis)
+    def cumsum(self, axis=None, dtype=None) -> "Tensor":
+        return _cumsum(self, axis, dtype)
+
+    def clip(self, min=None, max=None, **kw) -> "Tensor":  # noqa: A002 - ndarray.clip's parameter names
+        return _clip(self, min, max, **kw)
 
     def copy(self) -> "Tensor":
         return self
@@ -629,12 +632,26 @@ class Tensor:
 
 # ----------------------------------------------------------------------------- ufuncs
 _UFUNC_EXTRA: dict[str, Callable[..., Any]] = {
-    "square": lambda x: _binary("mul", x, x),
-    "positive": lambda x: x,
+    "square": lambda x: _square(x),
+    "positive": lambda x: _positive(x),
     "bitwise_and": lambda a, b: _bool_logic("logical_and", a, b),
     "bitwise_or": lambda a, b: _bool_logic("logical_or", a, b),
     "invert": lambda a: ~a if isinstance(a, Tensor) else _unsupported_fn("invert"),
 }
+
+
+def _square(x: "Tensor") -> "Tensor":
+    if x.dtype == np.bool_:  # NumPy's square of bool is int8, which the explorer does not support
+        raise DTypeError("np.square of a bool array is int8 in NumPy, an unsupported dtype; cast first, "
+                         "e.g. np.square(x.astype(np.int32)), or use x itself (True * True is True)")
+    return _binary("mul", x, x)
+
+
+def _positive(x: "Tensor") -> "Tensor":
+    if x.dtype == np.bool_:  # as NumPy: np.positive has no bool loop
+        raise DTypeError("+x / np.positive is not defined for bool arrays (NumPy raises too); use x itself, "
+                         "or cast first: +x.astype(np.int32)")
+    return x
 
 
 def _bool_logic(op: str, a: Any, b: Any) -> "Tensor":
@@ -737,7 +754,11 @@ def _np_broadcast_to(array, shape, subok=False):
 
 
 def _cumsum(a, axis=None, dtype=None, out=None):
-    _no_kw("cumsum", dtype=dtype, out=out)
+    """np.cumsum / x.cumsum. As in NumPy the scan accumulates in the result dtype, so float16 rounds every
+    partial sum to half; `dtype=np.float32` is the knob for a more accurate (f32) accumulation."""
+    _no_kw("cumsum", out=out)
+    if dtype is not None:   # NumPy: accumulate (and return) in dtype
+        a = a.astype(dtypes.check(dtype, "np.cumsum(dtype=...)"))
     if axis is None:
         a = _reshape(a, (-1,))
         axis = 0

@@ -103,6 +103,15 @@ def check_trace_error(case) -> None:
     assert phrase in str(info.value), str(info.value)
 
 
+def check_raises(call, exc, phrase: str) -> ExplorerError:
+    """call() raises `exc`, an ExplorerError subclass, whose message contains `phrase`."""
+    with pytest.raises(exc) as info:
+        call()
+    assert isinstance(info.value, ExplorerError)
+    assert phrase in str(info.value), str(info.value)
+    return info.value
+
+
 @pytest.mark.parametrize("case", TRACE_CASES, ids=[c[0] for c in TRACE_CASES])
 def test_trace_errors(case):
     check_trace_error(case)

@@ -183,7 +183,9 @@ def test_reference_target_disables_schedule_knobs(ex):
 
 
 def test_knob_error_shows_message_and_keeps_previous_view():
-    e = widgets.Explorer(mlp, X, W_, B, target="sim")
+    # M, N >= 256, so the 256 tile is not clamped to a smaller matmul's extents
+    big_x, big_w = np.resize(X, (256, 32)), np.resize(W_, (32, 256))
+    e = widgets.Explorer(mlp, big_x, big_w, np.resize(B, 256), target="sim")
     e.select_stage("tiled")
     text, compiled, graph = e.ir_text.value, e.compiled, e.graph.html.value
     for w in e.knobs.tile:  # 256x256 block tile with 4x4 per thread = 4096 threads: over the CUDA limit

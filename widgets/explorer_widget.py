@@ -325,7 +325,13 @@ class Explorer(W.VBox):
 
     # -- conveniences ---------------------------------------------------------------------------------
     def select_stage(self, name: str) -> None:
+        if name not in self.stage_nav.options:
+            from explorer import ExplorerError
+            raise ExplorerError(f"no stage {name!r} to show; stages are {', '.join(self.stage_nav.options) or 'none'}")
         self.stage_nav.value = name
 
     def select_tab(self, title: str) -> None:
+        if title not in TAB_TITLES:
+            from explorer import ExplorerError
+            raise ExplorerError(f"no tab {title!r}; tabs are {', '.join(TAB_TITLES)}")
         self.tabs.selected_index = TAB_TITLES.index(title)

@@ -16,6 +16,7 @@ inline sqrt and turn selects with float compares into blends so loops vectorize.
 from __future__ import annotations
 
 import ctypes
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -168,15 +169,18 @@ def compile_source(source: str, fast_math: bool = False, parts: Sequence[str] | 
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     so = root / f"{key[:32]}.so"
-    if so.exists():
+    if _entry_ok(so):
         stats["cache_hits"] += 1
         return so
     with open(root / f"{key[:32]}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # another process may be building the same entry
         try:
-            if so.exists():
+            if _entry_ok(so):
                 stats["cache_hits"] += 1
                 return so
+            if so.exists():   # truncated or overwritten (a full disk, a killed copy): rebuild it
+                stats["corrupt_entries"] = stats.get("corrupt_entries", 0) + 1
+                so.unlink()
             with tempfile.TemporaryDirectory(prefix="build-", dir=root) as d:
                 src = Path(d) / "kernels.c"
                 src.write_text(source)
@@ -196,9 +200,40 @@ def compile_source(source: str, fast_math: bool = False, parts: Sequence[str] | 
                     raise CompileError(f"linking the CPU kernels failed: {_first_error(r.stderr or r.stdout)}",
                                        log=r.stderr or r.stdout)
                 os.replace(tmp_so, so)   # atomic: readers see the whole file or none
+                _write_atomic(_digest_path(so), _digest(so))   # after the .so: its presence marks a whole entry
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return so
+
+
+def _digest_path(so: Path) -> Path:
+    return so.with_suffix(".sha256")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _entry_ok(so: Path) -> bool:
+    """A cache entry is whole when its .so exists and matches the digest written after it was built."""
+    try:
+        want = _digest_path(so).read_text().strip()
+        return so.is_file() and _digest(so) == want
+    except OSError:
+        return False
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same directory, then os.replace: no reader sees a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _compile_error(log: str, parts: Sequence[str] | None, names: Sequence[str] | None) -> CompileError:

@@ -98,6 +98,15 @@ static inline int64_t ke_div_i64(int64_t a, int64_t b) {
   return b == 0 ? 0 : (b == -1 ? (int64_t)(0ull - (uint64_t)a) : a / b); }
 static inline int64_t ke_mod_i64(int64_t a, int64_t b) { return (b == 0 || b == -1) ? 0 : a % b; }
 static inline int64_t ke_abs_i64(int64_t a) { return a < 0 ? -a : a; }
+/* np.power on integers: exact by squaring, wrapping like numpy (unsigned, so no signed-overflow UB);
+ * a negative exponent gives 0 unless |base| is 1 (numpy raises there; the CUDA ke_ipow agrees). */
+#define KE_IPOW(T, U) static inline T ke_pow_##T(T b, T e) { \
+  if (e < 0) return b == 1 ? 1 : (b == -1 ? ((e & 1) ? -1 : 1) : 0); \
+  U r = 1, x = (U)b; \
+  while (e) { if (e & 1) r *= x; x *= x; e >>= 1; } \
+  return (T)r; }
+KE_IPOW(int32_t, uint32_t)
+KE_IPOW(int64_t, uint64_t)
 
 /* exp(x), f32: n = round(x/ln2), r = x - n*ln2 (Cody-Waite), exp(r) by a degree-7
  * polynomial, scaled by 2^n in two steps so subnormal results come out right.
@@ -408,6 +417,8 @@ class _KernelEmitter:
         if dt not in FLOATS:
             if e.fn == "abs" and dt in ("i32", "i64"):
                 return f"ke_abs_{dt}({r(e.args[0])})"
+            if e.fn == "pow" and dt in ("i32", "i64"):
+                return f"ke_pow_{STORAGE_TYPE[dt]}({r(e.args[0])}, {r(e.args[1])})"
             raise DTypeError(f"math function {e.fn} on {dt} values has no C mapping; cast to a float dtype first")
         table = _MATH_F64 if dt == "f64" else (_MATH_F32_FAST if self.fast_math else _MATH_F32)
         args = []

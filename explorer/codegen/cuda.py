@@ -175,10 +175,10 @@ class _Raw(Var):
 
 
 def _comment_text(text: str) -> str:
-    """User text made safe for a /* */ comment: ASCII only, no comment delimiters, one line."""
-    s = str(text).replace("→", "->").replace("\r", " ").replace("\n", " ").replace("\t", " ")
-    s = s.encode("ascii", "replace").decode("ascii")
-    return s.replace("*/", "* /").replace("/*", "/ *")
+    """User text made safe for a /* */ comment (c.comment_text: one line, no comment delimiters, no
+    trailing line splice), and ASCII only for nvcc."""
+    from .c import comment_text
+    return comment_text(str(text).replace("→", "->")).encode("ascii", "replace").decode("ascii")
 
 
 def _float_literal(value: float, dtype: str) -> str:
@@ -351,8 +351,8 @@ class _KernelEmitter:
     def cast(self, e: Cast) -> str:
         inner = self.expr(e.a)
         src = e.a.dtype
-        if e.dtype == src:
-            return inner
+        if e.dtype == src and not (src == "f16" and not isinstance(e.a, (Load, Const))):
+            return inner   # an f16 -> f16 cast of a computed value rounds its float register to half
         if e.dtype == "bool":
             return f"({inner} != 0)"
         if e.dtype == "f16":

@@ -145,6 +145,20 @@ def _cast(e: L.Expr, dt: str) -> L.Expr:
     return e if e.dtype == dt else L.Cast(dt, e)
 
 
+def round_half(e: L.Expr) -> L.Expr:
+    """An f16 value rounded to half precision at its op's boundary, as NumPy rounds every f16 result.
+
+    Both code generators compute f16 in float registers, so an f16 intermediate inlined into a fused
+    expression would otherwise keep float precision (np.tanh(x).astype(np.int32) on f16 x differed).
+    A Cast to f16 is the rounding (a load, a constant or an existing cast is already half):
+
+        tanh(x[i0]) > x[i0]    →    f16(tanh(x[i0])) > x[i0]
+    """
+    if e.dtype != "f16" or isinstance(e, (L.Load, L.Const)) or (isinstance(e, L.Cast) and e.dtype == "f16"):
+        return e
+    return L.Cast("f16", e)
+
+
 class GroupLowering:
     """Builds the scalar expression of any member at a symbolic index (compute_inline)."""
 
@@ -177,7 +191,7 @@ class GroupLowering:
                     args.append(_cast(a, "bool"))
                 else:
                     args.append(_cast(a, od))
-            return _cast(d.scalar(*args, _dt(n)), _dt(n))
+            return round_half(_cast(d.scalar(*args, _dt(n)), _dt(n)))
         src = n.inputs[0]
         if n.op == "transpose":
             axes = n.attrs["axes"]
@@ -330,6 +344,20 @@ def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, lis
                    outputs=tuple(b for _, b in out_buffers))
 
 
+def stageable(load: L.Load) -> bool:
+    """True when cache_read can copy a tile of `load`: each index is a constant or stride * axis + offset
+    (L.axis_stride_offset) and no axis indexes two dimensions (a diagonal)."""
+    seen: set[str] = set()
+    for ix in load.indices:
+        if isinstance(ix, L.Const):
+            continue
+        aff = L.axis_stride_offset(ix)
+        if aff is None or aff[0] in seen:
+            return False
+        seen.add(aff[0])
+    return True
+
+
 def _acc_dtype(n: Node) -> str:
     dt = _dt(n)
     return "f32" if dt == "f16" else dt
@@ -361,10 +389,15 @@ def _contraction(grp, name, members, buffers, out_buffers) -> Compute:
     b_idx = _bcast_index(b.shape[:-2], tuple(batch), bvars) + (k, j)
     av = _cast(low.value(a, a_idx), acc_dt)
     bv = _cast(low.value(b, b_idx), acc_dt)
-    # operands name the loads cache_read can stage; a second read of the same buffer (y.T @ y) is 'y#1'
+    # operands name the loads cache_read can stage; a second read of the same buffer (y.T @ y) is 'y#1'.
+    # Only when both are stageable (every dimension a constant or one axis times a stride plus an offset,
+    # as a[::2] or x[:, 16:32]); a reshaped or broadcast operand (w.reshape(4, 5): k * 5 + j) is read
+    # from global memory instead
     loads = [x for x in (av, bv) if isinstance(x, L.Load)]
     operands = tuple(x.buffer.name if k == 0 or x.buffer.name != loads[0].buffer.name else f"{x.buffer.name}#1"
                      for k, x in enumerate(loads))
+    if len(loads) != 2 or not all(stageable(x) for x in loads):
+        operands = ()
     accum = Accum(acc, "sum", L.BinOp("*", av, bv), 0, _dt(m))
     idx = bvars + (i, j)
     stores = tuple(StoreDef(buf, idx, _cast(low.value(o, idx), buf.dtype)) for o, buf in out_buffers)
@@ -518,7 +551,9 @@ def _opaque(grp, name, members, buffers, out_buffers) -> Compute:
     spatial = tuple(Axis(f"i{d}", D[d]) for d in range(len(D)) if d != ax)
     red = (Axis(f"r{ax}", D[ax]),)
     idx = tuple(L.Var(f"r{d}" if d == ax else f"i{d}") for d in range(len(D)))
-    acc_dt = _acc_dtype(n)
+    # NumPy's cumsum accumulates in the output dtype: an f16 scan rounds each partial sum to half
+    # (np.cumsum(np.ones(3000, np.float16))[-1] is 2048). np.cumsum(x, dtype=np.float32) accumulates in f32.
+    acc_dt = _dt(n)
     buf = L.Buffer(f"acc{n.id}", (), acc_dt, "local")
     low = GroupLowering(buffers, set(), {})
     val = _cast(low.value(n.inputs[0], idx), acc_dt)

@@ -40,7 +40,18 @@ _KIND_ORDER = {"z": 0, "y": 1, "x": 2}
 
 def tile(program: L.Program, schedule: Any = None, target: str = "cuda", examples=None) -> L.Program:
     """Apply `schedule` (None: defaults; dict of knobs; Schedule for a 1-kernel program;
-    {kernel name: Schedule}; or callable(compute, target) -> Schedule) for `target`."""
+    {kernel name: Schedule}; or callable(compute, target) -> Schedule) for `target`.
+
+    target 'reference' interprets the graph with NumPy, so no schedule applies there: every kernel
+    keeps its naive loop nest (knobs are still checked for typos), and no GPU schedule can fail it."""
+    if target == "reference":
+        if isinstance(schedule, dict) and not all(isinstance(v, Schedule) for v in schedule.values()):
+            check_knobs(schedule)
+        note = "target 'reference' runs NumPy on the graph: schedules do not apply, the naive loops are shown"
+        kernels = [generate_kernel(k.meta_dict()["compute"], Schedule(notes=(note,)), "naive")
+                   .replace(group=k.group, ops=k.ops, source_lines=k.source_lines) for k in program.kernels]
+        return L.Program(program.name, tuple(kernels), program.inputs, program.outputs, program.temps,
+                         constants=program.constants)
     sched_target = "cpu" if target == "cpu" else "cuda"
     kernels = []
     per_kernel: dict[str, Any] = {}
@@ -63,13 +74,20 @@ def tile(program: L.Program, schedule: Any = None, target: str = "cuda", example
                             f"got {type(schedule).__name__}")
     for k in program.kernels:
         compute = k.meta_dict()["compute"]
-        if k.name in per_kernel:
-            s = per_kernel[k.name]
-        elif callable(schedule) and not isinstance(schedule, (dict, Schedule)):
-            s = _call_schedule_fn(schedule, compute, sched_target)
-        else:
-            s = default_schedule(compute, sched_target, knobs)
-        new = generate_kernel(compute, s, sched_target)
+        try:
+            if k.name in per_kernel:
+                s = per_kernel[k.name]
+            elif callable(schedule) and not isinstance(schedule, (dict, Schedule)):
+                s = _call_schedule_fn(schedule, compute, sched_target)
+            else:
+                s = default_schedule(compute, sched_target, knobs)
+            new = generate_kernel(compute, s, sched_target)
+        except ScheduleError as e:
+            lines = "; ".join(str(x).strip() for x in k.source_lines)
+            if not lines or lines in str(e):
+                raise
+            # name the user's lines this kernel computes, not only its internal buffers
+            raise ScheduleError(f"{e} (kernel {k.name} computes: {lines})") from None
         kernels.append(new.replace(group=k.group, ops=k.ops, source_lines=k.source_lines))
     return L.Program(program.name, tuple(kernels), program.inputs, program.outputs, program.temps,
                      constants=program.constants)
@@ -242,8 +260,10 @@ class _Generator:
         return r | self.roots_in(s.value)
 
     def combine(self, op: str, acc: L.Expr, v: L.Expr) -> L.Expr:
-        return {"sum": lambda: L.BinOp("+", acc, v), "max": lambda: L.BinOp("max", acc, v),
-                "min": lambda: L.BinOp("min", acc, v)}[op]()
+        e = {"sum": lambda: L.BinOp("+", acc, v), "max": lambda: L.BinOp("max", acc, v),
+             "min": lambda: L.BinOp("min", acc, v)}[op]()
+        # an f16 accumulator (cumsum, as NumPy) rounds every partial result to half; registers hold float
+        return L.Cast("f16", e) if acc.dtype == "f16" else e
 
     def build_reduction(self) -> list[L.Stmt]:
         c, st = self.c, self.st
@@ -524,16 +544,19 @@ class _Generator:
             if len(loads) <= int(nth or 0):
                 raise ScheduleError(f"cache_read({cr.buffer}): the accumulation does not read {cr.buffer}")
             ld = loads[int(nth or 0)]
-            dims, shape, local_idx, base_idx, depth = [], [], [], [], []
+            dims, shape, local_idx, base_idx, depth, strided = [], [], [], [], [], []
             for d, ix in enumerate(ld.indices):
                 if isinstance(ix, L.Const):
                     shape.append(1); local_idx.append(L.Const(0)); base_idx.append(ix); dims.append(None)
-                    depth.append(-1)
+                    depth.append(-1); strided.append((1, 0))
                     continue
-                if not isinstance(ix, L.Var) or ix.name not in self.vals:
+                aff = L.axis_stride_offset(ix)
+                if aff is None or aff[0] not in self.vals:
                     raise ScheduleError(f"cache_read({cr.buffer}): dimension {d} is indexed by {ix}, not by one loop "
-                                        f"axis; only plain or transposed operands can be staged")
-                r = ix.name
+                                        f"axis (times a stride, plus an offset); only sliced, plain or transposed "
+                                        f"operands can be staged")
+                r = aff[0]
+                strided.append(aff[1:])   # the tile holds rows r; the source row is stride * r + offset
                 chain = {l.name for l in self.st.leaves} & ({r} | self.st._descendants(r))
                 if chain & foot and self.st.chain_has_fuse(r):
                     raise ScheduleError(f"cache_read({cr.buffer}): axis {r} was fused; stage before fusing it")
@@ -554,13 +577,14 @@ class _Generator:
                 kv = at.name
 
                 def copy(k: L.Expr, slot: L.Expr, src=ld.buffer, buf=buf, dims=dims, base_idx=base_idx,
-                         shape=tuple(shape), kv=kv) -> list[L.Stmt]:
+                         shape=tuple(shape), kv=kv, strided=tuple(strided)) -> list[L.Stmt]:
                     base = [L.simplify_expr(L.substitute(b, {kv: k})) for b in base_idx]
-                    return self.copy_code(src, buf, dims, base, list(shape), slot=L.simplify_expr(slot))
+                    return self.copy_code(src, buf, dims, base, list(shape), slot=L.simplify_expr(slot),
+                                          strided=strided)
                 local_idx = [L.BinOp("%", L.Var(kv), L.Const(2))] + local_idx
             else:
                 buf = L.Buffer(bname, tuple(shape[p] for p in perm), ld.buffer.dtype, cr.scope)
-                copy = self.copy_code(ld.buffer, buf, dims, base_idx, shape, perm=perm)
+                copy = self.copy_code(ld.buffer, buf, dims, base_idx, shape, perm=perm, strided=strided)
                 local_idx = [local_idx[p] for p in perm]
             if cr.scope == "shared":
                 self.shared_allocs.append(buf)
@@ -569,11 +593,15 @@ class _Generator:
             self.staged_dims[ld] = dims
 
     def copy_code(self, src: L.Buffer, dst: L.Buffer, dims, base_idx, shape,
-                  slot: L.Expr | None = None, perm: Sequence[int] | None = None) -> list[L.Stmt]:
+                  slot: L.Expr | None = None, perm: Sequence[int] | None = None,
+                  strided: Sequence[tuple[int, int]] | None = None) -> list[L.Stmt]:
         """Copy the tile `shape` at `base_idx` of `src` into `dst` (into dst[slot, ...] when given);
         shared tiles cooperatively, element e*threads + tid per thread, zero-padded at the edges.
-        `perm` lays the tile out transposed: dst dimension k is source dimension perm[k]."""
+        `perm` lays the tile out transposed: dst dimension k is source dimension perm[k].
+        `strided[d]` = (stride, offset): axis value g of dimension d reads source row stride * g + offset
+        (a sliced operand such as a[::2] or x[:, 16:32]); the edge guard stays on g."""
         lead = () if slot is None else (slot,)
+        strided = list(strided) if strided is not None else [(1, 0)] * len(shape)
         perm = list(perm) if perm is not None else list(range(len(shape)))
         total = 1
         for s in shape:
@@ -582,12 +610,12 @@ class _Generator:
 
         def body(d_vars: Sequence[L.Expr]) -> list[L.Stmt]:
             gidx, conds = [], []
-            for r, base, dv in zip(dims, base_idx, d_vars):
+            for r, base, dv, (stride, offset) in zip(dims, base_idx, d_vars, strided):
                 if r is None:
                     gidx.append(base)
                     continue
                 g = L.simplify_expr(base + dv)
-                gidx.append(g)
+                gidx.append(g if (stride, offset) == (1, 0) else L.simplify_expr(g * stride + offset))
                 if any(self.st.roots_of(a) & {r} for a, _ in self.st.guards):
                     conds.append(L.BinOp("<", g, L.Const(ext[r])))
             didx = lead + tuple(d_vars[p] for p in perm)

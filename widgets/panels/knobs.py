@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ipywidgets as W
+import numpy as np
 from explorer.schedule import KNOBS as SCHEDULE_KNOB_DOCS
 
 FUSION_RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
@@ -121,6 +122,11 @@ class KnobPanel(W.VBox):
             if fast_math is not None:
                 self.fast_math.value = bool(fast_math)
             if scale is not None:
+                if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+                        or not np.isfinite(scale) or scale <= 0:
+                    from explorer import ExplorerError
+                    raise ExplorerError(f"scale={scale!r}: must be a positive number (the factor on the first "
+                                        f"input's leading dimension), e.g. 0.5 or 2")
                 _select(self.scale, float(scale))
         finally:
             self._quiet = False
