@@ -228,7 +228,7 @@ class GroupLowering:
 def _box_index(attrs: dict, shape: Sequence[int], idx: tuple[L.Expr, ...]) -> tuple[L.Expr, tuple[L.Expr, ...]]:
     """(is idx inside the written box, idx in the box's coordinates) for set_slice's start/stop/step.
 
-    x[:, 2:6] = v on x: f32[4,8]  →  select(i1 >= 2 && i1 - 2 <= 3, v[i0, min(max(i1 - 2, 0), 3)], x[i0, i1])
+    x[:, 2:6] = v on x: f32[4,8]  →  select(i1 - 2 >= 0 && i1 - 2 <= 3, v[i0, min(max(i1 - 2, 0), 3)], x[i0, i1])
     """
     conds: list[L.Expr] = []
     vidx: list[L.Expr] = []
