@@ -183,7 +183,8 @@ class Compiled:
         checks = getattr(self, "_index_checks", None)
         if checks is None:
             from .indexing import index_checks
-            checks = self._index_checks = index_checks(self.stage("traced").ir)
+            graphs = [s.ir for s in self.stages if s.name in ("traced", "simplified")]
+            checks = self._index_checks = index_checks(graphs[0]) if graphs else []
         if checks:
             from .indexing import check_indices
             check_indices(checks, inputs)

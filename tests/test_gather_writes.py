@@ -167,6 +167,18 @@ def cache_update(cache, k):                        # a KV cache passed as an arg
     return cache
 
 
+def written_then_matmul(x, w):                     # a slice write feeding a matmul operand
+    y = x.copy()
+    y[:, :2] = 0
+    return y @ w
+
+
+def row_copy_in_softmax(x):                        # a write reading another row of a reduced value
+    y = np.exp(x - x.max(-1, keepdims=True))
+    y[0] = y[1]
+    return y / y.sum(-1, keepdims=True)
+
+
 CASES = {
     "embed_f32_i32": (embed, lambda: (a(20, 8), ids_of((5,), 20))),
     "embed_f32_i64": (embed, lambda: (a(20, 8), ids_of((5,), 20, np.int64))),
@@ -203,6 +215,8 @@ CASES = {
     "alias_sees_write": (alias_sees_write, lambda: (a(3, 4),)),
     "write_input": (write_input, lambda: (a(3, 4),)),
     "cache_update": (cache_update, lambda: (a(2, 6, 4), a(2, 2, 4))),
+    "written_then_matmul": (written_then_matmul, lambda: (a(16, 8), a(8, 16))),
+    "row_copy_in_softmax": (row_copy_in_softmax, lambda: (a(5, 7),)),
 }
 
 TARGETS = ["reference", "sim", "cpu"]
@@ -242,7 +256,8 @@ def test_equals_numpy(name, target):
 
 @pytest.mark.parametrize("name", ["embed_f32_i64", "embed_f16_i32", "embed_scaled", "embed_pos_ln",
                                   "computed_ids", "leaky_f16", "slice_bcast", "negative_step",
-                                  "writes_in_sequence", "split_advanced"])
+                                  "writes_in_sequence", "split_advanced", "written_then_matmul",
+                                  "row_copy_in_softmax"])
 def test_cuda_source_compiles_to_ptx(name):
     from explorer.backends import nvcc
     ok, why = nvcc.available()
@@ -411,3 +426,11 @@ def test_view_read_after_write_to_its_base():
 
 def test_errors_are_explorer_errors():
     assert issubclass(IndexOutOfRangeError, ExplorerError) and issubclass(IndexOutOfRangeError, IndexError)
+
+
+def test_kernel_cost_of_gather_counts_picked_rows():
+    from explorer.costmodel import kernel_costs
+    wte, ids = a(1000, 16), ids_of((4,), 1000)
+    c = explorer.compile(embed_scaled, wte, ids, target="cpu" if _cpu_ok() else "sim", verbose=False)
+    cost = kernel_costs(c, "t4", counters=False)[0]
+    assert cost.bytes_read == ids.nbytes + 4 * 16 * 4      # the 4 rows, not the 64 KB table
