@@ -9,6 +9,8 @@ Writes (functional updates, like jax's x.at[key].set(v); the proxy x then holds 
     x[mask] = v                        → where(mask, v, x)
     x[1:3, :, 0] = v  (basic indices)  → set_slice(x, v)  (v broadcast to the written region)
     x[[0, 2]] = v  (constant indices)  → one set_slice per index, in order (the last write wins)
+    x[:, pos] = v  (run-time indices)  → where(arange(n) == arange(n)[pos], v, x), one per index (≤ 64)
+Constant index arrays that step evenly (x[:, [-1]], wpe[range(T)]) become slices (affine, fusable).
     x += y, x *= y, ...                → x = (x + y) cast back to x's dtype, as NumPy's in-place ops
 
 >>> import numpy as np, explorer
@@ -61,7 +63,21 @@ def _is_bool_array(e: Any) -> bool:
 
 
 def _is_array_index(e: Any) -> bool:
-    return isinstance(e, (Tensor, np.ndarray, list)) and not isinstance(e, str)
+    return isinstance(e, (Tensor, np.ndarray, list, range))
+
+
+def _progression_slice(ids: np.ndarray, size: int) -> slice | None:
+    """A 1-D constant index array (already wrapped into [0, size)) that steps evenly, as the slice selecting
+    the same elements in the same order: x[:, [-1]] → x[:, size-1:size], wpe[range(T)] → wpe[0:T]. A slice
+    is affine, so it stays fusable everywhere (matmul operand staging included), unlike a gather."""
+    if ids.ndim != 1 or ids.size == 0:
+        return None
+    start = int(ids[0])
+    step = int(ids[1] - ids[0]) if ids.size > 1 else 1
+    if step == 0 or np.any(ids != start + step * np.arange(ids.size)):
+        return None
+    stop = start + step * ids.size
+    return slice(start, stop if stop >= 0 else None, step)
 
 
 def is_advanced(idx: Any) -> bool:
@@ -131,6 +147,11 @@ def getitem(x: Tensor, idx: Any):
     ids = _index_operand(full[k], "x[ids]")
     # the data axis the array indexes, and where its dims land in the result of the basic part
     data_axis = sum(1 for e in full[:k] if e is not None)
+    no_ints = not any(isinstance(e, (int, np.integer)) for e in full)   # else NumPy may move the dims first
+    if not isinstance(ids, Tensor) and no_ints:
+        sl = _progression_slice(_const_indices(ids, x.shape[data_axis], data_axis, "x[ids]"), x.shape[data_axis])
+        if sl is not None:
+            return _basic_getitem(x, full[:k] + (sl,) + full[k + 1:])
     basic = full[:k] + (slice(None),) + full[k + 1:]
     base = _basic_getitem(x, basic)
     pos = sum(1 for e in full[:k] if not isinstance(e, (int, np.integer)))   # ints before k drop their axis
@@ -356,6 +377,9 @@ def setitem(x: Tensor, key: Any, value: Any) -> None:
     """x[key] = value as a functional update: x's proxy is rebound to the updated array."""
     what = "x[...] = v"
     entries = key if isinstance(key, tuple) else (key,)
+    # a 0-d integer array indexes like an int (NumPy drops the axis)
+    entries = tuple(int(e) if isinstance(e, np.ndarray) and e.ndim == 0 and e.dtype.kind in "iu" else e
+                    for e in entries)
     tr = x.tracer
     if any(_is_bool_array(e) or hasattr(e, "_masked_selection_error") for e in entries):
         mask, k = _mask_node(x, entries, "x[mask] = v")
@@ -422,22 +446,26 @@ def _set_box(x: Tensor, entries: tuple, value: Any, what: str) -> None:
 def _scatter_const(x: Tensor, entries: tuple, value: Any) -> None:
     """x[[0, 2]] = v with constant indices: one box write per index, in order (NumPy: the last write wins)."""
     arrays = [e for e in entries if _is_array_index(e)]
-    if any(isinstance(e, Tensor) for e in arrays):
-        raise UnsupportedOpError("x[ids] = v with a traced index array (a scatter) is not supported in traced code; "
-                                 "write with a mask instead: x = np.where(np.arange(n)[:, None] == ids, v, x) "
-                                 "style, or pass the indices as constants")
     if len(arrays) > 1:
         raise UnsupportedOpError("x[ids0, ids1] = v (several index arrays) is not supported in traced code; "
                                  "write one axis at a time")
     full = _expand(tuple(entries), x.ndim)
     k = next(i for i, e in enumerate(full) if _is_array_index(e))
     ids = _index_operand(full[k], "x[ids] = v")
-    if ids.ndim != 1 or ids.size > MAX_CONST_SCATTER:
-        raise UnsupportedOpError(f"x[ids] = v is supported for a flat list of at most {MAX_CONST_SCATTER} constant "
-                                 f"indices, got shape {ids.shape}; use np.where with a mask")
     data_axis = sum(1 for e in full[:k] if e is not None)
     size = x.shape[data_axis]
-    ids = _const_indices(ids, size, data_axis, "x[ids] = v")
+    if isinstance(ids, Tensor):
+        _scatter_traced(x, full, k, data_axis, ids, value)
+        return
+    if ids.ndim > 1 or ids.size > MAX_CONST_SCATTER:
+        raise UnsupportedOpError(f"x[ids] = v is supported for a flat list of at most {MAX_CONST_SCATTER} constant "
+                                 f"indices, got shape {ids.shape}; use np.where with a mask")
+    ids = _const_indices(ids, size, data_axis, "x[ids] = v").reshape(-1)
+    no_ints = not any(isinstance(e, (int, np.integer)) for e in full)
+    sl = _progression_slice(ids, size) if no_ints and len(set(ids.tolist())) == ids.size else None
+    if sl is not None:      # x[[1, 2, 3]] = v: one box write
+        _set_box(x, full[:k] + (sl,) + full[k + 1:], value, "x[ids] = v")
+        return
     # the value as NumPy sees it: broadcast to the selection x[ids] (ids' axis in place of the axis)
     sel = list(_basic_getitem(Tensor(x.node, x.tracer), full[:k] + (slice(0, 1),) + full[k + 1:]).shape)
     pos = sum(1 for e in full[:k] if not isinstance(e, (int, np.integer)))
@@ -456,6 +484,43 @@ def _scatter_const(x: Tensor, entries: tuple, value: Any) -> None:
         if vshape[pos] == 1:
             row = _reshape(row, vshape[:pos] + vshape[pos + 1:])
         _set_box(x, full[:k] + (int(i),) + full[k + 1:], row, "x[ids] = v")
+
+
+def _scatter_traced(x: Tensor, full: tuple, k: int, axis: int, ids: Tensor, value: Any) -> None:
+    """x[..., ids, ...] = v with run-time indices (a 0-d position or a short 1-D list; other index entries
+    full slices): for each index j in order, x = where(arange(n) == pos[j], v_j, x) along the axis (NumPy:
+    the last write wins). pos = arange(n)[ids] is a gather, so the indices are wrapped and range-checked
+    at run time like every gather; the writes are elementwise and fuse into one kernel of K passes."""
+    tr = x.tracer
+    what = "x[ids] = v"
+    if any(not (isinstance(e, slice) and e == slice(None)) for i, e in enumerate(full) if i != k):
+        raise UnsupportedOpError(f"{what} with run-time indices is supported with full slices on the other axes "
+                                 f"(x[ids] = v, x[:, pos] = v); index the other axes in a separate step")
+    if ids.ndim > 1 or ids.size > MAX_CONST_SCATTER:
+        raise UnsupportedOpError(f"{what} with run-time indices is supported for a position or a flat list of at "
+                                 f"most {MAX_CONST_SCATTER} indices (one pass over x each), got shape {ids.shape}; "
+                                 f"use np.where with a mask")
+    n = x.shape[axis]
+    arange = tr.const(np.arange(n, dtype=np.int32 if n < 2 ** 31 else np.int64))
+    pos = Tensor(tr.emit("take", [arange, ids.node], {"axis": 0}).node, tr)
+    sel = x.shape[:axis] + tuple(ids.shape) + x.shape[axis + 1:]
+    vnode = _value_node(x, value, what)
+    if not _broadcasts(tuple(vnode.shape), sel):
+        raise ShapeError(f"{what}: could not broadcast v of shape {vnode.shape} into the written elements of shape "
+                         f"{sel} (array shape {x.shape})")
+    v = Tensor(vnode, tr)
+    if tuple(v.shape) != sel:
+        v = Tensor(tr.emit("broadcast_to", [vnode], {"shape": sel}).node, tr)
+    grid = Tensor(arange, tr)
+    if axis < x.ndim - 1:
+        grid = _reshape(grid, (n,) + (1,) * (x.ndim - axis - 1))
+    out = Tensor(x.node, tr)
+    for j in range(max(ids.size, 1)):
+        p = pos if ids.ndim == 0 else _basic_getitem(pos, (j,))
+        row = v if ids.ndim == 0 else _basic_getitem(v, (slice(None),) * axis + (j,))
+        row = _reshape(row, x.shape[:axis] + (1,) + x.shape[axis + 1:])
+        out = Tensor(tr.emit("where", [(grid == p).node, row.node, out.node], {}).node, tr)
+    _rebind(x, out.node, what)
 
 
 _INPLACE = {"+=": "__add__", "-=": "__sub__", "*=": "__mul__", "/=": "__truediv__", "**=": "__pow__",

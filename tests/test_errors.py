@@ -23,7 +23,7 @@ def _while_loop(x):
 
 
 def _scatter(x):
-    x[x.astype(np.int32)] = 1.0   # a write at run-time indices (scatter): not supported
+    x[x.astype(np.int32)] = 1.0   # a write at a 2-D array of run-time indices (scatter): not supported
     return x
 
 

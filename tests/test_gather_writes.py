@@ -179,6 +179,31 @@ def row_copy_in_softmax(x):                        # a write reading another row
     return y / y.sum(-1, keepdims=True)
 
 
+def const_cols(x):
+    return x[:, [3, -1, 0]]
+
+
+def pos_range(wpe, ids):                          # picoGPT: wte[inputs] + wpe[range(len(inputs))]
+    return wpe[ids] + wpe[range(ids.shape[-1])]
+
+
+def write_rows_const(x, v):
+    y = x.copy()
+    y[[1, 2, 3]] = v
+    return y
+
+
+def kv_cache_write(cache, xk, pos):               # a decode step: the position is a run-time value
+    cache[:, pos] = xk
+    return cache
+
+
+def scatter_rows(x, ids, v):                       # NumPy: the last of repeated indices wins
+    y = x.copy()
+    y[ids] = v
+    return y
+
+
 CASES = {
     "embed_f32_i32": (embed, lambda: (a(20, 8), ids_of((5,), 20))),
     "embed_f32_i64": (embed, lambda: (a(20, 8), ids_of((5,), 20, np.int64))),
@@ -216,6 +241,11 @@ CASES = {
     "write_input": (write_input, lambda: (a(3, 4),)),
     "cache_update": (cache_update, lambda: (a(2, 6, 4), a(2, 2, 4))),
     "written_then_matmul": (written_then_matmul, lambda: (a(16, 8), a(8, 16))),
+    "const_cols": (const_cols, lambda: (a(4, 9),)),
+    "pos_range": (pos_range, lambda: (a(10, 4), ids_of((2, 5), 10))),
+    "write_rows_const": (write_rows_const, lambda: (a(6, 3), a(3))),
+    "kv_cache_write": (kv_cache_write, lambda: (a(2, 8, 4), a(2, 4), np.array(-3, np.int64))),
+    "scatter_rows": (scatter_rows, lambda: (a(6, 3), np.array([4, -2, 1], np.int32), a(3, 3))),
     "row_copy_in_softmax": (row_copy_in_softmax, lambda: (a(5, 7),)),
 }
 
@@ -257,7 +287,7 @@ def test_equals_numpy(name, target):
 @pytest.mark.parametrize("name", ["embed_f32_i64", "embed_f16_i32", "embed_scaled", "embed_pos_ln",
                                   "computed_ids", "leaky_f16", "slice_bcast", "negative_step",
                                   "writes_in_sequence", "split_advanced", "written_then_matmul",
-                                  "row_copy_in_softmax"])
+                                  "row_copy_in_softmax", "kv_cache_write", "scatter_rows"])
 def test_cuda_source_compiles_to_ptx(name):
     from explorer.backends import nvcc
     ok, why = nvcc.available()
@@ -286,10 +316,18 @@ def test_gather_feeding_matmul_is_materialized_with_reason():
 
 
 def test_constant_index_is_wrapped_at_trace_time():
-    g = explorer.trace(last_col, a(6, 9))
+    g = explorer.trace(const_cols, a(6, 9))
     take = [n for n in g.nodes if n.op == "take"][0]
-    assert int(take.inputs[1].value.reshape(-1)[0]) == 8   # -1 wrapped to the last column
-    assert take.inputs[1].provenance.code == "return x[:, [-1]]"
+    assert take.inputs[1].value.tolist() == [3, 8, 0]   # -1 wrapped to the last column
+    assert take.inputs[1].provenance.code == "return x[:, [3, -1, 0]]"
+
+
+def test_evenly_stepping_constant_indices_become_slices():
+    assert [n.op for n in explorer.trace(last_col, a(6, 9)).op_nodes()] == ["slice"]
+    g = explorer.trace(pos_range, a(10, 4), ids_of((2, 5), 10))
+    assert [n.op for n in g.op_nodes()] == ["take", "slice", "add"]
+    g = explorer.trace(write_rows_const, a(6, 3), a(3))
+    assert [n.op for n in g.op_nodes()] == ["reshape", "set_slice"]   # v: (3,) → the box rank (1, 3)
 
 
 def test_cost_of_gather_counts_rows_read_not_the_table():
@@ -343,6 +381,12 @@ def test_runtime_index_out_of_range(target):
         c(wte, np.array([0, 0, 99], np.int32))
 
 
+def test_scatter_index_out_of_range_at_run_time():
+    c = _compile(kv_cache_write, a(2, 8, 4), a(2, 4), np.array(0, np.int64), target="cpu" if _cpu_ok() else "sim")
+    with pytest.raises(IndexOutOfRangeError, match="index 8 at position \\(\\) of pos"):
+        c(a(2, 8, 4), a(2, 4), np.array(8, np.int64))
+
+
 def test_computed_index_out_of_range_is_caught_before_kernels():
     c = _compile(computed_ids, a(8, 3), np.array([0, 1, 2, 3, 4], np.int32), target="cpu" if _cpu_ok() else "sim")
     with pytest.raises(IndexOutOfRangeError, match="index 8 .* the index array"):
@@ -365,7 +409,9 @@ def test_float_index_array(fn, match):
 
 @pytest.mark.parametrize("fn,args,err,match", [
     (lambda x, i: x[i, i], (a(5, 5), ids_of((2,), 5)), UnsupportedOpError, "more than one integer array"),
-    (lambda x, i: x.__setitem__(i, 0.0), (a(5, 5), ids_of((2,), 5)), UnsupportedOpError, "scatter"),
+    (lambda x, i: x.__setitem__((0, i), 0.0), (a(5, 5), ids_of((2,), 5)), UnsupportedOpError,
+     "full slices on the other axes"),
+    (lambda x, i: x.__setitem__(i, 0.0), (a(5, 5), ids_of((2, 2), 5)), UnsupportedOpError, "a flat list"),
     (lambda x: x.__setitem__((slice(None), slice(2, 5)), np.ones(4, F32)), (a(6, 10),), ShapeError,
      r"could not broadcast v of shape \(4,\) into the written region of shape \(6, 3\)"),
     (lambda x: x.__setitem__(x > 0, x * 2), (a(6, 10),), ShapeError, "boolean-mask selection"),
