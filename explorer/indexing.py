@@ -40,8 +40,10 @@ import numpy as np
 
 from .errors import DTypeError, IndexOutOfRangeError, ShapeError, TraceError, UnsupportedOpError
 from .graph import Graph, Node
-from .tracing import (Tensor, _as_view, _basic_getitem, _is_internal, _reshape, _to_nodes, _tracer_of,
+from .tracing import (INTERNAL_MODULES, Tensor, _as_view, _basic_getitem, _is_internal, _reshape, _to_nodes, _tracer_of,
                       _transpose, basic_index_plan, user_provenance)
+
+INTERNAL_MODULES.add(__name__)   # provenance skips this module's frames, as the tracer's own
 
 # constant integer index arrays up to this many entries may be written (x[[0, 2]] = v): one
 # set_slice per entry; longer ones would make as many nodes
@@ -559,7 +561,12 @@ def concrete_value_error() -> TraceError:
         f = f.f_back
     found = _captured_subscript(f) if f is not None else None
     if found is not None:
-        name, store = found
+        name, store, local = found
+        if local:
+            return TraceError(f"`{name}[...]` {'writes a traced value into' if store else 'indexes with a traced value'} "
+                              f"{name}, a NumPy array made inside the function (np.zeros, np.empty, ...), which "
+                              f"cannot hold traced values; build the result from traced arrays (np.concatenate/"
+                              f"np.stack the pieces, or start from one: out = x * 0)")
         if store:
             return TraceError(f"`{name}[...] = ...` writes a traced value into {name}, a NumPy array captured from "
                               f"outside the function; traced code cannot write memory it does not own: pass {name} "
@@ -570,9 +577,10 @@ def concrete_value_error() -> TraceError:
                       "array from outside the function indexed or written with it): pass such arrays as arguments")
 
 
-def _captured_subscript(frame) -> tuple[str, bool] | None:
-    """(text of the captured array, is it written) for a subscript in the frame's current statement whose
-    base is an np.ndarray (resolved from names and attributes without running user code)."""
+def _captured_subscript(frame) -> tuple[str, bool, bool] | None:
+    """(text of the NumPy array, is it written, is it a plain local of the frame) for a subscript in the
+    frame's current statement whose base is an np.ndarray (resolved from names and attributes without
+    running user code)."""
     from .tracing import statement_at
     try:
         text = statement_at(frame.f_code.co_filename, frame.f_lineno)
@@ -584,7 +592,8 @@ def _captured_subscript(frame) -> tuple[str, bool] | None:
             continue
         obj = _resolve(node.value, frame)
         if isinstance(obj, np.ndarray):
-            return ast.unparse(node.value), isinstance(node.ctx, ast.Store)
+            local = isinstance(node.value, ast.Name) and node.value.id in frame.f_code.co_varnames
+            return ast.unparse(node.value), isinstance(node.ctx, ast.Store), local
     return None
 
 

@@ -480,3 +480,14 @@ def test_kernel_cost_of_gather_counts_picked_rows():
     c = explorer.compile(embed_scaled, wte, ids, target="cpu" if _cpu_ok() else "sim", verbose=False)
     cost = kernel_costs(c, "t4", counters=False)[0]
     assert cost.bytes_read == ids.nbytes + 4 * 16 * 4      # the 4 rows, not the 64 KB table
+
+
+def test_write_into_array_made_inside_the_function_says_so():
+    def heads(x):
+        out = np.zeros((2, 4), np.float32)
+        out[:, 0:2] = x
+        return out
+
+    with pytest.raises(TraceError, match=r"`out\[...\]` writes a traced value into out, a NumPy array made inside "
+                                         r"the function"):
+        explorer.trace(heads, a(2, 2))
