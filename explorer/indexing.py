@@ -97,7 +97,7 @@ def _expand(idx: tuple, ndim: int) -> tuple:
     if n_real > ndim:
         raise ShapeError(f"too many indices for an array of {ndim} dimension(s): {n_real} were indexed")
     if n_ell:
-        k = idx.index(Ellipsis)
+        k = next(i for i, e in enumerate(idx) if e is Ellipsis)   # not idx.index: == on a Tensor is traced
         return idx[:k] + (slice(None),) * (ndim - n_real) + idx[k + 1:]
     return idx + (slice(None),) * (ndim - n_real)
 
@@ -159,8 +159,9 @@ def getitem(x: Tensor, idx: Any):
     pos = sum(1 for e in full[:k] if not isinstance(e, (int, np.integer)))   # ints before k drop their axis
     out = _take(base, ids, pos, data_axis, x.shape[data_axis])
     # NumPy: an int index counts as an advanced index too; when the advanced indices are not next to
-    # each other (x[0, :, ids]), their broadcast dims go first
-    adv = [i for i, e in enumerate(full) if i == k or isinstance(e, (int, np.integer))]
+    # each other (x[0, :, ids]; an ellipsis separates them even when it stands for no axis), their
+    # broadcast dims go first
+    adv = [i for i, e in enumerate(entries) if _is_array_index(e) or isinstance(e, (int, np.integer))]
     if adv != list(range(adv[0], adv[-1] + 1)) and pos != 0:
         nd = len(ids.shape)
         perm = list(range(pos, pos + nd)) + [a for a in range(out.ndim) if not pos <= a < pos + nd]

@@ -68,6 +68,10 @@ def array_then_slice(x, ids):
     return x[ids, 1:3]
 
 
+def ellipsis_separates(x, ids):                    # an ellipsis for no axis still separates 0 and ids
+    return x[:, 0, ..., ids]
+
+
 def ellipsis_ids(x, ids):
     return x[..., ids]
 
@@ -221,6 +225,7 @@ CASES = {
     "int_and_array": (int_and_array, lambda: (a(3, 7), ids_of((2, 2), 7))),
     "split_advanced": (split_advanced, lambda: (a(2, 3, 5), ids_of((4,), 5))),
     "array_then_slice": (array_then_slice, lambda: (a(6, 5), ids_of((3,), 6))),
+    "ellipsis_separates": (ellipsis_separates, lambda: (a(4, 5, 6), ids_of((2, 2), 6))),
     "ellipsis_ids": (ellipsis_ids, lambda: (a(2, 3, 5), ids_of((2,), 5, np.int64))),
     "take_axis1": (take_axis1, lambda: (a(4, 9), ids_of((3,), 9))),
     "computed_ids": (computed_ids, lambda: (a(8, 3), ids_of((5,), 7, negative=False))),
