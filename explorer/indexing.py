@@ -179,15 +179,13 @@ def _take(data: Tensor, ids: Any, axis: int, data_axis: int, size: int) -> Tenso
 
 
 def np_take(a: Any, indices: Any, axis: Any = None, out: Any = None, mode: str = "raise") -> Tensor:
-    """np.take(a, indices, axis) on a traced array (mode='raise' only)."""
+    """np.take(a, indices, axis) on a traced array (mode='raise' only). NumPy dispatches np.take on `a` (and
+    `out`) alone, so np.take(captured_ndarray, traced_ids) never reaches here: it fails in __array__."""
     if out is not None:
         raise TraceError("np.take(..., out=...) writes in place, which traced code cannot do; use the returned value")
     if mode != "raise":
         raise UnsupportedOpError(f"np.take(mode={mode!r}) is not supported in traced code; only mode='raise' "
                                  f"(use np.clip on the indices for mode='clip')")
-    if not isinstance(a, Tensor):
-        raise TraceError("np.take with a traced index array and a NumPy array captured from outside the function "
-                         "cannot be traced; pass that array as an argument of the function")
     if axis is None:
         a = _reshape(a, (-1,))
         axis = 0
