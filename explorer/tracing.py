@@ -46,40 +46,45 @@ def _is_internal(modname: str) -> bool:
     return modname in INTERNAL_MODULES or modname == "numpy" or modname.startswith("numpy.")
 
 
-_STMT_CACHE: dict[str, tuple[list[str], Any]] = {}
+_STMT_CACHE: dict[str, tuple[list[str], dict[int, tuple[int, int]]]] = {}
 
 
 def statement_span(file: str, line: int) -> tuple[int, int]:
     """(first, last) line of the smallest statement of `file` containing `line` (only the header of a
     compound statement such as `for ... in (...):`); (line, line) when the source cannot be parsed."""
-    import ast
     lines = linecache.getlines(file)
     if not lines:
         return line, line
     cached = _STMT_CACHE.get(file)
-    if cached is None or cached[0] is not lines:
-        try:
-            tree: Any = ast.parse("".join(lines))
-        except (SyntaxError, ValueError):
-            tree = None
+    if cached is None or cached[0] is not lines:      # linecache hands out a new list when the file changed
         if len(_STMT_CACHE) > 256:
             _STMT_CACHE.clear()
-        _STMT_CACHE[file] = cached = (lines, tree)
-    tree = cached[1]
-    best = (line, line)
-    if tree is None:
-        return best
-    width = None
+        _STMT_CACHE[file] = cached = (lines, _statement_spans("".join(lines)))
+    return cached[1].get(line, (line, line))
+
+
+def _statement_spans(source: str) -> dict[int, tuple[int, int]]:
+    """line → span of the smallest statement containing it, for every line inside a multi-line statement."""
+    import ast
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return {}
+    spans: dict[int, tuple[int, int]] = {}
     for node in ast.walk(tree):
         if not isinstance(node, ast.stmt):
             continue
-        a, b = node.lineno, getattr(node, "end_lineno", node.lineno) or node.lineno
+        a, b = node.lineno, getattr(node, "end_lineno", None) or node.lineno
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
             b = max(a, body[0].lineno - 1)     # a compound statement: its header only
-        if a <= line <= b and (width is None or b - a < width):
-            best, width = (a, b), b - a
-    return best
+        if b == a:
+            continue
+        for k in range(a, b + 1):
+            old = spans.get(k)
+            if old is None or b - a < old[1] - old[0]:
+                spans[k] = (a, b)
+    return spans
 
 
 def statement_at(file: str, line: int) -> str:
