@@ -59,7 +59,7 @@ def _is_bool_array(e: Any) -> bool:
     if isinstance(e, list):
         try:
             return np.asarray(e).dtype == np.bool_
-        except (ValueError, TypeError):
+        except Exception:      # ragged, or holding traced values (reported by _index_operand)
             return False
     return False
 
@@ -85,7 +85,7 @@ def _progression_slice(ids: np.ndarray, size: int) -> slice | None:
 def is_advanced(idx: Any) -> bool:
     """Does the index hold an integer/boolean array or list (NumPy's advanced indexing)?"""
     entries = idx if isinstance(idx, tuple) else (idx,)
-    return any(_is_array_index(e) or hasattr(e, "_masked_selection_error") for e in entries)
+    return any(_is_array_index(e) or isinstance(e, MaskedSelection) for e in entries)
 
 
 def _expand(idx: tuple, ndim: int) -> tuple:
@@ -107,6 +107,9 @@ def _index_operand(e: Any, what: str) -> Tensor | np.ndarray:
     if isinstance(e, Tensor):
         arr_dt = e.dtype
     else:
+        if isinstance(e, list) and any(isinstance(v, Tensor) for v in e):
+            raise TraceError(f"{what}: an index list holds traced values; index with the traced array itself "
+                             f"(x[ids]), or np.stack the values first")
         try:
             e = np.asarray(e)
         except (ValueError, TypeError) as err:
@@ -136,7 +139,7 @@ def _const_indices(ids: np.ndarray, size: int, axis: int, what: str) -> np.ndarr
 def getitem(x: Tensor, idx: Any):
     """x[idx] with an integer array/list (gather) or a boolean mask (MaskedSelection)."""
     entries = idx if isinstance(idx, tuple) else (idx,)
-    masks = [e for e in entries if _is_bool_array(e) or hasattr(e, "_masked_selection_error")]
+    masks = [e for e in entries if _is_bool_array(e) or isinstance(e, MaskedSelection)]
     if masks:
         return _mask_select(x, entries)
     arrays = [k for k, e in enumerate(entries) if _is_array_index(e)]
@@ -202,10 +205,10 @@ def _mask_node(x: Tensor, entries: tuple, what: str) -> tuple[Node, int]:
     """The mask of x[mask] / x[mask, ...] as a bool node, and how many leading axes it covers."""
     rest = [e for e in entries[1:] if not (e is Ellipsis or (isinstance(e, slice) and e == slice(None)))]
     m = entries[0]
-    if rest or not (_is_bool_array(m) or hasattr(m, "_masked_selection_error")):
+    if rest or not (_is_bool_array(m) or isinstance(m, MaskedSelection)):
         raise UnsupportedOpError(f"{what}: a boolean mask is supported as the only index (x[mask], x[mask, ...]); "
                                  f"use np.where(mask, a, b) for other masked updates")
-    if hasattr(m, "_masked_selection_error"):
+    if isinstance(m, MaskedSelection):
         raise m._masked_selection_error("an index")
     if isinstance(m, Tensor):
         node = m.node
@@ -354,7 +357,7 @@ def _rebind(x: Tensor, node: Node, what: str) -> None:
 
 def _value_node(x: Tensor, value: Any, what: str) -> Node:
     """The written value as a node of x's dtype (NumPy casts on assignment)."""
-    if hasattr(value, "_masked_selection_error"):
+    if isinstance(value, MaskedSelection):
         raise value._masked_selection_error("the value of a write with a different index")
     tr = x.tracer
     if isinstance(value, Tensor):
@@ -382,7 +385,7 @@ def setitem(x: Tensor, key: Any, value: Any) -> None:
     entries = tuple(int(e) if isinstance(e, np.ndarray) and e.ndim == 0 and e.dtype.kind in "iu" else e
                     for e in entries)
     tr = x.tracer
-    if any(_is_bool_array(e) or hasattr(e, "_masked_selection_error") for e in entries):
+    if any(_is_bool_array(e) or isinstance(e, MaskedSelection) for e in entries):
         mask, k = _mask_node(x, entries, "x[mask] = v")
         rest = x.shape[k:]
         if isinstance(value, MaskedSelection):
@@ -531,7 +534,7 @@ _INPLACE = {"+=": "__add__", "-=": "__sub__", "*=": "__mul__", "/=": "__truediv_
 def inplace(x: Tensor, sym: str, o: Any) -> Tensor:
     """x += o (and -=, *=, /=, **=, &=, |=): NumPy keeps x's shape and dtype (same_kind casting) and writes
     x's memory, so views of x see it; here x's proxy is rebound to the result."""
-    if hasattr(o, "_masked_selection_error"):
+    if isinstance(o, MaskedSelection):
         raise o._masked_selection_error(f"the right side of {sym}")
     r = getattr(Tensor, _INPLACE[sym])(x, o)
     if r.shape != x.shape:

@@ -1087,7 +1087,7 @@ def trace(fn: Callable, *examples: Any) -> Graph:
         raise TraceError(f"{fname} returned an empty {type(result).__name__}; return at least one array")
     out_nodes = []
     for k, o in enumerate(outs):
-        if hasattr(o, "_masked_selection_error"):
+        if not isinstance(o, Tensor) and hasattr(o, "_masked_selection_error"):
             raise o._masked_selection_error(f"a returned value of {fname}")
         if not isinstance(o, Tensor):
             tn = type(o).__name__

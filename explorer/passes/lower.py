@@ -204,10 +204,11 @@ class GroupLowering:
     def _gather_index(self, n: Node, idx: tuple[L.Expr, ...]) -> tuple[L.Expr, ...]:
         """The data index of `take` at output index idx: the index value is loaded first.
 
-        NumPy wraps negative indices (ids < 0 → ids + n). Out-of-range indices are reported before
-        any kernel runs (Compiled.run checks the index values on the host); the clamp keeps even an
-        unchecked run (a hand-driven executable) inside the buffer instead of reading stray memory.
-        Constant indices were wrapped and range-checked at trace time, so they are loaded as they are.
+        NumPy wraps negative indices (ids < 0 → ids + n): `(ids % n + n) % n` does that with one load of
+        the index, and keeps any value inside [0, n), so even an unchecked run (a hand-driven executable)
+        reads inside the buffer. Out-of-range indices are reported before any kernel runs (Compiled.run
+        checks the index values on the host). Constant indices were wrapped and range-checked at trace
+        time, so they are loaded as they are.
         """
         data, ids = n.inputs
         ax = n.attrs["axis"]
@@ -219,9 +220,8 @@ class GroupLowering:
         elif ids.op == "const":
             j = _cast(iv, "i32")
         else:
-            wrapped = L.Select(L.BinOp("<", iv, L.Const(0, iv.dtype)), iv + L.Const(size, iv.dtype), iv)
-            j = _cast(L.BinOp("min", L.BinOp("max", wrapped, L.Const(0, iv.dtype)), L.Const(size - 1, iv.dtype)),
-                      "i32")
+            n = L.Const(size, iv.dtype)
+            j = _cast(L.BinOp("%", L.BinOp("+", L.BinOp("%", iv, n), n), n), "i32")
         return tuple(idx[:ax]) + (j,) + tuple(idx[ax + k:])
 
 
