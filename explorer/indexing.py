@@ -22,9 +22,10 @@ Constant index arrays that step evenly (x[:, [-1]], wpe[range(T)]) become slices
 >>> [n.op for n in g.op_nodes()]
 ['lt', 'mul', 'where']
 
-Aliasing follows NumPy for the common patterns: `y = x.copy()` is a new array; a write through x (or
-through a view of it: x[1:], x.T, x.reshape(...)) makes every other view of the same memory unusable
-(reading it afterwards raises TraceError naming the write), since NumPy would show it the new values.
+Aliasing follows NumPy for the common patterns: `y = x.copy()` (and x.flatten()) is a new array; a
+write to a view taken by basic indexing writes through to its base (`x[1:3] += v`, `v = y[0]; v *= 2`
+updates y too); any other array sharing the memory (other views, views from reshape/transpose) becomes
+unusable: reading it afterwards raises TraceError naming the write, since NumPy would show it new values.
 A write never reaches the caller's input arrays: the compiled function returns new arrays.
 Run-time index values are checked before any kernel runs (`check_indices`): an out-of-range index
 raises IndexOutOfRangeError, as NumPy raises IndexError.
@@ -336,23 +337,37 @@ MaskedSelection.__hash__ = object.__hash__  # type: ignore[assignment]
 
 # ----------------------------------------------------------------------------- writes
 def _rebind(x: Tensor, node: Node, what: str) -> None:
-    """x now holds `node`; every other array sharing x's memory (x's base and views) becomes stale."""
+    """x now holds `node`. A view taken by basic indexing (v = x[1:3]; v += 1, or x[1:3] += 1) writes
+    through: its base becomes base with base[key] = the new value, as NumPy's shared memory does. Every
+    other array sharing the memory (views from reshape/transpose, other views) becomes stale."""
     root = x._base if x._base is not None else x
+    keep = {id(x)}
+    through = None
+    if x._base is not None and x._view_key is not None and root._stale is None and root.node is x._view_key[0]:
+        key = x._view_key[1]
+        through = _box_update(root, key, Tensor(node, x.tracer), what)
+        keep.add(id(root))
     prov = user_provenance()
     where = f" at {prov.short()} ({prov.code})" if prov else ""
     note = (f"this array shares memory with one written afterwards by `{what}`{where}: NumPy would show it the "
             f"new values, which traced code does not track; take the view after the write, or .copy() it before")
     for t in [root, *root._views]:
-        if t is not x and t._stale is None:
+        if id(t) not in keep and t._stale is None:
             t._stale = note
             try:
                 del t.node
             except AttributeError:
                 pass
     root._views.clear()
-    x._base = None
-    x._views = []
     x.node = node
+    if through is not None:             # x stays a view of its base, which now holds the write
+        root.node = through
+        root._views.append(x)
+        x._view_key = (through, x._view_key[1])
+    else:
+        x._base = None
+        x._view_key = None
+        x._views = []
 
 
 def _value_node(x: Tensor, value: Any, what: str) -> Node:
@@ -381,6 +396,8 @@ def setitem(x: Tensor, key: Any, value: Any) -> None:
     """x[key] = value as a functional update: x's proxy is rebound to the updated array."""
     what = "x[...] = v"
     entries = key if isinstance(key, tuple) else (key,)
+    if _is_current_view(value, x, entries):
+        return     # x[1:3] += v: the in-place op already wrote through the view x[1:3]; this is x[1:3] = x[1:3]
     # a 0-d integer array indexes like an int (NumPy drops the axis)
     entries = tuple(int(e) if isinstance(e, np.ndarray) and e.ndim == 0 and e.dtype.kind in "iu" else e
                     for e in entries)
@@ -415,7 +432,27 @@ def setitem(x: Tensor, key: Any, value: Any) -> None:
     _set_box(x, entries, value, what)
 
 
+def _is_current_view(value: Any, x: Tensor, entries: tuple) -> bool:
+    """value is exactly x[entries] of x as it is now (a basic-index view taken of x's current value)."""
+    if not isinstance(value, Tensor) or value._base is not x or value._view_key is None or value._stale:
+        return False
+    node, key = value._view_key
+    if node is not x.node or len(key) != len(entries):
+        return False
+    for a, b in zip(key, entries):
+        if a is b:
+            continue
+        if not (isinstance(a, (slice, int, np.integer)) and type(a) is type(b) and a == b):
+            return False
+    return True
+
+
 def _set_box(x: Tensor, entries: tuple, value: Any, what: str) -> None:
+    _rebind(x, _box_update(x, entries, value, what), what)
+
+
+def _box_update(x: Tensor, entries: tuple, value: Any, what: str) -> Node:
+    """The node of x with x[entries] = value (basic indices; value broadcast to the region)."""
     tr = x.tracer
     starts, stops, steps, sel = basic_index_plan(x.shape, entries)
     vnode = _value_node(x, value, what)
@@ -444,7 +481,7 @@ def _set_box(x: Tensor, entries: tuple, value: Any, what: str) -> None:
     else:
         new = tr.emit("set_slice", [x.node, vnode],
                       {"starts": tuple(starts), "stops": tuple(stops), "steps": tuple(steps)}).node
-    _rebind(x, new, what)
+    return new
 
 
 def _scatter_const(x: Tensor, entries: tuple, value: Any) -> None:

@@ -403,7 +403,10 @@ def _basic_getitem(x: "Tensor", idx: Any) -> "Tensor":
         out = x.tracer.emit("slice", [x.node], {"starts": tuple(starts), "stops": tuple(stops), "steps": tuple(steps)})
     if tuple(final) != out.shape:
         out = out.tracer.emit("reshape", [out.node], {"shape": tuple(final)})
-    return _as_view(x, out)
+    out = _as_view(x, out)
+    if out is not x and x._base is None:
+        out._view_key = (x.node, idx if isinstance(idx, tuple) else (idx,))
+    return out
 
 
 def basic_index_plan(shape: tuple[int, ...], idx: Any) -> tuple[list[int], list[int], list[int], list[int]]:
@@ -496,8 +499,9 @@ class Tensor:
 
     # _base: the Tensor whose memory this one views (NumPy's basic indexing/reshape/transpose), or None;
     # _views: the views taken of this one; _stale: why this Tensor may no longer be read (a write to
-    # the memory it shares happened after it was taken), see explorer.indexing
-    __slots__ = ("node", "tracer", "_base", "_views", "_stale")
+    # the memory it shares happened after it was taken); _view_key: (base node, basic index) of a view
+    # taken by basic indexing, so a write to it writes through to the base; see explorer.indexing
+    __slots__ = ("node", "tracer", "_base", "_views", "_stale", "_view_key")
     __array_priority__ = 1000.0  # numpy defers binary operators to us
 
     def __init__(self, node: Node, tracer: Tracer):
@@ -506,6 +510,7 @@ class Tensor:
         self._base: "Tensor | None" = None
         self._views: list["Tensor"] = []
         self._stale: str | None = None
+        self._view_key: tuple | None = None
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -678,7 +683,8 @@ class Tensor:
     def ravel(self) -> "Tensor":
         return _reshape(self, (-1,))
 
-    flatten = ravel
+    def flatten(self) -> "Tensor":
+        return _reshape(self, (-1,)).copy()   # NumPy's flatten copies: writes to it leave self alone
 
     def squeeze(self, axis=None) -> "Tensor":
         return _squeeze(self, axis)
