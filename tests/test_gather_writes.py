@@ -244,7 +244,7 @@ CASES = {
     "embed_bt": (embed, lambda: (a(50, 16), ids_of((3, 7), 50, negative=False))),
     "embed_size1_rows": (embed, lambda: (a(1, 3), np.zeros((4,), np.int64))),
     "embed_scaled": (embed_scaled, lambda: (a(40, 12), ids_of((2, 6), 40))),
-    "embed_pos_ln": (embed_pos_ln, lambda: (a(50, 16), a(8, 16), ids_of((2, 8), 50))),
+    "embed_pos_ln": (embed_pos_ln, lambda: (a(50, 16), a(8, 16), ids_of((2, 8), 50, np.int64))),
     "embed_matmul": (embed_matmul, lambda: (a(30, 16), ids_of((2, 5), 30), a(16, 12))),
     "last_col": (last_col, lambda: (a(6, 9),)),
     "last_row_logits": (last_row_logits, lambda: (a(5, 8), a(8, 11))),
@@ -322,10 +322,11 @@ def test_equals_numpy(name, target):
             np.testing.assert_array_equal(x, b)
 
 
-@pytest.mark.parametrize("name", ["embed_f32_i64", "embed_f16_i32", "embed_scaled", "embed_pos_ln",
-                                  "computed_ids", "leaky_f16", "slice_bcast", "negative_step",
-                                  "writes_in_sequence", "split_advanced", "written_then_matmul",
-                                  "row_copy_in_softmax", "kv_cache_write", "scatter_rows"])
+# one of each kind of kernel (nvcc takes ~1 s per program): gathers (f16/i32, i64 in a reduce kernel,
+# computed indices), masked and strided writes, a write feeding a matmul, run-time-index writes
+@pytest.mark.parametrize("name", ["embed_f16_i32", "embed_scaled", "embed_pos_ln", "computed_ids", "leaky_f16",
+                                  "slice_bcast", "writes_in_sequence", "written_then_matmul", "kv_cache_write",
+                                  "scatter_rows"])
 def test_cuda_source_compiles_to_ptx(name):
     from explorer.backends import nvcc
     ok, why = nvcc.available()
