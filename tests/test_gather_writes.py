@@ -475,14 +475,25 @@ def test_inplace_shape_and_dtype_errors():
         explorer.trace(grow, np.zeros(4, np.int32), a(4))
 
 
-def test_write_into_captured_array_names_it():
-    def step(x):
-        CACHE[:, 0:2] = x
-        return x
+def _write_captured(x):
+    CACHE[:, 0:2] = x
+    return x
 
-    with pytest.raises(TraceError, match=r"`CACHE\[...\] = ...` writes a traced value into CACHE, a NumPy array "
-                                         r"captured from outside the function.*pass CACHE as an argument"):
-        explorer.trace(step, a(2, 2))
+
+def _write_local_ndarray(x):
+    out = np.zeros((2, 4), np.float32)
+    out[:, 0:2] = x
+    return out
+
+
+@pytest.mark.parametrize("fn,match", [
+    (_write_captured, r"`CACHE\[...\] = ...` writes a traced value into CACHE, a NumPy array captured from outside "
+                      r"the function.*pass CACHE as an argument"),
+    (_write_local_ndarray, r"`out\[...\]` writes a traced value into out, a NumPy array made inside the function"),
+])
+def test_write_into_an_ndarray_names_it(fn, match):
+    with pytest.raises(TraceError, match=match):
+        explorer.trace(fn, a(2, 2))
 
 
 def test_captured_array_indexed_by_traced_value_names_it():
@@ -530,17 +541,6 @@ def test_kernel_cost_of_gather_counts_picked_rows():
     c = explorer.compile(embed_scaled, wte, ids, target="cpu" if _cpu_ok() else "sim", verbose=False)
     cost = kernel_costs(c, "t4", counters=False)[0]
     assert cost.bytes_read == ids.nbytes + 4 * 16 * 4      # the 4 rows, not the 64 KB table
-
-
-def test_write_into_array_made_inside_the_function_says_so():
-    def heads(x):
-        out = np.zeros((2, 4), np.float32)
-        out[:, 0:2] = x
-        return out
-
-    with pytest.raises(TraceError, match=r"`out\[...\]` writes a traced value into out, a NumPy array made inside "
-                                         r"the function"):
-        explorer.trace(heads, a(2, 2))
 
 
 def test_simulator_counts_the_index_load_of_every_gathered_element():
