@@ -254,10 +254,11 @@ class MaskedSelection:
         self.mask = mask
         self.mask_ndim = mask_ndim
 
-    def _masked_selection_error(self, use: str) -> TraceError:
-        return TraceError(f"x[mask] (a boolean-mask selection) used as {use}: its length is the number of True "
-                          f"entries, known only at run time, so traced code can only write it back with the same "
-                          f"mask (y[m] = y[m] * a); use np.where(mask, x, 0) to keep the array's shape")
+    def _masked_selection_error(self, use: str) -> UnsupportedOpError:
+        return UnsupportedOpError(f"x[mask] (a boolean-mask selection) used as {use}: its length is the number of "
+                                  f"True entries, known only at run time, so traced code can only write it back "
+                                  f"with the same mask (y[m] = y[m] * a); use np.where for masking "
+                                  f"(np.where(mask, x, 0) keeps the array's shape)")
 
     def _combine(self, fn, others: Sequence[Any]) -> "MaskedSelection":
         args = []
