@@ -13,8 +13,8 @@ C compiler are used when present and each says in one line when it is missing.
 """
 from __future__ import annotations
 
-from .errors import (BackendUnavailable, CompileError, DTypeError, ExplorerError, KernelFault, ScheduleError,
-                     ShapeError, TraceError, UnsupportedOpError, VerificationError)
+from .errors import (BackendUnavailable, CompileError, DTypeError, ExplorerError, IndexOutOfRangeError, KernelFault,
+                     ScheduleError, ShapeError, TraceError, UnsupportedOpError, VerificationError)
 from .graph import Graph, Node, Provenance
 from .pipeline import Options, Snapshot, compile
 from .tracing import Tensor, trace
@@ -40,4 +40,4 @@ def __getattr__(name: str):
 
 __all__ = ["trace", "compile", "compare", "sweep", "Schedule", "Compiled", "Graph", "Node", "Provenance",
            "Options", "Snapshot", "Tensor", "nn", "ExplorerError", "TraceError", "ShapeError", "DTypeError",
-           "UnsupportedOpError", "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError"]
+           "IndexOutOfRangeError", "UnsupportedOpError", "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError"]

@@ -143,7 +143,20 @@ class Compiled:
                     raise DTypeError(f"{self.name}: input {k} has dtype {arr.dtype} but the function was compiled for "
                                      f"{e.dtype}; cast it with .astype(np.{e.dtype})")
             out.append(np.require(arr, requirements='C'))  # keeps 0-d arrays 0-d
+        self._check_indices(out)
         return out
+
+    def _check_indices(self, inputs: list[np.ndarray]) -> None:
+        """Gathers (x[ids]) with run-time indices: an index outside its axis raises IndexOutOfRangeError here,
+        before any kernel runs, on every target (the kernels also clamp, so nothing reads stray memory)."""
+        checks = getattr(self, "_index_checks", None)
+        if checks is None:
+            from .indexing import index_checks
+            graphs = [s.ir for s in self.stages if s.name in ("traced", "simplified")]
+            checks = self._index_checks = index_checks(graphs[0]) if graphs else []
+        if checks:
+            from .indexing import check_indices
+            check_indices(checks, inputs)
 
     def executable(self):
         if self._executable is None:

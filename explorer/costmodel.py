@@ -342,10 +342,20 @@ def group_counts(nodes: Iterable, inputs: Iterable, outputs: Iterable) -> tuple[
     between its members stay in registers. Flops are the members' registry flops.
     """
     from .ops import node_cost
+    nodes = list(nodes)
     flops = sum(node_cost(n).flops for n in nodes)
-    read = sum(i.nbytes for i in inputs if not _is_immediate(i))
+    read = sum(_bytes_read(i, nodes) for i in inputs if not _is_immediate(i))
     written = sum(o.nbytes for o in outputs)
     return int(flops), int(read), int(written)
+
+
+def _bytes_read(i, nodes: list) -> int:
+    """Bytes a kernel reads of input i: all of it, except a table only gathered from (wte[ids]), of which
+    it reads the picked rows."""
+    users = [n for n in nodes if any(x is i for x in n.inputs)]
+    if users and all(n.op == "take" and n.inputs[0] is i and n.inputs[1] is not i for n in users):
+        return min(i.nbytes, sum(n.nbytes for n in users))
+    return i.nbytes
 
 
 def _groups(compiled) -> list[tuple[str, str, list, list, list]]:

@@ -28,6 +28,11 @@ class DTypeError(ExplorerError):
     """A dtype the explorer does not support, or an op that does not accept it."""
 
 
+class IndexOutOfRangeError(ShapeError, IndexError):
+    """An index (x[ids], wte[ids]) outside its axis: at trace time for constants, before any kernel runs for
+    run-time index arrays (an IndexError too, as NumPy raises)."""
+
+
 class UnsupportedOpError(ExplorerError):
     """A NumPy function or operator with no entry in the op registry."""
 
@@ -59,6 +64,6 @@ class KernelFault(VerificationError):
 
 
 __all__ = [
-    "ExplorerError", "TraceError", "ShapeError", "DTypeError", "UnsupportedOpError",
+    "ExplorerError", "TraceError", "ShapeError", "DTypeError", "IndexOutOfRangeError", "UnsupportedOpError",
     "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError", "KernelFault",
 ]

@@ -34,7 +34,8 @@ class Provenance:
     file: str
     line: int
     function: str
-    code: str
+    code: str              # the whole statement, on one line (a call spanning lines is joined)
+    end_line: int = 0      # last line of the statement when it spans several (0: just `line`)
 
     def short(self) -> str:
         base = self.file.replace("\\", "/").rsplit("/", 1)[-1]

@@ -261,6 +261,52 @@ register(OpDef("transpose", "injective", 1, _transpose_infer, lambda x, axes: np
 register(OpDef("slice", "injective", 1, _slice_infer, _slice_ref, 0, None, ()))
 
 
+# Gather and functional writes: injective ops whose loop-IR lowering reads an index buffer
+# (take: `data[..., ids[j], ...]`) or selects on the written box (set_slice: `x.at[box].set(v)`).
+def _take_infer(types: Sequence[Type], attrs: dict) -> Type:
+    (dshape, ddt), (ishape, idt) = types
+    ax = attrs["axis"]
+    if np.dtype(idt).kind not in "iu":
+        raise DTypeError(f"take: indices must be an integer array, got {np.dtype(idt)} (NumPy raises IndexError: "
+                         f"arrays used as indices must be of integer or boolean type); cast with .astype(np.int64)")
+    if not 0 <= ax < len(dshape):
+        raise ShapeError(f"take: axis {ax} is out of range for an array of shape {tuple(dshape)}")
+    if dshape[ax] == 0:
+        raise ShapeError(f"take: cannot index axis {ax} of size 0 (shape {tuple(dshape)})")
+    return tuple(dshape[:ax]) + tuple(ishape) + tuple(dshape[ax + 1:]), np.dtype(ddt)
+
+
+def _take_ref(data, indices, axis):
+    return np.take(data, indices, axis=axis)   # mode='raise': out-of-range indices raise IndexError
+
+
+def _set_slice_infer(types: Sequence[Type], attrs: dict) -> Type:
+    (xshape, xdt), (vshape, vdt) = types
+    starts, stops, steps = attrs["starts"], attrs["stops"], attrs["steps"]
+    if not (len(starts) == len(stops) == len(steps) == len(xshape)):
+        raise ShapeError(f"set_slice: need one (start, stop, step) per axis of shape {tuple(xshape)}")
+    box = tuple(len(range(a, b, c)) for a, b, c in zip(starts, stops, steps))
+    if len(vshape) != len(box) or any(v not in (1, b) for v, b in zip(vshape, box)):
+        raise ShapeError(f"set_slice: the value of shape {tuple(vshape)} does not fit the written region of shape "
+                         f"{box} in an array of shape {tuple(xshape)}")
+    if np.dtype(vdt) != np.dtype(xdt):
+        raise DTypeError(f"set_slice: the value has dtype {np.dtype(vdt)} but the array has {np.dtype(xdt)}")
+    return tuple(xshape), np.dtype(xdt)
+
+
+def _set_slice_ref(x, v, starts, stops, steps):
+    out = np.array(x, copy=True)
+    box = tuple(len(range(a, b, c)) for a, b, c in zip(starts, stops, steps))
+    out[tuple(slice(a, b if b >= 0 else None, c) for a, b, c in zip(starts, stops, steps))] = np.broadcast_to(v, box)
+    return out
+
+
+register(OpDef("take", "injective", 2, _take_infer, _take_ref, 0, None, ("take",),
+               "a gather: out[..., j, ...] = data[..., ids[j], ...] (NumPy's integer-array indexing)"))
+register(OpDef("set_slice", "injective", 2, _set_slice_infer, _set_slice_ref, 0, None, (),
+               "a functional slice write: x with x[start:stop:step, ...] = v (jax's x.at[...].set(v))"))
+
+
 # ----------------------------------------------------------------------------- reductions
 def normalize_axes(op: str, axis: Any, ndim: int, shape: tuple[int, ...] = ()) -> tuple[int, ...]:
     if axis is None:
@@ -378,4 +424,6 @@ def node_cost(node) -> Cost:
         flops = d.flops_per_element * node.size
     if node.op == "broadcast_to":
         read = node.inputs[0].nbytes
+    elif node.op == "take":   # a gather reads its indices and only the rows they pick
+        read = node.inputs[1].nbytes + node.nbytes
     return Cost(int(flops), int(read), int(written))

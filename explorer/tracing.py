@@ -46,14 +46,70 @@ def _is_internal(modname: str) -> bool:
     return modname in INTERNAL_MODULES or modname == "numpy" or modname.startswith("numpy.")
 
 
+_STMT_CACHE: dict[str, tuple[list[str], dict[int, tuple[int, int]]]] = {}
+
+
+def statement_span(file: str, line: int) -> tuple[int, int]:
+    """(first, last) line of the smallest statement of `file` containing `line` (only the header of a
+    compound statement such as `for ... in (...):`); (line, line) when the source cannot be parsed."""
+    lines = linecache.getlines(file)
+    if not lines:
+        return line, line
+    cached = _STMT_CACHE.get(file)
+    if cached is None or cached[0] is not lines:      # linecache hands out a new list when the file changed
+        if len(_STMT_CACHE) > 256:
+            _STMT_CACHE.clear()
+        _STMT_CACHE[file] = cached = (lines, _statement_spans("".join(lines)))
+    return cached[1].get(line, (line, line))
+
+
+def _statement_spans(source: str) -> dict[int, tuple[int, int]]:
+    """line → span of the smallest statement containing it, for every line inside a multi-line statement."""
+    import ast
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return {}
+    spans: dict[int, tuple[int, int]] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.stmt):
+            continue
+        a, b = node.lineno, getattr(node, "end_lineno", None) or node.lineno
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+            b = max(a, body[0].lineno - 1)     # a compound statement: its header only
+        if b == a:
+            continue
+        for k in range(a, b + 1):
+            old = spans.get(k)
+            if old is None or b - a < old[1] - old[0]:
+                spans[k] = (a, b)
+    return spans
+
+
+def statement_at(file: str, line: int) -> str:
+    """The statement containing `line` of `file`, joined onto one line (`X = np.pad(\n x, ...)` whole)."""
+    a, b = statement_span(file, line)
+    parts = [linecache.getline(file, k).strip() for k in range(a, b + 1)]
+    text = " ".join(p for p in parts if p)
+    for x, y in (("( ", "("), ("[ ", "["), (" )", ")"), (" ]", "]"), (",)", ",)")):
+        text = text.replace(x, y)
+    return text
+
+
+def _provenance_at(code, line: int) -> Provenance:
+    a, b = statement_span(code.co_filename, line)
+    text = statement_at(code.co_filename, line) if b > a else linecache.getline(code.co_filename, line).strip()
+    return Provenance(code.co_filename, a if b > a else line, code.co_name, text, b if b > a else 0)
+
+
 def _provenance_from_frame(f) -> Provenance:
     code = f.f_code
     line = f.f_lineno
     key = (code, line)
     p = _PROV_CACHE.get(key)
     if p is None:
-        text = linecache.getline(code.co_filename, line).strip()
-        p = Provenance(code.co_filename, line, code.co_name, text)
+        p = _provenance_at(code, line)
         if len(_PROV_CACHE) > 20000:  # bound memory in long notebook sessions
             _PROV_CACHE.clear()
         _PROV_CACHE[key] = p
@@ -75,9 +131,7 @@ def _user_location(tb) -> Provenance | None:
     found = None
     while tb is not None:
         if not _is_internal(tb.tb_frame.f_globals.get("__name__", "")):
-            code = tb.tb_frame.f_code
-            found = Provenance(code.co_filename, tb.tb_lineno, code.co_name,
-                               linecache.getline(code.co_filename, tb.tb_lineno).strip())
+            found = _provenance_at(tb.tb_frame.f_code, tb.tb_lineno)
         tb = tb.tb_next
     return found
 
@@ -200,6 +254,8 @@ def _to_nodes(op: str, args: Sequence[Any], tracer: Tracer, value_slice: slice =
             arr = np.asarray(a)
             _check_const_dtype(op, arr.dtype)
             out.append(tracer.const(arr))
+        elif hasattr(a, "_masked_selection_error"):
+            raise a._masked_selection_error(op)
         else:
             raise TraceError(f"{op}: cannot use a {type(a).__name__} as an operand of a traced op; operands must be "
                              f"traced arrays, np.ndarray constants or Python numbers (np.asarray(...) converts lists)")
@@ -277,7 +333,7 @@ def _int_tuple(v: Any) -> tuple[int, ...] | None:
 
 def _reshape(x: "Tensor", shape: Any) -> "Tensor":
     shape = _norm_shape("reshape", shape, x.size)
-    return x.tracer.emit("reshape", [x.node], {"shape": shape})
+    return _as_view(x, x.tracer.emit("reshape", [x.node], {"shape": shape}))
 
 
 def _transpose(x: "Tensor", axes: Any = None) -> "Tensor":
@@ -293,7 +349,7 @@ def _transpose(x: "Tensor", axes: Any = None) -> "Tensor":
         if any(not -x.ndim <= a < x.ndim for a in axes):
             raise ShapeError(f"transpose: axes {axes} out of range for an array of shape {x.shape}")
         axes = tuple(a % x.ndim for a in axes) if x.ndim else axes
-    return x.tracer.emit("transpose", [x.node], {"axes": axes})
+    return _as_view(x, x.tracer.emit("transpose", [x.node], {"axes": axes}))
 
 
 def _reduce(op: str, x: Any, axis: Any = None, keepdims: bool = False) -> "Tensor":
@@ -331,32 +387,61 @@ def _as_tensor_like(op: str, x: Any) -> "Tensor":
 
 
 def _getitem(x: "Tensor", idx: Any) -> "Tensor":
+    """x[idx]: basic indexing (ints, slices, None, ...) is a slice + reshape; integer arrays, lists and
+    boolean masks (advanced indexing) are handled by explorer.indexing (gather, masked selections)."""
+    from . import indexing
+    if indexing.is_advanced(idx):
+        return indexing.getitem(x, idx)
+    return _basic_getitem(x, idx)
+
+
+def _basic_getitem(x: "Tensor", idx: Any) -> "Tensor":
+    starts, stops, steps, final = basic_index_plan(x.shape, idx)
+    out = x
+    full = all(a == 0 and b == s and c == 1 for a, b, c, s in zip(starts, stops, steps, x.shape))
+    if not full:
+        out = x.tracer.emit("slice", [x.node], {"starts": tuple(starts), "stops": tuple(stops), "steps": tuple(steps)})
+    if tuple(final) != out.shape:
+        out = out.tracer.emit("reshape", [out.node], {"shape": tuple(final)})
+    out = _as_view(x, out)
+    if out is not x and x._base is None:
+        out._view_key = (x.node, idx if isinstance(idx, tuple) else (idx,))
+    return out
+
+
+def basic_index_plan(shape: tuple[int, ...], idx: Any) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(starts, stops, steps, result shape) of basic index `idx` (ints, slices, None, ...) on `shape`.
+
+    >>> basic_index_plan((4, 6), (1, slice(None, None, 2)))
+    ([1, 0], [2, 6], [1, 2], [3])
+    """
     if not isinstance(idx, tuple):
         idx = (idx,)
     for e in idx:
-        if isinstance(e, (Tensor, np.ndarray, list)) or isinstance(e, (bool, np.bool_)):
-            raise UnsupportedOpError("indexing with arrays, lists or booleans (advanced indexing) is not supported "
-                                     "in traced code; use basic slices/ints/None/..., or np.where for masking")
+        if isinstance(e, (bool, np.bool_)):
+            raise UnsupportedOpError("indexing with a Python bool (x[True]) is not supported in traced code; "
+                                     "use x[None] to add an axis or np.where for masking")
         if not (e is None or e is Ellipsis or isinstance(e, (slice, int, np.integer))):
-            raise TraceError(f"cannot index a traced array with {type(e).__name__}; use ints, slices, None or ...")
+            raise TraceError(f"cannot index a traced array with {type(e).__name__}; use ints, slices, None, ..., "
+                             f"or integer/boolean arrays")
     n_ell = sum(1 for e in idx if e is Ellipsis)
     if n_ell > 1:
         raise ShapeError("an index can only have a single ellipsis ('...')")
     n_real = sum(1 for e in idx if e is not None and e is not Ellipsis)
-    if n_real > x.ndim:
-        raise ShapeError(f"too many indices for an array of shape {x.shape}: {n_real} were indexed")
+    if n_real > len(shape):
+        raise ShapeError(f"too many indices for an array of shape {shape}: {n_real} were indexed")
     if n_ell:
         k = idx.index(Ellipsis)
-        idx = idx[:k] + (slice(None),) * (x.ndim - n_real) + idx[k + 1:]
+        idx = idx[:k] + (slice(None),) * (len(shape) - n_real) + idx[k + 1:]
     else:
-        idx = idx + (slice(None),) * (x.ndim - n_real)
+        idx = idx + (slice(None),) * (len(shape) - n_real)
     starts, stops, steps, final = [], [], [], []
     dim = 0
     for e in idx:
         if e is None:
             final.append(1)
             continue
-        size = x.shape[dim]
+        size = shape[dim]
         if isinstance(e, slice):
             if e.step == 0:
                 raise ShapeError("slice step cannot be zero")
@@ -372,16 +457,21 @@ def _getitem(x: "Tensor", idx: Any) -> "Tensor":
         else:
             i = int(e)
             if not -size <= i < size:
-                raise ShapeError(f"index {i} is out of bounds for axis {dim} with size {size} (shape {x.shape})")
+                raise ShapeError(f"index {i} is out of bounds for axis {dim} with size {size} (shape {shape})")
             i %= size
             starts.append(i), stops.append(i + 1), steps.append(1)
         dim += 1
-    out = x
-    full = all(a == 0 and b == s and c == 1 for a, b, c, s in zip(starts, stops, steps, x.shape))
-    if not full:
-        out = x.tracer.emit("slice", [x.node], {"starts": tuple(starts), "stops": tuple(stops), "steps": tuple(steps)})
-    if tuple(final) != out.shape:
-        out = out.tracer.emit("reshape", [out.node], {"shape": tuple(final)})
+    return starts, stops, steps, final
+
+
+def _as_view(base: "Tensor", out: "Tensor") -> "Tensor":
+    """Mark `out` as sharing memory with `base` as NumPy's views do (basic indexing, reshape, transpose),
+    so a later write through one of them makes the others unusable (see explorer.indexing)."""
+    if out is base:
+        return out
+    root = base._base if base._base is not None else base
+    out._base = root
+    root._views.append(out)
     return out
 
 
@@ -407,12 +497,20 @@ class Tensor:
     (4,)
     """
 
-    __slots__ = ("node", "tracer")
+    # _base: the Tensor whose memory this one views (NumPy's basic indexing/reshape/transpose), or None;
+    # _views: the views taken of this one; _stale: why this Tensor may no longer be read (a write to
+    # the memory it shares happened after it was taken); _view_key: (base node, basic index) of a view
+    # taken by basic indexing, so a write to it writes through to the base; see explorer.indexing
+    __slots__ = ("node", "tracer", "_base", "_views", "_stale", "_view_key")
     __array_priority__ = 1000.0  # numpy defers binary operators to us
 
     def __init__(self, node: Node, tracer: Tracer):
         self.node = node
         self.tracer = tracer
+        self._base: "Tensor | None" = None
+        self._views: list["Tensor"] = []
+        self._stale: str | None = None
+        self._view_key: tuple | None = None
 
     # -- properties ----------------------------------------------------------------
     @property
@@ -534,12 +632,23 @@ class Tensor:
         return self.shape[0]
 
     def __setitem__(self, key, value):
-        raise TraceError("in-place mutation (x[...] = ...) is not supported in traced code: the graph is pure "
-                         "dataflow; build a new array instead, e.g. np.where(mask, new_values, x)")
+        """x[key] = value as a functional update (jax's x.at[key].set(value)): this proxy now holds the
+        updated array; the caller's input is never written."""
+        from .indexing import setitem
+        setitem(self, key, value)
+
+    # x += y and friends: NumPy's in-place ops keep x's dtype and shape and write x's memory (and its views)
+    def __iadd__(self, o): return _inplace(self, "+=", o)
+    def __isub__(self, o): return _inplace(self, "-=", o)
+    def __imul__(self, o): return _inplace(self, "*=", o)
+    def __itruediv__(self, o): return _inplace(self, "/=", o)
+    def __ipow__(self, o): return _inplace(self, "**=", o)
+    def __iand__(self, o): return _inplace(self, "&=", o)
+    def __ior__(self, o): return _inplace(self, "|=", o)
 
     def __array__(self, dtype=None, copy=None):
-        raise TraceError("a traced value cannot be converted to a concrete np.ndarray (np.asarray/np.array) while "
-                         "tracing: its data does not exist yet; use NumPy operations on it directly")
+        from .indexing import concrete_value_error
+        raise concrete_value_error()
 
     # -- ndarray methods ------------------------------------------------------------
     # ndarray's signatures, so dtype=/out=/where= get the same clear errors as np.sum(...) has
@@ -574,7 +683,8 @@ class Tensor:
     def ravel(self) -> "Tensor":
         return _reshape(self, (-1,))
 
-    flatten = ravel
+    def flatten(self) -> "Tensor":
+        return _reshape(self, (-1,)).copy()   # NumPy's flatten copies: writes to it leave self alone
 
     def squeeze(self, axis=None) -> "Tensor":
         return _squeeze(self, axis)
@@ -585,14 +695,16 @@ class Tensor:
     def clip(self, min=None, max=None, **kw) -> "Tensor":  # noqa: A002 - ndarray.clip's parameter names
         return _clip(self, min, max, **kw)
 
-    def copy(self) -> "Tensor":
-        return self
+    def copy(self, order="C") -> "Tensor":
+        return Tensor(self.node, self.tracer)   # a new array: writes to it leave self alone
 
     def __getitem__(self, idx) -> "Tensor":
         return _getitem(self, idx)
 
     def __getattr__(self, name: str):
         # only reached for attributes Tensor does not define (ndarray's argmax, std, clip, view, ...)
+        if name == "node" and object.__getattribute__(self, "_stale"):
+            raise TraceError(object.__getattribute__(self, "_stale"))
         if name.startswith("__") or name in Tensor.__slots__:
             raise AttributeError(name)  # NumPy and copy probe dunders with getattr: keep AttributeError
         methods = sorted(n for n in dir(Tensor) if not n.startswith("_") and n not in ("node", "tracer"))
@@ -628,6 +740,15 @@ class Tensor:
             raise UnsupportedOpError(f"np.{name} is not supported by the tracer; supported NumPy functions are: "
                                      f"{supported_numpy()}; registry ops: {_ops.supported_ops()}")
         return h(*args, **kwargs)
+
+
+def _indexing():
+    from . import indexing   # imports this module: loaded on first use
+    return indexing
+
+
+def _inplace(x: "Tensor", sym: str, o: Any) -> "Tensor":
+    return _indexing().inplace(x, sym, o)
 
 
 # ----------------------------------------------------------------------------- ufuncs
@@ -814,6 +935,8 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
     np.transpose: _np_transpose, np.reshape: _np_reshape, np.broadcast_to: _np_broadcast_to,
     np.cumsum: _cumsum, np.squeeze: _squeeze, np.expand_dims: _expand_dims, np.swapaxes: _swapaxes,
     np.clip: _clip, np.ravel: _np_ravel,
+    np.take: lambda *a, **kw: _indexing().np_take(*a, **kw),
+    np.copy: lambda a, order="K", subok=False: a.copy(),
     np.shape: lambda a: a.shape, np.ndim: lambda a: a.ndim, np.size: lambda a, axis=None: (
         a.size if axis is None else a.shape[_ops.normalize_axes("size", axis, a.ndim, a.shape)[0]]),
 }
@@ -991,6 +1114,8 @@ def trace(fn: Callable, *examples: Any) -> Graph:
         raise TraceError(f"{fname} returned an empty {type(result).__name__}; return at least one array")
     out_nodes = []
     for k, o in enumerate(outs):
+        if not isinstance(o, Tensor) and hasattr(o, "_masked_selection_error"):
+            raise o._masked_selection_error(f"a returned value of {fname}")
         if not isinstance(o, Tensor):
             tn = type(o).__name__
             what = "None (missing return?)" if o is None else f"{'an' if tn[0] in 'aeiou' else 'a'} {tn}"

@@ -22,13 +22,13 @@ def _while_loop(x):
     return x
 
 
-def _mutate(x):
-    x[0] = 1.0
+def _scatter(x):
+    x[x.astype(np.int32)] = 1.0   # a write at a 2-D array of run-time indices (scatter): not supported
     return x
 
 
-def _mutate_ellipsis(x):
-    x[...] = 0.0
+def _write_wrong_shape(x):
+    x[...] = np.zeros(4, np.float32)
     return x
 
 
@@ -47,8 +47,8 @@ TRACE_CASES = [
     ("int_of_tensor", lambda x: int(x[0, 0]), (X,), TraceError, "int() of a traced value"),
     ("item", lambda x: x.sum().item(), (X,), TraceError, ".item()"),
     ("iteration", lambda x: [v for v in x], (X,), TraceError, "iterating over a traced array"),
-    ("setitem", _mutate, (X,), TraceError, "in-place mutation"),
-    ("setitem_ellipsis_suggests_where", _mutate_ellipsis, (X,), TraceError, "np.where"),
+    ("setitem_scatter", _scatter, (X,), UnsupportedOpError, "np.where"),
+    ("setitem_wrong_shape", _write_wrong_shape, (X,), ShapeError, "could not broadcast"),
     ("ufunc_out_kwarg", lambda x: np.exp(x, out=x), (X,), TraceError, "out="),
     ("ufunc_dtype_kwarg", lambda x: np.add(x, 1, dtype=np.float64), (X,), TraceError, "dtype"),
     ("unsupported_ufunc", lambda x: np.arctan(x), (X,), UnsupportedOpError, "np.arctan is not supported"),
@@ -56,7 +56,8 @@ TRACE_CASES = [
     ("unsupported_function", lambda x: np.concatenate([x, x]), (X,), UnsupportedOpError, "np.concatenate"),
     ("ufunc_reduce_method", lambda x: np.add.reduce(x), (X,), UnsupportedOpError, "np.sum"),
     ("floordiv", lambda x: x // 2, (X,), UnsupportedOpError, "//"),
-    ("advanced_indexing", lambda x: x[np.array([0, 1])], (X,), UnsupportedOpError, "advanced indexing"),
+    ("advanced_indexing_two_arrays", lambda x: x[np.array([0, 1]), np.array([0, 1])], (X,), UnsupportedOpError,
+     "more than one integer array"),
     ("index_out_of_bounds", lambda x: x[5], (X,), ShapeError, "out of bounds for axis 0 with size 2"),
     ("list_example", lambda x: x, ([1.0, 2.0],), TraceError, "np.asarray"),
     ("string_example", lambda x: x, ("abc",), TraceError, "not an array"),

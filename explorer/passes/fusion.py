@@ -46,6 +46,12 @@ from ..ops import OPS, get as get_op
 RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
 KINDS = ("elementwise", "reduce", "contraction", "opaque")
 _POINTWISE = ("elementwise", "injective")
+# injective ops a matmul does not fold into its operand loads (tiles are staged block by block)
+_DATA_DEPENDENT = {
+    "take": "picks the matmul operand's rows by run-time index values, so its tiles cannot be staged block by block",
+    "set_slice": "selects between two arrays element by element (a slice write), which the matmul's operand "
+                 "staging does not fold",
+}
 
 
 # ----------------------------------------------------------------------------- data model
@@ -358,6 +364,8 @@ def _validate_contraction(members: list[Node], ids: set[int], mm: Node, ctx: _Ct
             if _cat(m) != "injective":
                 return (f"{m.op} {m.name} feeds the matmul's operand but is {_cat(m)}; a matmul only folds "
                         f"injective producers (transpose, reshape, slice, broadcast) into its operand loads")
+            if m.op in _DATA_DEPENDENT:
+                return f"{m.op} {m.name} {_DATA_DEPENDENT[m.op]}; its result is written to memory first"
             if id(m) in ctx.out_ids:
                 return f"{m.name} is also returned by the function, fusing it into the matmul's operand load would recompute it"
             for c in ctx.consumers.get(m, []):
@@ -429,7 +437,8 @@ def _reduce_member_problem(m: Node, in_group: Callable[[Node], bool], r0: Node,
     for i in m.inputs:
         if not in_group(i):
             continue  # read from global memory: any index is fine
-        if m.op in ("transpose", "reshape", "slice") and not _is_identity_injective(m):
+        shifted = m.op == "set_slice" and i is m.inputs[1]   # the written value is read at box coordinates
+        if (m.op in ("transpose", "reshape", "slice", "take") or shifted) and not _is_identity_injective(m):
             return (f"{m.op} {m.name} would rearrange {i.name} across rows of the reduction kernel "
                     f"(each row is computed by its own threads)")
         if i.shape == m.shape:

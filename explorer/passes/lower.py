@@ -206,7 +206,75 @@ class GroupLowering:
         if n.op == "slice":
             sidx = tuple(L.simplify_expr(L.Const(a) + i * c) for i, a, c in zip(idx, n.attrs["starts"], n.attrs["steps"]))
             return self.value(src, sidx)
+        if n.op == "take":
+            return self.value(src, self._gather_index(n, idx))
+        if n.op == "set_slice":
+            inside, vidx = _box_index(n.attrs, n.shape, idx)
+            v = n.inputs[1]
+            return L.Select(inside, self.value(v, _bcast_index(v.shape, n.shape, vidx)), self.value(src, idx))
         raise VerificationError(f"lowering: cannot inline {n.op} ({n.name}) into a loop body")
+
+
+    def _gather_index(self, n: Node, idx: tuple[L.Expr, ...]) -> tuple[L.Expr, ...]:
+        """The data index of `take` at output index idx: the index value is loaded first.
+
+        NumPy wraps negative indices (ids < 0 → ids + n): `(ids % n + n) % n` does that with one load of
+        the index, and keeps any value inside [0, n), so even an unchecked run (a hand-driven executable)
+        reads inside the buffer. Out-of-range indices are reported before any kernel runs (Compiled.run
+        checks the index values on the host). Constant indices were wrapped and range-checked at trace
+        time, so they are loaded as they are.
+        """
+        data, ids = n.inputs
+        ax = n.attrs["axis"]
+        k = len(ids.shape)
+        size = data.shape[ax]
+        iv = self.value(ids, idx[ax:ax + k])
+        if isinstance(iv, L.Const):
+            j: L.Expr = L.Const(int(iv.value) % size)
+        elif ids.op == "const":
+            j = _cast(iv, "i32")
+        else:
+            n = L.Const(size, iv.dtype)
+            j = _cast(L.BinOp("%", L.BinOp("+", L.BinOp("%", iv, n), n), n), "i32")
+        return tuple(idx[:ax]) + (j,) + tuple(idx[ax + k:])
+
+
+def _box_index(attrs: dict, shape: Sequence[int], idx: tuple[L.Expr, ...]) -> tuple[L.Expr, tuple[L.Expr, ...]]:
+    """(is idx inside the written box, idx in the box's coordinates) for set_slice's start/stop/step.
+
+    x[:, 2:6] = v on x: f32[4,8]  →  select(i1 - 2 >= 0 && i1 - 2 <= 3, v[i0, min(max(i1 - 2, 0), 3)], x[i0, i1])
+    """
+    conds: list[L.Expr] = []
+    vidx: list[L.Expr] = []
+    for i, a, b, c, extent in zip(idx, attrs["starts"], attrs["stops"], attrs["steps"], shape):
+        n = len(range(a, b, c))
+        if a == 0 and c == 1 and n == extent:      # the whole axis: no condition
+            vidx.append(i)
+            continue
+        if c > 0:
+            off = L.simplify_expr(i - L.Const(a))
+        else:
+            off = L.simplify_expr(L.Const(a) - i)
+        step = abs(c)
+        last = (n - 1) * step          # offsets 0, step, ..., last are written
+        # the value's index is clamped into its box too: a code generator that evaluates the
+        # selected-away branch (common-subexpression temps) still reads inside the buffer
+        inside = L.BinOp("min", L.BinOp("max", off, L.Const(0)), L.Const(last))
+        conds += [L.BinOp(">=", off, L.Const(0)), L.BinOp("<=", off, L.Const(last))]
+        if step == 1:
+            vidx.append(inside)
+        else:
+            conds.append(L.BinOp("==", L.BinOp("%", off, L.Const(step)), L.Const(0)))
+            vidx.append(L.BinOp("/", inside, L.Const(step)))
+    cond = _always_true(conds)
+    return cond, tuple(vidx)
+
+
+def _always_true(conds: list[L.Expr]) -> L.Expr:
+    out: L.Expr | None = None
+    for c in conds:
+        out = c if out is None else L.BinOp("&&", out, c)
+    return out if out is not None else L.Const(True, "bool")
 
 
 # ----------------------------------------------------------------------------- the pass
