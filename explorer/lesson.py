@@ -103,7 +103,7 @@ class FusionSummary:
             speed = f"{1 / self.speedup:.2g}x slower" if self.speedup > 0 else "no time measured"
         how = []
         if self.spread is not None:
-            how.append(f"±{self.spread:.2g}")
+            how.append(f"±{self.spread:.2f}")
         how.append("measured" if self.measured else f"roofline model{' of ' + self.device if self.device else ''}, "
                    "not measured")
         if self.unstable:

@@ -27,6 +27,7 @@ from .panels.diff import StageDiff
 from .panels.fusion import FusionView
 from .panels.graph import GraphView
 from .panels.knobs import TARGETS, KnobPanel
+from .panels.knobs import label as knob_label
 from .panels.run import RunPanel
 from .panels.source import SourceView, language_of
 from .panels.tiling import TilingView
@@ -227,7 +228,7 @@ class Explorer(W.VBox):
             return
         self._busy = True
         try:
-            self.recompile(f"changed {name}")
+            self.recompile(f"changed {knob_label(name)}")
         finally:
             self._busy = False
 
@@ -316,7 +317,7 @@ class Explorer(W.VBox):
         else:
             prev = comp.stages[i - 1]
             try:
-                self.diff.set(prev.text(), text, prev.name, name)
+                self.diff.set_stages(prev, snap)
             except Exception as e:  # noqa: BLE001
                 self.diff.html.value = error_html(describe_error(e))
         if (self.stage_tabs.selected_index or 0) == 0:

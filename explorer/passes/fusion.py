@@ -44,6 +44,14 @@ from ..graph import Graph, Node, Provenance, c_identifier
 from ..ops import OPS, get as get_op
 
 RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
+RULE_DOCS = {  # what each rule fuses (fuse={"rule": False} turns one off); the dashboard shows these
+    "elementwise": "chains of elementwise/injective ops become one loop",
+    "reduce_producer": "elementwise producers are computed inside a reduction",
+    "reduce_consumer": "elementwise consumers of a reduction join its kernel",
+    "multi_reduce": "reductions over the same rows share one kernel (softmax, layernorm)",
+    "epilogue": "bias/activation after a matmul run in the matmul kernel",
+    "prologue": "reshapes/transposes feeding a matmul are folded into its loads",
+}
 KINDS = ("elementwise", "reduce", "contraction", "opaque")
 _POINTWISE = ("elementwise", "injective")
 
