@@ -88,6 +88,8 @@ class Explorer(W.VBox):
         self._stage_graph_dirty = True
         self._busy = False
         self.compare_options: dict[str, Any] = {"repeat": 10, "warmup": 2}  # explorer.compare's, for Charts
+        self._compare_key: str | None = None  # the knobs of the comparison running or shown
+        self._fusion_cmp: tuple[str, Any] | None = None
 
         target = compile_kwargs.get("target", "auto")
         if target == "auto":
@@ -114,6 +116,8 @@ class Explorer(W.VBox):
         self.run_panel = RunPanel(provider=self.compiled_for, target=target)
         self.charts = TimingChart()
         self.charts.set_request(self._compare_request)
+        self.charts.on_result(self._compared)
+        self.fusion.set_measure(self._measure_from_fusion)
         self.tabs = W.Tab([stages, self.fusion, self.tiling, self.source, self.run_panel, self.charts],
                           titles=TAB_TITLES)
         body = W.HBox([self.knobs, W.VBox([self.tabs], layout=W.Layout(width="100%", overflow="auto"))])
@@ -195,7 +199,19 @@ class Explorer(W.VBox):
         if isinstance(fuse, dict):
             kw["fuse"] = fuse
         kw = {k: v for k, v in kw.items() if v is not None and v is not False}
+        if kw["target"] == "sim":  # modelled times: of the GPU chosen on the Charts tab, not of this CPU
+            kw["device"] = self.charts.model_device.value
+        self._compare_key = self._key(self.knobs.kwargs(), self.knobs.scale.value)
         return self.fn, tuple(self.current_examples()), {**kw, **self.compare_options}
+
+    def _compared(self, cmp: Any) -> None:
+        """A finished comparison: the Fusion tab's lesson gets its times when it is for the shown knobs."""
+        if self._compare_key == self._key(self.knobs.kwargs(), self.knobs.scale.value):
+            self.fusion.set_comparison(cmp)
+            self._fusion_cmp = (self._compare_key, cmp)
+
+    def _measure_from_fusion(self) -> None:
+        self.charts._run_requested()
 
     @staticmethod
     def _has_matmul(comp: Any) -> bool:
@@ -244,6 +260,7 @@ class Explorer(W.VBox):
         self.last_error = None
         self.error.value = ""
         self.notice.value = self._availability_note(comp.target)
+        self.charts.show_model_device(comp.target == "sim")
         names = [s.name for s in comp.stages]
         keep = self.stage_nav.value
         default = "fused" if "fused" in names else names[-1]
@@ -285,7 +302,9 @@ class Explorer(W.VBox):
             if index == 0:
                 self._draw_stage()
             elif index == 1:
-                self.fusion.set_compiled(comp)
+                key = self._key(self.knobs.kwargs(), self.knobs.scale.value)
+                cmp = self._fusion_cmp[1] if self._fusion_cmp and self._fusion_cmp[0] == key else None
+                self.fusion.set_compiled(comp, cmp)
             elif index == 2:
                 self.tiling.set_compiled(comp)
             elif index == 3:

@@ -35,6 +35,14 @@ def pre_html(text: str, max_height: str = "480px") -> str:
             f'word-break:normal;overflow-wrap:normal;margin:0;padding:4px;background:#fafafa">{esc(text)}</pre>')
 
 
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^/\s:'\"()]+)+/([^/\s:'\"()]+)")
+
+
+def strip_paths(text: str) -> str:
+    """Absolute paths (build caches, temp dirs) reduced to their file name."""
+    return _PATH.sub(r"\1", text)
+
+
 def describe_error(e: BaseException) -> str:
     """One readable message: ExplorerErrors are shown as written, anything else is labelled a bug."""
     from explorer.errors import ExplorerError
