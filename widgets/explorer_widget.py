@@ -124,7 +124,8 @@ class Explorer(W.VBox):
         super().__init__([self.header, self.error, self.notice, body])
         self.add_class("ke-explorer")
 
-        self.stage_nav.observe(lambda ch: self._draw_stage(), "value")
+        self._quiet_nav = False
+        self.stage_nav.observe(lambda ch: None if self._quiet_nav else self._draw_stage(), "value")
         self.stage_tabs.observe(lambda ch: self._draw_stage(), "selected_index")
         self.tabs.observe(lambda ch: self._draw_tab(ch["new"]), "selected_index")
         self.knobs.on_change(self._on_knob)
@@ -264,10 +265,14 @@ class Explorer(W.VBox):
         names = [s.name for s in comp.stages]
         keep = self.stage_nav.value
         default = "fused" if "fused" in names else names[-1]
-        self.stage_nav.unobserve_all("value")
-        self.stage_nav.options = names
-        self.stage_nav.value = keep if keep in names else default
-        self.stage_nav.observe(lambda ch: self._draw_stage(), "value")
+        # (not unobserve_all: that also drops ipywidgets' own value → index link, and no button is highlighted)
+        self._quiet_nav = True
+        try:
+            if tuple(self.stage_nav.options) != tuple(names):
+                self.stage_nav.options = names
+            self.stage_nav.value = keep if keep in names else default
+        finally:
+            self._quiet_nav = False
         self._stage_graph_dirty = True
         self._dirty = set(range(len(TAB_TITLES)))
         self._draw_tab(self.tabs.selected_index or 0)
