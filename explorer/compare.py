@@ -599,11 +599,12 @@ class Comparison:
             colors.append(VARIANT_COLORS.get(v.name, "#999999"))
         x = np.arange(len(labels))
         bars = ax.bar(x, heights, yerr=[lo_errs, errs], capsize=4, color=colors, edgecolor="black", linewidth=0.6)
-        for bar, v in zip(bars, variants):
+        for bar, v, e in zip(bars, variants, errs):
             if not v.measured:
                 bar.set_hatch("//")
             txt = f"{v.median_ms:.3g} ms" + ("" if v.measured else " (model)")
-            ax.annotate(txt, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 3),
+            # above the error bar's cap, not through it
+            ax.annotate(txt, (bar.get_x() + bar.get_width() / 2, bar.get_height() + e), xytext=(0, 3),
                         textcoords="offset points", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, labels)
         reps = sorted({v.repeat for v in variants if v.measured})
@@ -642,16 +643,16 @@ class Comparison:
             bars = ax.bar(x + off, values, width, color=[VARIANT_COLORS.get(v.name, "#999999") for v in vs],
                           edgecolor="black", linewidth=0.6, hatch=hatch, label=what if sim else None)
             for bar, val in zip(bars, values):
-                ax.annotate(_fmt_bytes(val), (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 3),
+                ax.annotate(_fmt_binary(val), (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 3),
                             textcoords="offset points", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, [f"{v.name}\n{v.kernels} kernel{'s' if v.kernels != 1 else ''}" for v in vs])
         ax.set_ylabel("bytes moved through global memory")
         ax.set_ylim(0, max([1] + [max(vals) for _, vals, _ in series]) * 1.22)
-        ax.yaxis.set_major_formatter(lambda y, _pos: _fmt_bytes(y) if y else "0")
+        ax.yaxis.set_major_formatter(lambda y, _pos: _fmt_binary(y) if y else "0")
         if sim:
             ax.legend(fontsize=7, loc="upper right")
         saved = self.bytes_saved
-        ax.set_title(f"bytes moved: fusion saves {_fmt_bytes(saved)}" if saved > 0 else "bytes moved", fontsize=10)
+        ax.set_title(f"bytes moved: fusion saves {_fmt_binary(saved)}" if saved > 0 else "bytes moved", fontsize=10)
         return fig
 
     def plot_roofline(self, device: "Device | str | None" = None, ax=None):
@@ -749,6 +750,12 @@ class Comparison:
                             "gflops": flops / (v.median_ms * 1e-3) / 1e9 if v.median_ms > 0 else 0.0,
                             "bytes_source": costs[0].source})
         return pts
+
+
+def _fmt_binary(n: float) -> str:
+    """KiB/MiB, as the fused graph's edges and the fusion lesson write bytes."""
+    from .passes.fusion import _fmt_bytes as fmt
+    return fmt(int(n))
 
 
 def _place_numbers(ax, points: list[tuple[int, float, float, str, float]]) -> None:

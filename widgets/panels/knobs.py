@@ -252,7 +252,7 @@ LABELS = {"fuse": "fusion", "dtype": "dtype", "target": "target", "fast_math": "
 
 def label(name: str) -> str:
     """The friendly name the dashboard shows for a control ('tile1' → 'tile BN', 'rule:epilogue' → 'epilogue')."""
-    return name[5:] if name.startswith("rule:") else LABELS.get(name, name.replace("_", " "))
+    return name[5:].replace("_", " ") if name.startswith("rule:") else LABELS.get(name, name.replace("_", " "))
 
 
 def group_of(name: str) -> str:

@@ -26,11 +26,41 @@ from ._util import Worker, describe_error, error_html, esc, get, line_numbers, n
 
 LANG_LABELS = [("CUDA", "cuda"), ("C", "c")]
 LINE_PX = 16  # editor and gutter share this line height, so the numbers stay beside their lines
-EDITOR_CSS = (f"<style>.ke-editor textarea{{font-family:monospace;font-size:12px;line-height:{LINE_PX}px;"
+EDITOR_CSS = ("<style>.ke-code pre,.ke-pycode pre{white-space:pre!important;word-break:normal!important;"
+              "overflow-wrap:normal!important}"
+              f".ke-editor textarea{{font-family:monospace;font-size:12px;line-height:{LINE_PX}px;"
               "white-space:pre;overflow:hidden;padding:4px;resize:none;border:0;outline:1px solid #ddd}"
               f".ke-gutter pre{{font-family:monospace;font-size:12px;line-height:{LINE_PX}px;margin:0;"
               "padding:5px 6px 4px 4px;color:#888;text-align:right;background:#f4f4f4}</style>")
 _OUTPUT_STORE = re.compile(r"\bout\d+\s*\[[^\]]*\]\s*=[^=]")
+
+
+def kernel_start(source: str, name: str) -> int:
+    """0-based index of the first line of the kernel function itself (its comment header, else its
+    signature): the lines before it are helpers (micro-kernels, device functions)."""
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"/* kernel {name}"):
+            return i
+    sig = re.compile(rf"\b{re.escape(name)}\s*\(")
+    for i, line in enumerate(lines):
+        if sig.search(line) and not line.startswith((" ", "\t")) and "static" not in line:
+            return i
+    return 0
+
+
+def source_html(source: str, language: str, name: str, marked: list[int]) -> str:
+    """The kernel highlighted with line numbers, opening at the kernel function: helper functions
+    before it are folded under a <details> line (their line numbers kept)."""
+    start = kernel_start(source, name)
+    lines = source.splitlines(keepends=True)
+    body = highlight("".join(lines[start:]), language, [n - start for n in marked if n > start],
+                     linenostart=start + 1, max_height="560px")
+    if start == 0:
+        return body
+    helpers = highlight("".join(lines[:start]), language, [n for n in marked if n <= start], max_height="300px")
+    return (f"<details class='ke-helpers'><summary style='cursor:pointer;color:#3a6ea5;font-size:12px'>lines 1–{start}: "
+            f"helper functions the kernel calls (click to show)</summary>{helpers}</details>{body}")
 
 
 def epilogue_lines(source: str) -> list[int]:
@@ -77,7 +107,7 @@ _RESOURCE_LOCK = threading.Lock()
 
 
 def highlight(code: str, language: str, hl_lines: list[int] | None = None, linenostart: int = 1,
-              css_class: str = "ke-code") -> str:
+              css_class: str = "ke-code", max_height: str = "480px") -> str:
     """Syntax-highlighted HTML with inline styles (no stylesheet needed inside a widget)."""
     from pygments import highlight as _hl
     from pygments.formatters import HtmlFormatter
@@ -86,7 +116,7 @@ def highlight(code: str, language: str, hl_lines: list[int] | None = None, linen
     fmt = HtmlFormatter(noclasses=True, linenos="inline", hl_lines=hl_lines or [], linenostart=linenostart,
                         style="default", cssstyles="font-size:12px;line-height:1.35;margin:0")
     body = _hl(code, lexer, fmt)
-    return f'<div class="{css_class}" style="max-height:480px;overflow:auto">{body}</div>'
+    return f'<div class="{css_class}" style="max-height:{max_height};overflow:auto">{body}</div>'
 
 
 def language_of(compiled: Any) -> str:
@@ -153,16 +183,18 @@ class SourceView(W.VBox):
     """
 
     def __init__(self, compiled: Any = None, provider: Callable[[str], Any] | None = None, **kwargs: Any):
-        self.kernel = W.Dropdown(description="kernel", options=[], layout=W.Layout(width="420px"))
+        self.kernel = W.Dropdown(description="kernel", options=[], layout=W.Layout(width="360px"),
+                                 style={"description_width": "50px"})
         self.language = W.ToggleButtons(options=LANG_LABELS, value="cuda", tooltips=[
-            "CUDA source (target cuda, or the simulator's)", "C + OpenMP source (target cpu)"])
+            "CUDA source (target cuda, or the simulator's)", "C + OpenMP source (target cpu)"],
+            style={"button_width": "56px"})
         self.status = W.HTML()
         self.launch = W.HTML()
         self.code = W.HTML(layout=W.Layout(width="100%"))
         self.resources = W.HTML()
         self.mode = W.ToggleButtons(options=[("view", "view"), ("edit", "edit")], value="view",
                                     tooltips=["the source, highlighted", "edit the source, then Run edited"],
-                                    style={"button_width": "60px"})
+                                    style={"button_width": "56px"})
         self.epilogue = W.HTML()
         self.editor = W.Textarea(layout=W.Layout(width="100%", height="240px"),
                                  placeholder="kernel source to edit")
@@ -258,7 +290,7 @@ class SourceView(W.VBox):
             self.provenance.highlight([])
             return
         epi = epilogue_lines(k.source)
-        self.code.value = highlight(k.source, k.language, epi)
+        self.code.value = source_html(k.source, k.language, k.name, epi)
         self.epilogue.value = (f"<small>the result is stored (with the fused epilogue: bias, activation, …) at line"
                                f"{'s' if len(epi) > 1 else ''} <b>{', '.join(map(str, epi))}</b>, highlighted</small>"
                                if epi else "")
