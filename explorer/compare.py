@@ -573,7 +573,7 @@ class Comparison:
             ax.set_title(title + ("" if self.variant("fused").measured else f" (model, {self.device.name})"),
                          fontsize=10)
             return fig
-        fig = new_figure(figsize=(9.5, 4), layout="constrained")
+        fig = new_figure(figsize=(8, 4.2), layout="constrained")
         left, right = fig.subplots(1, 2, width_ratios=[len(model), len(measured)])
         self._bars(left, model)
         left.set_title(f"model time on {self.device.name}\n(roofline on the simulator's counts, not measured)",
@@ -629,7 +629,7 @@ class Comparison:
         """Bar chart of the bytes each compiled variant moves through memory → matplotlib Figure:
         the cost model's count, and beside it the simulator's exact count on target 'sim'."""
         new_figure = _matplotlib()
-        fig = ax.figure if ax is not None else new_figure(figsize=(4.5, 4), layout="constrained")
+        fig = ax.figure if ax is not None else new_figure(figsize=(4.2, 4.2), layout="constrained")
         ax = ax if ax is not None else fig.add_subplot()
         vs = [v for v in self.variants if v.kind == "compiled"]
         sim = any(v.bytes_measured is not None for v in vs)
@@ -647,7 +647,11 @@ class Comparison:
                             textcoords="offset points", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, [f"{v.name}\n{v.kernels} kernel{'s' if v.kernels != 1 else ''}" for v in vs])
         ax.set_ylabel("bytes moved through global memory")
-        ax.set_ylim(0, max([1] + [max(vals) for _, vals, _ in series]) * 1.22)
+        top = max([1] + [max(vals) for _, vals, _ in series])
+        ax.set_ylim(0, top * 1.22)
+        # ticks at round binary sizes (1, 2, 4 MiB …), as the bars' labels count
+        unit = next((u for u in (1 << 30, 1 << 20, 1 << 10) if top >= u), 1)
+        ax.yaxis.set_major_locator(_binary_locator(unit))
         ax.yaxis.set_major_formatter(lambda y, _pos: _fmt_binary(y) if y else "0")
         if sim:
             ax.legend(fontsize=7, loc="upper right")
@@ -750,6 +754,18 @@ class Comparison:
                             "gflops": flops / (v.median_ms * 1e-3) / 1e9 if v.median_ms > 0 else 0.0,
                             "bytes_source": costs[0].source})
         return pts
+
+
+def _binary_locator(unit: int):
+    """A matplotlib tick locator putting round ticks in units of `unit` bytes (MiB ticks 1, 2, 4 …)."""
+    from matplotlib.ticker import Locator, MaxNLocator
+    inner = MaxNLocator(nbins=6, steps=[1, 2, 4, 5, 10])
+
+    class BinaryLocator(Locator):
+        def __call__(self):
+            lo, hi = self.axis.get_view_interval()
+            return [t * unit for t in inner.tick_values(lo / unit, hi / unit)]
+    return BinaryLocator()
 
 
 def _fmt_binary(n: float) -> str:

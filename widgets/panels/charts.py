@@ -74,7 +74,7 @@ class TimingChart(W.VBox):
         self.status = W.HTML()
         self.placeholder = W.HTML(f"<div class='ke-chart-placeholder' style='color:#555;border:1px dashed #bbb;"
                                   f"padding:16px;margin:6px 0;max-width:720px'>{PLACEHOLDER}</div>")
-        self.timing = W.Image(format="png", layout=W.Layout(max_width="58%", display="none"))
+        self.timing = W.Image(format="png", layout=W.Layout(max_width="62%", display="none"))
         self.bytes = W.Image(format="png", layout=W.Layout(max_width="36%", display="none"))
         self.roofline = W.Image(format="png", layout=W.Layout(max_width="70%", display="none"))
         self.model_device = W.Dropdown(options=_model_devices(), value="a100", description="model GPU",

@@ -215,7 +215,7 @@ class SourceView(W.VBox):
         self._quiet = False
         self._nvcc = Worker()
         edit = W.VBox([W.HBox([self.run_button, self.reset_button, self.run_note]), self.result])
-        left = W.VBox([W.HTML(EDITOR_CSS), W.HBox([self.kernel, self.language, self.mode]), self.status, self.launch,
+        left = W.VBox([W.HTML(EDITOR_CSS), self.kernel, W.HBox([self.language, self.mode], layout=W.Layout(gap="16px")), self.status, self.launch,
                        self.epilogue, self.code, self.editor_box, edit, self.resources], layout=W.Layout(width="62%"))
         super().__init__([W.HBox([left, W.VBox([self.provenance], layout=W.Layout(width="38%"))])], **kwargs)
         self.add_class("ke-source")
