@@ -203,7 +203,8 @@ class SourceView(W.VBox):
         self.editor_box = W.HBox([self.gutter, self.editor],
                                  layout=W.Layout(max_height="480px", overflow="auto", display="none", width="100%"))
         self.run_button = W.Button(description="Run edited", button_style="primary", icon="play",
-                                   tooltip="build the edited kernel, run it, compare with the generated one")
+                                   tooltip="build the edited kernel, run it, compare with the generated one",
+                                   layout=W.Layout(width="130px", min_width="130px"))
         self.reset_button = W.Button(description="Reset", tooltip="put the generated source back")
         self.run_note = W.HTML()
         self.result = W.HTML()
@@ -214,8 +215,8 @@ class SourceView(W.VBox):
         self._explanations: dict[int, Any] = {}
         self._quiet = False
         self._nvcc = Worker()
-        edit = W.VBox([W.HBox([self.run_button, self.reset_button, self.run_note]), self.result])
-        left = W.VBox([W.HTML(EDITOR_CSS), self.kernel, W.HBox([self.language, self.mode], layout=W.Layout(gap="16px")), self.status, self.launch,
+        edit = W.VBox([W.HBox([self.run_button, self.reset_button]), self.run_note, self.result])
+        left = W.VBox([W.HTML(EDITOR_CSS), self.kernel, W.HBox([self.language, W.HTML(layout=W.Layout(width="16px")), self.mode]), self.status, self.launch,
                        self.epilogue, self.code, self.editor_box, edit, self.resources], layout=W.Layout(width="62%"))
         super().__init__([W.HBox([left, W.VBox([self.provenance], layout=W.Layout(width="38%"))])], **kwargs)
         self.add_class("ke-source")
