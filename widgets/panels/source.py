@@ -187,14 +187,14 @@ class SourceView(W.VBox):
                                  style={"description_width": "50px"})
         self.language = W.ToggleButtons(options=LANG_LABELS, value="cuda", tooltips=[
             "CUDA source (target cuda, or the simulator's)", "C + OpenMP source (target cpu)"],
-            style={"button_width": "56px"})
+            style={"button_width": "64px"})
         self.status = W.HTML()
         self.launch = W.HTML()
         self.code = W.HTML(layout=W.Layout(width="100%"))
         self.resources = W.HTML()
         self.mode = W.ToggleButtons(options=[("view", "view"), ("edit", "edit")], value="view",
                                     tooltips=["the source, highlighted", "edit the source, then Run edited"],
-                                    style={"button_width": "56px"})
+                                    style={"button_width": "64px"})
         self.epilogue = W.HTML()
         self.editor = W.Textarea(layout=W.Layout(width="100%", height="240px"),
                                  placeholder="kernel source to edit")
