@@ -26,7 +26,7 @@ from ._util import Worker, describe_error, error_html, esc, get, line_numbers, n
 
 LANG_LABELS = [("CUDA", "cuda"), ("C", "c")]
 LINE_PX = 16  # editor and gutter share this line height, so the numbers stay beside their lines
-EDITOR_CSS = ("<style>.ke-code pre,.ke-pycode pre{white-space:pre!important;word-break:normal!important;"
+EDITOR_CSS = ("<style>.ke-code pre,.ke-helper-code pre,.ke-pycode pre{white-space:pre!important;word-break:normal!important;"
               "overflow-wrap:normal!important}"
               f".ke-editor textarea{{font-family:monospace;font-size:12px;line-height:{LINE_PX}px;"
               "white-space:pre;overflow:hidden;padding:4px;resize:none;border:0;outline:1px solid #ddd}"
@@ -58,7 +58,8 @@ def source_html(source: str, language: str, name: str, marked: list[int]) -> str
                      linenostart=start + 1, max_height="560px")
     if start == 0:
         return body
-    helpers = highlight("".join(lines[:start]), language, [n for n in marked if n <= start], max_height="300px")
+    helpers = highlight("".join(lines[:start]), language, [n for n in marked if n <= start], max_height="300px",
+                        css_class="ke-helper-code")
     return (f"<details class='ke-helpers'><summary style='cursor:pointer;color:#3a6ea5;font-size:12px'>lines 1–{start}: "
             f"helper functions the kernel calls (click to show)</summary>{helpers}</details>{body}")
 
