@@ -17,28 +17,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from lab_harness import broken_images, browser_page, run_all, running_lab, skip_reason  # noqa: E402
+from lab_harness import broken_images, browser_page, mlp_cell, run_all, running_lab, skip_reason  # noqa: E402
 
 TABS = ("Stages", "Fusion", "Tiling", "Source", "Run", "Charts")
-CELL = """\
-import numpy as np, widgets
-
-def mlp(x, w, b):
-    return np.maximum(x @ w + b, 0)
-
-rng = np.random.default_rng(0)
-x = rng.standard_normal((4096, 64)).astype(np.float32)
-w = rng.standard_normal((64, 64)).astype(np.float32)
-b = rng.standard_normal(64).astype(np.float32)
-ex = widgets.Explorer(mlp, x, w, b, target={target!r})
-ex
-"""
+def dashboard_cell(target: str) -> str:
+    return mlp_cell(4096, 64, 64) + f"ex = widgets.Explorer(mlp, x, w, b, target={target!r})\nex\n"
 
 
 def shoot(target: str, out: Path) -> list[Path]:
     from playwright.sync_api import expect
     written = []
-    with tempfile.TemporaryDirectory() as tmp, running_lab(Path(tmp), [CELL.format(target=target)]) as lab, \
+    with tempfile.TemporaryDirectory() as tmp, running_lab(Path(tmp), [dashboard_cell(target)]) as lab, \
             browser_page(lab, width=1500, height=1300) as page:
         run_all(page, lab)
         dash = page.locator(".jp-OutputArea-output .ke-explorer")

@@ -25,6 +25,22 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 
 
+def mlp_cell(m: int, k: int, n: int) -> str:
+    """The notebook cell both the browser tests and the screenshots start from: the essay's MLP
+    (matmul + bias + relu) and random float32 inputs x[m,k], w[k,n], b[n]."""
+    return f"""\
+import numpy as np, explorer, widgets
+
+def mlp(x, w, b):
+    return np.maximum(x @ w + b, 0)
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal(({m}, {k})).astype(np.float32)
+w = rng.standard_normal(({k}, {n})).astype(np.float32)
+b = rng.standard_normal({n}).astype(np.float32)
+"""
+
+
 def skip_reason() -> str | None:
     """Why a browser test cannot run here, or None."""
     if not os.path.exists(CHROMIUM):

@@ -10,21 +10,11 @@ import re
 
 import pytest
 
-from lab_harness import broken_images, browser_page, run_all, running_lab, skip_reason
+from lab_harness import broken_images, browser_page, mlp_cell, run_all, running_lab, skip_reason
 
 pytestmark = pytest.mark.browser
 
-DEFINE_CELL = """\
-import numpy as np, explorer, widgets
-
-def mlp(x, w, b):
-    return np.maximum(x @ w + b, 0)
-
-rng = np.random.default_rng(0)
-x = rng.standard_normal((256, 64)).astype(np.float32)
-w = rng.standard_normal((64, 32)).astype(np.float32)
-b = rng.standard_normal(32).astype(np.float32)
-"""
+DEFINE_CELL = mlp_cell(256, 64, 32)  # mlp is defined on line 4 of cell [1]
 TRACE_CELL = "print(explorer.trace(mlp, x, w, b).text(provenance=True))"
 CPU_CELL = "ex = widgets.Explorer(mlp, x, w, b, target='cpu')\nex"
 SIM_CELL = "ex = widgets.Explorer(mlp, x, w, b, target='sim')\nex"
