@@ -20,6 +20,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from lab_harness import broken_images, browser_page, mlp_cell, run_all, running_lab, skip_reason  # noqa: E402
 
 TABS = ("Stages", "Fusion", "Tiling", "Source", "Run", "Charts")
+
+
 def dashboard_cell(target: str) -> str:
     return mlp_cell(4096, 64, 64) + f"ex = widgets.Explorer(mlp, x, w, b, target={target!r})\nex\n"
 

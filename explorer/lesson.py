@@ -78,6 +78,8 @@ class FusionSummary:
     measured: bool = True
     unstable: bool = False
     device: str = ""
+    fusion_off: bool = False  # the compile had fuse=False: the fused side is what fusion would do
+
 
     def sentence(self) -> str:
         """One sentence from the numbers, e.g. 'fusion removed 2 round trips of 256.0 KiB each through
@@ -85,6 +87,15 @@ class FusionSummary:
         ku, kf = self.kernels
         kernels = f"{ku} → {kf} kernel{'s' if max(ku, kf) != 1 else ''}"
         n, sizes = self.round_trips_removed, self.removed_sizes
+        if self.fusion_off:
+            head = (f"fusion is off: {ku} kernels" + (f" and {n} round trip{'s' if n != 1 else ''} through global "
+                                                     f"memory; turned on, fusion would make it {kernels}"
+                                                     if n > 0 else "; turned on, fusion would change nothing here"))
+            if self.speedup is None:
+                return head + "."
+            self_speed = self.speedup
+            speed = f"{self_speed:.2g}x faster" if self_speed >= 1 else f"{1 / self_speed:.2g}x slower"
+            return f"{head}, {speed} ({'measured' if self.measured else 'roofline model, not measured'})."
         if n <= 0:
             head = (f"fusion changed nothing here: {kernels} (no intermediate to keep out of global memory)"
                     if ku == kf else f"fusion removed no round trip through global memory but merged kernels: {kernels}")
@@ -136,7 +147,7 @@ def _fused_graph(x: Any) -> FusedGraph:
 
 
 def _launches(x: Any, fg: FusedGraph) -> int:
-    kernels = getattr(x, "kernels", None) if not isinstance(x, FusedGraph) else None
+    kernels = getattr(x, "kernels", None) if x is not None and not isinstance(x, FusedGraph) else None
     return len(kernels) if kernels else len(fg.groups)
 
 
@@ -145,13 +156,17 @@ def fusion_summary(fused: Any, unfused: Any = None, comparison: Any = None) -> F
     compiled with fuse=False (default: its graph partitioned one op per kernel); `comparison` an
     explorer.compare result for the time, its spread and whether it was measured."""
     fg = _fused_graph(fused)
+    off = not any(fg.rules.values())
+    if off:  # fuse=False: show what fusion would do
+        fused, fg = None, fuse(fg.graph)
     ug = _fused_graph(unfused) if unfused is not None else fuse(fg.graph, rules=False)
     kept = {id(n) for n in intermediates(fg)}
     removed = [n for n in intermediates(ug) if id(n) not in kept]
     s = FusionSummary(name=fg.name, kernels=(len(ug.groups), len(fg.groups)),
-                      launches=(_launches(unfused, ug) if unfused is not None else len(ug.groups), _launches(fused, fg)),
+                      launches=(_launches(unfused, ug) if unfused is not None else len(ug.groups),
+                                _launches(fused, fg) if fused is not None else len(fg.groups)),
                       bytes_moved=(memory_traffic(ug), memory_traffic(fg)),
-                      round_trips_removed=len(removed), removed_sizes=[n.nbytes for n in removed])
+                      round_trips_removed=len(removed), removed_sizes=[n.nbytes for n in removed], fusion_off=off)
     if comparison is not None:
         vf, vu = comparison.variant("fused"), comparison.variant("unfused")
         s.speedup, s.spread = speedup_spread(vf, vu)

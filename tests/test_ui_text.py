@@ -285,3 +285,15 @@ def test_structural_diff_between_stages_of_different_kind():
     assert "for i in range" in _text(d.html.value)
     d.set_stages(c.stage("lowered"), c.stage("tiled"))
     assert "ke-structural-diff" not in d.html.value and "lines" in _text(d.header.value)
+
+
+def test_with_fusion_off_the_lesson_says_what_fusion_would_do():
+    from widgets.panels.fusion import FusionView
+    off = explorer.compile(chain, A1, A1, target="cpu", fuse=False, verbose=False)
+    s = fusion_summary(off)
+    assert s.fusion_off and s.kernels == (3, 1)
+    assert s.sentence() == ("fusion is off: 3 kernels and 2 round trips through global memory; turned on, "
+                            "fusion would make it 3 → 1 kernels.")
+    v = FusionView(off)
+    assert "it is off in the knobs" in v.fused_caption.value and "0 B · fused" in v.graph.dot
+    assert "fusion is off" in _text(v.sentence.value)

@@ -223,8 +223,9 @@ def test_fusion_view_boundaries_and_why_not_fused(ex):
     ex.knobs.fuse.value = False
     assert "fuse=False" in ex.fusion.table.value and ex.fusion.table.value.count("<tr>") == 3
     assert "matmul_kernel" in ex.fusion.kernels.value
-    if render.have_dot():
-        assert ex.fusion.graph.html.value.count('class="cluster"') == 3
+    if render.have_dot():  # fusion off: the knobs' kernels are the unfused graph; beside it what fusion would do
+        assert ex.fusion.unfused_graph.html.value.count('class="cluster"') == 3
+        assert ex.fusion.graph.html.value.count('class="cluster"') == 1
 
 
 def test_provenance_highlights_the_users_lines(ex):

@@ -33,6 +33,7 @@ class FusionView(W.VBox):
         self.measure_status = W.HTML()
         self.unfused_graph = GraphView(max_height="460px")
         self.graph = GraphView(max_height="460px")
+        self.fused_caption = W.HTML("<b>fused</b>: with the current knobs")
         self.summary: Any = None
         self.comparison: Any = None
         self._measure_request: Any = None
@@ -48,7 +49,7 @@ class FusionView(W.VBox):
         lesson = W.VBox([self.sentence, W.HBox([self.totals, W.VBox([self.measure, self.measure_status])]),
                          W.HBox([W.VBox([W.HTML("<b>unfused</b>: one kernel per op"), self.unfused_graph],
                                         layout=W.Layout(width="50%")),
-                                 W.VBox([W.HTML("<b>fused</b>: with the current knobs"), self.graph],
+                                 W.VBox([self.fused_caption, self.graph],
                                         layout=W.Layout(width="50%"))])])
         lesson.add_class("ke-lesson")
         details = W.HBox([W.VBox([W.HTML("<b>kernels</b>"), self.kernels], layout=W.Layout(width="45%")),
@@ -76,9 +77,13 @@ class FusionView(W.VBox):
             self.answer.value = error_html(describe_error(e))
             self._set_options([], None)
             return
-        self.graph.show(snap)
         try:
             from explorer.passes.fusion import fuse
+            off = not any(snap.ir.rules.values())
+            # with fusion off the knobs' graph is the unfused one: show what fusion would do beside it
+            self.graph.show(fuse(snap.ir.graph) if off else snap)
+            self.fused_caption.value = ("<b>fused</b>: what fusion would do (it is off in the knobs)" if off
+                                        else "<b>fused</b>: with the current knobs")
             self.unfused_graph.show(fuse(snap.ir.graph, rules=False))
         except Exception as e:  # noqa: BLE001
             self.unfused_graph.html.value = error_html(describe_error(e), "cannot draw the unfused graph:")
