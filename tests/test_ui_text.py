@@ -220,11 +220,14 @@ def test_traced_text_of_a_cell_function_names_the_cell(monkeypatch):
     fake = types.ModuleType("IPython")
     fake.get_ipython = lambda: shell
     monkeypatch.setitem(sys.modules, "IPython", fake)
+    from widgets.panels.source import ProvenanceView
     try:
         text = explorer.trace(ns["f"], np.ones(4, np.float32)).text(provenance=True)
+        title = _text(ProvenanceView(ns["f"]).title.value)
     finally:
         linecache.cache.pop(cell_file, None)
     assert "# cell [5], line 3  return np.exp(x) * 2" in text and "1234.py" not in text
+    assert "your function (cell [5])" in title
 
 
 def test_constants_print_short():

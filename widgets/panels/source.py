@@ -150,6 +150,7 @@ class ProvenanceView(W.VBox):
         self.title = W.HTML()
         self.html = W.HTML()
         self.highlighted: list[int] = []
+        self.where = ""  # ' (cell [3])' for a function defined in a notebook cell
         self._src: tuple[list[str], int] | None = None
         super().__init__([self.title, self.html], **kwargs)
         self.add_class("ke-provenance")
@@ -161,12 +162,16 @@ class ProvenanceView(W.VBox):
             self._src = inspect.getsourcelines(fn)
         except (OSError, TypeError):
             self._src = None
+        from explorer.graph import notebook_cell
+        cell = notebook_cell(getattr(getattr(fn, "__code__", None), "co_filename", ""))
+        # a notebook cell's line numbers count from the cell's first line: say which cell
+        self.where = "" if cell is None else (f" (cell [{cell}])" if cell else " (a notebook cell)")
         self.highlight([])
 
     def highlight(self, lines: list[int], label: str = "") -> None:
         self.highlighted = sorted(lines)
-        self.title.value = (f"<b>your function</b> — lines in <code>{esc(label)}</code> highlighted" if label
-                            else "<b>your function</b>")
+        head = f"<b>your function</b>{esc(self.where)}"
+        self.title.value = f"{head} — lines in <code>{esc(label)}</code> highlighted" if label else head
         if self._src is None:
             self.html.value = note_html("source of the function is not available (defined interactively?); "
                                         f"lines: {', '.join(map(str, lines)) or '—'}")
