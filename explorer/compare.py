@@ -668,7 +668,7 @@ class Comparison:
         Points are numbered; the numbers are placed where they overlap no other number and the
         legend lists what each number is. Fused points are drawn smaller and on top, so a fused
         point at the same place as an unfused one stays visible.
-        `device` defaults to this comparison's device (the local CPU for cpu/reference).
+        `device` defaults to this comparison's device (the local CPU for cpu/reference, an A100 for sim).
         """
         new_figure = _matplotlib()
         dev = costmodel.device(device) if device is not None else self.device
@@ -841,8 +841,9 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
     baselines: any of 'numpy' (fn on arrays), 'numexpr' (elementwise functions),
     'torch' (eager) and 'torch.compile' — those not installed are skipped with a note.
     device: the roofline device for the model (default: the target's — the local CPU
-    for cpu/sim/reference, the GPU for cuda). compile_kwargs go to explorer.compile
-    (schedule=, dtype=, fast_math=, ...; fuse= sets the rules of the fused variant).
+    for cpu/reference, the A100 the CUDA code targets for sim, the GPU for cuda).
+    compile_kwargs go to explorer.compile (schedule=, dtype=, fast_math=, ...; fuse= sets the rules of
+    the fused variant).
 
     >>> import numpy as np, explorer
     >>> r = explorer.compare(lambda a, b: np.exp(a) * b + 1, np.ones(1 << 16, np.float32),
