@@ -32,10 +32,24 @@ def _tab(dash, title: str):
 
 
 def _help_texts() -> list[str]:
-    """Every knob's help text, as the dashboard's Python side knows it."""
-    from widgets.panels.knobs import KnobPanel, _help
-    k = KnobPanel(target="cpu")
-    return sorted({_help(name, w) for name, w in k.controls().items()})
+    """Every help text of every control of the cpu dashboard (tooltips, per-button tooltips), as its
+    Python side knows them: the same dashboard, built here."""
+    import numpy as np
+    import widgets
+    from widgets.panels.knobs import _help
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((256, 64), (64, 32), (32,)))
+    ex = widgets.Explorer(lambda x, w, b: np.maximum(x @ w + b, 0), x, w, b, target="cpu")
+    texts = {_help(name, c) for name, c in ex.knobs.controls().items()}
+
+    def walk(widget):
+        if getattr(getattr(widget, "layout", None), "display", None) == "none":
+            return  # not on the page (e.g. the model-GPU choice, shown on target sim)
+        texts.update(t for t in [getattr(widget, "tooltip", None), *(getattr(widget, "tooltips", None) or ())] if t)
+        for child in getattr(widget, "children", ()):
+            walk(child)
+    walk(ex)
+    return sorted(texts)
 
 
 MISSING_HELP_JS = """(helps) => {
