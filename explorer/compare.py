@@ -569,8 +569,8 @@ class Comparison:
             fig = ax.figure if ax is not None else new_figure(figsize=(7, 4), layout="constrained")
             ax = ax if ax is not None else fig.add_subplot()
             self._bars(ax, self.variants)
-            title = f"{self.name}: fused vs unfused on {self.target} — speedup {self.speedup:.2f}x"
-            ax.set_title(title + ("" if self.variant("fused").measured else f" (model, {self.device.name})"),
+            self._unstable_note(ax)
+            ax.set_title(f"{self.name}: fused vs unfused on {self.target} — speedup {self._speedup_text()}",
                          fontsize=10)
             return fig
         fig = new_figure(figsize=(8, 4.2), layout="constrained")
@@ -579,10 +579,24 @@ class Comparison:
         left.set_title(f"model time on {self.device.name}\n(roofline on the simulator's counts, not measured)",
                        fontsize=9)
         self._bars(right, measured)
+        self._unstable_note(right)
         right.set_title("measured here\n(wall clock)", fontsize=9)
-        fig.suptitle(f"{self.name} on {self.target}: fused vs unfused — speedup {self.speedup:.2f}x (model)",
-                     fontsize=10)
+        fig.suptitle(f"{self.name} on {self.target}: fused vs unfused — speedup {self._speedup_text()}", fontsize=10)
         return fig
+
+    def _speedup_text(self) -> str:
+        """'1.32x', with its quartile range and flag where the timing methodology gives them; model times say so."""
+        if not self.variant("fused").measured:
+            return f"{self.speedup:.2f}x (model, {self.device.name})"
+        rng = getattr(self, "speedup_range", None)  # explorer.measure's Ratio, where available
+        if rng is None:
+            return f"{self.speedup:.2f}x"
+        return rng.range_text() + (" — unstable, rerun" if rng.unstable else "")
+
+    def _unstable_note(self, ax) -> None:
+        if getattr(self, "unstable", False):
+            ax.text(0.99, 0.98, "! unstable measurement (noisy machine): rerun", transform=ax.transAxes, va="top",
+                    ha="right", fontsize=8, color="#b35900")
 
     def _bars(self, ax, variants: list[Variant]) -> None:
         """One bar per variant on `ax`: median with the quartile (or stdev) error bar, value on top."""
@@ -602,7 +616,8 @@ class Comparison:
         for bar, v, e in zip(bars, variants, errs):
             if not v.measured:
                 bar.set_hatch("//")
-            txt = f"{v.median_ms:.3g} ms" + ("" if v.measured else " (model)")
+            txt = (f"{v.median_ms:.3g} ms" + ("" if v.measured else " (model)")
+                   + ("\n! unstable" if getattr(v, "unstable", False) else ""))
             # above the error bar's cap, not through it
             ax.annotate(txt, (bar.get_x() + bar.get_width() / 2, bar.get_height() + e), xytext=(0, 3),
                         textcoords="offset points", ha="center", va="bottom", fontsize=8)

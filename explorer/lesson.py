@@ -15,6 +15,7 @@ Headless, so the dashboard's Fusion tab, reports and tests say the same thing.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,11 +170,16 @@ def fusion_summary(fused: Any, unfused: Any = None, comparison: Any = None) -> F
                       round_trips_removed=len(removed), removed_sizes=[n.nbytes for n in removed], fusion_off=off)
     if comparison is not None:
         vf, vu = comparison.variant("fused"), comparison.variant("unfused")
-        s.speedup, s.spread = speedup_spread(vf, vu)
+        rng = getattr(comparison, "speedup_range", None)  # explorer.measure's Ratio, where compare has it
+        if rng is not None and math.isfinite(rng.low) and math.isfinite(rng.high):
+            s.speedup, s.spread = round(rng.value, 4), round((rng.high - rng.low) / 2, 4)
+        else:
+            s.speedup, s.spread = speedup_spread(vf, vu)
         s.time_ms = (vu.median_ms, vf.median_ms)
         s.spread_ms = tuple(None if v.q1_ms is None or v.q3_ms is None else (v.q3_ms - v.q1_ms) / 2
                             for v in (vu, vf))
         s.measured = bool(vf.measured)
-        s.unstable = bool(getattr(vf, "unstable", False) or getattr(vu, "unstable", False))
+        s.unstable = bool(getattr(vf, "unstable", False) or getattr(vu, "unstable", False)
+                          or getattr(rng, "unstable", False))
         s.device = getattr(getattr(comparison, "device", None), "name", "") if not s.measured else ""
     return s

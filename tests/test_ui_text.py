@@ -266,11 +266,6 @@ def test_run_edited_is_disabled_with_its_reason_on_sim():
     assert _text(v.gutter.value).split()[:3] == ["1", "2", "3"]
 
 
-def test_run_tab_names_simulator_wall_time():
-    from widgets.panels.run import TIMED
-    assert "simulator wall time" in TIMED["sim"] and "not a GPU time" in TIMED["sim"]
-
-
 def test_charts_placeholder_until_the_first_comparison():
     from widgets.panels.charts import TimingChart
     t = TimingChart()
@@ -300,3 +295,20 @@ def test_with_fusion_off_the_lesson_says_what_fusion_would_do():
     v = FusionView(off)
     assert "it is off in the knobs" in v.fused_caption.value and "0 B · fused" in v.graph.dot
     assert "fusion is off" in _text(v.sentence.value)
+
+
+def test_summary_takes_time_spread_and_flag_from_the_comparison():
+    T = types.SimpleNamespace
+    variants = {"fused": T(median_ms=1.0, q1_ms=0.9, q3_ms=1.1, measured=True, unstable=False),
+                "unfused": T(median_ms=1.4, q1_ms=1.3, q3_ms=1.5, measured=True, unstable=False)}
+    cmp = T(variant=variants.__getitem__, device=T(name="this CPU"))
+    c = explorer.compile(chain, A1, A1, target="cpu", verbose=False)
+    s = fusion_summary(c, comparison=cmp)
+    assert s.time_ms == (1.4, 1.0) and s.speedup == 1.4 and s.spread == pytest.approx((1.5 / 0.9 - 1.3 / 1.1) / 2, abs=1e-4)
+    assert "1.4x faster (±0.24, measured)" in s.sentence()
+    # explorer.measure's Ratio (compare's speedup_range), when present, is the one used, with its flag
+    cmp.speedup_range = T(value=1.38, low=1.2, high=1.5, unstable=True)
+    s = fusion_summary(c, comparison=cmp)
+    assert s.speedup == 1.38 and s.spread == pytest.approx(0.15) and s.unstable
+    assert "1.4x faster (±0.15, measured, timing unstable: re-measure)" in s.sentence()
+    assert [r[0] for r in s.rows()][-1] == "time (median)"

@@ -55,7 +55,7 @@ class RunPanel(W.VBox):
             shapes = ", ".join("×".join(map(str, e.shape)) or "scalar" for e in comp.examples)
             self.rows.insert(0, {"target": comp.target, "inputs": shapes, "max abs error": err,
                                  "median ms": t.median_ms, "min ms": t.min_ms, "numpy ms": ref,
-                                 "kernels": len(comp.kernels), "what the time is": TIMED.get(comp.target, "")})
+                                 "kernels": len(comp.kernels)})
             del self.rows[8:]
             self.results.value = self._table()
             self._done("")
@@ -87,15 +87,6 @@ class RunPanel(W.VBox):
 
     def wait(self, timeout: float | None = 300) -> None:
         self._worker.wait(timeout)
-
-
-TIMED = {  # what "median ms" measures on each target (sim's time is no GPU time)
-    "cpu": "wall clock of the C kernels",
-    "sim": "simulator wall time: the CUDA kernels emulated in NumPy on this CPU, not a GPU time "
-           "(the Charts tab models GPU time)",
-    "cuda": "GPU time (CUDA events)",
-    "reference": "wall clock of the NumPy reference interpreter",
-}
 
 
 def _fmt(v: Any) -> str:
