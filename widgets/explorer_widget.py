@@ -84,12 +84,12 @@ class Explorer(W.VBox):
         self.last_compile_ms = self.last_redraw_ms = 0.0
         self._cache: "OrderedDict[str, Any]" = OrderedDict()
         self._inputs: dict[str, list[np.ndarray]] = {}  # cache key -> the (scaled) inputs it compiled
+        self._compare_key: str | None = None  # the knobs of the comparison running or shown
+        self._fusion_cmp: tuple[str, Any] | None = None  # (knobs, comparison) the Fusion tab's lesson can reuse
         self._dirty: set[int] = set()
         self._stage_graph_dirty = True
         self._busy = False
         self.compare_options: dict[str, Any] = {"repeat": 10, "warmup": 2}  # explorer.compare's, for Charts
-        self._compare_key: str | None = None  # the knobs of the comparison running or shown
-        self._fusion_cmp: tuple[str, Any] | None = None
 
         target = compile_kwargs.get("target", "auto")
         if target == "auto":

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ipywidgets as W
+from explorer.schedule import KNOBS as SCHEDULE_KNOB_DOCS
 from explorer.passes.fusion import RULE_DOCS as RULE_HELP
 from explorer.passes.fusion import RULES as FUSION_RULES
-from explorer.schedule import KNOBS as SCHEDULE_KNOB_DOCS
 
 from ._util import esc
 TARGETS = ("cpu", "sim", "cuda", "reference")
