@@ -594,8 +594,9 @@ class Comparison:
         return rng.range_text() + (" — unstable, rerun" if rng.unstable else "")
 
     def _unstable_note(self, ax) -> None:
-        if getattr(self, "unstable", False):
-            ax.text(0.99, 0.98, "! unstable measurement (noisy machine): rerun", transform=ax.transAxes, va="top",
+        if getattr(self, "unstable", False):  # explorer.measure's verdict, where compare has it
+            from . import measure
+            ax.text(0.99, 0.98, f"! {measure.UNSTABLE_TEXT}", transform=ax.transAxes, va="top",
                     ha="right", fontsize=8, color="#b35900")
 
     def _bars(self, ax, variants: list[Variant]) -> None:
