@@ -62,7 +62,7 @@ def main() -> int:
     print(f"mlp x[8192,64] @ w[64,64] + b, relu; graphviz dot: {'yes' if render.have_dot() else 'no (DOT text)'}")
     worst = 0.0
     for target in ("cpu", "sim"):
-        for tab in ("Stages", "Source"):
+        for tab in ("Stages", "Fusion", "Source"):
             for cold in (True, False):
                 s = measure(target, tab, args.n, cold)
                 med = statistics.median(s)

@@ -593,14 +593,51 @@ class Comparison:
         """Bar chart of the median time per variant → matplotlib Figure. Error bars span the 25th to
         75th percentile of the measured runs (one slow outlier on a busy machine would blow up a stdev bar).
 
-        Bars whose time is not measured (target 'sim') are hatched and labelled "model".
+        Model times (target 'sim': the roofline model on the simulator's counters) and measured times
+        never share an axis: with both, the figure has two panels, "model" and "measured". Given `ax`,
+        everything goes on it and model bars are hatched and labelled "(model)".
         """
         new_figure = _matplotlib()
-        fig = ax.figure if ax is not None else new_figure(figsize=(7, 4), layout="constrained")
-        ax = ax if ax is not None else fig.add_subplot()
-        labels, heights, errs, colors, hatches = [], [], [], [], []
-        lo_errs = []
-        for v in self.variants:
+        model = [v for v in self.variants if not v.measured]
+        measured = [v for v in self.variants if v.measured]
+        if ax is not None or not model or not measured:
+            fig = ax.figure if ax is not None else new_figure(figsize=(7, 4), layout="constrained")
+            ax = ax if ax is not None else fig.add_subplot()
+            self._bars(ax, self.variants)
+            self._unstable_note(ax)
+            ax.set_title(f"{self.name}: fused vs unfused on {self.target} — speedup {self._speedup_text()}",
+                         fontsize=10)
+            return fig
+        fig = new_figure(figsize=(8, 4.2), layout="constrained")
+        left, right = fig.subplots(1, 2, width_ratios=[len(model), len(measured)])
+        self._bars(left, model)
+        left.set_title(f"model time on {self.device.name}\n(roofline on the simulator's counts, not measured)",
+                       fontsize=9)
+        self._bars(right, measured)
+        self._unstable_note(right)
+        right.set_title("measured here\n(wall clock)", fontsize=9)
+        fig.suptitle(f"{self.name} on {self.target}: fused vs unfused — speedup {self._speedup_text()}", fontsize=10)
+        return fig
+
+    def _speedup_text(self) -> str:
+        """'1.32x', with its quartile range and flag where the timing methodology gives them; model times say so."""
+        if not self.variant("fused").measured:
+            return f"{self.speedup:.2f}x (model, {self.device.name})"
+        rng = self.speedup_range
+        if rng is None:
+            return f"{self.speedup:.2f}x"
+        return rng.range_text() + (" — unstable, rerun" if rng.unstable else "")
+
+    def _unstable_note(self, ax) -> None:
+        if self.unstable:
+            from . import measure
+            ax.text(0.99, 0.98, f"! {measure.UNSTABLE_TEXT}", transform=ax.transAxes, va="top",
+                    ha="right", fontsize=8, color="#b35900")
+
+    def _bars(self, ax, variants: list[Variant]) -> None:
+        """One bar per variant on `ax`: median with the quartile (or stdev) error bar, value on top."""
+        labels, heights, lo_errs, errs, colors = [], [], [], [], []
+        for v in variants:
             labels.append(v.name if v.measured else f"{v.name}\n(model)")
             heights.append(v.median_ms)
             if v.q1_ms is not None and v.q3_ms is not None:
@@ -610,39 +647,67 @@ class Comparison:
                 lo_errs.append(v.stdev_ms)
                 errs.append(v.stdev_ms)
             colors.append(VARIANT_COLORS.get(v.name, "#999999"))
-            hatches.append("" if v.measured else "//")
         x = np.arange(len(labels))
         bars = ax.bar(x, heights, yerr=[lo_errs, errs], capsize=4, color=colors, edgecolor="black", linewidth=0.6)
-        for bar, h in zip(bars, hatches):
-            bar.set_hatch(h)
-        for bar, v in zip(bars, self.variants):
-            txt = f"{v.median_ms:.3g} ms" + ("" if v.measured else " (model)") + ("\n! unstable" if v.unstable else "")
-            ax.annotate(txt, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 3),
+        for bar, v, e in zip(bars, variants, errs):
+            if not v.measured:
+                bar.set_hatch("//")
+            txt = (f"{v.median_ms:.3g} ms" + ("" if v.measured else " (model)")
+                   + ("\n! unstable" if v.unstable else ""))
+            # above the error bar's cap, not through it
+            ax.annotate(txt, (bar.get_x() + bar.get_width() / 2, bar.get_height() + e), xytext=(0, 3),
                         textcoords="offset points", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, labels)
-        measured = all(v.measured for v in self.variants)
-        reps = sorted({v.repeat for v in self.variants if v.measured})
-        quart = all(v.q1_ms is not None for v in self.variants if v.measured)
-        ax.set_ylabel("time per call (ms): median, " + ("bars 25th–75th percentile" if quart else "± stdev")
-                      + (f"\nmeasured: {'/'.join(map(str, reps))} runs"
-                                                               if reps else ""))
-        if not measured:
-            ax.text(0.01, 0.98, "hatched bars: model time (roofline on the simulator's counters), not measured",
-                    transform=ax.transAxes, va="top", fontsize=8, color="#444444")
-        if self.unstable:
-            ax.text(0.99, 0.98, f"! {measure.UNSTABLE_TEXT}", transform=ax.transAxes, va="top", ha="right",
-                    fontsize=8, color="#b35900")
-        sp = self.speedup_range
-        ax.set_title(f"{self.name}: fused vs unfused on {self.target} — speedup "
-                     + (f"{fmt_ratio(sp.value)} (model)" if not self.variant("fused").measured
-                        else sp.range_text() + (" — unstable, rerun" if sp.unstable else "")), fontsize=10)
-        top = max(h + e for h, e in zip(heights, errs)) or 1.0
+        reps = sorted({v.repeat for v in variants if v.measured})
+        quart = all(v.q1_ms is not None for v in variants if v.measured)
+        if reps:
+            ax.set_ylabel(f"ms per call, median of {'/'.join(map(str, reps))} runs\n"
+                          + ("bars: 25th–75th percentile" if quart else "bars: ± stdev"))
+        else:
+            ax.set_ylabel("model time per call (ms)")
+        if any(not v.measured for v in variants) and any(v.measured for v in variants):
+            ax.text(0.01, 0.98, "hatched bars: model time, not measured", transform=ax.transAxes, va="top",
+                    fontsize=8, color="#444444")
+        top = max((h + e for h, e in zip(heights, errs)), default=1.0) or 1.0
         low = min((h for h in heights if h > 0), default=top)
         if top / low > 30:  # e.g. model GPU times next to a wall-clock NumPy baseline
             ax.set_yscale("log")
             ax.set_ylim(low / 3, top * 4)
         else:
             ax.set_ylim(0, top * 1.22)
+
+    def plot_bytes(self, ax=None):
+        """Bar chart of the bytes each compiled variant moves through memory → matplotlib Figure:
+        the cost model's count, and beside it the simulator's exact count on target 'sim'."""
+        new_figure = _matplotlib()
+        fig = ax.figure if ax is not None else new_figure(figsize=(4.2, 4.2), layout="constrained")
+        ax = ax if ax is not None else fig.add_subplot()
+        vs = [v for v in self.variants if v.kind == "compiled"]
+        sim = any(v.bytes_measured is not None for v in vs)
+        width = 0.38 if sim else 0.6
+        x = np.arange(len(vs))
+        series = [("model", [v.bytes_model or 0 for v in vs], "")]
+        if sim:
+            series.append(("simulator count", [v.bytes_measured or 0 for v in vs], ".."))
+        for k, (what, values, hatch) in enumerate(series):
+            off = (k - (len(series) - 1) / 2) * width
+            bars = ax.bar(x + off, values, width, color=[VARIANT_COLORS.get(v.name, "#999999") for v in vs],
+                          edgecolor="black", linewidth=0.6, hatch=hatch, label=what if sim else None)
+            for bar, val in zip(bars, values):
+                ax.annotate(_fmt_binary(val), (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 3),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x, [f"{v.name}\n{v.kernels} kernel{'s' if v.kernels != 1 else ''}" for v in vs])
+        ax.set_ylabel("bytes moved through global memory")
+        top = max([1] + [max(vals) for _, vals, _ in series])
+        ax.set_ylim(0, top * 1.22)
+        # ticks at round binary sizes (1, 2, 4 MiB …), as the bars' labels count
+        unit = next((u for u in (1 << 30, 1 << 20, 1 << 10) if top >= u), 1)
+        ax.yaxis.set_major_locator(_binary_locator(unit))
+        ax.yaxis.set_major_formatter(lambda y, _pos: _fmt_binary(y) if y else "0")
+        if sim:
+            ax.legend(fontsize=7, loc="upper right")
+        saved = self.bytes_saved
+        ax.set_title(f"bytes moved: fusion saves {_fmt_binary(saved)}" if saved > 0 else "bytes moved", fontsize=10)
         return fig
 
     def plot_roofline(self, device: "Device | str | None" = None, ax=None):
@@ -651,7 +716,10 @@ class Comparison:
         Hollow markers: model (intensity from the cost model or the simulator's counters,
         performance on the roof). Solid markers: measured (flops / measured time); when the
         backend reports no per-kernel times, one solid point per variant for the whole call.
-        `device` defaults to this comparison's device (the local CPU for cpu/sim/reference).
+        Points are numbered; the numbers are placed where they overlap no other number and the
+        legend lists what each number is. Fused points are drawn smaller and on top, so a fused
+        point at the same place as an unfused one stays visible.
+        `device` defaults to this comparison's device (the local CPU for cpu/reference, an A100 for sim).
         """
         new_figure = _matplotlib()
         dev = costmodel.device(device) if device is not None else self.device
@@ -670,41 +738,41 @@ class Comparison:
         ax.loglog(grid, roof, color="black", lw=1.5,
                   label=f"{dev.name} roof ({how}): {dev.peak_fp32 / 1e9:,.0f} GFLOP/s, {dev.bandwidth / 1e9:,.0f} GB/s")
         ax.axvline(dev.ridge, color="#999999", ls=":", lw=1)
-        seen = set()
+        # points that (nearly) coincide share one number instead of overprinting
         clusters: dict[tuple, list[dict[str, Any]]] = {}
         for p in pts:
-            color = VARIANT_COLORS.get(p["variant"], "#999999")
-            label = f"{p['variant']} — {'measured' if p['measured'] else 'model'}"
-            kw = dict(marker="o" if p["variant"] == "fused" else "s", ms=9, color=color, ls="none",
-                      markeredgecolor=color, markeredgewidth=1.6)
-            if not p["measured"]:
-                kw["markerfacecolor"] = "none"
-            ax.plot([p["intensity"]], [p["gflops"]], label=label if label not in seen else None, **kw)
-            seen.add(label)
-            # points that (nearly) coincide share one annotation instead of overprinting
             key = (p["variant"], p["measured"], round(math.log10(max(p["intensity"], 1e-30)), 1),
                    round(math.log10(max(p["gflops"], 1e-30)), 1))
             clusters.setdefault(key, []).append(p)
-        for (variant, measured, _, _), group in clusters.items():
-            names = list(dict.fromkeys(q["label"] for q in group))
+        numbered = []
+        for k, ((variant, measured, _, _), group) in enumerate(clusters.items(), start=1):
             fused = variant == "fused"
-            # fused labels to the left, unfused to the right, so coinciding fused/unfused points stay readable
-            ax.annotate(", ".join(names) + ("" if measured else " (model)"), (group[0]["intensity"], group[0]["gflops"]),
-                        xytext=(-9 if fused else 9, 5 if measured != fused else -5), textcoords="offset points",
-                        fontsize=7, va="bottom" if measured != fused else "top",
-                        ha="right" if fused else "left", color=VARIANT_COLORS.get(variant, "#999999"))
+            color = VARIANT_COLORS.get(variant, "#999999")
+            kw = dict(marker="o" if fused else "s", ms=7 if fused else 12, color=color, ls="none",
+                      markeredgecolor=color, markeredgewidth=1.6, zorder=4 if fused else 3)
+            if not measured:
+                kw["markerfacecolor"] = "none"
+            names = ", ".join(dict.fromkeys(q["label"] for q in group))
+            for i, q in enumerate(group):
+                ax.plot([q["intensity"]], [q["gflops"]], **kw,
+                        label=f"{k}: {variant} — {'measured' if measured else 'model'}: {names}" if i == 0 else None)
+            numbered.append((k, group[0]["intensity"], group[0]["gflops"], color, kw["ms"]))
+        ax.set_xlim(lo, hi)
+        _place_numbers(ax, numbered)
         ax.set_xlabel("arithmetic intensity (flop / byte)" + (" — simulator counters" if any(
             p["bytes_source"] == "simulator" for p in pts) else " — model bytes"))
         ax.set_ylabel("performance (GFLOP/s)")
         above = [p for p in pts if p["measured"] and p["gflops"] > 1.05 * attainable_gflops(p["intensity"])]
         if above:
             # not an error: the roof's bandwidth is main memory's, and a small working set runs from cache
-            ax.text(0.99, 0.30, f"{len(above)} measured point{'s' if len(above) > 1 else ''} above the roof:\n"
-                    f"{'their data fit' if len(above) > 1 else 'its data fits'} in cache, faster than\n"
+            ax.text(0.99, 0.02, f"{len(above)} measured point{'s' if len(above) > 1 else ''} above the roof: "
+                    f"{'their data fit' if len(above) > 1 else 'its data fits'} in cache,\nfaster than "
                     f"the memory bandwidth the roof uses", transform=ax.transAxes, fontsize=7, ha="right",
                     va="bottom", color="#555555")
-        ax.set_title(f"Roofline: {self.name} on {self.target} (solid = measured, hollow = model)", fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"Roofline of {dev.name}: {self.name} on {self.target}\n(solid = measured, hollow = model; "
+                     "circles fused, squares unfused)", fontsize=9)
+        # the legend is the table of what each number is: below the axes, where it hides no point
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False, markerscale=0.6)
         ax.grid(True, which="both", alpha=0.25)
         return fig
 
@@ -737,6 +805,55 @@ class Comparison:
                             "gflops": flops / (v.median_ms * 1e-3) / 1e9 if v.median_ms > 0 else 0.0,
                             "bytes_source": costs[0].source})
         return pts
+
+
+def _binary_locator(unit: int):
+    """A matplotlib tick locator putting round ticks in units of `unit` bytes (MiB ticks 1, 2, 4 …)."""
+    from matplotlib.ticker import Locator, MaxNLocator
+    inner = MaxNLocator(nbins=6, steps=[1, 2, 4, 5, 10])
+
+    class BinaryLocator(Locator):
+        def __call__(self):
+            lo, hi = self.axis.get_view_interval()
+            return [t * unit for t in inner.tick_values(lo / unit, hi / unit)]
+    return BinaryLocator()
+
+
+def _fmt_binary(n: float) -> str:
+    """KiB/MiB, as the fused graph's edges and the fusion lesson write bytes."""
+    from .passes.fusion import _fmt_bytes as fmt
+    return fmt(int(n))
+
+
+def _place_numbers(ax, points: list[tuple[int, float, float, str, float]]) -> None:
+    """Write each point's number beside it, at the first of 8 offsets whose box overlaps no number
+    or marker placed before (greedy label placement in screen space)."""
+    ax.figure.canvas.draw()  # fixes the axes' limits and transform
+    to_px = ax.transData.transform
+    pt = ax.figure.dpi / 72  # offsets are in points, boxes in pixels
+    taken = []  # boxes (x0, y0, x1, y1) in pixels: markers first, then the numbers placed
+    for _, x, y, _, ms in points:
+        px, py = to_px((x, y))
+        r = (ms / 2 + 1) * pt  # the marker's half size
+        taken.append((px - r, py - r, px + r, py + r))
+    w, h = 10 * pt, 10 * pt
+    for k, x, y, color, ms in points:
+        d = ms / 2 + 6  # just clear of the marker, then further out
+        offsets = [(a * sx, b * sy) for a, b in ((d, 0), (0, d), (d, d), (2 * d, 0), (0, 2 * d), (2 * d, d))
+                   for sx in (1, -1) for sy in (1, -1)]
+        px, py = to_px((x, y))
+        best = offsets[0]
+        for dx, dy in offsets:
+            cx, cy = px + dx * pt, py + dy * pt
+            box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+                best = (dx, dy)
+                break
+        cx, cy = px + best[0] * pt, py + best[1] * pt
+        taken.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+        ax.annotate(str(k), (x, y), xytext=best, textcoords="offset points", fontsize=8, fontweight="bold",
+                    ha="center", va="center", color=color, zorder=6,
+                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
 
 
 # ----------------------------------------------------------------------------- compare()
@@ -783,8 +900,9 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
     baselines: any of 'numpy' (fn on arrays), 'numexpr' (elementwise functions),
     'torch' (eager) and 'torch.compile' — those not installed are skipped with a note.
     device: the roofline device for the model (default: the target's — the local CPU
-    for cpu/sim/reference, the GPU for cuda). compile_kwargs go to explorer.compile
-    (schedule=, dtype=, fast_math=, ...; fuse= sets the rules of the fused variant).
+    for cpu/reference, the A100 the CUDA code targets for sim, the GPU for cuda).
+    compile_kwargs go to explorer.compile (schedule=, dtype=, fast_math=, ...; fuse= sets the rules of
+    the fused variant).
 
     >>> import numpy as np, explorer
     >>> r = explorer.compare(lambda a, b: np.exp(a) * b + 1, np.ones(1 << 16, np.float32),

@@ -109,7 +109,8 @@ DEVICES: dict[str, Device] = {
 _ALIASES = {"h100sxm": "h100", "h100sxm5": "h100", "nvidiah100": "h100", "nvidiah100sxm": "h100",
             "h200sxm": "h200", "nvidiah200": "h200", "a100sxm": "a100", "a10080gb": "a100",
             "a100sxm80gb": "a100", "nvidiaa100": "a100", "nvidial4": "l4", "nvidiat4": "t4"}
-_LOCAL_NAMES = ("cpu", "local", "localcpu", "sim", "reference", "host")
+_LOCAL_NAMES = ("cpu", "local", "localcpu", "reference", "host")
+SIM_DEVICE = "a100"  # target 'sim' runs CUDA code compiled for sm_80: its model times are an A100's
 
 
 def _norm(name: str) -> str:
@@ -124,7 +125,8 @@ def device_names() -> list[str]:
 def device(name_or_target: "str | Device | None" = None) -> Device:
     """Look up a device by name ('h100', 'A100 SXM', 't4') or by compile target.
 
-    Targets 'cpu', 'sim', 'reference' (and None) give the measured local CPU;
+    Targets 'cpu', 'reference' (and None) give the measured local CPU; 'sim' the A100 (the simulator
+    runs CUDA code compiled for sm_80, so its modelled times are a GPU's, not this CPU's);
     'cuda' gives the table entry for the GPU pycuda sees.
 
     >>> device("H100 SXM").bandwidth
@@ -140,6 +142,8 @@ def device(name_or_target: "str | Device | None" = None) -> Device:
     key = _norm(name_or_target)
     if key in _LOCAL_NAMES:
         return local_cpu()
+    if key == "sim":
+        return DEVICES[SIM_DEVICE]
     if key in ("cuda", "gpu", "auto"):
         if key == "auto":
             from .pipeline import resolve_target

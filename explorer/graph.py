@@ -38,11 +38,44 @@ class Provenance:
     end_line: int = 0      # last line of the statement when it spans several (0: just `line`)
 
     def short(self) -> str:
+        """'model.py:12', or 'cell [3], line 2' for a line of a notebook cell (see notebook_cell)."""
+        cell = notebook_cell(self.file)
+        if cell is not None:
+            return f"cell [{cell}], line {self.line}" if cell else f"cell, line {self.line}"
         base = self.file.replace("\\", "/").rsplit("/", 1)[-1]
         return f"{base}:{self.line}"
 
     def __str__(self) -> str:
         return f"{self.short()}  {self.code.strip()}"
+
+
+def notebook_cell(filename: str) -> int | None:
+    """The In[n] execution count of an IPython/Jupyter cell's code file, 0 when the file is a cell's
+    but its number is unknown, None when it is no cell.
+
+    ipykernel compiles each cell under a temp name (/tmp/ipykernel_123/669796501.py; plain IPython:
+    '<ipython-input-3-…>') and records name → execution count in the shell's compiler
+    (`get_ipython().compile._filename_map`, which IPython's own tracebacks use for "Cell In[3], line 2").
+    IPython is only consulted when it is already imported.
+    """
+    import sys
+    ipython = sys.modules.get("IPython")
+    if ipython is not None:
+        try:
+            shell = ipython.get_ipython()
+            number = shell.compile._filename_map.get(filename) if shell is not None else None
+        except Exception:  # noqa: BLE001 — an old or unusual IPython: fall back to the name
+            number = None
+        if number is not None:
+            return int(number)
+    m = _IPYTHON_INPUT.match(filename)
+    if m:
+        return int(m.group(1))
+    return 0 if _IPYKERNEL_FILE.search(filename.replace("\\", "/")) else None
+
+
+_IPYTHON_INPUT = re.compile(r"<ipython-input-(\d+)-[0-9a-f]+>")
+_IPYKERNEL_FILE = re.compile(r"/ipykernel_\d+/\d+\.py$")
 
 
 @dataclass(eq=False)
@@ -98,7 +131,9 @@ def format_const(node: Node) -> str:
     if v.ndim == 0 or v.size == 1:
         x = v.reshape(()).item()
         if isinstance(x, float):
-            return repr(float(np.asarray(x, dtype=node.dtype)))
+            # the shortest text that reads back as the same value of the node's dtype: 1.01, not the
+            # float64 expansion of float32(1.01) (1.0099999904632568)
+            return str(np.asarray(x, dtype=node.dtype)[()])
         return repr(x)
     return f"<array {node.type_str}>"
 

@@ -159,19 +159,42 @@ def test_plot_timing_has_one_bar_per_variant(sim_mlp):
     from matplotlib.figure import Figure
     fig = sim_mlp.plot_timing()
     assert isinstance(fig, Figure)
-    (ax,) = fig.axes
-    bars = [p for p in ax.patches if p.get_height() > 0]
+    # model times (sim) and the measured NumPy baseline never share an axis: two panels
+    model_ax, measured_ax = fig.axes
+    assert "model time on" in model_ax.get_title() and "measured" in measured_ax.get_title()
+    assert sim_mlp.device.name in model_ax.get_title()
+    bars = [p for ax in fig.axes for p in ax.patches if p.get_height() > 0]
     assert len(bars) == len(sim_mlp.variants) == 3
     assert [b.get_height() for b in bars] == pytest.approx([v.median_ms for v in sim_mlp.variants])
     # error bars: one line collection holding one segment per bar
-    assert sum(len(c.get_segments()) for c in ax.collections) == 3
+    assert sum(len(c.get_segments()) for ax in fig.axes for c in ax.collections) == 3
     # model times say so wherever they appear
-    ticks = [t.get_text() for t in ax.get_xticklabels()]
-    assert ticks[0].endswith("(model)") and ticks[1].endswith("(model)") and "model" not in ticks[2]
-    notes = [t.get_text() for t in ax.texts]
-    assert all("(model)" in n for n in notes[:2]) and "(model)" not in notes[2]
-    assert any("model time" in t for t in notes[3:]) and "(model)" in ax.get_title()
+    ticks = [t.get_text() for t in model_ax.get_xticklabels()]
+    assert ticks[0].endswith("(model)") and ticks[1].endswith("(model)")
+    assert "model" not in measured_ax.get_xticklabels()[0].get_text()
+    assert all("(model)" in t.get_text() for t in model_ax.texts)
+    assert not any("(model)" in t.get_text() for t in measured_ax.texts)
+    assert "model time" in model_ax.get_ylabel() and "median of" in measured_ax.get_ylabel()
     assert fig._repr_png_().startswith(b"\x89PNG")  # renders headless; shows itself in a notebook
+
+
+def test_plot_timing_one_axis_marks_model_bars(sim_mlp):
+    from matplotlib.figure import Figure
+    ax = Figure().add_subplot()
+    sim_mlp.plot_timing(ax=ax)  # everything on the caller's axis: model bars hatched and labelled
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0].endswith("(model)") and "model" not in ticks[2]
+    assert [p.get_hatch() for p in ax.patches if p.get_height() > 0] == ["//", "//", None]
+    assert any("hatched bars: model time" in t.get_text() for t in ax.texts)
+
+
+def test_plot_bytes_shows_model_and_simulator_counts(sim_mlp):
+    fig = sim_mlp.plot_bytes()
+    (ax,) = fig.axes
+    heights = [p.get_height() for p in ax.patches]
+    f, u = sim_mlp.variant("fused"), sim_mlp.variant("unfused")
+    assert heights == [f.bytes_model, u.bytes_model, f.bytes_measured, u.bytes_measured]
+    assert "fusion saves" in ax.get_title()
 
 
 def test_plot_roofline_points_sim_are_all_model(sim_mlp):
@@ -182,7 +205,10 @@ def test_plot_roofline_points_sim_are_all_model(sim_mlp):
     assert not any(_filled(p) for p in pts)      # simulated times are not measurements: all hollow
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("roof" in t for t in legend)
-    assert all("model" in t for t in legend if t.startswith(("fused", "unfused")))
+    assert all("model" in t for t in legend if t[:1].isdigit())
+    assert [t.split(":")[0] for t in legend if t[:1].isdigit()] == [str(k) for k in range(1, len(legend))]
+    numbers = [t.get_text() for t in ax.texts if t.get_text().isdigit()]  # each point numbered once
+    assert sorted(numbers, key=int) == [str(k) for k in range(1, len(legend))]
     assert "simulator" in ax.get_xlabel()
 
 
@@ -197,7 +223,8 @@ def test_plot_roofline_points_cpu_measured_filled(cpu_mlp):
     assert sum(_filled(p) for p in pts) == n_measured >= 2      # at least one per variant
     assert sum(not _filled(p) for p in pts) == 1 + 3
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "fused — measured" in legend and "fused — model" in legend and "unfused — model" in legend
+    assert any("fused — measured" in t for t in legend) and any(t.split(": ")[1] == "unfused — model"
+                                                                for t in legend if t[:1].isdigit())
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     # measured points: achieved flop/s = model flops / measured time
     f = cpu_mlp.variant("fused")

@@ -83,8 +83,12 @@ def test_mlp_dashboard_shows_every_stage(ex):
         assert ex.graph.has_svg and "<svg" in ex.graph.html.value and "<?xml" not in ex.graph.html.value
     else:
         assert "apt-get install graphviz" in ex.graph.html.value
-    # the diff against 'simplified' marks added and removed lines
+    # simplified → fused changes the IR's kind: the diff is kernel by kernel, not one delete-and-insert
+    assert "ke-structural-diff" in ex.diff.html.value and "fused_matmul_add_maximum" in ex.diff.html.value
+    assert "IR changes kind" in ex.diff.header.value
+    ex.select_stage("tiled")  # lowered → tiled: same kind, a line diff marking added and removed lines
     assert ex.diff.added > 0 and "ke-add" in ex.diff.html.value
+    ex.select_stage("fused")
     traced = stage_text(ex, "traced")
     assert "matmul" in traced and "maximum" in traced
     assert "first stage" in ex.diff.header.value
@@ -221,8 +225,9 @@ def test_fusion_view_boundaries_and_why_not_fused(ex):
     ex.knobs.fuse.value = False
     assert "fuse=False" in ex.fusion.table.value and ex.fusion.table.value.count("<tr>") == 3
     assert "matmul_kernel" in ex.fusion.kernels.value
-    if render.have_dot():
-        assert ex.fusion.graph.html.value.count('class="cluster"') == 3
+    if render.have_dot():  # fusion off: the knobs' kernels are the unfused graph; beside it what fusion would do
+        assert ex.fusion.unfused_graph.html.value.count('class="cluster"') == 3
+        assert ex.fusion.graph.html.value.count('class="cluster"') == 1
 
 
 def test_provenance_highlights_the_users_lines(ex):

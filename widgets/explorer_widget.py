@@ -27,6 +27,7 @@ from .panels.diff import StageDiff
 from .panels.fusion import FusionView
 from .panels.graph import GraphView
 from .panels.knobs import TARGETS, KnobPanel
+from .panels.knobs import label as knob_label
 from .panels.run import RunPanel
 from .panels.source import SourceView, language_of
 from .panels.tiling import TilingView
@@ -83,6 +84,8 @@ class Explorer(W.VBox):
         self.last_compile_ms = self.last_redraw_ms = 0.0
         self._cache: "OrderedDict[str, Any]" = OrderedDict()
         self._inputs: dict[str, list[np.ndarray]] = {}  # cache key -> the (scaled) inputs it compiled
+        self._compare_key: str | None = None  # the knobs of the comparison running or shown
+        self._fusion_cmp: tuple[str, Any] | None = None  # (knobs, comparison) the Fusion tab's lesson can reuse
         self._dirty: set[int] = set()
         self._stage_graph_dirty = True
         self._busy = False
@@ -114,13 +117,16 @@ class Explorer(W.VBox):
         self.run_panel = RunPanel(provider=self.compiled_for, target=target)
         self.charts = TimingChart()
         self.charts.set_request(self._compare_request)
+        self.charts.on_result(self._compared)
+        self.fusion.set_measure(self._measure_from_fusion)
         self.tabs = W.Tab([stages, self.fusion, self.tiling, self.source, self.run_panel, self.charts],
                           titles=TAB_TITLES)
         body = W.HBox([self.knobs, W.VBox([self.tabs], layout=W.Layout(width="100%", overflow="auto"))])
         super().__init__([self.header, self.error, self.notice, body])
         self.add_class("ke-explorer")
 
-        self.stage_nav.observe(lambda ch: self._draw_stage(), "value")
+        self._quiet_nav = False
+        self.stage_nav.observe(lambda ch: None if self._quiet_nav else self._draw_stage(), "value")
         self.stage_tabs.observe(lambda ch: self._draw_stage(), "selected_index")
         self.tabs.observe(lambda ch: self._draw_tab(ch["new"]), "selected_index")
         self.knobs.on_change(self._on_knob)
@@ -195,7 +201,19 @@ class Explorer(W.VBox):
         if isinstance(fuse, dict):
             kw["fuse"] = fuse
         kw = {k: v for k, v in kw.items() if v is not None and v is not False}
+        if kw["target"] == "sim":  # modelled times: of the GPU chosen on the Charts tab, not of this CPU
+            kw["device"] = self.charts.model_device.value
+        self._compare_key = self._key(self.knobs.kwargs(), self.knobs.scale.value)
         return self.fn, tuple(self.current_examples()), {**kw, **self.compare_options}
+
+    def _compared(self, cmp: Any) -> None:
+        """A finished comparison: the Fusion tab's lesson gets its times when it is for the shown knobs."""
+        if self._compare_key == self._key(self.knobs.kwargs(), self.knobs.scale.value):
+            self.fusion.set_comparison(cmp)
+            self._fusion_cmp = (self._compare_key, cmp)
+
+    def _measure_from_fusion(self) -> None:
+        self.charts._run_requested()
 
     @staticmethod
     def _has_matmul(comp: Any) -> bool:
@@ -228,7 +246,7 @@ class Explorer(W.VBox):
             return
         self._busy = True
         try:
-            self.recompile(f"changed {name}")
+            self.recompile(f"changed {knob_label(name)}")
         finally:
             self._busy = False
 
@@ -244,13 +262,18 @@ class Explorer(W.VBox):
         self.last_error = None
         self.error.value = ""
         self.notice.value = self._availability_note(comp.target)
+        self.charts.show_model_device(comp.target == "sim")
         names = [s.name for s in comp.stages]
         keep = self.stage_nav.value
         default = "fused" if "fused" in names else names[-1]
-        self.stage_nav.unobserve_all("value")
-        self.stage_nav.options = names
-        self.stage_nav.value = keep if keep in names else default
-        self.stage_nav.observe(lambda ch: self._draw_stage(), "value")
+        # (not unobserve_all: that also drops ipywidgets' own value → index link, and no button is highlighted)
+        self._quiet_nav = True
+        try:
+            if tuple(self.stage_nav.options) != tuple(names):
+                self.stage_nav.options = names
+            self.stage_nav.value = keep if keep in names else default
+        finally:
+            self._quiet_nav = False
         self._stage_graph_dirty = True
         self._dirty = set(range(len(TAB_TITLES)))
         self._draw_tab(self.tabs.selected_index or 0)
@@ -285,7 +308,9 @@ class Explorer(W.VBox):
             if index == 0:
                 self._draw_stage()
             elif index == 1:
-                self.fusion.set_compiled(comp)
+                key = self._key(self.knobs.kwargs(), self.knobs.scale.value)
+                cmp = self._fusion_cmp[1] if self._fusion_cmp and self._fusion_cmp[0] == key else None
+                self.fusion.set_compiled(comp, cmp)
             elif index == 2:
                 self.tiling.set_compiled(comp)
             elif index == 3:
@@ -317,7 +342,7 @@ class Explorer(W.VBox):
         else:
             prev = comp.stages[i - 1]
             try:
-                self.diff.set(prev.text(), text, prev.name, name)
+                self.diff.set_stages(prev, snap)
             except Exception as e:  # noqa: BLE001
                 self.diff.html.value = error_html(describe_error(e))
         if (self.stage_tabs.selected_index or 0) == 0:

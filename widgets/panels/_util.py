@@ -30,8 +30,17 @@ def note_html(message: str) -> str:
 
 
 def pre_html(text: str, max_height: str = "480px") -> str:
-    return (f'<pre style="max-height:{max_height};overflow:auto;font-size:12px;line-height:1.35;'
-            f'margin:0;padding:4px;background:#fafafa">{esc(text)}</pre>')
+    # white-space:pre and no word-break: JupyterLab's output CSS would otherwise wrap IR lines mid-word
+    return (f'<pre style="max-height:{max_height};overflow:auto;font-size:12px;line-height:1.35;white-space:pre;'
+            f'word-break:normal;overflow-wrap:normal;margin:0;padding:4px;background:#fafafa">{esc(text)}</pre>')
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^/\s:'\"()]+)+/([^/\s:'\"()]+)")
+
+
+def strip_paths(text: str) -> str:
+    """Absolute paths (build caches, temp dirs) reduced to their file name."""
+    return _PATH.sub(r"\1", text)
 
 
 def describe_error(e: BaseException) -> str:
@@ -83,14 +92,33 @@ def line_numbers(items: Any) -> list[int]:
     return sorted(set(out))
 
 
+STAT_LABELS = {"wall_ms": "pass time (ms)", "bytes_unfused": "bytes moved unfused", "flops": "FLOPs",
+               "intermediate_bytes": "intermediate bytes", "temp_bytes": "temporary bytes",
+               "shared_bytes": "shared-memory bytes", "source_lines": "source lines"}
+
+
+def stat_label(key: str) -> str:
+    """A stage statistic's name as the dashboard shows it ('fused_edges' → 'fused edges')."""
+    return STAT_LABELS.get(key, key.replace("_", " "))
+
+
+def format_bytes(n: float) -> str:
+    from explorer.passes.fusion import _fmt_bytes
+    return _fmt_bytes(int(n))
+
+
 def format_stats(stats: dict[str, Any] | None) -> str:
     parts = []
     for k, v in (stats or {}).items():
-        if isinstance(v, float):
+        if isinstance(v, bool):
+            v = "on" if v else "off"
+        elif k.endswith("bytes") and isinstance(v, (int, float)):
+            v = format_bytes(v)
+        elif isinstance(v, float):
             v = f"{v:.3g}"
         elif isinstance(v, dict):
-            v = ", ".join(f"{a}:{b}" for a, b in v.items()) or "—"
-        parts.append(f"<b>{esc(k)}</b>: {esc(v)}")
+            v = ", ".join(f"{str(a).replace('_', ' ')}: {b}" for a, b in v.items()) or "—"
+        parts.append(f"<b>{esc(stat_label(k))}</b>: {esc(v)}")
     return '<div style="font-size:90%;color:#333">' + " &nbsp;·&nbsp; ".join(parts) + "</div>"
 
 

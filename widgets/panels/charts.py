@@ -1,4 +1,7 @@
-"""TimingChart: explorer.compare's timing and roofline charts as PNG images, with a progress bar.
+"""TimingChart: explorer.compare's charts — time per call, bytes moved, roofline — as PNG images, with
+a progress bar. Before the first comparison a placeholder says what the button does (no empty image).
+On target 'sim' the times are the roofline model of a GPU (`model_device`, default the A100 the CUDA
+code is compiled for: sm_80) on the simulator's exact counts.
 
 The measurement runs on a worker thread, so the notebook stays responsive; `wait()` joins it.
 
@@ -46,8 +49,22 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+PLACEHOLDER = ("Press <b>Compare fused vs unfused</b> to compile this function fused and unfused, check both "
+               "against NumPy, time them (explorer.compare) and draw three charts here: time per call with its "
+               "spread, bytes moved through global memory, and the roofline.")
+MODEL_DEVICE_HELP = ("on target 'sim' the times are not measured: they are the roofline model of this GPU applied "
+                     "to the simulator's exact counts (a100: the GPU the CUDA code is compiled for, sm_80)")
+
+
+def _model_devices() -> list[str]:
+    from explorer.costmodel import DEVICES
+    return list(DEVICES)
+
+
 class TimingChart(W.VBox):
-    """Timing + roofline images of a Comparison. `.timing.value` / `.roofline.value` are PNG bytes."""
+    """Timing, bytes and roofline images of a Comparison. `.timing.value` / `.bytes.value` /
+    `.roofline.value` are PNG bytes (hidden until there is one; `.placeholder` shows instead).
+    `on_result(cb)` calls cb(comparison) after each finished comparison."""
 
     def __init__(self, comparison: Any = None, **kwargs: Any):
         self.button = W.Button(description="Compare fused vs unfused", icon="line-chart", button_style="info",
@@ -55,18 +72,34 @@ class TimingChart(W.VBox):
         self.progress = W.FloatProgress(value=0.0, min=0.0, max=1.0, description="", bar_style="info",
                                         layout=W.Layout(width="260px", visibility="hidden"))
         self.status = W.HTML()
-        self.timing = W.Image(format="png", layout=W.Layout(max_width="48%"))
-        self.roofline = W.Image(format="png", layout=W.Layout(max_width="48%"))
+        self.placeholder = W.HTML(f"<div class='ke-chart-placeholder' style='color:#555;border:1px dashed #bbb;"
+                                  f"padding:16px;margin:6px 0;max-width:720px'>{PLACEHOLDER}</div>")
+        self.timing = W.Image(format="png", layout=W.Layout(max_width="62%", display="none"))
+        self.bytes = W.Image(format="png", layout=W.Layout(max_width="36%", display="none"))
+        self.roofline = W.Image(format="png", layout=W.Layout(max_width="70%", display="none"))
+        self.model_device = W.Dropdown(options=_model_devices(), value="a100", description="model GPU",
+                                       tooltip=MODEL_DEVICE_HELP, layout=W.Layout(width="180px"))
+        self.model_note = W.HTML(f"<small style='color:#555'>{esc(MODEL_DEVICE_HELP)}</small>",
+                                 layout=W.Layout(max_width="520px"))
+        self.model_row = W.HBox([self.model_device, self.model_note], layout=W.Layout(display="none"))
         self.table = W.HTML()
         self.comparison: Any = None
         self._worker = Worker()
         self._request: Callable[[], tuple[Callable, tuple, dict]] | None = None
-        super().__init__([W.HBox([self.button, self.progress]), self.status,
-                          W.HBox([self.timing, self.roofline]), self.table], **kwargs)
+        self._on_result: list[Callable[[Any], None]] = []
+        super().__init__([W.HBox([self.button, self.progress]), self.model_row, self.status, self.placeholder,
+                          W.HBox([self.timing, self.bytes]), self.roofline, self.table], **kwargs)
         self.add_class("ke-charts")
         self.button.on_click(lambda _b: self._run_requested())
         if comparison is not None:
             self.set_comparison(comparison)
+
+    def show_model_device(self, show: bool) -> None:
+        """Show the model-GPU choice (the dashboard: on target 'sim', whose times are modelled)."""
+        self.model_row.layout.display = "flex" if show else "none"
+
+    def on_result(self, callback: Callable[[Any], None]) -> None:
+        self._on_result.append(callback)
 
     def set_request(self, request: Callable[[], tuple[Callable, tuple, dict]]) -> None:
         """What the button measures: request() -> (fn, examples, compare kwargs) at click time."""
@@ -116,8 +149,15 @@ class TimingChart(W.VBox):
         """Draw a Comparison (plot_timing/plot_roofline → PNG, table() → HTML)."""
         self.comparison = cmp
         self.timing.value = figure_png(cmp.plot_timing())
+        if hasattr(cmp, "plot_bytes"):
+            self.bytes.value = figure_png(cmp.plot_bytes())
+            self.bytes.layout.display = ""
         self.roofline.value = figure_png(cmp.plot_roofline())
+        self.timing.layout.display = self.roofline.layout.display = ""
+        self.placeholder.layout.display = "none"
         self.table.value = table_html(cmp.table() if hasattr(cmp, "table") else None)
+        for cb in self._on_result:
+            cb(cmp)
 
     def mark_stale(self, why: str) -> None:
         if self.comparison is not None:

@@ -1,6 +1,9 @@
 """StageDiff: the IR text of one stage against the previous one, added lines green, removed red.
 
-Node ids are stable across passes, so a line-level diff shows exactly what a pass changed.
+Node ids are stable across passes, so a line-level diff shows exactly what a pass changed. Where the
+IR changes kind (graph → fused kernels → loop nests → source) a line diff is one big delete-and-insert,
+so `set_stages` shows a structural diff instead: kernel by kernel, what it was in the previous stage
+beside what it is now.
 
 >>> from widgets import StageDiff
 >>> d = StageDiff("a = 1\\nb = 2", "a = 1\\nc = 3", "before", "after")
@@ -40,6 +43,51 @@ def diff_html(before: str, after: str) -> tuple[str, int, int]:
             f'max-height:480px;overflow:auto">{body}</div>', added, removed)
 
 
+def kernel_parts(ir: Any, members_of: dict[str, list] | None = None) -> dict[str, str] | None:
+    """{kernel name: its text in this IR}, or None for a whole-program graph (no kernels yet).
+
+    For a Graph, `members_of` ({kernel name: nodes}, from the next stage's fused groups) picks each
+    kernel's node lines out of the graph."""
+    from explorer.graph import Graph
+    from explorer.passes.fusion import FusedGraph
+    if isinstance(ir, FusedGraph):
+        return {g.name: "\n".join([f"# {g.id} [{g.kind}] reads " + (", ".join(i.name for i in g.inputs) or "-")
+                                    + " writes " + ", ".join(o.name for o in g.outputs)]
+                                   + [ir.graph.node_line(n) for n in g.nodes]) for g in ir.groups}
+    if isinstance(ir, Graph):
+        if members_of is None:
+            return None
+        by_id = {n.id: n for n in ir.nodes}
+        return {name: "\n".join(ir.node_line(by_id[n.id]) for n in nodes if n.id in by_id)
+                for name, nodes in members_of.items()}
+    kernels = getattr(ir, "kernels", None)
+    if kernels and all(hasattr(k, "name") for k in kernels):
+        return {k.name: (k.source if isinstance(getattr(k, "source", None), str) else k.text()) for k in kernels}
+    return None
+
+
+def structural_html(before_ir: Any, after_ir: Any, before_name: str, after_name: str) -> str | None:
+    """A table, one row per kernel of `after_ir`: the kernel's part of `before_ir` beside its part of
+    `after_ir`; None when the two cannot be matched kernel by kernel."""
+    from explorer.passes.fusion import FusedGraph
+    members = {g.name: g.nodes for g in after_ir.groups} if isinstance(after_ir, FusedGraph) else None
+    after = kernel_parts(after_ir)
+    before = kernel_parts(before_ir, members)
+    if not after or before is None:
+        return None
+    cell = ("vertical-align:top;padding:2px 6px;border-top:1px solid #ddd")
+    pre = ("margin:0;font-size:11px;line-height:1.3;white-space:pre;overflow:auto;max-height:260px;"
+           "max-width:560px;background:#fafafa")
+    rows = []
+    for name, text in after.items():
+        old = before.get(name)
+        rows.append(f"<tr><td style='{cell}'><code>{esc(name)}</code></td>"
+                    f"<td style='{cell}'><pre style='{pre}'>{esc(old) if old is not None else '(new)'}</pre></td>"
+                    f"<td style='{cell}'><pre style='{pre}'>{esc(text)}</pre></td></tr>")
+    return (f"<table class='ke-structural-diff' style='border-collapse:collapse'><tr><th>kernel</th>"
+            f"<th>{esc(before_name)}</th><th>{esc(after_name)}</th></tr>{''.join(rows)}</table>")
+
+
 class StageDiff(W.VBox):
     """Diff of two IR texts. `.set(before, after, before_name, after_name)` redraws it."""
 
@@ -58,6 +106,22 @@ class StageDiff(W.VBox):
                              f'<span style="{ADDED}">+{self.added}</span> '
                              f'<span style="{REMOVED}">−{self.removed}</span> lines')
         self.html.value = body
+
+    def set_stages(self, before: Any, after: Any) -> None:
+        """Diff two Snapshots: a line diff of their text when the IR keeps its kind, else kernel by kernel."""
+        if type(before.ir) is not type(after.ir):
+            try:
+                table = structural_html(before.ir, after.ir, before.name, after.name)
+            except Exception:  # noqa: BLE001 — an IR this view does not know: fall back to the text diff
+                table = None
+            if table is not None:
+                self.added = self.removed = 0
+                self.header.value = (f"<b>{esc(before.name)} → {esc(after.name)}</b>: the IR changes kind "
+                                     f"({esc(type(before.ir).__name__)} → {esc(type(after.ir).__name__)}), "
+                                     "so each kernel is shown as it was and as it is")
+                self.html.value = table
+                return
+        self.set(before.text(), after.text(), before.name, after.name)
 
     def show_first(self, name: str, text: str) -> None:
         """The first stage has nothing before it: show it unmarked."""

@@ -1,5 +1,7 @@
-"""FusionView: the fused graph (groups drawn as clusters), a side table of every boundary with
-its reason, and a "why not fused?" pair of dropdowns answered by Compiled.explain_fusion(a, b).
+"""FusionView: the fusion lesson on one screen — unfused and fused graphs side by side, every edge
+labelled with the bytes it moves through global memory, totals (kernels, launches, bytes, measured
+time with its spread) and one sentence generated from those numbers (explorer.lesson) — then every
+boundary with its reason and a "why not fused?" pair of dropdowns (Compiled.explain_fusion(a, b)).
 
 >>> from widgets.panels.fusion import FusionView               # doctest: +SKIP
 >>> FusionView(explorer.compile(mlp, x, w, b, fuse=False))     # doctest: +SKIP
@@ -10,15 +12,32 @@ from typing import Any
 
 import ipywidgets as W
 
-from ._util import describe_error, error_html, esc, get, node_label, node_name, note_html
+from ._util import Worker, describe_error, error_html, esc, get, node_label, node_name, note_html
 from .graph import GraphView
 
 
 class FusionView(W.VBox):
-    """`.table.value` lists the boundaries; `.answer.value` holds the last explanation."""
+    """`.sentence.value` holds the lesson's sentence, `.totals.value` its table, `.unfused_graph` /
+    `.graph` the two drawings; `.table.value` lists the boundaries; `.answer.value` the last explanation.
+
+    The Measure button calls `set_measure`'s callable (the dashboard: the Charts tab's compare, whose
+    result comes back through `set_comparison`); on its own the view runs explorer.compare itself.
+    """
 
     def __init__(self, compiled: Any = None, **kwargs: Any):
-        self.graph = GraphView(max_height="520px")
+        self.sentence = W.HTML()
+        self.totals = W.HTML()
+        self.measure = W.Button(description="Measure fused vs unfused", icon="clock-o",
+                                tooltip="time both variants (explorer.compare) to add the time and its spread",
+                                layout=W.Layout(width="230px"))
+        self.measure_status = W.HTML()
+        self.unfused_graph = GraphView(max_height="460px")
+        self.graph = GraphView(max_height="460px")
+        self.fused_caption = W.HTML("<b>fused</b>: with the current knobs")
+        self.summary: Any = None
+        self.comparison: Any = None
+        self._measure_request: Any = None
+        self._worker = Worker()
         self.kernels = W.HTML()
         self.table = W.HTML()
         dd = W.Layout(width="220px")
@@ -27,27 +46,48 @@ class FusionView(W.VBox):
         self.answer = W.HTML()
         self.compiled: Any = None
         self._quiet = False
-        side = W.VBox([W.HTML("<b>kernels</b>"), self.kernels, W.HTML("<b>boundaries (not fused)</b>"), self.table,
-                       W.HTML("<b>why not fused?</b>"), self.producer, self.consumer, self.answer],
-                      layout=W.Layout(width="40%"))
-        super().__init__([W.HBox([W.VBox([self.graph], layout=W.Layout(width="60%")), side])], **kwargs)
+        lesson = W.VBox([self.sentence, W.HBox([self.totals, W.VBox([self.measure, self.measure_status])]),
+                         W.HBox([W.VBox([W.HTML("<b>unfused</b>: one kernel per op"), self.unfused_graph],
+                                        layout=W.Layout(width="50%")),
+                                 W.VBox([self.fused_caption, self.graph],
+                                        layout=W.Layout(width="50%"))])])
+        lesson.add_class("ke-lesson")
+        details = W.HBox([W.VBox([W.HTML("<b>kernels</b>"), self.kernels], layout=W.Layout(width="45%")),
+                          W.VBox([W.HTML("<b>boundaries (not fused)</b>"), self.table, W.HTML("<b>why not fused?</b>"),
+                                  self.producer, self.consumer, self.answer], layout=W.Layout(width="55%"))])
+        super().__init__([lesson, details], **kwargs)
         self.add_class("ke-fusion")
+        self.measure.on_click(lambda _b: self._measure())
         self.producer.observe(self._ask, "value")
         self.consumer.observe(self._ask, "value")
         if compiled is not None:
             self.set_compiled(compiled)
 
-    def set_compiled(self, compiled: Any) -> None:
+    def set_compiled(self, compiled: Any, comparison: Any = None) -> None:
+        """Show `compiled` (a Compiled with a fused stage); `comparison` adds measured times."""
         self.compiled = compiled
+        self.comparison = comparison
+        self.measure_status.value = ""
         try:
             snap = compiled.stage("fused")
         except Exception as e:  # noqa: BLE001 — stage missing (stop_after, or not built yet)
             self.graph.show(None)
-            self.kernels.value = self.table.value = ""
+            self.unfused_graph.show(None)
+            self.kernels.value = self.table.value = self.sentence.value = self.totals.value = ""
             self.answer.value = error_html(describe_error(e))
             self._set_options([], None)
             return
-        self.graph.show(snap)
+        try:
+            from explorer.passes.fusion import fuse
+            off = not any(snap.ir.rules.values())
+            # with fusion off the knobs' graph is the unfused one: show what fusion would do beside it
+            self.graph.show(fuse(snap.ir.graph) if off else snap)
+            self.fused_caption.value = ("<b>fused</b>: what fusion would do (it is off in the knobs)" if off
+                                        else "<b>fused</b>: with the current knobs")
+            self.unfused_graph.show(fuse(snap.ir.graph, rules=False))
+        except Exception as e:  # noqa: BLE001
+            self.unfused_graph.html.value = error_html(describe_error(e), "cannot draw the unfused graph:")
+        self._draw_lesson()
         try:
             expl = compiled.explain_fusion()
         except Exception as e:  # noqa: BLE001
@@ -65,6 +105,61 @@ class FusionView(W.VBox):
                 first = (node_name(get(b, "producer")), node_name(get(b, "consumer")))
                 break
         self._set_options(options, first)
+
+    # -- the lesson ------------------------------------------------------------------------------------
+    def set_comparison(self, comparison: Any) -> None:
+        """Add the time of both variants (an explorer.compare result for the shown compile)."""
+        self.comparison = comparison
+        self.measure_status.value = ""
+        self._draw_lesson()
+
+    def set_measure(self, request: Any) -> None:
+        """What the Measure button does: request() starts a measurement that ends in set_comparison."""
+        self._measure_request = request
+
+    def _measure(self) -> None:
+        if self._measure_request is not None:
+            self.measure_status.value = note_html("measuring (see the Charts tab)…")
+            self._measure_request()
+            return
+        comp = self.compiled
+        if comp is None:
+            return
+
+        def job() -> None:
+            import explorer
+            o = comp.options
+            cmp = explorer.compare(comp.fn, *comp.examples, target=comp.target, schedule=o.schedule,
+                                   repeat=10, warmup=2, verbose=False)
+            self.set_comparison(cmp)
+
+        def failed(e: BaseException) -> None:
+            self.measure_status.value = error_html(describe_error(e), "measuring failed:")
+        self.measure_status.value = note_html("measuring…")
+        self._worker.start(job, failed)
+
+    def wait(self, timeout: float | None = 300) -> None:
+        self._worker.wait(timeout)
+
+    def _draw_lesson(self) -> None:
+        from explorer.lesson import fusion_summary
+        try:
+            self.summary = fusion_summary(self.compiled, comparison=self.comparison)
+        except Exception as e:  # noqa: BLE001
+            self.summary = None
+            self.sentence.value = error_html(describe_error(e), "no fusion summary:")
+            self.totals.value = ""
+            return
+        self.sentence.value = (f"<div class='ke-lesson-sentence' style='font-size:110%;padding:4px 8px;"
+                               f"background:#eef6ee;border-left:4px solid #2e7d32'>{esc(self.summary.sentence())}</div>")
+        td = "padding:1px 10px;text-align:right"
+        rows = "".join(f"<tr><td style='padding:1px 10px'>{esc(q)}</td><td style='{td}'>{esc(u)}</td>"
+                       f"<td style='{td}'>{esc(f)}</td></tr>" for q, u, f in self.summary.rows())
+        if self.summary.time_ms is None:
+            rows += ("<tr><td style='padding:1px 10px;color:#666' colspan=3>time: press Measure (or Compare on "
+                     "the Charts tab)</td></tr>")
+        self.totals.value = (f"<table class='ke-lesson-totals' style='font-size:90%;margin:4px 12px 4px 0'><tr><th></th>"
+                             f"<th style='{td}'>unfused</th><th style='{td}'>fused</th></tr>{rows}</table>")
 
     @staticmethod
     def _node_names(ir: Any, boundaries: list | None = None) -> list[tuple[str, str]]:

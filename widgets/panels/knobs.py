@@ -1,8 +1,10 @@
 """KnobPanel: every compile knob as a control; `kwargs()` is exactly what explorer.compile gets.
 
-Knobs that do not apply are disabled, with a tooltip saying why (tile sizes without a matmul,
-per-rule fusion checkboxes with fusion off, schedule knobs on the NumPy reference target, tensor cores
-on the CPU, ...). A value given to the constructor that a menu lacks (tile 48, scale 3) is added to it.
+Every control's help is its label's title (hover), and every knob that does not apply is disabled
+with its reason written under its group (`notes`: tile sizes without a matmul, per-rule fusion
+checkboxes with fusion off, GPU schedule knobs on the CPU, ...). The help texts come from explorer
+(explorer.schedule.KNOBS, explorer.passes.fusion.RULE_DOCS). A value given to the constructor that a
+menu lacks (tile 48, scale 3) is added to it.
 
 >>> from widgets.panels.knobs import KnobPanel
 >>> k = KnobPanel(target="cpu", schedule={"vector": 4})
@@ -16,16 +18,10 @@ from typing import Any, Callable
 import ipywidgets as W
 import numpy as np
 from explorer.schedule import KNOBS as SCHEDULE_KNOB_DOCS
+from explorer.passes.fusion import RULE_DOCS as RULE_HELP
+from explorer.passes.fusion import RULES as FUSION_RULES
 
-FUSION_RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
-RULE_HELP = {
-    "elementwise": "chains of elementwise/injective ops become one loop",
-    "reduce_producer": "elementwise producers are computed inside a reduction",
-    "reduce_consumer": "elementwise consumers of a reduction join its kernel",
-    "multi_reduce": "reductions over the same rows share one kernel (softmax, layernorm)",
-    "epilogue": "bias/activation after a matmul run in the matmul kernel",
-    "prologue": "reshapes/transposes feeding a matmul are folded into its loads",
-}
+from ._util import esc
 TARGETS = ("cpu", "sim", "cuda", "reference")
 AUTO = "auto"
 TILE_SIZES = (AUTO, 4, 8, 16, 32, 64, 128, 256)
@@ -67,19 +63,29 @@ class KnobPanel(W.VBox):
         self.scale = W.Dropdown(description="size", options=SCALES, value=1.0, layout=NARROW, style=style,
                                 tooltip=SCALE_HELP)
         self.tile_note = W.HTML()
+        # the reasons knobs do not apply, visible under each group (a tooltip alone is never rendered
+        # by ipywidgets 8 for a control with a description)
+        self.notes = {g: W.HTML(layout=W.Layout(width="196px")) for g in GROUPS}
+        for n in self.notes.values():
+            n.add_class("ke-knob-note")
+        self._saved_rules: dict[str, bool] | None = None  # rule values kept while fusion is off
         self._callbacks: list[Callable[[str], None]] = []
         self._quiet = False
         self._why: dict[str, str] = {}
         self.has_matmul = True  # until a compile says otherwise
         # schedule keys given to the constructor that no control shows (e.g. "chunk"): kept as given
         self.schedule_extra: dict[str, Any] = {}
-        for r, cb in self.rules.items():
-            cb.tooltip = RULE_HELP[r]
-        super().__init__([W.HTML("<b>knobs</b>"), self.target, self.dtype, self.scale, self.fast_math,
-                          W.HTML("<b>fusion</b>"), self.fuse, *self.rules.values(),
+        for name, w in self.controls().items():
+            # the help is the label's title: rendered on the page, shown on hover
+            w.description_allow_html = True
+            w.description = f'<span title="{esc(_help(name, w))}">{esc(label(name))}</span>'
+            w.tooltip = _help(name, w)
+        super().__init__([W.HTML("<b>knobs</b>"), self.target, self.dtype, self.scale, self.fast_math, self.notes["knobs"],
+                          W.HTML("<b>fusion</b>"), self.fuse, *self.rules.values(), self.notes["fusion"],
                           W.HTML("<b>schedule</b>"), *self.tile, self.tile_note, self.thread_tile, self.threads,
-                          self.vector, self.unroll, self.shared, self.double_buffer, self.tensor_core],
-                         layout=W.Layout(width="200px", min_width="200px"), **kwargs)
+                          self.vector, self.unroll, self.shared, self.double_buffer, self.tensor_core,
+                          self.notes["schedule"]],
+                         layout=W.Layout(width="210px", min_width="210px"), **kwargs)
         self.add_class("ke-knobs")
         self.set(target=target, fuse=fuse, schedule=schedule, dtype=dtype, fast_math=fast_math, scale=scale)
         for name, w in self.controls().items():
@@ -102,6 +108,7 @@ class KnobPanel(W.VBox):
             if target is not None and target in TARGETS:
                 self.target.value = target
             if fuse is not None:
+                self._saved_rules = None
                 self.fuse.value = bool(fuse) if not isinstance(fuse, dict) else True
                 for r, w in self.rules.items():
                     w.value = bool(fuse.get(r, True)) if isinstance(fuse, dict) else True
@@ -134,6 +141,9 @@ class KnobPanel(W.VBox):
     def fuse_value(self) -> Any:
         if not self.fuse.value:
             return False
+        if self._saved_rules is not None:  # fusion just turned back on: the boxes are restored on redraw
+            rules = dict(self._saved_rules)
+            return True if all(rules.values()) else rules
         rules = {r: w.value for r, w in self.rules.items()}
         return True if all(rules.values()) else rules
 
@@ -168,8 +178,7 @@ class KnobPanel(W.VBox):
             for r in self.rules:
                 why[f"rule:{r}"] = "fusion is off: turn it on to choose fusion rules"
         no_mm = "no matmul in this function: this knob applies to matmul kernels"
-        gpu_only = ("applies to GPU targets (cuda, sim); the CPU schedule does not use it "
-                    "(its matmul uses the register tile and always unrolls it)")
+        gpu_only = GPU_ONLY
         if target == "reference":
             for name in ("tile0", "tile1", "tile2", *SCHEDULE_KNOBS):
                 why[name] = ref
@@ -178,7 +187,7 @@ class KnobPanel(W.VBox):
                 if not has_matmul:
                     why[f"tile{i}"] = no_mm
                 elif target == "cpu":
-                    why[f"tile{i}"] = "block tile (BM, BN, BK) " + gpu_only
+                    why[f"tile{i}"] = gpu_only
             if not has_matmul:
                 why["thread_tile"] = why["shared"] = why["double_buffer"] = why["tensor_core"] = no_mm
             elif self.shared.value is False:
@@ -186,27 +195,43 @@ class KnobPanel(W.VBox):
                 why["tensor_core"] = ("tensor cores load their WMMA fragments from shared-memory tiles: "
                                       "set shared to on or auto")
             if target == "cpu":
-                why["threads"] = "threads per block " + gpu_only
-                why["unroll"] = "unroll " + gpu_only
-                why.setdefault("shared", "shared-memory staging " + gpu_only)
-                why.setdefault("double_buffer", "shared-memory double buffering " + gpu_only)
-                why["tensor_core"] = ("tensor cores (WMMA) are for f16 matmuls on GPU targets (cuda, sim); "
-                                      "the CPU schedule ignores this knob")
+                for name in ("threads", "unroll", "tensor_core"):
+                    why[name] = gpu_only
+                why.setdefault("shared", gpu_only)
+                why.setdefault("double_buffer", gpu_only)
         if target != "cpu":
             why["fast_math"] = "fast math is a C-compiler flag: it applies to target 'cpu'"
         return why
 
     def update_applicability(self, has_matmul: bool | None = None) -> None:
-        """Disable what does not apply to this function and target; the tooltip says why."""
+        """Disable what does not apply to this function and target; the notes under each group say why."""
         if has_matmul is not None:
             self.has_matmul = has_matmul
+        self._sync_rules()
         why = self._why = self.applicability(self.target.value)
         for name, w in self.controls().items():
             w.disabled = name in why
             w.tooltip = why.get(name) or _help(name, w)
+        for group, html in self.notes.items():
+            html.value = notes_html(why, group)
         partial = [w.value for w in self.tile].count(AUTO)
         self.tile_note.value = ("<small style='color:#8a6d3b'>set BM, BN and BK to override the tile</small>"
                                 if 0 < partial < 3 and "tile0" not in why else "")
+
+    def _sync_rules(self) -> None:
+        """With fusion off the rule boxes show unchecked (nothing is fused); turning it on restores them."""
+        self._quiet, quiet = True, self._quiet
+        try:
+            if not self.fuse.value and self._saved_rules is None:
+                self._saved_rules = {r: w.value for r, w in self.rules.items()}
+                for w in self.rules.values():
+                    w.value = False
+            elif self.fuse.value and self._saved_rules is not None:
+                for r, w in self.rules.items():
+                    w.value = self._saved_rules[r]
+                self._saved_rules = None
+        finally:
+            self._quiet = quiet
 
     def why_disabled(self, name: str) -> str | None:
         return self._why.get(name)
@@ -220,6 +245,39 @@ class KnobPanel(W.VBox):
             return
         for cb in self._callbacks:
             cb(name)
+
+
+GROUPS = ("knobs", "fusion", "schedule")
+GPU_ONLY = ("apply to GPU targets (cuda, sim) only: the CPU schedule uses the register tile "
+            "(reg tile) and vector width, and always unrolls")
+LABELS = {"fuse": "fusion", "dtype": "dtype", "target": "target", "fast_math": "fast math", "scale": "size",
+          "tile0": "tile BM", "tile1": "tile BN", "tile2": "tile BK", "thread_tile": "reg tile", "threads": "threads",
+          "vector": "vector", "unroll": "unroll", "shared": "shared", "double_buffer": "2x buffer",
+          "tensor_core": "wmma"}
+
+
+def label(name: str) -> str:
+    """The friendly name the dashboard shows for a control ('tile1' → 'tile BN', 'rule:epilogue' → 'epilogue')."""
+    return name[5:].replace("_", " ") if name.startswith("rule:") else LABELS.get(name, name.replace("_", " "))
+
+
+def group_of(name: str) -> str:
+    if name == "fuse" or name.startswith("rule:"):
+        return "fusion"
+    return "schedule" if name.startswith("tile") or name in SCHEDULE_KNOBS else "knobs"
+
+
+def notes_html(why: dict[str, str], group: str) -> str:
+    """The visible 'not applicable' lines of one knob group: controls sharing a reason share a line."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in why.items():
+        if group_of(name) == group:
+            by_reason.setdefault(reason, []).append(label(name))
+    if not by_reason:
+        return ""
+    items = "".join(f"<div><b>{esc(', '.join(names))}</b>: {esc(reason)}</div>" for reason, names in by_reason.items())
+    return (f"<div class='ke-knob-why' style='font-size:11px;line-height:1.3;color:#6b5200;background:#fff8e1;"
+            f"padding:2px 4px;margin:2px 0;white-space:normal'>not applicable — {items}</div>")
 
 
 SCALE_HELP = ("problem size: scales the leading (batch) dimension of the first input (and of the other inputs "

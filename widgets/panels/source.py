@@ -1,5 +1,10 @@
-"""SourceView: each kernel's CUDA or C source (pygments), nvcc's resource report, edit-and-run,
-and provenance (the lines of the user's function that went into the selected kernel).
+"""SourceView: each kernel's CUDA or C source, nvcc's resource report, edit-and-run, and provenance
+(the lines of the user's function that went into the selected kernel).
+
+The source is shown once: read (pygments, line numbers, the kernel's epilogue lines highlighted and
+named above it) or edited (a plain editor with the same line numbers) — the "view / edit" switch.
+"Run edited" is disabled, with its reason on the page, where the target cannot build source (sim,
+reference, cuda without a GPU). Compile errors quote the editor's line; no build paths are shown.
 
 The other language is produced lazily, by compiling the same function for the other target
 the first time the user switches (C ← target 'cpu', CUDA ← target 'sim' or 'cuda').
@@ -10,21 +15,100 @@ the first time the user switches (C ← target 'cpu', CUDA ← target 'sim' or '
 from __future__ import annotations
 
 import inspect
+import re
 import shutil
 import threading
 from typing import Any, Callable
 
 import ipywidgets as W
 
-from ._util import Worker, describe_error, error_html, esc, get, line_numbers, note_html
+from ._util import Worker, describe_error, error_html, esc, get, line_numbers, note_html, strip_paths
 
 LANG_LABELS = [("CUDA", "cuda"), ("C", "c")]
+LINE_PX = 16  # editor and gutter share this line height, so the numbers stay beside their lines
+EDITOR_CSS = ("<style>.ke-code pre,.ke-helper-code pre,.ke-pycode pre{white-space:pre!important;word-break:normal!important;"
+              "overflow-wrap:normal!important}"
+              f".ke-editor textarea{{font-family:monospace;font-size:12px;line-height:{LINE_PX}px;"
+              "white-space:pre;overflow:hidden;padding:4px;resize:none;border:0;outline:1px solid #ddd}"
+              f".ke-gutter pre{{font-family:monospace;font-size:12px;line-height:{LINE_PX}px;margin:0;"
+              "padding:5px 6px 4px 4px;color:#888;text-align:right;background:#f4f4f4}</style>")
+_OUTPUT_STORE = re.compile(r"\bout\d+\s*\[[^\]]*\]\s*=[^=]")
+
+
+def kernel_start(source: str, name: str) -> int:
+    """0-based index of the first line of the kernel function itself (its comment header, else its
+    signature): the lines before it are helpers (micro-kernels, device functions)."""
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"/* kernel {name}"):
+            return i
+    sig = re.compile(rf"\b{re.escape(name)}\s*\(")
+    for i, line in enumerate(lines):
+        if sig.search(line) and not line.startswith((" ", "\t")) and "static" not in line:
+            return i
+    return 0
+
+
+def source_html(source: str, language: str, name: str, marked: list[int]) -> str:
+    """The kernel highlighted with line numbers, opening at the kernel function: helper functions
+    before it are folded under a <details> line (their line numbers kept)."""
+    start = kernel_start(source, name)
+    lines = source.splitlines(keepends=True)
+    body = highlight("".join(lines[start:]), language, [n - start for n in marked if n > start],
+                     linenostart=start + 1, max_height="560px")
+    if start == 0:
+        return body
+    helpers = highlight("".join(lines[:start]), language, [n for n in marked if n <= start], max_height="300px",
+                        css_class="ke-helper-code")
+    return (f"<details class='ke-helpers'><summary style='cursor:pointer;color:#3a6ea5;font-size:12px'>lines 1–{start}: "
+            f"helper functions the kernel calls (click to show)</summary>{helpers}</details>{body}")
+
+
+def epilogue_lines(source: str) -> list[int]:
+    """Lines (1-based) of a kernel's source that store a result to an output array — where the fused
+    epilogue (bias, activation, ...) runs, written with the result."""
+    return [i for i, line in enumerate(source.splitlines(), 1) if _OUTPUT_STORE.search(line)]
+
+
+def gutter_html(n_lines: int, marked: list[int] | None = None) -> str:
+    marked_set = set(marked or ())
+    rows = "\n".join(f"<b style='color:#b35900'>{i}</b>" if i in marked_set else str(i) for i in range(1, n_lines + 1))
+    return f"<div class='ke-gutter'><pre>{rows}</pre></div>"
+
+
+def cannot_build_reason(compiled: Any) -> str | None:
+    """Why 'Run edited' cannot run this compile's source here, or None when it can."""
+    target = getattr(compiled, "target", None)
+    if target == "cpu":
+        return None
+    if target == "cuda":
+        try:
+            from explorer.backends import backend_module
+            ok, why = backend_module("cuda").available()
+        except Exception as e:  # noqa: BLE001
+            ok, why = False, str(e)
+        return None if ok else f"target 'cuda' cannot run here ({why}): switch the language to C to edit and run on this CPU"
+    return (f"Run edited builds source: the {'CUDA' if target == 'sim' else target} code of target {target!r} is "
+            "shown for reading (the simulator runs the kernel IR, not this text): switch the language to C to "
+            "edit and run on this CPU, or use target 'cuda' on a GPU")
+
+
+def map_compile_log(log: str, editor_line: int | None) -> str:
+    """The compiler's log in the editor's terms: build paths dropped, the build file's line numbers
+    ('kernels.c:229:116', gcc's '  229 |' gutter) shifted to the editor's ('line 74:116')."""
+    m = re.search(r"[\w.-]+\.(?:c|cu):(\d+)", log)
+    shift = int(m.group(1)) - editor_line if m and editor_line is not None else None
+    log = strip_paths(log)
+    if shift is None:
+        return log
+    log = re.sub(r"[\w.-]+\.(?:c|cu):(\d+)", lambda g: f"line {int(g.group(1)) - shift}", log)
+    return re.sub(r"(?m)^(\s*)(\d+)( \|)", lambda g: f"{g.group(1)}{int(g.group(2)) - shift}{g.group(3)}", log)
 _RESOURCE_CACHE: dict[tuple[str, str, str], dict] = {}
 _RESOURCE_LOCK = threading.Lock()
 
 
 def highlight(code: str, language: str, hl_lines: list[int] | None = None, linenostart: int = 1,
-              css_class: str = "ke-code") -> str:
+              css_class: str = "ke-code", max_height: str = "480px") -> str:
     """Syntax-highlighted HTML with inline styles (no stylesheet needed inside a widget)."""
     from pygments import highlight as _hl
     from pygments.formatters import HtmlFormatter
@@ -33,7 +117,7 @@ def highlight(code: str, language: str, hl_lines: list[int] | None = None, linen
     fmt = HtmlFormatter(noclasses=True, linenos="inline", hl_lines=hl_lines or [], linenostart=linenostart,
                         style="default", cssstyles="font-size:12px;line-height:1.35;margin:0")
     body = _hl(code, lexer, fmt)
-    return f'<div class="{css_class}" style="max-height:480px;overflow:auto">{body}</div>'
+    return f'<div class="{css_class}" style="max-height:{max_height};overflow:auto">{body}</div>'
 
 
 def language_of(compiled: Any) -> str:
@@ -66,6 +150,7 @@ class ProvenanceView(W.VBox):
         self.title = W.HTML()
         self.html = W.HTML()
         self.highlighted: list[int] = []
+        self.where = ""  # ' (cell [3])' for a function defined in a notebook cell
         self._src: tuple[list[str], int] | None = None
         super().__init__([self.title, self.html], **kwargs)
         self.add_class("ke-provenance")
@@ -77,12 +162,16 @@ class ProvenanceView(W.VBox):
             self._src = inspect.getsourcelines(fn)
         except (OSError, TypeError):
             self._src = None
+        from explorer.graph import notebook_cell
+        cell = notebook_cell(getattr(getattr(fn, "__code__", None), "co_filename", ""))
+        # a notebook cell's line numbers count from the cell's first line: say which cell
+        self.where = "" if cell is None else (f" (cell [{cell}])" if cell else " (a notebook cell)")
         self.highlight([])
 
     def highlight(self, lines: list[int], label: str = "") -> None:
         self.highlighted = sorted(lines)
-        self.title.value = (f"<b>your function</b> — lines in <code>{esc(label)}</code> highlighted" if label
-                            else "<b>your function</b>")
+        head = f"<b>your function</b>{esc(self.where)}"
+        self.title.value = f"{head} — lines in <code>{esc(label)}</code> highlighted" if label else head
         if self._src is None:
             self.html.value = note_html("source of the function is not available (defined interactively?); "
                                         f"lines: {', '.join(map(str, lines)) or '—'}")
@@ -100,19 +189,30 @@ class SourceView(W.VBox):
     """
 
     def __init__(self, compiled: Any = None, provider: Callable[[str], Any] | None = None, **kwargs: Any):
-        self.kernel = W.Dropdown(description="kernel", options=[], layout=W.Layout(width="420px"))
+        self.kernel = W.Dropdown(description="kernel", options=[], layout=W.Layout(width="360px"),
+                                 style={"description_width": "50px"})
         self.language = W.ToggleButtons(options=LANG_LABELS, value="cuda", tooltips=[
-            "CUDA source (target cuda, or the simulator's)", "C + OpenMP source (target cpu)"])
+            "CUDA source (target cuda, or the simulator's)", "C + OpenMP source (target cpu)"],
+            style={"button_width": "64px"})
         self.status = W.HTML()
         self.launch = W.HTML()
         self.code = W.HTML(layout=W.Layout(width="100%"))
         self.resources = W.HTML()
+        self.mode = W.ToggleButtons(options=[("view", "view"), ("edit", "edit")], value="view",
+                                    tooltips=["the source, highlighted", "edit the source, then Run edited"],
+                                    style={"button_width": "64px"})
+        self.epilogue = W.HTML()
         self.editor = W.Textarea(layout=W.Layout(width="100%", height="240px"),
                                  placeholder="kernel source to edit")
         self.editor.add_class("ke-editor")
+        self.gutter = W.HTML()
+        self.editor_box = W.HBox([self.gutter, self.editor],
+                                 layout=W.Layout(max_height="480px", overflow="auto", display="none", width="100%"))
         self.run_button = W.Button(description="Run edited", button_style="primary", icon="play",
-                                   tooltip="build the edited kernel, run it, compare with the generated one")
+                                   tooltip="build the edited kernel, run it, compare with the generated one",
+                                   layout=W.Layout(width="130px", min_width="130px"))
         self.reset_button = W.Button(description="Reset", tooltip="put the generated source back")
+        self.run_note = W.HTML()
         self.result = W.HTML()
         self.provenance = ProvenanceView()
         self.compiled: Any = None
@@ -121,14 +221,15 @@ class SourceView(W.VBox):
         self._explanations: dict[int, Any] = {}
         self._quiet = False
         self._nvcc = Worker()
-        edit = W.VBox([W.HTML("<b>edit and run</b>"), self.editor,
-                       W.HBox([self.run_button, self.reset_button]), self.result])
-        left = W.VBox([W.HBox([self.kernel, self.language]), self.status, self.launch, self.code,
-                       self.resources, edit], layout=W.Layout(width="62%"))
+        edit = W.VBox([W.HBox([self.run_button, self.reset_button]), self.run_note, self.result])
+        left = W.VBox([W.HTML(EDITOR_CSS), self.kernel, W.HBox([self.language, W.HTML(layout=W.Layout(width="16px")), self.mode]), self.status, self.launch,
+                       self.epilogue, self.code, self.editor_box, edit, self.resources], layout=W.Layout(width="62%"))
         super().__init__([W.HBox([left, W.VBox([self.provenance], layout=W.Layout(width="38%"))])], **kwargs)
         self.add_class("ke-source")
         self.kernel.observe(self._on_kernel, "value")
         self.language.observe(self._on_language, "value")
+        self.mode.observe(lambda _ch: self._show_mode(), "value")
+        self.editor.observe(lambda _ch: self._fit_editor(), "value")
         self.run_button.on_click(lambda _b: self.run_edited())
         self.reset_button.on_click(lambda _b: self._reset_editor())
         if compiled is not None:
@@ -195,13 +296,35 @@ class SourceView(W.VBox):
             self.editor.value = ""
             self.provenance.highlight([])
             return
-        self.code.value = highlight(k.source, k.language)
+        epi = epilogue_lines(k.source)
+        self.code.value = source_html(k.source, k.language, k.name, epi)
+        self.epilogue.value = (f"<small>the result is stored (with the fused epilogue: bias, activation, …) at line"
+                               f"{'s' if len(epi) > 1 else ''} <b>{', '.join(map(str, epi))}</b>, highlighted</small>"
+                               if epi else "")
         launch = getattr(k, "launch", None) or {}
         self.launch.value = ("<code>" + esc(" · ".join(f"{a}={b}" for a, b in launch.items())) + "</code>"
                              if launch else "")
         self.editor.value = k.source
+        self._fit_editor()
+        why = cannot_build_reason(self.current)
+        self.run_button.disabled = why is not None
+        self.run_button.tooltip = why or "build the edited kernel, run it, compare with the generated one"
+        self.run_note.value = f"<small class='ke-run-why' style='color:#6b5200'>{esc(why)}</small>" if why else ""
         self._render_resources(k)
         self._render_provenance(k)
+
+    def _show_mode(self) -> None:
+        """One copy of the source on the page: highlighted to read, or in the editor."""
+        editing = self.mode.value == "edit"
+        self.code.layout.display = "none" if editing else ""
+        self.editor_box.layout.display = "flex" if editing else "none"
+
+    def _fit_editor(self) -> None:
+        """The editor as tall as its text (its box scrolls, gutter and text together)."""
+        k = self.selected_kernel()
+        n = max(1, self.editor.value.count("\n") + 1)
+        self.editor.layout.height = f"{n * LINE_PX + 10}px"
+        self.gutter.value = gutter_html(n, epilogue_lines(k.source) if k is not None else [])
 
     def _reset_editor(self) -> None:
         k = self.selected_kernel()
@@ -241,8 +364,11 @@ class SourceView(W.VBox):
     def _resources_html(name: str, rep: dict) -> str:
         if not rep:
             return note_html(f"nvcc reported nothing for {name}")
-        cells = "".join(f"<td style='padding:0 8px'><b>{esc(a)}</b>: {esc(b)}</td>" for a, b in rep.items())
-        return f"<div class='ke-resources'>nvcc resources: <table><tr>{cells}</tr></table></div>"
+        cells = "".join(f"<span style='display:inline-block;padding:0 10px 0 0;white-space:nowrap'><b>{esc(a)}</b>: "
+                        f"{esc(b)}</span>" for a, b in rep.items())
+        # wrapping chips, not one table row: the report fits any width
+        return (f"<div class='ke-resources' style='white-space:normal;max-width:100%'>nvcc resources "
+                f"({esc(name)}):<br>{cells}</div>")
 
     def wait(self, timeout: float | None = 60) -> None:
         """Wait for a pending nvcc report (tests, scripts)."""
@@ -279,10 +405,9 @@ class SourceView(W.VBox):
         if comp is None or k is None:
             self.result.value = error_html("no kernel selected")
             return
-        if comp.target not in ("cpu", "cuda"):
-            self.result.value = error_html(
-                f"this {k.language.upper()} source is for target {comp.target!r}, which does not compile source; "
-                "switch the language to C to edit and run on this machine's CPU (or use target 'cuda' on a GPU)")
+        why = cannot_build_reason(comp)
+        if why is not None:
+            self.result.value = error_html(why, "cannot run edited source:")
             return
         src = self.editor.value
         if not src.strip():
@@ -298,8 +423,14 @@ class SourceView(W.VBox):
         except CompileError as e:
             self.result.value = self._compile_error_html(e, src)
             return
+        except OSError as e:  # the library builds but does not load, e.g. a misspelt function
+            sym = re.search(r"undefined symbol: (\w+)", str(e))
+            why = (f"it calls {sym.group(1)}, which is not defined (a misspelt or missing function?)" if sym
+                   else strip_paths(str(e)))
+            self.result.value = error_html(why, "the edited kernel does not load:")
+            return
         except Exception as e:  # noqa: BLE001
-            self.result.value = error_html(describe_error(e))
+            self.result.value = error_html(strip_paths(describe_error(e)))
             return
         from explorer.compiled import default_rtol
         tol = default_rtol(comp.examples[0].dtype) if comp.examples else 1e-4
@@ -325,5 +456,7 @@ class SourceView(W.VBox):
                      f"{esc(lines[line - 1].strip())}</code></div>")
         elif line is not None:
             where = f"<div class='ke-error-line'>line {line}</div>"
-        logs = (f"<pre style='max-height:160px;overflow:auto;font-size:11px'>{esc(log[-3000:])}</pre>" if log else "")
-        return error_html(f"CompileError: {e}", "the edited kernel does not build:") + where + logs
+        log = map_compile_log(log, line)
+        logs = (f"<pre style='max-height:160px;overflow:auto;font-size:11px;white-space:pre'>{esc(log[-3000:])}</pre>"
+                if log else "")
+        return error_html(strip_paths(f"CompileError: {e}"), "the edited kernel does not build:") + where + logs

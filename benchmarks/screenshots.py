@@ -1,0 +1,75 @@
+"""Screenshots of every dashboard tab, on targets cpu and sim, taken in real JupyterLab + Chromium.
+
+    .venv/bin/python benchmarks/screenshots.py            # writes docs/images/dashboard_<target>_<tab>.png
+    .venv/bin/python benchmarks/screenshots.py --out /tmp/shots --targets sim
+
+Each tab is shown as a learner would first see it, with one measurement on the Charts tab (so the
+Fusion tab's lesson has its time too). Needs Chromium (tests/setup_browser.py) and playwright.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from lab_harness import broken_images, browser_page, mlp_cell, run_all, running_lab, skip_reason  # noqa: E402
+
+TABS = ("Stages", "Fusion", "Tiling", "Source", "Run", "Charts")
+
+
+def dashboard_cell(target: str) -> str:
+    return mlp_cell(4096, 64, 64) + f"ex = widgets.Explorer(mlp, x, w, b, target={target!r})\nex\n"
+
+
+def shoot(target: str, out: Path) -> list[Path]:
+    from playwright.sync_api import expect
+    written = []
+    with tempfile.TemporaryDirectory() as tmp, running_lab(Path(tmp), [dashboard_cell(target)]) as lab, \
+            browser_page(lab, width=1500, height=1300) as page:
+        run_all(page, lab)
+        dash = page.locator(".jp-OutputArea-output .ke-explorer")
+        expect(dash).to_be_visible(timeout=90_000)
+        expect(dash.locator(".ke-graph .ke-svg svg").first).to_be_visible(timeout=60_000)
+        page.locator(".jp-Cell-inputWrapper").first.evaluate("e => e.style.display = 'none'")  # the dashboard only
+        # one measurement first, so the Fusion tab shows the time as well
+        dash.locator(".lm-TabBar-tab:has-text('Charts')").first.click()
+        dash.locator("button:has-text('Compare fused vs unfused')").click()
+        expect(dash.locator(".ke-compare-table")).to_be_visible(timeout=240_000)
+        for tab in TABS:
+            dash.locator(f".lm-TabBar-tab:has-text('{tab}')").first.click()
+            if tab == "Run":
+                dash.locator(".ke-run button:has-text('Run')").click()
+                expect(dash.locator(".ke-run-results")).to_be_visible(timeout=240_000)
+            if tab == "Source" and target == "sim":
+                time.sleep(3)  # the nvcc resource report arrives from a worker
+            page.wait_for_timeout(800)
+            assert broken_images(page) == [], broken_images(page)
+            path = out / f"dashboard_{target}_{tab.lower()}.png"
+            dash.screenshot(path=str(path))
+            written.append(path)
+            print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return written
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
+    ap.add_argument("--targets", nargs="+", default=["cpu", "sim"])
+    args = ap.parse_args()
+    why = skip_reason()
+    if why:
+        print(f"cannot take screenshots: {why}")
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    for t in args.targets:
+        shoot(t, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
