@@ -35,7 +35,7 @@ from .graph import Graph, Node, Provenance, c_identifier
 
 # Frames of these modules are the tracer's own machinery, not the user's code, so
 # provenance skips them (numpy too: np.mean's Python wrapper calls back into us).
-INTERNAL_MODULES = {"explorer.tracing", "explorer.nn", "explorer.ops", "explorer.passes.simplify", "explorer.dtypes",
+INTERNAL_MODULES = {"explorer.tracing", "explorer.numpy_api", "explorer.nn", "explorer.ops", "explorer.passes.simplify", "explorer.dtypes",
                     "explorer.graph", "explorer.errors", "explorer.pipeline", "explorer.compiled",
                     "explorer.backends.reference"}
 
@@ -582,6 +582,23 @@ class Tensor:
     def cumsum(self, axis=None) -> "Tensor":
         return _cumsum(self, axis)
 
+    def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=np._NoValue,
+            mean=np._NoValue, correction=np._NoValue) -> "Tensor":
+        return np.var(self, axis, dtype, out, ddof, keepdims, where=where, mean=mean, correction=correction)
+
+    def std(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=np._NoValue,
+            mean=np._NoValue, correction=np._NoValue) -> "Tensor":
+        return np.std(self, axis, dtype, out, ddof, keepdims, where=where, mean=mean, correction=correction)
+
+    def clip(self, min=None, max=None, out=None, **kw) -> "Tensor":
+        return _clip(self, min, max, out, **kw)
+
+    def swapaxes(self, axis1, axis2) -> "Tensor":
+        return _swapaxes(self, axis1, axis2)
+
+    def repeat(self, repeats, axis=None) -> "Tensor":
+        return np.repeat(self, repeats, axis)
+
     def copy(self) -> "Tensor":
         return self
 
@@ -983,5 +1000,7 @@ def trace(fn: Callable, *examples: Any) -> Graph:
     return Graph(_graph_name(fn), tr.inputs, tr.nodes, out_nodes, source_lines=lines, source_file=file,
                  next_id=tr._next)
 
+
+from . import numpy_api as _numpy_api  # noqa: E402,F401  (registers concatenate, split, var, einsum, ...)
 
 __all__ = ["Tensor", "Tracer", "trace", "prepare_examples", "apply_op", "supported_numpy", "user_provenance"]

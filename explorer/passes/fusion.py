@@ -429,7 +429,7 @@ def _reduce_member_problem(m: Node, in_group: Callable[[Node], bool], r0: Node,
     for i in m.inputs:
         if not in_group(i):
             continue  # read from global memory: any index is fine
-        if m.op in ("transpose", "reshape", "slice") and not _is_identity_injective(m):
+        if m.op in ("transpose", "reshape", "slice", "concat", "pad") and not _is_identity_injective(m):
             return (f"{m.op} {m.name} would rearrange {i.name} across rows of the reduction kernel "
                     f"(each row is computed by its own threads)")
         if i.shape == m.shape:

@@ -192,7 +192,48 @@ class GroupLowering:
         if n.op == "slice":
             sidx = tuple(L.simplify_expr(L.Const(a) + i * c) for i, a, c in zip(idx, n.attrs["starts"], n.attrs["steps"]))
             return self.value(src, sidx)
+        if n.op == "concat":
+            return self._concat(n, idx)
+        if n.op == "pad":
+            return self._pad(n, idx)
         raise VerificationError(f"lowering: cannot inline {n.op} ({n.name}) into a loop body")
+
+    def _concat(self, n: Node, idx: tuple[L.Expr, ...]) -> L.Expr:
+        """concat along `axis`: a chain of selects on idx[axis], each operand read at idx[axis] - its offset.
+
+        concat([a: f32[2,3], b: f32[2,4]], axis=1) at (i, j)  →  j < 3 ? a[i, j] : b[i, j - 3]
+        The select only evaluates the branch it takes (C's ?:), so no operand is read out of range."""
+        ax, dt = n.attrs["axis"], _dt(n)
+        offsets = np.cumsum([0] + [i.shape[ax] for i in n.inputs])
+
+        def part(k: int) -> L.Expr:
+            sub = idx[:ax] + (L.simplify_expr(idx[ax] - int(offsets[k])),) + idx[ax + 1:]
+            return _cast(self.value(n.inputs[k], sub), dt)
+
+        expr = part(len(n.inputs) - 1)
+        for k in range(len(n.inputs) - 2, -1, -1):
+            expr = L.Select(L.BinOp("<", idx[ax], L.Const(int(offsets[k + 1]))), part(k), expr)
+        return expr
+
+    def _pad(self, n: Node, idx: tuple[L.Expr, ...]) -> L.Expr:
+        """constant pad: in range of the input, read it shifted by the leading pad; else the constant.
+
+        pad(x: f32[4], pads=((1,2),), value=0.0) at (i)  →  (i >= 1 && i < 5) ? x[i - 1] : 0.0f"""
+        src, pads = n.inputs[0], n.attrs["pads"]
+        sub = tuple(L.simplify_expr(i - lo) if lo else i for i, (lo, _) in zip(idx, pads))
+        conds = []
+        for i, (lo, hi), s in zip(idx, pads, src.shape):
+            if lo:
+                conds.append(L.BinOp(">=", i, L.Const(int(lo))))
+            if hi:
+                conds.append(L.BinOp("<", i, L.Const(int(lo + s))))
+        inner = self.value(src, sub)
+        if not conds:
+            return inner
+        cond = conds[0]
+        for c in conds[1:]:
+            cond = L.BinOp("&&", cond, c)
+        return L.Select(cond, inner, L.Const(n.attrs["value"], _dt(n)))
 
 
 # ----------------------------------------------------------------------------- the pass
