@@ -442,3 +442,92 @@ _FUNCTIONS.update({
 if hasattr(np, "concat") and np.concat is not np.concatenate:  # pragma: no cover - NumPy 2 aliases them
     _FUNCTIONS[np.concat] = _np_concatenate
 
+
+
+# ----------------------------------------------------------------------------- the documented surface
+# Notes for docs/NUMPY.md, keyed by NumPy name (without np.). Names the tracer supports but that have no
+# note here get their category's note; a note for a name the tracer does not support fails the test.
+NOTES: dict[str, str] = {
+    "concatenate": "any number of operands, dtype promotion, negative axis, axis=None; one fusable `concat` op",
+    "concat": "alias of np.concatenate (NumPy 2)",
+    "stack": "new axis (negative allowed) + concat; operands must share a shape",
+    "hstack": "concat on axis 1 (axis 0 for 1-D)",
+    "vstack": "1-D operands become rows; concat on axis 0",
+    "split": "sections (must divide the axis) or index lists; slices",
+    "array_split": "unequal sections allowed (NumPy's sizes); slices",
+    "var": "axis, keepdims, ddof/correction; ints in float64, float16 via float32; mean + squared deviations",
+    "std": "as np.var, then sqrt",
+    "repeat": "int or per-element counts, axis=None flattens; reshape + broadcast_to (+ concat for per-element)",
+    "tile": "reps as int or tuple; reshape + broadcast_to + reshape",
+    "pad": "mode='constant' only, one scalar constant_values; one fusable `pad` op",
+    "einsum": "subscripts string, up to 3 operands, no '...' or repeated index in one operand; "
+              "transpose + reshape + (batched) matmul + sum",
+    "tensordot": "int axes or axis pairs; through einsum",
+    "moveaxis": "transpose",
+    "swapaxes": "transpose",
+    "transpose": "axes tuple or reversed",
+    "reshape": "C order; one -1",
+    "ravel": "C order",
+    "squeeze": "axis None, int or tuple; the axes must have size 1",
+    "expand_dims": "int or tuple axis",
+    "broadcast_to": "NumPy broadcasting",
+    "sum": "axis, keepdims; no dtype=/initial=/where=",
+    "max": "axis, keepdims", "amax": "axis, keepdims", "min": "axis, keepdims", "amin": "axis, keepdims",
+    "mean": "axis, keepdims; ints in float64, float16 via float32",
+    "cumsum": "a scan: its own kernel (does not fuse)",
+    "matmul": "batched with broadcast batch dims; both operands >= 2-D",
+    "dot": "2-D operands only (use @ for batches)",
+    "where": "three-argument form only",
+    "clip": "np.maximum / np.minimum",
+    "square": "x * x",
+    "positive": "identity",
+    "bitwise_and": "bool arrays only (logical and)",
+    "bitwise_or": "bool arrays only (logical or)",
+    "invert": "bool arrays only (logical not)",
+    "shape": "static", "ndim": "static", "size": "static",
+}
+# methods whose name differs from, or has no, NumPy function
+METHOD_OF = {"add": "x + y", "subtract": "x - y", "multiply": "x * y", "true_divide": "x / y", "divide": "x / y",
+             "power": "x ** y", "matmul": "x @ y", "negative": "-x", "positive": "+x", "abs": "abs(x)",
+             "absolute": "abs(x)", "less": "x < y", "less_equal": "x <= y", "greater": "x > y",
+             "greater_equal": "x >= y", "equal": "x == y", "not_equal": "x != y", "bitwise_and": "x & y",
+             "bitwise_or": "x | y", "invert": "~x", "amax": "x.max", "amin": "x.min"}
+# rows for traced-array features that are not NumPy functions (i12-gather adds gather and writes here)
+EXTRA_ROWS: list[tuple[str, str, str]] = [
+    ("", "x[...]", "basic indexing: ints (negative too), slices with steps, None, ...; integer-array indexing "
+                   "(gather) and writes (x[m] = v, +=): see their rows, where listed"),
+    ("", "x.astype", "to any supported dtype (f16, f32, f64, i32, i64, bool)"),
+    ("", "x.T", "reversed axes"),
+    ("", "x.flatten", "as ravel"),
+    ("", "x.copy", "the same traced value (traced code is pure)"),
+]
+ATTRIBUTES = ("dtype", "ndim", "shape", "size", "T")
+
+
+def numpy_surface() -> list[tuple[str, str, str]]:
+    """(numpy, method, notes) for every supported NumPy name, then the traced-array-only rows."""
+    from .tracing import supported_numpy_names, tensor_methods, _ufunc_table
+    methods = set(tensor_methods()) - set(ATTRIBUTES)
+    ufuncs = set(_ufunc_table())
+    rows = []
+    for name in supported_numpy_names():
+        meth = METHOD_OF.get(name) or (f"x.{name}" if name in methods else "")
+        note = NOTES.get(name) or ("elementwise ufunc; NumPy 2 promotion (Python scalars are weak)"
+                                   if name in ufuncs else "")
+        rows.append((f"np.{name}", meth, note))
+    covered = {m[2:] for _, m, _ in rows + EXTRA_ROWS if m.startswith("x.")}
+    rows += EXTRA_ROWS + [("", f"x.{m}", "") for m in sorted(methods - covered)]
+    return rows
+
+
+def numpy_surface_markdown() -> str:
+    """The text of docs/NUMPY.md (tests/test_numpy_surface.py checks the file equals it)."""
+    lines = ["# The supported NumPy surface", "",
+             "Generated from the tracer's tables by `explorer.numpy_api.numpy_surface_markdown()`; "
+             "`tests/test_numpy_surface.py` fails when this file and the tracer disagree (rewrite it with "
+             "`python -c \"import explorer.numpy_api as m; open('docs/NUMPY.md', 'w').write(m.numpy_surface_markdown())\"`).",
+             "", "Anything else raises `UnsupportedOpError` naming the op, your line and the closest names below.",
+             "", "| numpy | method | notes |", "|---|---|---|"]
+    cell = lambda t: t.replace("|", "\\|")  # noqa: E731  (x | y inside a table cell)
+    lines += [f"| {a} | {'`' + cell(b) + '`' if b else ''} | {cell(c)} |" for a, b, c in numpy_surface()]
+    return "\n".join(lines) + "\n"

@@ -483,8 +483,8 @@ class Tensor:
         return _unary("logical_not", self)
 
     def _unsupported(self, what: str, *_a):
-        raise UnsupportedOpError(f"the operator {what} is not supported on traced arrays; supported ops are: "
-                                 f"{_ops.supported_ops()}")
+        raise _located(UnsupportedOpError(f"the operator {what} is not supported on traced arrays{_where()}; "
+                                          f"the supported NumPy surface is listed in {NUMPY_DOC}"))
 
     def __round__(self, ndigits=None): self._unsupported("round()")
     def __floordiv__(self, o): self._unsupported("//")
@@ -609,10 +609,10 @@ class Tensor:
         # only reached for attributes Tensor does not define (ndarray's argmax, std, clip, view, ...)
         if name.startswith("__") or name in Tensor.__slots__:
             raise AttributeError(name)  # NumPy and copy probe dunders with getattr: keep AttributeError
-        methods = sorted(n for n in dir(Tensor) if not n.startswith("_") and n not in ("node", "tracer"))
-        raise UnsupportedAttributeError(f"x.{name} is not supported on traced arrays; supported attributes and "
-                                        f"methods are: {', '.join(methods)} (see explorer.tracing.supported_numpy() "
-                                        f"for NumPy functions)")
+        methods = tensor_methods()
+        raise _located(UnsupportedAttributeError(
+            f"x.{name} is not supported on traced arrays{_where()}; closest supported: "
+            f"{_closest(name, methods, 'x.')}; see {NUMPY_DOC}"))
 
     # -- numpy protocols --------------------------------------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -628,8 +628,7 @@ class Tensor:
                              f"code; call np.{name} with positional arrays only (cast with .astype first)")
         op = _ufunc_op(name, inputs)
         if op is None:
-            raise UnsupportedOpError(f"np.{name} is not supported by the tracer; supported NumPy functions are: "
-                                     f"{supported_numpy()}; registry ops: {_ops.supported_ops()}")
+            raise unsupported_numpy(name)
         if callable(op):
             return op(*inputs)
         tr = _tracer_of(inputs)
@@ -639,8 +638,7 @@ class Tensor:
         h = _FUNCTIONS.get(func)
         if h is None:
             name = getattr(func, "__name__", str(func))
-            raise UnsupportedOpError(f"np.{name} is not supported by the tracer; supported NumPy functions are: "
-                                     f"{supported_numpy()}; registry ops: {_ops.supported_ops()}")
+            raise unsupported_numpy(name)
         return h(*args, **kwargs)
 
 
@@ -661,7 +659,7 @@ def _bool_logic(op: str, a: Any, b: Any) -> "Tensor":
 
 
 def _unsupported_fn(name: str):
-    raise UnsupportedOpError(f"np.{name} is not supported by the tracer; supported NumPy functions are: {supported_numpy()}")
+    raise unsupported_numpy(name)
 
 
 _UFUNC_CACHE: dict[str, str] = {}
@@ -815,11 +813,55 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
 }
 
 
+def supported_numpy_names() -> list[str]:
+    """Names (without `np.`) of the NumPy functions and ufuncs the tracer understands, sorted."""
+    names = {getattr(f, "__name__", "") for f in _FUNCTIONS} | {"amax", "amin", "concat"}
+    names |= {k for k in _ufunc_table() if k != "__n__"} | set(_UFUNC_EXTRA)
+    return sorted(n for n in names if n and hasattr(np, n))
+
+
 def supported_numpy() -> str:
     """Names of the NumPy functions and ufuncs the tracer understands."""
-    names = {getattr(f, "__name__", "") for f in _FUNCTIONS} | {"amax", "amin"}
-    names |= {k for k in _ufunc_table() if k != "__n__"} | set(_UFUNC_EXTRA)
-    return ", ".join(f"np.{n}" for n in sorted(n for n in names if n and hasattr(np, n)))
+    return ", ".join(f"np.{n}" for n in supported_numpy_names())
+
+
+NUMPY_DOC = "docs/NUMPY.md"
+
+
+def tensor_methods() -> list[str]:
+    """Public attributes and methods of a traced array that work (item/tolist only explain why they cannot)."""
+    return [n for n in dir(Tensor) if not n.startswith("_") and n not in ("node", "tracer", "item", "tolist")]
+
+
+def _closest(name: str, names: Sequence[str], prefix: str) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.0)
+    return ", ".join(prefix + c for c in close)
+
+
+def _where() -> str:
+    """' at file:line: code' for the user's line (code cut to keep the message short), or ''."""
+    p = user_provenance()
+    if p is None:
+        return ""
+    code = p.code if len(p.code) <= 60 else p.code[:57] + "..."
+    return f" at {p.short()}: {code}" if code else f" at {p.short()}"
+
+
+def _located(e: ExplorerError) -> ExplorerError:
+    e._located = True  # type: ignore[attr-defined]  # trace() must not append the line a second time
+    return e
+
+
+def unsupported_numpy(name: str) -> UnsupportedOpError:
+    """The error for an np.<name> the tracer does not know: the op, the user's line, the 3 closest
+    supported NumPy names and where the supported surface is listed (short: under 300 characters).
+
+    >>> str(unsupported_numpy("concatenat")).startswith("np.concatenat is not supported")
+    True
+    """
+    return _located(UnsupportedOpError(f"np.{name} is not supported{_where()}; closest supported: "
+                                       f"{_closest(name, supported_numpy_names(), 'np.')}; see {NUMPY_DOC}"))
 
 
 # ----------------------------------------------------------------------------- examples & trace
