@@ -351,21 +351,36 @@ def _permute(x: Tensor, sub: str, order: str) -> Tensor:
 
 
 def _einsum_pair(a: Tensor, sa: str, b: Tensor, sb: str, keep: str, sizes: dict[str, int]) -> tuple[Tensor, str]:
-    """Contract a and b to the indices in `keep` as one (batched) matmul:
-    a → [batch, free_a, contracted], b → [batch, contracted, free_b], then (B,M,K) @ (B,K,N)."""
+    """Contract a and b down to the indices in `keep`.
+
+    With free indices on both sides and a contracted one, one matmul: a → [batch..., free_a, contracted],
+    b → [batch..., contracted, free_b] (batch indices stay separate axes: matmul broadcasts them; a group of
+    several free or contracted indices is merged by a reshape). A vector or outer product (no contracted
+    index, or no free index on a side: M, N or K would be 1) is a broadcast multiply and a sum instead."""
     a, sa = _einsum_sum(a, sa, keep + sb)
     b, sb = _einsum_sum(b, sb, keep + sa)
     batch = "".join(c for c in sa if c in sb and c in keep)
     contr = "".join(c for c in sa if c in sb and c not in keep)
     fa = "".join(c for c in sa if c not in sb)
     fb = "".join(c for c in sb if c not in sa)
+    if not (contr and fa and fb):
+        order = batch + fa + fb + contr
+        r = _aligned(a, sa, order, sizes) * _aligned(b, sb, order, sizes)
+        if contr:
+            r = _reduce("sum", r, tuple(range(len(order) - len(contr), len(order))), False)
+        return r, batch + fa + fb
     prod = lambda cs: int(np.prod([sizes[c] for c in cs], dtype=np.int64))  # noqa: E731
-    lead = (prod(batch),) if batch else ()
-    am = _reshape(_permute(a, sa, batch + fa + contr), lead + (prod(fa), prod(contr)))
-    bm = _reshape(_permute(b, sb, batch + contr + fb), lead + (prod(contr), prod(fb)))
-    r = am @ bm
+    lead = tuple(sizes[c] for c in batch)
+    am = _with_shape(_permute(a, sa, batch + fa + contr), lead + (prod(fa), prod(contr)))
+    bm = _with_shape(_permute(b, sb, batch + contr + fb), lead + (prod(contr), prod(fb)))
     res = batch + fa + fb
-    return _reshape(r, tuple(sizes[c] for c in res)), res
+    return _with_shape(am @ bm, tuple(sizes[c] for c in res)), res
+
+
+def _aligned(x: Tensor, sx: str, order: str, sizes: dict[str, int]) -> Tensor:
+    """x with its axes in `order`, size 1 where x lacks an index (ready to broadcast)."""
+    x = _permute(x, sx, "".join(c for c in order if c in sx))
+    return _with_shape(x, tuple(sizes[c] if c in sx else 1 for c in order))
 
 
 def _np_einsum(*operands, out=None, optimize=False, **kwargs):

@@ -582,6 +582,12 @@ class Tensor:
     def cumsum(self, axis=None) -> "Tensor":
         return _cumsum(self, axis)
 
+    def clip(self, min=None, max=None, **kw) -> "Tensor":  # noqa: A002 - ndarray.clip's parameter names
+        return _clip(self, min, max, **kw)
+
+    def copy(self) -> "Tensor":
+        return self
+
     def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=np._NoValue,
             mean=np._NoValue, correction=np._NoValue) -> "Tensor":
         return np.var(self, axis, dtype, out, ddof, keepdims, where=where, mean=mean, correction=correction)
@@ -590,17 +596,11 @@ class Tensor:
             mean=np._NoValue, correction=np._NoValue) -> "Tensor":
         return np.std(self, axis, dtype, out, ddof, keepdims, where=where, mean=mean, correction=correction)
 
-    def clip(self, min=None, max=None, out=None, **kw) -> "Tensor":
-        return _clip(self, min, max, out, **kw)
-
     def swapaxes(self, axis1, axis2) -> "Tensor":
         return _swapaxes(self, axis1, axis2)
 
     def repeat(self, repeats, axis=None) -> "Tensor":
         return np.repeat(self, repeats, axis)
-
-    def copy(self) -> "Tensor":
-        return self
 
     def __getitem__(self, idx) -> "Tensor":
         return _getitem(self, idx)
