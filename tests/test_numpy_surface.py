@@ -126,6 +126,9 @@ case("pad_value_then_exp", m(2, 5))(lambda x: np.exp(np.pad(x, ((0, 0), (2, 1)),
 case("pad_int_constant", m(4, dt=I32))(lambda x: np.pad(x, (2, 3), constant_values=7))
 case("pad_f16_3d", m(2, 3, 1, dt=F16))(lambda x: np.pad(x, ((1, 0), (0, 2), (1, 1))) * 2)
 case("pad_conv1d_im2col", m(6, 2), m(6, 3))(conv1d_im2col)
+case("pad_bool_mask", m(3, 3, dt=B))(lambda mask: np.pad(mask, 1) | np.pad(~mask, ((2, 0), (0, 2))))
+case("repeat_f64_neg_axis", m(2, 1, 3, dt=F64))(lambda x: np.repeat(x, 4, axis=-2) - x)
+case("stack_f16_axis1", m(3, 2, dt=F16), m(3, 2, dt=F16))(lambda a, b: np.stack((a, b), axis=1) * 2)
 
 
 # -- einsum / tensordot ------------------------------------------------------------------------------
