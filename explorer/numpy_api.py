@@ -9,13 +9,13 @@ so they fuse like a slice), everything else a decomposition into existing primit
     np.split / array_split        slices
     np.var / np.std               mean, subtract, square, sum, divide (+ sqrt)
     np.repeat / np.tile           reshape + broadcast_to + reshape
-    np.einsum / np.tensordot      transpose + reshape + matmul (+ sum for indices only one operand has)
+    np.einsum / np.tensordot      transpose (+ reshape) + matmul, or multiply + sum for vector/outer products
 
 >>> import numpy as np, explorer
 >>> g = explorer.trace(lambda q, k: np.einsum("bhqd,bhkd->bhqk", q, k),
 ...                    np.ones((1, 2, 3, 4), np.float32), np.ones((1, 2, 5, 4), np.float32))
 >>> [n.op for n in g.op_nodes()]
-['reshape', 'transpose', 'reshape', 'matmul', 'reshape']
+['transpose', 'matmul']
 """
 from __future__ import annotations
 

@@ -385,3 +385,10 @@ def test_numpy_doc_matches_the_tracer():
         assert f"| np.{n} |" in doc.read_text()
     for meth in ("x.var", "x.std", "x.clip", "x.swapaxes", "x.squeeze"):
         assert f"`{meth}`" in doc.read_text()
+
+
+def test_numpy_api_docstring_examples():
+    import doctest
+
+    import explorer.numpy_api
+    assert doctest.testmod(explorer.numpy_api).failed == 0
