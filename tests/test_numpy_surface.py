@@ -36,6 +36,8 @@ case("concat_bool", m(4, dt=B), m(3, dt=B))(lambda a, b: np.concatenate([a, ~b])
 case("concat_axis_none_i32", m(2, 3, dt=I32), m(5, dt=I32))(lambda a, b: np.concatenate([a, b], axis=None))
 case("concat_with_constant", m(2, 3))(lambda x: np.concatenate([x, np.zeros((2, 3), np.float32)], axis=1) + x[:, :1])
 case("concat_alias", m(3, 2), m(3, 3))(lambda x, y: np.concat([np.exp(x), y], axis=1))
+case("concat_five_operands", m(2, 1), m(2, 2), m(2, 3), m(2, 4), m(2, 5))(
+    lambda a, b, c, d, e: np.concatenate([a, b, c, d, e], axis=-1) * 3)
 case("concat_then_row_sum", m(4, 3), m(4, 6))(lambda x, y: np.exp(np.concatenate([x, y], axis=1)).sum(axis=1))
 case("stack_axis0", m(3, 4), m(3, 4))(lambda x, y: np.stack([x, y]) * 0.5)
 case("stack_neg_axis_odd", m(5), m(5), m(5))(lambda a, b, c: np.stack([a, b, c], axis=-1))

@@ -202,7 +202,8 @@ class GroupLowering:
         """concat along `axis`: a chain of selects on idx[axis], each operand read at idx[axis] - its offset.
 
         concat([a: f32[2,3], b: f32[2,4]], axis=1) at (i, j)  →  j < 3 ? a[i, j] : b[i, j - 3]
-        The select only evaluates the branch it takes (C's ?:), so no operand is read out of range."""
+        The select only evaluates the branch it takes (C's ?:), so no operand is read out of range; with
+        more operands the selects form a balanced tree on the operands' offsets."""
         ax, dt = n.attrs["axis"], _dt(n)
         offsets = np.cumsum([0] + [i.shape[ax] for i in n.inputs])
 
@@ -210,10 +211,13 @@ class GroupLowering:
             sub = idx[:ax] + (L.simplify_expr(idx[ax] - int(offsets[k])),) + idx[ax + 1:]
             return _cast(self.value(n.inputs[k], sub), dt)
 
-        expr = part(len(n.inputs) - 1)
-        for k in range(len(n.inputs) - 2, -1, -1):
-            expr = L.Select(L.BinOp("<", idx[ax], L.Const(int(offsets[k + 1]))), part(k), expr)
-        return expr
+        def pick(lo: int, hi: int) -> L.Expr:  # a balanced tree: log2(#operands) comparisons per element
+            if hi - lo == 1:
+                return part(lo)
+            mid = (lo + hi) // 2
+            return L.Select(L.BinOp("<", idx[ax], L.Const(int(offsets[mid]))), pick(lo, mid), pick(mid, hi))
+
+        return pick(0, len(n.inputs))
 
     def _pad(self, n: Node, idx: tuple[L.Expr, ...]) -> L.Expr:
         """constant pad: in range of the input, read it shifted by the leading pad; else the constant.
