@@ -638,7 +638,8 @@ class Tensor:
         h = _FUNCTIONS.get(func)
         if h is None:
             name = getattr(func, "__name__", str(func))
-            raise unsupported_numpy(name)
+            module = str(getattr(func, "__module__", "") or "")
+            raise unsupported_numpy(name, module[len("numpy."):] if module.startswith("numpy.") else "")
         return h(*args, **kwargs)
 
 
@@ -853,14 +854,15 @@ def _located(e: ExplorerError) -> ExplorerError:
     return e
 
 
-def unsupported_numpy(name: str) -> UnsupportedOpError:
-    """The error for an np.<name> the tracer does not know: the op, the user's line, the 3 closest
-    supported NumPy names and where the supported surface is listed (short: under 300 characters).
+def unsupported_numpy(name: str, submodule: str = "") -> UnsupportedOpError:
+    """The error for an np.<name> (np.<submodule>.<name>) the tracer does not know: the op, the user's line,
+    the 3 closest supported NumPy names and where the supported surface is listed (under 300 characters).
 
-    >>> str(unsupported_numpy("concatenat")).startswith("np.concatenat is not supported")
+    >>> str(unsupported_numpy("norm", "linalg")).startswith("np.linalg.norm is not supported")
     True
     """
-    return _located(UnsupportedOpError(f"np.{name} is not supported{_where()}; closest supported: "
+    qual = f"{submodule}.{name}" if submodule else name
+    return _located(UnsupportedOpError(f"np.{qual} is not supported{_where()}; closest supported: "
                                        f"{_closest(name, supported_numpy_names(), 'np.')}; see {NUMPY_DOC}"))
 
 

@@ -352,7 +352,11 @@ def uses_argmax(x):
     return x.argmax(axis=0)
 
 
-@pytest.mark.parametrize("fn, op, close", [(uses_sort, "np.sort", "np.sqrt"),
+def uses_norm(x):
+    return np.linalg.norm(x, axis=-1)
+
+
+@pytest.mark.parametrize("fn, op, close", [(uses_sort, "np.sort", "np.sqrt"), (uses_norm, "np.linalg.norm", "np."),
                                             (uses_arctan2, "np.arctan2", "np.tanh"),
                                             (uses_argmax, "x.argmax", "x.max")])
 def test_unsupported_message_is_short_and_points_to_docs(fn, op, close):
