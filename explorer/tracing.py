@@ -35,8 +35,8 @@ from .graph import Graph, Node, Provenance, c_identifier
 
 # Frames of these modules are the tracer's own machinery, not the user's code, so
 # provenance skips them (numpy too: np.mean's Python wrapper calls back into us).
-INTERNAL_MODULES = {"explorer.tracing", "explorer.numpy_api", "explorer.nn", "explorer.ops", "explorer.passes.simplify", "explorer.dtypes",
-                    "explorer.graph", "explorer.errors", "explorer.pipeline", "explorer.compiled",
+INTERNAL_MODULES = {"explorer.tracing", "explorer.numpy_api", "explorer.nn", "explorer.ops", "explorer.passes.simplify",
+                    "explorer.dtypes", "explorer.graph", "explorer.errors", "explorer.pipeline", "explorer.compiled",
                     "explorer.backends.reference"}
 
 _PROV_CACHE: dict[tuple[Any, int], Provenance] = {}
@@ -483,8 +483,8 @@ class Tensor:
         return _unary("logical_not", self)
 
     def _unsupported(self, what: str, *_a):
-        raise _located(UnsupportedOpError(f"the operator {what} is not supported on traced arrays{_where()}; "
-                                          f"the supported NumPy surface is listed in {NUMPY_DOC}"))
+        raise _located(UnsupportedOpError, f"the operator {what} is not supported on traced arrays",
+                       f"the supported NumPy surface is listed in {NUMPY_DOC}")
 
     def __round__(self, ndigits=None): self._unsupported("round()")
     def __floordiv__(self, o): self._unsupported("//")
@@ -610,9 +610,8 @@ class Tensor:
         if name.startswith("__") or name in Tensor.__slots__:
             raise AttributeError(name)  # NumPy and copy probe dunders with getattr: keep AttributeError
         methods = tensor_methods()
-        raise _located(UnsupportedAttributeError(
-            f"x.{name} is not supported on traced arrays{_where()}; closest supported: "
-            f"{_closest(name, methods, 'x.')}; see {NUMPY_DOC}"))
+        raise _located(UnsupportedAttributeError, f"x.{name} is not supported on traced arrays",
+                       f"closest supported: {_closest(name, methods, 'x.')}; see {NUMPY_DOC}")
 
     # -- numpy protocols --------------------------------------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -841,7 +840,9 @@ def _closest(name: str, names: Sequence[str], prefix: str) -> str:
 
 
 def _where() -> str:
-    """' at file:line: code' for the user's line (code cut to keep the message short), or ''."""
+    """' at file:line: code' for the user's line (code cut to keep the message short), or ''.
+
+    Called while an op is being traced, so the innermost non-tracer frame is the user's line."""
     p = user_provenance()
     if p is None:
         return ""
@@ -849,8 +850,11 @@ def _where() -> str:
     return f" at {p.short()}: {code}" if code else f" at {p.short()}"
 
 
-def _located(e: ExplorerError) -> ExplorerError:
-    e._located = True  # type: ignore[attr-defined]  # trace() must not append the line a second time
+def _located(cls: type[ExplorerError], what: str, rest: str) -> ExplorerError:
+    """cls(f"{what} at <the user's line>; {rest}"), marked so trace() does not append the line again."""
+    where = _where()
+    e = cls(f"{what}{where}; {rest}")
+    e._located = bool(where)  # type: ignore[attr-defined]
     return e
 
 
@@ -862,8 +866,8 @@ def unsupported_numpy(name: str, submodule: str = "") -> UnsupportedOpError:
     True
     """
     qual = f"{submodule}.{name}" if submodule else name
-    return _located(UnsupportedOpError(f"np.{qual} is not supported{_where()}; closest supported: "
-                                       f"{_closest(name, supported_numpy_names(), 'np.')}; see {NUMPY_DOC}"))
+    return _located(UnsupportedOpError, f"np.{qual} is not supported",
+                    f"closest supported: {_closest(name, supported_numpy_names(), 'np.')}; see {NUMPY_DOC}")
 
 
 # ----------------------------------------------------------------------------- examples & trace
