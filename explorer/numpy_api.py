@@ -26,12 +26,8 @@ import numpy as np
 
 from . import ops as _ops
 from .errors import ShapeError, TraceError, UnsupportedOpError
-from .tracing import (Tensor, _FUNCTIONS, _getitem, _int_tuple, _mean, _no_kw, _reduce, _reshape, _tracer_of,
-                      _transpose)
-
-
-def _keep(keepdims: Any) -> bool:
-    return False if keepdims is np._NoValue else bool(keepdims)
+from .tracing import (Tensor, _FUNCTIONS, _check_const_dtype, _getitem, _int_tuple, _keep, _mean, _no_kw, _reduce,
+                      _reshape, _tracer_of, _transpose)
 
 
 def _axis(op: str, axis: Any, ndim: int, shape: tuple[int, ...]) -> int:
@@ -63,7 +59,6 @@ def _nodes(op: str, arrays: Sequence[Any]) -> tuple[Any, list[Any]]:
 
 
 def _const_array(op: str, a: Any) -> np.ndarray:
-    from .tracing import _check_const_dtype
     arr = np.asarray(a)
     _check_const_dtype(op, arr.dtype)
     return arr
@@ -119,12 +114,9 @@ def _np_stack(arrays, axis=0, out=None, *, dtype=None, casting="same_kind"):
 
 
 def _at_least(a: Any, nd: int) -> Any:
+    """np.atleast_1d / atleast_2d: leading size-1 axes up to nd dims."""
     shape = tuple(a.shape)
-    if len(shape) >= nd:
-        return a
-    if nd == 2 and len(shape) == 1:
-        return _with_shape(a, (1,) + shape)
-    return _with_shape(a, (1,) * (nd - len(shape)) + shape)
+    return a if len(shape) >= nd else _with_shape(a, (1,) * (nd - len(shape)) + shape)
 
 
 def _np_hstack(tup, *, dtype=None, casting="same_kind"):
@@ -234,9 +226,8 @@ def _np_repeat(a, repeats, axis=None):
         return _repeat_each(a, ax, counts[0])
     parts = [_repeat_each(_getitem(a, (slice(None),) * ax + (slice(i, i + 1),)), ax, c)
              for i, c in enumerate(counts) if c]
-    if not parts:
-        raise ShapeError("np.repeat: all counts are zero, which gives an empty array; traced code needs a non-empty "
-                         "result")
+    if not parts:  # all counts zero: an empty axis, as NumPy returns
+        return _getitem(a, (slice(None),) * ax + (slice(0, 0),))
     return _concat("repeat", parts, ax)
 
 
@@ -324,8 +315,8 @@ def _parse_einsum(subscripts: Any, n_operands: int) -> tuple[list[str], str]:
     for t in ins + [out]:
         if len(set(t)) != len(t):
             raise UnsupportedOpError(f"np.einsum({subscripts!r}): a repeated index within one operand ({t!r}: a "
-                                     f"diagonal or trace) is not supported; use np.diagonal-free code, e.g. "
-                                     f"(a * np.eye(n)).sum()")
+                                     f"diagonal or trace) is not supported; mask instead, e.g. the trace of a is "
+                                     f"(a * np.eye(len(a), dtype=a.dtype)).sum()")
     missing = set(out) - set("".join(ins))
     if missing:
         raise ShapeError(f"np.einsum({subscripts!r}): output index {''.join(sorted(missing))!r} does not appear in "

@@ -101,6 +101,7 @@ def gqa_scores(q, k):
 case("repeat_axis1", m(3, 4))(lambda x: np.repeat(x, 3, axis=1))
 case("repeat_flat_method", m(2, 3))(lambda x: x.repeat(2))
 case("repeat_counts", m(4, 3, dt=I32))(lambda x: np.repeat(x, [1, 2, 0, 3], axis=0))
+case("repeat_zero_counts", m(2, 3))(lambda x: (np.repeat(x, [0, 0], axis=0), np.repeat(x, 0, axis=1) * 2))
 case("repeat_gqa", m(4, 5, 8), m(2, 5, 8))(gqa_scores)
 case("tile_1d", m(3))(lambda x: np.tile(x, 2))
 case("tile_adds_axis", m(2, 3))(lambda x: np.tile(x, (2, 1, 3)) + 1)
