@@ -467,7 +467,7 @@ NOTES: dict[str, str] = {
     "tile": "reps as int or tuple; reshape + broadcast_to + reshape",
     "pad": "mode='constant' only, one scalar constant_values; one fusable `pad` op",
     "einsum": "subscripts string, up to 3 operands, no '...' or repeated index in one operand; "
-              "transpose + reshape + (batched) matmul + sum",
+              "transpose (+ reshape) + batched matmul, or multiply + sum for vector and outer products",
     "tensordot": "int axes or axis pairs; through einsum",
     "moveaxis": "transpose",
     "swapaxes": "transpose",
@@ -529,11 +529,15 @@ def numpy_surface() -> list[tuple[str, str, str]]:
 def numpy_surface_markdown() -> str:
     """The text of docs/NUMPY.md (tests/test_numpy_surface.py checks the file equals it)."""
     lines = ["# The supported NumPy surface", "",
-             "Generated from the tracer's tables by `explorer.numpy_api.numpy_surface_markdown()`; "
-             "`tests/test_numpy_surface.py` fails when this file and the tracer disagree (rewrite it with "
-             "`python -c \"import explorer.numpy_api as m; open('docs/NUMPY.md', 'w').write(m.numpy_surface_markdown())\"`).",
+             "Generated from the tracer's tables (`explorer/numpy_api.py`); `tests/test_numpy_surface.py` fails "
+             "when this file and the tracer disagree. Rewrite it with "
+             "`python -m explorer.numpy_api > docs/NUMPY.md`.",
              "", "Anything else raises `UnsupportedOpError` naming the op, your line and the closest names below.",
              "", "| numpy | method | notes |", "|---|---|---|"]
     cell = lambda t: t.replace("|", "\\|")  # noqa: E731  (x | y inside a table cell)
     lines += [f"| {a} | {'`' + cell(b) + '`' if b else ''} | {cell(c)} |" for a, b, c in numpy_surface()]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(numpy_surface_markdown(), end="")

@@ -176,8 +176,8 @@ STAGING_BUG = {"attention_split_einsum_hstack", "repeat_gqa", "tensordot_pairs"}
 
 def _cases():
     from explorer.errors import ScheduleError
-    return [pytest.param(n, marks=pytest.mark.xfail(raises=ScheduleError, strict=True, reason="matmul operand staging (i13-bugs)"))
-            if n in STAGING_BUG else n for n in sorted(CASES)]
+    mark = pytest.mark.xfail(raises=ScheduleError, strict=True, reason="matmul operand staging (i13-bugs)")
+    return [pytest.param(n, marks=mark) if n in STAGING_BUG else n for n in sorted(CASES)]
 
 
 @pytest.mark.parametrize("target", ["reference"] + TARGETS)
