@@ -531,13 +531,10 @@ def numpy_surface_markdown() -> str:
     lines = ["# The supported NumPy surface", "",
              "Generated from the tracer's tables (`explorer/numpy_api.py`); `tests/test_numpy_surface.py` fails "
              "when this file and the tracer disagree. Rewrite it with "
-             "`python -m explorer.numpy_api > docs/NUMPY.md`.",
+             "`python -m explorer numpy-doc > docs/NUMPY.md`.",
              "", "Anything else raises `UnsupportedOpError` naming the op, your line and the closest names below.",
              "", "| numpy | method | notes |", "|---|---|---|"]
     cell = lambda t: t.replace("|", "\\|")  # noqa: E731  (x | y inside a table cell)
     lines += [f"| {a} | {'`' + cell(b) + '`' if b else ''} | {cell(c)} |" for a, b, c in numpy_surface()]
     return "\n".join(lines) + "\n"
 
-
-if __name__ == "__main__":
-    print(numpy_surface_markdown(), end="")

@@ -399,3 +399,10 @@ def test_numpy_api_docstring_examples():
 
     import explorer.numpy_api
     assert doctest.testmod(explorer.numpy_api).failed == 0
+
+
+def test_cli_prints_the_numpy_doc(capsys):
+    from explorer.__main__ import main
+    from explorer.numpy_api import numpy_surface_markdown
+    assert main(["numpy-doc"]) == 0
+    assert capsys.readouterr().out == numpy_surface_markdown()
