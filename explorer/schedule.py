@@ -514,6 +514,14 @@ def _cuda_default(c, knobs) -> Schedule:
     sp = [a.name for a in c.spatial]
     rd = [a.name for a in c.reduce]
     if c.kind == "elementwise":
+        if select_axes(c):
+            # concat / pad: keep the loops plain so tiling splits them at the selects' bounds
+            # (passes/index_split.py) into select-free loops the C compiler vectorizes
+            if len(sp) > 1 and c.spatial[0].extent > 1 and c_extent(c, sp) > knobs.get("chunk", 4096):
+                s.parallel(sp[0])
+            s.notes.append("elementwise with concat/pad selects: plain loops, outer one across OpenMP threads, "
+                           "each split where a select changes side")
+            return s
         f = _fuse_all(s, sp, "n")
         if f is None:
             return s
@@ -800,11 +808,33 @@ def _cpu_reduce_lanes(c, knobs) -> int:
     return vec
 
 
+def select_axes(c) -> set[str]:
+    """Spatial axes that a select of the kernel's stores compares with a constant (concat, pad)."""
+    names = {a.name for a in c.spatial}
+    out: set[str] = set()
+    for st in c.stores:
+        for e in L.walk_expr(st.value):
+            if isinstance(e, L.Select):
+                for x in L.walk_expr(e.cond):
+                    if isinstance(x, L.BinOp) and x.op in ("<", "<=", ">", ">=") and isinstance(x.a, L.Var) \
+                            and x.a.name in names and isinstance(x.b, L.Const):
+                        out.add(x.a.name)
+    return out
+
+
 def _cpu_default(c, knobs) -> Schedule:
     s = Schedule()
     sp = [a.name for a in c.spatial]
     rd = [a.name for a in c.reduce]
     if c.kind == "elementwise":
+        if select_axes(c):
+            # concat / pad: keep the loops plain so tiling splits them at the selects' bounds
+            # (passes/index_split.py) into select-free loops the C compiler vectorizes
+            if len(sp) > 1 and c.spatial[0].extent > 1 and c_extent(c, sp) > knobs.get("chunk", 4096):
+                s.parallel(sp[0])
+            s.notes.append("elementwise with concat/pad selects: plain loops, outer one across OpenMP threads, "
+                           "each split where a select changes side")
+            return s
         f = _fuse_all(s, sp, "n")
         if f is None:
             return s

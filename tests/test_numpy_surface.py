@@ -11,7 +11,7 @@ import pytest
 
 import explorer
 from explorer.errors import ExplorerError, ShapeError, TraceError, UnsupportedOpError
-from test_backends_diff import TARGETS, _nvcc, check
+from test_backends_diff import TARGETS, _cpu_ok, _nvcc, check
 from test_reference_diff import B, F16, F32, F64, I32, make, m
 
 CASES: dict[str, tuple] = {}
@@ -285,6 +285,39 @@ def test_einsum_is_one_matmul():
     q, k = np.ones((1, 2, 5, 4), np.float32), np.ones((1, 2, 3, 4), np.float32)
     g = explorer.trace(lambda q, k: np.einsum("bhqd,bhkd->bhqk", q, k), q, k)
     assert [n.op for n in g.op_nodes()].count("matmul") == 1
+
+
+# ----------------------------------------------------------------------------- CPU: index-set splitting
+needs_cc = pytest.mark.skipif(not _cpu_ok(), reason="no C compiler")
+
+
+@needs_cc
+def test_cpu_concat_and_pad_loops_are_split_at_the_select_bounds():
+    from explorer.passes.index_split import split_index_ranges
+    x, y = make([m(4, 3), m(4, 2)])
+    cat = lambda x, y: np.concatenate([x, y], axis=1)  # noqa: E731
+    c = explorer.compile(cat, x, y, target="cpu", verbose=False)
+    src = c.kernels[0].source
+    assert "?" not in src.split("{", 1)[1]                     # no select left in the kernel body
+    assert "i1 < 3; ++i1" in src and "i1 < 2; ++i1" in src     # one loop per operand
+    check(c(x, y), cat(x, y), "split concat")
+    pad = lambda x: np.pad(x, ((0, 0), (2, 1)), constant_values=5.0)  # noqa: E731
+    c = explorer.compile(pad, x, target="cpu", verbose=False)
+    assert c.kernels[0].source.count("for (int i1 = 0;") == 3   # left pad, the data, right pad
+    check(c(x), pad(x), "split pad")
+    # a kernel whose selects test data, not loop variables, is left as it is
+    c = explorer.compile(lambda x: np.where(x > 0, x, 0.5 * x), x, target="cpu", verbose=False)
+    assert "?" in c.kernels[0].source
+    tiled = c.stage("tiled").ir.kernels[0]
+    assert split_index_ranges(tiled.body) == tuple(tiled.body)
+
+
+@needs_cc
+def test_cpu_split_concat_of_many_operands_and_rows():
+    xs = make([m(5, 1), m(5, 2), m(5, 3), m(2, 6)])
+    fn = lambda a, b, c, d: np.exp(np.concatenate([np.concatenate([a, b, c], axis=1), d], axis=0))  # noqa: E731
+    c = explorer.compile(fn, *xs, target="cpu", verbose=False)
+    check(c(*xs), fn(*xs), "nested concat on cpu")
 
 
 # ----------------------------------------------------------------------------- bad input
