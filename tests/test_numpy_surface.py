@@ -320,6 +320,21 @@ def test_cpu_split_concat_of_many_operands_and_rows():
     check(c(*xs), fn(*xs), "nested concat on cpu")
 
 
+@needs_cc
+def test_cpu_rows_schedule_for_rearranging_loads():
+    # np.repeat / a slice at an offset: rows across threads and a plain last-axis loop, not one flat
+    # loop that divides per element; a transposed read keeps the flat loop (a row loop would stride)
+    from explorer.schedule import rearranged_loads
+    k, x = make([m(4, 64, 32), m(64, 96)])
+    for fn, rows in ((lambda k: np.repeat(k, 2, axis=0), True), (lambda x: x[:, 32:] * 2, True),
+                     (lambda x: x.T + 1, False), (lambda x: x + x[0], False)):
+        arg = k if fn.__code__.co_varnames[0] == "k" else x
+        c = explorer.compile(fn, arg, target="cpu", verbose=False)
+        compute = c.stage("tiled").ir.kernels[0].meta_dict()["compute"]
+        assert rearranged_loads(compute) is rows
+        check(c(arg), fn(arg), "rows schedule")
+
+
 # ----------------------------------------------------------------------------- bad input
 X34 = np.ones((3, 4), np.float32)
 X410 = np.ones((4, 10), np.float32)
