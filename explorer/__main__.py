@@ -131,11 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--out", default="explorer-demo", help="folder for the DOT/SVG files (default ./explorer-demo)")
     sub.add_parser("report", help="write an HTML report (explorer.report)", add_help=False)
     sub.add_parser("bench", help="benchmark targets against NumPy (explorer.compare)", add_help=False)
+    sub.add_parser("numpy-doc", help="print docs/NUMPY.md, the supported NumPy surface, from the tracer's tables")
     if argv and argv[0] in ("report", "bench"):
         if argv[0] == "report":
             return _delegate("explorer.report", "main", argv[1:])
         return _delegate("explorer.compare", "bench_main", argv[1:])
     args = p.parse_args(argv)
+    if args.cmd == "numpy-doc":
+        from .numpy_api import numpy_surface_markdown
+        sys.stdout.write(numpy_surface_markdown())
+        return 0
     return demo(args.out)
 
 

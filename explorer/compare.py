@@ -279,6 +279,11 @@ def _torch_fn(graph, torch):
                 v = f(a[0], dim=axes, keepdim=bool(n.attrs.get("keepdims", False)))
             elif n.op == "cumsum":
                 v = T.cumsum(a[0], dim=int(n.attrs["axis"]))
+            elif n.op == "concat":
+                v = T.cat([x.to(tdt[np.dtype(n.dtype)]) for x in a], dim=int(n.attrs["axis"]))
+            elif n.op == "pad":  # torch's pad lists (before, after) pairs from the last axis backwards
+                flat = [p for lo_hi in reversed(n.attrs["pads"]) for p in lo_hi]
+                v = T.nn.functional.pad(a[0], flat, value=n.attrs["value"])
             else:
                 raise ExplorerError(f"no torch translation for op {n.op!r}")
             if v.dtype != tdt.get(np.dtype(n.dtype), v.dtype):

@@ -260,6 +260,48 @@ register(OpDef("transpose", "injective", 1, _transpose_infer, lambda x, axes: np
                ("transpose",)))
 register(OpDef("slice", "injective", 1, _slice_infer, _slice_ref, 0, None, ()))
 
+VARIADIC = -1  # OpDef.arity of ops taking any number (>= 1) of operands (concat)
+
+
+def _concat_infer(types: Sequence[Type], attrs: dict) -> Type:
+    shapes = [tuple(t[0]) for t in types]
+    nd = len(shapes[0])
+    if nd == 0:
+        raise ShapeError("concatenate: zero-dimensional arrays cannot be concatenated; "
+                         "use np.stack (or x[None]) to add an axis first")
+    axis = normalize_axes("concatenate", attrs["axis"], nd, shapes[0])[0]
+    for k, s in enumerate(shapes[1:], 1):
+        if len(s) != nd or any(a != b for d, (a, b) in enumerate(zip(s, shapes[0])) if d != axis):
+            shown = ", ".join(str(x) for x in shapes)
+            raise ShapeError(f"concatenate: operand {k} has shape {s}, which does not match operand 0's shape "
+                             f"{shapes[0]} outside axis {axis} (shapes {shown}); all dims but the concatenation "
+                             f"axis must be equal")
+    shape = list(shapes[0])
+    shape[axis] = sum(s[axis] for s in shapes)
+    return tuple(shape), np.result_type(*[t[1] for t in types])
+
+
+def _pad_infer(types: Sequence[Type], attrs: dict) -> Type:
+    src = tuple(types[0][0])
+    pads = tuple(tuple(p) for p in attrs["pads"])
+    if len(pads) != len(src) or any(len(p) != 2 or min(p) < 0 for p in pads):
+        raise ShapeError(f"pad: need one non-negative (before, after) pair per axis of shape {src}, got {pads}")
+    return tuple(s + lo + hi for s, (lo, hi) in zip(src, pads)), np.dtype(types[0][1])
+
+
+def _concat_ref(*xs, axis):
+    return np.concatenate(xs, axis=axis)
+
+
+def _pad_ref(x, pads, value):
+    return np.pad(x, pads, mode="constant", constant_values=value)
+
+
+register(OpDef("concat", "injective", VARIADIC, _concat_infer, _concat_ref, 0, None, ("concatenate", "concat"),
+               "joins operands along an axis: element i reads the operand whose range holds i"))
+register(OpDef("pad", "injective", 1, _pad_infer, _pad_ref, 0, None, ("pad",),
+               "constant padding: an element reads the input, or the constant outside it"))
+
 
 # Gather and functional writes: injective ops whose loop-IR lowering reads an index buffer
 # (take: `data[..., ids[j], ...]`) or selects on the written box (set_slice: `x.at[box].set(v)`).
@@ -380,8 +422,8 @@ register(OpDef("cumsum", "opaque", 1, _cumsum_infer,
 # ----------------------------------------------------------------------------- queries
 def infer_type(op: str, types: Sequence[Type], attrs: dict) -> Type:
     d = get(op)
-    if d.arity != len(types):
-        raise ShapeError(f"{op}: takes {d.arity} operands, got {len(types)}")
+    if d.arity != len(types) and not (d.arity == VARIADIC and types):
+        raise ShapeError(f"{op}: takes {d.arity if d.arity != VARIADIC else 'one or more'} operands, got {len(types)}")
     try:
         shape, dt = d.infer([(tuple(s), np.dtype(t)) for s, t in types], attrs)
     except TypeError as e:  # NumPy itself rejects these dtypes (e.g. -x on bool)

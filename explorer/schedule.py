@@ -521,6 +521,24 @@ def _cuda_default(c, knobs) -> Schedule:
     sp = [a.name for a in c.spatial]
     rd = [a.name for a in c.reduce]
     if c.kind == "elementwise":
+        big = c_extent(c, sp) > knobs.get("chunk", 4096)
+        if select_axes(c):
+            # concat / pad: keep the loops plain so tiling splits them at the selects' bounds
+            # (passes/index_split.py) into select-free loops the C compiler vectorizes
+            if len(sp) > 1 and c.spatial[0].extent > 1 and big:
+                s.parallel(sp[0])
+            s.notes.append("elementwise with concat/pad selects: plain loops, outer one across OpenMP threads, "
+                           "each split where a select changes side")
+            return s
+        if len(sp) > 1 and rearranged_loads(c):
+            # slices, transposes, repeat / tile: one flat loop would pay a division and a remainder per
+            # element to find each load's index; rows keep the last axis a plain, vectorizable loop
+            rows = _fuse_all(s, sp[:-1], "row")
+            if big:
+                s.parallel(rows)
+            s.notes.append("elementwise with rearranging loads: rows across OpenMP threads, the last axis a "
+                           "plain loop")
+            return s
         f = _fuse_all(s, sp, "n")
         if f is None:
             return s
@@ -828,11 +846,66 @@ def _cpu_reduce_lanes(c, knobs) -> int:
     return vec
 
 
+def select_axes(c) -> set[str]:
+    """Spatial axes that a select of the kernel's stores compares with a constant (concat, pad)."""
+    names = {a.name for a in c.spatial}
+    out: set[str] = set()
+    for st in c.stores:
+        for e in L.walk_expr(st.value):
+            if isinstance(e, L.Select):
+                for x in L.walk_expr(e.cond):
+                    if isinstance(x, L.BinOp) and x.op in ("<", "<=", ">", ">=") and isinstance(x.a, L.Var) \
+                            and x.a.name in names and isinstance(x.b, L.Const):
+                        out.add(x.a.name)
+    return out
+
+
+def rearranged_loads(c) -> bool:
+    """Does a load of the kernel's stores read other than element by element (a slice's offset or step,
+    a reshape that merges or splits dims as np.repeat / np.tile lower to), while every load still walks
+    its last dim along the last axis? Broadcast reads (index 0, or a trailing subset of the axes, as a
+    bias b[i1]) count as element by element; a transposed read (its last index follows another axis)
+    makes the answer False, since a row loop would then stride through memory."""
+    axes = [L.Var(a.name) for a in c.spatial]
+    names = {a.name for a in axes}
+    found = False
+    for st in c.stores:
+        for e in L.walk_expr(st.value):
+            if not (isinstance(e, L.Load) and e.indices):
+                continue
+            idx = [i for i in e.indices if not (isinstance(i, L.Const) and i.value == 0)]
+            if not idx or idx == axes[len(axes) - len(idx):]:
+                continue
+            last = {x.name for x in L.walk_expr(idx[-1]) if isinstance(x, L.Var)} & names
+            if last and axes[-1].name not in last:
+                return False
+            found = True
+    return found
+
+
 def _cpu_default(c, knobs) -> Schedule:
     s = Schedule()
     sp = [a.name for a in c.spatial]
     rd = [a.name for a in c.reduce]
     if c.kind == "elementwise":
+        big = c_extent(c, sp) > knobs.get("chunk", 4096)
+        if select_axes(c):
+            # concat / pad: keep the loops plain so tiling splits them at the selects' bounds
+            # (passes/index_split.py) into select-free loops the C compiler vectorizes
+            if len(sp) > 1 and c.spatial[0].extent > 1 and big:
+                s.parallel(sp[0])
+            s.notes.append("elementwise with concat/pad selects: plain loops, outer one across OpenMP threads, "
+                           "each split where a select changes side")
+            return s
+        if len(sp) > 1 and rearranged_loads(c):
+            # slices, transposes, repeat / tile: one flat loop would pay a division and a remainder per
+            # element to find each load's index; rows keep the last axis a plain, vectorizable loop
+            rows = _fuse_all(s, sp[:-1], "row")
+            if big:
+                s.parallel(rows)
+            s.notes.append("elementwise with rearranging loads: rows across OpenMP threads, the last axis a "
+                           "plain loop")
+            return s
         f = _fuse_all(s, sp, "n")
         if f is None:
             return s

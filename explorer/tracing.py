@@ -35,8 +35,8 @@ from .graph import Graph, Node, Provenance, c_identifier
 
 # Frames of these modules are the tracer's own machinery, not the user's code, so
 # provenance skips them (numpy too: np.mean's Python wrapper calls back into us).
-INTERNAL_MODULES = {"explorer.tracing", "explorer.nn", "explorer.ops", "explorer.passes.simplify", "explorer.dtypes",
-                    "explorer.graph", "explorer.errors", "explorer.pipeline", "explorer.compiled",
+INTERNAL_MODULES = {"explorer.tracing", "explorer.numpy_api", "explorer.nn", "explorer.ops", "explorer.passes.simplify",
+                    "explorer.dtypes", "explorer.graph", "explorer.errors", "explorer.pipeline", "explorer.compiled",
                     "explorer.backends.reference"}
 
 _PROV_CACHE: dict[tuple[Any, int], Provenance] = {}
@@ -63,6 +63,9 @@ def statement_span(file: str, line: int) -> tuple[int, int]:
     return cached[1].get(line, (line, line))
 
 
+_MAX_STATEMENT_LINES = 12
+
+
 def _statement_spans(source: str) -> dict[int, tuple[int, int]]:
     """line → span of the smallest statement containing it, for every line inside a multi-line statement."""
     import ast
@@ -78,8 +81,8 @@ def _statement_spans(source: str) -> dict[int, tuple[int, int]]:
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
             b = max(a, body[0].lineno - 1)     # a compound statement: its header only
-        if b == a:
-            continue
+        if b == a or b - a >= _MAX_STATEMENT_LINES:
+            continue   # longer ones (a table of lambdas, a long literal) would bury the line that ran
         for k in range(a, b + 1):
             old = spans.get(k)
             if old is None or b - a < old[1] - old[0]:
@@ -581,8 +584,8 @@ class Tensor:
         return _unary("logical_not", self)
 
     def _unsupported(self, what: str, *_a):
-        raise UnsupportedOpError(f"the operator {what} is not supported on traced arrays; supported ops are: "
-                                 f"{_ops.supported_ops()}")
+        raise _located(UnsupportedOpError, f"the operator {what} is not supported on traced arrays",
+                       f"the supported NumPy surface is listed in {NUMPY_DOC}")
 
     def __round__(self, ndigits=None): self._unsupported("round()")
     def __floordiv__(self, o): self._unsupported("//")
@@ -698,6 +701,20 @@ class Tensor:
     def copy(self, order="C") -> "Tensor":
         return Tensor(self.node, self.tracer)   # a new array: writes to it leave self alone
 
+    def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=np._NoValue,
+            mean=np._NoValue, correction=np._NoValue) -> "Tensor":
+        return np.var(self, axis, dtype, out, ddof, keepdims, where=where, mean=mean, correction=correction)
+
+    def std(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=np._NoValue,
+            mean=np._NoValue, correction=np._NoValue) -> "Tensor":
+        return np.std(self, axis, dtype, out, ddof, keepdims, where=where, mean=mean, correction=correction)
+
+    def swapaxes(self, axis1, axis2) -> "Tensor":
+        return _swapaxes(self, axis1, axis2)
+
+    def repeat(self, repeats, axis=None) -> "Tensor":
+        return np.repeat(self, repeats, axis)
+
     def __getitem__(self, idx) -> "Tensor":
         return _getitem(self, idx)
 
@@ -707,10 +724,9 @@ class Tensor:
             raise TraceError(object.__getattribute__(self, "_stale"))
         if name.startswith("__") or name in Tensor.__slots__:
             raise AttributeError(name)  # NumPy and copy probe dunders with getattr: keep AttributeError
-        methods = sorted(n for n in dir(Tensor) if not n.startswith("_") and n not in ("node", "tracer"))
-        raise UnsupportedAttributeError(f"x.{name} is not supported on traced arrays; supported attributes and "
-                                        f"methods are: {', '.join(methods)} (see explorer.tracing.supported_numpy() "
-                                        f"for NumPy functions)")
+        methods = tensor_methods()
+        raise _located(UnsupportedAttributeError, f"x.{name} is not supported on traced arrays",
+                       f"closest supported: {_closest(name, methods, 'x.')}; see {NUMPY_DOC}")
 
     # -- numpy protocols --------------------------------------------------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -726,8 +742,7 @@ class Tensor:
                              f"code; call np.{name} with positional arrays only (cast with .astype first)")
         op = _ufunc_op(name, inputs)
         if op is None:
-            raise UnsupportedOpError(f"np.{name} is not supported by the tracer; supported NumPy functions are: "
-                                     f"{supported_numpy()}; registry ops: {_ops.supported_ops()}")
+            raise unsupported_numpy(name)
         if callable(op):
             return op(*inputs)
         tr = _tracer_of(inputs)
@@ -737,8 +752,8 @@ class Tensor:
         h = _FUNCTIONS.get(func)
         if h is None:
             name = getattr(func, "__name__", str(func))
-            raise UnsupportedOpError(f"np.{name} is not supported by the tracer; supported NumPy functions are: "
-                                     f"{supported_numpy()}; registry ops: {_ops.supported_ops()}")
+            module = str(getattr(func, "__module__", "") or "")
+            raise unsupported_numpy(name, module[len("numpy."):] if module.startswith("numpy.") else "")
         return h(*args, **kwargs)
 
 
@@ -782,7 +797,7 @@ def _bool_logic(op: str, a: Any, b: Any) -> "Tensor":
 
 
 def _unsupported_fn(name: str):
-    raise UnsupportedOpError(f"np.{name} is not supported by the tracer; supported NumPy functions are: {supported_numpy()}")
+    raise unsupported_numpy(name)
 
 
 _UFUNC_CACHE: dict[str, str] = {}
@@ -942,11 +957,61 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
 }
 
 
+def supported_numpy_names() -> list[str]:
+    """Names (without `np.`) of the NumPy functions and ufuncs the tracer understands, sorted."""
+    names = {getattr(f, "__name__", "") for f in _FUNCTIONS} | {"amax", "amin", "concat"}
+    names |= {k for k in _ufunc_table() if k != "__n__"} | set(_UFUNC_EXTRA)
+    return sorted(n for n in names if n and hasattr(np, n))
+
+
 def supported_numpy() -> str:
     """Names of the NumPy functions and ufuncs the tracer understands."""
-    names = {getattr(f, "__name__", "") for f in _FUNCTIONS} | {"amax", "amin"}
-    names |= {k for k in _ufunc_table() if k != "__n__"} | set(_UFUNC_EXTRA)
-    return ", ".join(f"np.{n}" for n in sorted(n for n in names if n and hasattr(np, n)))
+    return ", ".join(f"np.{n}" for n in supported_numpy_names())
+
+
+NUMPY_DOC = "docs/NUMPY.md"
+
+
+def tensor_methods() -> list[str]:
+    """Public attributes and methods of a traced array that work (item/tolist only explain why they cannot)."""
+    return [n for n in dir(Tensor) if not n.startswith("_") and n not in ("node", "tracer", "item", "tolist")]
+
+
+def _closest(name: str, names: Sequence[str], prefix: str) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.0)
+    return ", ".join(prefix + c for c in close)
+
+
+def _where() -> str:
+    """' at file:line: code' for the user's line (code cut to keep the message short), or ''.
+
+    Called while an op is being traced, so the innermost non-tracer frame is the user's line."""
+    p = user_provenance()
+    if p is None:
+        return ""
+    code = p.code if len(p.code) <= 60 else p.code[:57] + "..."
+    return f" at {p.short()}: {code}" if code else f" at {p.short()}"
+
+
+def _located(cls: type[ExplorerError], what: str, rest: str) -> ExplorerError:
+    """cls(f"{what} at <the user's line>; {rest}"), marked so trace() does not append the line again."""
+    where = _where()
+    e = cls(f"{what}{where}; {rest}")
+    e._located = bool(where)  # type: ignore[attr-defined]
+    return e
+
+
+def unsupported_numpy(name: str, submodule: str = "") -> UnsupportedOpError:
+    """The error for an np.<name> (np.<submodule>.<name>) the tracer does not know: the op, the user's line,
+    the 3 closest supported NumPy names and where the supported surface is listed (under 300 characters).
+
+    >>> str(unsupported_numpy("norm", "linalg")).startswith("np.linalg.norm is not supported")
+    True
+    """
+    qual = f"{submodule}.{name}" if submodule else name
+    return _located(UnsupportedOpError, f"np.{qual} is not supported",
+                    f"closest supported: {_closest(name, supported_numpy_names(), 'np.')}; see {NUMPY_DOC}")
 
 
 # ----------------------------------------------------------------------------- examples & trace
@@ -1129,5 +1194,7 @@ def trace(fn: Callable, *examples: Any) -> Graph:
     return Graph(_graph_name(fn), tr.inputs, tr.nodes, out_nodes, source_lines=lines, source_file=file,
                  next_id=tr._next)
 
+
+from . import numpy_api as _numpy_api  # noqa: E402,F401  (registers concatenate, split, var, einsum, ...)
 
 __all__ = ["Tensor", "Tracer", "trace", "prepare_examples", "apply_op", "supported_numpy", "user_provenance"]

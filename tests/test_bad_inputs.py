@@ -88,7 +88,7 @@ TRACE_CASES = [
      "datetime64[D] is not supported"),
     ("structured_example", lambda a: a, (np.zeros(2, [("a", "f4")]),), DTypeError, "is not supported"),
     ("np_sort", np.sort, (X,), UnsupportedOpError, "np.sort is not supported"),
-    ("np_linalg_inv", np.linalg.inv, (A,), UnsupportedOpError, "np.inv is not supported"),
+    ("np_linalg_inv", np.linalg.inv, (A,), UnsupportedOpError, "np.linalg.inv is not supported"),
     ("ufunc_at", lambda a: np.add.at(a, [0], 1), (X,), UnsupportedOpError, "np.add.at is not supported"),
     ("ufunc_outer", lambda a: np.add.outer(a, a), (X,), UnsupportedOpError, "np.add.outer is not supported"),
     ("sum_initial", lambda a: np.sum(a, initial=1.0), (X,), TraceError, "initial"),

@@ -41,7 +41,7 @@ TRACE_CASES = [
     ("method_mean_where", lambda x: x.mean(where=x > 0), (X,), TraceError, "where"),
     ("method_reshape_order", lambda x: x.reshape(3, 2, order="F"), (X,), UnsupportedOpError, "only C order"),
     ("ndarray_method_missing", lambda x: x.argmax(), (X,), UnsupportedOpError, "x.argmax is not supported"),
-    ("ndarray_method_lists_supported", lambda x: x.std(), (X,), UnsupportedOpError, "astype"),
+    ("ndarray_method_lists_supported", lambda x: x.argmin(), (X,), UnsupportedOpError, "closest supported: x.min"),
     ("ndarray_attr_missing", lambda x: x * x.nbytes, (X,), UnsupportedOpError, "x.nbytes"),
     ("reshape_str", lambda x: x.reshape("ab"), (X,), ShapeError, "shape must be a tuple of ints"),
     ("transpose_str", lambda x: x.transpose("a"), (X,), ShapeError, "axes must be a tuple of ints"),

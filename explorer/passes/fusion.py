@@ -476,7 +476,7 @@ def _reduce_member_problem(m: Node, in_group: Callable[[Node], bool], r0: Node,
         if not in_group(i):
             continue  # read from global memory: any index is fine
         shifted = m.op == "set_slice" and i is m.inputs[1]   # the written value is read at box coordinates
-        if (m.op in ("transpose", "reshape", "slice", "take") or shifted) and not _is_identity_injective(m):
+        if (m.op in ("transpose", "reshape", "slice", "concat", "pad", "take") or shifted) and not _is_identity_injective(m):
             return (f"{m.op} {m.name} would rearrange {i.name} across rows of the reduction kernel "
                     f"(each row is computed by its own threads)")
         if i.shape == m.shape:

@@ -123,17 +123,41 @@ def _strides(shape: Sequence[int]) -> list[int]:
 
 
 def _reshape_index(src_shape, out_shape, idx) -> tuple[L.Expr, ...]:
+    """The source index of a reshape at output index `idx`.
+
+    Dims are matched in groups whose sizes multiply to the same count (size-1 dims read index 0), so
+    a dim that a reshape leaves alone is indexed directly and only merged or split dims pay a division:
+    (2H, S, D) → (H, 2, S, D) at (o0, o1, o2) reads (o0 / 2, o0 % 2, o1, o2), where flattening the
+    whole index would give ((o0*S + o1)*D + o2) / (2*S*D), ... per element (np.repeat, np.tile)."""
     if not src_shape:
         return ()
-    flat: L.Expr = L.Const(0)
-    for e, s in zip(idx, _strides(out_shape)):
-        flat = L.simplify_expr(flat + e * s)
-    out = []
-    for d, s in zip(range(len(src_shape)), _strides(src_shape)):
-        v = flat / s if s != 1 else flat
-        if d > 0:
-            v = v % src_shape[d]
-        out.append(L.simplify_expr(v))
+    if 0 in src_shape or 0 in out_shape:  # empty: no element is ever read
+        return tuple(L.Const(0) for _ in src_shape)
+    out: list[L.Expr] = [L.Const(0)] * len(src_shape)
+    src_dims = [d for d, n in enumerate(src_shape) if n != 1]
+    out_dims = [d for d, n in enumerate(out_shape) if n != 1]
+    i = j = 0
+    while i < len(src_dims):
+        group_src, group_out = [src_dims[i]], [out_dims[j]]
+        size_src, size_out = src_shape[src_dims[i]], out_shape[out_dims[j]]
+        i, j = i + 1, j + 1
+        while size_src != size_out:  # grow the smaller side until both cover the same elements
+            if size_src < size_out:
+                group_src.append(src_dims[i])
+                size_src *= src_shape[src_dims[i]]
+                i += 1
+            else:
+                group_out.append(out_dims[j])
+                size_out *= out_shape[out_dims[j]]
+                j += 1
+        flat: L.Expr = idx[group_out[0]]
+        for d in group_out[1:]:
+            flat = flat * out_shape[d] + idx[d]
+        stride = size_src
+        for k, d in enumerate(group_src):
+            stride //= src_shape[d]
+            v = flat / stride if stride != 1 else flat
+            out[d] = L.simplify_expr(v % src_shape[d] if k > 0 else v)
     return tuple(out)
 
 
@@ -212,7 +236,49 @@ class GroupLowering:
             inside, vidx = _box_index(n.attrs, n.shape, idx)
             v = n.inputs[1]
             return L.Select(inside, self.value(v, _bcast_index(v.shape, n.shape, vidx)), self.value(src, idx))
+        if n.op == "concat":
+            return self._concat(n, idx)
+        if n.op == "pad":
+            return self._pad(n, idx)
         raise VerificationError(f"lowering: cannot inline {n.op} ({n.name}) into a loop body")
+
+    def _concat(self, n: Node, idx: tuple[L.Expr, ...]) -> L.Expr:
+        """concat along `axis`: a chain of selects on idx[axis], each operand read at idx[axis] - its offset.
+
+        concat([a: f32[2,3], b: f32[2,4]], axis=1) at (i, j)  →  j < 3 ? a[i, j] : b[i, j - 3]
+        The select only evaluates the branch it takes (C's ?:), so no operand is read out of range; with
+        more operands the selects form a balanced tree on the operands' offsets."""
+        ax, dt = n.attrs["axis"], _dt(n)
+        offsets = np.cumsum([0] + [i.shape[ax] for i in n.inputs])
+
+        def part(k: int) -> L.Expr:
+            sub = idx[:ax] + (L.simplify_expr(idx[ax] - int(offsets[k])),) + idx[ax + 1:]
+            return _cast(self.value(n.inputs[k], sub), dt)
+
+        def pick(lo: int, hi: int) -> L.Expr:  # a balanced tree: log2(#operands) comparisons per element
+            if hi - lo == 1:
+                return part(lo)
+            mid = (lo + hi) // 2
+            return L.Select(L.BinOp("<", idx[ax], L.Const(int(offsets[mid]))), pick(lo, mid), pick(mid, hi))
+
+        return pick(0, len(n.inputs))
+
+    def _pad(self, n: Node, idx: tuple[L.Expr, ...]) -> L.Expr:
+        """constant pad: in range of the input, read it shifted by the leading pad; else the constant.
+
+        pad(x: f32[4], pads=((1,2),), value=0.0) at (i)  →  (i >= 1 && i < 5) ? x[i - 1] : 0.0f"""
+        src, pads = n.inputs[0], n.attrs["pads"]
+        sub = tuple(L.simplify_expr(i - lo) if lo else i for i, (lo, _) in zip(idx, pads))
+        conds = []
+        for i, (lo, hi), s in zip(idx, pads, src.shape):
+            if lo:
+                conds.append(L.BinOp(">=", i, L.Const(int(lo))))
+            if hi:
+                conds.append(L.BinOp("<", i, L.Const(int(lo + s))))
+        inner = self.value(src, sub)
+        if not conds:
+            return inner
+        return L.Select(_always_true(conds), inner, L.Const(n.attrs["value"], _dt(n)))
 
 
     def _gather_index(self, n: Node, idx: tuple[L.Expr, ...]) -> tuple[L.Expr, ...]:

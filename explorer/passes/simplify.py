@@ -184,6 +184,10 @@ def _identity(work: Graph, n: Node) -> Node | None:
         cand = ins[0].inputs[0]
     elif op in ("cast", "reshape", "broadcast_to"):
         cand = ins[0]
+    elif op == "concat" and len(ins) == 1:
+        cand = ins[0]
+    elif op == "pad" and not any(lo or hi for lo, hi in n.attrs["pads"]):
+        cand = ins[0]
     elif op == "slice":
         if all(a == 0 and b == s and c == 1 for a, b, c, s in
                zip(n.attrs["starts"], n.attrs["stops"], n.attrs["steps"], ins[0].shape)):

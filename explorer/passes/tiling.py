@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 from .. import loopir as L
 from ..errors import ExplorerError, ScheduleError
+from .index_split import split_index_ranges
 from ..schedule import (MAX_SHARED_BYTES, WARP_SIZE, AxisState, CacheRead, Leaf, Schedule, _tc_operands, apply,
                         check_knobs, default_schedule)
 
@@ -122,7 +123,7 @@ def generate_kernel(compute, schedule: Schedule, target: str = "cuda") -> L.Kern
     gen = _Generator(compute, st, target)
     body = gen.build()
     if target == "cpu":
-        body = partition_tails(body)
+        body = split_index_ranges(partition_tails(body))
     shared = sum(b.nbytes for b in gen.shared_allocs)
     if shared > MAX_SHARED_BYTES:
         db = f" (double-buffered tiles {', '.join(st.double_buffers)} count twice; double_buffer off halves them)" \
