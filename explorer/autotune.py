@@ -73,6 +73,7 @@ class Candidate:
     status: str = "not measured"
     reason: str = ""
     predicted_ms: float | None = None
+    predicted_bytes: float | None = None  # the model's global bytes (what sim ranks and measures)
     model_rank: int | None = None
     pipeline_s: float | None = None      # trace → codegen
     build_s: float | None = None         # C / CUDA compiler (0 when the build cache had it)
@@ -146,9 +147,13 @@ class AutotuneResult:
         b, d = self.score(self.best_candidate), self.score(self.default)
         return d / b if b > 0 and math.isfinite(d) else float("nan")
 
+    def predicted(self, c: Candidate) -> float | None:
+        """The model's number for what `metric` measures: global bytes on sim, ms otherwise."""
+        return c.predicted_bytes if self.metric == "global_bytes" else c.predicted_ms
+
     def spearman(self) -> float:
         """Spearman rank correlation between the model's prediction and the measurement (NaN under 3 points)."""
-        pts = [(c.predicted_ms, self.score(c)) for c in self.measured() if c.predicted_ms is not None]
+        pts = [(self.predicted(c), self.score(c)) for c in self.measured() if self.predicted(c) is not None]
         if len(pts) < 3:
             return float("nan")
         return spearman([p for p, _ in pts], [m for _, m in pts])
@@ -182,7 +187,7 @@ class AutotuneResult:
         if n is not None:
             order = order[:n]
         keys = list(self.space)
-        head = ["#", *keys, "model ms", "pipeline s", "build s",
+        head = ["#", *keys, "model bytes" if self.metric == "global_bytes" else "model ms", "pipeline s", "build s",
                 "bytes" if self.metric == "global_bytes" else "median ms", "IQR ms", "status"]
         rows = [head]
         for c in order:
@@ -200,7 +205,9 @@ class AutotuneResult:
                 status += f" of #{c.same_as}"
             if c.reason:
                 status += f": {c.reason}"
-            rows.append([str(c.index), *knob, fmt_ms(c.predicted_ms), _fmt_s(c.pipeline_s), _fmt_s(c.build_s),
+            model = (f"{c.predicted_bytes:,.0f}" if self.metric == "global_bytes" and c.predicted_bytes is not None
+                     else fmt_ms(c.predicted_ms))
+            rows.append([str(c.index), *knob, model, _fmt_s(c.pipeline_s), _fmt_s(c.build_s),
                          value, spread, status])
         widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
         lines = ["  ".join(v.rjust(w) for v, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
@@ -247,14 +254,14 @@ class AutotuneResult:
         """Cost-model prediction vs measurement per measured candidate; prints and titles the Spearman
         rank correlation. Returns the Figure."""
         plt = _pyplot()
-        pts = [(c.predicted_ms, self.score(c), c) for c in self.measured() if c.predicted_ms is not None]
+        pts = [(self.predicted(c), self.score(c), c) for c in self.measured() if self.predicted(c) is not None]
         fig, ax = _figure(ax, (5, 4))
         ax.scatter([p for p, _, _ in pts], [m for _, m, _ in pts], c=["C3" if c.is_default else "C0" for *_, c in pts])
         for p, m, c in pts:
             ax.annotate(f"#{c.index}", (p, m), fontsize=7, xytext=(2, 2), textcoords="offset points")
         rho = self.spearman()
         print(f"Spearman rank correlation, cost model vs measured ({len(pts)} candidates): {rho:.2f}")
-        ax.set_xlabel("cost model: predicted ms")
+        ax.set_xlabel("cost model: predicted " + ("global bytes" if self.metric == "global_bytes" else "ms"))
         ax.set_ylabel("measured: " + ("global bytes (simulator)" if self.metric == "global_bytes" else "median ms"))
         ax.set_title(f"model vs measured — Spearman ρ = {rho:.2f} (red: default)")
         return fig
@@ -592,14 +599,17 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
             else:
                 seen[code] = c.index
                 compiled[c.index] = comp
-            c.predicted_ms = costmodel.predict_schedule_ms(comp, dev)
+            c.predicted_ms, c.predicted_bytes = costmodel.predict_schedule(comp, dev)
         except ExplorerError as e:
             c.status, c.reason = "invalid", f"{type(e).__name__}: {_one_line(e)}"
         except Exception as e:   # a compiler bug this schedule exposes: report it with the candidate, go on
             c.status, c.reason = "invalid", f"internal error {type(e).__name__}: {_one_line(e)} (please report)"
         bar.step(c.label())
     # duplicates carry their original's prediction; rank the distinct valid ones
-    ranked = sorted((c for c in cands if c.index in compiled), key=lambda c: (c.predicted_ms, c.index))
+    # sim measures global bytes, so it ranks by the model's bytes (then time); cpu/cuda by model time
+    model_key = ((lambda c: (c.predicted_bytes, c.predicted_ms, c.index)) if target == "sim"
+                 else (lambda c: (c.predicted_ms, c.index)))
+    ranked = sorted((c for c in cands if c.index in compiled), key=model_key)
     for r, c in enumerate(ranked):
         c.model_rank = r
     default = cands[0]
@@ -628,11 +638,10 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
 
 
 def _code_text(comp) -> str:
-    """What decides whether two candidates are the same program: the generated source (cpu/cuda) or
-    the tiled loop program (sim, which runs the loop IR)."""
-    if comp.target == "sim":
-        return comp.stage("tiled").ir.text()
-    return "\n".join(k.source for k in comp.kernels)
+    """What decides whether two candidates are the same program: each tiled kernel's schedule and loop
+    body (codegen is a function of these; the notes and provenance comments are left out, so a tile
+    clamped to the same size as another candidate's counts as the same program)."""
+    return "\n".join(f"{k.name}|{k.schedule}|{k.body!r}" for k in comp.stage("tiled").ir.kernels)
 
 
 def _one_line(e: Exception) -> str:

@@ -441,7 +441,7 @@ def total(costs: Sequence[KernelCost]) -> dict[str, Any]:
 
 __all__ = ["Device", "DEVICES", "device", "device_names", "local_cpu", "this_gpu", "measure_cpu", "attainable",
            "bound", "predict_seconds", "KernelCost", "kernel_costs", "make_cost", "group_counts",
-           "simulator_counters", "total", "predict_schedule_ms"]
+           "simulator_counters", "total", "predict_schedule_ms", "predict_schedule"]
 
 
 # ----------------------------------------------------------------------------- schedule-aware model
@@ -509,6 +509,11 @@ def _cpu_matmul_ms(kernel, compute, dev: Device, itemsize: int) -> float:
 
 
 def _gpu_matmul_ms(kernel, compute, dev: Device, itemsize: int) -> float:
+    return _gpu_matmul(kernel, compute, dev, itemsize)[0]
+
+
+def _gpu_matmul(kernel, compute, dev: Device, itemsize: int) -> tuple[float, float]:
+    """(model ms, global bytes) of a tiled GPU matmul kernel."""
     B, M, N, K = _matmul_extents(compute)
     sp = _splits(kernel)
     BM = sp.get("i", (M,))[0]
@@ -522,7 +527,7 @@ def _gpu_matmul_ms(kernel, compute, dev: Device, itemsize: int) -> float:
         loads = B * M * N * K * itemsize * (1.0 / BN + 1.0 / BM)
     else:
         loads = B * M * N * K * itemsize * (1.0 / max(TN, 1) + 1.0 / max(TM, 1))
-    nbytes = loads + B * M * N * 4
+    nbytes = loads + B * M * N * itemsize
     threads = max(1, (BM // max(TM, 1)) * (BN // max(TN, 1))) if not tensor else max(32, BM * BN // 32)
     blocks = B * -(-M // BM) * -(-N // BN)
     waves = blocks / (-(-blocks // GPU_SMS) * GPU_SMS)
@@ -536,7 +541,7 @@ def _gpu_matmul_ms(kernel, compute, dev: Device, itemsize: int) -> float:
     memory_s = nbytes / dev.bandwidth
     # double buffering overlaps the next tile's copy with this tile's compute; without it they add up
     t = max(compute_s, memory_s) if double or not shared else compute_s + memory_s
-    return t * 1e3
+    return t * 1e3, nbytes
 
 
 def _other_ms(kernel, cost: "KernelCost", dev: Device, target: str) -> float:
@@ -559,7 +564,14 @@ def _other_ms(kernel, cost: "KernelCost", dev: Device, target: str) -> float:
 
 
 def predict_schedule_ms(compiled, device_or_name: "Device | str | None" = None) -> float:
-    """Model time in ms of a compile's tiled program *with its schedule* (sum over kernels).
+    return predict_schedule(compiled, device_or_name)[0]
+
+
+def predict_schedule(compiled, device_or_name: "Device | str | None" = None) -> tuple[float, float]:
+    """(model ms, model global bytes) of a compile's tiled program *with its schedule* (sums over kernels).
+
+    predict_schedule_ms is its first element. The bytes are the GPU tiling's global-memory traffic
+    (operands re-read once per block tile) — what the simulator counts exactly.
 
     Unlike kernel_costs (schedule-blind roofline), this sees tile sizes, register tiles, shared-memory
     staging, double buffering and chunking, so it can rank candidate schedules (explorer.autotune).
@@ -575,16 +587,21 @@ def predict_schedule_ms(compiled, device_or_name: "Device | str | None" = None) 
     dev = device(device_or_name if device_or_name is not None else target)
     prog = compiled.stage("tiled").ir
     costs = {k.name: k for k in kernel_costs(compiled, dev, counters=False)}
-    total_ms = 0.0
+    total_ms = total_bytes = 0.0
     for kernel in prog.kernels:
         compute = dict(kernel.meta).get("compute")
         out = kernel.output_buffers[0] if kernel.output_buffers else None
         itemsize = np.dtype(_np_dtype(out.dtype)).itemsize if out is not None else 4
-        if kernel.kind == "contraction" and compute is not None:
-            total_ms += (_cpu_matmul_ms if target == "cpu" else _gpu_matmul_ms)(kernel, compute, dev, itemsize)
+        if kernel.kind == "contraction" and compute is not None and target == "cpu":
+            total_ms += _cpu_matmul_ms(kernel, compute, dev, itemsize)
+            total_bytes += costs[kernel.name].bytes if kernel.name in costs else 0
+        elif kernel.kind == "contraction" and compute is not None:
+            ms, nbytes = _gpu_matmul(kernel, compute, dev, itemsize)
+            total_ms, total_bytes = total_ms + ms, total_bytes + nbytes
         elif kernel.name in costs:
             total_ms += _other_ms(kernel, costs[kernel.name], dev, target)
-    return total_ms
+            total_bytes += costs[kernel.name].bytes
+    return total_ms, total_bytes
 
 
 def _np_dtype(name: str):
