@@ -159,3 +159,23 @@ def test_spearman():
     assert AT.spearman([1, 2, 3, 4], [2, 4, 6, 9]) == pytest.approx(1.0)
     assert AT.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert np.isnan(AT.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_dashboard_autotune_tab(args):
+    pytest.importorskip("ipywidgets")
+    import matplotlib
+    matplotlib.use("Agg")
+    import widgets
+    a, b = args
+    ex = widgets.Explorer(matmul, a, b, target="sim")
+    ex.select_tab("Autotune")
+    fn, examples, kw = ex._autotune_request()
+    assert kw["target"] == "sim" and "schedule" not in kw
+    assert ex.autotune.run(fn, *examples, **kw, budget=20, space={"tile": [(16, 16, 8), (32, 32, 8)]})
+    ex.autotune.wait()
+    assert ex.autotune.result is not None, ex.autotune._worker.last_error
+    assert "best by global bytes" in ex.autotune.table.value and ex.autotune.heatmap.value[:4] == b"\x89PNG"
+    ex.autotune._apply = ex.use_schedule
+    ex.autotune._apply_best()
+    assert ex.compiled.options.schedule in (ex.autotune.result.best, None) or \
+        ex.compiled.options.schedule.get("tile") == ex.autotune.result.best.get("tile")
