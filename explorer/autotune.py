@@ -50,7 +50,12 @@ TUNABLE = {
 }
 MAX_CANDIDATES = 5000          # combinations enumerated at most (compiling each takes ~10 ms)
 DEFAULT_TOP_K = 8              # measured candidates besides the default, at most
-BUILD_SHARE = 0.5              # share of the budget the build-and-check phase may use on timed targets
+# timed targets split the budget (counted from the call, enumeration included) into phases that end at
+# these shares: build + check against NumPy, interleaved timing of the survivors, then a head-to-head
+# confirmation of the fastest against the default (on a noisy machine one interleaved median can win
+# by luck; the default is kept unless the candidate wins again)
+BUILD_SHARE = 0.35
+TIMING_SHARE = 0.8
 CACHE_VERSION = 1
 
 # how many candidates were measured (built and run) in this process: tests check that a cached
@@ -116,6 +121,9 @@ class AutotuneResult:
     tune_s: float
     key: str = ""
     cached: bool = False
+    # timed targets: the head-to-head of the fastest candidate vs the default (medians, IQRs, speedup
+    # with its range, kept: whether the candidate won it); {} when the default was fastest or on sim
+    confirmation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best(self) -> dict[str, Any]:
@@ -167,7 +175,9 @@ class AutotuneResult:
                 f"{count['invalid']} invalid, {count['duplicate']} duplicate, {count['not measured']} ranked out by the "
                 f"cost model; {self.tune_s:.1f} s{' (cached)' if self.cached else ''}\n"
                 f"best by {what}: {b.label()} — {self._score_text(b)} vs default {self._score_text(self.default)} "
-                f"({self.speedup():.3g}x); model/measured Spearman rank correlation {self.spearman():.2f}")
+                f"({self.speedup():.3g}x); model/measured Spearman rank correlation {self.spearman():.2f}"
+                + (f"\nconfirmation, #{self.confirmation['candidate']} vs default interleaved: "
+                   f"{self.confirmation['text']}" if self.confirmation else ""))
 
     def _score_text(self, c: Candidate) -> str:
         if not c.measured:
@@ -276,6 +286,7 @@ class AutotuneResult:
         data = {"version": CACHE_VERSION, "name": self.name, "target": self.target, "device": self.device,
                 "metric": self.metric, "space": {k: [_jsonable(v) for v in vs] for k, vs in self.space.items()},
                 "budget": self.budget, "best_index": self.best_index, "tune_s": self.tune_s, "key": self.key,
+                "confirmation": self.confirmation,
                 "candidates": [{**asdict(c), "schedule": {k: _jsonable(v) for k, v in c.schedule.items()}}
                                for c in self.candidates]}
         text = json.dumps(data, indent=1)
@@ -314,7 +325,8 @@ def load(source: str | os.PathLike) -> AutotuneResult:
             cands.append(Candidate(**c))
         return AutotuneResult(d["name"], d["target"], d["device"], d["metric"],
                               {k: [_unjson(k, v) for v in vs] for k, vs in d["space"].items()}, d["budget"], cands,
-                              d["best_index"], d["tune_s"], d.get("key", ""), cached=True)
+                              d["best_index"], d["tune_s"], d.get("key", ""), cached=True,
+                              confirmation=d.get("confirmation") or {})
     except (KeyError, TypeError, ValueError) as e:
         raise ExplorerError(f"autotune.load: not an autotune result ({type(e).__name__}: {e}); pass what "
                             f"result.to_json() wrote") from None
@@ -619,19 +631,24 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
 
     # 2. measure, in model order, within the budget
     reference = [np.asarray(x) for x in base.reference(*base.examples)]
+    confirmation: dict[str, Any] = {}
     if target == "sim":
-        _measure_sim(queue, compiled, reference, bar, deadline=time.perf_counter() + budget)
+        _measure_sim(queue, compiled, reference, bar, deadline=t_start + budget)
     else:
-        _measure_timed(queue, compiled, reference, bar, t_build_end=time.perf_counter() + BUILD_SHARE * budget,
-                       deadline=time.perf_counter() + budget)
-    bar.close()
+        _measure_timed(queue, compiled, reference, bar, t_build_end=t_start + BUILD_SHARE * budget,
+                       t_timing_end=t_start + TIMING_SHARE * budget)
     metric = "global_bytes" if target == "sim" else "time"
     measured = [c for c in cands if c.measured]
     score = (lambda c: (c.global_bytes, c.barriers or 0)) if metric == "global_bytes" else (lambda c: c.median_ms)
     best = min(measured, key=lambda c: (score(c), not c.is_default, c.index))
+    if metric == "time" and not best.is_default:
+        confirmation = _confirm(best, default, compiled, bar, deadline=t_start + budget)
+        if not confirmation["kept"]:
+            best = default
+    bar.close()
     best.status = "best"
     result = AutotuneResult(name, target, device_label(target), metric, space, budget, cands, best.index,
-                            time.perf_counter() - t_start, key)
+                            time.perf_counter() - t_start, key, confirmation=confirmation)
     if cache:
         _write_cache(result)
     return result
@@ -684,11 +701,11 @@ def _measure_sim(queue, compiled, reference, bar: _Progress, deadline: float) ->
         bar.step(c.label())
 
 
-def _measure_timed(queue, compiled, reference, bar: _Progress, t_build_end: float, deadline: float) -> None:
+def _measure_timed(queue, compiled, reference, bar: _Progress, t_build_end: float, t_timing_end: float) -> None:
     from . import measure
     # build (C/CUDA compiler) and check each against NumPy: this run is also its warm-up
     bar.phase("autotune: build + check", len(queue))
-    ready = []
+    ready, run_s = [], {}
     for c in queue:
         if c is not queue[0] and time.perf_counter() > t_build_end:
             c.reason = "budget spent before it was built"
@@ -698,8 +715,10 @@ def _measure_timed(queue, compiled, reference, bar: _Progress, t_build_end: floa
         try:
             t0 = time.perf_counter()
             comp.executable()
-            c.build_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            c.build_s = t1 - t0
             why = _check_output(comp, reference)
+            run_s[c.index] = time.perf_counter() - t1
         except ExplorerError as e:
             why = f"{type(e).__name__}: {_one_line(e)}"
         STATS["measured"] += 1
@@ -711,16 +730,46 @@ def _measure_timed(queue, compiled, reference, bar: _Progress, t_build_end: floa
     if not ready:
         raise ExplorerError("autotune: no candidate (not even the default) built and ran correctly; see the reasons "
                             "with cache=False and progress=True")
-    # time the survivors interleaved round-robin (explorer.measure): neighbours' noise falls on all alike
-    remaining = max(deadline - time.perf_counter(), 1e-3)
+    # keep as many (in model order, the default always) as leave time for 3 interleaved rounds
+    remaining = t_timing_end - time.perf_counter()
+    while len(ready) > 2 and 3 * sum(run_s[c.index] for c in ready) > remaining:
+        dropped = ready.pop()
+        dropped.reason = "budget: 3 timing rounds of every built candidate would not fit; the model ranked it last"
+    # time the survivors interleaved round-robin (explorer.measure): neighbours' noise falls on all alike;
+    # the last round starts before the phase ends
+    round_s = sum(run_s[c.index] for c in ready)
     bar.phase("autotune: time (rounds)", 0)
     timings = measure.interleaved({str(c.index): compiled[c.index].sampler() for c in ready}, warmup=0,
-                                  budget_s=remaining, on_round=lambda r: bar.step(f"round {r}"))
+                                  budget_s=max(remaining - round_s, 1e-3), on_round=lambda r: bar.step(f"round {r}"))
     for c in ready:
-        t = timings[str(c.index)]
-        c.status = "measured"
-        c.median_ms, c.q1_ms, c.q3_ms, c.min_ms, c.repeat = t.median_ms, t.q1_ms, t.q3_ms, t.min_ms, t.repeat
-        c.unstable, c.unstable_reason = t.unstable, t.reason
+        _set_timing(c, timings[str(c.index)])
+
+
+def _set_timing(c: Candidate, t) -> None:
+    c.status = "measured"
+    c.median_ms, c.q1_ms, c.q3_ms, c.min_ms, c.repeat = t.median_ms, t.q1_ms, t.q3_ms, t.min_ms, t.repeat
+    c.unstable, c.unstable_reason = t.unstable, t.reason
+
+
+def _confirm(best: Candidate, default: Candidate, compiled, bar: _Progress, deadline: float) -> dict[str, Any]:
+    """Time the fastest candidate against the default once more, head to head; it is kept only if its
+    median wins again (a lucky median in a noisy round must not replace the default)."""
+    from . import measure
+    bar.phase("autotune: confirm vs default", 0)
+    pair_s = (best.median_ms + default.median_ms) / 1e3
+    ts = measure.interleaved({"candidate": compiled[best.index].sampler(), "default": compiled[default.index].sampler()},
+                             warmup=0, budget_s=max(deadline - time.perf_counter() - pair_s, 1e-3),
+                             on_round=lambda r: bar.step(f"round {r}"))
+    cand, dflt = ts["candidate"], ts["default"]
+    kept = cand.median_ms < dflt.median_ms
+    sp = measure.speedup(dflt, cand)
+    if not kept:
+        best.reason = (f"fastest in the interleaved rounds, but not faster than the default head to head "
+                       f"({measure.fmt_ms(cand.median_ms)} vs {measure.fmt_ms(dflt.median_ms)} ms): default kept")
+    return {"candidate": best.index, "kept": kept, "candidate_ms": cand.median_ms, "default_ms": dflt.median_ms,
+            "candidate_iqr_ms": [cand.q1_ms, cand.q3_ms], "default_iqr_ms": [dflt.q1_ms, dflt.q3_ms],
+            "repeat": cand.repeat, "unstable": cand.unstable or dflt.unstable,
+            "text": f"{cand} vs {dflt}: speedup {sp}" + ("" if kept else " — default kept")}
 
 
 # `explorer.autotune.load(...)` reads a saved result (explorer.autotune is this function)

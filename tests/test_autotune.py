@@ -46,6 +46,8 @@ def test_cpu_best_schedule_matches_numpy(args):
     assert r.default.measured and r.default.median_ms > 0
     best = r.best_candidate
     assert best.measured and best.median_ms <= r.default.median_ms   # never worse than the default
+    if not best.is_default:   # it also won the head-to-head against the default
+        assert r.confirmation["kept"] and r.confirmation["candidate_ms"] < r.confirmation["default_ms"]
     assert best.q1_ms <= best.median_ms <= best.q3_ms and best.build_s is not None and best.pipeline_s is not None
     assert len(r.candidates) == 1 + 3 * 2
     assert sum(c.measured for c in r.candidates) <= 1 + 3        # top_k besides the default
@@ -175,7 +177,7 @@ def test_dashboard_autotune_tab(args):
     ex.autotune.wait()
     assert ex.autotune.result is not None, ex.autotune._worker.last_error
     assert "best by global bytes" in ex.autotune.table.value and ex.autotune.heatmap.value[:4] == b"\x89PNG"
-    ex.autotune._apply = ex.use_schedule
-    ex.autotune._apply_best()
-    assert ex.compiled.options.schedule in (ex.autotune.result.best, None) or \
-        ex.compiled.options.schedule.get("tile") == ex.autotune.result.best.get("tile")
+    assert not ex.autotune.use_best.disabled
+    ex.use_schedule({"tile": (16, 16, 8)})   # what "Use best" calls with result.best
+    assert ex.knobs.kwargs()["schedule"]["tile"] == (16, 16, 8)
+    assert "split(i, 16) -> i_b, i_in" in ex.compiled.program.kernels[0].schedule
