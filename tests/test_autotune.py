@@ -181,3 +181,37 @@ def test_dashboard_autotune_tab(args):
     ex.use_schedule({"tile": (16, 16, 8)})   # what "Use best" calls with result.best
     assert ex.knobs.kwargs()["schedule"]["tile"] == (16, 16, 8)
     assert "split(i, 16) -> i_b, i_in" in ex.compiled.program.kernels[0].schedule
+
+
+def test_model_bytes_equal_simulator_counters_for_staged_matmul():
+    """The schedule-aware model's global bytes for a shared-memory-staged matmul are what the simulator
+    counts (operands re-read once per block tile, output written once); tiles divide the extents."""
+    from explorer import costmodel
+    a, b = np.ones((64, 32), np.float32), np.ones((32, 64), np.float32)
+    seen = set()
+    for tile in [(8, 8, 8), (16, 16, 8), (32, 32, 16), (16, 64, 8), (64, 64, 32)]:
+        c = explorer.compile(matmul, a, b, target="sim", schedule={"tile": tile, "thread_tile": (2, 2)})
+        c(a, b)
+        counted = c.executable().counters["total"]
+        _, model_bytes = costmodel.predict_schedule(c, "h100")
+        assert model_bytes == counted["global_load_bytes"] + counted["global_store_bytes"], tile
+        seen.add(model_bytes)
+    assert len(seen) >= 4   # the tiles really move different amounts
+
+
+def test_cpu_model_prefers_register_tiles_that_fit():
+    from explorer import costmodel
+    x = np.ones((256, 256), np.float32)
+    ms = {tt: costmodel.predict_schedule_ms(explorer.compile(matmul, x, x, target="cpu",
+                                                             schedule={"thread_tile": tt}), "cpu")
+          for tt in [(6, 16), (1, 8), (1, 3), (12, 32)]}
+    assert ms[(6, 16)] < ms[(1, 8)] < ms[(1, 3)]       # more accumulators per load; scalar tails
+    assert ms[(6, 16)] < ms[(12, 32)]                   # 12 x 4 vectors spill the 16 registers
+
+
+def test_cuda_without_gpu_says_so(args):
+    from explorer.backends import cuda
+    if cuda.available()[0]:
+        pytest.skip("a GPU is present")
+    with pytest.raises(explorer.BackendUnavailable, match="autotune on cuda needs a GPU.*target='sim'"):
+        explorer.autotune(matmul, *args, target="cuda", budget=5, progress=False)
