@@ -678,19 +678,27 @@ def _check_output(comp, reference) -> str:
     return ""
 
 
-def _measure_sim(queue, compiled, reference, bar: _Progress, deadline: float) -> None:
-    bar.phase("autotune: simulate", len(queue))
+def _within_budget(queue, bar: _Progress, phase: str, deadline: float, skipped: str):
+    """Yield the candidates of `queue` in order while the deadline allows (the default, first, always);
+    the rest get `skipped` as their reason. Counts each yielded one in STATS and steps the bar."""
+    bar.phase(phase, len(queue))
     for c in queue:
         if c is not queue[0] and time.perf_counter() > deadline:
-            c.reason = "budget spent before it was simulated"
+            c.reason = skipped
             bar.step()
             continue
+        yield c
+        STATS["measured"] += 1
+        bar.step(c.label())
+
+
+def _measure_sim(queue, compiled, reference, bar: _Progress, deadline: float) -> None:
+    for c in _within_budget(queue, bar, "autotune: simulate", deadline, "budget spent before it was simulated"):
         comp = compiled[c.index]
         try:
             why = _check_output(comp, reference)
         except ExplorerError as e:
             why = f"{type(e).__name__}: {_one_line(e)}"
-        STATS["measured"] += 1
         if why:
             c.status, c.reason = "invalid", why
         else:
@@ -698,19 +706,13 @@ def _measure_sim(queue, compiled, reference, bar: _Progress, deadline: float) ->
             c.global_bytes = int(tot["global_load_bytes"] + tot["global_store_bytes"])
             c.barriers = int(tot["barriers"])
             c.status = "measured"
-        bar.step(c.label())
 
 
 def _measure_timed(queue, compiled, reference, bar: _Progress, t_build_end: float, t_timing_end: float) -> None:
     from . import measure
     # build (C/CUDA compiler) and check each against NumPy: this run is also its warm-up
-    bar.phase("autotune: build + check", len(queue))
     ready, run_s = [], {}
-    for c in queue:
-        if c is not queue[0] and time.perf_counter() > t_build_end:
-            c.reason = "budget spent before it was built"
-            bar.step()
-            continue
+    for c in _within_budget(queue, bar, "autotune: build + check", t_build_end, "budget spent before it was built"):
         comp = compiled[c.index]
         try:
             t0 = time.perf_counter()
@@ -721,12 +723,10 @@ def _measure_timed(queue, compiled, reference, bar: _Progress, t_build_end: floa
             run_s[c.index] = time.perf_counter() - t1
         except ExplorerError as e:
             why = f"{type(e).__name__}: {_one_line(e)}"
-        STATS["measured"] += 1
         if why:
             c.status, c.reason = "invalid", why
         else:
             ready.append(c)
-        bar.step(c.label())
     if not ready:
         raise ExplorerError("autotune: no candidate (not even the default) built and ran correctly; see the reasons "
                             "with cache=False and progress=True")

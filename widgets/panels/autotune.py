@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from ._util import Worker, describe_error, error_html, esc, note_html
+from ._util import Worker, describe_error, error_html, esc, note_html, show_progress
 from .charts import figure_png
 
 
@@ -76,9 +76,7 @@ class AutotunePanel(W.VBox):
             return False
         self.button.disabled = True
         self.use_best.disabled = True
-        self.progress.bar_style = "info"
-        self.progress.layout.visibility = "visible"
-        self.progress.value = 0.0
+        show_progress(self.progress)
         return self._worker.start(job, failed)
 
     def set_result(self, r: Any) -> None:
@@ -97,9 +95,7 @@ class AutotunePanel(W.VBox):
             self._apply(self.result.best)
 
     def _finish(self, status: str, ok: bool = True) -> None:
-        self.progress.value = 1.0
-        self.progress.bar_style = "success" if ok else "danger"
-        self.progress.layout.visibility = "hidden" if ok else "visible"
+        show_progress(self.progress, ok)
         self.button.disabled = False
         self.status.value = status
 
