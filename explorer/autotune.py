@@ -57,6 +57,7 @@ DEFAULT_TOP_K = 8              # measured candidates besides the default, at mos
 BUILD_SHARE = 0.35
 TIMING_SHARE = 0.8
 CACHE_VERSION = 1
+AUTOTUNE_OPTIONS = ("space", "budget", "target", "top_k", "progress", "cache", "on_progress")
 
 # how many candidates were measured (built and run) in this process: tests check that a cached
 # rerun measures nothing without relying on wall time
@@ -476,7 +477,10 @@ def kernel_hash(compiled) -> str:
     """Hash of what the schedule applies to: the lowered loop program (schedule-free), the inputs'
     shapes and dtypes, and the compile options that change code (fast_math, fuse, decompose)."""
     o = compiled.options
-    text = "\n".join([compiled.stage("lowered").ir.text(), repr([(a.shape, str(a.dtype)) for a in compiled.examples]),
+    # comment lines carry provenance (file:line), which moves when a notebook cell is re-run: left out
+    loops = "\n".join(line for line in compiled.stage("lowered").ir.text().splitlines()
+                      if not line.lstrip().startswith("#"))
+    text = "\n".join([loops, repr([(a.shape, str(a.dtype)) for a in compiled.examples]),
                       repr((o.fast_math, o.fuse, o.decompose, str(o.dtype), o.arch))])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -524,7 +528,7 @@ class _Progress:
             from .progress import _tqdm
             tqdm = _tqdm()
             if tqdm is not None:
-                self.bar = tqdm(total=total, desc=name, leave=False)
+                self.bar = tqdm(total=total or None, desc=name, leave=False)   # None: rounds, open-ended
         self._tell("")
 
     def step(self, text: str = "", n: int = 1) -> None:
@@ -567,6 +571,14 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
                             f"default)")
     if "schedule" in compile_kwargs:
         raise ExplorerError("autotune chooses the schedule: pass the knobs to search as space={...}, not schedule=")
+    from .pipeline import OPTION_NAMES
+    for k in compile_kwargs:
+        if k not in OPTION_NAMES:
+            import difflib
+            close = difflib.get_close_matches(k, [*AUTOTUNE_OPTIONS, *OPTION_NAMES], n=1)
+            raise ExplorerError(f"autotune: unknown option {k}=" + (f" (did you mean {close[0]}=?)" if close else "")
+                                + f"; autotune takes {', '.join(f'{o}=' for o in AUTOTUNE_OPTIONS)} and the compile "
+                                  f"options {', '.join(f'{o}=' for o in OPTION_NAMES if o != 'schedule')}")
     target = resolve_target(target, compile_kwargs.get("verbose", True))
     if target not in TUNABLE:
         raise ExplorerError(f"autotune target {target!r}: choose cpu, cuda or sim (reference runs NumPy and has no "
@@ -579,7 +591,7 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
                                      f"or 'cpu'")
     base = compile_fn(fn, *args, target=target, **compile_kwargs)
     space = check_space(default_space(base) if space is None else space, target)
-    name = base.name if hasattr(base, "name") else getattr(fn, "__name__", "fn")
+    name = base.name
     key = _cache_key(base, target, space)
     if cache:
         hit = _read_cache(key)

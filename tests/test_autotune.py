@@ -141,6 +141,8 @@ def test_export_and_load(args, tmp_path):
     (dict(top_k=0), r"top_k=0: must be an integer >= 1"),
     (dict(schedule={"tile": (16, 16, 8)}), r"pass the knobs to search as space="),
     (dict(target="reference"), r"choose cpu, cuda or sim"),
+    (dict(spaces={"tile": [(16, 16, 8)]}), r"unknown option spaces= \(did you mean space=\?\); autotune takes space="),
+    (dict(budjet=5), r"unknown option budjet= \(did you mean budget=\?\)"),
 ])
 def test_bad_inputs(args, kwargs, match):
     a, b = args
@@ -215,3 +217,13 @@ def test_cuda_without_gpu_says_so(args):
         pytest.skip("a GPU is present")
     with pytest.raises(explorer.BackendUnavailable, match="autotune on cuda needs a GPU.*target='sim'"):
         explorer.autotune(matmul, *args, target="cuda", budget=5, progress=False)
+
+
+def test_kernel_hash_ignores_where_the_function_is_defined(args):
+    a, b = args
+    f1 = lambda a, b: a @ b   # noqa: E731 — two definitions on different lines, same program
+    f2 = lambda a, b: a @ b   # noqa: E731
+    h = [AT.kernel_hash(explorer.compile(f, a, b, target="sim")) for f in (f1, f2)]
+    assert h[0] == h[1]
+    assert AT.kernel_hash(explorer.compile(lambda a, b: a @ b + 1, a, b, target="sim")) != h[0]
+    assert AT.kernel_hash(explorer.compile(f1, a[:20], b, target="sim")) != h[0]
