@@ -251,7 +251,11 @@ class AutotuneResult:
             v = self.score(c)
             grid[i, j] = v if np.isnan(grid[i, j]) else min(grid[i, j], v)
         fig, ax = _figure(ax, (1.2 + 0.7 * len(xs), 1.2 + 0.45 * len(ys)))
-        im = ax.imshow(grid, cmap="viridis_r", aspect="auto")
+        im = ax.imshow(grid, cmap="viridis_r", aspect="auto")   # lighter = better (lower)
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
+                        color="black" if v < np.nanmedian(grid) else "white")
         ax.set_xticks(range(len(xs)), xs, rotation=45, ha="right")
         ax.set_yticks(range(len(ys)), ys)
         ax.set_xlabel(x)
@@ -274,7 +278,7 @@ class AutotuneResult:
         print(f"Spearman rank correlation, cost model vs measured ({len(pts)} candidates): {rho:.2f}")
         ax.set_xlabel("cost model: predicted " + ("global bytes" if self.metric == "global_bytes" else "ms"))
         ax.set_ylabel("measured: " + ("global bytes (simulator)" if self.metric == "global_bytes" else "median ms"))
-        ax.set_title(f"model vs measured — Spearman ρ = {rho:.2f} (red: default)")
+        ax.set_title(f"Spearman ρ = {rho:.2f} (red: default)")
         return fig
 
     def plot(self, x: str | None = None, y: str | None = None):
