@@ -53,7 +53,7 @@ DEFAULT_TOP_K = 8              # measured candidates besides the default, at mos
 # timed targets split the budget (counted from the call, enumeration included) into phases that end at
 # these shares: build + check against NumPy, interleaved timing of the survivors, then a head-to-head
 # confirmation of the fastest against the default (on a noisy machine one interleaved median can win
-# by luck; the default is kept unless the candidate wins again)
+# by luck; the default is kept unless the candidate wins again, on the median and on the fastest run)
 BUILD_SHARE = 0.35
 TIMING_SHARE = 0.8
 CACHE_VERSION = 1
@@ -768,8 +768,8 @@ def _set_timing(c: Candidate, t) -> None:
 
 
 def _confirm(best: Candidate, default: Candidate, compiled, bar: _Progress, deadline: float) -> dict[str, Any]:
-    """Time the fastest candidate against the default once more, head to head; it is kept only if its
-    median wins again (a lucky median in a noisy round must not replace the default)."""
+    """Time the fastest candidate against the default once more, head to head; it is kept only if it wins
+    again on the median and the fastest run (a lucky median in a noisy round must not replace the default)."""
     from . import measure
     bar.phase("autotune: confirm vs default", 0)
     pair_s = (best.median_ms + default.median_ms) / 1e3
@@ -777,12 +777,16 @@ def _confirm(best: Candidate, default: Candidate, compiled, bar: _Progress, dead
                              warmup=0, budget_s=max(deadline - time.perf_counter() - pair_s, 1e-3),
                              on_round=lambda r: bar.step(f"round {r}"))
     cand, dflt = ts["candidate"], ts["default"]
-    kept = cand.median_ms < dflt.median_ms
+    # both the median and the fastest run must win: under contention the min is the least-disturbed sample,
+    # and a candidate that only wins one of them is within the noise of the default
+    kept = cand.median_ms < dflt.median_ms and cand.min_ms <= dflt.min_ms
     sp = measure.speedup(dflt, cand)
     if not kept:
         best.reason = (f"fastest in the interleaved rounds, but not faster than the default head to head "
-                       f"({measure.fmt_ms(cand.median_ms)} vs {measure.fmt_ms(dflt.median_ms)} ms): default kept")
+                       f"(median {measure.fmt_ms(cand.median_ms)} vs {measure.fmt_ms(dflt.median_ms)} ms, min "
+                       f"{measure.fmt_ms(cand.min_ms)} vs {measure.fmt_ms(dflt.min_ms)} ms): default kept")
     return {"candidate": best.index, "kept": kept, "candidate_ms": cand.median_ms, "default_ms": dflt.median_ms,
+            "candidate_min_ms": cand.min_ms, "default_min_ms": dflt.min_ms,
             "candidate_iqr_ms": [cand.q1_ms, cand.q3_ms], "default_iqr_ms": [dflt.q1_ms, dflt.q3_ms],
             "repeat": cand.repeat, "unstable": cand.unstable or dflt.unstable,
             "text": f"{cand} vs {dflt}: speedup {sp}" + ("" if kept else " — default kept")}
