@@ -22,6 +22,7 @@ import ipywidgets as W
 import numpy as np
 
 from .panels._util import describe_error, error_html, esc, format_stats, pre_html
+from .panels.autotune import AutotunePanel
 from .panels.charts import TimingChart
 from .panels.diff import StageDiff
 from .panels.fusion import FusionView
@@ -33,7 +34,7 @@ from .panels.source import SourceView, language_of
 from .panels.tiling import TilingView
 
 KNOB_ARGS = ("target", "fuse", "schedule", "dtype", "fast_math")
-TAB_TITLES = ("Stages", "Fusion", "Tiling", "Source", "Run", "Charts")
+TAB_TITLES = ("Stages", "Fusion", "Tiling", "Source", "Run", "Charts", "Autotune")
 STAGE_SUBTABS = ("Graph", "IR text", "Diff vs previous")
 _CACHE_SIZE = 24
 
@@ -119,7 +120,9 @@ class Explorer(W.VBox):
         self.charts.set_request(self._compare_request)
         self.charts.on_result(self._compared)
         self.fusion.set_measure(self._measure_from_fusion)
-        self.tabs = W.Tab([stages, self.fusion, self.tiling, self.source, self.run_panel, self.charts],
+        self.autotune = AutotunePanel()
+        self.autotune.set_request(self._autotune_request, self.use_schedule)
+        self.tabs = W.Tab([stages, self.fusion, self.tiling, self.source, self.run_panel, self.charts, self.autotune],
                           titles=TAB_TITLES)
         body = W.HBox([self.knobs, W.VBox([self.tabs], layout=W.Layout(width="100%", overflow="auto"))])
         super().__init__([self.header, self.error, self.notice, body])
@@ -214,6 +217,20 @@ class Explorer(W.VBox):
 
     def _measure_from_fusion(self) -> None:
         self.charts._run_requested()
+
+    def _autotune_request(self) -> tuple[Callable, tuple, dict[str, Any]]:
+        """explorer.autotune arguments for the current knobs: same target, fusion, dtype and inputs."""
+        kw = self.knobs.kwargs()
+        kw.pop("schedule", None)   # the tuner searches the schedule
+        if kw.get("target") == "reference":
+            kw["target"] = "sim"
+        kw = {k: v for k, v in kw.items() if v is not None and not (k == "fast_math" and v is False)}
+        return self.fn, tuple(self.current_examples()), kw
+
+    def use_schedule(self, schedule: dict[str, Any]) -> None:
+        """Put `schedule` (e.g. an autotune result's best) into the knobs and recompile."""
+        self.knobs.set(schedule=dict(schedule))
+        self.recompile("autotuned schedule")
 
     @staticmethod
     def _has_matmul(comp: Any) -> bool:

@@ -156,3 +156,17 @@ class Worker:
     def wait(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def show_progress(bar: Any, done: bool | None = None) -> None:
+    """A worker panel's FloatProgress: done=None shows it at 0 (a job starts); True fills it green and
+    hides it; False fills it red and leaves it visible (the job failed)."""
+    if done is None:
+        bar.bar_style = "info"
+        bar.layout.visibility = "visible"
+        bar.value = 0.0
+        return
+    bar.value = 1.0
+    bar.bar_style = "success" if done else "danger"
+    bar.layout.visibility = "hidden" if done else "visible"
+

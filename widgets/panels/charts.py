@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from ._util import Worker, describe_error, error_html, esc, note_html
+from ._util import Worker, describe_error, error_html, esc, note_html, show_progress
 
 
 def figure_png(fig: Any, dpi: int = 80) -> bytes:
@@ -133,15 +133,12 @@ class TimingChart(W.VBox):
             self.status.value = note_html("a comparison is already running")
             return False
         self.button.disabled = True
-        self.progress.bar_style = "info"
-        self.progress.layout.visibility = "visible"
+        show_progress(self.progress)
         self.progress.value = 0.02
         return self._worker.start(job, failed)
 
     def _finish(self, status: str, ok: bool = True) -> None:
-        self.progress.value = 1.0
-        self.progress.bar_style = "success" if ok else "danger"
-        self.progress.layout.visibility = "hidden" if ok else "visible"
+        show_progress(self.progress, ok)
         self.button.disabled = False
         self.status.value = status
 
