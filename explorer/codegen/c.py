@@ -208,6 +208,19 @@ static inline ke_v8f ke_splat_v8f(float s) { return (ke_v8f){s, s, s, s, s, s, s
 static inline ke_v4d ke_splat_v4d(double s) { return (ke_v4d){s, s, s, s}; }
 static inline ke_v8i ke_splat_v8i(int32_t s) { return (ke_v8i){s, s, s, s, s, s, s, s}; }
 static inline ke_v4l ke_splat_v4l(int64_t s) { return (ke_v4l){s, s, s, s}; }
+/* Matmul accumulators only: acc + a*b with one rounding where the CPU has FMA, as NumPy's BLAS
+ * accumulates. All other arithmetic is built with -ffp-contract=off (NumPy's separate roundings). */
+#if defined(__FMA__) && defined(__x86_64__)
+static inline float ke_fmaf(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+static inline double ke_fma(double a, double b, double c) { return __builtin_fma(a, b, c); }
+static inline ke_v8f ke_fma_v8f(ke_v8f a, ke_v8f b, ke_v8f c) { return __builtin_ia32_vfmaddps256(a, b, c); }
+static inline ke_v4d ke_fma_v4d(ke_v4d a, ke_v4d b, ke_v4d c) { return __builtin_ia32_vfmaddpd256(a, b, c); }
+#else
+static inline float ke_fmaf(float a, float b, float c) { return a * b + c; }
+static inline double ke_fma(double a, double b, double c) { return a * b + c; }
+static inline ke_v8f ke_fma_v8f(ke_v8f a, ke_v8f b, ke_v8f c) { return a * b + c; }
+static inline ke_v4d ke_fma_v4d(ke_v4d a, ke_v4d b, ke_v4d c) { return a * b + c; }
+#endif
 /* lane-wise NaN-propagating max/min (as ke_maxf): a comparison gives a 0/-1 lane mask, then a blend */
 #define KE_VSEL(T, M, a, b) ((T)(((M)(a) & m) | ((M)(b) & ~m)))
 static inline ke_v8f ke_max_v8f(ke_v8f a, ke_v8f b) { ke_v8i m = (a > b) | (a != a); return KE_VSEL(ke_v8f, ke_v8i, a, b); }
@@ -241,7 +254,7 @@ _MATH_F64 = {"exp": "exp({0})", "log": "log({0})", "tanh": "tanh({0})", "sqrt": 
 # Names a user buffer/loop variable must not take (they would shadow what kernels call).
 _RESERVED = frozenset("""int8_t int16_t int32_t int64_t uint8_t uint16_t uint32_t uint64_t size_t bool true false
 NAN INFINITY _Float16 main memcpy memset exp expf log logf tanh tanhf sqrt sqrtf fabs fabsf erf erff pow powf sin sinf
-cos cosf floor floorf copysign copysignf fmod fmodf omp_get_num_threads omp_get_thread_num ke_num_threads""".split())
+cos cosf floor floorf copysign copysignf fmod fmodf omp_get_num_threads omp_get_thread_num ke_num_threads fma fmaf""".split())
 
 _PREC = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6,
          "%": 6}
@@ -446,6 +459,21 @@ class _KernelEmitter:
         return cse
 
     # -- statements ----------------------------------------------------------------------------------
+    def accumulation(self, s: L.Store, regs: dict | None = None):
+        """(fma function, a, b, acc) when `s` is a matmul accumulation acc = acc + a*b (f32/f64,
+        a contraction kernel, not fast_math, which contracts everything anyway), else None."""
+        if self.fast_math or self.kernel.kind != "contraction" or s.buffer.dtype not in ("f32", "f64"):
+            return None
+        v = s.value
+        if not (isinstance(v, L.BinOp) and v.op == "+" and v.dtype == s.buffer.dtype):
+            return None
+        for acc, prod in ((v.a, v.b), (v.b, v.a)):
+            if (isinstance(acc, L.Load) and acc.buffer.name == s.buffer.name and acc.indices == s.indices
+                    and isinstance(prod, L.BinOp) and prod.op == "*" and prod.dtype == v.dtype
+                    and prod.a.dtype == v.dtype and prod.b.dtype == v.dtype):
+                return ("ke_fmaf" if v.dtype == "f32" else "ke_fma"), prod.a, prod.b, acc
+        return None
+
     def stmts(self, body: Iterable[L.Stmt], depth: int) -> None:
         saved = dict(self.locals)
         for s in body:
@@ -458,7 +486,9 @@ class _KernelEmitter:
             self.loop(s, depth)
         elif isinstance(s, L.Store):
             cse = self.cse_temps([s.value], pad)
-            value = self.expr(s.value, 0, cse)
+            acc = self.accumulation(s)
+            value = self.expr(s.value, 0, cse) if acc is None else \
+                f"{acc[0]}({self.expr(acc[1], 0, cse)}, {self.expr(acc[2], 0, cse)}, {self.expr(acc[3], 0, cse)})"
             if s.buffer.dtype == "f16" and s.buffer.scope == "global":
                 value = f"(_Float16)({value})"
             elif COMPUTE_TYPE[s.value.dtype] != COMPUTE_TYPE[s.buffer.dtype]:
@@ -707,7 +737,15 @@ class _KernelEmitter:
         try:
             for st, m, dt, cond in items:
                 suf = _VEC[dt][0]
-                v, is_vec = self._vexpr(L.substitute(st.value, m), dt, regs)
+                acc = self.accumulation(st)
+                if acc is not None:
+                    parts = []
+                    for x in acc[1:]:
+                        t, x_vec = self._vexpr(L.substitute(x, m), dt, regs)
+                        parts.append(t if x_vec else f"ke_splat_{suf}({t})")
+                    v, is_vec = f"ke_fma_{suf}({', '.join(parts)})", True
+                else:
+                    v, is_vec = self._vexpr(L.substitute(st.value, m), dt, regs)
                 if not is_vec:
                     v = f"ke_splat_{suf}({v})"
                 flat = L.flat_index(st.buffer, [L.substitute(i, m) for i in st.indices])
