@@ -51,7 +51,7 @@ import numpy as np
 from .. import loopir as L
 from ..errors import CompileError, DTypeError
 from ..graph import c_identifier
-from . import Codegen, GeneratedKernel
+from . import Codegen, GeneratedKernel, fma_accumulation
 
 # storage type (memory) and compute type (registers) per dtype: f16 is stored as _Float16
 # (gcc >= 12 on x86-64) and computed in float, as numpy does per op.
@@ -459,20 +459,13 @@ class _KernelEmitter:
         return cse
 
     # -- statements ----------------------------------------------------------------------------------
-    def accumulation(self, s: L.Store, regs: dict | None = None):
-        """(fma function, a, b, acc) when `s` is a matmul accumulation acc = acc + a*b (f32/f64,
-        a contraction kernel, not fast_math, which contracts everything anyway), else None."""
-        if self.fast_math or self.kernel.kind != "contraction" or s.buffer.dtype not in ("f32", "f64"):
+    def accumulation(self, s: L.Store):
+        """(fma function, a, b, acc) for a matmul accumulation acc = acc + a*b (f32/f64 in a
+        contraction kernel; not with fast_math, which contracts everything anyway), else None."""
+        if self.fast_math or s.buffer.dtype not in ("f32", "f64"):
             return None
-        v = s.value
-        if not (isinstance(v, L.BinOp) and v.op == "+" and v.dtype == s.buffer.dtype):
-            return None
-        for acc, prod in ((v.a, v.b), (v.b, v.a)):
-            if (isinstance(acc, L.Load) and acc.buffer.name == s.buffer.name and acc.indices == s.indices
-                    and isinstance(prod, L.BinOp) and prod.op == "*" and prod.dtype == v.dtype
-                    and prod.a.dtype == v.dtype and prod.b.dtype == v.dtype):
-                return ("ke_fmaf" if v.dtype == "f32" else "ke_fma"), prod.a, prod.b, acc
-        return None
+        found = fma_accumulation(s, self.kernel.kind)
+        return None if found is None else ("ke_fmaf" if s.buffer.dtype == "f32" else "ke_fma", *found)
 
     def stmts(self, body: Iterable[L.Stmt], depth: int) -> None:
         saved = dict(self.locals)
