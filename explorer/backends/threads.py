@@ -15,7 +15,7 @@ neighbour, NumPy's OpenBLAS workers spinning after a matmul, or our own spinning
   unless the user chose OMP_WAIT_POLICY / GOMP_SPINCOUNT.
 
 >>> decide(kernel_work_us=12.0, parallel_loops=True, cores=2).describe()
-'serial: ~12 µs of work, below the 300 µs parallel threshold'
+'serial: ~12 µs of work, below the 100 µs parallel threshold'
 >>> decide(kernel_work_us=4000.0, parallel_loops=True, cores=2).threads
 2
 """
@@ -28,10 +28,10 @@ from typing import Any
 
 from .. import loopir as L
 
-# Below this much estimated serial work a kernel runs on the calling thread. A parallel region
-# costs ~10 µs when all goes well and a scheduler slice (ms) when a worker has no core; the most
-# a second core can save is half the kernel, so small kernels only lose.
-PARALLEL_MIN_US = 300.0
+# Below this much estimated serial work a kernel runs on the calling thread: a parallel region
+# costs ~8-11 µs here even when all goes well (passive workers), and the most a second core can
+# save is half the kernel. Above it, a team still shrinks at call time when cores are taken.
+PARALLEL_MIN_US = 100.0
 # Each extra thread should get at least this much work (Inductor / ATen use a grain size too).
 GRAIN_US = 150.0
 # Nominal rates of one core running vectorized generated code, for the *estimate* only
