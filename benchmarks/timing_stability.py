@@ -221,6 +221,11 @@ def main(argv=None) -> int:
     print(f"machine: {os.cpu_count()} CPUs, affinity {len(os.sched_getaffinity(0))}, load average "
           f"{os.getloadavg()[0]:.2f}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    try:
+        from explorer.backends import threads
+        print("thread policy inputs:\n  " + threads.report().replace("\n", "\n  "))
+    except ImportError:
+        pass    # a revision without the thread policy
     all_ok: list[bool] = []
     if not args.only_neighbour:
         all_ok += report("quiet (no neighbour started by this script)", child(args.quick))

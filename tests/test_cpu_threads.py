@@ -129,6 +129,13 @@ def test_passive_wait_policy_set_before_libgomp_loads(tmp_path):
     assert out.stdout.startswith("active |") and "as the user set" in out.stdout
 
 
+def test_report_names_the_policy_inputs():
+    text = threads.report()
+    assert "usable cores:" in text and "parallel above" in text and "native pools:" in text
+    pytest.importorskip("threadpoolctl")
+    assert any(p["user_api"] == "blas" for p in threads.blas_pools())      # NumPy's BLAS pool is listed
+
+
 # ----------------------------------------------------------------------------- caching allocator
 def test_pool_reuses_only_dropped_blocks():
     pool = cpu.BufferPool()

@@ -249,3 +249,26 @@ def blas_pools() -> list[dict[str, Any]]:
         return []
     return [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "version", "threading_layer")}
             for p in threadpool_info()]
+
+
+def report() -> str:
+    """The policy's inputs in this process, for people (the benchmarks print it first).
+
+    >>> print(report())                                         # doctest: +SKIP
+    usable cores: 2 (affinity 2 CPUs)
+    idle workers sleep (OMP_WAIT_POLICY=PASSIVE, set by explorer before libgomp loaded)
+    parallel above ~100 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
+    native pools: openblas (blas) 2 threads
+    """
+    n, why = usable_cores()
+    pools = blas_pools()
+    try:
+        import threadpoolctl  # noqa: F401
+        listed = "; ".join(f"{p['internal_api']} ({p['user_api']}) {p['num_threads']} threads" for p in pools) or "none"
+    except ImportError:
+        listed = "unknown (pip install threadpoolctl to list NumPy's BLAS pool)"
+    return "\n".join([f"usable cores: {n} ({why})",
+                      _wait_state.get("text", "idle workers: decided when the first CPU kernel loads"),
+                      f"parallel above ~{PARALLEL_MIN_US:g} µs of estimated work, one more thread per "
+                      f"~{GRAIN_US:g} µs, fewer when cores are taken",
+                      f"native pools: {listed}"])
