@@ -186,10 +186,10 @@ class Compiled:
     @property
     def thread_policy(self) -> list:
         """CPU target: one threads.Decision per kernel (how many OpenMP threads a call may use, and
-        why), e.g. 'serial: ~12 µs of work, below the 100 µs parallel threshold'. [] elsewhere.
+        why), e.g. 'serial: ~12 µs of work, below the 300 µs parallel threshold'. [] elsewhere.
 
         >>> [str(d) for d in c.thread_policy]        # doctest: +SKIP
-        ['fused_matmul_add_maximum: serial: ~41 µs of work, below the 100 µs parallel threshold']
+        ['fused_matmul_add_maximum: serial: ~41 µs of work, below the 300 µs parallel threshold']
         """
         if self.target != "cpu" or "codegen" not in self.stage_names:
             return []

@@ -15,7 +15,7 @@ neighbour, NumPy's OpenBLAS workers spinning after a matmul, or our own spinning
   unless the user chose OMP_WAIT_POLICY / GOMP_SPINCOUNT.
 
 >>> decide(kernel_work_us=12.0, parallel_loops=True, cores=2).describe()
-'serial: ~12 µs of work, below the 100 µs parallel threshold'
+'serial: ~12 µs of work, below the 300 µs parallel threshold'
 >>> decide(kernel_work_us=4000.0, parallel_loops=True, cores=2).threads
 2
 """
@@ -28,10 +28,12 @@ from typing import Any
 
 from .. import loopir as L
 
-# Below this much estimated serial work a kernel runs on the calling thread: a parallel region
-# costs ~8-11 µs here even when all goes well (passive workers), and the most a second core can
-# save is half the kernel. Above it, a team still shrinks at call time when cores are taken.
-PARALLEL_MIN_US = 100.0
+# Below this much estimated serial work a kernel runs on the calling thread. The estimate runs
+# 2-3x high for vectorized code, so this keeps kernels of up to ~100 µs real time serial: a second
+# core could save at most ~50 µs there, while a parallel region costs 8-11 µs when all goes well
+# and a scheduler slice (ms) when a worker finds its core taken -- which is the normal case right
+# after a NumPy BLAS call (OpenBLAS's workers spin for a while) or next to a busy neighbour.
+PARALLEL_MIN_US = 300.0
 # Each extra thread should get at least this much work (Inductor / ATen use a grain size too).
 GRAIN_US = 150.0
 # Nominal rates of one core running vectorized generated code, for the *estimate* only
@@ -257,7 +259,7 @@ def report() -> str:
     >>> print(report())                                         # doctest: +SKIP
     usable cores: 2 (affinity 2 CPUs)
     idle workers sleep (OMP_WAIT_POLICY=PASSIVE, set by explorer before libgomp loaded)
-    parallel above ~100 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
+    parallel above ~300 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
     native pools: openblas (blas) 2 threads
     """
     n, why = usable_cores()
