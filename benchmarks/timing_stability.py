@@ -1,6 +1,7 @@
 """Timing stability of the CPU backend on a small shared machine (issue 11's acceptance scenarios).
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/timing_stability.py [--quick] [--no-neighbour | --only-neighbour]
+                                                                    [--against REV]
 
 Every scenario runs twice: on the machine as it is ("quiet") and with a busy neighbour process
 (`python -c "while True: pass"`, started and stopped by this script by its pid). Each child run is
@@ -16,6 +17,9 @@ JSON line; this parent prints the spreads, ratios and PASS/FAIL per acceptance l
   * c(a, b) on the 16M-element 8-op chain, result dropped each time: median <= 1.3x the kernel-only
     time (Compiled.benchmark), interleaved
   * the default CPU build's fused f64 gelu vs NumPy: max abs error <= 1e-15
+
+--against REV also runs every child for git revision REV (a temporary `git worktree`), right after
+this tree's, in each condition: before/after under the same load.
 
 Timings here are medians with the interquartile range, over interleaved rounds (drift hits both
 sides of each ratio alike). Only the public API is used (explorer.compile, Compiled.__call__,
@@ -35,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("KE_BENCH_ROOT") or str(ROOT))
 
 
 def mlp(x, w, b):
@@ -157,9 +161,10 @@ def run_scenarios(quick: bool) -> dict:
 
 
 # ---------------------------------------------------------------- parent: neighbour, report
-def child(quick: bool) -> dict:
+def child(quick: bool, root: str | None = None) -> dict:
+    root = root or str(ROOT)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child"] + (["--quick"] if quick else [])
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, KE_BENCH_ROOT=root, PYTHONPATH=root)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if p.returncode or not lines:
@@ -212,6 +217,7 @@ def main(argv=None) -> int:
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--no-neighbour", action="store_true", help="only the run without a busy neighbour")
     g.add_argument("--only-neighbour", action="store_true", help="only the run with a busy neighbour")
+    ap.add_argument("--against", metavar="REV", help="also run each condition at git revision REV")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -226,18 +232,34 @@ def main(argv=None) -> int:
         print("thread policy inputs:\n  " + threads.report().replace("\n", "\n  "))
     except ImportError:
         pass    # a revision without the thread policy
+    trees = [("this tree", None)]
+    wt = None
+    if args.against:
+        import tempfile
+        wt = os.path.join(tempfile.mkdtemp(prefix="ke-against-"), "tree")
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", wt, args.against], check=True,
+                       capture_output=True)
+        trees.append((f"{args.against} (before)", wt))
     all_ok: list[bool] = []
-    if not args.only_neighbour:
-        all_ok += report("quiet (no neighbour started by this script)", child(args.quick))
-    if not args.no_neighbour:
-        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        try:
-            time.sleep(0.5)
-            all_ok += report(f"busy neighbour (pid {busy.pid} spinning)", child(args.quick))
-        finally:
-            busy.terminate()
-            busy.wait()
-    print(f"load average at the end {os.getloadavg()[0]:.2f}; {sum(all_ok)}/{len(all_ok)} PASS")
+    try:
+        if not args.only_neighbour:
+            for label, root in trees:
+                ok = report(f"quiet (no neighbour started by this script), {label}", child(args.quick, root))
+                all_ok += ok if root is None else []
+        if not args.no_neighbour:
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                time.sleep(0.5)
+                for label, root in trees:
+                    ok = report(f"busy neighbour (pid {busy.pid} spinning), {label}", child(args.quick, root))
+                    all_ok += ok if root is None else []
+            finally:
+                busy.terminate()
+                busy.wait()
+    finally:
+        if wt:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", wt], capture_output=True)
+    print(f"load average at the end {os.getloadavg()[0]:.2f}; this tree: {sum(all_ok)}/{len(all_ok)} PASS")
     return 0 if all(all_ok) else 1
 
 
