@@ -157,6 +157,9 @@ def run_scenarios(quick: bool) -> dict:
     xd = np.linspace(-6, 6, 4099)
     c = explorer.compile(gelu, xd, target="cpu", verbose=False)
     res["gelu"] = {"max_abs_err": float(np.max(np.abs(c(xd) - gelu(xd)))), "kernels": len(c.kernels)}
+    p, q, r = (np.random.default_rng(k).standard_normal(1 << 16) for k in range(3))
+    c = explorer.compile(lambda p, q, r: p * q + r, p, q, r, target="cpu", verbose=False)
+    res["fma"] = float(np.max(np.abs(c(p, q, r) - (p * q + r))))
     return res
 
 
@@ -208,6 +211,8 @@ def report(label: str, r: dict) -> list[bool]:
     print(f"         call:   {fmt(ch['call_ms'], 'ms')}\n         kernel: {fmt(ch['kernel_ms'], 'ms')}")
     g = r["gelu"]["max_abs_err"]
     line(g <= 1e-15, f"fused f64 gelu ({r['gelu']['kernels']} kernel) vs NumPy: max abs error {g:.3g} (<= 1e-15)")
+    if "fma" in r:
+        print(f"  [info] f64 a*b+c vs NumPy: max abs error {r['fma']:.3g} (0: no FMA contraction)")
     return ok
 
 
