@@ -76,6 +76,9 @@ def test_busy_cores_and_the_team_at_call_time():
     assert threads.busy_cores("0.50 0.40 0.30 1/96 12345") == 0      # only the caller runs
     assert threads.busy_cores("3.1 2.0 1.0 3/200 1") == 2
     assert threads.busy_cores("garbage") is None
+    assert threads.busy_cores("9.0 8.0 7.0 33/900 1", cpus=64, cores=2) == 1   # a container's host-wide count
+    assert threads.busy_cores("9.0 8.0 7.0 20/900 1", cpus=64, cores=2) == 0
+    assert threads.busy_cores("9.0 8.0 7.0 3/900 1", cpus=2, cores=2) == 2
     assert threads.threads_now(2, busy=0, cores=2) == 2
     assert threads.threads_now(2, busy=1, cores=2) == 1                # a neighbour holds a core
     assert threads.threads_now(4, busy=1, cores=8) == 4

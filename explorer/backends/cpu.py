@@ -371,6 +371,7 @@ class CpuExecutable:
         except ValueError:
             self._team = None    # a library without the variable: libgomp's own default team
         self.cores, self.cores_why = threads.usable_cores()
+        self.machine_cpus = os.cpu_count() or self.cores
         self.thread_policy = threads.plan([gk.kernel for gk in codegen.kernels], self.cores, self.cores_why)
         self.thread_stats = {"serial": 0, "parallel": 0, "fewer_threads_busy": 0}
         self._plan = self._make_plan()
@@ -421,7 +422,7 @@ class CpuExecutable:
         if dec.threads <= 1:
             self.thread_stats["serial"] += 1
             return 1
-        n = threads.threads_now(dec.threads, threads.busy_cores(), self.cores)
+        n = threads.threads_now(dec.threads, threads.busy_cores(cpus=self.machine_cpus, cores=self.cores), self.cores)
         self.thread_stats["parallel" if n > 1 else "serial"] += 1
         if n < dec.threads:
             self.thread_stats["fewer_threads_busy"] += 1

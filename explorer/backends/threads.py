@@ -114,9 +114,16 @@ def usable_cores(affinity: int | None = None, quota: float | None | str = "read"
     return cores, ", ".join(why)
 
 
-def busy_cores(loadavg_text: str | None = None) -> int | None:
-    """Runnable threads right now other than the caller (/proc/loadavg's 4th field, minus one);
-    None where unknown. ~3 µs: read only for kernels big enough to go parallel."""
+def busy_cores(loadavg_text: str | None = None, cpus: int | None = None, cores: int | None = None) -> int | None:
+    """Cores other runnable threads hold right now: /proc/loadavg's running count less the caller;
+    None where unknown. ~3 µs: read only for kernels big enough to go parallel.
+
+    /proc/loadavg counts the whole machine (a container sees its host's): with `cpus` machine CPUs
+    of which this process may use `cores`, only that share of the others counts.
+
+    >>> busy_cores("9.0 8.0 7.0 33/900 1", cpus=64, cores=2)     # 32 others over 64 CPUs: 1 of ours
+    1
+    """
     try:
         if loadavg_text is None:
             with open("/proc/loadavg") as f:
@@ -124,7 +131,10 @@ def busy_cores(loadavg_text: str | None = None) -> int | None:
         running = int(loadavg_text.split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return None
-    return max(0, running - 1)
+    others = max(0, running - 1)
+    if cpus and cores and cpus > cores:
+        return others * cores // cpus
+    return others
 
 
 # ----------------------------------------------------------------------------- work estimate
