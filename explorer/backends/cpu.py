@@ -13,6 +13,11 @@ under `$XDG_CACHE_HOME/kernel-explorer/cpu` (default ~/.cache/...); a file lock 
 atomic rename make concurrent processes safe. `-fno-math-errno` and `-fno-trapping-math` change
 no value (NaN/Inf results stay NumPy's): they only drop errno and FP-exception flags, which lets gcc
 inline sqrt and turn selects with float compares into blends so loops vectorize.
+
+Calls: each kernel runs with the team its thread policy allows at that moment (threads.py;
+serial for small kernels, no more threads than free usable cores), outputs and temporaries come
+from a caching allocator (BufferPool) that never hands out memory a caller still references,
+and everything input-independent is prepared once (docs/CPU_THREADS.md).
 """
 from __future__ import annotations
 
