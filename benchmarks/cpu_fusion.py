@@ -1,6 +1,12 @@
 """CPU fusion benchmark: everything measured in one run on this machine.
 
     .venv/bin/python benchmarks/cpu_fusion.py [--quick]
+    .venv/bin/python benchmarks/cpu_fusion.py --against HEAD~1 [--quick] [--rounds 6]
+
+--against REV measures our rows for this tree and for REV (a temporary `git worktree` of REV,
+imported by a second child process) in the same run: the two children take turns row by row and
+round by round (A B B A ...), so drift and neighbours hit both alike; it prints both medians with
+their interquartile ranges and the after/before ratio, and says which rows are slower by > 10%.
 
 Rows (one table, all measured in this run; min and median of the repeats):
   * copy bandwidth of 16M float32: numpy copy, and a plain 2-thread C copy kernel built through
@@ -31,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# KE_BENCH_ROOT: which checkout's explorer to import (--against runs one child per checkout)
+sys.path.insert(0, os.environ.get("KE_BENCH_ROOT") or str(Path(__file__).resolve().parents[1]))
 
 import explorer  # noqa: E402
 from explorer.codegen.c import generate_c  # noqa: E402
@@ -152,10 +159,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (smoke test)")
     ap.add_argument("--no-torch", action="store_true", help="skip the torch rows")
     ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--against", metavar="REV", help="also measure our rows at git revision REV, interleaved")
+    ap.add_argument("--rounds", type=int, default=6, help="--against: rounds per row (default 6)")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.torch_child:
         print(json.dumps(torch_measure(args.quick)))
         return 0
+    if args.serve:
+        return serve(args.quick)
+    if args.against:
+        return against(args.against, args.quick, args.rounds)
     from explorer.backends import cpu
     ok, why = cpu.available()
     if not ok:
@@ -278,6 +292,167 @@ def main(argv=None) -> int:
     print(f"load average: {load:.1f} at the start, {end_load:.1f} after our and numpy's rows"
           + (f"; torch {tr_res['version']} measured afterwards in a child process" if tr_res else ""))
     return 0
+
+
+# ---------------------------------------------------------------- --against: this tree vs REV
+def row_makers(quick: bool) -> dict:
+    """{row name: () -> (call, check)} for our rows: call() runs it once; check() -> max error.
+    Only APIs every revision has: explorer.compile, Compiled.__call__/.benchmark's machinery."""
+    from explorer.backends import cpu
+    sz = sizes(quick)
+    d = data(sz)
+    a, b = d["a"], d["b"]
+    rows: dict = {}
+
+    def kernel_row(fn, *args, **kw):
+        def make():
+            c = explorer.compile(fn, *args, target="cpu", verbose=False, **kw)
+            exe = c.executable()
+            inputs = c.backend_inputs(list(args))
+            env = exe._buffers(inputs)
+            calls = [(f, [env[p].ctypes.data for p in params]) for _, f, params in exe.kernels]
+            team = getattr(exe, "_team", None)
+            policy = getattr(exe, "thread_policy", None)
+
+            def run(env=env):   # what Compiled.benchmark times: the kernels on preallocated buffers
+                for k, (f, ptrs) in enumerate(calls):
+                    if team is not None:
+                        team.value = exe._team_size(policy[k])
+                    f(*ptrs)
+            return run, lambda: c.max_error(*args)
+        return make
+
+    def call_row(fn, *args, **kw):
+        def make():
+            c = explorer.compile(fn, *args, target="cpu", verbose=False, **kw)
+            return (lambda: c(*args)), (lambda: c.max_error(*args))
+        return make
+
+    def copy_row():
+        exe = cpu.build_codegen(generate_c(copy_program(sz["n"])))
+        env = exe._buffers([a])
+        calls = [(f, [env[p].ctypes.data for p in params]) for _, f, params in exe.kernels]
+        team, policy = getattr(exe, "_team", None), getattr(exe, "thread_policy", None)
+
+        def run(env=env):      # env keeps the buffers alive
+            for k, (f, ptrs) in enumerate(calls):
+                if team is not None:
+                    team.value = exe._team_size(policy[k])
+                f(*ptrs)
+        return run, lambda: 0.0
+    n = sz["n"] >> 20
+    rows[f"C copy kernel {n}M"] = copy_row
+    rows[f"chain {n}M fused"] = kernel_row(chain, a, b)
+    rows[f"chain {n}M fused fast_math"] = kernel_row(chain, a, b, fast_math=True)
+    rows[f"chain {n}M fused, c(a, b) call"] = call_row(chain, a, b)
+    for m, k, nn in sz["mlp"]:
+        args = d[f"mlp{m}"]
+        rows[f"mlp {m}x{k}@{k}x{nn} fused"] = kernel_row(mlp, *args)
+        rows[f"mlp {m}x{k}@{k}x{nn} unfused"] = kernel_row(mlp, *args, fuse=False)
+    rows[f"matmul {sz['mm']}^3"] = kernel_row(matmul, *d["mm"])
+    rows[f"softmax {sz['rows']}x1024"] = kernel_row(softmax, d["rows"])
+    rows[f"layernorm {sz['rows']}x1024"] = kernel_row(layernorm, d["rows"])
+    return rows
+
+
+def serve(quick: bool) -> int:
+    """Child of --against: 'NAME\tREPEAT' on stdin -> one JSON line of ms samples (and the error)."""
+    makers = row_makers(quick)
+    built: dict = {}
+    for line in sys.stdin:
+        name, repeat = line.rstrip("\n").split("\t")
+        if name not in built:
+            run, check = makers[name]()
+            built[name] = run
+            run()
+            run()
+            print(json.dumps({"err": float(check())}), flush=True)
+            continue
+        run = built[name]
+        samples = []
+        for _ in range(int(repeat)):
+            t0 = time.perf_counter()
+            run()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        print(json.dumps({"ms": samples}), flush=True)
+    return 0
+
+
+class _Child:
+    def __init__(self, root: str, quick: bool):
+        env = dict(os.environ, KE_BENCH_ROOT=root, PYTHONPATH=root)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve"] + (["--quick"] if quick else [])
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def ask(self, name: str, repeat: int) -> dict:
+        self.p.stdin.write(f"{name}\t{repeat}\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise SystemExit(f"benchmark child for {name!r} died (exit {self.p.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.p.stdin.close()
+        self.p.wait(timeout=60)
+
+
+def _q(s: list[float], q: float) -> float:
+    s = sorted(s)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def against(rev: str, quick: bool, rounds: int) -> int:
+    root = Path(__file__).resolve().parents[1]
+    sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], capture_output=True, text=True)
+    if sha.returncode:
+        print(f"--against {rev}: not a revision of {root}: {sha.stderr.strip()}")
+        return 2
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="ke-against-")
+    wt = os.path.join(tmp, "tree")
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", wt, rev], check=True,
+                   capture_output=True)
+    now = _Child(str(root), quick)
+    old = _Child(wt, quick)
+    load = os.getloadavg()[0]
+    print(f"this tree ({root}) vs {rev} = {sha.stdout.strip()} (git worktree {wt}); {os.cpu_count()} CPUs, "
+          f"load average {load:.1f}; {rounds} rounds per row, children take turns (A B B A ...)")
+    rows = list(row_makers(quick))
+    res = {}
+    slower = []
+    try:
+        for name in rows:
+            errs = (now.ask(name, 0)["err"], old.ask(name, 0)["err"])
+            a_ms: list[float] = []
+            b_ms: list[float] = []
+            rep = 3 if ("1024" in name and "matmul" in name) or "1024x1024" in name else 5
+            for r in range(rounds):
+                pair = (now, a_ms), (old, b_ms)
+                for child, acc in (pair if r % 2 == 0 else pair[::-1]):
+                    acc.extend(child.ask(name, rep)["ms"])
+            res[name] = (a_ms, b_ms, errs)
+    finally:
+        now.close()
+        old.close()
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", wt], capture_output=True)
+    head = "row (kernel time unless 'call')"
+    w = max(len(head), *(len(n) for n in rows))
+    print(f"{head:<{w}}  {'before ms (IQR)':>26}  {'after ms (IQR)':>26}  {'after/before':>12}  verdict")
+    for name in rows:
+        a_ms, b_ms, (ea, eb) = res[name]
+        ma, mb = statistics.median(a_ms), statistics.median(b_ms)
+        ratio = ma / mb
+        bad = ratio > 1.10
+        if bad:
+            slower.append(name)
+        print(f"{name:<{w}}  {mb:9.3f} ({_q(b_ms, .25):7.3f}-{_q(b_ms, .75):7.3f})  "
+              f"{ma:9.3f} ({_q(a_ms, .25):7.3f}-{_q(a_ms, .75):7.3f})  {ratio:11.2f}x  "
+              f"{'SLOWER by > 10%' if bad else 'ok'}  (max err {eb:.2g} -> {ea:.2g})")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}; "
+          + (f"{len(slower)} row(s) slower by > 10%: {', '.join(slower)}" if slower else
+             "no row slower than before by more than 10%"))
+    return 1 if slower else 0
 
 
 def _torch_spec():

@@ -5,13 +5,19 @@
 >>> c(np.zeros(8, np.float32))                                         # doctest: +SKIP
 array([0., 0., 0., 0., 0., 0., 0., 0.], dtype=float32)
 
-Build: `cc -O3 -march=native -fopenmp -fno-math-errno -fno-trapping-math -shared -fPIC` (+ `-ffast-math` with
-fast_math=True; without a working OpenMP the build falls back to `-fopenmp-simd`, single-threaded,
-and says so once). Shared objects are cached by the hash of source, flags and compiler version
+Build: `cc -O3 -march=native -fopenmp -fno-math-errno -fno-trapping-math -shared -fPIC` plus
+`-ffp-contract=off` (no FMA contraction: results equal NumPy's roundings) or, with fast_math=True,
+`-ffast-math`. Without a working OpenMP the build falls back to `-fopenmp-simd`, single-threaded,
+and says so once. Shared objects are cached by the hash of source, flags and compiler version
 under `$XDG_CACHE_HOME/kernel-explorer/cpu` (default ~/.cache/...); a file lock per entry and an
 atomic rename make concurrent processes safe. `-fno-math-errno` and `-fno-trapping-math` change
 no value (NaN/Inf results stay NumPy's): they only drop errno and FP-exception flags, which lets gcc
 inline sqrt and turn selects with float compares into blends so loops vectorize.
+
+Calls: each kernel runs with the team its thread policy allows at that moment (threads.py;
+serial for small kernels, no more threads than free usable cores), outputs and temporaries come
+from a caching allocator (BufferPool) that never hands out memory a caller still references,
+and everything input-independent is prepared once (docs/CPU_THREADS.md).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import ctypes
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import re
 import shlex
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,6 +50,9 @@ BASE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "
 OPENMP_FLAG = "-fopenmp"
 NO_OPENMP_FLAG = "-fopenmp-simd"   # keeps `omp simd` pragmas working without the runtime
 FAST_MATH_FLAG = "-ffast-math"
+# Exact by default: without it gcc contracts a*b+c into one FMA (one rounding instead of two), so
+# fused results drift from NumPy's (fused f64 gelu by 1.2e-9). fast_math=True allows contraction.
+EXACT_FLAG = "-ffp-contract=off"
 
 # Counters for tests and the explorer UI: how many compiler runs and cache hits happened.
 stats = {"compiles": 0, "cache_hits": 0}
@@ -128,8 +139,7 @@ def flags_for(fast_math: bool = False) -> list[str]:
     info = _probe()
     flags = list(BASE_FLAGS)
     flags.append(OPENMP_FLAG if info.get("openmp") else NO_OPENMP_FLAG)
-    if fast_math:
-        flags.append(FAST_MATH_FLAG)
+    flags.append(FAST_MATH_FLAG if fast_math else EXACT_FLAG)
     return flags
 
 
@@ -260,11 +270,125 @@ def _aligned_empty(shape: tuple[int, ...], dtype: Any, align: int = 64) -> np.nd
     return raw[off:off + n].view(dt).reshape(shape)
 
 
+class BufferPool:
+    """A small caching allocator for kernel outputs and temporaries (as PyTorch's).
+
+    A result the caller dropped is handed out again, so calling a kernel costs the kernel, not
+    fresh pages (first-touching a new 64 MB output costs ~4-7 ms of page faults here). A buffer is
+    free when nothing but the pool references its memory: CPython's reference count of the block
+    that owns it (every view, slice or reshape the caller keeps holds that block, through .base)
+    is back to the pool's own. A result the caller still holds, or any view of it, is never
+    handed out again. Free blocks above `limit_bytes` in all are released, least recently used
+    first; at most `per_size` blocks of one size are kept.
+
+    >>> pool = BufferPool()
+    >>> a, _ = pool.take((4,), np.float32); pa = a.ctypes.data; del a
+    >>> b, _ = pool.take((4,), np.float32); b.ctypes.data == pa          # dropped: reused
+    True
+    >>> c, _ = pool.take((4,), np.float32); c.ctypes.data == b.ctypes.data   # b is held: not reused
+    False
+    """
+
+    ALIGN = 64
+
+    def __init__(self, limit_bytes: int = 1 << 30, per_size: int = 4):
+        import threading
+        self.limit_bytes = int(limit_bytes)
+        self.per_size = int(per_size)
+        self._blocks: dict[int, list[list]] = {}   # nbytes -> [[raw, typed view, ptr, last use], ...]
+        self._lock = threading.Lock()
+        self._tick = 0
+        self.stats = {"hits": 0, "misses": 0, "unpooled": 0, "released": 0}
+        probe = self._new_block(1, (1,), np.dtype(np.uint8))
+        self._free_refs = self._refs(probe)   # the count of a block nobody else holds
+
+    @staticmethod
+    def _refs(block: list) -> int:
+        # the pool's list and the typed view hold the raw block; every array handed out (and each
+        # view of it) adds one. Calibrated in __init__ through this same function.
+        return sys.getrefcount(block[0])
+
+    @property
+    def pooled_bytes(self) -> int:
+        return sum(n * len(bl) for n, bl in self._blocks.items())
+
+    def _new_block(self, nbytes: int, shape: tuple[int, ...], dt: np.dtype) -> list:
+        raw = np.empty(nbytes + self.ALIGN, np.uint8)
+        ptr = raw.ctypes.data + (-raw.ctypes.data) % self.ALIGN
+        return [raw, self._typed(raw, ptr, nbytes, shape, dt), ptr, 0]
+
+    def take(self, shape: tuple[int, ...], dtype: Any, nbytes: int | None = None) -> tuple[np.ndarray, int]:
+        """(a C-contiguous 64-byte-aligned array of `shape`/`dtype`, its data pointer); contents undefined."""
+        if nbytes is None:
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        with self._lock:
+            blocks = self._blocks.get(nbytes)
+            if blocks is not None:
+                free = self._free_refs
+                for b in blocks:
+                    if self._refs(b) == free:
+                        typed = b[1]
+                        if typed.shape != shape or typed.dtype != dtype:
+                            typed = b[1] = self._typed(b[0], b[2], nbytes, shape, dtype)
+                        self._tick += 1
+                        b[3] = self._tick
+                        self.stats["hits"] += 1
+                        return typed.view(), b[2]
+            self.stats["misses"] += 1
+            block = self._new_block(nbytes, shape, np.dtype(dtype))
+            self._tick += 1
+            block[3] = self._tick
+            if blocks is None:
+                blocks = self._blocks[nbytes] = []
+            if len(blocks) >= self.per_size or not self._make_room(nbytes):
+                self.stats["unpooled"] += 1
+                return block[1], block[2]                      # not kept: plain garbage once dropped
+            blocks.append(block)
+            return block[1].view(), block[2]
+
+    @staticmethod
+    def _typed(raw: np.ndarray, ptr: int, nbytes: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        off = ptr - raw.ctypes.data
+        return raw[off:off + nbytes].view(dtype).reshape(shape)
+
+    def _make_room(self, nbytes: int) -> bool:
+        if nbytes > self.limit_bytes:
+            return False
+        while self.pooled_bytes + nbytes > self.limit_bytes:
+            free = [(b[3], n, i) for n, bl in self._blocks.items() for i, b in enumerate(bl)
+                    if self._refs(b) == self._free_refs]
+            if not free:
+                return False
+            _, n, i = min(free)
+            del self._blocks[n][i]
+            self.stats["released"] += 1
+        return True
+
+    def empty_cache(self) -> None:
+        """Release every free block (as torch.cuda.empty_cache); blocks still held stay."""
+        with self._lock:
+            for n in list(self._blocks):
+                keep = [b for b in self._blocks[n] if self._refs(b) != self._free_refs]
+                self.stats["released"] += len(self._blocks[n]) - len(keep)
+                self._blocks[n] = keep
+
+
+# The pool every CPU executable allocates outputs and temporaries from.
+POOL = BufferPool()
+
+
 class CpuExecutable:
-    """Loaded kernels of one Program; run(inputs) → outputs in Program.outputs order."""
+    """Loaded kernels of one Program; run(inputs) → outputs in Program.outputs order.
+
+    `thread_policy` holds one threads.Decision per kernel (how many OpenMP threads it may use, and
+    why); `thread_stats` counts the calls that ran serial, parallel, or with fewer threads because
+    other threads held cores. Outputs and temporaries come from POOL.
+    """
 
     def __init__(self, lib_path: Path, codegen, program, constants: dict[str, np.ndarray] | None = None):
         from ..loopir import np_dtype
+        from . import threads
+        self.wait_policy = threads.set_wait_policy()   # before libgomp loads with this library
         self.lib_path = Path(lib_path)
         self.lib = ctypes.CDLL(str(lib_path))
         self.codegen = codegen
@@ -282,7 +406,122 @@ class CpuExecutable:
             fn.argtypes = [ctypes.c_void_p] * len(gk.kernel.params)
             self.kernels.append((gk.name, fn, tuple(p.name for p in gk.kernel.params)))
         self._scratch: dict[str, np.ndarray] | None = None
+        try:   # the team size the generated pragmas read (num_threads(ke_num_threads))
+            self._team = ctypes.c_int.in_dll(self.lib, "ke_num_threads")
+        except ValueError:
+            self._team = None    # a library without the variable: libgomp's own default team
+        self.cores, self.cores_why = threads.usable_cores()
+        self.machine_cpus = os.cpu_count() or self.cores
+        self.thread_policy = threads.plan([gk.kernel for gk in codegen.kernels], self.cores, self.cores_why)
+        self.thread_stats = {"serial": 0, "parallel": 0, "fewer_threads_busy": 0}
+        self._plan = self._make_plan()
 
+    # -- the call path: everything that does not depend on the inputs is computed once here ------
+    def _make_plan(self):
+        prog = self.program
+        in_index = {b.name: i for i, b in enumerate(prog.inputs)}
+        self._in_specs = [(b.shape, self._np_dtype(b.dtype)) for b in prog.inputs]
+        self._ptr_cache: list[tuple[Any, int] | None] = [None] * len(prog.inputs)
+        fixed: dict[str, tuple[np.ndarray, int]] = {}
+        for name, arr in self.constants.items():
+            if name not in in_index:
+                buf = prog.buffers()[name] if name in prog.buffers() else None
+                a = np.ascontiguousarray(arr, dtype=self._np_dtype(buf.dtype) if buf is not None else None)
+                fixed[name] = (a, a.ctypes.data)
+        self._fixed = fixed
+        outs = [b for b in prog.outputs if b.name not in in_index and b.name not in fixed]
+        temps = [b for b in prog.temps if b.name not in in_index and b.name not in fixed
+                 and b.name not in {o.name for o in outs}]
+        self._alloc = [(tuple(b.shape), self._np_dtype(b.dtype), b.nbytes) for b in (*outs, *temps)]
+        slot = {name: ("in", i) for name, i in in_index.items()}
+        slot.update({name: ("fixed", p) for name, (_, p) in fixed.items()})
+        slot.update({b.name: ("new", k) for k, b in enumerate((*outs, *temps))})
+        for _, _, params in self.kernels:
+            for p in params:
+                if p not in slot:
+                    raise ExplorerError(f"kernel parameter {p} is neither an input, an output, a temporary nor a "
+                                        f"constant of program {prog.name}")
+        self._out_slots = [slot[b.name] for b in prog.outputs]
+        # every pointer of a call lives in one flat list: inputs, then new buffers, then constants
+        n_in, n_new = len(prog.inputs), len(self._alloc)
+        fixed_pos = {p: n_in + n_new + k for k, (_, p) in enumerate(fixed.values())}
+        self._fixed_ptrs = [p for _, p in fixed.values()]
+
+        def flat(kind: str, i: int) -> int:
+            return i if kind == "in" else n_in + i if kind == "new" else fixed_pos[i]
+        from operator import itemgetter
+        plan = []
+        for (_, fn, params), dec in zip(self.kernels, self.thread_policy):
+            idx = [flat(*slot[p]) for p in params]
+            pick = (lambda ptrs, i=idx[0]: (ptrs[i],)) if len(idx) == 1 else itemgetter(*idx)
+            plan.append((fn, pick, dec, dec.threads if dec.threads <= 1 else 0))
+        return plan
+
+    def _team_size(self, dec) -> int:
+        from . import threads
+        if dec.threads <= 1:
+            self.thread_stats["serial"] += 1
+            return 1
+        n = threads.threads_now(dec.threads, threads.busy_cores(cpus=self.machine_cpus, cores=self.cores), self.cores)
+        self.thread_stats["parallel" if n > 1 else "serial"] += 1
+        if n < dec.threads:
+            self.thread_stats["fewer_threads_busy"] += 1
+        return n
+
+    def run(self, inputs: Sequence[np.ndarray], checked: bool = False) -> list[np.ndarray]:
+        """Outputs for `inputs` (the program's inputs, constants included). checked=True: the
+        caller guarantees C-contiguous ndarrays of the right shapes and dtypes (Compiled's fast path)."""
+        if checked:
+            ins = inputs
+        else:
+            specs = self._in_specs
+            if len(inputs) != len(specs):
+                raise ExplorerError(f"{self.program.name} takes {len(specs)} inputs, got {len(inputs)}")
+            ins = []
+            for buf, arr, (shape, dt) in zip(self.program.inputs, inputs, specs):
+                if not (type(arr) is np.ndarray and arr.dtype == dt and arr.flags.c_contiguous):
+                    arr = np.ascontiguousarray(np.asarray(arr), dtype=dt)   # copies only when it must
+                if arr.shape != shape:
+                    raise ExplorerError(f"input {buf.name} must have shape {shape}, got {arr.shape}")
+                ins.append(arr)
+        # a.ctypes.data costs ~1 µs; the same array object passed again keeps its pointer (numpy
+        # refuses to resize an array that has a weak reference, so the pointer cannot go stale)
+        cache = self._ptr_cache
+        ptrs = []
+        for i, a in enumerate(ins):
+            hit = cache[i]
+            if hit is not None and hit[0]() is a:
+                ptrs.append(hit[1])
+            else:
+                p = a.ctypes.data
+                try:
+                    cache[i] = (weakref.ref(a), p)
+                except TypeError:
+                    pass
+                ptrs.append(p)
+        new = []
+        take = POOL.take
+        for shape, dt, nbytes in self._alloc:
+            a, p = take(shape, dt, nbytes)
+            new.append(a)
+            ptrs.append(p)
+        ptrs += self._fixed_ptrs
+        team = self._team
+        for fn, pick, dec, fixed_team in self._plan:
+            if team is not None:
+                if fixed_team:
+                    team.value = fixed_team
+                    self.thread_stats["serial"] += 1
+                else:
+                    team.value = self._team_size(dec)
+            fn(*pick(ptrs))
+        return [ins[i].copy() if kind == "in" else (self._fixed_array(i) if kind == "fixed" else new[i])
+                for kind, i in self._out_slots]
+
+    def _fixed_array(self, ptr: int) -> np.ndarray:
+        return next(a for a, p in self._fixed.values() if p == ptr).copy()
+
+    # -- benchmarking and the sandbox: a dict of named buffers --------------------------------------
     def _buffers(self, inputs: Sequence[np.ndarray], fresh: bool = True) -> dict[str, np.ndarray]:
         prog = self.program
         if len(inputs) != len(prog.inputs):
@@ -303,34 +542,24 @@ class CpuExecutable:
         else:
             scratch = self._scratch
         env.update({k: v for k, v in scratch.items() if k not in env})
-        for _, _, params in self.kernels:
-            for p in params:
-                if p not in env:
-                    raise ExplorerError(f"kernel parameter {p} is neither an input, an output, a temporary nor a "
-                                        f"constant of program {prog.name}")
         return env
-
-    def _outputs(self, env: dict[str, np.ndarray]) -> list[np.ndarray]:
-        ins = {b.name for b in self.program.inputs}
-        return [env[b.name].copy() if b.name in ins else env[b.name] for b in self.program.outputs]
-
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        env = self._buffers(inputs)
-        for _, fn, params in self.kernels:
-            fn(*[env[p].ctypes.data for p in params])
-        return self._outputs(env)
 
     def sampler(self, inputs: Sequence[np.ndarray], include_copies: bool = False):
         """One timed run of all kernels for explorer.measure → (total ms, {kernel: ms}); output/temp
-        buffers are allocated once, as a caching allocator would."""
+        buffers are allocated once, as a caching allocator would. Each kernel runs with the team its
+        thread policy gives it at that moment, as a call would."""
         from ..measure import Sampler
         env = self._buffers(inputs, fresh=False)
-        calls = [(name, fn, [env[p].ctypes.data for p in params]) for name, fn, params in self.kernels]
+        calls = [(name, fn, [env[p].ctypes.data for p in params], dec)
+                 for (name, fn, params), dec in zip(self.kernels, self.thread_policy)]
+        team = self._team
 
         def sample() -> tuple[float, dict[str, float]]:
             per: dict[str, float] = {}
-            for name, fn, args in calls:
+            for name, fn, args, dec in calls:
                 t0 = time.perf_counter()
+                if team is not None:
+                    team.value = self._team_size(dec)
                 fn(*args)
                 per[name] = per.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
             return sum(per.values()), per

@@ -20,10 +20,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, CompileError, ExplorerError
+from .nvcc import FMAD_FLAG
 
 __all__ = ["available", "device_info", "build", "build_codegen", "CudaExecutable", "NVCC_OPTIONS"]
 
-NVCC_OPTIONS = ["-O3", "-lineinfo"]   # -lineinfo lets compute-sanitizer name source lines
+# -lineinfo lets compute-sanitizer name source lines; --fmad=false: nvcc would contract a*b+c into
+# one FMA (as gcc does without -ffp-contract=off), so fused elementwise results would drift from
+# NumPy's; matmul accumulators call fmaf() explicitly (codegen.fma_accumulation) and stay FMAs.
+NVCC_OPTIONS = ["-O3", "-lineinfo", FMAD_FLAG]
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"available": None, "context": None, "device": None}

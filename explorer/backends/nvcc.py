@@ -113,6 +113,11 @@ def _run(args: list[str], source: str, out_name: str) -> tuple[str, str]:
         return body, log
 
 
+# No a*b+c contraction (nvcc's default): fused elementwise results keep NumPy's two roundings;
+# matmul accumulators call fmaf() explicitly. The same flag for checks and for builds (cuda.py).
+FMAD_FLAG = "--fmad=false"
+
+
 def check(source: str, arch: str = "sm_80", mode: str = "ptx") -> str:
     """Compile CUDA `source` with nvcc without running it.
 
@@ -126,10 +131,10 @@ def check(source: str, arch: str = "sm_80", mode: str = "ptx") -> str:
     nvcc = _require()
     _check_arch(arch)
     if mode == "ptx":
-        ptx, _ = _run([nvcc, "--ptx", f"-arch={arch}"], source, "kernels.ptx")
+        ptx, _ = _run([nvcc, "--ptx", FMAD_FLAG, f"-arch={arch}"], source, "kernels.ptx")
         return ptx
     if mode == "cubin":
-        _, log = _run([nvcc, "-cubin", f"-arch={arch}", "-Xptxas", "-v"], source, "kernels.cubin")
+        _, log = _run([nvcc, "-cubin", FMAD_FLAG, f"-arch={arch}", "-Xptxas", "-v"], source, "kernels.cubin")
         return log
     raise CompileError(f"nvcc check mode must be 'ptx' or 'cubin', got {mode!r}")
 

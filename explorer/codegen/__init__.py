@@ -12,7 +12,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..loopir import Kernel, Program
+from ..loopir import BinOp, Kernel, Load, Program
 
 LANGUAGES = ("cuda", "c")
 
@@ -85,6 +85,26 @@ class Codegen:
                 return k
         from ..errors import ExplorerError
         raise ExplorerError(f"no kernel {name_or_index!r}; kernels are {', '.join(k.name for k in self.kernels)}")
+
+
+def fma_accumulation(s: Any, kernel_kind: str) -> tuple[Any, Any, Any] | None:
+    """(a, b, acc) when Store `s` of a contraction kernel is a matmul accumulation acc = acc + a*b.
+
+    Both code generators emit these as one fused multiply-add (as NumPy's BLAS and cuBLAS
+    accumulate) while every other a*b+c keeps two roundings (C: -ffp-contract=off, CUDA:
+    --fmad=false), so fused elementwise results equal NumPy's.
+    """
+    if kernel_kind != "contraction":
+        return None
+    v = s.value
+    if not (isinstance(v, BinOp) and v.op == "+" and v.dtype == s.buffer.dtype):
+        return None
+    for acc, prod in ((v.a, v.b), (v.b, v.a)):
+        if (isinstance(acc, Load) and acc.buffer.name == s.buffer.name and acc.indices == s.indices
+                and isinstance(prod, BinOp) and prod.op == "*" and prod.dtype == v.dtype
+                and prod.a.dtype == v.dtype and prod.b.dtype == v.dtype):
+            return prod.a, prod.b, acc
+    return None
 
 
 def language_for(target: str) -> str:

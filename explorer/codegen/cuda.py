@@ -45,7 +45,7 @@ from ..graph import c_identifier
 from ..loopir import (WARP_STMTS, Alloc, Barrier, BinOp, Buffer, Call, Cast, Comment, Const, Expr, For, Fragment,
                       FragmentAlloc, FragmentFill, FragmentLoad, FragmentStore, If, Kernel, Load, Mma, Program,
                       Select, Stmt, Store, ThreadAllReduce, UnOp, Var, map_expr, simplify_expr, walk, walk_expr)
-from . import Codegen, GeneratedKernel
+from . import Codegen, GeneratedKernel, fma_accumulation
 
 __all__ = ["generate_cuda", "PRELUDE", "WMMA_PRELUDE"]
 
@@ -428,7 +428,12 @@ class _KernelEmitter:
                              f"{self.frag(s.fragment, s.index)}, {o.buffer.shape[-1]}, wmma::mem_row_major);")
 
     def store(self, s: Store, depth: int) -> None:
-        value = self.expr(simplify_expr(s.value))
+        acc = fma_accumulation(s, self.kernel.kind) if s.buffer.dtype in ("f32", "f64") else None
+        if acc is not None:   # one rounding, as cuBLAS accumulates; the rest is built --fmad=false
+            fn = "fmaf" if s.buffer.dtype == "f32" else "fma"
+            value = f"{fn}({', '.join(self.expr(simplify_expr(x)) for x in acc)})"
+        else:
+            value = self.expr(simplify_expr(s.value))
         if s.buffer.dtype == "f16" and s.buffer.scope != "local":
             value = f"__float2half({value})"
         self.emit(depth, f"{self.access(s.buffer, s.indices)} = {value};")

@@ -1,0 +1,272 @@
+"""Timing stability of the CPU backend on a small shared machine (issue 11's acceptance scenarios).
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/timing_stability.py [--quick] [--no-neighbour | --only-neighbour]
+                                                                    [--against REV]
+
+Every scenario runs twice: on the machine as it is ("quiet") and with a busy neighbour process
+(`python -c "while True: pass"`, started and stopped by this script by its pid). Each child run is
+a fresh process (so libgomp/OpenBLAS start in their default state, as in a notebook) and prints one
+JSON line; this parent prints the spreads, ratios and PASS/FAIL per acceptance line:
+
+  * compare() on the essay's MLP relu(x @ w + b), 256x64 @ 64x32, 12 times in one process with a
+    NumPy 512^3 matmul before each: every fused/unfused speedup >= 0.9 and max/min <= 1.8
+  * the fused 16384x16 @ 16x16 MLP called right after a NumPy 512^3 matmul vs called in isolation
+    (interleaved rounds, median of each): <= 2x
+  * a small linear x @ w + b, 16x64 @ 64x192, 2000 calls: p99 <= 5x the median
+  * a tiny elementwise kernel (a * b + 1 on 16 floats): median call <= 6 us (NumPy's time printed too)
+  * c(a, b) on the 16M-element 8-op chain, result dropped each time: median <= 1.3x the kernel-only
+    time (Compiled.benchmark), interleaved
+  * the default CPU build's fused f64 gelu vs NumPy: max abs error <= 1e-15
+
+--against REV also runs every child for git revision REV (a temporary `git worktree`), right after
+this tree's, in each condition: before/after under the same load.
+
+Timings here are medians with the interquartile range, over interleaved rounds (drift hits both
+sides of each ratio alike). Only the public API is used (explorer.compile, Compiled.__call__,
+Compiled.benchmark, explorer.compare).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, os.environ.get("KE_BENCH_ROOT") or str(ROOT))
+
+
+def mlp(x, w, b):
+    return np.maximum(x @ w + b, 0)
+
+
+def linear(x, w, b):
+    return x @ w + b
+
+
+def tiny(a, b):
+    return a * b + 1
+
+
+def chain(a, b):
+    return np.maximum(np.tanh(a * 1.5 + b) * b - a / 3, 0.1) + a * b
+
+
+def gelu(x):
+    return 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+def quant(samples, q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def spread(samples) -> dict:
+    """median, quartiles, min, max (same unit as the samples)."""
+    return {"median": statistics.median(samples), "q1": quant(samples, 0.25), "q3": quant(samples, 0.75),
+            "min": min(samples), "max": max(samples), "n": len(samples)}
+
+
+def _us(fn, n: int) -> float:
+    """Mean microseconds per call of fn over a batch of n calls."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+# ---------------------------------------------------------------- scenarios (run in a child process)
+def run_scenarios(quick: bool) -> dict:
+    import explorer
+    rng = np.random.default_rng(0)
+    f32 = lambda *s: rng.standard_normal(s, dtype=np.float32)  # noqa: E731
+    big_a, big_b = f32(512, 512), f32(512, 512)
+    res: dict = {}
+
+    # 1. compare() on the essay MLP, 12 times, NumPy matmuls between
+    x, w, b = f32(256, 64), f32(64, 32), f32(32)
+    speedups, fused_ms, unfused_ms = [], [], []
+    for _ in range(12):
+        big_a @ big_b
+        r = explorer.compare(mlp, x, w, b, target="cpu", verbose=False)
+        speedups.append(r.speedup)
+        fused_ms.append(r.variant("fused").median_ms)
+        unfused_ms.append(r.variant("unfused").median_ms)
+    res["compare"] = {"speedups": speedups, "fused_ms": fused_ms, "unfused_ms": unfused_ms}
+
+    # 2. fused 16384x16 @ 16x16 MLP right after a NumPy 512^3 matmul vs isolated (interleaved rounds)
+    x, w, b = f32(16384, 16), f32(16, 16), f32(16)
+    c = explorer.compile(mlp, x, w, b, target="cpu", verbose=False)
+    c(x, w, b)
+    after, alone = [], []
+    for _ in range(15 if quick else 40):
+        big_a @ big_b
+        t0 = time.perf_counter()
+        c(x, w, b)
+        after.append((time.perf_counter() - t0) * 1e3)
+        time.sleep(0.002)
+        for _ in range(3):
+            c(x, w, b)
+        t0 = time.perf_counter()
+        c(x, w, b)
+        alone.append((time.perf_counter() - t0) * 1e3)
+    res["after_matmul"] = {"after_ms": spread(after), "alone_ms": spread(alone)}
+
+    # 3. small linear: p50/p99 over 2000 calls
+    x, w, b = f32(16, 64), f32(64, 192), f32(192)
+    c = explorer.compile(linear, x, w, b, target="cpu", verbose=False)
+    for _ in range(50):
+        c(x, w, b)
+    calls = []
+    for _ in range(2000):
+        t0 = time.perf_counter()
+        c(x, w, b)
+        calls.append((time.perf_counter() - t0) * 1e6)
+    res["linear"] = {"us": spread(calls), "p99": quant(calls, 0.99), "p90": quant(calls, 0.90)}
+
+    # 4. tiny elementwise: median per-call time over batches of 200 calls, NumPy interleaved
+    a, bb = f32(16), f32(16)
+    c = explorer.compile(tiny, a, bb, target="cpu", verbose=False)
+    ours, npy = [], []
+    for _ in range(30 if quick else 100):
+        ours.append(_us(lambda: c(a, bb), 200))
+        npy.append(_us(lambda: tiny(a, bb), 200))
+    res["tiny"] = {"ours_us": spread(ours), "numpy_us": spread(npy)}
+
+    # 5. c(a, b) on the 16M 8-op chain vs the kernel alone (interleaved)
+    n = 1 << (20 if quick else 24)
+    a, bb = f32(n), f32(n)
+    c = explorer.compile(chain, a, bb, target="cpu", verbose=False)
+    c(a, bb)
+    call, kern = [], []
+    for _ in range(5 if quick else 12):
+        for _ in range(2):
+            t0 = time.perf_counter()
+            c(a, bb)              # the result is dropped at once
+            call.append((time.perf_counter() - t0) * 1e3)
+        kern.append(c.benchmark(a, bb, warmup=1, repeat=3).median_ms)
+    res["chain"] = {"call_ms": spread(call), "kernel_ms": spread(kern), "n": n}
+
+    # 6. exactness of the default build: fused f64 gelu vs NumPy
+    xd = np.linspace(-6, 6, 4099)
+    c = explorer.compile(gelu, xd, target="cpu", verbose=False)
+    res["gelu"] = {"max_abs_err": float(np.max(np.abs(c(xd) - gelu(xd)))), "kernels": len(c.kernels)}
+    p, q, r = (np.random.default_rng(k).standard_normal(1 << 16) for k in range(3))
+    c = explorer.compile(lambda p, q, r: p * q + r, p, q, r, target="cpu", verbose=False)
+    res["fma"] = float(np.max(np.abs(c(p, q, r) - (p * q + r))))
+    return res
+
+
+# ---------------------------------------------------------------- parent: neighbour, report
+def child(quick: bool, root: str | None = None) -> dict:
+    root = root or str(ROOT)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child"] + (["--quick"] if quick else [])
+    env = dict(os.environ, KE_BENCH_ROOT=root, PYTHONPATH=root)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode or not lines:
+        raise SystemExit(f"child run failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def fmt(s: dict, unit: str, digits: int = 3) -> str:
+    return (f"median {s['median']:.{digits}g} {unit} (IQR {s['q1']:.{digits}g}-{s['q3']:.{digits}g}, "
+            f"min {s['min']:.{digits}g}, max {s['max']:.{digits}g}, n={s['n']})")
+
+
+def report(label: str, r: dict) -> list[bool]:
+    ok: list[bool] = []
+
+    def line(passed: bool, text: str) -> None:
+        ok.append(passed)
+        print(f"  [{'PASS' if passed else 'FAIL'}] {text}")
+    print(f"== {label}")
+    sp = r["compare"]["speedups"]
+    line(min(sp) >= 0.9 and max(sp) / min(sp) <= 1.8,
+         f"compare() MLP 256x64@64x32 x12: speedups {', '.join(f'{v:.2f}' for v in sp)}; "
+         f"min {min(sp):.2f} (>= 0.9), max/min {max(sp) / min(sp):.2f} (<= 1.8)")
+    fm = r["compare"]["fused_ms"]
+    print(f"         fused medians {min(fm):.4f}-{max(fm):.4f} ms, unfused {min(r['compare']['unfused_ms']):.4f}-"
+          f"{max(r['compare']['unfused_ms']):.4f} ms")
+    am = r["after_matmul"]
+    ratio = am["after_ms"]["median"] / am["alone_ms"]["median"]
+    line(ratio <= 2.0, f"MLP 16384x16@16x16 after a 512^3 NumPy matmul / alone: {ratio:.2f}x (<= 2)")
+    print(f"         after:  {fmt(am['after_ms'], 'ms')}\n         alone:  {fmt(am['alone_ms'], 'ms')}")
+    li = r["linear"]
+    line(li["p99"] <= 5 * li["us"]["median"],
+         f"linear 16x64@64x192, 2000 calls: p50 {li['us']['median']:.1f} us, p90 {li['p90']:.1f} us, "
+         f"p99 {li['p99']:.1f} us = {li['p99'] / li['us']['median']:.2f}x p50 (<= 5), max {li['us']['max']:.0f} us")
+    ti = r["tiny"]
+    line(ti["ours_us"]["median"] <= 6.0, f"tiny elementwise call: {fmt(ti['ours_us'], 'us')} (<= 6 us); "
+                                         f"NumPy {ti['numpy_us']['median']:.2f} us")
+    ch = r["chain"]
+    ratio = ch["call_ms"]["median"] / ch["kernel_ms"]["median"]
+    line(ratio <= 1.3, f"c(a, b) on the {ch['n'] / 2**20:.0f}M 8-op chain / kernel only: {ratio:.2f}x (<= 1.3)")
+    print(f"         call:   {fmt(ch['call_ms'], 'ms')}\n         kernel: {fmt(ch['kernel_ms'], 'ms')}")
+    g = r["gelu"]["max_abs_err"]
+    line(g <= 1e-15, f"fused f64 gelu ({r['gelu']['kernels']} kernel) vs NumPy: max abs error {g:.3g} (<= 1e-15)")
+    if "fma" in r:
+        print(f"  [info] f64 a*b+c vs NumPy: max abs error {r['fma']:.3g} (0: no FMA contraction)")
+    return ok
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and a 1M chain (smoke test)")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--no-neighbour", action="store_true", help="only the run without a busy neighbour")
+    g.add_argument("--only-neighbour", action="store_true", help="only the run with a busy neighbour")
+    ap.add_argument("--against", metavar="REV", help="also run each condition at git revision REV")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_scenarios(args.quick)))
+        return 0
+    import explorer  # noqa: F401  (fail early with a clear error)
+    print(f"machine: {os.cpu_count()} CPUs, affinity {len(os.sched_getaffinity(0))}, load average "
+          f"{os.getloadavg()[0]:.2f}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+    try:
+        from explorer.backends import threads
+        print("thread policy inputs:\n  " + threads.report().replace("\n", "\n  "))
+    except ImportError:
+        pass    # a revision without the thread policy
+    trees = [("this tree", None)]
+    wt = None
+    if args.against:
+        import tempfile
+        wt = os.path.join(tempfile.mkdtemp(prefix="ke-against-"), "tree")
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", wt, args.against], check=True,
+                       capture_output=True)
+        trees.append((f"{args.against} (before)", wt))
+    all_ok: list[bool] = []
+    try:
+        if not args.only_neighbour:
+            for label, root in trees:
+                ok = report(f"quiet (no neighbour started by this script), {label}", child(args.quick, root))
+                all_ok += ok if root is None else []
+        if not args.no_neighbour:
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                time.sleep(0.5)
+                for label, root in trees:
+                    ok = report(f"busy neighbour (pid {busy.pid} spinning), {label}", child(args.quick, root))
+                    all_ok += ok if root is None else []
+            finally:
+                busy.terminate()
+                busy.wait()
+    finally:
+        if wt:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", wt], capture_output=True)
+    print(f"load average at the end {os.getloadavg()[0]:.2f}; this tree: {sum(all_ok)}/{len(all_ok)} PASS")
+    return 0 if all(all_ok) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

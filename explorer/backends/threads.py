@@ -1,0 +1,286 @@
+"""Thread policy of the CPU backend: how many OpenMP threads each kernel call gets, and why.
+
+Measured on the project's 2-core shared machines (docs/CPU_THREADS.md): a parallel region pays
+~2-8 µs when its worker is awake, ~11 µs to wake a sleeping (passive) worker, and a whole scheduler
+slice (3-25 ms) when a worker is descheduled because another thread holds the core (a busy
+neighbour, NumPy's OpenBLAS workers spinning after a matmul, or our own spinning workers). So:
+
+* serial below PARALLEL_MIN_US of estimated work (as Inductor and ATen's GRAIN_SIZE do): a
+  microsecond kernel never pays a fork/join or a barrier;
+* the team is at most the cores this process may really use: its CPU affinity, the cgroup CPU
+  quota (v2 cpu.max or v1 cfs_quota_us) and OMP_NUM_THREADS when the user set it;
+* at call time, cores other runnable threads hold right now (/proc/loadavg's running count) are
+  not counted, so a team never waits at a barrier for a thread that has no core;
+* idle workers sleep (OMP_WAIT_POLICY=passive) instead of spinning: set before libgomp loads,
+  unless the user chose OMP_WAIT_POLICY / GOMP_SPINCOUNT.
+
+>>> decide(kernel_work_us=12.0, parallel_loops=True, cores=2).describe()
+'serial: ~12 µs of work, below the 300 µs parallel threshold'
+>>> decide(kernel_work_us=4000.0, parallel_loops=True, cores=2).threads
+2
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .. import loopir as L
+
+# Below this much estimated serial work a kernel runs on the calling thread. The estimate runs
+# 2-3x high for vectorized code, so this keeps kernels of up to ~100 µs real time serial: a second
+# core could save at most ~50 µs there, while a parallel region costs 8-11 µs when all goes well
+# and a scheduler slice (ms) when a worker finds its core taken -- which is the normal case right
+# after a NumPy BLAS call (OpenBLAS's workers spin for a while) or next to a busy neighbour.
+PARALLEL_MIN_US = 300.0
+# Each extra thread should get at least this much work (Inductor / ATen use a grain size too).
+GRAIN_US = 150.0
+# Nominal rates of one core running vectorized generated code, for the *estimate* only
+# (measured here: fused 16384x16 @ 16x16 MLP ~90 µs serial, the 16M 8-op chain ~8 ms serial).
+CORE_OPS_PER_S = 100e9
+CORE_BYTES_PER_S = 20e9
+CALL_OPS = 20           # a transcendental (exp, tanh, log, ...) counts as this many simple ops
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The thread policy of one kernel: `threads` at most, and the reason, for people."""
+
+    kernel: str
+    threads: int
+    work_us: float
+    reason: str
+    dynamic: bool = False   # True: at call time fewer threads when other threads hold cores
+
+    def describe(self) -> str:
+        return self.reason
+
+    def __str__(self) -> str:
+        return f"{self.kernel}: {self.reason}"
+
+
+# ----------------------------------------------------------------------------- the cores we may use
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs allowed by the cgroup CPU quota (v2 cpu.max, else v1 cpu.cfs_quota_us), None if unlimited."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = (f.read().split() + ["100000"])[:2]
+        if quota != "max" and float(period) > 0:
+            return float(quota) / float(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            quota = float(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period = float(f.read())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(affinity: int | None = None, quota: float | None | str = "read",
+                 omp_num_threads: str | None | bool = False) -> tuple[int, str]:
+    """(cores, how they were found): affinity ∩ cgroup quota ∩ OMP_NUM_THREADS (when set).
+
+    Arguments default to this process's values; pass them to ask "what if" (tests do).
+
+    >>> usable_cores(affinity=8, quota=2.5, omp_num_threads=None)
+    (3, 'affinity 8 CPUs, cgroup quota 2.5 CPUs')
+    """
+    if affinity is None:
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            affinity = os.cpu_count() or 1
+    if quota == "read":
+        quota = cgroup_cpu_limit()
+    if omp_num_threads is False:
+        omp_num_threads = os.environ.get("OMP_NUM_THREADS")
+    cores, why = max(1, int(affinity)), [f"affinity {affinity} CPUs"]
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(float(quota) - 1e-9)))
+        why.append(f"cgroup quota {float(quota):g} CPUs")
+    if omp_num_threads:
+        try:
+            n = int(str(omp_num_threads).split(",")[0])
+            if n >= 1:
+                cores = min(cores, n)
+                why.append(f"OMP_NUM_THREADS={omp_num_threads}")
+        except ValueError:
+            pass
+    return cores, ", ".join(why)
+
+
+def busy_cores(loadavg_text: str | None = None, cpus: int | None = None, cores: int | None = None) -> int | None:
+    """Cores other runnable threads hold right now: /proc/loadavg's running count less the caller;
+    None where unknown. ~3 µs: read only for kernels big enough to go parallel.
+
+    /proc/loadavg counts the whole machine (a container sees its host's): with `cpus` machine CPUs
+    of which this process may use `cores`, only that share of the others counts.
+
+    >>> busy_cores("9.0 8.0 7.0 33/900 1", cpus=64, cores=2)     # 32 others over 64 CPUs: 1 of ours
+    1
+    """
+    try:
+        if loadavg_text is None:
+            with open("/proc/loadavg") as f:
+                loadavg_text = f.read()
+        running = int(loadavg_text.split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    others = max(0, running - 1)
+    if cpus and cores and cpus > cores:
+        return others * cores // cpus
+    return others
+
+
+# ----------------------------------------------------------------------------- work estimate
+def _expr_ops(e: L.Expr) -> int:
+    n = 0
+    for x in L.walk_expr(e):
+        if isinstance(x, L.Call):
+            n += CALL_OPS
+        elif isinstance(x, (L.BinOp, L.UnOp, L.Select, L.Cast)):
+            n += 1
+    return n
+
+
+def _stmts_ops(stmts, mult: int) -> int:
+    n = 0
+    for s in stmts:
+        if isinstance(s, L.For):
+            n += _stmts_ops(s.body, mult * max(0, s.extent))
+        elif isinstance(s, L.If):
+            n += mult * _expr_ops(s.cond) + _stmts_ops(s.then, mult) + _stmts_ops(s.orelse, mult)
+        elif isinstance(s, L.Store):
+            n += mult * (1 + _expr_ops(s.value))
+        else:
+            n += mult * sum(_expr_ops(e) for e in L.stmt_exprs(s))
+    return n
+
+
+def kernel_work(kernel: L.Kernel) -> tuple[int, int]:
+    """(simple ops executed, bytes of its global buffers): what the estimate counts."""
+    return _stmts_ops(kernel.body, 1), sum(p.nbytes for p in kernel.params)
+
+
+def work_us(kernel: L.Kernel) -> float:
+    """Estimated serial time of the kernel in µs at nominal per-core rates (a model, not a measurement)."""
+    ops, nbytes = kernel_work(kernel)
+    return (ops / CORE_OPS_PER_S + nbytes / CORE_BYTES_PER_S) * 1e6
+
+
+def has_parallel_loop(kernel: L.Kernel) -> bool:
+    return any(f.kind == "parallel" for f in L.walk_loops(kernel.body))
+
+
+# ----------------------------------------------------------------------------- the policy
+def decide(kernel_work_us: float, parallel_loops: bool, cores: int, kernel: str = "kernel",
+           cores_why: str = "", min_us: float | None = None, grain_us: float | None = None) -> Decision:
+    """Most threads a kernel call may use: 1 below the work threshold, else one per GRAIN_US of
+    work up to `cores`. Pure (tests call it with any sizes and core counts).
+
+    >>> decide(500.0, True, cores=8).threads      # 500 µs / 150 µs per thread -> 3
+    3
+    >>> decide(1e5, False, cores=8).reason
+    'serial: its schedule has no parallel loop'
+    """
+    min_us = PARALLEL_MIN_US if min_us is None else min_us
+    grain_us = GRAIN_US if grain_us is None else grain_us
+    w = f"~{kernel_work_us:.3g} µs of work"
+    if not parallel_loops:
+        return Decision(kernel, 1, kernel_work_us, "serial: its schedule has no parallel loop")
+    if kernel_work_us < min_us:
+        return Decision(kernel, 1, kernel_work_us, f"serial: {w}, below the {min_us:g} µs parallel threshold")
+    if cores <= 1:
+        return Decision(kernel, 1, kernel_work_us, f"serial: 1 usable core ({cores_why or 'given'})")
+    n = max(2, min(cores, int(kernel_work_us // grain_us)))
+    return Decision(kernel, n, kernel_work_us,
+                    f"up to {n} threads: {w}; {cores} usable cores ({cores_why or 'given'}); fewer when other "
+                    f"threads hold cores at call time", dynamic=True)
+
+
+def threads_now(limit: int, busy: int | None, cores: int) -> int:
+    """Team size for one call: `limit`, less the cores other runnable threads hold right now.
+
+    >>> threads_now(2, busy=0, cores=2), threads_now(2, busy=1, cores=2), threads_now(4, busy=None, cores=4)
+    (2, 1, 4)
+    """
+    if limit <= 1 or busy is None:
+        return max(1, limit)
+    return max(1, min(limit, cores - busy))
+
+
+def plan(kernels, cores: int | None = None, cores_why: str = "") -> list[Decision]:
+    """One Decision per loop-IR kernel (in launch order)."""
+    if cores is None:
+        cores, cores_why = usable_cores()
+    return [decide(work_us(k), has_parallel_loop(k), cores, k.name, cores_why) for k in kernels]
+
+
+# ----------------------------------------------------------------------------- libgomp settings
+WAIT_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+_wait_state: dict[str, Any] = {}
+
+
+def libgomp_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as f:
+            return "libgomp" in f.read()
+    except OSError:
+        return False
+
+
+def set_wait_policy() -> str:
+    """Make idle OpenMP workers sleep (OMP_WAIT_POLICY=passive) before libgomp loads; return what
+    applies. Spinning workers (libgomp's default) hold a core that NumPy's BLAS, a neighbour or our
+    own next region needs: measured 13 ms per region after a 2 ms pause here, 11 µs passive."""
+    if "text" in _wait_state:
+        return _wait_state["text"]
+    user = [f"{v}={os.environ[v]}" for v in WAIT_POLICY_VARS if v in os.environ]
+    if user:
+        text = f"idle workers: as the user set ({', '.join(user)})"
+    elif libgomp_loaded():
+        text = "idle workers: libgomp was loaded before explorer (e.g. by torch) with its default spinning"
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        text = "idle workers sleep (OMP_WAIT_POLICY=PASSIVE, set by explorer before libgomp loaded)"
+    _wait_state["text"] = text
+    return text
+
+
+def blas_pools() -> list[dict[str, Any]]:
+    """The native thread pools in this process (OpenBLAS, OpenMP, MKL) as threadpoolctl reports
+    them; [] when threadpoolctl is not installed (pip install threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "version", "threading_layer")}
+            for p in threadpool_info()]
+
+
+def report() -> str:
+    """The policy's inputs in this process, for people (the benchmarks print it first).
+
+    >>> print(report())                                         # doctest: +SKIP
+    usable cores: 2 (affinity 2 CPUs)
+    idle workers sleep (OMP_WAIT_POLICY=PASSIVE, set by explorer before libgomp loaded)
+    parallel above ~300 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
+    native pools: openblas (blas) 2 threads
+    """
+    n, why = usable_cores()
+    pools = blas_pools()
+    try:
+        import threadpoolctl  # noqa: F401
+        listed = "; ".join(f"{p['internal_api']} ({p['user_api']}) {p['num_threads']} threads" for p in pools) or "none"
+    except ImportError:
+        listed = "unknown (pip install threadpoolctl to list NumPy's BLAS pool)"
+    return "\n".join([f"usable cores: {n} ({why})",
+                      _wait_state.get("text", "idle workers: decided when the first CPU kernel loads"),
+                      f"parallel above ~{PARALLEL_MIN_US:g} µs of estimated work, one more thread per "
+                      f"~{GRAIN_US:g} µs, fewer when cores are taken",
+                      f"native pools: {listed}"])

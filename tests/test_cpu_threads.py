@@ -1,0 +1,340 @@
+"""CPU backend: thread policy decisions, the caching allocator's reuse semantics, the fast call
+path, exact (uncontracted) arithmetic by default, and with_kernel_source's tolerance.
+Correctness only: no timing is asserted."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import explorer
+from explorer.backends import cpu, threads
+from explorer.errors import ExplorerError, ShapeError, VerificationError
+
+needs_cc = pytest.mark.skipif(not cpu.available()[0], reason="no C compiler")
+
+
+# ----------------------------------------------------------------------------- policy decisions
+def test_serial_below_the_work_threshold():
+    d = threads.decide(12.0, parallel_loops=True, cores=8, kernel="k")
+    assert d.threads == 1 and "serial" in d.reason and "12" in d.reason and "300 µs" in d.reason
+    assert str(d).startswith("k: serial")
+
+
+def test_serial_without_a_parallel_loop_or_a_second_core():
+    assert threads.decide(1e6, parallel_loops=False, cores=8).threads == 1
+    d = threads.decide(1e6, parallel_loops=True, cores=1, cores_why="affinity 1 CPUs")
+    assert d.threads == 1 and "1 usable core" in d.reason and "affinity 1" in d.reason
+
+
+@pytest.mark.parametrize("work_us, cores, want", [
+    (threads.PARALLEL_MIN_US, 8, 2),                 # at the threshold: at least 2
+    (10 * threads.GRAIN_US, 8, 8),                   # enough work for every core
+    (5 * threads.GRAIN_US, 8, 5),                    # one thread per grain of work
+    (1e9, 2, 2),                                     # never more than the usable cores
+])
+def test_team_size_grows_with_work_up_to_the_cores(work_us, cores, want):
+    d = threads.decide(work_us, parallel_loops=True, cores=cores)
+    assert d.threads == want and d.dynamic and f"up to {want} threads" in d.reason
+
+
+def test_threshold_and_grain_can_be_given():
+    assert threads.decide(50.0, True, cores=4, min_us=10, grain_us=10).threads == 4
+    assert threads.decide(50.0, True, cores=4, min_us=100).threads == 1
+
+
+def test_usable_cores_takes_the_smallest_limit():
+    assert threads.usable_cores(affinity=8, quota=None, omp_num_threads=None) == (8, "affinity 8 CPUs")
+    assert threads.usable_cores(affinity=8, quota=1.5, omp_num_threads=None)[0] == 2
+    assert threads.usable_cores(affinity=8, quota=0.5, omp_num_threads=None)[0] == 1
+    n, why = threads.usable_cores(affinity=8, quota=4.0, omp_num_threads="3")
+    assert n == 3 and "OMP_NUM_THREADS=3" in why and "quota 4" in why
+    assert threads.usable_cores(affinity=2, quota=None, omp_num_threads="16")[0] == 2
+    assert threads.usable_cores(affinity=4, quota=None, omp_num_threads="bogus")[0] == 4
+
+
+def test_cgroup_quota_v2_and_v1(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path)) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert threads.cgroup_cpu_limit(str(tmp_path)) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.cgroup_cpu_limit(str(v1)) == 2.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert threads.cgroup_cpu_limit(str(v1)) is None
+    assert threads.cgroup_cpu_limit(str(tmp_path / "missing")) is None
+
+
+def test_busy_cores_and_the_team_at_call_time():
+    assert threads.busy_cores("0.50 0.40 0.30 1/96 12345") == 0      # only the caller runs
+    assert threads.busy_cores("3.1 2.0 1.0 3/200 1") == 2
+    assert threads.busy_cores("garbage") is None
+    assert threads.busy_cores("9.0 8.0 7.0 33/900 1", cpus=64, cores=2) == 1   # a container's host-wide count
+    assert threads.busy_cores("9.0 8.0 7.0 20/900 1", cpus=64, cores=2) == 0
+    assert threads.busy_cores("9.0 8.0 7.0 3/900 1", cpus=2, cores=2) == 2
+    assert threads.threads_now(2, busy=0, cores=2) == 2
+    assert threads.threads_now(2, busy=1, cores=2) == 1                # a neighbour holds a core
+    assert threads.threads_now(4, busy=1, cores=8) == 4
+    assert threads.threads_now(4, busy=7, cores=8) == 1
+    assert threads.threads_now(2, busy=None, cores=2) == 2             # unknown: the policy's limit
+    assert threads.threads_now(1, busy=0, cores=8) == 1
+
+
+def _chain(a, b):
+    return np.maximum(np.tanh(a * 1.5 + b) * b - a / 3, 0.1) + a * b
+
+
+def test_plan_for_compiled_programs():
+    small = explorer.compile(_chain, *(np.ones(64, np.float32),) * 2, target="cpu", verbose=False)
+    big = explorer.compile(_chain, *(np.ones(1 << 22, np.float32),) * 2, target="cpu", verbose=False)
+    (ds,) = threads.plan(small.program.kernels, cores=2, cores_why="test")
+    (db,) = threads.plan(big.program.kernels, cores=2, cores_why="test")
+    assert ds.threads == 1 and db.threads == 2
+    assert db.work_us > 1000 * ds.work_us
+    ops, nbytes = threads.kernel_work(big.program.kernels[0])
+    assert nbytes == 3 * (1 << 22) * 4 and ops > 20 * (1 << 22)   # tanh counts as many ops
+
+
+@needs_cc
+def test_policy_is_visible_and_drives_the_generated_team():
+    a = np.ones(1 << 13, np.float32)     # a parallel loop in the schedule, too little work for it
+    c = explorer.compile(_chain, a, a, target="cpu", verbose=False)
+    assert "num_threads(ke_num_threads)" in c.kernels[0].source
+    (d,) = c.thread_policy
+    assert d.threads == 1 and "serial" in str(d)
+    exe = c.executable()
+    before = exe.thread_stats["serial"]
+    c(a, a)
+    assert exe.thread_stats["serial"] == before + 1 and exe._team.value == 1
+    assert explorer.compile(lambda x: x + 1, a, target="reference", verbose=False).thread_policy == []
+
+
+@needs_cc
+def test_passive_wait_policy_set_before_libgomp_loads(tmp_path):
+    code = ("import os, numpy as np, explorer\n"
+            "c = explorer.compile(lambda a: a * 2, np.ones(8, np.float32), target='cpu', verbose=False)\n"
+            "c(np.ones(8, np.float32))\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), '|', c.executable().wait_policy)\n")
+    env = {k: v for k, v in os.environ.items() if k not in threads.WAIT_POLICY_VARS}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("PASSIVE |") and "set by explorer" in out.stdout
+    env["OMP_WAIT_POLICY"] = "active"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("active |") and "as the user set" in out.stdout
+
+
+def test_report_names_the_policy_inputs():
+    text = threads.report()
+    assert "usable cores:" in text and "parallel above" in text and "native pools:" in text
+    pytest.importorskip("threadpoolctl")
+    assert any(p["user_api"] == "blas" for p in threads.blas_pools())      # NumPy's BLAS pool is listed
+
+
+# ----------------------------------------------------------------------------- caching allocator
+def test_pool_reuses_only_dropped_blocks():
+    pool = cpu.BufferPool()
+    a, pa = pool.take((1000,), np.float32)
+    assert a.ctypes.data == pa and pa % 64 == 0 and a.flags.c_contiguous and a.flags.writeable
+    a[:] = 7
+    b, pb = pool.take((1000,), np.float32)
+    assert pb != pa and (a == 7).all()                      # held: a second block
+    del a
+    c, pc = pool.take((1000,), np.float32)
+    assert pc == pa                                         # dropped: reused
+    view = c[10:20]
+    del c
+    d, pd = pool.take((1000,), np.float32)
+    assert pd not in (pa, pb)                               # a view keeps its block
+    del view
+    e, pe = pool.take((1000,), np.float32)
+    assert pe == pa
+
+
+def test_pool_shapes_and_dtypes_never_alias_live_arrays():
+    pool = cpu.BufferPool()
+    live = [pool.take(shape, dt) for shape, dt in [((256,), np.float32), ((16, 16), np.float32),
+                                                   ((128,), np.float64), ((256,), np.int32), ((1024,), np.uint8)]]
+    ptrs = {p for _, p in live}
+    assert len(ptrs) == len(live)                           # same byte size, all held: distinct blocks
+    for arr, _ in live:
+        arr[...] = 1
+    x, _ = live.pop(1)
+    assert x.shape == (16, 16) and x.dtype == np.float32
+    del x, _
+    y, py = pool.take((8, 16), np.float64)                  # same bytes, another dtype: reuses the free block
+    assert y.shape == (8, 16) and y.dtype == np.float64 and py in ptrs
+    assert all((a == 1).all() for a, _ in live)
+
+
+def test_pool_limits_are_respected():
+    pool = cpu.BufferPool(limit_bytes=4096, per_size=2)
+    held = [pool.take((256,), np.float32) for _ in range(3)]    # 1 KiB each; the third is not pooled
+    assert pool.stats["unpooled"] == 1 and pool.pooled_bytes == 2048
+    del held
+    big, _ = pool.take((2048,), np.float32)                     # 8 KiB > the limit: never pooled
+    assert pool.pooled_bytes <= 4096
+    small, _ = pool.take((768,), np.float32)                    # 3 KiB: evicts a free 1 KiB block to fit
+    assert pool.pooled_bytes == 4096 and pool.stats["released"] == 1
+    hits = pool.stats["hits"]
+    other, _ = pool.take((256,), np.float32)                    # the other free 1 KiB block
+    assert pool.pooled_bytes == 4096 and pool.stats["hits"] == hits + 1
+    del other
+    pool.empty_cache()
+    assert pool.pooled_bytes == 3072                            # only the held block remains
+
+
+@needs_cc
+def test_a_held_result_is_never_overwritten():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 1 << 16), dtype=np.float32)
+    c = explorer.compile(_chain, a, b, target="cpu", verbose=False)
+    r1 = c(a, b)
+    keep = r1.copy()
+    r2 = c(b, a)
+    assert np.array_equal(r1, keep) and not np.shares_memory(r1, r2)
+    v = r2[::7]
+    keep_v = v.copy()
+    del r2
+    r3 = c(a, a)                                             # r2 dropped but its view is held
+    assert np.array_equal(v, keep_v) and not np.shares_memory(v, r3)
+    ptr3 = r3.ctypes.data
+    del r3
+    r4 = c(a, b)                                             # r3 dropped: its memory comes back
+    assert r4.ctypes.data == ptr3
+    np.testing.assert_allclose(r4, _chain(a, b), rtol=1e-5, atol=1e-6)
+    r5 = c(r4, b)                                            # a result passed back in: no aliasing
+    np.testing.assert_allclose(r5, _chain(keep * 0 + _chain(a, b), b), rtol=1e-4, atol=1e-5)
+
+
+@needs_cc
+def test_temporaries_and_outputs_in_an_unfused_program():
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((2, 4096), dtype=np.float32)
+    c = explorer.compile(_chain, a, b, target="cpu", fuse=False, verbose=False)
+    assert len(c.kernels) > 1 and c.program.temps
+    outs = [c(a, b) for _ in range(3)]
+    for o in outs:
+        np.testing.assert_allclose(o, _chain(a, b), rtol=1e-5, atol=1e-6)
+    assert len({o.ctypes.data for o in outs}) == 3
+
+
+@needs_cc
+def test_concurrent_calls_from_threads_get_their_own_buffers():
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal(1 << 15, dtype=np.float32) for _ in range(4)]
+    c = explorer.compile(_chain, xs[0], xs[1], target="cpu", fuse=False, verbose=False)
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        for _ in range(30):
+            got = c(xs[i], xs[(i + 1) % 4])
+            if not np.allclose(got, _chain(xs[i], xs[(i + 1) % 4]), rtol=1e-5, atol=1e-6):
+                errors.append(f"thread {i}")
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+
+
+# ----------------------------------------------------------------------------- fast call path
+@needs_cc
+def test_fast_path_gives_the_full_paths_results_and_errors():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    c = explorer.compile(lambda x, y: x * y + 1, a, a, target="cpu", verbose=False)
+    np.testing.assert_array_equal(c(a, a), a * a + 1)
+    assert c._fast_call is not None
+    np.testing.assert_array_equal(c(a, a), a * a + 1)                        # fast
+    t = np.asfortranarray(a)
+    np.testing.assert_array_equal(c(t, a), a * a + 1)                        # not contiguous: converted
+    np.testing.assert_array_equal(c(a.astype(np.float16), a), a * a + 1)    # castable dtype
+    np.testing.assert_array_equal(c(a.tolist(), a), a * a + 1)              # a list
+    with pytest.raises(ShapeError, match=r"compiled for \(3, 4\)"):
+        c(np.ones((4, 3), np.float32), a)
+    with pytest.raises(ExplorerError, match="positionally"):
+        c(a, y=a)
+    with pytest.raises(ExplorerError, match="2 inputs"):
+        c(a)
+
+
+# ----------------------------------------------------------------------------- exact by default
+def _gelu(x):
+    return 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+@needs_cc
+def test_no_fma_contraction_by_default():
+    rng = np.random.default_rng(3)
+    a, b, d = rng.standard_normal((3, 1 << 12))
+    c = explorer.compile(lambda a, b, d: a * b + d, a, b, d, target="cpu", verbose=False)
+    assert "-ffp-contract=off" in cpu.flags_for(False) and "-ffp-contract=off" not in cpu.flags_for(True)
+    np.testing.assert_array_equal(c(a, b, d), a * b + d)                      # two roundings, as NumPy
+    x = np.concatenate([np.linspace(-8, 8, 4001), rng.standard_normal(4000) * 4])
+    g = explorer.compile(_gelu, x, target="cpu", verbose=False)
+    assert len(g.kernels) == 1
+    assert np.max(np.abs(g(x) - _gelu(x))) <= 1e-15
+
+
+def _code(src: str) -> str:
+    """C source without comments (kernel comments quote the user's source lines)."""
+    return re.sub(r"/\*.*?\*/", "", src, flags=re.S)
+
+
+def test_matmul_accumulators_are_explicit_fmas():
+    x = np.ones((64, 64), np.float32)
+    c = explorer.compile(lambda x, w: np.tanh(x @ w) * x + x, x, x, target="cpu", verbose=False)
+    assert "ke_fma" in _code(c.kernels[0].source)
+    elementwise = explorer.compile(lambda a, b: a * b + a, x, x, target="cpu", verbose=False)
+    assert "ke_fma" not in _code(elementwise.kernels[0].source)
+    fast = explorer.compile(lambda x, w: x @ w, x, x, target="cpu", fast_math=True, verbose=False)
+    assert "ke_fma" not in _code(fast.kernels[0].source)                     # -ffast-math contracts anyway
+
+
+def test_cuda_builds_without_contraction_but_accumulates_with_fma():
+    from explorer.backends import nvcc
+    from explorer.backends.cuda import NVCC_OPTIONS
+    assert "--fmad=false" in NVCC_OPTIONS and nvcc.FMAD_FLAG == "--fmad=false"
+    x = np.ones((64, 64), np.float32)
+    mm = explorer.compile(lambda x, w: x @ w, x, x, target="cuda", verbose=False)
+    assert "fmaf(" in _code(mm.kernels[0].source)
+    ew = explorer.compile(lambda a, b: a * b + a, x, x, target="cuda", verbose=False)
+    assert "fmaf(" not in _code(ew.kernels[0].source)
+    if nvcc.available()[0]:
+        assert "fma.rn" not in nvcc.check(ew.codegen.source())
+
+
+@needs_cc
+def test_with_kernel_source_accepts_last_bit_differences_of_a_correct_edit():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 256)) * 1e3
+    w = rng.standard_normal((256, 32)) * 1e3
+    b = -(x @ w)      # results cancel to ~0: the rounding of the large products shows as absolute error
+    c = explorer.compile(lambda x, w, b: x @ w + b, x, w, b, target="cpu", verbose=False)
+    src = c.kernels[0].source
+    # a correct hand edit: the accumulation with two roundings instead of one FMA
+    two_roundings = ("#define ke_fma_v4d(a, b, c) ((a) * (b) + (c))\n"
+                     "#define ke_fma(a, b, c) ((a) * (b) + (c))\n" + src)
+    edited = c.with_kernel_source(0, two_roundings)
+    assert edited.max_error(x, w, b) > 1e-9          # the old fixed 1e-9 tolerance rejected this edit
+    wrong = ("#define ke_fma_v4d(a, b, c) ((a) * (b) * 1.000001 + (c))\n"
+             "#define ke_fma(a, b, c) ((a) * (b) * 1.000001 + (c))\n" + src)
+    with pytest.raises(VerificationError, match="allowed"):
+        c.with_kernel_source(0, wrong)
+
+
+def test_magnitude_and_default_rtol():
+    from explorer.compiled import default_rtol, magnitude
+    assert magnitude(np.zeros(3)) == 1.0 and magnitude(np.array([-5e8, np.nan])) == 5e8
+    assert magnitude(np.arange(10)) == 1.0          # integers are exact: no scale
+    assert default_rtol(np.float64) < default_rtol(np.float32) < default_rtol(np.float16)
