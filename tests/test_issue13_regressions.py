@@ -233,21 +233,13 @@ def test_global_tile_is_clamped_per_kernel(name, fn, args, knobs):
     assert "clamped" in notes
 
 
-# --- D: no FMA contraction on cpu (the -ffp-contract=off flag is helper i11-cpu's change) ---------------
+# --- D: no FMA contraction on cpu (C is built with -ffp-contract=off unless fast_math) ----------------
 def _fma_sensitive(a):
     v1 = a.sum((1, 2)) * a
     return v1 - v1.mean(0, keepdims=True)     # exactly 0 in NumPy: the mean over one row is the row
 
 
-def _cpu_contracts_fma() -> bool:
-    from explorer.backends import cpu as cpu_mod
-    return "-ffp-contract=off" not in open(cpu_mod.__file__).read()
-
-
 @pytest.mark.parametrize("target", TARGETS)
-def test_no_fma_contraction(target, request):
-    if target == "cpu" and _cpu_contracts_fma():
-        request.applymarker(pytest.mark.xfail(strict=False, reason="gcc contracts a*b-c into an FMA until helper "
-                                              "i11-cpu's -ffp-contract=off build flag is merged"))
+def test_no_fma_contraction(target):
     a = _f(1, 40, 33)
     check_targets(_fma_sensitive, a, target=target)
