@@ -521,24 +521,6 @@ def _cuda_default(c, knobs) -> Schedule:
     sp = [a.name for a in c.spatial]
     rd = [a.name for a in c.reduce]
     if c.kind == "elementwise":
-        big = c_extent(c, sp) > knobs.get("chunk", 4096)
-        if select_axes(c):
-            # concat / pad: keep the loops plain so tiling splits them at the selects' bounds
-            # (passes/index_split.py) into select-free loops the C compiler vectorizes
-            if len(sp) > 1 and c.spatial[0].extent > 1 and big:
-                s.parallel(sp[0])
-            s.notes.append("elementwise with concat/pad selects: plain loops, outer one across OpenMP threads, "
-                           "each split where a select changes side")
-            return s
-        if len(sp) > 1 and rearranged_loads(c):
-            # slices, transposes, repeat / tile: one flat loop would pay a division and a remainder per
-            # element to find each load's index; rows keep the last axis a plain, vectorizable loop
-            rows = _fuse_all(s, sp[:-1], "row")
-            if big:
-                s.parallel(rows)
-            s.notes.append("elementwise with rearranging loads: rows across OpenMP threads, the last axis a "
-                           "plain loop")
-            return s
         f = _fuse_all(s, sp, "n")
         if f is None:
             return s
@@ -898,7 +880,7 @@ def _cpu_default(c, knobs) -> Schedule:
                            "each split where a select changes side")
             return s
         if len(sp) > 1 and rearranged_loads(c):
-            # slices, transposes, repeat / tile: one flat loop would pay a division and a remainder per
+            # slices, repeat / tile: one flat loop would pay a division and a remainder per
             # element to find each load's index; rows keep the last axis a plain, vectorizable loop
             rows = _fuse_all(s, sp[:-1], "row")
             if big:

@@ -323,6 +323,15 @@ def test_cpu_rows_schedule_for_rearranging_loads():
         check(c(arg), fn(arg), "rows schedule")
 
 
+def test_gpu_schedules_of_concat_and_repeat_stay_thread_parallel():
+    # the CPU's plain-loop schedules for selects and rearranging loads are CPU-only
+    x, y, k = make([m(64, 48), m(64, 16), m(4, 64, 32)])
+    for fn, args in ((lambda x, y: np.concatenate([x, y], axis=1), (x, y)), (lambda k: np.repeat(k, 2, axis=0), (k,))):
+        c = explorer.compile(fn, *args, target="sim", verbose=False)
+        sched = c.stage("tiled").ir.kernels[0].schedule
+        assert any(p.startswith("bind(") and "threadIdx" in p for p in sched), sched
+
+
 # ----------------------------------------------------------------------------- bad input
 X34 = np.ones((3, 4), np.float32)
 X410 = np.ones((4, 10), np.float32)
