@@ -123,6 +123,47 @@ def _strides(shape: Sequence[int]) -> list[int]:
 
 
 def _reshape_index(src_shape, out_shape, idx) -> tuple[L.Expr, ...]:
+    """Source index of a reshape. Axes are matched in runs of equal element counts, so a reshape that
+    only splits or merges neighbouring axes ((S, H*d) -> (S, H, d)) reads x[s, h * d + t], with no
+    division; inside a run the flat index is divided back out."""
+    if not src_shape:
+        return ()
+    runs = _reshape_runs(tuple(src_shape), tuple(out_shape))
+    if runs is not None and len(runs) > 1:
+        out: list[L.Expr] = []
+        for (s0, s1), (o0, o1) in runs:
+            out += _reshape_index_flat(src_shape[s0:s1], out_shape[o0:o1], idx[o0:o1])
+        return tuple(out)
+    return _reshape_index_flat(src_shape, out_shape, idx)
+
+
+def _reshape_runs(src: tuple[int, ...], out: tuple[int, ...]):
+    """[((src from, to), (out from, to)), ...]: the shortest runs of axes with equal products, or None."""
+    runs, i, j = [], 0, 0
+    while i < len(src) or j < len(out):
+        i0, j0 = i, j
+        ps = pd = 1
+        if i < len(src):
+            ps *= src[i]; i += 1
+        if j < len(out):
+            pd *= out[j]; j += 1
+        while ps != pd:
+            if ps < pd and i < len(src):
+                ps *= src[i]; i += 1
+            elif pd < ps and j < len(out):
+                pd *= out[j]; j += 1
+            else:
+                return None
+        # size-1 axes that follow belong to this run (they add nothing to the product)
+        while i < len(src) and src[i] == 1 and not (j < len(out) and out[j] == 1):
+            i += 1
+        while j < len(out) and out[j] == 1 and not (i < len(src) and src[i] == 1):
+            j += 1
+        runs.append(((i0, i), (j0, j)))
+    return runs
+
+
+def _reshape_index_flat(src_shape, out_shape, idx) -> tuple[L.Expr, ...]:
     if not src_shape:
         return ()
     flat: L.Expr = L.Const(0)
@@ -364,7 +405,10 @@ def _contraction(grp, name, members, buffers, out_buffers) -> Compute:
     # operands name the loads cache_read can stage; a second read of the same buffer (y.T @ y) is 'y#1'
     loads = [x for x in (av, bv) if isinstance(x, L.Load)]
     operands = tuple(x.buffer.name if k == 0 or x.buffer.name != loads[0].buffer.name else f"{x.buffer.name}#1"
-                     for k, x in enumerate(loads))
+                     for k, x in enumerate(loads)
+                     # staging copies a tile per loop axis: an index like h * 16 + k (a slice of one
+                     # head) is read in place (TODO: i13-bugs stages such operands)
+                     if all(isinstance(e, (L.Var, L.Const)) for e in x.indices))
     accum = Accum(acc, "sum", L.BinOp("*", av, bv), 0, _dt(m))
     idx = bvars + (i, j)
     stores = tuple(StoreDef(buf, idx, _cast(low.value(o, idx), buf.dtype)) for o, buf in out_buffers)

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import ipywidgets as W
 from explorer.schedule import KNOBS as SCHEDULE_KNOB_DOCS
 
-FUSION_RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
+FUSION_RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue",
+                "horizontal")
 RULE_HELP = {
     "elementwise": "chains of elementwise/injective ops become one loop",
     "reduce_producer": "elementwise producers are computed inside a reduction",
@@ -24,6 +25,7 @@ RULE_HELP = {
     "multi_reduce": "reductions over the same rows share one kernel (softmax, layernorm)",
     "epilogue": "bias/activation after a matmul run in the matmul kernel",
     "prologue": "reshapes/transposes feeding a matmul are folded into its loads",
+    "horizontal": "identical per-head computations over slices run as one kernel batched over heads",
 }
 TARGETS = ("cpu", "sim", "cuda", "reference")
 AUTO = "auto"
