@@ -173,3 +173,27 @@ def test_cuda_of_batched_heads_compiles():
     ptx = nvcc.check(c.stage("codegen").ir.source(), arch="sm_80", mode="ptx")
     for k in c.kernels:
         assert f".entry {k.name}(" in ptx
+
+
+def test_captured_mask_and_per_head_projection():
+    """A mask array captured from outside is a separate const per use (equal values match), and the head
+    merge folded into the projection (sum_h head_h @ W[h*d:(h+1)*d]) batches with the attention."""
+    W = H * D
+    mask = np.triu(np.full((S, S), -1e9, np.float32), 1)
+
+    def mha(x, w, proj_w):
+        qkv = x @ w
+        out = 0.0
+        for h in range(H):
+            hs = slice(h * D, (h + 1) * D)
+            q, k, v = qkv[:, hs], qkv[:, W:][:, hs], qkv[:, 2 * W:][:, hs]
+            out = out + softmax(q @ k.T * 0.125 + mask) @ v @ proj_w[hs, :]
+        return out
+
+    args = (rand(S, W, seed=5), rand(W, 3 * W, seed=6) * 0.2, rand(W, W, seed=7) * 0.2)
+    for target in ("sim", "cpu"):
+        c = check(mha, args, target, 1e-4)
+        hb = c.stage("fused").ir.horizontal
+        assert len(hb) == 1 and hb[0].count == H and "proj_w" in hb[0].sources and hb[0].kernels == 4
+    off = explorer.compile(mha, *args, target="cpu", verbose=False, fuse={"horizontal": False})
+    assert len(c.kernels) == 6 and len(off.kernels) >= 1 + 4 * H   # qkv; 4 batched; the sum  vs  4 per head

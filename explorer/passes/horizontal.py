@@ -111,8 +111,12 @@ class _Keys:
         self.leaf: dict[int, bool] = {}        # id(node) -> head-independent (shared by members)
         self.slots: dict[int, Any] = {}        # id(slice node) -> slot_base(...)
         for n in g.nodes:
-            if n.op in ("input", "const") or n.id in created:
-                k: Any = ("leaf", id(n))
+            if n.op == "const" and n.value is not None:
+                # each use of a captured array (a causal mask) is its own const node: equal values match
+                k: Any = ("const", n.shape, str(n.dtype), n.value.tobytes())
+                self.leaf[id(n)] = True
+            elif n.op == "input" or n.id in created:
+                k = ("leaf", id(n))
                 self.leaf[id(n)] = True
             elif n.op == "slice" and (base := slot_base(n, self.leaf)) is not None:
                 src, _, _, steps = base
@@ -166,7 +170,7 @@ def _match(n0: Node, nh: Node, keys: _Keys, mapping: dict[int, Node], back: dict
     mapping[id(n0)] = nh
     back[id(nh)] = n0
     if keys.leaf[id(n0)]:
-        return n0 is nh
+        return n0 is nh or n0.op == "const"     # equal keys: the same node, or consts of equal value
     if id(n0) in keys.slots:
         return True     # a slot: only its offsets differ, checked by _slot_layout
     return all(_match(a, b, keys, mapping, back) for a, b in zip(n0.inputs, nh.inputs))
@@ -261,6 +265,12 @@ class _Builder:
         self.nodes: list[Node] = []
 
     def add(self, op: str, inputs: tuple[Node, ...], attrs: dict, like: Node) -> Node:
+        if op == "transpose" and inputs[0].op == "transpose" and inputs[0] in self.nodes:
+            # transpose of the slot view's transpose (k[:, hs].T): one transpose of the source
+            inner = inputs[0].attrs["axes"]
+            inputs, attrs = inputs[0].inputs, {"axes": tuple(inner[a] for a in attrs["axes"])}
+            if attrs["axes"] == tuple(range(len(attrs["axes"]))):
+                return inputs[0]
         shape, dt = infer_type(op, [(i.shape, i.dtype) for i in inputs], attrs)
         n = Node(self.next_id, op, inputs, shape, dt, attrs, provenance=like.provenance)
         self.next_id += 1
