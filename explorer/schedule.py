@@ -860,9 +860,10 @@ def _cpu_default(c, knobs) -> Schedule:
     if batch:
         bf = _fuse_all(s, batch, "batch")
         s.reorder(bf, jo, io, "k", ir, jv)
-        s.parallel(io)
     else:
         s.reorder(jo, io, "k", ir, jv)
+    tiny = c_extent(c, batch) * M * N * K < SMALL_MATMUL_MACS
+    if not tiny:   # a team per (batch, j tile) costs more than a tiny product (q @ k.T of one head)
         s.parallel(io)
     if len(c.operands) == 2 and knobs.get("shared", True) and K * TN * 4 <= 4 << 20:
         s.cache_read(c.operands[1], "local", at=jo)
@@ -870,7 +871,8 @@ def _cpu_default(c, knobs) -> Schedule:
     s.unroll(ir)
     s.vectorize(jv)
     s.notes.append(f"matmul: B panel of {TN} columns packed contiguously, {TM}x{TN} register tile of "
-                   f"accumulators, row tiles across OpenMP threads")
+                   f"accumulators, " + ("one thread (under 2 M multiply-adds)" if tiny
+                                        else "row tiles across OpenMP threads"))
     return s
 
 
