@@ -92,3 +92,23 @@ def test_sim_and_cuda_schedules_unchanged():
     c = explorer.compile(lambda x, w: x @ w, x, w, target="sim", verbose=False)
     assert "small matmul" not in notes(c)
     np.testing.assert_allclose(c(x, w), x @ w, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_integer_power_epilogue_is_multiplied_out(dtype):
+    """x ** 3 (gelu's tanh form) and x ** 2 become multiplies, so the epilogue vectorizes; inf/NaN/-0 as NumPy."""
+    x, w = arr(16, 32, dtype=dtype), arr(32, 48, dtype=dtype)
+    x[0, :3] = [np.inf, -np.inf, np.nan]
+
+    def f(x, w):
+        y = x @ w
+        return y ** 3 + 0.5 * y ** 2
+
+    c = explorer.compile(f, x, w, target="cpu", verbose=False)
+    assert "pow" not in c.kernels[0].source.split("*/", 1)[-1].split("{", 1)[-1]
+    np.testing.assert_allclose(c(x, w), f(x, w), rtol=1e-5, atol=1e-3, equal_nan=True)
+    z = np.array([[-0.0, np.inf, -np.inf, np.nan, 3.0]], dtype)
+    c2 = explorer.compile(lambda z: (z ** 2, z ** 3), z, target="cpu", verbose=False)
+    for got, want in zip(c2(z), (z ** 2, z ** 3)):
+        np.testing.assert_array_equal(got, want)
+        assert np.array_equal(np.signbit(got), np.signbit(want))
