@@ -31,7 +31,23 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+
+def _threads_from_argv() -> int | None:
+    # thread counts must be in the environment before NumPy/OpenBLAS and OpenMP start their pools
+    for k, a in enumerate(sys.argv):
+        if a == "--threads" and k + 1 < len(sys.argv):
+            return int(sys.argv[k + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return None
+
+
+THREADS = _threads_from_argv()
+if THREADS:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(THREADS)
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -254,7 +270,7 @@ def run_torch(python: str, args: list[np.ndarray], n_head: int, want_block, want
     npz = tmp / "transformer_args.npz"
     np.savez(npz, **{f"a{i}": a for i, a in enumerate(args)}, want_block=want_block, want_fwd=want_fwd)
     spec = {"npz": str(npz), "n_head": n_head, "rounds": rounds, "per_round": per,
-            "threads": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+            "threads": THREADS or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())}
     try:
         r = subprocess.run([python, "-c", TORCH_CHILD], input=json.dumps(spec), capture_output=True, text=True,
                            timeout=1800)
@@ -346,17 +362,24 @@ def small_matmuls(rounds: int, per: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small size only, fewer repeats")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for OpenMP, OpenBLAS and torch (default: their own defaults); 1 gives stable "
+                         "same-thread-count ratios on a busy machine")
+    ap.add_argument("--large-only", action="store_true", help="only the seq 256 / width 512 size")
     ap.add_argument("--torch-python", default=sys.executable,
                     help="interpreter for the torch child process (default: this one); '' skips torch")
     a = ap.parse_args()
     rounds, per = (5, 4) if a.quick else (10, 6)
     load = os.getloadavg()
-    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores; "
+          f"threads: {a.threads or 'library defaults'}")
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    bench_size(16, 64, 4, rounds, per, a.torch_python, tmp)
+    if not a.large_only:
+        bench_size(16, 64, 4, rounds, per, a.torch_python, tmp)
     if not a.quick:
         bench_size(256, 512, 8, max(3, rounds // 2), 2, a.torch_python, tmp)
-    small_matmuls(rounds, per)
+    if not a.large_only:
+        small_matmuls(rounds, per)
     load = os.getloadavg()
     print(f"\nload average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
