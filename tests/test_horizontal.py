@@ -197,3 +197,46 @@ def test_captured_mask_and_per_head_projection():
         assert len(hb) == 1 and hb[0].count == H and "proj_w" in hb[0].sources and hb[0].kernels == 4
     off = explorer.compile(mha, *args, target="cpu", verbose=False, fuse={"horizontal": False})
     assert len(c.kernels) == 6 and len(off.kernels) >= 1 + 4 * H   # qkv; 4 batched; the sum  vs  4 per head
+
+
+def gpt2_block(x, attn_w, attn_b, proj_w, fc_w, fc2_w):
+    """A GPT-2 style block with slices for the heads (np.split/np.hstack arrive with i12-surface)."""
+    def ln(t):
+        m = t.mean(axis=-1, keepdims=True)
+        return (t - m) / np.sqrt(((t - m) ** 2).mean(axis=-1, keepdims=True) + 1e-5)
+    n, width = x.shape
+    d = width // H
+    qkv = ln(x) @ attn_w + attn_b
+    q, k, v = qkv[:, :width], qkv[:, width:2 * width], qkv[:, 2 * width:]
+    mask = (1 - np.tri(n, dtype=x.dtype)) * -1e10
+    att = 0.0
+    for h in range(H):
+        hs = slice(h * d, (h + 1) * d)
+        att = att + softmax(q[:, hs] @ k[:, hs].T / d ** 0.5 + mask) @ v[:, hs] @ proj_w[hs, :]
+    x = x + att
+    y = ln(x) @ fc_w
+    return x + 0.5 * y * (1 + np.tanh(0.7978845608 * (y + 0.044715 * y ** 3))) @ fc2_w
+
+
+def block_args(n=8, width=32):
+    return (rand(n, width, seed=20), rand(width, 3 * width, seed=21) * 0.2, rand(3 * width, seed=22) * 0.1,
+            rand(width, width, seed=23) * 0.2, rand(width, 4 * width, seed=24) * 0.2,
+            rand(4 * width, width, seed=25) * 0.2)
+
+
+@pytest.mark.parametrize("target", ["sim", "cpu"])
+def test_gpt2_block_heads_batched(target):
+    args = block_args()
+    c = check(gpt2_block, args, target, 1e-4)
+    fg = c.stage("fused").ir
+    assert [hb.count for hb in fg.horizontal] == [H]
+    np.testing.assert_allclose(run_graph(fg.graph, list(args))[0], gpt2_block(*args), rtol=1e-4, atol=1e-4)
+    off = explorer.compile(gpt2_block, *args, target=target, verbose=False, fuse={"horizontal": False})
+    assert len(c.kernels) < len(off.kernels)
+
+
+@pytest.mark.skipif(not _NVCC, reason=_WHY)
+def test_gpt2_block_cuda_compiles():
+    c = explorer.compile(gpt2_block, *block_args(), target="cuda", verbose=False, stop_after="codegen")
+    ptx = nvcc.check(c.stage("codegen").ir.source(), arch="sm_80", mode="ptx")
+    assert c.stage("fused").ir.horizontal and all(f".entry {k.name}(" in ptx for k in c.kernels)
