@@ -12,6 +12,7 @@ Adding an op is one `register(OpDef(...))` call.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -161,6 +162,16 @@ _binary("add", np.add, lambda a, b, out: L.BinOp("+", a, b))
 _binary("sub", np.subtract, lambda a, b, out: L.BinOp("-", a, b), 1, ("subtract",))
 _binary("mul", np.multiply, lambda a, b, out: L.BinOp("*", a, b), 1, ("multiply",))
 _binary("div", np.true_divide, lambda a, b, out: L.BinOp("/", a, b), 1, ("true_divide", "divide"))
+_binary("pow", np.power, lambda a, b, out: L.call("pow", a, b), 1, ("power",))
+_binary("maximum", np.maximum, lambda a, b, out: L.BinOp("max", a, b))
+_binary("minimum", np.minimum, lambda a, b, out: L.BinOp("min", a, b))
+for _n, _np, _sym in (("lt", np.less, "<"), ("le", np.less_equal, "<="), ("gt", np.greater, ">"),
+                      ("ge", np.greater_equal, ">="), ("eq", np.equal, "=="), ("ne", np.not_equal, "!=")):
+    _binary(_n, _np, (lambda s: lambda a, b, out: L.BinOp(s, a, b))(_sym), 1, (_np.__name__,))
+_binary("logical_and", np.logical_and, lambda a, b, out: L.BinOp("&&", a, b))
+_binary("logical_or", np.logical_or, lambda a, b, out: L.BinOp("||", a, b))
+
+
 def _pow_scalar(a: L.Expr, b: L.Expr, out: str) -> L.Expr:
     """a ** b; a float raised to the constant 2 or 3 (gelu's x ** 3) is multiplied out: it vectorizes in a
     fused epilogue, where a libm powf call per element cost 25x the matmul it follows (16x64 @ 64x256)."""
@@ -171,14 +182,7 @@ def _pow_scalar(a: L.Expr, b: L.Expr, out: str) -> L.Expr:
     return L.call("pow", a, b)
 
 
-_binary("pow", np.power, _pow_scalar, 1, ("power",))
-_binary("maximum", np.maximum, lambda a, b, out: L.BinOp("max", a, b))
-_binary("minimum", np.minimum, lambda a, b, out: L.BinOp("min", a, b))
-for _n, _np, _sym in (("lt", np.less, "<"), ("le", np.less_equal, "<="), ("gt", np.greater, ">"),
-                      ("ge", np.greater_equal, ">="), ("eq", np.equal, "=="), ("ne", np.not_equal, "!=")):
-    _binary(_n, _np, (lambda s: lambda a, b, out: L.BinOp(s, a, b))(_sym), 1, (_np.__name__,))
-_binary("logical_and", np.logical_and, lambda a, b, out: L.BinOp("&&", a, b))
-_binary("logical_or", np.logical_or, lambda a, b, out: L.BinOp("||", a, b))
+register(dataclasses.replace(OPS["pow"], scalar=_pow_scalar))
 
 
 def _where_infer(types: Sequence[Type], attrs: dict) -> Type:
