@@ -284,28 +284,10 @@ def run_torch(python: str, args: list[np.ndarray], n_head: int, want_block, want
 
 
 # ----------------------------------------------------------------------------- main
-def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_python: str, tmp: Path) -> None:
-    global N_HEAD
-    N_HEAD = n_head
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((seq, width)).astype(np.float32)
-    p1, p2 = params(width, rng), params(width, rng)
-    print(f"\n== seq {seq}, width {width}, {n_head} heads (float32) ==")
-    fwd_today, fwd_written = two_blocks(block_today), two_blocks(block_as_written)
-    block_args, fwd_args = [x, *p1], [x, *p1, *p2]
-
-    print("as written (np.split, np.hstack, x.var):")
-    for name, probe in CONSTRUCTS:
-        try:
-            explorer.compile(probe, x, target="reference", verbose=False)
-            print(f"  {name}: supported")
-        except ExplorerError as e:
-            print(f"  {name}: missing: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-    compile_or_report(block_as_written, block_args, "block")
-    compile_or_report(fwd_written, fwd_args, "2-block forward")
-    print("slices (compiles on this branch):")
+def measure(programs, rounds: int, per: int) -> list[tuple[str, list[float] | None, list[float] | None]]:
+    """Fused / fused without the horizontal rule / unfused vs NumPy for each (label, fn, args), interleaved."""
     rows: list[tuple[str, list[float] | None, list[float] | None]] = []
-    for label, fn, args in (("block", block_today, block_args), ("2 blocks", fwd_today, fwd_args)):
+    for label, fn, args in programs:
         variants = {}
         for vname, kw in (("fused", {}), ("fused, horizontal off", {"fuse": {"horizontal": False}}),
                           ("unfused (fuse=False)", {"fuse": False})):
@@ -327,6 +309,35 @@ def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_p
         hb = variants.get("fused") and variants["fused"].stage("fused").ir.horizontal
         for b in hb or []:
             print(f"    {b.reason}")
+    return rows
+
+
+def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_python: str, tmp: Path) -> None:
+    global N_HEAD
+    N_HEAD = n_head
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((seq, width)).astype(np.float32)
+    p1, p2 = params(width, rng), params(width, rng)
+    print(f"\n== seq {seq}, width {width}, {n_head} heads (float32) ==")
+    fwd_today, fwd_written = two_blocks(block_today), two_blocks(block_as_written)
+    block_args, fwd_args = [x, *p1], [x, *p1, *p2]
+
+    print("as written (np.split, np.hstack, x.var):")
+    for name, probe in CONSTRUCTS:
+        try:
+            explorer.compile(probe, x, target="reference", verbose=False)
+            print(f"  {name}: supported")
+        except ExplorerError as e:
+            print(f"  {name}: missing: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    written = [(lab, fn, args) for lab, fn, args in (("block", block_as_written, block_args),
+                                                      ("2 blocks", fwd_written, fwd_args))
+               if compile_or_report(fn, args, lab) is not None]
+    if written:
+        print("  (as written, gelu's np.sqrt(2 / np.pi) is a float64 scalar: under NumPy 2 the block computes in "
+              "float64 from there on, in NumPy and here alike)")
+        measure(written, rounds, per)
+    print("slices (compiles on this branch):")
+    rows = measure([("block", block_today, block_args), ("2 blocks", fwd_today, fwd_args)], rounds, per)
 
     if torch_python:
         res = run_torch(torch_python, fwd_args, n_head, block_today(*block_args), fwd_today(*fwd_args),
