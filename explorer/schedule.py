@@ -923,9 +923,13 @@ def _cpu_default(c, knobs) -> Schedule:
         else:
             s.notes.append("reduction: rows across OpenMP threads, serial accumulation along the row")
         return s
+    M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
+    if "thread_tile" not in knobs:
+        small = _cpu_small_matmul(c, M, N, K)
+        if small is not None:
+            return small
     # matmul: B's column panel packed once per j tile (contiguous rows, no 4 KB-stride L1 aliasing),
     # then row tiles across OpenMP threads, each keeping a TM x TN register tile of accumulators.
-    M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
     # TM x TN accumulators as 32-byte vectors (codegen/c.py keeps them in registers): 6 rows x 2
     # vectors = 12 of the 16 AVX2 registers, plus 2 for the B row and 1 for the broadcast A value
     # (the BLIS Haswell micro-kernel shape); other dtypes keep the scalar (4, 32) tile.
@@ -939,9 +943,10 @@ def _cpu_default(c, knobs) -> Schedule:
     if batch:
         bf = _fuse_all(s, batch, "batch")
         s.reorder(bf, jo, io, "k", ir, jv)
-        s.parallel(io)
     else:
         s.reorder(jo, io, "k", ir, jv)
+    tiny = c_extent(c, batch) * M * N * K < SMALL_MATMUL_MACS
+    if not tiny:   # a team per (batch, j tile) costs more than a tiny product (q @ k.T of one head)
         s.parallel(io)
     if len(c.operands) == 2 and knobs.get("shared", True) and K * TN * 4 <= 4 << 20:
         s.cache_read(c.operands[1], "local", at=jo)
@@ -949,5 +954,91 @@ def _cpu_default(c, knobs) -> Schedule:
     s.unroll(ir)
     s.vectorize(jv)
     s.notes.append(f"matmul: B panel of {TN} columns packed contiguously, {TM}x{TN} register tile of "
-                   f"accumulators, row tiles across OpenMP threads")
+                   f"accumulators, " + ("one thread (under 2 M multiply-adds)" if tiny
+                                        else "row tiles across OpenMP threads"))
+    return s
+
+
+# Below this many multiply-adds a matmul runs on one thread: an OpenMP fork/join costs about as much
+# as the whole product (16x64 @ 64x192 is 0.2 M: ~5 us serial, ~35 us with a team of two here).
+SMALL_MATMUL_MACS = 1 << 21
+PARALLEL_MATMUL_MACS = 1 << 20
+# The row-streaming tile (TM rows x all N columns of accumulators) must stay in L1 with room for B's row.
+STREAM_TILE_BYTES = 16 << 10
+
+
+def _unit_stride(e: L.Expr, var: str) -> bool:
+    """`e` is var, or var plus terms without var (q[i, h * 16 + j]): consecutive var, consecutive addresses."""
+    if isinstance(e, L.Var):
+        return e.name == var
+    if isinstance(e, L.BinOp) and e.op == "+":
+        has = [any(isinstance(x, L.Var) and x.name == var for x in L.walk_expr(side)) for side in (e.a, e.b)]
+        if has == [True, False]:
+            return _unit_stride(e.a, var)
+        if has == [False, True]:
+            return _unit_stride(e.b, var)
+    return False
+
+
+def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
+    """Row streaming for small products whose B rows are contiguous in j (x @ w, not x @ w.T):
+
+        for i_o in range(M / TM):                 # serial: no OpenMP team for ~microseconds of work
+          acc[TM, N] = 0                          # TM rows of C, in L1
+          for k in range(K):
+            for i_r in unrolled(TM):
+              for j_o in range(N / 16):
+                for j_v in vectorized(16):
+                  acc[i_r, j] += a[i, k] * b[k, j]   # B streamed row by row, each row used TM times
+          out[i, :] = epilogue(acc[i_r, :])
+
+    No packing (each B element is used M times at most, so a copy costs as much as the product),
+    no tail tiles for M < 6 or N < 16 (the tile is clamped to the problem). None when it does not apply.
+    """
+    batch = c_extent(c, [a.name for a in c.spatial[:-2]])
+    if batch * M * N * K >= SMALL_MATMUL_MACS or len(c.accums) != 1:
+        return None
+    acc_dt = c.accums[0].buffer.dtype
+    lanes = CPU_VECTOR_LANES.get(acc_dt)
+    if lanes is None:
+        return None
+    b_loads = [x for x in L.walk_expr(c.accums[0].value) if isinstance(x, L.Load)
+               and any(isinstance(v, L.Var) and v.name == "j" for i in x.indices for v in L.walk_expr(i))]
+    if not b_loads or not all(x.indices and _unit_stride(x.indices[-1], "j") for x in b_loads):
+        return None
+    itemsize = 8 if acc_dt in ("f64", "i64") else 4
+    TM = min(M, 4)
+    while TM > 1 and TM * N * itemsize > STREAM_TILE_BYTES:
+        TM //= 2
+    if TM * N * itemsize > STREAM_TILE_BYTES:
+        return None
+    TN = min(N, 2 * lanes)
+    macs = batch * M * N * K
+    # from 1 M multiply-adds (a 1x768 @ 768x2304 GEMV: ~70 us) a team of threads pays: column chunks
+    chunks = next((p for p in (8, 4, 2) if N % (p * TN) == 0), 1) if macs >= PARALLEL_MATMUL_MACS else 1
+    s = Schedule()
+    jp = None
+    if chunks > 1:
+        jp, jrest = s.split("j", N // chunks, names=("j_p", "j_in"))
+        jo, jv = s.split(jrest, TN, names=("j_o", "j_v"))
+    else:
+        jo, jv = s.split("j", TN, names=("j_o", "j_v"))
+    io, ir = s.split("i", TM, names=("i_o", "i_r"))
+    batch_axes = [a.name for a in c.spatial[:-2]]
+    order = [io, "k", ir, jo, jv]
+    if jp:
+        order = [jp] + order
+    if batch_axes:
+        order = [_fuse_all(s, batch_axes, "batch")] + order
+    s.reorder(*order)
+    if jp:
+        s.parallel(jp)
+    s.cache_write("local", at=io)
+    s.unroll(ir)
+    s.vectorize(jv)
+    cols = N // chunks
+    s.notes.append(f"small matmul ({macs} multiply-adds < {SMALL_MATMUL_MACS}): "
+                   + (f"{chunks} column chunks across OpenMP threads, " if jp else "one thread (no OpenMP team), ")
+                   + f"B streamed row by row into a {TM}x{cols} accumulator tile in L1, {TN} columns per SIMD "
+                   f"step, no packing")
     return s

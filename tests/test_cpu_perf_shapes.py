@@ -30,6 +30,14 @@ def gelu(x, w):
     return 0.5 * y * (1 + np.tanh(0.7978845608 * (y + 0.044715 * y ** 3)))
 
 
+@pytest.fixture
+def register_tiled(monkeypatch):
+    """These shapes are small enough for the row-streaming schedule (schedule._cpu_small_matmul);
+    turn it off so they keep exercising the register-tiled micro-kernel path they were chosen for."""
+    from explorer import schedule
+    monkeypatch.setattr(schedule, "SMALL_MATMUL_MACS", 0)
+
+
 # (name, fn, args, micro-kernel expected)
 MATMULS = [
     ("divisible", lambda x, w: x @ w, (arr(48, 32), arr(32, 64)), True),
@@ -46,7 +54,7 @@ MATMULS = [
 
 
 @pytest.mark.parametrize("name,fn,args,fast", MATMULS, ids=[m[0] for m in MATMULS])
-def test_matmul_paths_match_numpy(name, fn, args, fast):
+def test_matmul_paths_match_numpy(name, fn, args, fast, register_tiled):
     c = explorer.compile(fn, *args, target="cpu", verbose=False)
     src = "".join(k.source for k in c.kernels)
     assert ("register-tiled micro-kernel" in src) == fast, src
@@ -59,7 +67,7 @@ def test_matmul_paths_match_numpy(name, fn, args, fast):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
-def test_matmul_nan_and_inf_propagate_like_numpy():
+def test_matmul_nan_and_inf_propagate_like_numpy(register_tiled):
     x, w = arr(13, 16), arr(16, 32)
     x[2, 3] = np.nan
     x[7, 0] = np.inf
@@ -77,7 +85,7 @@ def test_thread_tile_knob_decides_register_budget(tt, fast):
     np.testing.assert_allclose(c(x, w), x @ w, rtol=1e-4, atol=1e-3)
 
 
-def test_micro_kernel_keeps_accumulators_out_of_the_array():
+def test_micro_kernel_keeps_accumulators_out_of_the_array(register_tiled):
     x, w = arr(12, 8), arr(8, 16)
     src = explorer.compile(lambda x, w: x @ w, x, w, target="cpu", verbose=False).kernels[0].source
     helper = src[src.index("static __attribute__((noinline))"):src.index("/* kernel")]

@@ -18,6 +18,8 @@ Rules (keys of `fuse(graph, rules={...})`):
     multi_reduce     reductions over the same domain and axes share one kernel (softmax, layernorm)
     epilogue         a matmul absorbs elementwise consumers over its output shape (bias, relu, gelu, scale)
     prologue         a matmul absorbs injective-only producers of an operand (x @ w.T)
+    horizontal       identical computations over equally spaced slices (one per attention head) become
+                     one computation batched over h, before the rules above group it (passes/horizontal.py)
 Opaque ops (cumsum) never fuse, and a merge that would break an invariant of the
 lowering, recompute a value needed elsewhere, or create a cycle between kernels is refused.
 
@@ -43,7 +45,7 @@ from ..errors import ExplorerError, VerificationError
 from ..graph import Graph, Node, Provenance, c_identifier
 from ..ops import OPS, get as get_op
 
-RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
+RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue", "horizontal")
 RULE_DOCS = {  # what each rule fuses (fuse={"rule": False} turns one off); the dashboard shows these
     "elementwise": "chains of elementwise/injective ops become one loop",
     "reduce_producer": "elementwise producers are computed inside a reduction",
@@ -51,6 +53,7 @@ RULE_DOCS = {  # what each rule fuses (fuse={"rule": False} turns one off); the 
     "multi_reduce": "reductions over the same rows share one kernel (softmax, layernorm)",
     "epilogue": "bias/activation after a matmul run in the matmul kernel",
     "prologue": "reshapes/transposes feeding a matmul are folded into its loads",
+    "horizontal": "identical per-head computations over slices run as one kernel batched over heads",
 }
 KINDS = ("elementwise", "reduce", "contraction", "opaque")
 _POINTWISE = ("elementwise", "injective")
@@ -104,11 +107,12 @@ class FusedGraph:
     """The fused snapshot: the graph, its kernels (groups, in execution order) and every boundary decision."""
 
     def __init__(self, graph: Graph, groups: list[FusionGroup], decisions: list[FusionDecision],
-                 rules: dict[str, bool]):
+                 rules: dict[str, bool], horizontal: list | None = None):
         self.graph = graph
         self.groups = groups
         self.decisions = decisions
         self.rules = dict(rules)
+        self.horizontal = list(horizontal or [])   # passes.horizontal.HorizontalBatch records
         self._group_of = {id(n): g for g in groups for n in g.nodes}
 
     @property
@@ -146,6 +150,7 @@ class FusedGraph:
                 "unfused_edges": sum(not d.fused for d in self.decisions),
                 "intermediates": len(inter), "intermediate_bytes": int(sum(o.nbytes for o in inter)),
                 "kernels_by_kind": dict(sorted(Counter(g.kind for g in self.groups).items())),
+                "horizontal_batches": len(self.horizontal),
                 "ops_by_category": dict(sorted(cats.items()))}
 
     def text(self, provenance: bool = True) -> str:
@@ -156,6 +161,9 @@ class FusedGraph:
                  f"{st['intermediates']} intermediate{'s' if st['intermediates'] != 1 else ''} in global memory"
                  + (f" ({_fmt_bytes(st['intermediate_bytes'])})" if st["intermediates"] else "")]
         outs = {id(o) for o in self.graph.outputs}
+        for hb in self.horizontal:
+            lines.append(f"  {hb.reason}: kernel{'s' if len(hb.group_ids) != 1 else ''} "
+                         f"{', '.join(hb.group_ids)} (members ending at {', '.join(hb.roots)})")
         for g in self.groups:
             head = f"  kernel {g.id} {g.name} [{g.kind}]"
             if provenance and g.source_lines:
@@ -708,6 +716,10 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
     (1, 'elementwise')
     """
     rule_on = parse_rules(rules)
+    batches: list = []
+    if rule_on["horizontal"]:
+        from .horizontal import batch_horizontal
+        graph, batches = batch_horizontal(graph)
     all_off = not any(rule_on.values())
     off_text = "fuse=False" if all_off else "fuse=" + repr({k: v for k, v in rule_on.items() if not v})
     ctx = _Ctx(graph)
@@ -806,7 +818,10 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
         reason = re.sub("\x00(\\d+)\x00", lambda m: gname.get(int(m.group(1)), "?"), reason)
         decisions.append(FusionDecision(p, n, fused, rule, reason,
                                         "" if fused else _short(rule, reason, disabled)))
-    fg = FusedGraph(graph, groups, decisions, rule_on)
+    for hb in batches:   # the kernels the batched computation landed in
+        hb.group_ids = [g.id for g in groups if any(n.id in {m.id for m in hb.nodes} for n in g.nodes)]
+        hb.kernels = len(hb.group_ids)
+    fg = FusedGraph(graph, groups, decisions, rule_on, batches)
     check_invariants(fg)
     return fg
 

@@ -1,0 +1,399 @@
+"""GPT-2 style transformer block and a 2-block forward: explorer (cpu) vs NumPy vs torch.compile.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/transformer.py [--quick] [--torch-python PATH]
+
+Two spellings of the same model:
+  * "as written": the way NumPy GPT-2 code is written (np.split of qkv and of the heads, a Python
+    loop over heads, np.hstack, x.var). Constructs the compiler does not support yet are reported
+    (the UnsupportedOpError / ExplorerError message), not fatal.
+  * "slices": the same block with slices instead of np.split, the head merge folded into the
+    projection (hstack(heads) @ W == sum_h head_h @ W[h*d:(h+1)*d]), and the variance written out.
+    It compiles today, so horizontal fusion (one batched kernel per step for all heads) is measured.
+
+Rows (all measured in this run, interleaved: every round runs each variant once per repeat, so a
+busy neighbour slows all of them alike; median and interquartile range [p25, p75] in ms):
+  explorer fused / fused without the horizontal rule / unfused (fuse=False), NumPy, torch eager and
+  torch.compile (in a child process, when `import torch` works there: its thread pool and ours
+  would otherwise slow each other), kernel counts, and small-matmul rows (kernel time vs NumPy).
+Sizes: seq 16, width 64, 4 heads (small) and seq 256, width 512, 8 heads (large).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def _threads_from_argv() -> int | None:
+    # thread counts must be in the environment before NumPy/OpenBLAS and OpenMP start their pools
+    for k, a in enumerate(sys.argv):
+        if a == "--threads" and k + 1 < len(sys.argv):
+            return int(sys.argv[k + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return None
+
+
+THREADS = _threads_from_argv()
+if THREADS:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(THREADS)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import explorer  # noqa: E402
+from explorer.errors import ExplorerError  # noqa: E402
+
+N_HEAD = 4   # set per size by configure(); the model functions read it like picoGPT's n_head argument
+
+
+# ----------------------------------------------------------------------------- the model, as written
+def gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def softmax(x):
+    exp_x = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return exp_x / np.sum(exp_x, axis=-1, keepdims=True)
+
+
+def layer_norm(x, g, b, eps: float = 1e-5):
+    mean = np.mean(x, axis=-1, keepdims=True)
+    variance = x.var(axis=-1, keepdims=True)
+    return g * (x - mean) / np.sqrt(variance + eps) + b
+
+
+def linear(x, w, b):
+    return x @ w + b
+
+
+def causal_mask(n, dtype):
+    return (1 - np.tri(n, dtype=dtype)) * -1e10
+
+
+def attention(q, k, v, mask):
+    return softmax(q @ k.T / q.shape[-1] ** 0.5 + mask) @ v
+
+
+def mha(x, attn_w, attn_b, proj_w, proj_b):
+    x = linear(x, attn_w, attn_b)
+    qkv = np.split(x, 3, axis=-1)
+    qkv_heads = list(map(lambda t: np.split(t, N_HEAD, axis=-1), qkv))
+    mask = causal_mask(x.shape[0], x.dtype)
+    out_heads = [attention(q, k, v, mask) for q, k, v in zip(*qkv_heads)]
+    return linear(np.hstack(out_heads), proj_w, proj_b)
+
+
+def block_as_written(x, ln1_g, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_g, ln2_b, fc_w, fc_b, fc2_w, fc2_b):
+    x = x + mha(layer_norm(x, ln1_g, ln1_b), attn_w, attn_b, proj_w, proj_b)
+    return x + linear(gelu(linear(layer_norm(x, ln2_g, ln2_b), fc_w, fc_b)), fc2_w, fc2_b)
+
+
+# ----------------------------------------------------------------------------- the same block, compiles today
+def gelu_f32(x):
+    # np.sqrt(2 / np.pi) is an np.float64 scalar, which under NumPy 2 (NEP 50) promotes the float32
+    # activations to float64 (NumPy itself then runs gelu, and the rest of the block, in float64); a
+    # Python float keeps float32, as torch does
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def layer_norm_today(x, g, b, eps: float = 1e-5):
+    mean = np.mean(x, axis=-1, keepdims=True)
+    variance = np.mean((x - mean) ** 2, axis=-1, keepdims=True)
+    return g * (x - mean) / np.sqrt(variance + eps) + b
+
+
+def mha_today(x, attn_w, attn_b, proj_w, proj_b):
+    x = linear(x, attn_w, attn_b)
+    n, width = x.shape[0], x.shape[1] // 3
+    q, k, v = x[:, :width], x[:, width:2 * width], x[:, 2 * width:]
+    d = width // N_HEAD
+    mask = causal_mask(n, x.dtype)
+    out = proj_b
+    for h in range(N_HEAD):
+        hs = slice(h * d, (h + 1) * d)
+        out = out + attention(q[:, hs], k[:, hs], v[:, hs], mask) @ proj_w[hs, :]
+    return out
+
+
+def block_today(x, ln1_g, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_g, ln2_b, fc_w, fc_b, fc2_w, fc2_b):
+    x = x + mha_today(layer_norm_today(x, ln1_g, ln1_b), attn_w, attn_b, proj_w, proj_b)
+    return x + linear(gelu_f32(linear(layer_norm_today(x, ln2_g, ln2_b), fc_w, fc_b)), fc2_w, fc2_b)
+
+
+N_PARAMS = 12
+# each construct the as-written model needs, alone, so every missing one is reported (not just the first)
+CONSTRUCTS = [
+    ("np.split", lambda x: np.split(x, 2, axis=-1)[1]),
+    ("np.hstack", lambda x: np.hstack([x, x])),
+    ("x.var", lambda x: x.var(axis=-1, keepdims=True)),
+    ("np.tri causal mask (a captured constant)", lambda x: x + causal_mask(x.shape[1], x.dtype)[:x.shape[0]]),
+]
+
+
+def two_blocks(block: Callable) -> Callable:
+    def forward(x, *p):
+        return block(block(x, *p[:N_PARAMS]), *p[N_PARAMS:])
+    forward.__name__ = f"two_{block.__name__}s"
+    return forward
+
+
+def params(width: int, rng) -> list[np.ndarray]:
+    def w(*shape, scale=0.02):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+    one, zero = np.ones(width, np.float32), np.zeros(width, np.float32)
+    return [one + w(width), zero + w(width), w(width, 3 * width), w(3 * width), w(width, width), w(width),
+            one + w(width), zero + w(width), w(width, 4 * width), w(4 * width), w(4 * width, width), w(width)]
+
+
+# ----------------------------------------------------------------------------- timing
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: int) -> dict[str, list[float]]:
+    """ms samples per variant; each round runs every variant `per_round` times, variants in turn."""
+    for f in fns.values():
+        f()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                f()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def stats(s: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0], s[0], s[0]]
+    return statistics.median(s), q[0], q[2]
+
+
+def fmt(s: list[float]) -> str:
+    m, lo, hi = stats(s)
+    return f"{m:9.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def kernel_runner(c: "explorer.Compiled", args) -> Callable[[], None]:
+    """The kernels alone, buffers allocated once (what Compiled.benchmark times), without Python's per-call work."""
+    exe = c.executable()
+    env = exe._buffers(c.backend_inputs(c.check_args(list(args))), fresh=False)
+    calls = [(fn, [env[p].ctypes.data for p in ps]) for _, fn, ps in exe.kernels]
+
+    def run():
+        for fn, a in calls:
+            fn(*a)
+    return run
+
+
+def compile_or_report(fn, args, label: str, **kw):
+    try:
+        c = explorer.compile(fn, *args, target="cpu", verbose=False, **kw)
+    except ExplorerError as e:
+        first = str(e).splitlines()[0]
+        print(f"  {label}: does not compile yet: {type(e).__name__}: {first[:300]}")
+        return None
+    err = float(max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()
+                    for a, b in zip([c(*args)], [fn(*args)])))
+    print(f"  {label}: compiles, {len(c.kernels)} kernels, max abs error vs NumPy {err:.2e}")
+    return c
+
+
+# ----------------------------------------------------------------------------- torch (child process)
+TORCH_CHILD = textwrap.dedent(r'''
+    import json, statistics, sys, time
+    try:
+        import torch
+    except Exception as e:
+        print(json.dumps({"error": f"torch not installed ({type(e).__name__})"})); sys.exit(0)
+    import numpy as np
+    spec = json.loads(sys.stdin.read())
+    torch.set_num_threads(spec["threads"])
+    data = np.load(spec["npz"])
+    n_head, rounds, per = spec["n_head"], spec["rounds"], spec["per_round"]
+
+    def gelu(x):
+        return 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x ** 3)))
+
+    def layer_norm(x, g, b, eps=1e-5):
+        mean = x.mean(-1, keepdim=True)
+        var = x.var(-1, keepdim=True, unbiased=False)
+        return g * (x - mean) / torch.sqrt(var + eps) + b
+
+    def block(x, ln1_g, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_g, ln2_b, fc_w, fc_b, fc2_w, fc2_b):
+        h = layer_norm(x, ln1_g, ln1_b) @ attn_w + attn_b
+        q, k, v = torch.split(h, h.shape[-1] // 3, dim=-1)
+        n = x.shape[0]
+        mask = (1 - torch.tril(torch.ones(n, n))) * -1e10
+        heads = []
+        for qh, kh, vh in zip(*(torch.split(t, t.shape[-1] // n_head, dim=-1) for t in (q, k, v))):
+            heads.append(torch.softmax(qh @ kh.T / qh.shape[-1] ** 0.5 + mask, dim=-1) @ vh)
+        x = x + torch.hstack(heads) @ proj_w + proj_b
+        return x + gelu(layer_norm(x, ln2_g, ln2_b) @ fc_w + fc_b) @ fc2_w + fc2_b
+
+    def forward(x, *p):
+        return block(block(x, *p[:12]), *p[12:])
+
+    out = {}
+    for name, fn, nargs in (("block", block, 13), ("2 blocks", forward, 25)):
+        args = [torch.from_numpy(data[f"a{i}"]) for i in range(nargs)]
+        want = data["want_block" if name == "block" else "want_fwd"]
+        t0 = time.perf_counter()
+        comp = torch.compile(fn)
+        with torch.no_grad():
+            got = comp(*args).numpy()
+        compile_s = time.perf_counter() - t0
+        runs = {"torch eager": fn, "torch.compile": comp}
+        samples = {k: [] for k in runs}
+        with torch.no_grad():
+            for f in runs.values():
+                f(*args)
+            for _ in range(rounds):
+                for k, f in runs.items():
+                    for _ in range(per):
+                        t = time.perf_counter(); f(*args); samples[k].append((time.perf_counter() - t) * 1e3)
+        out[name] = {"samples": samples, "compile_s": compile_s, "err": float(np.abs(got - want).max()),
+                     "version": torch.__version__}
+    print(json.dumps(out))
+''')
+
+
+def run_torch(python: str, args: list[np.ndarray], n_head: int, want_block, want_fwd, rounds: int, per: int,
+              tmp: Path) -> dict | str:
+    npz = tmp / "transformer_args.npz"
+    np.savez(npz, **{f"a{i}": a for i, a in enumerate(args)}, want_block=want_block, want_fwd=want_fwd)
+    spec = {"npz": str(npz), "n_head": n_head, "rounds": rounds, "per_round": per,
+            "threads": THREADS or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())}
+    try:
+        r = subprocess.run([python, "-c", TORCH_CHILD], input=json.dumps(spec), capture_output=True, text=True,
+                           timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"torch child failed: {e}"
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        return f"torch child failed (rc {r.returncode}): {(r.stderr or r.stdout).strip().splitlines()[-1:]}"
+    res = json.loads(lines[-1])
+    return res["error"] if "error" in res else res
+
+
+# ----------------------------------------------------------------------------- main
+def measure(programs, rounds: int, per: int) -> list[tuple[str, list[float] | None, list[float] | None]]:
+    """Fused / fused without the horizontal rule / unfused vs NumPy for each (label, fn, args), interleaved."""
+    rows: list[tuple[str, list[float] | None, list[float] | None]] = []
+    for label, fn, args in programs:
+        variants = {}
+        for vname, kw in (("fused", {}), ("fused, horizontal off", {"fuse": {"horizontal": False}}),
+                          ("unfused (fuse=False)", {"fuse": False})):
+            c = compile_or_report(fn, args, f"{label} {vname}", **kw)
+            if c is not None:
+                variants[vname] = c
+        calls = {f"{v} call": (lambda c=c, a=args: c(*a)) for v, c in variants.items()}
+        kern = {f"{v} kernels": kernel_runner(c, args) for v, c in variants.items()}
+        samples = interleaved({**calls, **kern, "numpy": lambda fn=fn, a=args: fn(*a)}, rounds, per)
+        np_med = stats(samples["numpy"])[0]
+        print(f"  {label}: time in ms, median [p25, p75] of {rounds}x{per} interleaved calls")
+        print(f"    {'numpy':34s} {fmt(samples['numpy'])}")
+        for v, c in variants.items():
+            for kind in ("call", "kernels"):
+                s = samples[f"{v} {kind}"]
+                print(f"    {'explorer ' + v + ' ' + kind:34s} {fmt(s)}   numpy/explorer {np_med / stats(s)[0]:5.2f}x"
+                      + (f"   {len(c.kernels)} kernels" if kind == "call" else ""))
+        rows.append((label, samples.get("fused call"), samples.get("fused kernels")))
+        hb = variants.get("fused") and variants["fused"].stage("fused").ir.horizontal
+        for b in hb or []:
+            print(f"    {b.reason}")
+    return rows
+
+
+def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_python: str, tmp: Path) -> None:
+    global N_HEAD
+    N_HEAD = n_head
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((seq, width)).astype(np.float32)
+    p1, p2 = params(width, rng), params(width, rng)
+    print(f"\n== seq {seq}, width {width}, {n_head} heads (float32) ==")
+    fwd_today, fwd_written = two_blocks(block_today), two_blocks(block_as_written)
+    block_args, fwd_args = [x, *p1], [x, *p1, *p2]
+
+    print("as written (np.split, np.hstack, x.var):")
+    for name, probe in CONSTRUCTS:
+        try:
+            explorer.compile(probe, x, target="reference", verbose=False)
+            print(f"  {name}: supported")
+        except ExplorerError as e:
+            print(f"  {name}: missing: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    written = [(lab, fn, args) for lab, fn, args in (("block", block_as_written, block_args),
+                                                      ("2 blocks", fwd_written, fwd_args))
+               if compile_or_report(fn, args, lab) is not None]
+    if written:
+        print("  (as written, gelu's np.sqrt(2 / np.pi) is a float64 scalar: under NumPy 2 the block computes in "
+              "float64 from there on, in NumPy and here alike)")
+        measure(written, rounds, per)
+    print("slices (compiles on this branch):")
+    rows = measure([("block", block_today, block_args), ("2 blocks", fwd_today, fwd_args)], rounds, per)
+
+    if torch_python:
+        res = run_torch(torch_python, fwd_args, n_head, block_today(*block_args), fwd_today(*fwd_args),
+                        max(3, rounds // 2), per, tmp)
+        if isinstance(res, str):
+            print(f"  torch: {res}")
+        else:
+            for label, r in res.items():
+                call, kern = next((c, k) for lab, c, k in rows if lab == label)
+                for k, s in r["samples"].items():
+                    ratio = (f"   time explorer fused / {k}: call {stats(call)[0] / stats(s)[0]:5.2f}x, "
+                             f"kernels {stats(kern)[0] / stats(s)[0]:5.2f}x") if call else ""
+                    print(f"  torch {r['version']} {label} {k:14s} {fmt(s)}{ratio}")
+                print(f"  torch {label}: compile {r['compile_s']:.1f} s, max abs error vs NumPy {r['err']:.2e}")
+
+
+def small_matmuls(rounds: int, per: int) -> None:
+    print("\n== small matmuls: kernel time vs NumPy (OpenBLAS), float32 ==")
+    rng = np.random.default_rng(1)
+    for M, K, N in ((16, 64, 192), (64, 64, 64), (1, 768, 2304), (16, 16, 16), (16, 64, 256), (16, 256, 64)):
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        b = rng.standard_normal((K, N)).astype(np.float32)
+        c = explorer.compile(lambda a, b: a @ b, a, b, target="cpu", verbose=False)
+        assert np.allclose(c(a, b), a @ b, rtol=1e-4, atol=1e-3)
+        s = interleaved({"kernel": kernel_runner(c, (a, b)), "call": lambda: c(a, b), "numpy": lambda: a @ b},
+                        rounds, per * 5)
+        npm = stats(s["numpy"])[0]
+        print(f"  {M}x{K} @ {K}x{N} ({M * N * K / 1e6:.2f} M MACs): numpy {fmt(s['numpy'])}  "
+              f"kernel {fmt(s['kernel'])} ({npm / stats(s['kernel'])[0]:.2f}x)  "
+              f"call {fmt(s['call'])} ({npm / stats(s['call'])[0]:.2f}x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small size only, fewer repeats")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for OpenMP, OpenBLAS and torch (default: their own defaults); 1 gives stable "
+                         "same-thread-count ratios on a busy machine")
+    ap.add_argument("--large-only", action="store_true", help="only the seq 256 / width 512 size")
+    ap.add_argument("--torch-python", default=sys.executable,
+                    help="interpreter for the torch child process (default: this one); '' skips torch")
+    a = ap.parse_args()
+    rounds, per = (5, 4) if a.quick else (10, 6)
+    load = os.getloadavg()
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores; "
+          f"threads: {a.threads or 'library defaults'}")
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    if not a.large_only:
+        bench_size(16, 64, 4, rounds, per, a.torch_python, tmp)
+    if not a.quick:
+        bench_size(256, 512, 8, max(3, rounds // 2), 2, a.torch_python, tmp)
+    if not a.large_only:
+        small_matmuls(rounds, per)
+    load = os.getloadavg()
+    print(f"\nload average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
