@@ -23,6 +23,7 @@ from . import nn
 # `from . import compare` inside __getattr__ recursed; importing here binds the function last.
 from . import costmodel
 from .compare import Comparison, compare, sweep
+from .custom import CustomKernel, custom_kernel
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'explorer' has no attribute {name!r}")
 
 
-__all__ = ["trace", "compile", "compare", "sweep", "Schedule", "Compiled", "Graph", "Node", "Provenance",
+__all__ = ["trace", "compile", "custom_kernel", "CustomKernel", "compare", "sweep", "Schedule", "Compiled", "Graph", "Node", "Provenance",
            "Options", "Snapshot", "Tensor", "nn", "ExplorerError", "TraceError", "ShapeError", "DTypeError",
            "UnsupportedOpError", "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError"]

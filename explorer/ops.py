@@ -63,6 +63,8 @@ class OpDef:
     # composites only: a function on Tensors/arrays that expresses the op in primitives;
     # simplify(decompose=True) re-traces it in place of the node.
     decomposition: Callable[..., Any] | None = None
+    # custom kernels only (explorer.custom_kernel): the CustomKernel with the user's sources
+    custom: Any = None
 
     @property
     def composite(self) -> bool:

@@ -957,6 +957,18 @@ def _simd_reduction(s: L.For, scope: dict[str, L.Buffer]) -> list[str] | None:
     return reductions
 
 
+def _custom_kernel(k: L.Kernel, name: str, taken: set[str], done: list[GeneratedKernel]) -> GeneratedKernel:
+    """A custom kernel's C: the user's c_source (once per program) and a wrapper named `name`."""
+    from .. import custom
+    spec = k.meta_dict()["custom"]
+    if spec.c_source is None:
+        raise custom.missing_source(k, "c")
+    names = _Names(taken | {name, spec.name})
+    first = not any(g.kernel.kind == "custom" and g.kernel.meta_dict()["custom"] is spec for g in done)
+    src = custom.emit_c(k, name, [names.get("buf", p.name) for p in k.params], include_source=first)
+    return GeneratedKernel(name=name, language="c", source=src, launch={}, kernel=k)
+
+
 def generate_c(program: L.Program, fast_math: bool = False) -> Codegen:
     """Generate one C translation unit (prelude + one function per kernel) from a tiled CPU Program.
 
@@ -980,6 +992,9 @@ def generate_c(program: L.Program, fast_math: bool = False) -> Codegen:
             name = f"{base}_{n}"
             n += 1
         taken.add(name)
+        if k.kind == "custom":
+            gks.append(_custom_kernel(k, name, taken, gks))
+            continue
         em = _KernelEmitter(k, fast_math, _Names(taken | {name}))
         gks.append(GeneratedKernel(name=name, language="c", source=em.emit(name), launch={}, kernel=k))
     prelude = PRELUDE_HEAD + ("/* fast_math: libm transcendentals, built with -ffast-math */\n" if fast_math else "") \

@@ -642,13 +642,37 @@ def _generate_kernel(k: Kernel, arch: str) -> GeneratedKernel:
                            arch=arch)
 
 
+def _custom_kernel(k: Kernel, arch: str, done: list[GeneratedKernel]) -> GeneratedKernel:
+    """A custom kernel's CUDA: the user's __device__ function (once per program) and a __global__ wrapper.
+    Without a cuda_source the wrapper is empty and says so (the cuda backend refuses to run it; sim runs
+    the reference)."""
+    from .. import custom
+    spec = k.meta_dict()["custom"]
+    em = _KernelEmitter(k, idx_t="int", block=(custom.CUDA_BLOCK, 1, 1))
+    name = em.name(k.name)
+    pnames = [em.name(p.name) + ("_" if em.name(p.name) == spec.name else "") for p in k.params]
+    if spec.cuda_source is None:
+        params = ", ".join(f"{'' if p.name in k.outputs else 'const '}{_STORAGE[p.dtype]}* {n}"
+                           for p, n in zip(k.params, pnames))
+        src = (f"/* kernel {_comment_text(name)}: custom kernel {_comment_text(spec.name)} has no cuda_source; "
+               f"the cuda target cannot run it (sim runs its reference) */\n"
+               f'extern "C" __global__ void {name}({params}) {{ }}\n')
+        launch = {"grid": (1, 1, 1), "block": (1, 1, 1), "shared_bytes": 0, "dynamic_shared_bytes": 0}
+    else:
+        first = not any(g.kernel.kind == "custom" and g.kernel.meta_dict()["custom"] is spec for g in done)
+        src, launch = custom.emit_cuda(k, name, pnames, include_source=first)
+    return GeneratedKernel(name=name, language="cuda", source=src, launch=launch, kernel=k, arch=arch)
+
+
 def generate_cuda(program: Program, arch: str = "sm_80") -> Codegen:
     """CUDA C for every kernel of a tiled Program (see the module docstring for a before/after).
 
     Kernels whose loops are not bound to blockIdx/threadIdx still compile (they run as one
     thread); the tiling pass is what makes them parallel.
     """
-    kernels = [_generate_kernel(k, arch) for k in program.kernels]
+    kernels: list[GeneratedKernel] = []
+    for k in program.kernels:
+        kernels.append(_custom_kernel(k, arch, kernels) if k.kind == "custom" else _generate_kernel(k, arch))
     seen: set[str] = set()
     for g in kernels:
         if g.name in seen:

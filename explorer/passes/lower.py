@@ -93,6 +93,7 @@ class Compute:
     outputs: tuple[L.Buffer, ...] = ()
     operands: tuple[str, ...] = ()   # contraction: names of the (A, B) buffers, for cache_read
     stashes: tuple[Stash, ...] = ()  # reduce: see stash_shared_values
+    custom: Any = None               # kind 'custom': the CustomKernel (explorer.custom_kernel)
 
     @property
     def axes(self) -> tuple[Axis, ...]:
@@ -509,8 +510,27 @@ def stash_shared_values(accums, stores, full, full_idx, inputs) -> tuple[list[St
     return full, tuple(stashes)
 
 
+def _custom(n: Node, name: str, buffers, out_buffers) -> Compute:
+    """A custom kernel: no loops to derive, only its buffers (the user's source computes them).
+
+        %1 = swish(x)    →    kernel custom_swish(x, out0):  # custom kernel swish(x) -> out0
+    """
+    spec = get_op(n.op).custom
+    ins = []
+    for i in n.inputs:
+        b = buffers.get(i.id)
+        if b is None:
+            raise ExplorerError(f"custom kernel {spec.name}: input {i.name} is a scalar constant; custom kernels take "
+                                f"arrays: pass np.full(shape, value, np.{spec.dtype}) as an input instead")
+        ins.append(b)
+    axes = tuple(Axis(f"i{d}", s) for d, s in enumerate(n.shape))
+    return Compute("custom", name, axes, inputs=tuple(ins), outputs=tuple(b for _, b in out_buffers), custom=spec)
+
+
 def _opaque(grp, name, members, buffers, out_buffers) -> Compute:
     n = grp.anchor
+    if get_op(n.op).custom is not None:
+        return _custom(n, name, buffers, out_buffers)
     if n.op != "cumsum":
         raise ExplorerError(f"lowering: opaque op {n.op} has no loop template; supported opaque ops: cumsum")
     D = n.shape
