@@ -37,7 +37,7 @@ from .graph import Graph, Node, Provenance, c_identifier
 # provenance skips them (numpy too: np.mean's Python wrapper calls back into us).
 INTERNAL_MODULES = {"explorer.tracing", "explorer.nn", "explorer.ops", "explorer.passes.simplify", "explorer.dtypes",
                     "explorer.graph", "explorer.errors", "explorer.pipeline", "explorer.compiled",
-                    "explorer.backends.reference"}
+                    "explorer.backends.reference", "explorer.custom"}
 
 _PROV_CACHE: dict[tuple[Any, int], Provenance] = {}
 
