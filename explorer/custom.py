@@ -207,8 +207,9 @@ def custom_kernel(name: str, *, reference: Callable[..., np.ndarray], c_source: 
     if isinstance(arity, bool) or not isinstance(arity, int) or arity < 1:
         raise ExplorerError(f"custom_kernel {name}: inputs={arity!r}; a custom kernel takes at least one input")
     dt = dtypes.check(dtype, f"custom_kernel {name} dtype")
-    if dtypes.short_name(dt) not in dtypes.C_TYPE or dt == np.dtype(bool):
-        raise DTypeError(f"custom_kernel {name}: dtype {dt} has no C type here; use float32, float64, int32 or int64")
+    if dtypes.short_name(dt) not in ("f32", "f64", "i32", "i64"):
+        raise DTypeError(f"custom_kernel {name}: dtype {dt} is not supported for custom kernels; use float32, "
+                         f"float64, int32 or int64 (cast around the call, e.g. k(x.astype(np.float32)))")
     spec = CustomKernel(name, reference, c_source, cuda_source, shape_fn, arity, dt, int(flops_per_element))
     old = REGISTRY.get(name)
     if old is not None and not replace:

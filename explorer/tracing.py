@@ -214,7 +214,7 @@ def _is_numeric_nest(a: Any) -> bool:
 
 
 def _check_const_dtype(op: str, dt: np.dtype) -> None:
-    if np.dtype(dt) not in dtypes.SUPPORTED:
+    if not dtypes.is_supported(dt):
         raise DTypeError(f"{op}: a constant has dtype {dt}, which is not supported; use one of "
                          f"{dtypes.SUPPORTED_NAMES} (e.g. c.astype(np.float32))")
 
@@ -883,7 +883,7 @@ def prepare_examples(fn: Callable, examples: Sequence[Any], dtype: Any = None) -
     out = []
     for k, (name, a) in enumerate(zip(names, examples)):
         arr = _check_example(k, name, a)
-        if dt is not None and arr.dtype.kind == "f":
+        if dt is not None and dtypes.is_float(arr.dtype):
             arr = arr.astype(dt)
         # np.ascontiguousarray would turn a 0-d array into shape (1,)
         try:

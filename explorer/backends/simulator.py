@@ -70,7 +70,7 @@ from ..ops import call_flops
 COUNTER_KEYS = ("global_load_bytes", "global_store_bytes", "shared_load_bytes", "shared_store_bytes",
                 "flops", "barriers", "blocks", "threads_per_block")
 _INTS = ("i32", "i64")
-_FLOATS = ("f32", "f16", "f64")
+_FLOATS = L.FLOAT_DTYPES
 _BLOCK_AXES = ("blockIdx.x", "blockIdx.y", "blockIdx.z")
 _THREAD_AXES = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
 # pseudo lane variables used in flattened shared/local addresses

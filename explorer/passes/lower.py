@@ -146,6 +146,19 @@ def _cast(e: L.Expr, dt: str) -> L.Expr:
     return e if e.dtype == dt else L.Cast(dt, e)
 
 
+def round_ml(e: L.Expr) -> L.Expr:
+    """A bf16/fp8 value rounded at its op's boundary, as ml_dtypes rounds every bf16/fp8 result.
+
+    Both code generators compute these in f32 registers; a Cast to the narrow dtype is the rounding
+    (a load, a constant or an existing cast is already narrow). The same rule as f16's round_half:
+
+        tanh(x[i0]) * x[i0]    →    bf16(bf16(tanh(x[i0])) * x[i0])
+    """
+    if e.dtype not in ("bf16", "f8e4m3", "f8e5m2") or isinstance(e, (L.Load, L.Const, L.Cast)):
+        return e
+    return L.Cast(e.dtype, e)
+
+
 class GroupLowering:
     """Builds the scalar expression of any member at a symbolic index (compute_inline)."""
 
@@ -178,7 +191,7 @@ class GroupLowering:
                     args.append(_cast(a, "bool"))
                 else:
                     args.append(_cast(a, od))
-            return _cast(d.scalar(*args, _dt(n)), _dt(n))
+            return round_ml(_cast(d.scalar(*args, _dt(n)), _dt(n)))
         src = n.inputs[0]
         if n.op == "transpose":
             axes = n.attrs["axes"]
@@ -333,7 +346,7 @@ def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, lis
 
 def _acc_dtype(n: Node) -> str:
     dt = _dt(n)
-    return "f32" if dt == "f16" else dt
+    return "f32" if dt in L.LOW_PRECISION else dt
 
 
 def _identity(op: str, dt: str) -> L.Const:
@@ -435,7 +448,7 @@ def _stores_exactly(e: L.Expr, buf: L.Buffer) -> bool:
     Needs the same dtype, and f16 values are computed in f32 registers by both code generators
     (rounded to half only at an explicit cast or a store), so an f16 e must itself be such a cast:
     softmax's f16 exp(...) is held unrounded, and storing it would round what the sum adds."""
-    return buf.dtype == e.dtype and (e.dtype != "f16" or isinstance(e, L.Cast))
+    return buf.dtype == e.dtype and (e.dtype not in L.LOW_PRECISION or isinstance(e, L.Cast))
 
 
 def _contains(e: L.Expr, sub: L.Expr) -> bool:
