@@ -254,3 +254,12 @@ def test_missing_source_for_the_target(swish):
     # sim runs the reference: no source needed there
     c = explorer.compile(lambda x: only_cuda(x), np.zeros(4, np.float32), target="sim")
     np.testing.assert_allclose(c(np.zeros(4, np.float32)), np.full(4, 0.0, np.float32))
+
+
+def test_dashboard_and_report_show_the_custom_kernel(swish, data):
+    pytest.importorskip("ipywidgets")
+    import widgets
+    ex = widgets.Explorer(lambda x, w, b: mlp(x, w, b, swish), *data, target="sim")
+    assert "swish" in ex.compiled.stage("fused").text()
+    html = ex.compiled.to_html()
+    assert "swish_kernel" in html and custom.OPAQUE_REASON in html
