@@ -178,6 +178,8 @@ def test_fp8_cuda_compiles(arch):
     c = explorer.compile(lambda x: (x * 2 + x).astype(np.float32).sum(axis=1), xq, target="sim")
     src = c.codegen.source()
     assert "#include <cuda_fp8.h>" in src and "__nv_fp8_e4m3* __restrict__" in src
+    # stores convert without saturating, like ml_dtypes (overflow: NaN for e4m3fn, inf for e5m2)
+    assert "ke_to_e4m3(" in src and "__NV_NOSAT" in src
     assert ".entry" in nvcc.check(src, arch=arch)
 
 

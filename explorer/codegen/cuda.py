@@ -62,7 +62,7 @@ _COMPUTE = {"f32": "float", "f64": "double", "f16": "float", "i32": "int", "i64"
             "bf16": "float", "f8e4m3": "float", "f8e5m2": "float"}
 # narrow float → float on load, float → narrow on store (round to nearest even), and the round trip
 _TO_FLOAT = {"f16": "__half2float", "bf16": "__bfloat162float", "f8e4m3": "float", "f8e5m2": "float"}
-_FROM_FLOAT = {"f16": "__float2half", "bf16": "__float2bfloat16", "f8e4m3": "__nv_fp8_e4m3", "f8e5m2": "__nv_fp8_e5m2"}
+_FROM_FLOAT = {"f16": "__float2half", "bf16": "__float2bfloat16", "f8e4m3": "ke_to_e4m3", "f8e5m2": "ke_to_e5m2"}
 _ROUND = {"f16": "ke_round_half", "bf16": "ke_round_bf16", "f8e4m3": "ke_round_e4m3", "f8e5m2": "ke_round_e5m2"}
 _NARROW = tuple(_TO_FLOAT)
 # bf16/fp8 programs get these headers and rounding helpers after the prelude
@@ -71,9 +71,15 @@ BF16_PRELUDE = """#include <cuda_bf16.h>
 __device__ __forceinline__ float ke_round_bf16(float x) { return __bfloat162float(__float2bfloat16(x)); }
 """
 FP8_PRELUDE = """#include <cuda_fp8.h>
-/* Round a float to fp8 (nearest even, saturating to the largest finite value as __nv_fp8 does) and back. */
-__device__ __forceinline__ float ke_round_e4m3(float x) { return float(__nv_fp8_e4m3(x)); }
-__device__ __forceinline__ float ke_round_e5m2(float x) { return float(__nv_fp8_e5m2(x)); }
+/* float -> fp8, nearest even, not saturating (as ml_dtypes: overflow is NaN for e4m3fn, inf for e5m2;
+ * the __nv_fp8_e4m3(float) constructor would saturate to the largest finite value instead). */
+__device__ __forceinline__ __nv_fp8_e4m3 ke_to_e4m3(float x) {
+  __nv_fp8_e4m3 r; r.__x = __nv_cvt_float_to_fp8(x, __NV_NOSAT, __NV_E4M3); return r; }
+__device__ __forceinline__ __nv_fp8_e5m2 ke_to_e5m2(float x) {
+  __nv_fp8_e5m2 r; r.__x = __nv_cvt_float_to_fp8(x, __NV_NOSAT, __NV_E5M2); return r; }
+/* Round a float to fp8 and back: an fp8 op's result, computed in float. */
+__device__ __forceinline__ float ke_round_e4m3(float x) { return float(ke_to_e4m3(x)); }
+__device__ __forceinline__ float ke_round_e5m2(float x) { return float(ke_to_e5m2(x)); }
 """
 
 _MATH_F32 = {"exp": "expf", "log": "logf", "tanh": "tanhf", "sqrt": "sqrtf", "rsqrt": "rsqrtf", "abs": "fabsf",
