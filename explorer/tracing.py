@@ -306,21 +306,23 @@ def _mean(x: Any, axis: Any = None, keepdims: bool = False) -> "Tensor":
     """np.mean traced into primitives, as NumPy computes it: sum, then divide by the count.
 
     Integers/bool accumulate in float64, float16 in float32 and the result is cast back,
-    matching numpy's `_mean`; tracing into `sum` keeps the reduce visible to fusion.
+    matching numpy's `_mean` (bfloat16 and fp8 the same way: f32 accumulation); tracing into
+    `sum` keeps the reduce visible to fusion.
     """
     x = _as_tensor_like("mean", x)
     axes = _ops.normalize_axes("mean", axis, x.ndim, x.shape)
     count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
     dt = x.dtype
     xs = x
+    narrow = dtypes.compute_dtype(dt) != dt   # f16, bf16, fp8: sum and divide in f32, round once
     if dt.kind in "biu":
         xs = x.astype(np.float64)
-    elif dt == np.float16:
+    elif narrow:
         xs = x.astype(np.float32)
     s = _reduce("sum", xs, axes, keepdims)
     r = s / count
-    if dt == np.float16:
-        r = r.astype(np.float16)
+    if narrow:
+        r = r.astype(dt)
     return r
 
 

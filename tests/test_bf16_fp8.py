@@ -85,7 +85,7 @@ def test_bf16_reductions_accumulate_in_f32(data, target):
     assert got.dtype == BF16
     want = _np_softmax_f32acc(x)
     np.testing.assert_allclose(f32(got), f32(want), rtol=2 ** -7, atol=1e-3)   # 1 bf16 ulp
-    for fn in (lambda x: x.sum(axis=0), lambda x: x.max(axis=1), lambda x: x.min()):
+    for fn in (lambda x: x.sum(axis=0), lambda x: x.max(axis=1), lambda x: x.min(), lambda x: x.mean(axis=1)):
         c = explorer.compile(fn, x, target=target)
         w = fn(f32(x)).astype(BF16)   # one rounding of the exact f32 result
         np.testing.assert_allclose(f32(c(x)), f32(w), rtol=2 ** -7, atol=1e-2)
@@ -194,3 +194,11 @@ def test_fp8_on_cpu_is_a_clear_dtype_error():
 def test_unsupported_ml_dtype_is_a_dtype_error():
     with pytest.raises(explorer.DTypeError, match=r"float8_e4m3fnuz is not supported; use one of .*bfloat16"):
         explorer.compile(lambda x: x, np.ones(4, ml_dtypes.float8_e4m3fnuz), target="reference")
+
+
+def test_compare_on_bf16_checks_against_the_f32_accumulating_reference(data):
+    x = data["x"]
+    r = explorer.compare(lambda a: np.exp(a - a.max(axis=1, keepdims=True)).sum(axis=1), x, target="sim")
+    errs = {v.name: v.max_abs_error for v in r.variants}
+    assert errs["fused"] == 0.0 and errs["unfused"] == 0.0
+    assert errs["numpy"] > 0   # NumPy sums bf16 in bf16: the explorer's f32 accumulation is the reference
