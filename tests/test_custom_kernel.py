@@ -263,3 +263,11 @@ def test_dashboard_and_report_show_the_custom_kernel(swish, data):
     assert "swish" in ex.compiled.stage("fused").text()
     html = ex.compiled.to_html()
     assert "swish_kernel" in html and custom.OPAQUE_REASON in html
+
+
+def test_a_schedule_for_a_custom_kernel_is_a_schedule_error(swish, data):
+    s = explorer.Schedule()
+    s.split("i0", 4)
+    with pytest.raises(explorer.ScheduleError, match=r"swish_kernel is a custom kernel \(swish\); it takes no "
+                                                     r"Schedule"):
+        explorer.compile(lambda x, w, b: mlp(x, w, b, swish), *data, target="sim", schedule={"swish_kernel": s})

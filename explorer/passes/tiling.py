@@ -65,6 +65,9 @@ def tile(program: L.Program, schedule: Any = None, target: str = "cuda", example
         compute = k.meta_dict()["compute"]
         if compute.kind == "custom":
             # the user's source is the schedule: nothing to split, bind or stage
+            if k.name in per_kernel and list(per_kernel[k.name]):
+                raise ScheduleError(f"kernel {k.name} is a custom kernel ({compute.custom.name}); it takes no "
+                                    f"Schedule: its own source decides its loops. Schedule the other kernels")
             kernels.append(generate_kernel(compute, Schedule(), sched_target).replace(
                 group=k.group, ops=k.ops, source_lines=k.source_lines))
             continue
