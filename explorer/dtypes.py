@@ -24,7 +24,19 @@ ML_DTYPES = {"bfloat16": "bf16", "float8_e4m3fn": "f8e4m3", "float8_e5m2": "f8e5
 FP8 = ("f8e4m3", "f8e5m2")
 # floats held in memory narrower than they are computed (f32 registers; each op's result rounded back)
 LOW_PRECISION = ("f16", "bf16", *FP8)
-SUPPORTED = tuple(_SHORT)
+
+
+class _Supported(tuple):
+    """The NumPy-native dtypes (iteration, listing); `dt in SUPPORTED` also accepts the ml_dtypes ones."""
+
+    def __contains__(self, dtype) -> bool:
+        try:
+            return is_supported(dtype)
+        except TypeError:
+            return False
+
+
+SUPPORTED = _Supported(_SHORT)
 SUPPORTED_NAMES = ", ".join(str(d) for d in SUPPORTED) + ", and with ml_dtypes bfloat16, float8_e4m3fn, float8_e5m2"
 
 C_TYPE = {"f32": "float", "f16": "_Float16", "f64": "double", "i32": "int32_t", "i64": "int64_t", "bool": "bool",
