@@ -24,6 +24,7 @@ from . import nn
 from . import costmodel
 from .compare import Comparison, compare, sweep
 from .autotune import AutotuneResult, autotune   # binds the function over the submodule (as compare)
+from .custom import CustomKernel, custom_kernel
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'explorer' has no attribute {name!r}")
 
 
-__all__ = ["trace", "compile", "compare", "sweep", "autotune", "AutotuneResult", "Schedule", "Compiled", "Graph", "Node", "Provenance",
+__all__ = ["trace", "compile", "custom_kernel", "CustomKernel", "compare", "sweep", "autotune", "AutotuneResult", "Schedule", "Compiled", "Graph", "Node", "Provenance",
            "Options", "Snapshot", "Tensor", "nn", "ExplorerError", "TraceError", "ShapeError", "DTypeError",
            "IndexOutOfRangeError", "UnsupportedOpError", "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError"]

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import costmodel, measure
+from . import costmodel, dtypes, measure
 from .costmodel import Device, KernelCost
 from .measure import Timing, fmt_ratio
 from .errors import BackendUnavailable, ExplorerError, VerificationError
@@ -129,7 +129,9 @@ def _tolerance(want: Sequence[np.ndarray]) -> float:
     tol = 0.0
     for w in want:
         w = np.asarray(w)
-        rt = default_rtol(w.dtype) if w.dtype.kind == "f" else 0.0
+        rt = default_rtol(w.dtype) if dtypes.is_float(w.dtype) else 0.0
+        if w.dtype.name in dtypes.ML_DTYPES:
+            w = w.astype(np.float32)   # bf16/fp8: isfinite and abs on an f32 copy
         finite = np.abs(w[np.isfinite(w)]) if w.dtype.kind == "f" else np.abs(w)
         scale = float(finite.max()) if finite.size else 1.0
         tol = max(tol, rt * max(1.0, scale))
@@ -932,6 +934,10 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
     unfused = _compile(fn, *args, target=t, fuse=False, verbose=False, **compile_kwargs)
     arrays = list(fused.examples)
     want = _as_list(fn(*arrays))
+    if any(a.dtype.name in dtypes.ML_DTYPES for a in arrays):
+        # NumPy itself sums bf16/fp8 in bf16/fp8 and returns f32 from a bf16 matmul; the explorer accumulates
+        # in f32 and keeps bf16 (its reference interpreter defines that), so check against the interpreter
+        want = fused.reference(*arrays)
     dev = costmodel.device(device if device is not None else t)
     variants = [_check_compiled("fused", fused, want, dev, check),
                 _check_compiled("unfused", unfused, want, dev, check)]

@@ -361,4 +361,8 @@ def magnitude(*arrays: Any) -> float:
 
 def default_rtol(dtype) -> float:
     dt = np.dtype(dtype)
+    # bf16/fp8 (ml_dtypes): two units in the last place (8, 4 and 3 mantissa bits incl. the implicit one)
+    narrow = {"bfloat16": 2 * 2.0 ** -7, "float8_e4m3fn": 2 * 2.0 ** -3, "float8_e5m2": 2 * 2.0 ** -2}
+    if dt.name in narrow:
+        return narrow[dt.name]
     return {np.dtype("float16"): 2e-2, np.dtype("float32"): 1e-4, np.dtype("float64"): 1e-9}.get(dt, 0.0)

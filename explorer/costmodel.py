@@ -56,11 +56,11 @@ class Device:
     measured: bool = False       # True: measured on this machine, False: vendor data sheet
 
     def peak(self, dtype: Any = np.float32) -> float:
-        """The FMA-pipe peak for `dtype` (fp16 rate for float16, fp32 otherwise)."""
+        """The FMA-pipe peak for `dtype` (fp16 rate for float16 and bfloat16, fp32 otherwise)."""
         try:
-            half = np.dtype(dtype) == np.float16
+            half = np.dtype(dtype) == np.float16 or np.dtype(dtype).name == "bfloat16"
         except TypeError:
-            half = str(dtype) in ("f16", "float16")
+            half = str(dtype) in ("f16", "float16", "bf16", "bfloat16")
         return self.peak_fp16 if half and self.peak_fp16 > 0 else self.peak_fp32
 
     @property

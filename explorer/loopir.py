@@ -52,7 +52,10 @@ LOOP_KINDS = ("serial", "parallel", "unrolled", "vectorized",
               "blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
 BOUND_KINDS = LOOP_KINDS[4:]
 SCOPES = ("global", "shared", "local")
-DTYPES = ("f32", "f16", "f64", "i32", "i64", "bool")
+DTYPES = ("f32", "f16", "f64", "i32", "i64", "bool", "bf16", "f8e4m3", "f8e5m2")
+FLOAT_DTYPES = ("f32", "f16", "f64", "bf16", "f8e4m3", "f8e5m2")
+# stored narrower than computed: both code generators hold them in f32 registers and round at op boundaries
+LOW_PRECISION = ("f16", "bf16", "f8e4m3", "f8e5m2")
 MATH_FUNCTIONS = ("exp", "log", "tanh", "sqrt", "rsqrt", "abs", "erf", "pow", "sin", "cos", "floor", "sigmoid")
 COMPARE_OPS = ("<", "<=", ">", ">=", "==", "!=")
 LOGIC_OPS = ("&&", "||")
@@ -69,6 +72,9 @@ def short_dtype(dtype: Any) -> str:
 
 
 def np_dtype(short: str) -> np.dtype:
+    if short in ("bf16", "f8e4m3", "f8e5m2"):
+        from .dtypes import ml_dtype
+        return ml_dtype(short)
     return np.dtype({"f32": "float32", "f16": "float16", "f64": "float64", "i32": "int32",
                      "i64": "int64", "bool": "bool"}[short])
 
@@ -220,7 +226,7 @@ def as_expr(x: Any, dtype: str = "i32") -> Expr:
     if isinstance(x, (int, np.integer)):
         return Const(int(x), dtype if dtype in ("i32", "i64") else ("i32" if dtype == "bool" else dtype))
     if isinstance(x, (float, np.floating)):
-        return Const(float(x), dtype if dtype in ("f32", "f16", "f64") else "f32")
+        return Const(float(x), dtype if dtype in FLOAT_DTYPES else "f32")
     raise TypeError(f"cannot make an expression of {x!r}")
 
 
@@ -729,7 +735,7 @@ _PREC = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "
 def _const_text(c: Const) -> str:
     if c.dtype == "bool":
         return "true" if c.value else "false"
-    if c.dtype in ("f32", "f16", "f64"):
+    if c.dtype in FLOAT_DTYPES:
         v = float(c.value)
         if np.isnan(v):
             return "nan"

@@ -64,6 +64,8 @@ class OpDef:
     # composites only: a function on Tensors/arrays that expresses the op in primitives;
     # simplify(decompose=True) re-traces it in place of the node.
     decomposition: Callable[..., Any] | None = None
+    # custom kernels only (explorer.custom_kernel): the CustomKernel with the user's sources
+    custom: Any = None
 
     @property
     def composite(self) -> bool:
@@ -400,9 +402,21 @@ def _reduce_infer(name: str, ref: Callable):
 
 REDUCE_IDENTITY = {"sum": 0.0, "max": -np.inf, "min": np.inf}
 
+def _f32_accumulate(fn: Callable) -> Callable:
+    """Run `fn` on float32 copies of bf16/fp8 operands and round the result back (fp32 accumulation,
+    as every target computes these reductions and matmuls); other dtypes run as NumPy does."""
+    def ref(*arrays, **kw):
+        dt = np.result_type(*arrays)
+        if dt.name not in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+            return fn(*arrays, **kw)
+        return np.asarray(fn(*[np.asarray(a, np.float32) for a in arrays], **kw)).astype(dt)
+    return ref
+
+
 for _name, _ref in (("sum", np.sum), ("max", np.max), ("min", np.min)):
     register(OpDef(_name, "reduce", 1, _reduce_infer(_name, _ref),
-                   (lambda r: lambda x, axes, keepdims=False: r(x, axis=tuple(axes), keepdims=keepdims))(_ref),
+                   _f32_accumulate((lambda r: lambda x, axes, keepdims=False: r(x, axis=tuple(axes),
+                                                                                 keepdims=keepdims))(_ref)),
                    1, None, ("sum",) if _name == "sum" else (_name, "a" + _name)))
 
 
@@ -418,7 +432,8 @@ def _matmul_infer(types: Sequence[Type], attrs: dict) -> Type:
     return batch + (a[-2], b[-1]), np.result_type(types[0][1], types[1][1])
 
 
-register(OpDef("matmul", "contraction", 2, _matmul_infer, np.matmul, 2, None, ("matmul", "dot")))
+# bf16 @ bf16 is bf16 (f32 accumulation, rounded once), as in JAX and torch; NumPy with ml_dtypes returns f32
+register(OpDef("matmul", "contraction", 2, _matmul_infer, _f32_accumulate(np.matmul), 2, None, ("matmul", "dot")))
 
 
 # ----------------------------------------------------------------------------- opaque

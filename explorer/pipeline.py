@@ -166,7 +166,12 @@ def _register_default_stages() -> None:
 
     @stage("codegen")
     def _codegen(prog, ctx):
-        return generate(prog, target=ctx.options.target, fast_math=ctx.options.fast_math, arch=ctx.options.arch)
+        cg = generate(prog, target=ctx.options.target, fast_math=ctx.options.fast_math, arch=ctx.options.arch)
+        if any(k.kind == "custom" for k in prog.kernels):
+            # a custom kernel's own code is checked against its NumPy reference on the example inputs
+            from .custom import verify
+            cg.checks = verify(ctx.ir("simplified"), ctx.examples, ctx.options.target)
+        return cg
 
 
 def resolve_target(target: str, verbose: bool = True) -> str:

@@ -37,7 +37,7 @@ from .graph import Graph, Node, Provenance, c_identifier
 # provenance skips them (numpy too: np.mean's Python wrapper calls back into us).
 INTERNAL_MODULES = {"explorer.tracing", "explorer.numpy_api", "explorer.nn", "explorer.ops", "explorer.passes.simplify",
                     "explorer.dtypes", "explorer.graph", "explorer.errors", "explorer.pipeline", "explorer.compiled",
-                    "explorer.backends.reference"}
+                    "explorer.backends.reference", "explorer.custom"}
 
 _PROV_CACHE: dict[tuple[Any, int], Provenance] = {}
 
@@ -273,7 +273,7 @@ def _is_numeric_nest(a: Any) -> bool:
 
 
 def _check_const_dtype(op: str, dt: np.dtype) -> None:
-    if np.dtype(dt) not in dtypes.SUPPORTED:
+    if not dtypes.is_supported(dt):
         raise DTypeError(f"{op}: a constant has dtype {dt}, which is not supported; use one of "
                          f"{dtypes.SUPPORTED_NAMES} (e.g. c.astype(np.float32))")
 
@@ -365,21 +365,23 @@ def _mean(x: Any, axis: Any = None, keepdims: bool = False) -> "Tensor":
     """np.mean traced into primitives, as NumPy computes it: sum, then divide by the count.
 
     Integers/bool accumulate in float64, float16 in float32 and the result is cast back,
-    matching numpy's `_mean`; tracing into `sum` keeps the reduce visible to fusion.
+    matching numpy's `_mean` (bfloat16 and fp8 the same way: f32 accumulation); tracing into
+    `sum` keeps the reduce visible to fusion.
     """
     x = _as_tensor_like("mean", x)
     axes = _ops.normalize_axes("mean", axis, x.ndim, x.shape)
     count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
     dt = x.dtype
     xs = x
+    narrow = dtypes.compute_dtype(dt) != dt   # f16, bf16, fp8: sum and divide in f32, round once
     if dt.kind in "biu":
         xs = x.astype(np.float64)
-    elif dt == np.float16:
+    elif narrow:
         xs = x.astype(np.float32)
     s = _reduce("sum", xs, axes, keepdims)
     r = s / count
-    if dt == np.float16:
-        r = r.astype(np.float16)
+    if narrow:
+        r = r.astype(dt)
     return r
 
 
@@ -1092,7 +1094,7 @@ def prepare_examples(fn: Callable, examples: Sequence[Any], dtype: Any = None) -
     out = []
     for k, (name, a) in enumerate(zip(names, examples)):
         arr = _check_example(k, name, a)
-        if dt is not None and arr.dtype.kind == "f":
+        if dt is not None and dtypes.is_float(arr.dtype):
             arr = arr.astype(dt)
         # np.ascontiguousarray would turn a 0-d array into shape (1,)
         try:

@@ -318,6 +318,10 @@ def _np(dtype: str) -> np.dtype:
 
 def build_codegen(codegen, overrides: dict[int, str] | None = None) -> CudaExecutable:
     """Build a CUDA Codegen directly (no Compiled needed), e.g. for hand-written loop IR."""
+    for k in codegen.kernels:
+        if k.kernel.kind == "custom" and k.kernel.meta_dict()["custom"].cuda_source is None:
+            from ..custom import missing_source
+            raise missing_source(k.kernel, "cuda")
     ok, why = available()
     if not ok:
         raise BackendUnavailable(f"target 'cuda' is unavailable here: {why}")

@@ -23,6 +23,13 @@ def available() -> tuple[bool, str]:
 
 def run_graph(graph: Graph, inputs: Sequence[Any]) -> list[np.ndarray]:
     """Evaluate `graph` node by node with each op's NumPy reference; returns the outputs in order."""
+    env = node_values(graph, inputs)
+    # copies, so callers never alias an input, a constant or a broadcast view
+    return [np.array(env[id(o)], dtype=o.dtype, copy=True) for o in graph.outputs]
+
+
+def node_values(graph: Graph, inputs: Sequence[Any]) -> dict[int, np.ndarray]:
+    """{id(node): value} for every node of `graph` on `inputs` (each op's NumPy reference)."""
     if len(inputs) != len(graph.inputs):
         raise ExplorerError(f"graph {graph.name} takes {len(graph.inputs)} inputs ("
                             f"{', '.join(i.name for i in graph.inputs)}) but {len(inputs)} were given")
@@ -44,8 +51,7 @@ def run_graph(graph: Graph, inputs: Sequence[Any]) -> list[np.ndarray]:
         if v.dtype != n.dtype:  # NumPy returns 0-d results as scalars of the same dtype; keep types exact
             v = v.astype(n.dtype)
         env[id(n)] = v
-    # copies, so callers never alias an input, a constant or a broadcast view
-    return [np.array(env[id(o)], dtype=o.dtype, copy=True) for o in graph.outputs]
+    return env
 
 
 class Executable:
@@ -63,4 +69,4 @@ def build(compiled: Any) -> Executable:
     return Executable(compiled.graph)
 
 
-__all__ = ["available", "build", "run_graph", "Executable"]
+__all__ = ["available", "build", "run_graph", "node_values", "Executable"]

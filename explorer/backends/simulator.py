@@ -70,7 +70,7 @@ from ..ops import call_flops
 COUNTER_KEYS = ("global_load_bytes", "global_store_bytes", "shared_load_bytes", "shared_store_bytes",
                 "flops", "barriers", "blocks", "threads_per_block")
 _INTS = ("i32", "i64")
-_FLOATS = ("f32", "f16", "f64")
+_FLOATS = L.FLOAT_DTYPES
 _BLOCK_AXES = ("blockIdx.x", "blockIdx.y", "blockIdx.z")
 _THREAD_AXES = ("threadIdx.x", "threadIdx.y", "threadIdx.z")
 # pseudo lane variables used in flattened shared/local addresses
@@ -1294,13 +1294,35 @@ def _program_inputs(program: L.Program, inputs: Sequence[np.ndarray]) -> list[np
     return out
 
 
+class CustomKernelSim:
+    """A custom kernel (explorer.custom_kernel) in the simulator: it runs the kernel's NumPy *reference*,
+    not its CUDA source (there is no SIMT trace of user code). Its counters are the bytes of its inputs
+    and output (each read/written once) and flops_per_element per output element; 'reference_run' is 1."""
+
+    def __init__(self, kernel: L.Kernel):
+        self.kernel = kernel
+        self.spec = kernel.meta_dict()["custom"]
+
+    def run(self, buffers: dict[str, np.ndarray]) -> dict[str, int]:
+        k = self.kernel
+        ins = [buffers[b.name].reshape(b.shape) for b in k.inputs]
+        out = self.spec.run_reference(*ins)
+        for b in k.output_buffers:
+            buffers[b.name].reshape(b.shape)[...] = out
+        n = int(out.size)
+        return {"global_load_bytes": sum(a.nbytes for a in ins), "global_store_bytes": out.nbytes * len(k.outputs),
+                "shared_load_bytes": 0, "shared_store_bytes": 0, "flops": self.spec.flops_per_element * n,
+                "barriers": 0, "blocks": 1, "threads_per_block": 1, "reference_run": 1}
+
+
 class ProgramSim:
     """A Program with every kernel compiled once; `run(inputs)` → (outputs, counters)."""
 
     def __init__(self, program: L.Program, chunk_lanes: int = DEFAULT_CHUNK_LANES):
         self.program = program
         ro = [b.name for b in program.inputs]
-        self.kernels = [KernelSim(k, ro, chunk_lanes) for k in program.kernels]
+        self.kernels = [CustomKernelSim(k) if k.kind == "custom" else KernelSim(k, ro, chunk_lanes)
+                        for k in program.kernels]
 
     def run(self, inputs: Sequence[np.ndarray]) -> tuple[list[np.ndarray], dict[str, dict[str, int]]]:
         p = self.program

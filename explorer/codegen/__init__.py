@@ -54,6 +54,7 @@ class Codegen:
     kernels: list[GeneratedKernel]
     program: Program
     fast_math: bool = False
+    checks: list[str] = field(default_factory=list)   # e.g. custom kernels checked against their reference
 
     def __post_init__(self):
         for k in self.kernels:
@@ -74,8 +75,11 @@ class Codegen:
 
     def stats(self) -> dict[str, Any]:
         src = self.source()
-        return {"kernels": len(self.kernels), "language": self.language, "source_lines": src.count("\n"),
-                "fast_math": self.fast_math}
+        out = {"kernels": len(self.kernels), "language": self.language, "source_lines": src.count("\n"),
+               "fast_math": self.fast_math}
+        if self.checks:
+            out["checks"] = list(self.checks)
+        return out
 
     def kernel(self, name_or_index) -> GeneratedKernel:
         if isinstance(name_or_index, int):

@@ -55,11 +55,23 @@ from . import Codegen, GeneratedKernel, fma_accumulation
 
 # storage type (memory) and compute type (registers) per dtype: f16 is stored as _Float16
 # (gcc >= 12 on x86-64) and computed in float, as numpy does per op.
+# bf16 is stored as its bit pattern (uint16_t) and converted in software (ke_bf16_to_f32, and
+# ke_f32_to_bf16 rounding to nearest even), so any C compiler builds it; computed in float like f16.
 STORAGE_TYPE = {"f32": "float", "f16": "_Float16", "f64": "double", "i32": "int32_t", "i64": "int64_t",
-                "bool": "bool"}
+                "bool": "bool", "bf16": "uint16_t"}
 COMPUTE_TYPE = {"f32": "float", "f16": "float", "f64": "double", "i32": "int32_t", "i64": "int64_t",
-                "bool": "bool"}
-FLOATS = ("f32", "f16", "f64")
+                "bool": "bool", "bf16": "float"}
+FLOATS = ("f32", "f16", "f64", "bf16")
+BF16_PRELUDE = """\
+/* bfloat16 in software: the top 16 bits of a float. f32 -> bf16 rounds to nearest even; NaN stays NaN. */
+static inline float ke_bf16_to_f32(uint16_t h) { ke_bits32 u; u.i = (int32_t)((uint32_t)h << 16); return u.f; }
+static inline uint16_t ke_f32_to_bf16(float f) {
+  uint32_t b = (uint32_t)ke_to_bits(f);
+  if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x40u);
+  b += 0x7fffu + ((b >> 16) & 1u);
+  return (uint16_t)(b >> 16); }
+static inline float ke_round_bf16(float f) { return ke_bf16_to_f32(ke_f32_to_bf16(f)); }
+"""
 INDEX_LIMIT = 2 ** 31  # a buffer this large needs 64-bit index arithmetic
 
 PRELUDE_HEAD = """\
@@ -383,6 +395,8 @@ class _KernelEmitter:
             s = self.ref(e.buffer, e.indices)
             if e.buffer.dtype == "f16" and e.buffer.scope == "global":
                 return f"(float){s}" if prec < 9 else f"((float){s})"
+            if e.buffer.dtype == "bf16" and e.buffer.scope == "global":
+                return f"ke_bf16_to_f32({s})"
             return s
         if isinstance(e, L.BinOp):
             return self.binop(e, prec, r)
@@ -397,6 +411,10 @@ class _KernelEmitter:
         if isinstance(e, L.Cast):
             if e.dtype == "bool":
                 return f"({r(e.a, 4)} != 0)"
+            if e.dtype == "bf16":   # rounds to bf16 (an op's result, or astype), computes on in float
+                if e.a.dtype == "bf16" and isinstance(e.a, (L.Load, L.Const)):
+                    return r(e.a, prec)
+                return f"ke_round_bf16({r(e.a)})"
             # a cast to f16 rounds to half precision (as numpy's astype) but computes on in float
             s = f"(float)(_Float16){r(e.a, 9)}" if e.dtype == "f16" else f"({COMPUTE_TYPE[e.dtype]}){r(e.a, 9)}"
             return f"({s})" if prec >= 9 else s
@@ -413,7 +431,7 @@ class _KernelEmitter:
             if dt == "bool":
                 op = "&&" if e.op == "min" else "||"
                 return self.binop(L.BinOp(op, e.a, e.b), prec, r)
-            fn = {"f32": f"ke_{e.op}f", "f16": f"ke_{e.op}f"}.get(dt, f"ke_{e.op}_{dt}")
+            fn = {"f32": f"ke_{e.op}f", "f16": f"ke_{e.op}f", "bf16": f"ke_{e.op}f"}.get(dt, f"ke_{e.op}_{dt}")
             return f"{fn}({r(e.a)}, {r(e.b)})"
         if e.op == "%" and dt in FLOATS:
             return f"{'fmod' if dt == 'f64' else 'fmodf'}({r(e.a)}, {r(e.b)})"
@@ -495,6 +513,8 @@ class _KernelEmitter:
                 f"{acc[0]}({self.expr(acc[1], 0, cse)}, {self.expr(acc[2], 0, cse)}, {self.expr(acc[3], 0, cse)})"
             if s.buffer.dtype == "f16" and s.buffer.scope == "global":
                 value = f"(_Float16)({value})"
+            elif s.buffer.dtype == "bf16" and s.buffer.scope == "global":
+                value = f"ke_f32_to_bf16({value})"
             elif COMPUTE_TYPE[s.value.dtype] != COMPUTE_TYPE[s.buffer.dtype]:
                 value = f"({COMPUTE_TYPE[s.buffer.dtype]})({value})"
             self.lines.append(f"{pad}{self.ref(s.buffer, s.indices)} = {value};")
@@ -1004,6 +1024,30 @@ def _simd_reduction(s: L.For, scope: dict[str, L.Buffer]) -> list[str] | None:
     return reductions
 
 
+def _custom_kernel(k: L.Kernel, name: str, taken: set[str], done: list[GeneratedKernel]) -> GeneratedKernel:
+    """A custom kernel's C: the user's c_source (once per program) and a wrapper named `name`."""
+    from .. import custom
+    spec = k.meta_dict()["custom"]
+    if spec.c_source is None:
+        raise custom.missing_source(k, "c")
+    names = _Names(taken | {name, spec.name})
+    first = not any(g.kernel.kind == "custom" and g.kernel.meta_dict()["custom"] is spec for g in done)
+    src = custom.emit_c(k, name, [names.get("buf", p.name) for p in k.params], include_source=first)
+    return GeneratedKernel(name=name, language="c", source=src, launch={}, kernel=k)
+
+
+def _dtypes_used(program: L.Program) -> set[str]:
+    """Dtypes of every buffer and expression of `program` (which helpers the prelude needs)."""
+    used = {b.dtype for b in program.buffers().values()}
+    for k in program.kernels:
+        for st in L.walk(k.body):
+            if isinstance(st, L.Alloc):
+                used.add(st.buffer.dtype)
+            for e in L.stmt_exprs(st):
+                used |= {x.dtype for x in L.walk_expr(e)}
+    return used
+
+
 def generate_c(program: L.Program, fast_math: bool = False) -> Codegen:
     """Generate one C translation unit (prelude + one function per kernel) from a tiled CPU Program.
 
@@ -1016,6 +1060,12 @@ def generate_c(program: L.Program, fast_math: bool = False) -> Codegen:
 
     Raises CompileError for GPU-only constructs (bound loops, barriers, thread all-reduce).
     """
+    used = _dtypes_used(program)
+    fp8 = sorted(used & {"f8e4m3", "f8e5m2"})
+    if fp8:
+        raise DTypeError(f"fp8 ({', '.join(fp8)}) is a storage dtype for the cuda and sim targets; the C backend has "
+                         f"no fp8 conversion: compile with target='sim' (or 'cuda'), or cast to float32/bfloat16 "
+                         f"before the function")
     taken: set[str] = set()
     gks: list[GeneratedKernel] = []
     for k in program.kernels:
@@ -1027,8 +1077,11 @@ def generate_c(program: L.Program, fast_math: bool = False) -> Codegen:
             name = f"{base}_{n}"
             n += 1
         taken.add(name)
+        if k.kind == "custom":
+            gks.append(_custom_kernel(k, name, taken, gks))
+            continue
         em = _KernelEmitter(k, fast_math, _Names(taken | {name}))
         gks.append(GeneratedKernel(name=name, language="c", source=em.emit(name), launch={}, kernel=k))
     prelude = PRELUDE_HEAD + ("/* fast_math: libm transcendentals, built with -ffast-math */\n" if fast_math else "") \
-        + "\n" + PRELUDE_MATH
+        + "\n" + PRELUDE_MATH + ("\n" + BF16_PRELUDE if "bf16" in used else "")
     return Codegen(language="c", prelude=prelude, kernels=gks, program=program, fast_math=fast_math)

@@ -44,7 +44,8 @@ from ..errors import ScheduleError, VerificationError
 from ..graph import c_identifier
 from ..loopir import (WARP_STMTS, Alloc, Barrier, BinOp, Buffer, Call, Cast, Comment, Const, Expr, For, Fragment,
                       FragmentAlloc, FragmentFill, FragmentLoad, FragmentStore, If, Kernel, Load, Mma, Program,
-                      Select, Stmt, Store, ThreadAllReduce, UnOp, Var, map_expr, simplify_expr, walk, walk_expr)
+                      Select, Stmt, Store, ThreadAllReduce, UnOp, Var, map_expr, simplify_expr, walk, walk_expr,
+                      FLOAT_DTYPES)
 from . import Codegen, GeneratedKernel, fma_accumulation
 
 __all__ = ["generate_cuda", "PRELUDE", "WMMA_PRELUDE"]
@@ -53,9 +54,33 @@ MAX_THREADS_PER_BLOCK = 1024
 _INT32_MAX = 2**31 - 1
 
 # Storage type of a buffer element in memory; f16 lives as __half but is computed in float.
-_STORAGE = {"f32": "float", "f64": "double", "f16": "__half", "i32": "int", "i64": "long long", "bool": "bool"}
+# bf16 as __nv_bfloat16 (cuda_bf16.h), fp8 as __nv_fp8_e4m3 / __nv_fp8_e5m2 (cuda_fp8.h): storage only, computed in float.
+_STORAGE = {"f32": "float", "f64": "double", "f16": "__half", "i32": "int", "i64": "long long", "bool": "bool",
+            "bf16": "__nv_bfloat16", "f8e4m3": "__nv_fp8_e4m3", "f8e5m2": "__nv_fp8_e5m2"}
 # Type an expression of this dtype is computed in.
-_COMPUTE = {"f32": "float", "f64": "double", "f16": "float", "i32": "int", "i64": "long long", "bool": "bool"}
+_COMPUTE = {"f32": "float", "f64": "double", "f16": "float", "i32": "int", "i64": "long long", "bool": "bool",
+            "bf16": "float", "f8e4m3": "float", "f8e5m2": "float"}
+# narrow float → float on load, float → narrow on store (round to nearest even), and the round trip
+_TO_FLOAT = {"f16": "__half2float", "bf16": "__bfloat162float", "f8e4m3": "float", "f8e5m2": "float"}
+_FROM_FLOAT = {"f16": "__float2half", "bf16": "__float2bfloat16", "f8e4m3": "ke_to_e4m3", "f8e5m2": "ke_to_e5m2"}
+_ROUND = {"f16": "ke_round_half", "bf16": "ke_round_bf16", "f8e4m3": "ke_round_e4m3", "f8e5m2": "ke_round_e5m2"}
+_NARROW = tuple(_TO_FLOAT)
+# bf16/fp8 programs get these headers and rounding helpers after the prelude
+BF16_PRELUDE = """#include <cuda_bf16.h>
+/* Round a float to bfloat16 (nearest even) and back: a bf16 op's result, computed in float. */
+__device__ __forceinline__ float ke_round_bf16(float x) { return __bfloat162float(__float2bfloat16(x)); }
+"""
+FP8_PRELUDE = """#include <cuda_fp8.h>
+/* float -> fp8, nearest even, not saturating (as ml_dtypes: overflow is NaN for e4m3fn, inf for e5m2;
+ * the __nv_fp8_e4m3(float) constructor would saturate to the largest finite value instead). */
+__device__ __forceinline__ __nv_fp8_e4m3 ke_to_e4m3(float x) {
+  __nv_fp8_e4m3 r; r.__x = __nv_cvt_float_to_fp8(x, __NV_NOSAT, __NV_E4M3); return r; }
+__device__ __forceinline__ __nv_fp8_e5m2 ke_to_e5m2(float x) {
+  __nv_fp8_e5m2 r; r.__x = __nv_cvt_float_to_fp8(x, __NV_NOSAT, __NV_E5M2); return r; }
+/* Round a float to fp8 and back: an fp8 op's result, computed in float. */
+__device__ __forceinline__ float ke_round_e4m3(float x) { return float(ke_to_e4m3(x)); }
+__device__ __forceinline__ float ke_round_e5m2(float x) { return float(ke_to_e5m2(x)); }
+"""
 
 _MATH_F32 = {"exp": "expf", "log": "logf", "tanh": "tanhf", "sqrt": "sqrtf", "rsqrt": "rsqrtf", "abs": "fabsf",
              "erf": "erff", "pow": "powf", "sin": "sinf", "cos": "cosf", "floor": "floorf", "sigmoid": "ke_sigmoidf"}
@@ -204,7 +229,7 @@ def _float_literal(value: float, dtype: str) -> str:
 def _const(c: Const) -> str:
     if c.dtype == "bool":
         return "true" if c.value else "false"
-    if c.dtype in ("f32", "f16", "f64"):
+    if c.dtype in FLOAT_DTYPES:
         return _float_literal(c.value, c.dtype)
     v = int(c.value)
     suffix = "LL" if (c.dtype == "i64" or abs(v) > _INT32_MAX) else ""
@@ -304,8 +329,8 @@ class _KernelEmitter:
 
     def load(self, e: Load) -> str:
         text = self.access(e.buffer, e.indices)
-        if e.buffer.dtype == "f16" and e.buffer.scope != "local":
-            return f"__half2float({text})"
+        if e.buffer.dtype in _NARROW and e.buffer.scope != "local":
+            return f"{_TO_FLOAT[e.buffer.dtype]}({text})"
         return text
 
     def expr(self, e: Expr, parent: int = 0) -> str:
@@ -320,7 +345,7 @@ class _KernelEmitter:
         if isinstance(e, BinOp):
             if e.op in ("min", "max"):
                 return f"ke_{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
-            if e.op == "%" and e.a.dtype in ("f32", "f16", "f64"):
+            if e.op == "%" and e.a.dtype in FLOAT_DTYPES:
                 return f"ke_fmod({self.expr(e.a)}, {self.expr(e.b)})"
             p = _PREC[e.op]
             s = f"{self.expr(e.a, p)} {e.op} {self.expr(e.b, p + 1)}"
@@ -351,12 +376,14 @@ class _KernelEmitter:
     def cast(self, e: Cast) -> str:
         inner = self.expr(e.a)
         src = e.a.dtype
-        if e.dtype == src and not (src == "f16" and not isinstance(e.a, (Load, Const))):
-            return inner   # an f16 -> f16 cast of a computed value rounds its float register to half
+        if e.dtype == src and e.dtype in _ROUND and not isinstance(e.a, (Load, Const)):
+            return f"{_ROUND[e.dtype]}((float)({inner}))"   # a computed f16/bf16/fp8 value rounds its float register
+        if e.dtype == src:
+            return inner
         if e.dtype == "bool":
             return f"({inner} != 0)"
-        if e.dtype == "f16":
-            return f"ke_round_half((float)({inner}))"
+        if e.dtype in _ROUND:
+            return f"{_ROUND[e.dtype]}((float)({inner}))"
         return f"({_COMPUTE[e.dtype]})({inner})"
 
     # -- statements
@@ -434,8 +461,8 @@ class _KernelEmitter:
             value = f"{fn}({', '.join(self.expr(simplify_expr(x)) for x in acc)})"
         else:
             value = self.expr(simplify_expr(s.value))
-        if s.buffer.dtype == "f16" and s.buffer.scope != "local":
-            value = f"__float2half({value})"
+        if s.buffer.dtype in _NARROW and s.buffer.scope != "local":
+            value = f"{_FROM_FLOAT[s.buffer.dtype]}({value})"
         self.emit(depth, f"{self.access(s.buffer, s.indices)} = {value};")
 
     def alloc(self, b: Buffer, depth: int) -> None:
@@ -647,13 +674,48 @@ def _generate_kernel(k: Kernel, arch: str) -> GeneratedKernel:
                            arch=arch)
 
 
+def _custom_kernel(k: Kernel, arch: str, done: list[GeneratedKernel]) -> GeneratedKernel:
+    """A custom kernel's CUDA: the user's __device__ function (once per program) and a __global__ wrapper.
+    Without a cuda_source the wrapper is empty and says so (the cuda backend refuses to run it; sim runs
+    the reference)."""
+    from .. import custom
+    spec = k.meta_dict()["custom"]
+    em = _KernelEmitter(k, idx_t="int", block=(custom.CUDA_BLOCK, 1, 1))
+    name = em.name(k.name)
+    pnames = [em.name(p.name) + ("_" if em.name(p.name) == spec.name else "") for p in k.params]
+    if spec.cuda_source is None:
+        params = ", ".join(f"{'' if p.name in k.outputs else 'const '}{_STORAGE[p.dtype]}* {n}"
+                           for p, n in zip(k.params, pnames))
+        src = (f"/* kernel {_comment_text(name)}: custom kernel {_comment_text(spec.name)} has no cuda_source; "
+               f"the cuda target cannot run it (sim runs its reference) */\n"
+               f'extern "C" __global__ void {name}({params}) {{ }}\n')
+        launch = {"grid": (1, 1, 1), "block": (1, 1, 1), "shared_bytes": 0, "dynamic_shared_bytes": 0}
+    else:
+        first = not any(g.kernel.kind == "custom" and g.kernel.meta_dict()["custom"] is spec for g in done)
+        src, launch = custom.emit_cuda(k, name, pnames, include_source=first)
+    return GeneratedKernel(name=name, language="cuda", source=src, launch=launch, kernel=k, arch=arch)
+
+
+def _exprs(body) -> list[Expr]:
+    """Every expression in `body` (casts to bf16/fp8 need the rounding helpers even without such buffers)."""
+    from ..loopir import walk_expr
+    out = []
+    for s in walk(body):
+        for v in vars(s).values() if hasattr(s, "__dict__") else ():
+            if isinstance(v, Expr):
+                out.extend(walk_expr(v))
+    return out
+
+
 def generate_cuda(program: Program, arch: str = "sm_80") -> Codegen:
     """CUDA C for every kernel of a tiled Program (see the module docstring for a before/after).
 
     Kernels whose loops are not bound to blockIdx/threadIdx still compile (they run as one
     thread); the tiling pass is what makes them parallel.
     """
-    kernels = [_generate_kernel(k, arch) for k in program.kernels]
+    kernels: list[GeneratedKernel] = []
+    for k in program.kernels:
+        kernels.append(_custom_kernel(k, arch, kernels) if k.kind == "custom" else _generate_kernel(k, arch))
     seen: set[str] = set()
     for g in kernels:
         if g.name in seen:
@@ -661,4 +723,11 @@ def generate_cuda(program: Program, arch: str = "sm_80") -> Codegen:
                                     f"kernel names must be unique")
         seen.add(g.name)
     prelude = PRELUDE + (WMMA_PRELUDE if any(_uses_wmma(k) for k in program.kernels) else "")
+    used = {b.dtype for k in program.kernels for b in (*k.params, *(a.buffer for a in walk(k.body)
+                                                                      if isinstance(a, Alloc)))}
+    used |= {e.dtype for k in program.kernels for e in _exprs(k.body)}
+    if "bf16" in used:
+        prelude += "\n" + BF16_PRELUDE
+    if used & {"f8e4m3", "f8e5m2"}:
+        prelude += "\n" + FP8_PRELUDE
     return Codegen(language="cuda", prelude=prelude, kernels=kernels, program=program)

@@ -273,6 +273,8 @@ def _is_op(n: Node) -> bool:
 
 def _opaque_why(op: str) -> str:
     from ..ops import OPS, get as get_op
+    if op in OPS and OPS[op].custom is not None:
+        return f"{op}: custom kernel: opaque (user code; the compiler cannot see into it)"
     doc = OPS[op].doc if op in OPS else ""
     doc = doc.split(", so")[0].strip()
     return f"{op} is opaque ({doc})" if doc else f"{op} is opaque (its loop structure cannot be shared)"

@@ -93,6 +93,7 @@ class Compute:
     outputs: tuple[L.Buffer, ...] = ()
     operands: tuple[str, ...] = ()   # contraction: names of the (A, B) buffers, for cache_read
     stashes: tuple[Stash, ...] = ()  # reduce: see stash_shared_values
+    custom: Any = None               # kind 'custom': the CustomKernel (explorer.custom_kernel)
 
     @property
     def axes(self) -> tuple[Axis, ...]:
@@ -170,17 +171,19 @@ def _cast(e: L.Expr, dt: str) -> L.Expr:
 
 
 def round_half(e: L.Expr) -> L.Expr:
-    """An f16 value rounded to half precision at its op's boundary, as NumPy rounds every f16 result.
+    """An f16/bf16/fp8 value rounded to its precision at its op's boundary, as NumPy (and ml_dtypes)
+    round every f16/bf16/fp8 result.
 
-    Both code generators compute f16 in float registers, so an f16 intermediate inlined into a fused
-    expression would otherwise keep float precision (np.tanh(x).astype(np.int32) on f16 x differed).
-    A Cast to f16 is the rounding (a load, a constant or an existing cast is already half):
+    Both code generators compute these in float registers, so a narrow intermediate inlined into a
+    fused expression would otherwise keep float precision (np.tanh(x).astype(np.int32) on f16 x
+    differed). A Cast to the narrow dtype is the rounding (a load, a constant or an existing cast to
+    it is already narrow):
 
         tanh(x[i0]) > x[i0]    →    f16(tanh(x[i0])) > x[i0]
     """
-    if e.dtype != "f16" or isinstance(e, (L.Load, L.Const)) or (isinstance(e, L.Cast) and e.dtype == "f16"):
+    if e.dtype not in L.LOW_PRECISION or isinstance(e, (L.Load, L.Const, L.Cast)):
         return e
-    return L.Cast("f16", e)
+    return L.Cast(e.dtype, e)
 
 
 class GroupLowering:
@@ -494,7 +497,7 @@ def stageable(load: L.Load) -> bool:
 
 def _acc_dtype(n: Node) -> str:
     dt = _dt(n)
-    return "f32" if dt == "f16" else dt
+    return "f32" if dt in L.LOW_PRECISION else dt
 
 
 def _identity(op: str, dt: str) -> L.Const:
@@ -601,7 +604,7 @@ def _stores_exactly(e: L.Expr, buf: L.Buffer) -> bool:
     Needs the same dtype, and f16 values are computed in f32 registers by both code generators
     (rounded to half only at an explicit cast or a store), so an f16 e must itself be such a cast:
     softmax's f16 exp(...) is held unrounded, and storing it would round what the sum adds."""
-    return buf.dtype == e.dtype and (e.dtype != "f16" or isinstance(e, L.Cast))
+    return buf.dtype == e.dtype and (e.dtype not in L.LOW_PRECISION or isinstance(e, L.Cast))
 
 
 def _contains(e: L.Expr, sub: L.Expr) -> bool:
@@ -676,8 +679,27 @@ def stash_shared_values(accums, stores, full, full_idx, inputs) -> tuple[list[St
     return full, tuple(stashes)
 
 
+def _custom(n: Node, name: str, buffers, out_buffers) -> Compute:
+    """A custom kernel: no loops to derive, only its buffers (the user's source computes them).
+
+        %1 = swish(x)    →    kernel custom_swish(x, out0):  # custom kernel swish(x) -> out0
+    """
+    spec = get_op(n.op).custom
+    ins = []
+    for i in n.inputs:
+        b = buffers.get(i.id)
+        if b is None:
+            raise ExplorerError(f"custom kernel {spec.name}: input {i.name} is a scalar constant; custom kernels take "
+                                f"arrays: pass np.full(shape, value, np.{spec.dtype}) as an input instead")
+        ins.append(b)
+    axes = tuple(Axis(f"i{d}", s) for d, s in enumerate(n.shape))
+    return Compute("custom", name, axes, inputs=tuple(ins), outputs=tuple(b for _, b in out_buffers), custom=spec)
+
+
 def _opaque(grp, name, members, buffers, out_buffers) -> Compute:
     n = grp.anchor
+    if get_op(n.op).custom is not None:
+        return _custom(n, name, buffers, out_buffers)
     if n.op != "cumsum":
         raise ExplorerError(f"lowering: opaque op {n.op} has no loop template; supported opaque ops: cumsum")
     D = n.shape

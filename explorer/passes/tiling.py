@@ -75,6 +75,14 @@ def tile(program: L.Program, schedule: Any = None, target: str = "cuda", example
                             f"got {type(schedule).__name__}")
     for k in program.kernels:
         compute = k.meta_dict()["compute"]
+        if compute.kind == "custom":
+            # the user's source is the schedule: nothing to split, bind or stage
+            if k.name in per_kernel and list(per_kernel[k.name]):
+                raise ScheduleError(f"kernel {k.name} is a custom kernel ({compute.custom.name}); it takes no "
+                                    f"Schedule: its own source decides its loops. Schedule the other kernels")
+            kernels.append(generate_kernel(compute, Schedule(), sched_target).replace(
+                group=k.group, ops=k.ops, source_lines=k.source_lines))
+            continue
         try:
             if k.name in per_kernel:
                 s = per_kernel[k.name]
@@ -113,6 +121,8 @@ def _call_schedule_fn(fn, compute, target: str) -> Schedule:
 
 def generate_kernel(compute, schedule: Schedule, target: str = "cuda") -> L.Kernel:
     """The loop nest of one compute definition under `schedule` (target: 'cuda' | 'cpu' | 'naive')."""
+    if compute.kind == "custom":
+        return _custom_kernel(compute)
     operands = tuple(compute.operands)
     if compute.kind == "contraction" and not operands:
         # f16 operands are read through an f32 cast, which lowering does not list; the tensor-core
@@ -139,6 +149,20 @@ def generate_kernel(compute, schedule: Schedule, target: str = "cuda") -> L.Kern
     return L.Kernel(compute.name, tuple(uniq), tuple(body), outputs=tuple(b.name for b in compute.outputs),
                     kind=compute.kind, schedule=tuple(str(p) for p in schedule),
                     meta=(("compute", compute), ("notes", tuple(schedule.notes))))
+
+
+def _custom_kernel(compute) -> L.Kernel:
+    """A custom kernel's Kernel: its buffers and one comment (the user's C/CUDA source is the body)."""
+    spec = compute.custom
+    ins = ", ".join(b.name for b in compute.inputs)
+    outs = ", ".join(b.name for b in compute.outputs)
+    note = (f"custom kernel {spec.name}({ins}) -> {outs}: cpu runs its c_source, cuda its cuda_source, "
+            f"sim and reference its NumPy reference")
+    params = tuple(compute.inputs) + tuple(b for b in compute.outputs if b not in compute.inputs)
+    return L.Kernel(compute.name, params, (L.Comment(note),), outputs=tuple(b.name for b in compute.outputs),
+                    kind="custom", schedule=(), meta=(("compute", compute), ("custom", spec),
+                                                      ("notes", ("custom kernel: opaque, the user's source "
+                                                                 "is its schedule",))))
 
 
 class _Generator:

@@ -32,7 +32,8 @@ ON_OFF = (("auto", AUTO), ("on", True), ("off", False))
 SCHEDULE_KNOBS = ("thread_tile", "threads", "vector", "unroll", "shared", "double_buffer",
                   "tensor_core")  # besides "tile"
 AS_GIVEN = "given"  # Dropdown treats None as "nothing selected", so a sentinel
-DTYPES = (("as given", AS_GIVEN), ("float32", "float32"), ("float64", "float64"), ("float16", "float16"))
+DTYPES = (("as given", AS_GIVEN), ("float32", "float32"), ("float64", "float64"), ("float16", "float16"),
+          ("bfloat16 (ml_dtypes)", "bfloat16"))
 SCALES = (("×¼", 0.25), ("×½", 0.5), ("×1", 1.0), ("×2", 2.0), ("×4", 4.0), ("×8", 8.0))
 NARROW = W.Layout(width="176px")
 
