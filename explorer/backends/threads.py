@@ -137,6 +137,31 @@ def busy_cores(loadavg_text: str | None = None, cpus: int | None = None, cores: 
     return others
 
 
+def load_signal(loadavg_text: str | None = None, cpus: int | None = None, cores: int | None = None) -> str:
+    """What the call-time signal reads now, for people: the running count, the cores it takes
+    from us, and the team a 2+-thread kernel would get.
+
+    >>> load_signal("3.1 2.0 1.0 3/200 1", cpus=2, cores=2)
+    '/proc/loadavg: 3 runnable threads on 2 CPUs (this one included) -> 2 of 2 usable cores taken now; a parallel kernel would run 1 thread'
+    """
+    if cores is None:
+        cores = usable_cores()[0]
+    if cpus is None:
+        cpus = os.cpu_count() or cores
+    try:
+        if loadavg_text is None:
+            with open("/proc/loadavg") as f:
+                loadavg_text = f.read()
+        running = int(loadavg_text.split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return "/proc/loadavg unreadable: parallel kernels get their full team"
+    busy = busy_cores(loadavg_text, cpus=cpus, cores=cores)
+    n = threads_now(cores, busy, cores)
+    taken = min(busy or 0, cores)
+    return (f"/proc/loadavg: {running} runnable threads on {cpus} CPUs (this one included) -> {taken} of {cores} "
+            f"usable cores taken now; a parallel kernel would run {n} thread{'s' if n != 1 else ''}")
+
+
 # ----------------------------------------------------------------------------- work estimate
 def _expr_ops(e: L.Expr) -> int:
     n = 0
@@ -270,6 +295,7 @@ def report() -> str:
     usable cores: 2 (affinity 2 CPUs)
     idle workers sleep (OMP_WAIT_POLICY=PASSIVE, set by explorer before libgomp loaded)
     parallel above ~300 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
+    /proc/loadavg: 1 runnable threads on 2 CPUs (this one included) -> 0 of 2 usable cores taken now; ...
     native pools: openblas (blas) 2 threads
     """
     n, why = usable_cores()
@@ -283,4 +309,5 @@ def report() -> str:
                       _wait_state.get("text", "idle workers: decided when the first CPU kernel loads"),
                       f"parallel above ~{PARALLEL_MIN_US:g} µs of estimated work, one more thread per "
                       f"~{GRAIN_US:g} µs, fewer when cores are taken",
+                      load_signal(cores=n),
                       f"native pools: {listed}"])
