@@ -8,6 +8,9 @@
 (2) the fused 16384x16 @ 16x16 MLP (serial by the policy) after: nothing (3 warm calls before: the
     "alone" of timing_stability.py), a NumPy 512^3 matmul, an 8 MB np.copyto (cache state only),
     and a 512^3 matmul with OpenBLAS limited to 1 thread by threadpoolctl (no BLAS worker left spinning).
+(3) --part compare: compare() on the essay MLP 256x64 @ 64x32, 12 times with a NumPy 512^3 matmul
+    before each (timing_stability.py's first scenario), printing each run's fused/unfused medians and
+    IQR and /proc/loadavg's running count: shows runs where OpenBLAS's spinning worker takes a core.
 The load average is printed at the start and end of each part.
 """
 from __future__ import annotations
@@ -45,7 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--neighbour", action="store_true", help="start `python -c 'while True: pass'` for the run")
-    ap.add_argument("--part", choices=["team", "after", "both"], default="both")
+    ap.add_argument("--part", choices=["team", "after", "both", "compare"], default="both")
     args = ap.parse_args()
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.neighbour else None
     try:
@@ -107,6 +110,18 @@ def main() -> None:
                 show(m, res[m])
                 print(f"    {statistics.median(res[m]) / base:.2f}x alone")
             print(f"  load at end {load()}")
+        if args.part == "compare":
+            x, w, b = f32(256, 64), f32(64, 32), f32(32)
+            big_a, big_b = f32(512, 512), f32(512, 512)
+            print(f"(3) compare() MLP 256x64@64x32 x12; load {load()}")
+            for i in range(12):
+                big_a @ big_b
+                r = explorer.compare(mlp, x, w, b, target="cpu", verbose=False)
+                f, u = r.variant("fused"), r.variant("unfused")
+                t = f.timing
+                print(f"  {i:2d} speedup {r.speedup:.2f}  fused {f.median_ms * 1e3:.1f} us (IQR {t.q1_ms * 1e3:.1f}-"
+                      f"{t.q3_ms * 1e3:.1f}, n={t.repeat})  unfused {u.median_ms * 1e3:.1f} us  "
+                      f"running {load().split()[3]}", flush=True)
     finally:
         if busy:
             busy.terminate()
