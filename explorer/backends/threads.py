@@ -114,6 +114,21 @@ def usable_cores(affinity: int | None = None, quota: float | None | str = "read"
     return cores, ", ".join(why)
 
 
+def running_threads(loadavg_text: str | None = None) -> int | None:
+    """Runnable threads on the machine now (/proc/loadavg's 4th field, the caller included); None if unreadable.
+
+    >>> running_threads("0.5 0.4 0.3 3/96 123")
+    3
+    """
+    try:
+        if loadavg_text is None:
+            with open("/proc/loadavg") as f:
+                loadavg_text = f.read()
+        return int(loadavg_text.split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def busy_cores(loadavg_text: str | None = None, cpus: int | None = None, cores: int | None = None) -> int | None:
     """Cores other runnable threads hold right now: /proc/loadavg's running count less the caller;
     None where unknown. ~3 µs: read only for kernels big enough to go parallel.
@@ -124,12 +139,8 @@ def busy_cores(loadavg_text: str | None = None, cpus: int | None = None, cores: 
     >>> busy_cores("9.0 8.0 7.0 33/900 1", cpus=64, cores=2)     # 32 others over 64 CPUs: 1 of ours
     1
     """
-    try:
-        if loadavg_text is None:
-            with open("/proc/loadavg") as f:
-                loadavg_text = f.read()
-        running = int(loadavg_text.split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
+    running = running_threads(loadavg_text)
+    if running is None:
         return None
     others = max(0, running - 1)
     if cpus and cores and cpus > cores:
@@ -148,12 +159,8 @@ def load_signal(loadavg_text: str | None = None, cpus: int | None = None, cores:
         cores = usable_cores()[0]
     if cpus is None:
         cpus = os.cpu_count() or cores
-    try:
-        if loadavg_text is None:
-            with open("/proc/loadavg") as f:
-                loadavg_text = f.read()
-        running = int(loadavg_text.split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
+    running = running_threads(loadavg_text)
+    if running is None:
         return "/proc/loadavg unreadable: parallel kernels get their full team"
     busy = busy_cores(loadavg_text, cpus=cpus, cores=cores)
     n = threads_now(cores, busy, cores)
