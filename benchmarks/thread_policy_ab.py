@@ -11,6 +11,8 @@
 (3) --part compare: compare() on the essay MLP 256x64 @ 64x32, 12 times with a NumPy 512^3 matmul
     before each (timing_stability.py's first scenario), printing each run's fused/unfused medians and
     IQR and /proc/loadavg's running count: shows runs where OpenBLAS's spinning worker takes a core.
+(4) --part blas: NumPy's own matmul (256^3, 512^3, 1024^3) with OpenBLAS limited to 1 thread vs its
+    default 2 (threadpoolctl), interleaved: what limiting NumPy's BLAS pool would cost (or save).
 The load average is printed at the start and end of each part.
 """
 from __future__ import annotations
@@ -48,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--neighbour", action="store_true", help="start `python -c 'while True: pass'` for the run")
-    ap.add_argument("--part", choices=["team", "after", "both", "compare"], default="both")
+    ap.add_argument("--part", choices=["team", "after", "both", "compare", "blas"], default="both")
     args = ap.parse_args()
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.neighbour else None
     try:
@@ -122,6 +124,23 @@ def main() -> None:
                 print(f"  {i:2d} speedup {r.speedup:.2f}  fused {f.median_ms * 1e3:.1f} us (IQR {t.q1_ms * 1e3:.1f}-"
                       f"{t.q3_ms * 1e3:.1f}, n={t.repeat})  unfused {u.median_ms * 1e3:.1f} us  "
                       f"running {load().split()[3]}", flush=True)
+        if args.part == "blas":
+            from threadpoolctl import threadpool_limits
+            print(f"(4) NumPy matmul, OpenBLAS 1 vs 2 threads; load {load()}")
+            for n in (256, 512, 1024):
+                a = f32(n, n)
+                res = {1: [], 2: []}
+                for r in range(12 if n < 1024 else 6):
+                    for t in ((1, 2) if r % 2 else (2, 1)):
+                        with threadpool_limits(t, user_api="blas"):
+                            a @ a
+                            t0 = time.perf_counter()
+                            a @ a
+                            res[t].append((time.perf_counter() - t0) * 1e3)
+                for t in (1, 2):
+                    show(f"{n}^3 matmul, OpenBLAS {t} thread(s)", res[t])
+                print(f"    1 thread / 2 threads: {statistics.median(res[1]) / statistics.median(res[2]):.2g}x")
+            print(f"  load at end {load()}")
     finally:
         if busy:
             busy.terminate()
