@@ -46,6 +46,13 @@ from explorer import measure  # noqa: E402
 from explorer.compiled import Timing  # noqa: E402
 
 
+def rx(num: Timing, den: Timing) -> str:
+    """num / den of the medians as explorer.measure prints it (3 significant digits, never a bare
+    '0.00x'), with '(unstable)' when either timing carries the unstable-measurement flag."""
+    r = measure.ratio(num, den)
+    return measure.fmt_ratio(r.value) + (" (unstable)" if r.unstable else "")
+
+
 def chain(a, b):
     return np.maximum(np.tanh(a * 1.5 + b) * b - a / 3, 0.1) + a * b
 
@@ -71,23 +78,24 @@ def ours(fn, *args, repeat: int = 10, **kw) -> tuple[Timing, float, "explorer.Co
 
 class Table:
     def __init__(self):
-        self.rows: list[tuple[str, str, str, str, str]] = []
+        self.rows: list[tuple[str, str, str, str, str, str]] = []
 
     def add(self, name: str, t: Timing | None, ratio: str = "", note: str = ""):
+        flag = f" [{measure.UNSTABLE_TEXT}]" if t is not None and t.unstable else ""
         self.rows.append((name, f"{t.median_ms:9.3f}" if t else "      n/a", f"{t.min_ms:9.3f}" if t else "",
-                          ratio, note))
+                          ratio, note, flag))
 
     def section(self, title: str):
-        self.rows.append((f"-- {title}", "", "", "", ""))
+        self.rows.append((f"-- {title}", "", "", "", "", ""))
 
     def print(self):
         w = max(len(r[0]) for r in self.rows)
-        print(f"{'case':<{w}}  {'median ms':>9}  {'min ms':>9}  {'ratio':>14}  note (ratios use medians)")
-        for name, ms, mn, ratio, note in self.rows:
+        print(f"{'case':<{w}}  {'median ms':>9}  {'min ms':>9}  {'ratio':>18}  note (ratios use medians)")
+        for name, ms, mn, ratio, note, flag in self.rows:
             if name.startswith("--"):
                 print(name)
             else:
-                print(f"{name:<{w}}  {ms:>9}  {mn:>9}  {ratio:>14}  {note}")
+                print(f"{name:<{w}}  {ms:>9}  {mn:>9}  {ratio:>18}  {note}{flag}")
 
 
 def sizes(quick: bool) -> dict:
@@ -245,49 +253,49 @@ def main(argv=None) -> int:
 
     tab.section(f"8-op chain, {n / 2**20:.0f}M float32")
     tab.add("numpy", tnp, "1.0x", bw_note(tnp))
-    tab.add("fused CPU kernel (NumPy NaN/Inf)", tfused, f"{tnp.median_ms / tfused.median_ms:.1f}x numpy",
+    tab.add("fused CPU kernel (NumPy NaN/Inf)", tfused, f"{rx(tnp, tfused)} numpy",
             f"{bw_note(tfused)}; max err {err:.2g}")
-    tab.add("fused CPU kernel, fast_math=True", tfast, f"{tnp.median_ms / tfast.median_ms:.1f}x numpy",
+    tab.add("fused CPU kernel, fast_math=True", tfast, f"{rx(tnp, tfast)} numpy",
             f"{bw_note(tfast)}; max err {err_fast:.2g}")
     if tne is not None:
-        tab.add(f"numexpr ({ne_threads} threads)", tne, f"{tnp.median_ms / tne.median_ms:.1f}x numpy",
-                f"fused is {tne.median_ms / tfused.median_ms:.1f}x faster")
+        tab.add(f"numexpr ({ne_threads} threads)", tne, f"{rx(tnp, tne)} numpy",
+                f"fused is {rx(tne, tfused)} faster")
     else:
         tab.add("numexpr", None, "", "not installed")
     threads = tr_res["threads"] if tr_res else "?"
     for key, label in (("chain eager", f"torch eager ({threads} threads)"), ("chain compile", "torch.compile (Inductor)")):
         t = tt(key)
-        tab.add(label, t, f"{tnp.median_ms / t.median_ms:.1f}x numpy" if t else "",
-                (f"fused is {t.median_ms / tfused.median_ms:.1f}x faster, fast_math "
-                 f"{t.median_ms / tfast.median_ms:.1f}x") if t else tr_why)
+        tab.add(label, t, f"{rx(tnp, t)} numpy" if t else "",
+                (f"fused is {rx(t, tfused)} faster, fast_math "
+                 f"{rx(t, tfast)}") if t else tr_why)
     for m, k, nn, tf, ef, cf, tu, cu, tn in mlp_res:
         tab.section(f"matmul+bias+relu {m}x{k} @ {k}x{nn}")
         tab.add("numpy", tn, "1.0x")
-        tab.add(f"fused ({len(cf.kernels)} kernel)", tf, f"{tn.median_ms / tf.median_ms:.2f}x numpy",
-                f"{tu.median_ms / tf.median_ms:.2f}x vs unfused; max err {ef:.2g}")
-        tab.add(f"unfused ({len(cu.kernels)} kernels)", tu, f"{tn.median_ms / tu.median_ms:.2f}x numpy",
+        tab.add(f"fused ({len(cf.kernels)} kernel)", tf, f"{rx(tn, tf)} numpy",
+                f"{rx(tu, tf)} vs unfused; max err {ef:.2g}")
+        tab.add(f"unfused ({len(cu.kernels)} kernels)", tu, f"{rx(tn, tu)} numpy",
                 "per kernel ms: " + ", ".join(f"{v:.3f}" for v in (tu.per_kernel_ms or {}).values()))
         for key, label in ((f"mlp{m} eager", "torch eager"), (f"mlp{m} compile", "torch.compile (Inductor)")):
             t = tt(key)
-            tab.add(label, t, f"{tn.median_ms / t.median_ms:.2f}x numpy" if t else "",
-                    f"fused is {t.median_ms / tf.median_ms:.2f}x its speed" if t else tr_why)
+            tab.add(label, t, f"{rx(tn, t)} numpy" if t else "",
+                    f"fused is {rx(t, tf)} its speed" if t else tr_why)
     m = sz["mm"]
     flops = 2 * m ** 3
     tab.section(f"matmul {m}^3")
     tab.add("numpy", tmn, f"{flops / tmn.median_ms / 1e6:.0f} GFLOP/s")
     tab.add("CPU backend", tm, f"{flops / tm.median_ms / 1e6:.0f} GFLOP/s",
-            f"{tmn.median_ms / tm.median_ms:.2f}x numpy (min: {tmn.min_ms / tm.min_ms:.2f}x); max err {em:.2g}")
+            f"{rx(tmn, tm)} numpy (min: {measure.fmt_ratio(tmn.min_ms / tm.min_ms)}); max err {em:.2g}")
     t = tt("mm")
     tab.add("torch.matmul", t, f"{flops / t.median_ms / 1e6:.0f} GFLOP/s" if t else "", "" if t else tr_why)
     for name, tr, er, tn in red_res:
         tab.section(f"{name} over the last axis, {sz['rows']}x1024 float32")
         tab.add("numpy", tn, "1.0x")
         gbs = 2 * d["rows"].nbytes / tr.median_ms / 1e6
-        tab.add("CPU backend (1 kernel)", tr, f"{tn.median_ms / tr.median_ms:.1f}x numpy",
+        tab.add("CPU backend (1 kernel)", tr, f"{rx(tn, tr)} numpy",
                 f"{gbs:.1f} GB/s = {100 * gbs / copy_gbs:.0f}% of copy; max err {er:.2g}")
         t = tt(name)
-        tab.add("torch.compile (Inductor)", t, f"{tn.median_ms / t.median_ms:.1f}x numpy" if t else "",
-                f"ours is {t.median_ms / tr.median_ms:.2f}x its speed" if t else tr_why)
+        tab.add("torch.compile (Inductor)", t, f"{rx(tn, t)} numpy" if t else "",
+                f"ours is {rx(t, tr)} its speed" if t else tr_why)
     tab.print()
     print(f"load average: {load:.1f} at the start, {end_load:.1f} after our and numpy's rows"
           + (f"; torch {tr_res['version']} measured afterwards in a child process" if tr_res else ""))
@@ -441,14 +449,15 @@ def against(rev: str, quick: bool, rounds: int) -> int:
     print(f"{head:<{w}}  {'before ms (IQR)':>26}  {'after ms (IQR)':>26}  {'after/before':>12}  verdict")
     for name in rows:
         a_ms, b_ms, (ea, eb) = res[name]
-        ma, mb = statistics.median(a_ms), statistics.median(b_ms)
-        ratio = ma / mb
-        bad = ratio > 1.10
+        ta, tb = measure.summarize(a_ms), measure.summarize(b_ms)
+        r = measure.ratio(ta, tb)
+        bad = r.value > 1.10
         if bad:
             slower.append(name)
-        print(f"{name:<{w}}  {mb:9.3f} ({_q(b_ms, .25):7.3f}-{_q(b_ms, .75):7.3f})  "
-              f"{ma:9.3f} ({_q(a_ms, .25):7.3f}-{_q(a_ms, .75):7.3f})  {ratio:11.2f}x  "
-              f"{'SLOWER by > 10%' if bad else 'ok'}  (max err {eb:.2g} -> {ea:.2g})")
+        print(f"{name:<{w}}  {tb.median_ms:9.3f} ({tb.q1_ms:7.3f}-{tb.q3_ms:7.3f})  "
+              f"{ta.median_ms:9.3f} ({ta.q1_ms:7.3f}-{ta.q3_ms:7.3f})  {measure.fmt_ratio(r.value):>12}  "
+              f"{'SLOWER by > 10%' if bad else 'ok'}{' (unstable: rerun)' if r.unstable else ''}  "
+              f"(max err {eb:.2g} -> {ea:.2g})")
     print(f"load average at the end {os.getloadavg()[0]:.1f}; "
           + (f"{len(slower)} row(s) slower by > 10%: {', '.join(slower)}" if slower else
              "no row slower than before by more than 10%"))

@@ -180,37 +180,52 @@ def fmt(s: dict, unit: str, digits: int = 3) -> str:
             f"min {s['min']:.{digits}g}, max {s['max']:.{digits}g}, n={s['n']})")
 
 
-def report(label: str, r: dict) -> list[bool]:
-    ok: list[bool] = []
+# the acceptance lines in the order report() checks them: (short name, limit) for the summary table
+LINES = [("compare() MLP 256x64@64x32 x12: min speedup; max/min", ">= 0.9; <= 1.8"),
+         ("MLP 16384x16@16x16 after 512^3 matmul / alone", "<= 2x"),
+         ("linear 16x64@64x192, 2000 calls: p99 / p50", "<= 5x"),
+         ("tiny elementwise call, median", "<= 6 us"),
+         ("c(a, b) 16M 8-op chain / kernel only", "<= 1.3x"),
+         ("fused f64 gelu vs NumPy, max abs error", "<= 1e-15")]
 
-    def line(passed: bool, text: str) -> None:
-        ok.append(passed)
+
+def report(label: str, r: dict) -> list[tuple[bool, str]]:
+    """Print one condition's details; return (passed, short value) per acceptance line (LINES)."""
+    ok: list[tuple[bool, str]] = []
+
+    def line(passed: bool, text: str, short: str) -> None:
+        ok.append((passed, short))
         print(f"  [{'PASS' if passed else 'FAIL'}] {text}")
     print(f"== {label}")
     sp = r["compare"]["speedups"]
     line(min(sp) >= 0.9 and max(sp) / min(sp) <= 1.8,
          f"compare() MLP 256x64@64x32 x12: speedups {', '.join(f'{v:.2f}' for v in sp)}; "
-         f"min {min(sp):.2f} (>= 0.9), max/min {max(sp) / min(sp):.2f} (<= 1.8)")
+         f"min {min(sp):.2f} (>= 0.9), max/min {max(sp) / min(sp):.2f} (<= 1.8)",
+         f"{min(sp):.2f}; {max(sp) / min(sp):.2f}")
     fm = r["compare"]["fused_ms"]
     print(f"         fused medians {min(fm):.4f}-{max(fm):.4f} ms, unfused {min(r['compare']['unfused_ms']):.4f}-"
           f"{max(r['compare']['unfused_ms']):.4f} ms")
     am = r["after_matmul"]
     ratio = am["after_ms"]["median"] / am["alone_ms"]["median"]
-    line(ratio <= 2.0, f"MLP 16384x16@16x16 after a 512^3 NumPy matmul / alone: {ratio:.2f}x (<= 2)")
+    line(ratio <= 2.0, f"MLP 16384x16@16x16 after a 512^3 NumPy matmul / alone: {ratio:.2f}x (<= 2)",
+         f"{ratio:.2f}x ({am['after_ms']['median']:.3g} / {am['alone_ms']['median']:.3g} ms)")
     print(f"         after:  {fmt(am['after_ms'], 'ms')}\n         alone:  {fmt(am['alone_ms'], 'ms')}")
     li = r["linear"]
     line(li["p99"] <= 5 * li["us"]["median"],
          f"linear 16x64@64x192, 2000 calls: p50 {li['us']['median']:.1f} us, p90 {li['p90']:.1f} us, "
-         f"p99 {li['p99']:.1f} us = {li['p99'] / li['us']['median']:.2f}x p50 (<= 5), max {li['us']['max']:.0f} us")
+         f"p99 {li['p99']:.1f} us = {li['p99'] / li['us']['median']:.2f}x p50 (<= 5), max {li['us']['max']:.0f} us",
+         f"{li['p99'] / li['us']['median']:.2f}x (p50 {li['us']['median']:.1f} us)")
     ti = r["tiny"]
     line(ti["ours_us"]["median"] <= 6.0, f"tiny elementwise call: {fmt(ti['ours_us'], 'us')} (<= 6 us); "
-                                         f"NumPy {ti['numpy_us']['median']:.2f} us")
+                                         f"NumPy {ti['numpy_us']['median']:.2f} us", f"{ti['ours_us']['median']:.2f} us")
     ch = r["chain"]
     ratio = ch["call_ms"]["median"] / ch["kernel_ms"]["median"]
-    line(ratio <= 1.3, f"c(a, b) on the {ch['n'] / 2**20:.0f}M 8-op chain / kernel only: {ratio:.2f}x (<= 1.3)")
+    line(ratio <= 1.3, f"c(a, b) on the {ch['n'] / 2**20:.0f}M 8-op chain / kernel only: {ratio:.2f}x (<= 1.3)",
+         f"{ratio:.2f}x")
     print(f"         call:   {fmt(ch['call_ms'], 'ms')}\n         kernel: {fmt(ch['kernel_ms'], 'ms')}")
     g = r["gelu"]["max_abs_err"]
-    line(g <= 1e-15, f"fused f64 gelu ({r['gelu']['kernels']} kernel) vs NumPy: max abs error {g:.3g} (<= 1e-15)")
+    line(g <= 1e-15, f"fused f64 gelu ({r['gelu']['kernels']} kernel) vs NumPy: max abs error {g:.3g} (<= 1e-15)",
+         f"{g:.2g}")
     if "fma" in r:
         print(f"  [info] f64 a*b+c vs NumPy: max abs error {r['fma']:.3g} (0: no FMA contraction)")
     return ok
@@ -244,28 +259,46 @@ def main(argv=None) -> int:
         wt = os.path.join(tempfile.mkdtemp(prefix="ke-against-"), "tree")
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", wt, args.against], check=True,
                        capture_output=True)
-        trees.append((f"{args.against} (before)", wt))
-    all_ok: list[bool] = []
+        trees.append((args.against, wt))
+    columns: list[tuple[str, list[tuple[bool, str]]]] = []   # (condition, one (passed, value) per LINES)
+
+    def condition(name: str) -> None:
+        for label, root in trees:
+            load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+            print(f"load average {load} (1/5/15 min) at the start of: {name}, {label}")
+            columns.append((f"{name}{'' if root is None else ', ' + label} (load {os.getloadavg()[0]:.1f})",
+                            report(f"{name}, {label}", child(args.quick, root))))
     try:
         if not args.only_neighbour:
-            for label, root in trees:
-                ok = report(f"quiet (no neighbour started by this script), {label}", child(args.quick, root))
-                all_ok += ok if root is None else []
+            condition("quiet (no neighbour started)")
         if not args.no_neighbour:
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
             try:
                 time.sleep(0.5)
-                for label, root in trees:
-                    ok = report(f"busy neighbour (pid {busy.pid} spinning), {label}", child(args.quick, root))
-                    all_ok += ok if root is None else []
+                condition(f"busy neighbour (pid {busy.pid})")
             finally:
                 busy.terminate()
                 busy.wait()
     finally:
         if wt:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", wt], capture_output=True)
-    print(f"load average at the end {os.getloadavg()[0]:.2f}; this tree: {sum(all_ok)}/{len(all_ok)} PASS")
-    return 0 if all(all_ok) else 1
+    ours = [ok for (name, res) in columns if args.against is None or not name.split(" (load")[0].endswith(
+        ", " + args.against) for ok, _ in res]
+    print_summary(columns)
+    print(f"load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs; "
+          f"this tree: {sum(ours)}/{len(ours)} PASS")
+    return 0 if all(ours) else 1
+
+
+def print_summary(columns: list[tuple[str, list[tuple[bool, str]]]]) -> None:
+    """One markdown table: a row per acceptance line, a column per condition, PASS/FAIL and the value."""
+    print("\n## Summary (PASS/FAIL per acceptance line; load average = 1-minute value at the start)\n")
+    print("| acceptance line | limit | " + " | ".join(c for c, _ in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
+    for i, (name, limit) in enumerate(LINES):
+        cells = [f"{'PASS' if res[i][0] else '**FAIL**'} {res[i][1]}" for _, res in columns]
+        print(f"| {name} | {limit} | " + " | ".join(cells) + " |")
+    print()
 
 
 if __name__ == "__main__":

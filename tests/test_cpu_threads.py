@@ -136,6 +136,17 @@ def test_passive_wait_policy_set_before_libgomp_loads(tmp_path):
 def test_report_names_the_policy_inputs():
     text = threads.report()
     assert "usable cores:" in text and "parallel above" in text and "native pools:" in text
+    assert "/proc/loadavg" in text                                          # the call-time signal, as read now
+
+
+def test_load_signal_says_what_the_call_time_policy_would_do():
+    quiet = threads.load_signal("0.1 0.1 0.1 1/96 1", cpus=2, cores=2)
+    assert "0 of 2 usable cores taken" in quiet and "would run 2 threads" in quiet
+    busy = threads.load_signal("9.0 8.0 7.0 14/200 1", cpus=2, cores=2)
+    assert "2 of 2 usable cores taken" in busy and "would run 1 thread" in busy
+    host = threads.load_signal("9.0 8.0 7.0 20/900 1", cpus=64, cores=2)   # a container's host-wide count
+    assert "0 of 2" in host and "would run 2 threads" in host
+    assert "unreadable" in threads.load_signal("garbage", cpus=2, cores=2)
     pytest.importorskip("threadpoolctl")
     assert any(p["user_api"] == "blas" for p in threads.blas_pools())      # NumPy's BLAS pool is listed
 

@@ -114,6 +114,21 @@ def usable_cores(affinity: int | None = None, quota: float | None | str = "read"
     return cores, ", ".join(why)
 
 
+def running_threads(loadavg_text: str | None = None) -> int | None:
+    """Runnable threads on the machine now (/proc/loadavg's 4th field, the caller included); None if unreadable.
+
+    >>> running_threads("0.5 0.4 0.3 3/96 123")
+    3
+    """
+    try:
+        if loadavg_text is None:
+            with open("/proc/loadavg") as f:
+                loadavg_text = f.read()
+        return int(loadavg_text.split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def busy_cores(loadavg_text: str | None = None, cpus: int | None = None, cores: int | None = None) -> int | None:
     """Cores other runnable threads hold right now: /proc/loadavg's running count less the caller;
     None where unknown. ~3 µs: read only for kernels big enough to go parallel.
@@ -124,17 +139,34 @@ def busy_cores(loadavg_text: str | None = None, cpus: int | None = None, cores: 
     >>> busy_cores("9.0 8.0 7.0 33/900 1", cpus=64, cores=2)     # 32 others over 64 CPUs: 1 of ours
     1
     """
-    try:
-        if loadavg_text is None:
-            with open("/proc/loadavg") as f:
-                loadavg_text = f.read()
-        running = int(loadavg_text.split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
+    running = running_threads(loadavg_text)
+    if running is None:
         return None
     others = max(0, running - 1)
     if cpus and cores and cpus > cores:
         return others * cores // cpus
     return others
+
+
+def load_signal(loadavg_text: str | None = None, cpus: int | None = None, cores: int | None = None) -> str:
+    """What the call-time signal reads now, for people: the running count, the cores it takes
+    from us, and the team a 2+-thread kernel would get.
+
+    >>> load_signal("3.1 2.0 1.0 3/200 1", cpus=2, cores=2)
+    '/proc/loadavg: 3 runnable threads on 2 CPUs (this one included) -> 2 of 2 usable cores taken now; a parallel kernel would run 1 thread'
+    """
+    if cores is None:
+        cores = usable_cores()[0]
+    if cpus is None:
+        cpus = os.cpu_count() or cores
+    running = running_threads(loadavg_text)
+    if running is None:
+        return "/proc/loadavg unreadable: parallel kernels get their full team"
+    busy = busy_cores(loadavg_text, cpus=cpus, cores=cores)
+    n = threads_now(cores, busy, cores)
+    taken = min(busy or 0, cores)
+    return (f"/proc/loadavg: {running} runnable threads on {cpus} CPUs (this one included) -> {taken} of {cores} "
+            f"usable cores taken now; a parallel kernel would run {n} thread{'s' if n != 1 else ''}")
 
 
 # ----------------------------------------------------------------------------- work estimate
@@ -270,6 +302,7 @@ def report() -> str:
     usable cores: 2 (affinity 2 CPUs)
     idle workers sleep (OMP_WAIT_POLICY=PASSIVE, set by explorer before libgomp loaded)
     parallel above ~300 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
+    /proc/loadavg: 1 runnable threads on 2 CPUs (this one included) -> 0 of 2 usable cores taken now; ...
     native pools: openblas (blas) 2 threads
     """
     n, why = usable_cores()
@@ -283,4 +316,5 @@ def report() -> str:
                       _wait_state.get("text", "idle workers: decided when the first CPU kernel loads"),
                       f"parallel above ~{PARALLEL_MIN_US:g} µs of estimated work, one more thread per "
                       f"~{GRAIN_US:g} µs, fewer when cores are taken",
+                      load_signal(cores=n),
                       f"native pools: {listed}"])
