@@ -296,6 +296,11 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
     if key_tail:
         s_val = L.Select(L.BinOp("<", j_key, L.Const(c.sk)), s_val, ninf)
     qd = sub(c.q_value, i=i_row, d=dd)
+    q_stage: list[L.Stmt] = []
+    if gpu:  # the thread's query row in registers: q is read from global memory once
+        q_row = L.Buffer("q_row", (c.d,), dt, "local")
+        q_stage = [L.Alloc(q_row), L.For(dd, c.d, (L.Store(q_row, (dd,), qd),))]
+        qd = L.Load(q_row, (dd,))
     if gpu:
         scores = [L.For(jj, bk, (L.Store(s_buf, (jj,), zero),
                                  L.For(dd, c.d, (L.Store(s_buf, (jj,), L.BinOp("+", S(jj), L.BinOp("*", qd, k_at()))),)),
@@ -337,7 +342,7 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
     allocs = [L.Alloc(b) for b in (m_buf, l_buf, acc, s_buf, m_new, alpha, rsum)]
     keyloop = L.For(j_o, ntile, tuple(tile_body))
     if gpu:
-        thread = L.For(r, bq, tuple(allocs + init + [keyloop] + store), kind="threadIdx.x")
+        thread = L.For(r, bq, tuple(allocs + q_stage + init + [keyloop] + store), kind="threadIdx.x")
         body = [L.For(blk, nb * nblk, (L.Alloc(k_tile), L.Alloc(v_tile), thread), kind="blockIdx.x")]
     else:
         body = [L.For(blk, nb * nblk, tuple(allocs + [L.Alloc(k_tile)] + init + [keyloop] + over_rows(store)),
@@ -346,7 +351,7 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
              f"{ntile} key tiles of {bk}", )
     if gpu:
         steps += ("bind(blk, blockIdx.x)", "bind(t, threadIdx.x): one query row per thread",
-                  "cache_read(k, shared, at=j_o)", "cache_read(v, shared, at=j_o)")
+                  "cache_read(q, local): the thread's query row", "cache_read(k, shared, at=j_o)", "cache_read(v, shared, at=j_o)")
     elif target == "cpu":
         steps += ("parallel(blk)", "cache_read(k, local, at=j_o, transposed)", "vectorize(jj)", "vectorize(e)")
     notes = (f"{ATTENTION_REASON}: each key tile's scores (s_tile) live in local memory; running max m_run and "
