@@ -449,6 +449,8 @@ KNOBS = {
     "tensor_core": "f16 matmul on tensor cores: WMMA 16x16x16 fragments from the shared tiles, f32 accumulation "
                    "(bool, CUDA/sim only, ignored on the CPU; default on when the operands are f16 and "
                    "M, N, K >= 16)",
+    "attention_tile": "fused attention (BQ, BK): query rows per block and keys per tile of the online softmax "
+                      "(CUDA/sim: one thread per query row, K and V tiles in shared memory)",
 }
 
 
@@ -469,6 +471,13 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
         for v in t:
             positive("tile", v)
         out["tile"] = t
+    if "attention_tile" in out:
+        t = tuple(out["attention_tile"]) if isinstance(out["attention_tile"], (tuple, list)) else ()
+        if len(t) != 2:
+            raise ScheduleError(f"schedule knob attention_tile: {out['attention_tile']!r} must be (BQ, BK), e.g. (32, 64)")
+        for v in t:
+            positive("attention_tile", v)
+        out["attention_tile"] = t
     if "thread_tile" in out:
         t = tuple(out["thread_tile"]) if isinstance(out["thread_tile"], (tuple, list)) else ()
         if len(t) != 2:

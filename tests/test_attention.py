@@ -137,3 +137,41 @@ def test_attention_cuda_compiles(arch, rng):
         assert [kk.name for kk in c.kernels] == ["flash_attention"]
         ptx = nvcc.check(c.stage("codegen").ir.source(), arch=arch, mode="ptx")
         assert ".entry flash_attention(" in ptx
+
+
+def causal_triu(q, k, v):
+    S = q.shape[-2]
+    s = q @ k.transpose(0, 2, 1) * np.float32(0.25) + np.triu(np.full((S, S), -np.inf, dtype=np.float32), 1)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def causal_tri(q, k, v):
+    s = np.where(np.tri(q.shape[-2], dtype=bool), q @ k.T * np.float32(0.25), -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_causal_mask_built_inside_the_function(target, rng):
+    q, k, v = _qkv(rng, 2, 37, 16)
+    for fn, args in ((causal_triu, (q, k, v)), (causal_tri, (q[0], k[0], v[0]))):
+        c = explorer.compile(fn, *args, target=target)
+        assert [kk.name for kk in c.kernels] == ["flash_attention"], fn.__name__
+        np.testing.assert_allclose(c(*args), fn(*args), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("tile", [(8, 16), (5, 7), (64, 128)])
+def test_attention_tile_knob(target, tile, rng):
+    q, k, v = _qkv(rng, 2, 37, 16)
+    c = explorer.compile(causal_triu, q, k, v, target=target, schedule={"attention_tile": tile})
+    np.testing.assert_allclose(c(q, k, v), causal_triu(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile, words", [((2048, 32), "1024"), ((64, 4096), "48 KiB"), ((0, 8), "positive"),
+                                         ((8,), "(BQ, BK)")])
+def test_bad_attention_tile_is_a_schedule_error(tile, words, rng):
+    q, k, v = _qkv(rng, 2, 200, 64)
+    with pytest.raises(explorer.ScheduleError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        explorer.compile(attention, q, k, v, target="sim", schedule={"attention_tile": tile})

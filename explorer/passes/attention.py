@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import loopir as L
+from ..errors import ScheduleError
 from ..graph import Graph, Node
 from ..ops import get as get_op, normalize_axes
 
@@ -214,6 +215,15 @@ def attention_tiles(c: AttentionCompute, target: str, knobs: dict | None = None)
     knobs = knobs or {}
     if "attention_tile" in knobs:
         bq, bk = knobs["attention_tile"]
+        if target != "cpu":
+            from ..schedule import MAX_SHARED_BYTES
+            if bq > 1024:
+                raise ScheduleError(f"schedule of {c.name}: attention_tile BQ={bq} means {bq} threads per block, "
+                                    f"over CUDA's 1024; use BQ <= 1024")
+            smem = min(bk, c.sk) * (c.d + c.dv) * L.np_dtype(c.acc_dtype).itemsize
+            if smem > MAX_SHARED_BYTES:
+                raise ScheduleError(f"schedule of {c.name}: attention_tile BK={bk} stages {smem} bytes of K and V "
+                                    f"in shared memory, over the {MAX_SHARED_BYTES}-byte (48 KiB) limit; use a smaller BK")
     elif target == "cpu":
         bq, bk = 32, 64
     else:  # one thread per query row; one block holds up to 256 rows so K and V are read few times
