@@ -316,14 +316,12 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
                                  L.For(dd, c.d, (L.Store(s_buf, (jj,), L.BinOp("+", S(jj), L.BinOp("*", qd, k_at()))),)),
                                  L.Store(s_buf, (jj,), s_val)))]
     else:
-        scores = [L.For(r, bq, (L.For(jj, bk, (L.Store(s_buf, (r, jj), zero),), kind="vectorized"),
-                                L.For(dd, c.d, (L.For(jj, bk, (L.Store(s_buf, (r, jj), L.BinOp("+", S(jj), L.BinOp("*", qd, k_at()))),),
-                                                      kind="vectorized"),)),
-                                L.For(jj, bk, (L.Store(s_buf, (r, jj), s_val),))))]
+        scores = _cpu_scores(s_buf, k_tile, qd, s_val, r, jj, dd, bq, bk, c.d, dt)
     M, Ml = L.Load(m_new, ()), L.Load(m_buf, ridx)
     m_safe = L.Select(L.BinOp("==", M, ninf), zero, M)  # a row with every key masked so far: no NaN from -inf - -inf
     v_at = L.Load(v_tile, (jj, ee)) if gpu else sub(c.v_value, j=j_safe, e=ee)
-    online = over_rows([
+    online = _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha, rsum, v_at, r, jj, ee, bq, bk, dt) if not gpu \
+        else over_rows([
         L.Comment("online softmax: new running max, rescale by exp(m_old - m_new)"),
         L.Store(m_new, (), Ml),
         L.For(jj, bk, (L.Store(m_new, (), L.BinOp("max", M, S(jj))),)),
@@ -349,6 +347,8 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
                                       _to(L.BinOp("/", L.Load(acc, ridx + (ee,)), L.Load(l_buf, ridx)), c.out.dtype)),))]
     if row_tail:
         store = [L.If(L.BinOp("<", i_out, L.Const(c.sq)), tuple(store))]
+    if not gpu:
+        alpha = L.Buffer("alpha", (bq,), dt, "local")
     allocs = [L.Alloc(b) for b in (m_buf, l_buf, acc, s_buf, m_new, alpha, rsum)]
     keyloop = L.For(j_o, ntile, tuple(tile_body))
     if gpu:
@@ -372,6 +372,69 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
     params = tuple(c.inputs) + tuple(b for b in c.outputs if b not in c.inputs)
     return L.Kernel(c.name, params, tuple(body), outputs=tuple(b.name for b in c.outputs), kind="attention",
                     schedule=steps, meta=(("compute", c), ("notes", notes)))
+
+
+_RT, _VW = 4, 16   # cpu register tile: 4 rows x 16 lanes (8 AVX accumulators), the C backend's micro-kernel shape
+
+
+def _split(n: int, w: int) -> int:
+    """w when it divides n, else n (one chunk: the C backend then emits plain loops)."""
+    return w if n % w == 0 else n
+
+
+def _cpu_scores(s_buf, kt, qd, s_val, r, jj, dd, bq, bk, d, dt) -> list[L.Stmt]:
+    """s_tile[r, jj] = logit(q[i, :] · kt[:, jj]) as a register-tiled matmul (RT rows x VW keys over d)."""
+    rt, vw = (_RT if bq % _RT == 0 else 1), _split(bk, _VW)
+    r_o, r_i, j_c, jv = L.Var("r_o"), L.Var("r_i"), L.Var("j_c"), L.Var("jv")
+    row = L.BinOp("+", L.BinOp("*", r_o, L.Const(rt)), r_i)
+    key = L.BinOp("+", L.BinOp("*", j_c, L.Const(vw)), jv)
+    reg = L.Buffer("s_reg", (rt, vw), dt, "local")
+    R = L.Load(reg, (r_i, jv))
+    tile = lambda st: L.For(r_i, rt, (L.For(jv, vw, (st,), kind="vectorized"),), kind="unrolled")  # noqa: E731
+    qv = L.substitute(qd, {r.name: row})
+    logit = L.simplify_expr(L.substitute(L.map_expr(s_val, lambda x: R if isinstance(x, L.Load) and x.buffer == s_buf
+                                                    else None), {r.name: row, jj.name: key}))
+    return [L.For(r_o, bq // rt, (L.For(j_c, bk // vw, (
+        L.Alloc(reg), tile(L.Store(reg, (r_i, jv), L.Const(0.0, dt))),
+        L.For(dd, d, (tile(L.Store(reg, (r_i, jv), L.BinOp("+", R, L.BinOp("*", qv, L.Load(kt, (dd, key)))))),)),
+        tile(L.Store(s_buf, (row, key), logit)))),))]
+
+
+def _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha0, rsum, v_at, r, jj, ee, bq, bk, dt) -> list[L.Stmt]:
+    """Per row: running max, alpha = exp(m_old - m_new), p = exp(s - m_new), l; then acc = acc * alpha + p @ v
+    as a register-tiled matmul (RT rows x VW output columns over the tile's keys)."""
+    ninf, zero = L.Const(float("-inf"), dt), L.Const(0.0, dt)
+    alpha = L.Buffer("alpha", (bq,), dt, "local")
+    S = L.Load(s_buf, (r, jj))
+    M, Ml = L.Load(m_new, ()), L.Load(m_buf, (r,))
+    m_safe = L.Select(L.BinOp("==", M, ninf), zero, M)
+    jo, jl = L.Var("jj_o"), L.Var("jj_l")
+    lw = _split(bk, 8)
+    S_split = L.Load(s_buf, (r, L.BinOp("+", L.BinOp("*", jo, L.Const(lw)), jl)))
+    # reductions split (serial chunks x vectorized lanes): the C backend keeps one partial per lane
+    row_reduce = lambda buf, op: L.For(jo, bk // lw, (L.For(jl, lw, (L.Store(buf, (), L.BinOp(op, L.Load(buf, ()), S_split)),),  # noqa: E731
+                                                             kind="vectorized"),))
+    softmax = L.For(r, bq, (
+        L.Comment("online softmax: new running max, rescale by exp(m_old - m_new)"),
+        L.Store(m_new, (), Ml), row_reduce(m_new, "max"),
+        L.Store(alpha, (r,), L.call("exp", L.BinOp("-", Ml, m_safe))),
+        L.For(jj, bk, (L.Store(s_buf, (r, jj), L.call("exp", L.BinOp("-", S, m_safe))),), kind="vectorized"),
+        L.Store(rsum, (), zero), row_reduce(rsum, "+"),
+        L.Store(l_buf, (r,), L.BinOp("+", L.BinOp("*", L.Load(l_buf, (r,)), L.Load(alpha, (r,))), L.Load(rsum, ()))),
+        L.Store(m_buf, (r,), M)))
+    rt, vw = (_RT if bq % _RT == 0 else 1), _split(c.dv, _VW)
+    r_o, r_i, e_c, ev = L.Var("r_o"), L.Var("r_i"), L.Var("e_c"), L.Var("ev")
+    row = L.BinOp("+", L.BinOp("*", r_o, L.Const(rt)), r_i)
+    col = L.BinOp("+", L.BinOp("*", e_c, L.Const(vw)), ev)
+    reg = L.Buffer("o_reg", (rt, vw), dt, "local")
+    R = L.Load(reg, (r_i, ev))
+    tile = lambda st: L.For(r_i, rt, (L.For(ev, vw, (st,), kind="vectorized"),), kind="unrolled")  # noqa: E731
+    v_col = L.simplify_expr(L.substitute(v_at, {ee.name: col}))
+    pv = L.For(r_o, bq // rt, (L.For(e_c, c.dv // vw, (
+        L.Alloc(reg), tile(L.Store(reg, (r_i, ev), L.BinOp("*", L.Load(acc, (row, col)), L.Load(alpha, (row,))))),
+        L.For(jj, bk, (tile(L.Store(reg, (r_i, ev), L.BinOp("+", R, L.BinOp("*", L.Load(s_buf, (row, jj)), v_col)))),)),
+        tile(L.Store(acc, (row, col), R)))),))
+    return [softmax, L.Comment("acc_o = acc_o * alpha + p @ v of the tile (register tiles)"), pv]
 
 
 def _to(e: L.Expr, dt: str) -> L.Expr:
