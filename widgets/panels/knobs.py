@@ -17,7 +17,8 @@ import ipywidgets as W
 import numpy as np
 from explorer.schedule import KNOBS as SCHEDULE_KNOB_DOCS
 
-FUSION_RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue")
+FUSION_RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue",
+                "attention")
 RULE_HELP = {
     "elementwise": "chains of elementwise/injective ops become one loop",
     "reduce_producer": "elementwise producers are computed inside a reduction",
@@ -25,6 +26,7 @@ RULE_HELP = {
     "multi_reduce": "reductions over the same rows share one kernel (softmax, layernorm)",
     "epilogue": "bias/activation after a matmul run in the matmul kernel",
     "prologue": "reshapes/transposes feeding a matmul are folded into its loads",
+    "attention": "softmax(q @ kᵀ) @ v as one kernel with the online softmax: the scores stay on chip",
 }
 TARGETS = ("cpu", "sim", "cuda", "reference")
 AUTO = "auto"
