@@ -471,20 +471,14 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
         for v in t:
             positive("tile", v)
         out["tile"] = t
-    if "attention_tile" in out:
-        t = tuple(out["attention_tile"]) if isinstance(out["attention_tile"], (tuple, list)) else ()
-        if len(t) != 2:
-            raise ScheduleError(f"schedule knob attention_tile: {out['attention_tile']!r} must be (BQ, BK), e.g. (32, 64)")
-        for v in t:
-            positive("attention_tile", v)
-        out["attention_tile"] = t
-    if "thread_tile" in out:
-        t = tuple(out["thread_tile"]) if isinstance(out["thread_tile"], (tuple, list)) else ()
-        if len(t) != 2:
-            raise ScheduleError(f"schedule knob thread_tile: {out['thread_tile']!r} must be (TM, TN), e.g. (4, 4)")
-        for v in t:
-            positive("thread_tile", v)
-        out["thread_tile"] = t
+    for name, form in (("thread_tile", "(TM, TN), e.g. (4, 4)"), ("attention_tile", "(BQ, BK), e.g. (32, 64)")):
+        if name in out:
+            t = tuple(out[name]) if isinstance(out[name], (tuple, list)) else ()
+            if len(t) != 2:
+                raise ScheduleError(f"schedule knob {name}: {out[name]!r} must be {form}")
+            for v in t:
+                positive(name, v)
+            out[name] = t
     for k in ("threads", "vector", "chunk"):
         if k in out:
             positive(k, out[k])

@@ -320,6 +320,8 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
     M, Ml = L.Load(m_new, ()), L.Load(m_buf, ridx)
     m_safe = L.Select(L.BinOp("==", M, ninf), zero, M)  # a row with every key masked so far: no NaN from -inf - -inf
     v_at = L.Load(v_tile, (jj, ee)) if gpu else sub(c.v_value, j=j_safe, e=ee)
+    if not gpu:
+        alpha = L.Buffer("alpha", (bq,), dt, "local")
     online = _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha, rsum, v_at, r, jj, ee, bq, bk, dt) if not gpu \
         else over_rows([
         L.Comment("online softmax: new running max, rescale by exp(m_old - m_new)"),
@@ -347,8 +349,6 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
                                       _to(L.BinOp("/", L.Load(acc, ridx + (ee,)), L.Load(l_buf, ridx)), c.out.dtype)),))]
     if row_tail:
         store = [L.If(L.BinOp("<", i_out, L.Const(c.sq)), tuple(store))]
-    if not gpu:
-        alpha = L.Buffer("alpha", (bq,), dt, "local")
     allocs = [L.Alloc(b) for b in (m_buf, l_buf, acc, s_buf, m_new, alpha, rsum)]
     keyloop = L.For(j_o, ntile, tuple(tile_body))
     if gpu:
@@ -382,29 +382,43 @@ def _split(n: int, w: int) -> int:
     return w if n % w == 0 else n
 
 
+class _RegTile:
+    """A (RT rows x VW lanes) register tile of a rows x cols block: loop vars, the block's row/col of a tile
+    element, the local tile buffer and `tile(stmt)` = for r_i in unrolled(RT): for lane in vectorized(VW)."""
+
+    def __init__(self, name: str, rows: int, cols: int, col: str, lane: str, dt: str):
+        self.rt, self.vw = (_RT if rows % _RT == 0 else 1), _split(cols, _VW)
+        self.r_o, self.r_i, self.c_o, self.lane = L.Var("r_o"), L.Var("r_i"), L.Var(col), L.Var(lane)
+        self.row = L.BinOp("+", L.BinOp("*", self.r_o, L.Const(self.rt)), self.r_i)
+        self.col = L.BinOp("+", L.BinOp("*", self.c_o, L.Const(self.vw)), self.lane)
+        self.reg = L.Buffer(name, (self.rt, self.vw), dt, "local")
+        self.R = L.Load(self.reg, (self.r_i, self.lane))
+        self.n_rows, self.n_cols = rows // self.rt, cols // self.vw
+
+    def tile(self, st: L.Stmt) -> L.For:
+        return L.For(self.r_i, self.rt, (L.For(self.lane, self.vw, (st,), kind="vectorized"),), kind="unrolled")
+
+    def nest(self, body: Sequence[L.Stmt]) -> L.For:
+        """for r_o: for c_o: alloc the tile; body."""
+        return L.For(self.r_o, self.n_rows, (L.For(self.c_o, self.n_cols, (L.Alloc(self.reg), *body)),))
+
+
 def _cpu_scores(s_buf, kt, qd, s_val, r, jj, dd, bq, bk, d, dt) -> list[L.Stmt]:
     """s_tile[r, jj] = logit(q[i, :] · kt[:, jj]) as a register-tiled matmul (RT rows x VW keys over d)."""
-    rt, vw = (_RT if bq % _RT == 0 else 1), _split(bk, _VW)
-    r_o, r_i, j_c, jv = L.Var("r_o"), L.Var("r_i"), L.Var("j_c"), L.Var("jv")
-    row = L.BinOp("+", L.BinOp("*", r_o, L.Const(rt)), r_i)
-    key = L.BinOp("+", L.BinOp("*", j_c, L.Const(vw)), jv)
-    reg = L.Buffer("s_reg", (rt, vw), dt, "local")
-    R = L.Load(reg, (r_i, jv))
-    tile = lambda st: L.For(r_i, rt, (L.For(jv, vw, (st,), kind="vectorized"),), kind="unrolled")  # noqa: E731
+    t = _RegTile("s_reg", bq, bk, "j_c", "jv", dt)
+    row, key, R, tile = t.row, t.col, t.R, t.tile
     qv = L.substitute(qd, {r.name: row})
     logit = L.simplify_expr(L.substitute(L.map_expr(s_val, lambda x: R if isinstance(x, L.Load) and x.buffer == s_buf
                                                     else None), {r.name: row, jj.name: key}))
-    return [L.For(r_o, bq // rt, (L.For(j_c, bk // vw, (
-        L.Alloc(reg), tile(L.Store(reg, (r_i, jv), L.Const(0.0, dt))),
-        L.For(dd, d, (tile(L.Store(reg, (r_i, jv), L.BinOp("+", R, L.BinOp("*", qv, L.Load(kt, (dd, key)))))),)),
-        tile(L.Store(s_buf, (row, key), logit)))),))]
+    return [t.nest([tile(L.Store(t.reg, t.R.indices, L.Const(0.0, dt))),
+                    L.For(dd, d, (tile(L.Store(t.reg, t.R.indices, L.BinOp("+", R, L.BinOp("*", qv, L.Load(kt, (dd, key)))))),)),
+                    tile(L.Store(s_buf, (row, key), logit))])]
 
 
-def _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha0, rsum, v_at, r, jj, ee, bq, bk, dt) -> list[L.Stmt]:
+def _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha, rsum, v_at, r, jj, ee, bq, bk, dt) -> list[L.Stmt]:
     """Per row: running max, alpha = exp(m_old - m_new), p = exp(s - m_new), l; then acc = acc * alpha + p @ v
     as a register-tiled matmul (RT rows x VW output columns over the tile's keys)."""
     ninf, zero = L.Const(float("-inf"), dt), L.Const(0.0, dt)
-    alpha = L.Buffer("alpha", (bq,), dt, "local")
     S = L.Load(s_buf, (r, jj))
     M, Ml = L.Load(m_new, ()), L.Load(m_buf, (r,))
     m_safe = L.Select(L.BinOp("==", M, ninf), zero, M)
@@ -422,18 +436,12 @@ def _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha0, rsum, v_at, r, jj, e
         L.Store(rsum, (), zero), row_reduce(rsum, "+"),
         L.Store(l_buf, (r,), L.BinOp("+", L.BinOp("*", L.Load(l_buf, (r,)), L.Load(alpha, (r,))), L.Load(rsum, ()))),
         L.Store(m_buf, (r,), M)))
-    rt, vw = (_RT if bq % _RT == 0 else 1), _split(c.dv, _VW)
-    r_o, r_i, e_c, ev = L.Var("r_o"), L.Var("r_i"), L.Var("e_c"), L.Var("ev")
-    row = L.BinOp("+", L.BinOp("*", r_o, L.Const(rt)), r_i)
-    col = L.BinOp("+", L.BinOp("*", e_c, L.Const(vw)), ev)
-    reg = L.Buffer("o_reg", (rt, vw), dt, "local")
-    R = L.Load(reg, (r_i, ev))
-    tile = lambda st: L.For(r_i, rt, (L.For(ev, vw, (st,), kind="vectorized"),), kind="unrolled")  # noqa: E731
+    t = _RegTile("o_reg", bq, c.dv, "e_c", "ev", dt)
+    row, col, R, tile = t.row, t.col, t.R, t.tile
     v_col = L.simplify_expr(L.substitute(v_at, {ee.name: col}))
-    pv = L.For(r_o, bq // rt, (L.For(e_c, c.dv // vw, (
-        L.Alloc(reg), tile(L.Store(reg, (r_i, ev), L.BinOp("*", L.Load(acc, (row, col)), L.Load(alpha, (row,))))),
-        L.For(jj, bk, (tile(L.Store(reg, (r_i, ev), L.BinOp("+", R, L.BinOp("*", L.Load(s_buf, (row, jj)), v_col)))),)),
-        tile(L.Store(acc, (row, col), R)))),))
+    pv = t.nest([tile(L.Store(t.reg, R.indices, L.BinOp("*", L.Load(acc, (row, col)), L.Load(alpha, (row,))))),
+                 L.For(jj, bk, (tile(L.Store(t.reg, R.indices, L.BinOp("+", R, L.BinOp("*", L.Load(s_buf, (row, jj)), v_col)))),)),
+                 tile(L.Store(acc, (row, col), R))])
     return [softmax, L.Comment("acc_o = acc_o * alpha + p @ v of the tile (register tiles)"), pv]
 
 
