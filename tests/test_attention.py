@@ -175,3 +175,30 @@ def test_bad_attention_tile_is_a_schedule_error(tile, words, rng):
     q, k, v = _qkv(rng, 2, 200, 64)
     with pytest.raises(explorer.ScheduleError, match=words.replace("(", r"\(").replace(")", r"\)")):
         explorer.compile(attention, q, k, v, target="sim", schedule={"attention_tile": tile})
+
+
+def plain_2d(q, k, v):
+    s = q @ k.T * 0.5
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("dtype, tol", [(np.float16, 4e-3), (np.float64, 1e-12)])
+def test_attention_other_dtypes(target, dtype, tol, rng):
+    """f16 storage accumulates in f32 (one rounding at the end, NumPy rounds every op); f64 stays f64."""
+    q, k, v = (x.astype(dtype) for x in _qkv(rng, 40, 16))
+    c = explorer.compile(plain_2d, q, k, v, target=target)
+    assert [kk.name for kk in c.kernels] == ["flash_attention"]
+    got = c(q, k, v)
+    assert got.dtype == plain_2d(q, k, v).dtype
+    np.testing.assert_allclose(got.astype(np.float64), plain_2d(q, k, v).astype(np.float64), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_attention_with_shared_keys_broadcast_over_queries_batch(target, rng):
+    q = rng.standard_normal((3, 40, 16)).astype(np.float32)
+    k, v = _qkv(rng, 40, 16)[1:]
+    c = explorer.compile(plain_2d, q, k, v, target=target)
+    assert len(c.kernels) == 1
+    np.testing.assert_allclose(c(q, k, v), plain_2d(q, k, v), rtol=1e-4, atol=1e-5)
