@@ -21,6 +21,10 @@ Before (simplified graph, 3 kernels)            After (fused, 1 kernel; tiled fo
                                                       s[r, jj] = exp(s[r, jj] - m_new); l[r] = l[r]*alpha + sum_jj s
                                                       acc[r, e] = acc[r, e]*alpha + sum_jj s[r, jj] * v[.., j, e]
                                                     out[.., i, e] = acc[r, e] / l[r]
+
+On the cpu the two inner products run as 4x16 register tiles (the C backend turns them into vector
+micro-kernels); on cuda/sim each thread owns one query row (q row, s_tile, acc_o in registers) and the
+block stages each K and V tile in shared memory between two barriers.
 """
 from __future__ import annotations
 
