@@ -202,3 +202,20 @@ def test_attention_with_shared_keys_broadcast_over_queries_batch(target, rng):
     c = explorer.compile(plain_2d, q, k, v, target=target)
     assert len(c.kernels) == 1
     np.testing.assert_allclose(c(q, k, v), plain_2d(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+def sliced_heads(x, w):
+    """q, k, v as column slices of one projection (as after horizontal batching): slices fold into the loads."""
+    qkv = x @ w
+    q, k, v = qkv[:, :8], qkv[:, 8:16], qkv[:, 16:]
+    s = q @ k.T * np.float32(0.25)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_sliced_qkv_fold_into_the_attention_kernel(target, rng):
+    x, w = rng.standard_normal((21, 12)).astype(np.float32), rng.standard_normal((12, 24)).astype(np.float32)
+    c = explorer.compile(sliced_heads, x, w, target=target)
+    assert [g.kind for g in c.stage("fused").ir.groups] == ["contraction", "attention"]
+    np.testing.assert_allclose(c(x, w), sliced_heads(x, w), rtol=1e-4, atol=1e-4)

@@ -37,7 +37,7 @@ from ..graph import Graph, Node
 from ..ops import get as get_op, normalize_axes
 
 ATTENTION_REASON = "attention: scores stay on chip"
-_PROLOGUE_OPS = ("transpose", "reshape", "broadcast_to")
+_PROLOGUE_OPS = ("transpose", "reshape", "broadcast_to", "slice")  # folded into the loads, as a matmul prologue
 
 
 # ----------------------------------------------------------------------------- matching (fusion)
