@@ -449,6 +449,8 @@ KNOBS = {
     "tensor_core": "f16 matmul on tensor cores: WMMA 16x16x16 fragments from the shared tiles, f32 accumulation "
                    "(bool, CUDA/sim only, ignored on the CPU; default on when the operands are f16 and "
                    "M, N, K >= 16)",
+    "attention_tile": "fused attention (BQ, BK): query rows per block and keys per tile of the online softmax "
+                      "(CUDA/sim: one thread per query row, K and V tiles in shared memory)",
 }
 
 
@@ -469,13 +471,14 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
         for v in t:
             positive("tile", v)
         out["tile"] = t
-    if "thread_tile" in out:
-        t = tuple(out["thread_tile"]) if isinstance(out["thread_tile"], (tuple, list)) else ()
-        if len(t) != 2:
-            raise ScheduleError(f"schedule knob thread_tile: {out['thread_tile']!r} must be (TM, TN), e.g. (4, 4)")
-        for v in t:
-            positive("thread_tile", v)
-        out["thread_tile"] = t
+    for name, form in (("thread_tile", "(TM, TN), e.g. (4, 4)"), ("attention_tile", "(BQ, BK), e.g. (32, 64)")):
+        if name in out:
+            t = tuple(out[name]) if isinstance(out[name], (tuple, list)) else ()
+            if len(t) != 2:
+                raise ScheduleError(f"schedule knob {name}: {out[name]!r} must be {form}")
+            for v in t:
+                positive(name, v)
+            out[name] = t
     for k in ("threads", "vector", "chunk"):
         if k in out:
             positive(k, out[k])

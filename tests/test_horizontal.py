@@ -79,8 +79,8 @@ def test_heads_batched_equal_numpy(fn, target):
 
 def test_reason_in_fused_snapshot_and_fewer_kernels():
     args = qkv()
-    on = explorer.compile(heads_sum, *args, target="sim", verbose=False)
-    off = explorer.compile(heads_sum, *args, target="sim", verbose=False, fuse={"horizontal": False})
+    on = explorer.compile(heads_sum, *args, target="sim", verbose=False, fuse={"attention": False})
+    off = explorer.compile(heads_sum, *args, target="sim", verbose=False, fuse={"horizontal": False, "attention": False})
     text = on.stage("fused").text()
     assert f"horizontal: {H} identical computations (3 kernels each) over slices of q, k, v → batched over h" in text
     assert f"({3 * H} → 3)" in text
@@ -91,7 +91,7 @@ def test_reason_in_fused_snapshot_and_fewer_kernels():
 
 
 def test_batch_loop_and_index_arithmetic_in_loop_ir():
-    c = explorer.compile(heads_sum, *qkv(), target="cpu", verbose=False)
+    c = explorer.compile(heads_sum, *qkv(), target="cpu", verbose=False, fuse={"attention": False})
     tiled = c.stage("tiled").text()
     assert "for b0 in range(4)" in tiled                 # one loop over the heads
     assert f"q[i_o * 6 + i_r, b0 * {D} + k]" in tiled     # head h's columns: h * D + k, no division
@@ -192,10 +192,10 @@ def test_captured_mask_and_per_head_projection():
 
     args = (rand(S, W, seed=5), rand(W, 3 * W, seed=6) * 0.2, rand(W, W, seed=7) * 0.2)
     for target in ("sim", "cpu"):
-        c = check(mha, args, target, 1e-4)
+        c = check(mha, args, target, 1e-4, fuse={"attention": False})
         hb = c.stage("fused").ir.horizontal
         assert len(hb) == 1 and hb[0].count == H and "proj_w" in hb[0].sources and hb[0].kernels == 4
-    off = explorer.compile(mha, *args, target="cpu", verbose=False, fuse={"horizontal": False})
+    off = explorer.compile(mha, *args, target="cpu", verbose=False, fuse={"horizontal": False, "attention": False})
     assert len(c.kernels) == 6 and len(off.kernels) >= 1 + 4 * H   # qkv; 4 batched; the sum  vs  4 per head
 
 

@@ -554,7 +554,7 @@ class CpuExecutable:
                  for (name, fn, params), dec in zip(self.kernels, self.thread_policy)]
         team = self._team
 
-        def sample() -> tuple[float, dict[str, float]]:
+        def sample(env=env) -> tuple[float, dict[str, float]]:   # env keeps the buffers behind the pointers alive
             per: dict[str, float] = {}
             for name, fn, args, dec in calls:
                 t0 = time.perf_counter()

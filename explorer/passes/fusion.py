@@ -20,6 +20,8 @@ Rules (keys of `fuse(graph, rules={...})`):
     prologue         a matmul absorbs injective-only producers of an operand (x @ w.T)
     horizontal       identical computations over equally spaced slices (one per attention head) become
                      one computation batched over h, before the rules above group it (passes/horizontal.py)
+    attention        softmax(q @ kᵀ · scale [+ mask]) @ v becomes one kernel with FlashAttention's online
+                     softmax (passes/attention.py): the S×S scores stay on chip
 Opaque ops (cumsum) never fuse, and a merge that would break an invariant of the
 lowering, recompute a value needed elsewhere, or create a cycle between kernels is refused.
 
@@ -44,8 +46,9 @@ from typing import Any, Callable
 from ..errors import ExplorerError, VerificationError
 from ..graph import Graph, Node, Provenance, c_identifier
 from ..ops import OPS, get as get_op
+from .attention import ATTENTION_REASON, AttentionMatch, attention_problem, match_attention
 
-RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue", "horizontal")
+RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue", "horizontal", "attention")
 RULE_DOCS = {  # what each rule fuses (fuse={"rule": False} turns one off); the dashboard shows these
     "elementwise": "chains of elementwise/injective ops become one loop",
     "reduce_producer": "elementwise producers are computed inside a reduction",
@@ -54,8 +57,9 @@ RULE_DOCS = {  # what each rule fuses (fuse={"rule": False} turns one off); the 
     "epilogue": "bias/activation after a matmul run in the matmul kernel",
     "prologue": "reshapes/transposes feeding a matmul are folded into its loads",
     "horizontal": "identical per-head computations over slices run as one kernel batched over heads",
+    "attention": "softmax(q @ kᵀ) @ v as one kernel with the online softmax: the scores stay on chip",
 }
-KINDS = ("elementwise", "reduce", "contraction", "opaque")
+KINDS = ("elementwise", "reduce", "contraction", "opaque", "attention")
 _POINTWISE = ("elementwise", "injective")
 # injective ops a matmul does not fold into its operand loads (tiles are staged block by block)
 _DATA_DEPENDENT = {
@@ -78,6 +82,7 @@ class FusionGroup:
     anchor: Node
     name: str
     source_lines: list[Provenance] = field(default_factory=list)
+    pattern: Any = None   # kind 'attention': its attention.AttentionMatch
 
     @property
     def ops(self) -> list[str]:
@@ -171,6 +176,10 @@ class FusedGraph:
             lines.append(head)
             lines.append("    reads: " + (", ".join(i.name for i in g.inputs) or "-")
                          + "   writes: " + ", ".join(o.name + (" (returned)" if id(o) in outs else "") for o in g.outputs))
+            if g.kind == "attention":
+                lines.append(f"    {ATTENTION_REASON}: online softmax (running max and sum per query row, "
+                             f"rescaled per key tile); the {'x'.join(map(str, g.pattern.scores.shape[-2:]))} "
+                             f"score matrix is never written to global memory")
             for n in g.nodes:
                 lines.append("    " + self.graph.node_line(n, provenance=False))
         passthrough = [o for o in self.graph.outputs if o.op in ("input", "const")]
@@ -727,11 +736,17 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
     ctx = _Ctx(graph)
     part = _Partition(graph, ctx)
     pending: list[tuple[Node, Node, bool, str, str, bool]] = []  # p, n, fused, rule, reason, disabled
+    # attention patterns are claimed first: their nodes form one kernel each, nothing else joins it
+    att_of = {id(m): a for a in (match_attention(graph) if rule_on["attention"] else []) for m in a.nodes}
+    att_key: dict[int, int] = {}
 
     for n in graph.nodes:
         if not _is_op(n):
             continue
         cat = _cat(n)
+        if id(n) in att_of:
+            _join_attention(part, att_of[id(n)], n, att_key, pending, ctx)
+            continue
         part.new(n)
         seen_p: set[int] = set()
         for p in n.inputs:
@@ -739,6 +754,10 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
                 continue
             seen_p.add(id(p))
             gp, gn = part.gid[id(p)], part.gid[id(n)]
+            if part.kind[gp] == "attention":
+                pending.append((p, n, False, "attention", f"not fused: {p.name} is the output of the attention "
+                                f"kernel{_gref(p)}, which writes only its result", False))
+                continue
             if gp == gn:  # joined through an earlier producer of n (a diamond)
                 rule = _same_group_rule(p, n, part.members[gn], part.kind[gn])
                 pending.append((p, n, True, rule, _fused_reason(rule, p, n, part.anchor[gn]), False))
@@ -798,7 +817,7 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
     for idx, k in enumerate(order):
         ms = part.members[k]
         ids = {id(m) for m in ms}
-        res = _validate(ms, ctx)
+        res = ("attention", part.anchor[k]) if part.kind[k] == "attention" else _validate(ms, ctx)
         if isinstance(res, str):  # merges are checked when made; this is the final safety net
             raise VerificationError(f"fuse({graph.name}): kernel of {ms[0].name} is invalid: {res}")
         kind, anchor = res
@@ -807,7 +826,9 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
             gname[m.id] = gid
         groups.append(FusionGroup(id=gid, kind=kind, nodes=list(ms), inputs=_group_inputs(ms, ids),
                                   outputs=[m for m in ms if ctx.is_output(m, ids)], anchor=anchor,
-                                  name=_unique_name(ms, used), source_lines=_source_lines(ms)))
+                                  name=_unique_name(ms, used) if kind != "attention" else _unique_attention_name(used),
+                                  source_lines=_source_lines(ms),
+                                  pattern=att_of[id(anchor)] if kind == "attention" else None))
 
     group_of = {m.id: g for g in groups for m in g.nodes}
     decisions: list[FusionDecision] = []
@@ -826,6 +847,39 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
     fg = FusedGraph(graph, groups, decisions, rule_on, batches)
     check_invariants(fg)
     return fg
+
+
+def _join_attention(part: _Partition, match: AttentionMatch, n: Node, att_key: dict[int, int],
+                    pending: list, ctx: _Ctx) -> None:
+    """Put n into its attention pattern's group (made on its first node); record its input edges."""
+    k = att_key.get(id(match))
+    if k is None:
+        k = att_key[id(match)] = part.new(n)
+        part.kind[k], part.anchor[k] = "attention", match.out
+    else:
+        part.gid[id(n)] = k
+        part.members[k].append(n)
+        part.cand[k] = [match.out]
+    inside = {id(x) for x in match.nodes}
+    part.ext[k] = {id(c): c for m in part.members[k] for c in ctx.consumers.get(m, []) if id(c) not in inside}
+    for p in dict.fromkeys(n.inputs):
+        if not _is_op(p):
+            continue
+        if part.gid.get(id(p)) == k:
+            pending.append((p, n, True, "attention", f"fused: {ATTENTION_REASON} — {p.op} {p.name} and {n.op} "
+                            f"{n.name} are one step of softmax(q @ kᵀ) @ v, computed tile by tile with the online "
+                            f"softmax, so the scores never reach global memory", False))
+        else:
+            pending.append((p, n, False, "attention", f"not fused: {p.name} is an input of the attention kernel "
+                            f"(q, k, v or mask), read from global memory", False))
+
+
+def _unique_attention_name(used: dict[str, int]) -> str:
+    base, k = "flash_attention", used.get("flash_attention", 0)
+    name = f"{base}_{k}" if k else base
+    used[base] = k + 1
+    used.setdefault(name, 1)
+    return name
 
 
 def _same_group_rule(p: Node, n: Node, members: list[Node], kind: str) -> str:
@@ -937,7 +991,11 @@ def check_invariants(fused: FusedGraph) -> FusedGraph:
             fail(f"group {grp.id}: nodes are not in topological order")
         if grp.kind not in KINDS:
             fail(f"group {grp.id} has unknown kind {grp.kind!r}")
-        res = _validate(grp.nodes, ctx)
+        if grp.kind == "attention":
+            why = attention_problem(grp.nodes, g)
+            res = why if why else ("attention", grp.anchor)
+        else:
+            res = _validate(grp.nodes, ctx)
         if isinstance(res, str):
             fail(f"group {grp.id}: {res}")
         if res != (grp.kind, grp.anchor):

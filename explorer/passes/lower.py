@@ -467,6 +467,9 @@ def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, lis
         return _reduction(grp, name, members, buffers, out_buffers, stash)
     if grp.kind == "opaque":
         return _opaque(grp, name, members, buffers, out_buffers)
+    if grp.kind == "attention":
+        from .attention import attention_compute
+        return attention_compute(grp, name, members, buffers, out_buffers)
     # elementwise: iterate over the common output shape
     shape = grp.anchor.shape
     axes = tuple(Axis(f"i{d}", s) for d, s in enumerate(shape))

@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 from .. import loopir as L
 from ..errors import ExplorerError, ScheduleError
 from .index_split import split_index_ranges
+from .attention import generate_attention
 from ..schedule import (MAX_SHARED_BYTES, WARP_SIZE, AxisState, CacheRead, Leaf, Schedule, _tc_operands, apply,
                         check_knobs, default_schedule)
 
@@ -84,6 +85,10 @@ def tile(program: L.Program, schedule: Any = None, target: str = "cuda", example
                 group=k.group, ops=k.ops, source_lines=k.source_lines))
             continue
         try:
+            if compute.kind == "attention":  # its own loop generator: the online-softmax nest
+                new = generate_attention(compute, sched_target, knobs)
+                kernels.append(new.replace(group=k.group, ops=k.ops, source_lines=k.source_lines))
+                continue
             if k.name in per_kernel:
                 s = per_kernel[k.name]
             elif callable(schedule) and not isinstance(schedule, (dict, Schedule)):
@@ -123,6 +128,8 @@ def generate_kernel(compute, schedule: Schedule, target: str = "cuda") -> L.Kern
     """The loop nest of one compute definition under `schedule` (target: 'cuda' | 'cpu' | 'naive')."""
     if compute.kind == "custom":
         return _custom_kernel(compute)
+    if compute.kind == "attention":
+        return generate_attention(compute, target)
     operands = tuple(compute.operands)
     if compute.kind == "contraction" and not operands:
         # f16 operands are read through an f32 cast, which lowering does not list; the tensor-core

@@ -1,0 +1,468 @@
+"""Attention fusion: `softmax(q @ kᵀ · scale [+ mask]) @ v` as ONE kernel with FlashAttention's online softmax.
+
+Generic fusion (operator categories) cannot fuse a reduction over a matmul's output into the next
+matmul, so attention becomes three kernels with the S×S score matrix written to global memory twice.
+FlashAttention reorders the computation: per block of query rows, walk the keys tile by tile, keep a
+running row max m and row sum l, rescale what was accumulated so far by exp(m_old - m_new) and add
+p @ v of the tile; divide by l at the end. The scores of one tile live in registers / local memory.
+
+This module holds the three parts of that rewrite, each used by its pass:
+  match_attention(graph)   the pattern (fusion.fuse makes one 'attention' group per match)
+  attention_compute(...)   the group as a compute definition (lower.lower)
+  generate_attention(...)  its online-softmax loop nest for cpu / cuda / naive (tiling.tile)
+
+Before (simplified graph, 3 kernels)            After (fused, 1 kernel; tiled for cpu, abridged)
+  %4 = matmul(q, transpose(k))                    for blk in parallel(B*H*Sq/BQ):
+  %6 = mul(%4, 0.125)                               m[r] = -inf; l[r] = 0; acc[r, e] = 0
+  %7 = max(%6, -1)   %8 = sub(%6, %7)               for j_o in range(Sk/BK):
+  %9 = exp(%8)      %10 = sum(%9, -1)                 kt[d, jj] = k[.., j_o*BK + jj, d]
+  %11 = div(%9, %10)                                  s[r, jj] = sum_d q[.., i, d] * kt[d, jj] * 0.125
+  %12 = matmul(%11, v)                                m_new = max(m[r], max_jj s[r, jj]); alpha = exp(m[r] - m_new)
+                                                      s[r, jj] = exp(s[r, jj] - m_new); l[r] = l[r]*alpha + sum_jj s
+                                                      acc[r, e] = acc[r, e]*alpha + sum_jj s[r, jj] * v[.., j, e]
+                                                    out[.., i, e] = acc[r, e] / l[r]
+
+On the cpu the two inner products run as 4x16 register tiles (the C backend turns them into vector
+micro-kernels); on cuda/sim each thread owns one query row (q row, s_tile, acc_o in registers) and the
+block stages each K and V tile in shared memory between two barriers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .. import loopir as L
+from ..errors import ScheduleError
+from ..graph import Graph, Node
+from ..ops import get as get_op, normalize_axes
+
+ATTENTION_REASON = "attention: scores stay on chip"
+_PROLOGUE_OPS = ("transpose", "reshape", "broadcast_to", "slice")  # folded into the loads, as a matmul prologue
+
+
+# ----------------------------------------------------------------------------- matching (fusion)
+@dataclass(eq=False)
+class AttentionMatch:
+    """One `softmax(logits(q @ kt)) @ v` in a graph. `nodes`: every member, in graph order."""
+
+    out: Node          # matmul(probs, v)
+    scores: Node       # matmul(q, kt)
+    logits: Node       # the softmax's input (scores itself, or scale / mask applied to it)
+    q: Node
+    kt: Node
+    v: Node
+    nodes: list[Node]
+
+
+def _cat(n: Node) -> str:
+    return get_op(n.op).category if n.op not in ("input", "const") else n.op
+
+
+def _last_axis_keepdims(n: Node, op: str, src: Node) -> bool:
+    if n.op != op or n.inputs[0] is not src or not n.attrs.get("keepdims", False):
+        return False
+    nd = len(src.shape)
+    return tuple(normalize_axes(op, n.attrs.get("axes"), nd, src.shape)) == (nd - 1,)
+
+
+def match_attention(graph: Graph) -> list[AttentionMatch]:
+    """Every `softmax(q @ kt [· scale] [+ mask], axis=-1) @ v` whose intermediates are read only inside it.
+
+    The softmax must be the decomposed one (max, sub, exp, sum, div over the last axis, keepdims).
+    The logits may apply any elementwise ops to the scores (scale, mask add, casts) whose other operands
+    do not depend on the scores; those operands become inputs of the kernel.
+    """
+    consumers = graph.consumers()
+    outs = {id(o) for o in graph.outputs}
+    pos = {id(n): k for k, n in enumerate(graph.nodes)}
+
+    def only_read_by(n: Node, allowed: set[int]) -> bool:
+        cs = consumers.get(n, [])
+        return id(n) not in outs and bool(cs) and all(id(c) in allowed for c in cs)
+
+    found: list[AttentionMatch] = []
+    taken: set[int] = set()
+    for mm2 in graph.nodes:
+        if mm2.op != "matmul" or len(mm2.shape) < 2:
+            continue
+        probs, v = mm2.inputs
+        if probs.op != "div" or len(probs.inputs) != 2:
+            continue
+        e, ssum = probs.inputs
+        if e.op != "exp" or not _last_axis_keepdims(ssum, "sum", e):
+            continue
+        centered = e.inputs[0]
+        if centered.op != "sub":
+            continue
+        x, mx = centered.inputs
+        if not _last_axis_keepdims(mx, "max", x) or x.shape != probs.shape:
+            continue
+        # the logits chain: elementwise nodes of x's shape between the scores matmul and x
+        chain, scores = _logits_chain(x)
+        if scores is None or len(scores.shape) < 2:
+            continue
+        q, kt = scores.inputs
+        if scores.shape[-1] != v.shape[-2]:
+            continue
+        core = [mm2, probs, e, ssum, centered, mx, scores] + chain
+        ids = {id(n) for n in core}
+        inner = [probs, e, ssum, centered, mx, scores] + chain
+        if not all(only_read_by(n, ids) for n in inner) or ids & taken:
+            continue
+        # injective producers of q, kt, v read only by this pattern become indexed loads inside it
+        for operand in (q, kt, v):
+            cur = operand
+            while cur.op in _PROLOGUE_OPS and only_read_by(cur, ids) and id(cur) not in taken:
+                core.append(cur)
+                ids.add(id(cur))
+                cur = cur.inputs[0]
+        taken |= ids
+        found.append(AttentionMatch(mm2, scores, x, q, kt, v, sorted(core, key=lambda n: pos[id(n)])))
+    return found
+
+
+def _logits_chain(x: Node) -> tuple[list[Node], Node | None]:
+    """(elementwise nodes from the scores matmul up to x, that matmul) or ([], None)."""
+    if x.op == "matmul":
+        return [], x
+    seen: dict[int, Node] = {}
+    stack = [x]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen or _cat(n) != "elementwise" or n.shape != x.shape:
+            continue
+        seen[id(n)] = n
+        stack.extend(n.inputs)
+    mms = {id(i): i for n in seen.values() for i in n.inputs if i.op == "matmul" and i.shape == x.shape}
+    if len(mms) != 1:
+        return [], None
+    mm = next(iter(mms.values()))
+    # the chain: the nodes that depend on the matmul (other operands, such as a mask, are kernel inputs)
+    memo: dict[int, bool] = {}
+
+    def depends(n: Node) -> bool:
+        if n is mm:
+            return True
+        if id(n) not in seen:
+            return False
+        if id(n) not in memo:
+            memo[id(n)] = any(depends(i) for i in n.inputs)
+        return memo[id(n)]
+
+    return [n for n in seen.values() if depends(n)], mm
+
+
+def attention_problem(nodes: Sequence[Node], graph: Graph) -> str | None:
+    """None when `nodes` are exactly one attention pattern of `graph`, else what is wrong (invariant check)."""
+    ids = {id(n) for n in nodes}
+    for m in match_attention(graph):
+        if {id(n) for n in m.nodes} == ids:
+            return None
+    return "its nodes are not one softmax(q @ kt) @ v pattern"
+
+
+# ----------------------------------------------------------------------------- compute (lower)
+@dataclass(frozen=True)
+class AttentionCompute:
+    """The attention group as data: scalar expressions in the index Vars named below.
+
+    q_value in (b*, i, d), k_value in (b*, j, d), v_value in (b*, j, e); logit in (b*, i, j) where
+    the Load of `score` (0-d local) stands for q·k of (i, j). All values are in `acc_dtype`.
+    """
+
+    kind: str
+    name: str
+    batch: tuple[int, ...]
+    sq: int
+    sk: int
+    d: int
+    dv: int
+    acc_dtype: str
+    q_value: L.Expr
+    k_value: L.Expr
+    v_value: L.Expr
+    logit: L.Expr
+    score: L.Buffer
+    out: L.Buffer
+    inputs: tuple[L.Buffer, ...]
+    outputs: tuple[L.Buffer, ...]
+    spatial: tuple = ()
+    reduce: tuple = ()
+    operands: tuple = ()
+
+
+def attention_compute(grp, name: str, members: set[int], buffers: dict, out_buffers) -> AttentionCompute:
+    """The compute definition of an 'attention' FusionGroup (see AttentionCompute)."""
+    from .lower import GroupLowering, _acc_dtype, _bcast_index, _cast
+    m: AttentionMatch = grp.pattern
+    *batch, sq, dv = m.out.shape
+    sk, d = m.scores.shape[-1], m.q.shape[-1]
+    acc_dt = _acc_dtype(m.out)
+    score = L.Buffer(f"score{m.scores.id}", (), acc_dt, "local")
+    low = GroupLowering(buffers, members - {m.scores.id}, {m.scores.id: _cast(L.Load(score, ()), L.short_dtype(m.scores.dtype))})
+    bvars = tuple(L.Var(f"b{k}") for k in range(len(batch)))
+    i, j, dd, e = L.Var("i"), L.Var("j"), L.Var("d"), L.Var("e")
+
+    def operand(n: Node, last2: tuple[L.Expr, L.Expr]) -> L.Expr:
+        return _cast(low.value(n, _bcast_index(n.shape[:-2], tuple(batch), bvars) + last2), acc_dt)
+
+    qv, kv, vv = operand(m.q, (i, dd)), operand(m.kt, (dd, j)), operand(m.v, (j, e))
+    logit = _cast(low.value(m.logits, bvars + (i, j)), acc_dt)
+    (o, out), = out_buffers
+    return AttentionCompute("attention", name, tuple(batch), sq, sk, d, dv, acc_dt, qv, kv, vv, logit, score, out,
+                            tuple(low.used), (out,))
+
+
+# ----------------------------------------------------------------------------- loop nest (tile)
+def attention_tiles(c: AttentionCompute, target: str, knobs: dict | None = None) -> tuple[int, int]:
+    """(query rows per block BQ, keys per tile BK) for target; knobs 'attention_tile': (BQ, BK) overrides."""
+    knobs = knobs or {}
+    if "attention_tile" in knobs:
+        bq, bk = knobs["attention_tile"]
+        if target != "cpu":
+            from ..schedule import MAX_SHARED_BYTES
+            if bq > 1024:
+                raise ScheduleError(f"schedule of {c.name}: attention_tile BQ={bq} means {bq} threads per block, "
+                                    f"over CUDA's 1024; use BQ <= 1024")
+            smem = min(bk, c.sk) * (c.d + c.dv) * L.np_dtype(c.acc_dtype).itemsize
+            if smem > MAX_SHARED_BYTES:
+                raise ScheduleError(f"schedule of {c.name}: attention_tile BK={bk} stages {smem} bytes of K and V "
+                                    f"in shared memory, over the {MAX_SHARED_BYTES}-byte (48 KiB) limit; use a smaller BK")
+    elif target == "cpu":
+        bq, bk = 32, 64
+    else:  # one thread per query row; one block holds up to 256 rows so K and V are read few times
+        bq, bk = min(256, -(-c.sq // 32) * 32), 32
+    return max(1, min(int(bq), c.sq if target == "cpu" else int(bq))), max(1, min(int(bk), c.sk))
+
+
+def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = None) -> L.Kernel:
+    """The online-softmax loop nest of `c` for target 'cpu' | 'cuda' | 'naive' (naive = one row per step)."""
+    if target == "naive":
+        bq, bk = 1, c.sk
+    else:
+        bq, bk = attention_tiles(c, target, knobs)
+    nb = 1
+    for s in c.batch:
+        nb *= s
+    nblk = -(-c.sq // bq)
+    ntile = -(-c.sk // bk)
+    gpu = target == "cuda"
+    dt = c.acc_dtype
+    ninf, zero, one = L.Const(float("-inf"), dt), L.Const(0.0, dt), L.Const(1.0, dt)
+    blk = L.Var("blk")
+    row_tail, key_tail = c.sq % bq != 0, c.sk % bk != 0
+
+    # batch indices from the fused block index
+    bidx: dict[str, L.Expr] = {}
+    rest: L.Expr = L.BinOp("/", blk, L.Const(nblk))
+    for k in range(len(c.batch) - 1, -1, -1):
+        bidx[f"b{k}"] = L.BinOp("%", rest, L.Const(c.batch[k])) if k else rest
+        rest = L.BinOp("/", rest, L.Const(c.batch[k]))
+    i0 = L.BinOp("*", L.BinOp("%", blk, L.Const(nblk)), L.Const(bq))
+
+    def sub(expr: L.Expr, **kw: L.Expr) -> L.Expr:
+        return L.simplify_expr(L.substitute(expr, {**bidx, **kw}))
+
+    def clamp(e: L.Expr, n: int, tail: bool) -> L.Expr:
+        return L.BinOp("min", e, L.Const(n - 1)) if tail else e
+
+    # per-row state; cpu: arrays over the block's rows r; gpu: one row per thread
+    r = L.Var("t") if gpu else L.Var("r")
+    ridx: tuple[L.Expr, ...] = () if gpu else (r,)
+    rshape: tuple[int, ...] = () if gpu else (bq,)
+    m_buf = L.Buffer("m_run", rshape, dt, "local")
+    l_buf = L.Buffer("l_run", rshape, dt, "local")
+    acc = L.Buffer("acc_o", rshape + (c.dv,), dt, "local")
+    s_buf = L.Buffer("s_tile", rshape + (bk,), dt, "local")
+    m_new = L.Buffer("m_new", (), dt, "local")
+    alpha = L.Buffer("alpha", (), dt, "local")
+    rsum = L.Buffer("row_sum", (), dt, "local")
+    jj, dd, ee, j_o = L.Var("jj"), L.Var("d"), L.Var("e"), L.Var("j_o")
+    i_row = clamp(L.BinOp("+", i0, r), c.sq, row_tail)
+    j_key = L.BinOp("+", L.BinOp("*", j_o, L.Const(bk)), jj)
+    j_safe = clamp(j_key, c.sk, key_tail)
+    if gpu:
+        k_tile = L.Buffer("k_tile", (bk, c.d), dt, "shared")
+        v_tile = L.Buffer("v_tile", (bk, c.dv), dt, "shared")
+        k_at = lambda: L.Load(k_tile, (jj, dd))  # noqa: E731
+    else:  # the key tile transposed, so the score loop runs along contiguous keys (vectorizes)
+        k_tile = L.Buffer("kt_tile", (c.d, bk), dt, "local")
+        v_tile = None
+        k_at = lambda: L.Load(k_tile, (dd, jj))  # noqa: E731
+    S = lambda *ix: L.Load(s_buf, ridx + ix)  # noqa: E731
+
+    def over_rows(body: list[L.Stmt]) -> list[L.Stmt]:
+        return body if gpu else [L.For(r, bq, tuple(body))]
+
+    init = over_rows([L.Store(m_buf, ridx, ninf), L.Store(l_buf, ridx, zero),
+                      L.For(ee, c.dv, (L.Store(acc, ridx + (ee,), zero),))])
+    tile_body: list[L.Stmt] = [L.Comment("stage the key (and value) tile")]
+    if gpu:
+        tile_body += _coop_copy(k_tile, lambda a, b: sub(c.k_value, i=i_row, j=L.BinOp("+", L.BinOp("*", j_o, L.Const(bk)), a), d=b),
+                                bk, c.d, j_o, c.sk, bq, r) \
+            + _coop_copy(v_tile, lambda a, b: sub(c.v_value, i=i_row, j=L.BinOp("+", L.BinOp("*", j_o, L.Const(bk)), a), e=b),
+                         bk, c.dv, j_o, c.sk, bq, r) + [L.Barrier()]
+    else:
+        tile_body.append(L.For(dd, c.d, (L.For(jj, bk, (L.Store(k_tile, (dd, jj), sub(c.k_value, j=j_safe, d=dd)),)),)))
+    # scores of the tile: q·k, then the logits expression (scale, mask); keys past the end are -inf
+    logit = sub(c.logit, i=i_row, j=j_safe)
+    s_val = L.map_expr(logit, lambda x: S(jj) if isinstance(x, L.Load) and x.buffer == c.score else None)
+    if key_tail:
+        s_val = L.Select(L.BinOp("<", j_key, L.Const(c.sk)), s_val, ninf)
+    qd = sub(c.q_value, i=i_row, d=dd)
+    q_stage: list[L.Stmt] = []
+    if gpu:  # the thread's query row in registers: q is read from global memory once
+        q_row = L.Buffer("q_row", (c.d,), dt, "local")
+        q_stage = [L.Alloc(q_row), L.For(dd, c.d, (L.Store(q_row, (dd,), qd),))]
+        qd = L.Load(q_row, (dd,))
+    if gpu:
+        scores = [L.For(jj, bk, (L.Store(s_buf, (jj,), zero),
+                                 L.For(dd, c.d, (L.Store(s_buf, (jj,), L.BinOp("+", S(jj), L.BinOp("*", qd, k_at()))),)),
+                                 L.Store(s_buf, (jj,), s_val)))]
+    else:
+        scores = _cpu_scores(s_buf, k_tile, qd, s_val, r, jj, dd, bq, bk, c.d, dt)
+    M, Ml = L.Load(m_new, ()), L.Load(m_buf, ridx)
+    m_safe = L.Select(L.BinOp("==", M, ninf), zero, M)  # a row with every key masked so far: no NaN from -inf - -inf
+    v_at = L.Load(v_tile, (jj, ee)) if gpu else sub(c.v_value, j=j_safe, e=ee)
+    if not gpu:
+        alpha = L.Buffer("alpha", (bq,), dt, "local")
+    online = _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha, rsum, v_at, r, jj, ee, bq, bk, dt) if not gpu \
+        else over_rows([
+        L.Comment("online softmax: new running max, rescale by exp(m_old - m_new)"),
+        L.Store(m_new, (), Ml),
+        L.For(jj, bk, (L.Store(m_new, (), L.BinOp("max", M, S(jj))),)),
+        L.Store(alpha, (), L.call("exp", L.BinOp("-", Ml, m_safe))),
+        L.Store(rsum, (), zero),
+        L.For(jj, bk, (L.Store(s_buf, ridx + (jj,), L.call("exp", L.BinOp("-", S(jj), m_safe))),
+                       L.Store(rsum, (), L.BinOp("+", L.Load(rsum, ()), S(jj))))),
+        L.Store(l_buf, ridx, L.BinOp("+", L.BinOp("*", L.Load(l_buf, ridx), L.Load(alpha, ())), L.Load(rsum, ()))),
+        L.Store(m_buf, ridx, M),
+        L.For(ee, c.dv, (L.Store(acc, ridx + (ee,), L.BinOp("*", L.Load(acc, ridx + (ee,)), L.Load(alpha, ()))),),
+              kind="serial" if gpu else "vectorized"),
+        L.Comment("accumulate p @ v of the tile"),
+        L.For(jj, bk, (L.For(ee, c.dv, (L.Store(acc, ridx + (ee,), L.BinOp("+", L.Load(acc, ridx + (ee,)),
+                                                                           L.BinOp("*", S(jj), v_at))),),
+                             kind="serial" if gpu else "vectorized"),)),
+    ])
+    tile_body += [L.Comment("scores of the tile stay in local memory")] + scores + online
+    if gpu:
+        tile_body.append(L.Barrier())
+    i_out = L.BinOp("+", i0, r)
+    out_idx = tuple(bidx[f"b{k}"] for k in range(len(c.batch))) + (i_out, ee)
+    store = [L.For(ee, c.dv, (L.Store(c.out, tuple(L.simplify_expr(x) for x in out_idx),
+                                      _to(L.BinOp("/", L.Load(acc, ridx + (ee,)), L.Load(l_buf, ridx)), c.out.dtype)),))]
+    if row_tail:
+        store = [L.If(L.BinOp("<", i_out, L.Const(c.sq)), tuple(store))]
+    allocs = [L.Alloc(b) for b in (m_buf, l_buf, acc, s_buf, m_new, alpha, rsum)]
+    keyloop = L.For(j_o, ntile, tuple(tile_body))
+    if gpu:
+        thread = L.For(r, bq, tuple(allocs + q_stage + init + [keyloop] + store), kind="threadIdx.x")
+        body = [L.For(blk, nb * nblk, (L.Alloc(k_tile), L.Alloc(v_tile), thread), kind="blockIdx.x")]
+    else:
+        body = [L.For(blk, nb * nblk, tuple(allocs + [L.Alloc(k_tile)] + init + [keyloop] + over_rows(store)),
+                      kind="parallel" if target == "cpu" else "serial")]
+    steps = (f"attention(online softmax): {nb * nblk} blocks of {bq} query rows (batch fused), "
+             f"{ntile} key tiles of {bk}", )
+    if gpu:
+        steps += ("bind(blk, blockIdx.x)", "bind(t, threadIdx.x): one query row per thread",
+                  "cache_read(q, local): the thread's query row", "cache_read(k, shared, at=j_o)", "cache_read(v, shared, at=j_o)")
+    elif target == "cpu":
+        steps += ("parallel(blk)", "cache_read(k, local, at=j_o, transposed)", "vectorize(jj)", "vectorize(e)")
+    notes = (f"{ATTENTION_REASON}: each key tile's scores (s_tile) live in local memory; running max m_run and "
+             f"sum l_run rescale the accumulator acc_o by exp(m_old - m_new), so no {c.sq}x{c.sk} buffer is written",)
+    if row_tail or key_tail:
+        notes += ("the sequence is not a multiple of the tile: rows past the end are clamped and not stored, "
+                  "keys past the end score -inf",)
+    params = tuple(c.inputs) + tuple(b for b in c.outputs if b not in c.inputs)
+    return L.Kernel(c.name, params, tuple(body), outputs=tuple(b.name for b in c.outputs), kind="attention",
+                    schedule=steps, meta=(("compute", c), ("notes", notes)))
+
+
+_RT, _VW = 4, 16   # cpu register tile: 4 rows x 16 lanes (8 AVX accumulators), the C backend's micro-kernel shape
+
+
+def _split(n: int, w: int) -> int:
+    """w when it divides n, else n (one chunk: the C backend then emits plain loops)."""
+    return w if n % w == 0 else n
+
+
+class _RegTile:
+    """A (RT rows x VW lanes) register tile of a rows x cols block: loop vars, the block's row/col of a tile
+    element, the local tile buffer and `tile(stmt)` = for r_i in unrolled(RT): for lane in vectorized(VW)."""
+
+    def __init__(self, name: str, rows: int, cols: int, col: str, lane: str, dt: str):
+        self.rt, self.vw = (_RT if rows % _RT == 0 else 1), _split(cols, _VW)
+        self.r_o, self.r_i, self.c_o, self.lane = L.Var("r_o"), L.Var("r_i"), L.Var(col), L.Var(lane)
+        self.row = L.BinOp("+", L.BinOp("*", self.r_o, L.Const(self.rt)), self.r_i)
+        self.col = L.BinOp("+", L.BinOp("*", self.c_o, L.Const(self.vw)), self.lane)
+        self.reg = L.Buffer(name, (self.rt, self.vw), dt, "local")
+        self.R = L.Load(self.reg, (self.r_i, self.lane))
+        self.n_rows, self.n_cols = rows // self.rt, cols // self.vw
+
+    def tile(self, st: L.Stmt) -> L.For:
+        return L.For(self.r_i, self.rt, (L.For(self.lane, self.vw, (st,), kind="vectorized"),), kind="unrolled")
+
+    def nest(self, body: Sequence[L.Stmt]) -> L.For:
+        """for r_o: for c_o: alloc the tile; body."""
+        return L.For(self.r_o, self.n_rows, (L.For(self.c_o, self.n_cols, (L.Alloc(self.reg), *body)),))
+
+
+def _cpu_scores(s_buf, kt, qd, s_val, r, jj, dd, bq, bk, d, dt) -> list[L.Stmt]:
+    """s_tile[r, jj] = logit(q[i, :] · kt[:, jj]) as a register-tiled matmul (RT rows x VW keys over d)."""
+    t = _RegTile("s_reg", bq, bk, "j_c", "jv", dt)
+    row, key, R, tile = t.row, t.col, t.R, t.tile
+    qv = L.substitute(qd, {r.name: row})
+    logit = L.simplify_expr(L.substitute(L.map_expr(s_val, lambda x: R if isinstance(x, L.Load) and x.buffer == s_buf
+                                                    else None), {r.name: row, jj.name: key}))
+    return [t.nest([tile(L.Store(t.reg, t.R.indices, L.Const(0.0, dt))),
+                    L.For(dd, d, (tile(L.Store(t.reg, t.R.indices, L.BinOp("+", R, L.BinOp("*", qv, L.Load(kt, (dd, key)))))),)),
+                    tile(L.Store(s_buf, (row, key), logit))])]
+
+
+def _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha, rsum, v_at, r, jj, ee, bq, bk, dt) -> list[L.Stmt]:
+    """Per row: running max, alpha = exp(m_old - m_new), p = exp(s - m_new), l; then acc = acc * alpha + p @ v
+    as a register-tiled matmul (RT rows x VW output columns over the tile's keys)."""
+    ninf, zero = L.Const(float("-inf"), dt), L.Const(0.0, dt)
+    S = L.Load(s_buf, (r, jj))
+    M, Ml = L.Load(m_new, ()), L.Load(m_buf, (r,))
+    m_safe = L.Select(L.BinOp("==", M, ninf), zero, M)
+    jo, jl = L.Var("jj_o"), L.Var("jj_l")
+    lw = _split(bk, 8)
+    S_split = L.Load(s_buf, (r, L.BinOp("+", L.BinOp("*", jo, L.Const(lw)), jl)))
+    # reductions split (serial chunks x vectorized lanes): the C backend keeps one partial per lane
+    row_reduce = lambda buf, op: L.For(jo, bk // lw, (L.For(jl, lw, (L.Store(buf, (), L.BinOp(op, L.Load(buf, ()), S_split)),),  # noqa: E731
+                                                             kind="vectorized"),))
+    softmax = L.For(r, bq, (
+        L.Comment("online softmax: new running max, rescale by exp(m_old - m_new)"),
+        L.Store(m_new, (), Ml), row_reduce(m_new, "max"),
+        L.Store(alpha, (r,), L.call("exp", L.BinOp("-", Ml, m_safe))),
+        L.For(jj, bk, (L.Store(s_buf, (r, jj), L.call("exp", L.BinOp("-", S, m_safe))),), kind="vectorized"),
+        L.Store(rsum, (), zero), row_reduce(rsum, "+"),
+        L.Store(l_buf, (r,), L.BinOp("+", L.BinOp("*", L.Load(l_buf, (r,)), L.Load(alpha, (r,))), L.Load(rsum, ()))),
+        L.Store(m_buf, (r,), M)))
+    t = _RegTile("o_reg", bq, c.dv, "e_c", "ev", dt)
+    row, col, R, tile = t.row, t.col, t.R, t.tile
+    v_col = L.simplify_expr(L.substitute(v_at, {ee.name: col}))
+    pv = t.nest([tile(L.Store(t.reg, R.indices, L.BinOp("*", L.Load(acc, (row, col)), L.Load(alpha, (row,))))),
+                 L.For(jj, bk, (tile(L.Store(t.reg, R.indices, L.BinOp("+", R, L.BinOp("*", L.Load(s_buf, (row, jj)), v_col)))),)),
+                 tile(L.Store(acc, (row, col), R))])
+    return [softmax, L.Comment("acc_o = acc_o * alpha + p @ v of the tile (register tiles)"), pv]
+
+
+def _to(e: L.Expr, dt: str) -> L.Expr:
+    return e if e.dtype == dt else L.Cast(dt, e)
+
+
+def _coop_copy(tile: L.Buffer, value, rows: int, cols: int, j_o: L.Var, sk: int, nthreads: int, t: L.Var) -> list[L.Stmt]:
+    """Every thread of the block copies elements t, t + nthreads, ... of the tile (zeros past the last key)."""
+    k = L.Var(f"{tile.name}_e")
+    flat = L.BinOp("+", L.BinOp("*", k, L.Const(nthreads)), t)
+    a, b = L.BinOp("/", flat, L.Const(cols)), L.BinOp("%", flat, L.Const(cols))
+    key = L.BinOp("+", L.BinOp("*", j_o, L.Const(rows)), a)
+    store = L.Store(tile, (a, b), value(a, b))
+    zero = L.Store(tile, (a, b), L.Const(0.0, tile.dtype))
+    body: L.Stmt = L.If(L.BinOp("<", key, L.Const(sk)), (store,), (zero,))
+    n = -(-(rows * cols) // nthreads)
+    if n * nthreads != rows * cols:
+        body = L.If(L.BinOp("<", flat, L.Const(rows * cols)), (body,))
+    return [L.For(k, n, (body,))]

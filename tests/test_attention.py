@@ -1,0 +1,221 @@
+"""Attention fusion (issue 16): softmax(q @ kᵀ · scale [+ mask]) @ v is ONE kernel with the online softmax.
+
+Differential: sim and cpu against NumPy for several batch/head/seq/dim shapes (seq not a multiple of the
+tile), with and without an additive mask; the generated CUDA compiles with nvcc for sm_80 and sm_90; the
+simulator shows that no S×S buffer reaches global memory.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import explorer
+from explorer.backends import cpu as cpu_backend, nvcc
+
+_CPU_OK, _CPU_WHY = cpu_backend.available()
+_NVCC_OK, _NVCC_WHY = nvcc.available()
+
+
+def attention(q, k, v):
+    s = q @ k.transpose(*range(k.ndim - 2), k.ndim - 1, k.ndim - 2) * np.float32(1.0 / np.sqrt(q.shape[-1]))
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def masked_attention(q, k, v, mask):
+    s = q @ k.transpose(*range(k.ndim - 2), k.ndim - 1, k.ndim - 2) * np.float32(0.5) + mask
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def nn_attention(q, k, v):
+    return explorer.nn.softmax((q @ k.T) / np.float32(8.0), axis=-1) @ v
+
+
+def _qkv(rng, *shape, sk=None, dv=None):
+    *b, s, d = shape
+    q = rng.standard_normal((*b, s, d)).astype(np.float32)
+    k = rng.standard_normal((*b, sk or s, d)).astype(np.float32)
+    v = rng.standard_normal((*b, sk or s, dv or d)).astype(np.float32)
+    return q, k, v
+
+
+def _causal(s: int) -> np.ndarray:
+    return np.triu(np.full((s, s), -np.inf, np.float32), 1)
+
+
+SHAPES = [(1, 1, 40, 16), (2, 3, 33, 8), (1, 2, 70, 32), (3, 17, 4)]
+TARGETS = ["sim"] + (["cpu"] if _CPU_OK else [])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_attention_is_one_kernel_and_equals_numpy(target, shape, rng):
+    q, k, v = _qkv(rng, *shape)
+    c = explorer.compile(attention, q, k, v, target=target)
+    assert [kk.name for kk in c.kernels] == ["flash_attention"]
+    np.testing.assert_allclose(c(q, k, v), attention(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_masked_attention_with_other_lengths(target, rng):
+    """Causal mask as an input (with -inf), q and k of different lengths, dv != d."""
+    q, k, v = _qkv(rng, 2, 2, 37, 8, sk=37, dv=12)
+    mask = _causal(37)
+    c = explorer.compile(masked_attention, q, k, v, mask, target=target)
+    assert len(c.kernels) == 1
+    np.testing.assert_allclose(c(q, k, v, mask), masked_attention(q, k, v, mask), rtol=1e-4, atol=1e-5)
+    q2, k2, v2 = _qkv(rng, 2, 20, 8, sk=45, dv=4)
+    m2 = rng.standard_normal((20, 45)).astype(np.float32)
+    c2 = explorer.compile(masked_attention, q2, k2, v2, m2, target=target)
+    assert len(c2.kernels) == 1
+    np.testing.assert_allclose(c2(q2, k2, v2, m2), masked_attention(q2, k2, v2, m2), rtol=1e-4, atol=1e-5)
+
+
+def test_nn_softmax_form_and_explanations(rng):
+    q, k, v = _qkv(rng, 48, 64)
+    c = explorer.compile(nn_attention, q, k, v, target="sim")
+    assert len(c.kernels) == 1
+    np.testing.assert_allclose(c(q, k, v), nn_attention(q, k, v), rtol=1e-4, atol=1e-5)
+    fused = c.stage("fused").text()
+    assert "attention: scores stay on chip" in fused and "[attention]" in fused
+    tiled = c.stage("tiled").text()
+    for piece in ("m_run", "l_run", "alpha[] = exp(", "acc_o[e] * alpha[]", "barrier()", "k_tile", "v_tile"):
+        assert piece in tiled, piece
+
+
+def test_knob_turns_attention_fusion_off(rng):
+    q, k, v = _qkv(rng, 2, 24, 8)
+    on = explorer.compile(attention, q, k, v, target="sim")
+    off = explorer.compile(attention, q, k, v, target="sim", fuse={"attention": False})
+    assert len(on.kernels) == 1 and len(off.kernels) == 3
+    assert [g.kind for g in off.stage("fused").ir.groups] == ["contraction", "reduce", "contraction"]
+    np.testing.assert_allclose(off(q, k, v), on(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+def test_not_attention_when_scores_are_needed_elsewhere(rng):
+    """The probabilities are also returned: they must reach memory, so no attention kernel."""
+    def both(q, k, v):
+        s = q @ k.T
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p = p / p.sum(-1, keepdims=True)
+        return p @ v, p
+    q, k, v = _qkv(rng, 16, 8)
+    c = explorer.compile(both, q, k, v, target="sim")
+    assert "flash_attention" not in [kk.name for kk in c.kernels]
+    for got, want in zip(c(q, k, v), both(q, k, v)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_simulated_global_bytes_stay_below_one_quarter_score_matrix(mask, rng):
+    """inputs + output + S×S/4 elements: the fused kernel never writes (or reads) the S×S scores.
+
+    The mask is per head here: a mask broadcast over heads is read once per head (it is an input)."""
+    S, D = 128, 32
+    q, k, v = _qkv(rng, 1, 2, S, D)
+    args = (q, k, v) + ((np.ascontiguousarray(np.broadcast_to(_causal(S), (2, S, S))),) if mask else ())
+    fn = masked_attention if mask else attention
+    c = explorer.compile(fn, *args, target="sim")
+    ex = c.executable()
+    np.testing.assert_allclose(ex.run(list(args))[0], fn(*args), rtol=1e-4, atol=1e-5)
+    total = ex.counters["total"]
+    moved = total["global_load_bytes"] + total["global_store_bytes"]
+    bound = sum(a.nbytes for a in args) + q.nbytes + (S * S // 4) * q.itemsize
+    assert moved < bound, (moved, bound)
+    unfused = explorer.compile(fn, *args, target="sim", fuse={"attention": False}).executable()
+    unfused.run(list(args))
+    assert unfused.counters["total"]["global_load_bytes"] + unfused.counters["total"]["global_store_bytes"] > bound
+
+
+@pytest.mark.skipif(not _NVCC_OK, reason=_NVCC_WHY)
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_attention_cuda_compiles(arch, rng):
+    q, k, v = _qkv(rng, 2, 4, 70, 64)
+    for fn, args in ((attention, (q, k, v)), (masked_attention, (q, k, v, _causal(70)))):
+        c = explorer.compile(fn, *args, target="cuda")
+        assert [kk.name for kk in c.kernels] == ["flash_attention"]
+        ptx = nvcc.check(c.stage("codegen").ir.source(), arch=arch, mode="ptx")
+        assert ".entry flash_attention(" in ptx
+
+
+def causal_triu(q, k, v):
+    S = q.shape[-2]
+    s = q @ k.transpose(0, 2, 1) * np.float32(0.25) + np.triu(np.full((S, S), -np.inf, dtype=np.float32), 1)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def causal_tri(q, k, v):
+    s = np.where(np.tri(q.shape[-2], dtype=bool), q @ k.T * np.float32(0.25), -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_causal_mask_built_inside_the_function(target, rng):
+    q, k, v = _qkv(rng, 2, 37, 16)
+    for fn, args in ((causal_triu, (q, k, v)), (causal_tri, (q[0], k[0], v[0]))):
+        c = explorer.compile(fn, *args, target=target)
+        assert [kk.name for kk in c.kernels] == ["flash_attention"], fn.__name__
+        np.testing.assert_allclose(c(*args), fn(*args), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("tile", [(8, 16), (5, 7), (64, 128)])
+def test_attention_tile_knob(target, tile, rng):
+    q, k, v = _qkv(rng, 2, 37, 16)
+    c = explorer.compile(causal_triu, q, k, v, target=target, schedule={"attention_tile": tile})
+    np.testing.assert_allclose(c(q, k, v), causal_triu(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile, words", [((2048, 32), "1024"), ((64, 4096), "48 KiB"), ((0, 8), "positive"),
+                                         ((8,), "(BQ, BK)")])
+def test_bad_attention_tile_is_a_schedule_error(tile, words, rng):
+    q, k, v = _qkv(rng, 2, 200, 64)
+    with pytest.raises(explorer.ScheduleError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        explorer.compile(attention, q, k, v, target="sim", schedule={"attention_tile": tile})
+
+
+def plain_2d(q, k, v):
+    s = q @ k.T * 0.5
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("dtype, tol", [(np.float16, 4e-3), (np.float64, 1e-12)])
+def test_attention_other_dtypes(target, dtype, tol, rng):
+    """f16 storage accumulates in f32 (one rounding at the end, NumPy rounds every op); f64 stays f64."""
+    q, k, v = (x.astype(dtype) for x in _qkv(rng, 40, 16))
+    c = explorer.compile(plain_2d, q, k, v, target=target)
+    assert [kk.name for kk in c.kernels] == ["flash_attention"]
+    got = c(q, k, v)
+    assert got.dtype == plain_2d(q, k, v).dtype
+    np.testing.assert_allclose(got.astype(np.float64), plain_2d(q, k, v).astype(np.float64), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_attention_with_shared_keys_broadcast_over_queries_batch(target, rng):
+    q = rng.standard_normal((3, 40, 16)).astype(np.float32)
+    k, v = _qkv(rng, 40, 16)[1:]
+    c = explorer.compile(plain_2d, q, k, v, target=target)
+    assert len(c.kernels) == 1
+    np.testing.assert_allclose(c(q, k, v), plain_2d(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+def sliced_heads(x, w):
+    """q, k, v as column slices of one projection (as after horizontal batching): slices fold into the loads."""
+    qkv = x @ w
+    q, k, v = qkv[:, :8], qkv[:, 8:16], qkv[:, 16:]
+    s = q @ k.T * np.float32(0.25)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_sliced_qkv_fold_into_the_attention_kernel(target, rng):
+    x, w = rng.standard_normal((21, 12)).astype(np.float32), rng.standard_normal((12, 24)).astype(np.float32)
+    c = explorer.compile(sliced_heads, x, w, target=target)
+    assert [g.kind for g in c.stage("fused").ir.groups] == ["contraction", "attention"]
+    np.testing.assert_allclose(c(x, w), sliced_heads(x, w), rtol=1e-4, atol=1e-4)
