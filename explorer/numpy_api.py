@@ -392,6 +392,10 @@ def _np_einsum(*operands, out=None, optimize=False, **kwargs):
                                  f"{s} in another (broadcasting size-1 axes is not supported)")
     tr = _tracer_of([x for x in arrays if isinstance(x, Tensor)])
     xs = [x if isinstance(x, Tensor) else tr.wrap(tr.const(x)) for x in arrays]
+    from .conv import conv_from_einsum   # a contraction over a sliding window: one conv2d node
+    conv = conv_from_einsum(subscripts, ins, out_sub, xs)
+    if conv is not None:
+        return conv
     acc, sub = xs[0], ins[0]
     for k in range(1, len(xs)):
         later = "".join(ins[k + 1:]) + out_sub
@@ -445,6 +449,7 @@ _FUNCTIONS.update({
     np.repeat: _np_repeat, np.tile: _np_tile, np.pad: _np_pad, np.einsum: _np_einsum,
     np.tensordot: _np_tensordot, np.moveaxis: _np_moveaxis,
 })
+from . import conv as _conv  # noqa: E402,F401  (registers sliding_window_view)
 if hasattr(np, "concat") and np.concat is not np.concatenate:  # pragma: no cover - NumPy 2 aliases them
     _FUNCTIONS[np.concat] = _np_concatenate
 
