@@ -230,4 +230,7 @@ def conv2d(x, w, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: i
         x = np.asarray(x)
     if len(w.shape) != 4:
         raise ShapeError(f"conv2d: the weight must be 4-D (R, S, C/groups, K), got shape {tuple(w.shape)}")
-    return apply_op("conv2d", x, w, **conv_attrs(tuple(w.shape), stride, padding, dilation, groups, layout))
+    attrs = conv_attrs(tuple(w.shape), stride, padding, dilation, groups, layout)
+    if not isinstance(x, Tensor) and not isinstance(w, Tensor):   # arrays: check shapes like the tracer does
+        _ops.infer_type("conv2d", [(x.shape, x.dtype), (w.shape, w.dtype)], attrs)
+    return apply_op("conv2d", x, w, **attrs)
