@@ -568,7 +568,8 @@ def _conv2d(grp, name, members, buffers, out_buffers) -> Compute:
     n, oh, ow, oc, kh, kw, ic = (L.Var(a.name) for a in spatial + red)
     ih = L.simplify_expr(oh * sh + kh * dh - pt)
     iw = L.simplify_expr(ow * sw + kw * dw - pl)
-    ch = L.simplify_expr((oc // (K // g)) * Cg + ic) if g > 1 else ic
+    group = oc if K // g == 1 else oc // (K // g)      # depthwise: output channel k reads input channel k
+    ch = L.simplify_expr((group * Cg + ic) if Cg > 1 else group + ic) if g > 1 else ic
     conds = []
     for v, lo, top, ext in ((ih, pt, (Ho - 1) * sh + (R - 1) * dh - pt, H), (iw, pl, (Wo - 1) * sw + (S - 1) * dw - pl, W)):
         if lo > 0:
