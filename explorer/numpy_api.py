@@ -471,7 +471,8 @@ NOTES: dict[str, str] = {
     "repeat": "int or per-element counts, axis=None flattens; reshape + broadcast_to (+ concat for per-element)",
     "tile": "reps as int or tuple; reshape + broadcast_to + reshape",
     "pad": "mode='constant' only, one scalar constant_values; one fusable `pad` op",
-    "einsum": "subscripts string, up to 3 operands, no '...' or repeated index in one operand; "
+    "einsum": "subscripts string, up to 3 operands, no '...' or repeated index in one operand; a sliding-window "
+              "convolution is one `conv2d` node (see sliding_window_view); otherwise "
               "transpose (+ reshape) + batched matmul, or multiply + sum for vector and outer products",
     "tensordot": "int axes or axis pairs; through einsum",
     "moveaxis": "transpose",
@@ -505,6 +506,10 @@ METHOD_OF = {"add": "x + y", "subtract": "x - y", "multiply": "x * y", "true_div
              "bitwise_or": "x | y", "invert": "~x", "amax": "x.max", "amin": "x.min"}
 # rows for traced-array features that are not NumPy functions
 EXTRA_ROWS: list[tuple[str, str, str]] = [
+    ("sliding_window_view", "", "numpy.lib.stride_tricks: a `window` op (an index mapping, no copy); np.einsum of a "
+                                "(strided ::s, dilated taps) window of a zero np.pad with a weight, 'nhwcrs,rsck->nhwk', "
+                                "depthwise 'nhwcrs,rsc->nhwc' or NCHW 'nchwrs,kcrs->nkhw', is ONE `conv2d` node "
+                                "(explorer.nn.conv2d records the same)"),
     ("", "x[...]", "basic indexing: ints (negative too), slices with steps, None, ...; integer-array indexing "
                    "(gather) and writes (x[m] = v, +=): see their rows"),
     ("", "x[ids]", "gather (`take` op): one integer index array (i32/i64, traced or constant, negative wraps) "
