@@ -1,6 +1,10 @@
 """Convolution benchmark on the CPU: ResNet-style layers, explorer fused vs unfused vs NumPy vs torch.
 
     PYTHONPATH=. .venv/bin/python benchmarks/conv.py [--quick] [--layers 3x3_64,dw3x3_32]
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/conv.py    # one core each
+
+On a loaded 2-core machine an OpenMP kernel stalls whenever one of its threads is descheduled (the
+other waits at the barrier), which dominates the medians; OMP_NUM_THREADS=1 compares one core each.
 
 Each layer is the NumPy idiom (np.pad + sliding_window_view + np.einsum, conv + bias + relu) compiled
 by the explorer for target='cpu': fused (one kernel: conv with bias and relu in the epilogue) and
@@ -97,6 +101,9 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", default=",".join(LAYERS), help="comma-separated: " + ", ".join(LAYERS))
     a = ap.parse_args(argv)
     budget = 3.0 if a.quick else 10.0
+    import os
+    print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'layer':<12} {'variant':<18} {'median ms':>10} {'IQR ms':>16} {'min ms':>8} {'n':>4} {'GFLOP/s':>8} "
           f"{'(at min)':>8}  median vs fused")
     for layer in a.layers.split(","):

@@ -91,6 +91,11 @@ def window_blur(x, w, b):                     # not a conv pattern: generic lowe
     return np.einsum("nhwcrs,rs->nhwc", win, w[:2, :2, 0, 0]) + b[0]
 
 
+def conv_bn_relu(x, w, b):                   # inference batch-norm as per-channel scale and shift: epilogue too
+    win = swv(np.pad(x, PAD1), (3, 3), axis=(1, 2))
+    return np.maximum(np.einsum("nhwcrs,rsck->nhwk", win, w) * b + 0.25, 0)
+
+
 def nn_groups(x, w, b):
     return explorer.nn.relu(explorer.nn.conv2d(x, w, stride=(1, 2), padding=1, groups=2) + b)
 
@@ -116,6 +121,7 @@ CASES = {
     "depthwise_relu": (depthwise_relu, (1, 9, 7, 5), (3, 3, 5), (5,), 1),
     "depthwise_s2_relu": (depthwise_s2_relu, (2, 7, 8, 6), (3, 3, 6), (6,), 1),
     "residual": (conv_residual, (1, 6, 5, 4), (3, 3, 4, 4), (4,), 1),
+    "bn_relu": (conv_bn_relu, (1, 6, 7, 3), (3, 3, 3, 4), (4,), 1),
     "asym_pad": (conv_asym_pad, (1, 5, 6, 2), (3, 2, 2, 3), (3,), 1),
     "dilated": (conv_dilated, (1, 7, 8, 2), (3, 3, 2, 3), (3,), 1),
     "krsc_letters": (conv_krsc, (1, 5, 5, 3), (4, 3, 3, 3), (4,), 1),
@@ -284,3 +290,15 @@ def test_bad_input_on_arrays_is_the_same_error(name):
     fn, shapes, err, words = BAD[name]
     with pytest.raises(err, match=words.replace("=", ".")):
         fn(*[rnd(*s) for s in shapes])
+
+
+def test_dot_and_cost_model_of_a_conv_kernel():
+    args = args_of("same_relu")
+    c = explorer.compile(conv_relu, *args, target="sim", verbose=False)
+    for st in c.stage_names:
+        assert "digraph" in c.stage(st).dot(), st
+    assert "conv2d" in c.stage("fused").dot()
+    (kc,) = explorer.costmodel.kernel_costs(c, counters=False)
+    conv = next(n for n in c.stage("simplified").ir.op_nodes() if n.op == "conv2d")
+    n_out = conv.size
+    assert kc.flops == explorer.ops.conv_flops(conv) + 2 * n_out     # + bias add + relu
