@@ -96,6 +96,11 @@ def conv_bn_relu(x, w, b):                   # inference batch-norm as per-chann
     return np.maximum(np.einsum("nhwcrs,rsck->nhwk", win, w) * b + 0.25, 0)
 
 
+def window_offset(x, w, b):                   # a window sliced from 1: not folded (generic lowering), still right
+    win = swv(np.pad(x, PAD1), (3, 3), axis=(1, 2))[:, 1::2, 1:]
+    return np.einsum("nhwcrs,rsck->nhwk", win, w) + b
+
+
 def nn_groups(x, w, b):
     return explorer.nn.relu(explorer.nn.conv2d(x, w, stride=(1, 2), padding=1, groups=2) + b)
 
@@ -129,6 +134,7 @@ CASES = {
     "pad_value": (conv_pad_value, (1, 5, 4, 2), (3, 3, 2, 3), (3,), 1),
     "one_by_one": (conv_1x1, (1, 5, 7, 8), (1, 1, 8, 3), (3,), 1),
     "window_blur": (window_blur, (1, 5, 6, 3), (2, 2, 1, 1), (1,), 0),
+    "window_offset": (window_offset, (1, 6, 5, 2), (3, 3, 2, 3), (3,), 0),
     "nn_groups": (nn_groups, (1, 6, 7, 4), (3, 3, 2, 6), (6,), 1),
     "nn_same_dilated": (nn_same_dilated, (1, 9, 8, 3), (3, 3, 3, 2), (2,), 1),
     "nn_nchw": (nn_nchw, (2, 3, 7, 6), (3, 3, 3, 5), (5,), 2),
