@@ -215,6 +215,18 @@ def test_simulator_sees_no_padded_copy(name):
     padded = tuple(s + 2 if d in (1, 2) else s for d, s in enumerate(args[0].shape))
     assert not any(tuple(b.shape) == padded for b in c.stage("lowered").ir.buffers().values())
     assert not c.stage("lowered").ir.temps
+    # loads, exactly: a padding tap reads nothing (the select's untaken branch is never evaluated); each output
+    # reads its in-bounds taps of x (C/groups channels each), every weight tap and its bias
+    conv = next(n for n in c.stage("simplified").ir.op_nodes() if n.op == "conv2d")
+    N, H, W, C = args[0].shape
+    R, S, Cg, K = conv.inputs[1].shape
+    _, Ho, Wo, _ = conv.shape
+    (sh, sw), ((pt, _), (pl, _)) = conv.attrs["stride"], conv.attrs["padding"]
+    rows = np.add.outer(np.arange(Ho) * sh - pt, np.arange(R))
+    cols = np.add.outer(np.arange(Wo) * sw - pl, np.arange(S))
+    taps = int(((rows >= 0) & (rows < H)).sum()) * int(((cols >= 0) & (cols < W)).sum())
+    itemsize = args[0].itemsize
+    assert ctr["global_load_bytes"] == (N * K * taps * Cg + N * Ho * Wo * K * (R * S * Cg + 1)) * itemsize
     assert ctr["flops"] >= explorer.ops.conv_flops(next(n for n in c.stage("simplified").ir.op_nodes()
                                                          if n.op == "conv2d"))
 
