@@ -503,6 +503,8 @@ def default_schedule(compute, target: str, knobs: dict[str, Any] | None = None) 
         # a zero-size array: the naive loop nest runs zero (or, for an empty reduction, only the
         # initialising) iterations; tiles of an empty axis cannot be formed
         return Schedule(notes=("an axis has extent 0 (a zero-size array): naive loops, no tiling",))
+    if getattr(compute, "pattern", "") == "conv2d":
+        return _cpu_conv(compute, knobs) if target == "cpu" else _cuda_conv(compute, knobs)
     if target == "cpu":
         return _cpu_default(compute, knobs)
     return _cuda_default(compute, knobs)
@@ -599,8 +601,6 @@ def _cuda_default(c, knobs) -> Schedule:
             s.bind(ot, "threadIdx.x")
         s.notes.append("scan: one thread per row, serial along the scan axis (opaque: no fusion, no tiling)")
         return s
-    if getattr(c, "pattern", "") == "conv2d":
-        return _cuda_conv(c, knobs)
     return _cuda_matmul(c, knobs)
 
 
@@ -965,8 +965,6 @@ def _cpu_default(c, knobs) -> Schedule:
         else:
             s.notes.append("reduction: rows across OpenMP threads, serial accumulation along the row")
         return s
-    if getattr(c, "pattern", "") == "conv2d":
-        return _cpu_conv(c, knobs)
     # matmul: B's column panel packed once per j tile (contiguous rows, no 4 KB-stride L1 aliasing),
     # then row tiles across OpenMP threads, each keeping a TM x TN register tile of accumulators.
     M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent

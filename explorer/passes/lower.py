@@ -92,8 +92,8 @@ class Compute:
     inputs: tuple[L.Buffer, ...] = ()
     outputs: tuple[L.Buffer, ...] = ()
     operands: tuple[str, ...] = ()   # contraction: names of the (A, B) buffers, for cache_read
-    stashes: tuple[Stash, ...] = ()  # reduce: see stash_shared_values
     pattern: str = ""                # contraction: 'conv2d' for a convolution (its own default schedules)
+    stashes: tuple[Stash, ...] = ()  # reduce: see stash_shared_values
 
     @property
     def axes(self) -> tuple[Axis, ...]:
