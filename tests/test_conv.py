@@ -333,3 +333,19 @@ def test_epilogue_operand_rearranged_by_injective_ops_is_fused(target, dtype):
     assert len(c.kernels) == 1
     want = f(*[a.astype(np.float32) for a in (x, w, b)]).astype(dtype)
     check(c(x, w, b), want)
+
+
+def max_pool(x):                              # 2x2 max pooling: a strided window reduced
+    return swv(x, (2, 2), axis=(1, 2))[:, ::2, ::2].max(axis=(-2, -1))
+
+
+def moving_mean(x):                           # a 1-D window along the last axis, averaged
+    return np.mean(swv(x, 3, axis=-1), axis=-1)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("fn,shape", [(max_pool, (2, 8, 6, 3)), (moving_mean, (4, 10))])
+def test_other_window_uses_equal_numpy(fn, shape, target):
+    x = rnd(*shape)
+    c = explorer.compile(fn, x, target=target, verbose=False)
+    check(c(x), fn(x))
