@@ -349,3 +349,9 @@ def test_other_window_uses_equal_numpy(fn, shape, target):
     x = rnd(*shape)
     c = explorer.compile(fn, x, target=target, verbose=False)
     check(c(x), fn(x))
+
+
+def test_conv_module_docstring_examples_run():
+    import doctest
+    import explorer.conv
+    assert doctest.testmod(explorer.conv).failed == 0
