@@ -31,6 +31,7 @@ import numpy as np
 
 from . import ops as _ops
 from .errors import ShapeError, TraceError, UnsupportedOpError
+from .graph import Provenance
 from .tracing import Tensor, _FUNCTIONS, _int_tuple, _reshape, _transpose, apply_op
 
 
@@ -152,8 +153,25 @@ def conv_from_einsum(subscripts: str, ins: list[str], out_sub: str, xs: list[Ten
     rr, ss = wt.shape[0], wt.shape[1]
     if (rr - 1) * dilation[0] + 1 != win.shape[pos[r]] or (ss - 1) * dilation[1] + 1 != win.shape[pos[s]]:
         return None
-    return tr.emit("conv2d", [x.node, wt.node], {"stride": tuple(stride), "padding": padding,
-                                                 "dilation": tuple(dilation), "groups": groups, "layout": layout})
+    out = tr.emit("conv2d", [x.node, wt.node], {"stride": tuple(stride), "padding": padding,
+                                                "dilation": tuple(dilation), "groups": groups, "layout": layout})
+    folded = [n for n in (src if xin is not src else None, win, sl) if n is not None]
+    out.node.provenance = _joined_provenance([n.provenance for n in folded] + [out.node.provenance])
+    return out
+
+
+def _joined_provenance(provs: list) -> Any:
+    """One Provenance spanning the pad, window and einsum statements when they are a few lines of one
+    function (the group's source lines then name all of them); else the einsum's own."""
+    last = provs[-1]
+    ps = sorted({(p.line, p.end_line or p.line, p.code): p for p in provs if p is not None}.values(),
+                key=lambda p: p.line)
+    if last is None or len(ps) < 2 or any((p.file, p.function) != (last.file, last.function) for p in ps):
+        return last
+    lo, hi = ps[0].line, max(p.end_line or p.line for p in ps)
+    if hi - lo >= 12:
+        return last
+    return Provenance(last.file, lo, last.function, "; ".join(p.code.strip() for p in ps), hi)
 
 
 def _permute(x: Tensor, sub: str, order: str) -> Tensor:

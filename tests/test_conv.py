@@ -188,7 +188,10 @@ def test_idiom_is_one_conv_node_one_kernel_with_bias_relu_fused(name):
     simplified = [n.op for n in c.stage("simplified").ir.op_nodes()]
     assert simplified.count("conv2d") == 1 and "pad" not in simplified and "window" not in simplified
     conv = next(n for n in c.stage("simplified").ir.op_nodes() if n.op == "conv2d")
-    assert "einsum" in conv.provenance.code       # provenance points at the user's contraction line
+    # provenance spans the user's pad, window and contraction statements
+    assert "einsum" in conv.provenance.code and "swv(" in conv.provenance.code
+    assert ("np.pad" in conv.provenance.code) == (name != "valid_relu")
+    assert (conv.provenance.end_line > conv.provenance.line) == (name != "valid_relu")   # one line there
     (grp,) = c.stage("fused").ir.groups
     # the depthwise weight (R, S, C) is read as (R, S, 1, C): a reshape folded into the conv's weight load
     assert [n.op for n in grp.nodes if n.op != "reshape"] == ["conv2d", "add", "maximum"]
