@@ -144,4 +144,6 @@ def gelu(x, approximate: bool = True):
     return _call("gelu", _gelu_impl, x, approximate=bool(approximate))
 
 
-__all__ = ["relu", "softmax", "log_softmax", "layernorm", "gelu"]
+from .conv import conv2d  # noqa: E402  (traced as one conv2d node)
+
+__all__ = ["relu", "softmax", "log_softmax", "layernorm", "gelu", "conv2d"]

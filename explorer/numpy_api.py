@@ -392,6 +392,10 @@ def _np_einsum(*operands, out=None, optimize=False, **kwargs):
                                  f"{s} in another (broadcasting size-1 axes is not supported)")
     tr = _tracer_of([x for x in arrays if isinstance(x, Tensor)])
     xs = [x if isinstance(x, Tensor) else tr.wrap(tr.const(x)) for x in arrays]
+    from .conv import conv_from_einsum   # a contraction over a sliding window: one conv2d node
+    conv = conv_from_einsum(subscripts, ins, out_sub, xs)
+    if conv is not None:
+        return conv
     acc, sub = xs[0], ins[0]
     for k in range(1, len(xs)):
         later = "".join(ins[k + 1:]) + out_sub
@@ -445,6 +449,7 @@ _FUNCTIONS.update({
     np.repeat: _np_repeat, np.tile: _np_tile, np.pad: _np_pad, np.einsum: _np_einsum,
     np.tensordot: _np_tensordot, np.moveaxis: _np_moveaxis,
 })
+from . import conv as _conv  # noqa: E402,F401  (registers sliding_window_view)
 if hasattr(np, "concat") and np.concat is not np.concatenate:  # pragma: no cover - NumPy 2 aliases them
     _FUNCTIONS[np.concat] = _np_concatenate
 
@@ -466,7 +471,8 @@ NOTES: dict[str, str] = {
     "repeat": "int or per-element counts, axis=None flattens; reshape + broadcast_to (+ concat for per-element)",
     "tile": "reps as int or tuple; reshape + broadcast_to + reshape",
     "pad": "mode='constant' only, one scalar constant_values; one fusable `pad` op",
-    "einsum": "subscripts string, up to 3 operands, no '...' or repeated index in one operand; "
+    "einsum": "subscripts string, up to 3 operands, no '...' or repeated index in one operand; a sliding-window "
+              "convolution is one `conv2d` node (see sliding_window_view); otherwise "
               "transpose (+ reshape) + batched matmul, or multiply + sum for vector and outer products",
     "tensordot": "int axes or axis pairs; through einsum",
     "moveaxis": "transpose",
@@ -500,6 +506,10 @@ METHOD_OF = {"add": "x + y", "subtract": "x - y", "multiply": "x * y", "true_div
              "bitwise_or": "x | y", "invert": "~x", "amax": "x.max", "amin": "x.min"}
 # rows for traced-array features that are not NumPy functions
 EXTRA_ROWS: list[tuple[str, str, str]] = [
+    ("sliding_window_view", "", "numpy.lib.stride_tricks: a `window` op (an index mapping, no copy); np.einsum of a "
+                                "(strided ::s, dilated taps) window of a zero np.pad with a weight, 'nhwcrs,rsck->nhwk', "
+                                "depthwise 'nhwcrs,rsc->nhwc' or NCHW 'nchwrs,kcrs->nkhw', is ONE `conv2d` node "
+                                "(explorer.nn.conv2d records the same)"),
     ("", "x[...]", "basic indexing: ints (negative too), slices with steps, None, ...; integer-array indexing "
                    "(gather) and writes (x[m] = v, +=): see their rows"),
     ("", "x[ids]", "gather (`take` op): one integer index array (i32/i64, traced or constant, negative wraps) "

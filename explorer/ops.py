@@ -486,7 +486,9 @@ def node_cost(node) -> Cost:
     d = get(node.op)
     read = sum(i.nbytes for i in node.inputs if not (i.op == "const" and i.size == 1))
     written = node.nbytes
-    if d.category == "contraction":
+    if node.op == "conv2d":
+        flops = conv_flops(node)
+    elif d.category == "contraction":
         k = node.inputs[0].shape[-1]
         flops = 2 * node.size * k
     elif d.category == "reduce":
@@ -498,3 +500,101 @@ def node_cost(node) -> Cost:
     elif node.op == "take":   # a gather reads its indices and only the rows they pick
         read = node.inputs[1].nbytes + node.nbytes
     return Cost(int(flops), int(read), int(written))
+
+
+# ----------------------------------------------------------------------------- convolution
+# A sliding window is an injective op (an index mapping, never a copy): out[..., h, w, ..., r, s] =
+# x[..., h + r, w + s, ...]. conv2d is a contraction: out[n, oh, ow, k] = sum over kh, kw, ic of
+# x[n, oh*sh + kh*dh - pt, ow*sw + kw*dw - pl, g*Cg + ic] * w[kh, kw, ic, k] (g = k's group; zero
+# outside x, which is the padding: an indexed load with a bounds select, never a padded copy).
+def _window_infer(types: Sequence[Type], attrs: dict) -> Type:
+    src = tuple(types[0][0])
+    win, axes = tuple(attrs["window_shape"]), tuple(attrs["axes"])
+    if len(win) != len(axes) or len(set(axes)) != len(axes) or any(not 0 <= a < len(src) for a in axes):
+        raise ShapeError(f"sliding_window_view: window_shape {win} and axis {axes} must pair one window size with "
+                         f"each distinct axis of the input of shape {src}")
+    for a, r in zip(axes, win):
+        if r < 1 or r > src[a]:
+            raise ShapeError(f"sliding_window_view: window size {r} on axis {a} does not fit the input of shape {src} "
+                             f"(it must be 1 ..{src[a]}); pad the input first (np.pad) or use a smaller window")
+    shape = list(src)
+    for a, r in zip(axes, win):
+        shape[a] -= r - 1
+    return tuple(shape) + win, np.dtype(types[0][1])
+
+
+def _window_ref(x, window_shape, axes):
+    from numpy.lib.stride_tricks import sliding_window_view
+    return sliding_window_view(x, tuple(window_shape), axis=tuple(axes))
+
+
+register(OpDef("window", "injective", 1, _window_infer, _window_ref, 0, None, ("sliding_window_view",),
+               "a sliding window view: out[..., h, w, ..., r, s] = x[..., h + r, w + s, ...] (no copy)"))
+
+CONV_LAYOUTS = ("NHWC", "NCHW")
+
+
+def conv_dims(x_shape: Sequence[int], layout: str) -> tuple[int, int, int, int]:
+    """(N, H, W, C) of an activation in `layout`."""
+    if layout == "NCHW":
+        n, c, h, w = x_shape
+        return n, h, w, c
+    n, h, w, c = x_shape
+    return n, h, w, c
+
+
+def _conv2d_infer(types: Sequence[Type], attrs: dict) -> Type:
+    (xs, xdt), (ws, wdt) = types
+    layout = attrs.get("layout", "NHWC")
+    if layout not in CONV_LAYOUTS:
+        raise ShapeError(f"conv2d: layout {layout!r} is not supported; use 'NHWC' or 'NCHW'")
+    if len(xs) != 4 or len(ws) != 4:
+        raise ShapeError(f"conv2d: the input must be 4-D ({layout}) and the weight 4-D (R, S, C/groups, K), got "
+                         f"input {tuple(xs)} and weight {tuple(ws)}")
+    n, h, w, c = conv_dims(xs, layout)
+    r, s, cg, k = ws
+    (sh, sw), (dh, dw), g = attrs["stride"], attrs["dilation"], attrs["groups"]
+    (pt, pb), (pl, pr) = attrs["padding"]
+    if min(sh, sw, dh, dw) < 1:
+        raise ShapeError(f"conv2d: stride {(sh, sw)} and dilation {(dh, dw)} must be positive integers")
+    if min(pt, pb, pl, pr) < 0:
+        raise ShapeError(f"conv2d: padding {attrs['padding']} cannot be negative")
+    if g < 1 or c % g or k % g:
+        raise ShapeError(f"conv2d: groups={g} must be >= 1 and divide both the input channels ({c}) and the output "
+                         f"channels ({k}); input {tuple(xs)}, weight {tuple(ws)}")
+    if cg * g != c:
+        raise ShapeError(f"conv2d: the weight {tuple(ws)} has {cg} input channels per group, but the input {tuple(xs)} "
+                         f"has {c} channels in {g} group(s) ({c // g} per group); weights are (R, S, C/groups, K)")
+    ho = (h + pt + pb - dh * (r - 1) - 1) // sh + 1
+    wo = (w + pl + pr - dw * (s - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1 or r < 1 or s < 1:
+        raise ShapeError(f"conv2d: the {r}x{s} window (dilation {(dh, dw)}) is larger than the padded input "
+                         f"{h + pt + pb}x{w + pl + pr} (input {tuple(xs)}, padding {attrs['padding']}); pad more or "
+                         f"use a smaller window")
+    out = (n, k, ho, wo) if layout == "NCHW" else (n, ho, wo, k)
+    return out, np.result_type(xdt, wdt)
+
+
+def _conv2d_ref(x, w, stride, padding, dilation, groups, layout="NHWC"):
+    from numpy.lib.stride_tricks import sliding_window_view
+    if layout == "NCHW":
+        x = np.transpose(x, (0, 2, 3, 1))
+    (sh, sw), (dh, dw) = stride, dilation
+    R, S, Cg, K = w.shape
+    xp = np.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    win = sliding_window_view(xp, ((R - 1) * dh + 1, (S - 1) * dw + 1), axis=(1, 2))[:, ::sh, ::sw, :, ::dh, ::dw]
+    N, Ho, Wo = win.shape[:3]
+    win = win.reshape(N, Ho, Wo, groups, Cg, R, S)
+    out = np.einsum("nhwgcrs,rscgk->nhwgk", win, w.reshape(R, S, Cg, groups, K // groups))
+    out = out.reshape(N, Ho, Wo, K).astype(np.result_type(x.dtype, w.dtype), copy=False)
+    return np.ascontiguousarray(np.transpose(out, (0, 3, 1, 2)) if layout == "NCHW" else out)
+
+
+register(OpDef("conv2d", "contraction", 2, _conv2d_infer, _conv2d_ref, 2, None, ("conv2d",),
+               "2-D convolution (stride, padding, dilation, groups): sum over the window and input channels"))
+
+
+def conv_flops(node) -> int:
+    """2·N·Ho·Wo·K·R·S·C/groups: one multiply and one add per weight tap and output element."""
+    r, s, cg, _ = node.inputs[1].shape
+    return 2 * node.size * r * s * cg

@@ -506,6 +506,8 @@ def default_schedule(compute, target: str, knobs: dict[str, Any] | None = None) 
         # a zero-size array: the naive loop nest runs zero (or, for an empty reduction, only the
         # initialising) iterations; tiles of an empty axis cannot be formed
         return Schedule(notes=("an axis has extent 0 (a zero-size array): naive loops, no tiling",))
+    if getattr(compute, "pattern", "") == "conv2d":
+        return _cpu_conv(compute, knobs) if target == "cpu" else _cuda_conv(compute, knobs)
     if target == "cpu":
         return _cpu_default(compute, knobs)
     return _cuda_default(compute, knobs)
@@ -585,6 +587,28 @@ def _cuda_default(c, knobs) -> Schedule:
         s.notes.append("scan: one thread per row, serial along the scan axis (opaque: no fusion, no tiling)")
         return s
     return _cuda_matmul(c, knobs)
+
+
+def _cuda_conv(c, knobs) -> Schedule:
+    """Direct convolution: a block owns TP output pixels x TK output channels, one thread per output,
+    each thread summing over (kh, kw, ic); threadIdx.x runs along the channels so a warp reads
+    consecutive weights (and, depthwise, consecutive input channels) in one transaction."""
+    s = Schedule()
+    K = c.axis("oc").extent
+    P = c_extent(c, ["n", "oh", "ow"])
+    TK = min(knobs.get("conv_tile_k", 32), _pow2_at_most(K, 32))
+    TP = min(knobs.get("conv_tile_p", max(1, 256 // TK)), _pow2_at_most(P, 256))
+    pix = s.fuse("n", "oh", "ow", name="pix")
+    po, pi = s.split(pix, TP, names=("pix_o", "pix_i"))
+    ko, ki = s.split("oc", TK, names=("oc_o", "oc_i"))
+    s.reorder(po, ko, pi, ki, "kh", "kw", "ic")
+    s.bind(po, "blockIdx.x")
+    s.bind(ko, "blockIdx.y")
+    s.bind(pi, "threadIdx.y")
+    s.bind(ki, "threadIdx.x")
+    s.notes.append(f"conv2d: direct, {TP} output pixels x {TK} output channels per block, one thread per output "
+                   f"accumulating over (kh, kw, ic); padding is a bounds select on the input load")
+    return s
 
 
 def c_extent(c, names: Sequence[str]) -> int:
@@ -1044,4 +1068,28 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
                    + (f"{chunks} column chunks across OpenMP threads, " if jp else "one thread (no OpenMP team), ")
                    + f"B streamed row by row into a {TM}x{cols} accumulator tile in L1, {TN} columns per SIMD "
                    f"step, no packing")
+    return s
+
+
+def _cpu_conv(c, knobs) -> Schedule:
+    """Direct convolution on the CPU: output rows (n, oh) across OpenMP threads; inside a row a register
+    tile of TW output columns x TK output channels (TK a multiple of the SIMD width) accumulates over
+    (kh, kw, ic): each weight vector w[kh, kw, ic, oc:oc+TK] is loaded once and reused for TW pixels,
+    each input value is broadcast across the TK channels."""
+    s = Schedule()
+    K, Wo = c.axis("oc").extent, c.axis("ow").extent
+    acc_dt = c.accums[0].buffer.dtype if c.accums else "f32"
+    lanes = CPU_VECTOR_LANES.get(acc_dt, 4)
+    TW, TK = knobs.get("thread_tile", (4, 2 * lanes))
+    TW, TK = min(TW, Wo), min(TK, K)
+    row = s.fuse("n", "oh", name="row")
+    wo, wi = s.split("ow", TW, names=("ow_o", "ow_i"))
+    ko, kv = s.split("oc", TK, names=("oc_o", "oc_v"))
+    s.reorder(row, wo, ko, "kh", "kw", "ic", wi, kv)
+    s.parallel(row)
+    s.cache_write("local", at=ko)
+    s.unroll(wi)
+    s.vectorize(kv)
+    s.notes.append(f"conv2d: output rows across OpenMP threads, a {TW}x{TK} register tile (columns x output "
+                   f"channels) accumulating over (kh, kw, ic), SIMD over output channels")
     return s

@@ -35,7 +35,7 @@ from .graph import Graph, Node, Provenance, c_identifier
 
 # Frames of these modules are the tracer's own machinery, not the user's code, so
 # provenance skips them (numpy too: np.mean's Python wrapper calls back into us).
-INTERNAL_MODULES = {"explorer.tracing", "explorer.numpy_api", "explorer.nn", "explorer.ops", "explorer.passes.simplify",
+INTERNAL_MODULES = {"explorer.tracing", "explorer.numpy_api", "explorer.nn", "explorer.conv", "explorer.ops", "explorer.passes.simplify",
                     "explorer.dtypes", "explorer.graph", "explorer.errors", "explorer.pipeline", "explorer.compiled",
                     "explorer.backends.reference", "explorer.custom"}
 

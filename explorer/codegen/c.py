@@ -841,7 +841,8 @@ class _KernelEmitter:
         if not has_reg and not _uses_var(e, lane):
             if e.dtype != dt:
                 raise _NoVector
-            return self.expr(e), False
+            text = self.expr(e)   # parenthesized: a select's ?: binds looser than the vector op around it
+            return (f"({text})" if isinstance(e, L.Select) else text), False
         if e.dtype != dt:
             raise _NoVector
         suf = _VEC[dt][0]

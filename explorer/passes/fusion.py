@@ -429,11 +429,22 @@ def _validate_contraction(members: list[Node], ids: set[int], mm: Node, ctx: _Ct
                 if c is not mm and id(c) not in pro:
                     return (f"{m.name} is also read by {c.name}{_gref(c)}, fusing it into the matmul's operand load "
                             f"would recompute it")
+        elif _epilogue_operand(m, ids, ctx):
+            continue
         else:
             why = _epilogue_problem(m, mm)
             if why:
                 return why
     return "contraction", mm
+
+
+def _epilogue_operand(m: Node, ids: set[int], ctx: _Ctx) -> bool:
+    """True for an injective op on values from outside the group that only epilogue members read
+    (the NCHW bias b[:, None, None], b[::-1]; a chain of them): an indexed load in the epilogue, never
+    computed twice."""
+    return (_cat(m) == "injective" and m.op not in _DATA_DEPENDENT and id(m) not in ctx.out_ids
+            and all(id(c) in ids for c in ctx.consumers.get(m, []))
+            and all(_epilogue_operand(i, ids, ctx) for i in m.inputs if id(i) in ids))
 
 
 def _prologue_of(mm: Node, ids: set[int]) -> set[int]:
@@ -668,6 +679,9 @@ def _fused_reason(rule: str, p: Node, n: Node, anchor: Node) -> str:
         return (f"fused: elementwise — {n.op} reads {p.name} ({p.op}) element by element, so the value stays "
                 f"in registers")
     if rule == "epilogue":
+        if _cat(p) == "injective" and _cat(n) != "contraction":
+            return (f"fused: epilogue — {p.op} {p.name} only rearranges an operand that {n.op} {n.name} reads in "
+                    f"the epilogue of {anchor.op} {anchor.name}, so it becomes an indexed load there")
         if p is anchor:
             return (f"fused: epilogue — {n.op} is an elementwise consumer of matmul {p.name} with the same output "
                     f"shape, applied while the result is still in registers")

@@ -27,7 +27,7 @@ import numpy as np
 from .. import loopir as L
 from ..errors import ExplorerError, VerificationError
 from ..graph import Node, c_identifier
-from ..ops import OPS, REDUCE_IDENTITY, get as get_op, normalize_axes, operand_dtype
+from ..ops import OPS, REDUCE_IDENTITY, conv_dims, get as get_op, normalize_axes, operand_dtype
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class Compute:
     inputs: tuple[L.Buffer, ...] = ()
     outputs: tuple[L.Buffer, ...] = ()
     operands: tuple[str, ...] = ()   # contraction: names of the (A, B) buffers, for cache_read
+    pattern: str = ""                # contraction: 'conv2d' for a convolution (its own default schedules)
     stashes: tuple[Stash, ...] = ()  # reduce: see stash_shared_values
     custom: Any = None               # kind 'custom': the CustomKernel (explorer.custom_kernel)
 
@@ -243,6 +244,12 @@ class GroupLowering:
             return self._concat(n, idx)
         if n.op == "pad":
             return self._pad(n, idx)
+        if n.op == "window":   # out[..., h, ..., r] = x[..., h + r, ...]: an index mapping, no copy
+            nd = len(src.shape)
+            sidx = list(idx[:nd])
+            for k, a in enumerate(n.attrs["axes"]):
+                sidx[a] = L.simplify_expr(sidx[a] + idx[nd + k])
+            return self.value(src, tuple(sidx))
         raise VerificationError(f"lowering: cannot inline {n.op} ({n.name}) into a loop body")
 
     def _concat(self, n: Node, idx: tuple[L.Expr, ...]) -> L.Expr:
@@ -352,7 +359,7 @@ def _always_true(conds: list[L.Expr]) -> L.Expr:
 # helpers (ke_*) and the C/CUDA math library. A parameter spelled like one of them would alias a
 # generated buffer or be shadowed by a loop variable (wrong results or a compile error), so it is renamed.
 _GENERATED = re.compile(
-    r"^(?:(?:out|t|c|i|r|b|acc|s)\d+|i|j|k|n|row|red|batch|blk|thr)(?:_(?:o|i|t|r|b|in|w|f|v|c|e|\d+))*$"
+    r"^(?:(?:out|t|c|i|r|b|acc|s)\d+|i|j|k|n|row|red|batch|blk|thr|oh|ow|oc|kh|kw|ic)(?:_(?:o|i|t|r|b|in|w|f|v|c|e|\d+))*$"
     r"|^\w+_(?:shared|frag|local|e)(?:_\d+)*$|^ke_\w*$|^__\w*$")
 _LIBRARY = frozenset("""exp expf exp2 exp2f expm1 expm1f log logf log2 log2f log1p log1pf sqrt sqrtf rsqrt rsqrtf
 tanh tanhf erf erff fabs fabsf fmax fmaxf fmin fminf pow powf sin sinf cos cosf tan tanf floor floorf ceil ceilf
@@ -515,6 +522,8 @@ def _identity(op: str, dt: str) -> L.Const:
 
 def _contraction(grp, name, members, buffers, out_buffers) -> Compute:
     m = grp.anchor
+    if m.op == "conv2d":
+        return _conv2d(grp, name, members, buffers, out_buffers)
     a, b = m.inputs
     *batch, M, N = m.shape
     K = a.shape[-1]
@@ -543,6 +552,48 @@ def _contraction(grp, name, members, buffers, out_buffers) -> Compute:
     stores = tuple(StoreDef(buf, idx, _cast(low.value(o, idx), buf.dtype)) for o, buf in out_buffers)
     return Compute("contraction", name, spatial, red, (accum,), stores, inputs=tuple(low.used),
                    outputs=tuple(buf for _, buf in out_buffers), operands=operands)
+
+
+def _conv2d(grp, name, members, buffers, out_buffers) -> Compute:
+    """A direct convolution: accumulate over (kh, kw, ic) per output (n, oh, ow, oc).
+
+    The padding is a bounds select on the input load (never a padded copy); a side whose
+    index cannot leave the input has no test:
+        acc[] += ((oh + kh - 1 >= 0 && oh + kh - 1 < 56 && ...) ? x[n, oh + kh - 1, ow + kw - 1, ic] : 0) * w[kh, kw, ic, oc]
+    """
+    m = grp.anchor
+    x, w = m.inputs
+    layout = m.attrs.get("layout", "NHWC")
+    N, H, W, C = conv_dims(x.shape, layout)
+    R, S, Cg, K = w.shape
+    _, Ho, Wo, _ = conv_dims(m.shape, layout)
+    (sh, sw), (dh, dw), g = m.attrs["stride"], m.attrs["dilation"], m.attrs["groups"]
+    (pt, _), (pl, _) = m.attrs["padding"]
+    spatial = (Axis("n", N), Axis("oh", Ho), Axis("ow", Wo), Axis("oc", K))
+    red = (Axis("kh", R, True), Axis("kw", S, True), Axis("ic", Cg, True))
+    n, oh, ow, oc, kh, kw, ic = (L.Var(a.name) for a in spatial + red)
+    ih = L.simplify_expr(oh * sh + kh * dh - pt)
+    iw = L.simplify_expr(ow * sw + kw * dw - pl)
+    group = oc if K // g == 1 else oc // (K // g)      # depthwise: output channel k reads input channel k
+    ch = L.simplify_expr((group * Cg + ic) if Cg > 1 else group + ic) if g > 1 else ic
+    conds = []
+    for v, lo, top, ext in ((ih, pt, (Ho - 1) * sh + (R - 1) * dh - pt, H), (iw, pl, (Wo - 1) * sw + (S - 1) * dw - pl, W)):
+        if lo > 0:
+            conds.append(L.BinOp(">=", v, L.Const(0)))
+        if top >= ext:
+            conds.append(L.BinOp("<", v, L.Const(int(ext))))
+    acc_dt = _acc_dtype(m)
+    acc = L.Buffer(f"acc{m.id}", (), acc_dt, "local")
+    low = GroupLowering(buffers, members - {m.id}, {m.id: _cast(L.Load(acc, ()), _dt(m))})
+    xv = _cast(low.value(x, (n, ch, ih, iw) if layout == "NCHW" else (n, ih, iw, ch)), acc_dt)
+    if conds:
+        xv = L.Select(_always_true(conds), xv, L.Const(0, acc_dt))
+    wv = _cast(low.value(w, (kh, kw, ic, oc)), acc_dt)
+    accum = Accum(acc, "sum", L.BinOp("*", xv, wv), 0, _dt(m))
+    idx = (n, oc, oh, ow) if layout == "NCHW" else (n, oh, ow, oc)
+    stores = tuple(StoreDef(buf, idx, _cast(low.value(o, idx), buf.dtype)) for o, buf in out_buffers)
+    return Compute("contraction", name, spatial, red, (accum,), stores, inputs=tuple(low.used),
+                   outputs=tuple(buf for _, buf in out_buffers), pattern="conv2d")
 
 
 def _reduction(grp, name, members, buffers, out_buffers, stash: bool = True) -> Compute:
