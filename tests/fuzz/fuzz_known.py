@@ -1,0 +1,67 @@
+"""Known bug classes (issue 13's A-H and its minor items), being fixed on other branches.
+
+A failing run that matches a rule here is counted as `known:<letter>` instead of as a new failure,
+so `make fuzz` separates what is already filed from what is new. When a fix is merged, delete its
+rule: the fuzzer then reports any remaining case of it as new.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from fuzz_check import Run
+from fuzz_programs import Program
+
+
+@dataclass(frozen=True)
+class Known:
+    letter: str
+    what: str
+    match: Callable[[Run, Program], bool]
+
+
+def _base(r: Run) -> str:
+    return r.target.split("+")[0]
+
+
+def _f16(p: Program, r: Run) -> bool:
+    return (any("float16" in t for t in p.tags()) or
+            (r.target.endswith("+knobs") and r.knobs.get("dtype") == "float16"))
+
+
+def _msg(pattern: str, outcome: str = "error"):
+    rx = re.compile(pattern)
+    return lambda r, p: r.outcome == outcome and bool(rx.search(r.detail))
+
+
+KNOWN: list[Known] = [
+    Known("A", "bool + bool is integer addition on cpu/cuda",
+          lambda r, p: r.outcome == "wrong" and _base(r) in ("cpu", "cuda")
+          and any(t in p.tags() for t in ("add:bool,bool", "add:bool,scalar", "add:scalar,bool"))),
+    Known("B", "float16 intermediates not rounded to half inside fused C/CUDA kernels",
+          lambda r, p: r.outcome == "wrong" and _base(r) in ("cpu", "cuda") and _f16(p, r)),
+    Known("C", "float16 cumsum accumulates in float32 (sim/cpu)",
+          lambda r, p: r.outcome == "wrong" and _f16(p, r) and "cumsum" in " ".join(p.tags())),
+    Known("E", "a reduction with no reduce loop raises 'axis None is not a loop here'",
+          _msg(r"is not a loop here")),
+    Known("F", "matmul operand that is a fused slice/reshape/index: cache_read staging fails",
+          _msg(r"cache_read\(")),
+    Known("H", "cpu: math function has no C mapping (abs(bool), int power)", _msg(r"has no C mapping")),
+    Known("G:decompose", "decompose=False: opaque op has no loop template", _msg(r"has no loop template")),
+    Known("G:tile", "a global schedule tile larger than one kernel's axis is not clamped",
+          _msg(r"is larger than the axis extent")),
+]
+
+
+def known_letter(r: Run, p: Program) -> str | None:
+    """The letter of the known class `r` belongs to, or None when it is new."""
+    if not r.failed:
+        return None
+    for k in KNOWN:
+        if k.match(r, p):
+            return k.letter
+    return None
+
+
+__all__ = ["Known", "KNOWN", "known_letter"]
