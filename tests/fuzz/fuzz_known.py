@@ -51,6 +51,9 @@ KNOWN: list[Known] = [
     Known("G:decompose", "decompose=False: opaque op has no loop template", _msg(r"has no loop template")),
     Known("G:tile", "a global schedule tile larger than one kernel's axis is not clamped",
           _msg(r"is larger than the axis extent")),
+    # found by this fuzzer, reported to the lead (not on issue 13's list; same family as G:tile)
+    Known("N1", "a global schedule vector=k that does not divide one kernel's size is an error, not clamped",
+          _msg(r"vector=\d+ does not divide")),
 ]
 
 

@@ -154,17 +154,34 @@ def compile_function(src: str, name: str = "f") -> Callable:
 
 
 def from_source(module_text: str) -> Program:
-    """Rebuild a Program from `Program.source()` text (regression files)."""
+    """Rebuild a Program from `Program.source()` text (regression files).
+
+    >>> p = from_source("def f(a0):\n    v0 = a0 + 1\n    v1 = v0 * 2\n    return v1\n\n"
+    ...                 "INPUTS = [InputSpec('a0', (3,), 'float32')]\nKNOBS = {}\n")
+    >>> [s.out for s in p.stmts], p.outputs
+    (['v0', 'v1'], ['v1'])
+    """
+    import re
     ns: dict[str, Any] = {"InputSpec": InputSpec}
     exec(compile(module_text, "<regression>", "exec"), ns)
     fn_src = module_text.split("def f(", 1)[1].split("\n\n", 1)[0]
-    lines = fn_src.splitlines()[1:]
-    body = [ln[4:] for ln in lines if not ln.strip().startswith("return ")]
-    ret = [ln for ln in lines if ln.strip().startswith("return ")][0].strip()[len("return "):]
+    lines = [ln[4:] for ln in fn_src.splitlines()[1:] if ln.strip()]
+    ret = lines.pop()[len("return "):]
+    stmts: list[Stmt] = []
+    pending: list[str] = []
+    for ln in lines:                       # a statement ends at the line that assigns its vN
+        pending.append(ln)
+        m = re.match(r"(v\d+) = ", ln)
+        if m:
+            stmts.append(Stmt(m.group(1), tuple(pending), "regression"))
+            pending = []
+    if pending:
+        last = stmts.pop()
+        stmts.append(Stmt(last.out, last.lines + tuple(pending), "regression"))
+    if stmts:
+        stmts[-1] = Stmt(stmts[-1].out, stmts[-1].lines, "regression", tuple(ns.get("TAGS", ())))
     outs = [o.strip() for o in ret.strip("()").split(",") if o.strip()]
-    tags = tuple(ns.get("TAGS", ()))
-    stmt = Stmt(outs[0], tuple(body), "regression", tags)
-    return Program(list(ns["INPUTS"]), [stmt], outs, dict(ns.get("KNOBS", {})), ns.get("VARIANT_TARGET", "sim"))
+    return Program(list(ns["INPUTS"]), stmts, outs, dict(ns.get("KNOBS", {})), ns.get("VARIANT_TARGET", "sim"))
 
 
 def numpy_eval(src_or_fn: Any, inputs: Sequence[np.ndarray]) -> Any:
