@@ -154,7 +154,7 @@ def compile_function(src: str, name: str = "f") -> Callable:
 
 
 def from_source(module_text: str) -> Program:
-    """Rebuild a Program from `Program.source()` text (regression files).
+    r"""Rebuild a Program from `Program.source()` text (regression files).
 
     >>> p = from_source("def f(a0):\n    v0 = a0 + 1\n    v1 = v0 * 2\n    return v1\n\n"
     ...                 "INPUTS = [InputSpec('a0', (3,), 'float32')]\nKNOBS = {}\n")
@@ -331,7 +331,11 @@ def _where(ctx: Ctx, names, vals):
 
 
 def _cast(ctx: Ctx, names, vals):
-    dt = ctx.draw(st.sampled_from(SUPPORTED))
+    v = vals[0]
+    # float -> int of NaN, Inf or an out-of-range value is undefined in C and platform-defined in
+    # NumPy (it warns "invalid value encountered in cast"): not drawn
+    safe = v.dtype.kind != "f" or (np.isfinite(v).all() and (np.abs(v) < 2**31).all())
+    dt = ctx.draw(st.sampled_from(SUPPORTED if safe else FLOATS + ("bool",)))
     return [f"{names[0]}.astype(np.{dt})"]
 
 
@@ -423,22 +427,39 @@ def _cumsum(ctx: Ctx, names, vals):
     return [f"{names[0]}.cumsum({'' if ax is None else ax})"]
 
 
+_MATMUL_VIEWS = ("", "", "[::2]", "[1:]", "[..., 1:]", ".T", "[None]", "[-1:]", ".reshape(-1, {k})")
+
+
 def _matmul(ctx: Ctx, names, vals):
-    a = vals[0]
-    sh = np.shape(a)
+    """x @ b, where x may be viewed first (slice, transpose, reshape: matmul prologues) and b is a fresh
+    input, possibly read through a slice itself, or x's own transpose."""
+    view = ctx.draw(st.sampled_from(_MATMUL_VIEWS))
+    view = view.replace("{k}", str(np.shape(vals[0])[-1]))
+    try:
+        a = np.asarray(eval(f"v{view}", {"v": vals[0]}))
+    except Exception:
+        a, view = vals[0], ""
+    if a.ndim < 2:
+        a, view = vals[0], ""
+    x = names[0] + view
+    sh = a.shape
     k = sh[-1]
     n = ctx.draw(st.sampled_from(SIZES[:-1]))
-    form = ctx.draw(st.sampled_from(["input", "self_t", "input_batched"]))
+    form = ctx.draw(st.sampled_from(["input", "self_t", "input_batched", "input_sliced"]))
     if form == "self_t":
-        return [f"{names[0]} @ np.swapaxes({names[0]}, -1, -2)"]
+        return [f"{x} @ np.swapaxes({x}, -1, -2)"]
     batch = sh[:-2] if form == "input_batched" else ()
-    b = ctx.new_input((*batch, k, n), ctx.draw(st.sampled_from([a.dtype.name, a.dtype.name, "float32"])))
+    dt = ctx.draw(st.sampled_from([a.dtype.name, a.dtype.name, "float32"]))
+    if form == "input_sliced":
+        b = ctx.new_input((k, 2 * n + 1), dt) + f"[:, 1:{n + 1}]"
+    else:
+        b = ctx.new_input((*batch, k, n), dt)
     op = ctx.draw(st.sampled_from(["@", "matmul", "dot"]))
     if op == "dot" and len(sh) == 2 and not batch:
-        return [f"np.dot({names[0]}, {b})"]
+        return [f"np.dot({x}, {b})"]
     if op == "matmul":
-        return [f"np.matmul({names[0]}, {b})"]
-    return [f"{names[0]} @ {b}"]
+        return [f"np.matmul({x}, {b})"]
+    return [f"{x} @ {b}"]
 
 
 def _softmax_like(ctx: Ctx, names, vals):

@@ -37,8 +37,10 @@ class FuzzFailure(Exception):
 
 # ----------------------------------------------------------------------------- worker
 def worker_main(conn, opts: dict[str, Any]) -> None:
+    import faulthandler
     import warnings
     warnings.simplefilter("ignore")
+    faulthandler.disable()          # a crash is reported by the parent; no C-level dump on stderr
     from hypothesis import HealthCheck, Phase, given, seed, settings
 
     from fuzz_check import available_targets, check_program
@@ -60,6 +62,8 @@ def worker_main(conn, opts: dict[str, Any]) -> None:
 
         def on_run(label):
             send("at", label)
+            if label == targets[0] and state["target_sig"] is None:
+                _inject(opts)
 
         @settings(max_examples=count, database=None, deadline=None, derandomize=False,
                   suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
@@ -99,6 +103,23 @@ def worker_main(conn, opts: dict[str, Any]) -> None:
         except Exception as e:  # noqa: BLE001 - a fuzzer bug must not end the run; report it
             send("internal", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}")
         send("batch-done", state["n"])
+
+
+def _inject(opts: dict[str, Any]) -> None:
+    """--inject crash:K,hang:M (the runner's own test): the K-th program started in the whole run kills
+    its worker with SIGSEGV, the M-th one sleeps forever."""
+    counter = opts.get("started")
+    if counter is None or not opts.get("inject"):
+        return
+    with counter.get_lock():
+        counter.value += 1
+        k = counter.value
+    what = opts["inject"].get(k)
+    if what == "crash":
+        import signal
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif what == "hang":
+        time.sleep(10**6)
 
 
 # ----------------------------------------------------------------------------- parent
@@ -190,10 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strict", action="store_true", help="known classes count as failures too")
     ap.add_argument("--save", default="", help="write each new class's minimal program into this folder")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
+    ap.add_argument("--inject", default="", help=argparse.SUPPRESS)   # 'crash:K,hang:M', for the runner's test
     args = ap.parse_args(argv)
 
+    inject = {int(k): what for what, k in (item.split(":") for item in args.inject.split(",") if item)}
     opts = {"targets": [t for t in args.targets.split(",") if t], "nvcc": args.nvcc,
-            "shrink_budget": args.shrink_budget}
+            "shrink_budget": args.shrink_budget, "inject": inject,
+            "started": mp.get_context("fork").Value("i", 0) if inject else None}
     pool = Pool(max(1, args.workers), opts)
     counts: Counter = Counter()
     classes: dict[str, dict[str, Any]] = {}
@@ -231,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for conn in list(pool.workers):
         assign(conn)
-    while any(w["busy"] for w in pool.workers.values()):
+    silent_deaths = 0
+    while any(w["busy"] for w in pool.workers.values()) and not (internal and silent_deaths > 3):
         ready = wait(list(pool.workers), timeout=1.0)
         for conn in ready:
             w = pool.workers[conn]
@@ -240,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             except (EOFError, OSError):
                 w = pool.kill(conn)
                 code = w["proc"].exitcode
+                silent_deaths = silent_deaths + 1 if w["prog"] is None else 0
+                if silent_deaths > 3:   # workers die before running anything: the fuzzer itself is broken
+                    internal.append(f"workers exit (code {code}) before running a program; stopping")
+                    break
                 if w["prog"] is not None:
                     record(w["at"] or "?", "crash", f"exit {code}", f"worker died (exit code {code})", None,
                            w["prog"])
@@ -298,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.kill(conn)
     text, bad = summarize(counts, classes, shrunk, rejected, internal, args, time.time() - t_start, n_done)
     print(text)
+    main.last = {"counts": dict(counts), "classes": classes, "shrunk": shrunk, "n_done": n_done}  # type: ignore
     if args.save:
         for sig, (src, detail) in shrunk.items():
             if classes.get(sig, {}).get("known") is None:
