@@ -1,7 +1,8 @@
 """Minimal programs the fuzzer once found failing, kept as regression tests.
 
 Each tests/fuzz/regressions/case_*.py is `Program.source()` text (a function `f`, its INPUTS, the
-KNOBS of the knob-variant run); it must now pass on every available target and on its variant.
+KNOBS of the knob-variant run); it must now pass on every available target (and build to PTX with
+nvcc when nvcc is here) and on its variant.
 """
 from __future__ import annotations
 
@@ -21,6 +22,6 @@ CASES = sorted(glob.glob(os.path.join(HERE, "regressions", "case_*.py")))
 def test_saved_case_passes(path):
     with open(path) as f:
         prog = from_source(f.read())
-    runs = check_program(prog, available_targets())
+    runs = check_program(prog, available_targets(nvcc=True))
     bad = [r for r in runs if r.failed]
     assert not bad, "\n".join(f"{r.target}: {r.outcome} {r.cls}: {r.detail[:400]}" for r in bad)
