@@ -216,7 +216,7 @@ class Ctx:
 
     def axes(self, ndim: int) -> Any:
         """None, an int, a tuple (possibly empty) of distinct axes; the forms NumPy's axis= takes."""
-        kind = self.draw(st.sampled_from(["none", "int", "tuple", "empty"]))
+        kind = self.draw(st.sampled_from(["none", "int", "tuple", "int", "none", "tuple", "empty"]))
         if ndim == 0 or kind == "none":
             return None if kind != "empty" else ()
         if kind == "int":
@@ -334,7 +334,7 @@ def _cast(ctx: Ctx, names, vals):
     v = vals[0]
     # float -> int of NaN, Inf or an out-of-range value is undefined in C and platform-defined in
     # NumPy (it warns "invalid value encountered in cast"): not drawn
-    safe = v.dtype.kind != "f" or (np.isfinite(v).all() and (np.abs(v) < 2**31).all())
+    safe = v.dtype.kind != "f" or (np.isfinite(v).all() and (np.abs(v.astype(np.float64)) < 2**31).all())
     dt = ctx.draw(st.sampled_from(SUPPORTED if safe else FLOATS + ("bool",)))
     return [f"{names[0]}.astype(np.{dt})"]
 
@@ -635,7 +635,7 @@ OPS: list[Op] = [
     Op("ravel", 1, lambda c, n, v: [c.draw(st.sampled_from([f"{n[0]}.ravel()", f"np.ravel({n[0]})"]))], weight=1),
     Op("copy", 1, _r("{0}.copy()"), weight=1),
     # contraction, scan, compositions
-    Op("matmul", 1, _matmul, accepts=_nd(2), weight=3),
+    Op("matmul", 1, _matmul, accepts=_nd(2), weight=6),
     Op("cumsum", 1, _cumsum, weight=1),
     Op("softmax_like", 1, _softmax_like, accepts=lambda v: _is_float(v) and np.ndim(v) >= 1, weight=2),
     Op("nn", 1, _nn, accepts=lambda v: _is_float(v) and np.ndim(v) >= 1, weight=1),
