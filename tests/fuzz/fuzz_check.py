@@ -10,8 +10,10 @@ Tolerances live here, in one place (`TOLERANCE`, `compare`):
   - `ulps` is TOLERANCE[work] (x8 with fast_math),
   - `scale` is the largest finite |value| the program computes (an error made in a big intermediate
     survives cancellation: (a + b) - a),
-  - `sensitivity` is how far NumPy's own answer moves when every float input moves by one ulp (measured:
-    the program is re-run with inputs nudged up and down); it covers ill-conditioned elements;
+  - `sensitivity` is how far NumPy's own answer moves when every float input and every statement's
+    float result moves by one ulp (measured: the program is re-run three times with random one-ulp
+    nudges); it covers ill-conditioned elements (cancellation, a where() on a tie) and one-ulp libm
+    differences (glibc sinf vs NumPy's sin) amplified downstream;
 * an element whose exact (bool/int) value flips when inputs move by one ulp is not compared (a
   comparison or cast on the edge of a float tie), nor int outputs of a program where NumPy warns
   "invalid value encountered in cast" (NaN/Inf/out-of-range float -> int: undefined in C, and
@@ -97,6 +99,25 @@ def _nudge(inputs: Sequence[np.ndarray], direction: float, seed: int) -> list[np
     return out
 
 
+def _nudged_fn(prog: Program, direction: float, seed: int):
+    """The program with every statement's float result moved by one ulp (random signs): a libm or
+    summation-order difference of one ulp in any intermediate is within what is compared."""
+    counter = [seed]
+
+    def nudge(v):
+        if isinstance(v, (np.ndarray, np.generic)) and v.dtype.kind == "f":
+            counter[0] += 1
+            return _nudge([np.asarray(v)], direction, counter[0])[0]
+        return v
+    body = []
+    for st_ in prog.stmts:
+        body += [*st_.lines, f"{st_.out} = __nudge({st_.out})"]
+    ret = prog.outputs[0] if len(prog.outputs) == 1 else "(" + ", ".join(prog.outputs) + ")"
+    src = "\n".join([f"def f({', '.join(i.name for i in prog.inputs)}):", *("    " + ln for ln in body),
+                     f"    return {ret}"]) + "\n"
+    return compile_function(src, "f", {"__nudge": nudge})
+
+
 def _intermediates(prog: Program, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Every statement's value (the program re-run returning all of them)."""
     names = [s.out for s in prog.stmts]
@@ -123,10 +144,10 @@ def expected(prog: Program, inputs: Sequence[np.ndarray]) -> Expected:
     scale = float(min(max(finite, default=0.0), 1e300))
     sens = [np.zeros(o.shape, np.float64) if o.dtype.kind == "f" else np.full(o.shape, bad_cast and o.dtype.kind == "i")
             for o in outs]
-    if any(a.dtype.kind == "f" for a in inputs):
+    if work:
         for k, direction in enumerate((1.0, -1.0, 1.0)):
             try:
-                moved = _as_list(numpy_eval(fn, _nudge(inputs, direction, k)))
+                moved = _as_list(numpy_eval(_nudged_fn(prog, direction, 100 + k), _nudge(inputs, direction, k)))
             except Exception:
                 continue
             for i, (o, m) in enumerate(zip(outs, moved)):

@@ -35,6 +35,23 @@ def _msg(pattern: str, outcome: str = "error"):
     return lambda r, p: r.outcome == outcome and bool(rx.search(r.detail))
 
 
+def _fma_only(r: Run, p: Program) -> bool:
+    """D: the cpu result is right once gcc may not contract a*b+c into an FMA (-ffp-contract=off)."""
+    if r.outcome != "wrong" or _base(r) != "cpu" or r.knobs.get("fast_math"):
+        return False
+    from explorer.backends import cpu
+    from fuzz_check import check_program
+    if "-ffp-contract=off" in cpu.BASE_FLAGS:
+        return False
+    saved = cpu.BASE_FLAGS
+    cpu.BASE_FLAGS = (*saved, "-ffp-contract=off")
+    try:
+        again = check_program(p, ["cpu"], only=r.target)
+    finally:
+        cpu.BASE_FLAGS = saved
+    return bool(again) and all(not a.failed for a in again)
+
+
 KNOWN: list[Known] = [
     Known("A", "bool + bool is integer addition on cpu/cuda",
           lambda r, p: r.outcome == "wrong" and _base(r) in ("cpu", "cuda")
@@ -43,6 +60,8 @@ KNOWN: list[Known] = [
           lambda r, p: r.outcome == "wrong" and _base(r) in ("cpu", "cuda") and _f16(p, r)),
     Known("C", "float16 cumsum accumulates in float32 (sim/cpu)",
           lambda r, p: r.outcome == "wrong" and _f16(p, r) and "cumsum" in " ".join(p.tags())),
+    Known("D", "FMA contraction on cpu (gcc without -ffp-contract=off); checked by rebuilding without it",
+          _fma_only),
     Known("E", "a reduction with no reduce loop raises 'axis None is not a loop here'",
           _msg(r"is not a loop here")),
     Known("F", "matmul operand that is a fused slice/reshape/index: cache_read staging fails",
@@ -54,6 +73,8 @@ KNOWN: list[Known] = [
     # found by this fuzzer, reported to the lead (not on issue 13's list; same family as G:tile)
     Known("N1", "a global schedule vector=k that does not divide one kernel's size is an error, not clamped",
           _msg(r"vector=\d+ does not divide")),
+    Known("N2", "bool_array & 1 / bool_array | 1 give bool (taken as logical and/or); NumPy gives int64",
+          lambda r, p: r.outcome == "wrong" and r.cls == "dtype:int64" and "logical:bool" in p.tags()),
 ]
 
 

@@ -142,13 +142,13 @@ class Program:
 _FN_COUNTER = [0]
 
 
-def compile_function(src: str, name: str = "f") -> Callable:
+def compile_function(src: str, name: str = "f", extra: dict[str, Any] | None = None) -> Callable:
     """exec `src` under a fake file name registered in linecache, so tracebacks and the explorer's
     provenance show the program's lines."""
     _FN_COUNTER[0] += 1
     fname = f"<fuzz-program-{_FN_COUNTER[0]}>"
     linecache.cache[fname] = (len(src), None, src.splitlines(True), fname)
-    ns: dict[str, Any] = {"np": np, "nn": nn}
+    ns: dict[str, Any] = {"np": np, "nn": nn, **(extra or {})}
     exec(compile(src, fname, "exec"), ns)
     return ns[name]
 

@@ -58,7 +58,8 @@ def worker_main(conn, opts: dict[str, Any]) -> None:
         if task is None:
             return
         batch_seed, count = task
-        state: dict[str, Any] = {"n": 0, "target_sig": None, "best": None, "best_run": None, "t0": 0.0}
+        state: dict[str, Any] = {"n": 0, "target_sig": None, "best": None, "best_run": None, "t0": 0.0,
+                                 "failed": {}}
 
         def on_run(label):
             send("at", label)
@@ -84,14 +85,16 @@ def worker_main(conn, opts: dict[str, Any]) -> None:
                 if failing is not None:
                     state.update(target_sig=failing.signature(), best=prog, best_run=failing, t0=time.time(),
                                  label=failing.target)
-            elif time.time() - state["t0"] <= opts["shrink_budget"] or src == state["best"].source():
+            elif src in state["failed"]:          # a replay: same verdict, no re-run
+                failing = state["failed"][src]
+            elif time.time() - state["t0"] <= opts["shrink_budget"]:
                 # shrinking: only the failing target, and only the same failure class counts
                 send("start-shrink", src)
                 runs = check_program(prog, targets, only=state["label"], on_run=on_run)
                 failing = next((r for r in runs if r.failed and r.signature() == state["target_sig"]), None)
-                if failing is not None and len(src) <= len(state["best"].source()):
-                    state.update(best=prog, best_run=failing)
             if failing is not None:
+                state["failed"][src] = failing
+                state.update(best=prog, best_run=failing)          # the last raise is hypothesis' minimal one
                 raise FuzzFailure(state["target_sig"])           # one raise site: hypothesis sees one bug
 
         try:
