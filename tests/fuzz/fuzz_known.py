@@ -75,6 +75,12 @@ KNOWN: list[Known] = [
           _msg(r"vector=\d+ does not divide")),
     Known("N2", "bool_array & 1 / bool_array | 1 give bool (taken as logical and/or); NumPy gives int64",
           lambda r, p: r.outcome == "wrong" and r.cls == "dtype:int64" and "logical:bool" in p.tags()),
+    # found by this fuzzer in issue-12 code merged on main (rows live once their probes trace)
+    Known("N3", "a write (y[:] = c) into a zero-size array: 'value %N has no buffer (fusion invariant broken)'",
+          _msg(r"has no buffer \(fusion invariant broken\)")),
+    Known("N4", "np.einsum reducing a bool operand gives int64; NumPy gives bool",
+          lambda r, p: r.outcome == "wrong" and r.cls.startswith("dtype:bool") and "einsum" in p.ops()
+          + [t.split(":")[0] for t in p.tags()]),
 ]
 
 
