@@ -55,7 +55,7 @@ def _fma_only(r: Run, p: Program) -> bool:
 KNOWN: list[Known] = [
     Known("A", "bool + bool is integer addition on cpu/cuda",
           lambda r, p: r.outcome == "wrong" and _base(r) in ("cpu", "cuda")
-          and any(t in p.tags() for t in ("add:bool,bool", "add:bool,scalar", "add:scalar,bool"))),
+          and any(t in p.tags() for t in ("add:bool", "add:bool,bool", "add:bool,scalar", "add:scalar,bool"))),
     Known("B", "float16 intermediates not rounded to half inside fused C/CUDA kernels",
           lambda r, p: r.outcome == "wrong" and _base(r) in ("cpu", "cuda") and _f16(p, r)),
     Known("C", "float16 cumsum accumulates in float32 (sim/cpu)",
