@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench fuzz venv clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: $(VENV)/.base
 test: $(VENV)/.test
 	$(PY) tests/setup_browser.py
 	$(PY) -m pytest -n 2 -q
+
+# Random-program differential fuzzer (tests/fuzz/README.md): N programs in worker processes.
+N ?= 1000
+FUZZ_ARGS ?=
+fuzz: $(VENV)/.test
+	$(PY) tests/fuzz/fuzz_run.py -n $(N) $(FUZZ_ARGS)
 
 bench: $(VENV)/.test
 	$(PY) -m explorer bench

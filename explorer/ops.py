@@ -262,10 +262,22 @@ def _slice_infer(types: Sequence[Type], attrs: dict) -> Type:
     return shape, np.dtype(types[0][1])
 
 
+def range_slice(start: int, stop: int, step: int) -> slice:
+    """The Python slice picking range(start, stop, step), the form slice.indices() gives.
+
+    In range() terms -1 means "before index 0" (a negative step runs through index 0, or, as a start
+    below -size, selects nothing); in a Python slice -1 means "the last element".
+
+    >>> np.arange(3)[range_slice(*slice(-5, -7, -1).indices(3))], np.arange(3)[range_slice(2, -1, -1)]
+    (array([], dtype=int64), array([2, 1, 0]))
+    """
+    if not len(range(start, stop, step)):
+        return slice(0, 0)
+    return slice(start, stop if stop >= 0 else None, step)
+
+
 def _slice_ref(x, starts, stops, steps):
-    # stops follow range() semantics (slice.indices gives stop=-1 for "through index 0" with a
-    # negative step); in a Python slice -1 would mean "the last element", so use None there.
-    return x[tuple(slice(a, b if b >= 0 else None, c) for a, b, c in zip(starts, stops, steps))]
+    return x[tuple(range_slice(a, b, c) for a, b, c in zip(starts, stops, steps))]
 
 
 register(OpDef("broadcast_to", "injective", 1, _broadcast_to_infer,

@@ -120,6 +120,12 @@ __device__ __forceinline__ double ke_sigmoid(double x) { return 1.0 / (1.0 + exp
 /* Round a float to half precision and back (a cast to f16 computed in float). */
 __device__ __forceinline__ float ke_round_half(float x) { return __half2float(__float2half(x)); }
 
+/* Warp shuffles of any element type: CUDA has no bool overload, so a bool travels as an int. */
+template <typename T> __device__ __forceinline__ T ke_shfl_xor(unsigned m, T v, int o) { return __shfl_xor_sync(m, v, o); }
+template <typename T> __device__ __forceinline__ T ke_shfl_down(unsigned m, T v, int o) { return __shfl_down_sync(m, v, o); }
+__device__ __forceinline__ bool ke_shfl_xor(unsigned m, bool v, int o) { return __shfl_xor_sync(m, (int)v, o) != 0; }
+__device__ __forceinline__ bool ke_shfl_down(unsigned m, bool v, int o) { return __shfl_down_sync(m, (int)v, o) != 0; }
+
 struct ke_op_sum { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; } };
 struct ke_op_max { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return ke_max(a, b); } };
 struct ke_op_min { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return ke_min(a, b); } };
@@ -134,7 +140,7 @@ __device__ __forceinline__ T ke_allreduce(T v, T* smem, Op op) {
         /* Whole warps: butterfly shuffle leaves the warp's value in every lane. */
         constexpr int NW = NX / 32;
         #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+        for (int o = 16; o > 0; o >>= 1) v = op(v, ke_shfl_xor(0xffffffffu, v, o));
         if (NW == 1) return v;
         if (lane == 0) smem[row * NW + warp] = v;
         __syncthreads();
@@ -150,7 +156,7 @@ __device__ __forceinline__ T ke_allreduce(T v, T* smem, Op op) {
         const unsigned mask = n == 32 ? 0xffffffffu : ((1u << n) - 1u);
         #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
-            T other = __shfl_down_sync(mask, v, o);
+            T other = ke_shfl_down(mask, v, o);
             if (lane + o < n) v = op(v, other);
         }
         if (lane == 0) smem[warp] = v;
