@@ -367,7 +367,7 @@ def _set_slice_infer(types: Sequence[Type], attrs: dict) -> Type:
 def _set_slice_ref(x, v, starts, stops, steps):
     out = np.array(x, copy=True)
     box = tuple(len(range(a, b, c)) for a, b, c in zip(starts, stops, steps))
-    out[tuple(slice(a, b if b >= 0 else None, c) for a, b, c in zip(starts, stops, steps))] = np.broadcast_to(v, box)
+    out[tuple(range_slice(a, b, c) for a, b, c in zip(starts, stops, steps))] = np.broadcast_to(v, box)
     return out
 
 
