@@ -720,12 +720,202 @@ Explorer(attention, q, k, v, target=TARGET)
 '''),
 ]
 
+# ============================================================================ 06
+NB06 = [
+    md('''
+# 6. A GPT-2 block, written the way people write NumPy
+
+Model code in NumPy does not call fused `attention` or `layernorm` ops: it splits `qkv` with `np.split`,
+loops over heads in Python, joins them with `np.hstack` and takes a layer norm's variance with `np.var`
+(this is picoGPT's block). This notebook compiles that code as written and shows what the compiler makes
+of it: its kernels, why each boundary between ops is or is not fused — including the *horizontal* rule
+that turns the per-head Python loop back into one batched computation — and what that buys in time
+against the unfused program and NumPy.
+'''),
+    SETUP,
+    COMPARE_RANGES,
+    code('''
+def gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+def softmax(x):
+    exp_x = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return exp_x / np.sum(exp_x, axis=-1, keepdims=True)
+
+def layer_norm(x, g, b, eps=1e-5):
+    mean = np.mean(x, axis=-1, keepdims=True)
+    variance = x.var(axis=-1, keepdims=True)
+    return g * (x - mean) / np.sqrt(variance + eps) + b
+
+def attention(q, k, v, mask):
+    return softmax(q @ k.T / np.sqrt(q.shape[-1]) + mask) @ v
+
+def gpt2_block(x, ln1_g, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_g, ln2_b, w_fc, b_fc, w_out, b_out):
+    n_head = 4
+    h = layer_norm(x, ln1_g, ln1_b)
+    qkv = h @ w_attn + b_attn
+    qkv_heads = list(map(lambda t: np.split(t, n_head, axis=-1), np.split(qkv, 3, axis=-1)))
+    causal_mask = (1 - np.tri(x.shape[0], dtype=x.dtype)) * -1e10
+    out_heads = [attention(q, k, v, causal_mask) for q, k, v in zip(*qkv_heads)]
+    x = x + np.hstack(out_heads) @ w_proj + b_proj
+    return x + gelu(layer_norm(x, ln2_g, ln2_b) @ w_fc + b_fc) @ w_out + b_out
+
+SEQ, D = (16, 64) if SMALL else (128, 256)
+rng = np.random.default_rng(0)
+f = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)
+args = [f(SEQ, D), 1 + f(D), f(D), f(D, 3 * D), f(3 * D), f(D, D), f(D), 1 + f(D), f(D),
+        f(D, 4 * D), f(4 * D), f(4 * D, D), f(D)]
+
+fused = explorer.compile(gpt2_block, *args, target=TARGET)
+no_horizontal = explorer.compile(gpt2_block, *args, target=TARGET, fuse={"horizontal": False})
+unfused = explorer.compile(gpt2_block, *args, target=TARGET, fuse=False)
+for name, c in (("fused", fused), ("fused, horizontal rule off", no_horizontal), ("unfused", unfused)):
+    print(f"{name:27s} {len(c.kernels):3d} kernels | max error vs NumPy {c.max_error():.2g}")
+out, want = fused(*args), gpt2_block(*args)
+print(f"\\nresult {out.dtype}{list(out.shape)}, NumPy's {want.dtype}{list(want.shape)}")
+'''),
+    md('''
+The result is float64 in both: `np.sqrt(q.shape[-1])` is a float64 NumPy scalar, and NumPy 2 promotes
+`q @ k.T / np.sqrt(d)` to float64 there. The compiler follows NumPy's rules, so the attention scores
+after that division are float64 in the graph below too (`f64[...]`).
+
+## The fused graph
+Each kernel with its kind and number of ops, then the graph itself, one box per kernel, every edge labelled with the bytes it moves
+through global memory.
+'''),
+    code('''
+fg = fused.stage("fused").ir
+st = fg.stats()
+for hb in fg.horizontal:
+    print(hb.reason)
+for g in fg.groups:
+    print(f"{g.id:4s} [{g.kind:11s}] {len(g.nodes):3d} ops  {g.name[:60]}")
+print(f"\\n{st['kernels']} kernels hold {st['ops']} ops; {st['intermediates']} intermediates go through "
+      f"global memory ({st['intermediate_bytes']:,d} B)")
+'''),
+    code('''
+from IPython.display import SVG, display
+try:
+    display(SVG(fused.stage("fused").to_svg()))
+except explorer.ExplorerError as e:          # no graphviz `dot`: the text form says the same
+    print(f"(no drawing: {e})")
+    print(fused.stage("fused").text())
+'''),
+    md('''
+## Why each boundary is or is not fused
+`explain_fusion()` lists every kernel with its source lines, then every edge between two ops with the rule
+that joined them or the reason it could not. The cell after it counts the decisions by rule.
+'''),
+    code('''
+print(fused.explain_fusion())
+'''),
+    code('''
+from collections import Counter
+from explorer.passes.fusion import RULE_DOCS
+decisions = fg.decisions
+tally = Counter((d.fused, d.rule) for d in decisions)
+n_in = sum(d.fused for d in decisions)
+print(f"{len(decisions)} boundaries between ops: {n_in} inside a kernel, {len(decisions) - n_in} between kernels\\n")
+print("inside a kernel, by rule:")
+for (is_fused, rule), n in sorted(tally.items(), key=lambda kv: -kv[1]):
+    if is_fused:
+        print(f"  {n:3d}  {rule:16s} {RULE_DOCS.get(rule, '')}")
+print("between kernels, one example of each reason:")
+seen = set()
+for d in decisions:
+    if not d.fused and d.rule not in seen:
+        seen.add(d.rule)
+        n = tally[(False, d.rule)]
+        print(f"  {n:3d}  {d.producer.name} → {d.consumer.name}: {d.reason}")
+'''),
+    md('''
+## The horizontal rule: the per-head loop becomes one computation
+The Python loop over heads is unrolled by tracing: `n_head` copies of the same attention, each over its
+own slice of `qkv`. Without the horizontal rule every copy becomes its own kernels. With it, the copies are
+recognised as identical computations over equally spaced slices and rewritten as one computation batched
+over a head axis, before the other rules group it.
+'''),
+    code('''
+fg_off = no_horizontal.stage("fused").ir
+for hb in fg.horizontal:
+    per_copy = hb.kernels
+    print(f"{hb.count} copies of the per-head attention, {hb.ops_per_member} ops each, over slices of "
+          f"{', '.join(hb.sources)}: {hb.count * per_copy} kernels → {per_copy} (kernels {', '.join(hb.group_ids)})")
+k_on, k_off, k_unf = len(fused.kernels), len(no_horizontal.kernels), len(unfused.kernels)
+print(f"whole block: {k_unf} kernels unfused → {k_off} with every rule but horizontal → {k_on} with all rules")
+print(f"intermediates through global memory: {fg_off.stats()['intermediate_bytes']:,d} B without the horizontal "
+      f"rule, {st['intermediate_bytes']:,d} B with it")
+'''),
+    md('''
+## Time: fused vs unfused vs NumPy
+`explorer.compare` runs the fused program, the unfused one and NumPy interleaved until their medians are
+stable; each row has its median, IQR (25th–75th percentile), min and n, and `!` marks an unstable
+measurement. The sentences under the table are computed from these numbers.
+'''),
+    code('''
+r = explorer.compare(gpt2_block, *args, target=TARGET)
+print(r.table())
+f_, u_, n_ = r.variant("fused"), r.variant("unfused"), r.variant("numpy")
+sp = r.speedup_range
+if f_.measured:
+    vs_np = measure.speedup(n_.as_timing(), f_.as_timing())
+    print(f"\\nfusion ({u_.kernels} → {f_.kernels} kernels) is "
+          + ("faster" if sp.low > 1 else "slower" if sp.high < 1 else "not clearly faster or slower")
+          + f" than the unfused program here: {sp}")
+    print(f"the fused block is "
+          + ("faster than" if vs_np.low > 1 else "slower than" if vs_np.high < 1 else "not clearly faster than")
+          + f" NumPy here: {vs_np}")
+    print(flag_line("", [(v.name, v) for v in (f_, u_, n_)]))
+else:
+    print(f"\\nmodel times only on {TARGET}: fusion speedup {sp.range_text()} ({u_.kernels} → {f_.kernels} kernels)")
+'''),
+    md('''
+What did the horizontal rule alone contribute? The fused program with and without it, measured the same
+way (interleaved, median with its range).
+'''),
+    code('''
+if TARGET == "sim":
+    print("on the simulator its wall time says nothing about a GPU: compare the kernel counts above instead")
+else:
+    th = measure.interleaved({"all rules": fused.sampler(), "horizontal off": no_horizontal.sampler()}, budget_s=1.0)
+    for name, t in th.items():
+        print(f"{name:15s} {t}")
+    sh = measure.speedup(th["horizontal off"], th["all rules"])
+    print(f"\\nbatching the heads ({k_off} → {k_on} kernels): {sh} — "
+          + ("faster" if sh.low > 1 else "slower" if sh.high < 1 else "no clear difference at this size")
+          + (f" ({measure.UNSTABLE_TEXT})" if sh.unstable else ""))
+'''),
+    code('''
+import matplotlib.pyplot as plt
+names = [v.name for v in (f_, u_, n_)]
+meds = [v.median_ms for v in (f_, u_, n_)]
+lo = [v.median_ms - (v.q1_ms if v.q1_ms is not None else v.median_ms) for v in (f_, u_, n_)]
+hi = [(v.q3_ms if v.q3_ms is not None else v.median_ms) - v.median_ms for v in (f_, u_, n_)]
+fig, ax = plt.subplots(figsize=(5.5, 3))
+bars = ax.bar(names, meds, yerr=[lo, hi], capsize=4, color=["tab:green", "tab:orange", "tab:grey"])
+for b_, v in zip(bars, (f_, u_, n_)):
+    label = (f"{v.kernels} kernels" if v.kernels else "NumPy") + (" !" if v.unstable else "")
+    ax.annotate(label, (b_.get_x() + b_.get_width() / 2, b_.get_height()), ha="center", va="bottom",
+                xytext=(0, 8), textcoords="offset points", fontsize=8)
+ax.set_ylabel("median ms (bars: IQR)" if f_.measured else "model ms")
+ax.set_ylim(0, max(m + h for m, h in zip(meds, hi)) * 1.3)
+ax.set_title(f"GPT-2 block, seq {SEQ}, width {D} ({TARGET})");
+'''),
+    WIDGET_NOTE,
+    code('''
+from widgets import Explorer
+Explorer(gpt2_block, *args, target=TARGET)
+'''),
+]
+
+
 NOTEBOOKS = {
     "01_fusion_matmul_relu": NB01,
     "02_elementwise_and_roofline": NB02,
     "03_tiling_matmul": NB03,
     "04_softmax_layernorm": NB04,
     "05_attention": NB05,
+    "06_transformer_block": NB06,
 }
 
 
