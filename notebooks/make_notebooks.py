@@ -471,6 +471,18 @@ small_t, big_t, no_smem = rows[0], rows[-2], rows[-1]
 print(f"\\ntile {big_t[0]['tile']} loads {small_t[1] / big_t[1]:.1f}x fewer global bytes than tile {small_t[0]['tile']}; "
       f"turning shared-memory staging off at the same tile loads {no_smem[1] / big_t[1]:.1f}x more")
 '''),
+    code('''
+import matplotlib.pyplot as plt
+labels = ["tile " + "x".join(map(str, r_[0]["tile"])) + ("\\nno shared mem" if r_[0].get("shared") is False else "")
+          for r_ in rows]
+xs = np.arange(len(rows))
+fig, ax = plt.subplots(figsize=(5.5, 3))
+ax.bar(xs - 0.2, [r_[1] / 1024 for r_ in rows], 0.4, label="from global memory")
+ax.bar(xs + 0.2, [r_[2] / 1024 for r_ in rows], 0.4, label="from shared memory")
+ax.set_xticks(xs, labels, fontsize=8); ax.set_ylabel("KiB loaded (simulator counters)")
+ax.set_ylim(0, ax.get_ylim()[1] * 1.25); ax.legend(fontsize=8, ncol=2, loc="upper center")
+ax.set_title(f"matmul {A.shape[0]}x{A.shape[1]} @ {B.shape[0]}x{B.shape[1]}: loads per schedule");
+'''),
     md('''
 ## Schedules are checked
 A schedule that does not fit the hardware is rejected with the limit it broke; a misspelt knob is
@@ -529,7 +541,7 @@ def softmax(x):
 def layernorm(x):
     return nn.layernorm(x, axis=-1)
 
-speedups = []
+speedups, timings = [], {}
 for fn in (softmax, layernorm):
     cf = explorer.compile(fn, x, target=TARGET, verbose=False)
     cu = explorer.compile(fn, x, target=TARGET, fuse=False, verbose=False)
@@ -538,12 +550,31 @@ for fn in (softmax, layernorm):
     t = measure.interleaved({"fused": cf.sampler(), "unfused": cu.sampler()})
     sp = measure.speedup(t["unfused"], t["fused"])
     speedups.append((fn.__name__, sp))
+    timings[fn.__name__] = (t, len(cf.kernels), len(cu.kernels))
     print(f"{fn.__name__:10s} kernels fused/unfused {len(cf.kernels)}/{len(cu.kernels)}  bytes {bf:,d} / {bu:,d} "
           f"({bu / bf:.1f}x fewer fused)  max err {cf.max_error():.2g}")
     print(f"{'':10s} fused   {t['fused']}")
     print(f"{'':10s} unfused {t['unfused']}")
     print(f"{'':10s} speedup {sp}")
 print(flag_line("", speedups))
+'''),
+    code('''
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(5.5, 3))
+xs = np.arange(len(timings))
+for i, (variant, color) in enumerate((("fused", "tab:green"), ("unfused", "tab:orange"))):
+    ts_ = [timings[n][0][variant] for n in timings]
+    kern = [timings[n][1 + i] for n in timings]
+    bars = ax.bar(xs + (i - 0.5) * 0.4, [t_.median_ms for t_ in ts_], 0.4, color=color, label=variant,
+                  yerr=[[t_.median_ms - t_.q1_ms for t_ in ts_], [t_.q3_ms - t_.median_ms for t_ in ts_]], capsize=3)
+    for b_, k_, t_ in zip(bars, kern, ts_):
+        ax.annotate(f"{k_} kernel{'s' if k_ != 1 else ''}" + (" !" if t_.unstable else ""),
+                    (b_.get_x() + b_.get_width() / 2, b_.get_height()), ha="center", va="bottom",
+                    xytext=(0, 6), textcoords="offset points", fontsize=8)
+ax.set_xticks(xs, list(timings)); ax.set_ylabel("median ms (bars: IQR)"); ax.legend(fontsize=8, loc="lower right")
+ax.set_ylim(0, ax.get_ylim()[1] * 1.2); ax.set_title(f"fused vs unfused on a {x.shape[0]}x{x.shape[1]} array ({TARGET})")
+if any(t_.unstable for n in timings for t_ in timings[n][0].values()):
+    fig.text(0.01, 0.01, f"! {measure.UNSTABLE_TEXT}", fontsize=7);
 '''),
     md('''
 ## What the fused softmax kernel contains
@@ -674,6 +705,15 @@ for s_ in ([32, 64, 128] if SMALL else [128, 256, 512, 1024]):
 print(f"\\nfrom S={s0} to S={s1}: inputs x{i1 / i0:.1f}, temporaries x{t1 / t0:.1f} — the score matrix "
       + ("grows with S², the inputs with S: it dominates the traffic as sequences get longer"
          if t1 / t0 > 1.5 * i1 / i0 else "does not outgrow the inputs at these sizes"))
+'''),
+    code('''
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.loglog([g_[0] for g_ in grow], [g_[1] / 1024 for g_ in grow], "o-", base=2, label="inputs q, k, v")
+ax.loglog([g_[0] for g_ in grow], [g_[2] / 1024 for g_ in grow], "s-", base=2, label="temporaries between kernels")
+ax.set_xticks([g_[0] for g_ in grow], [str(g_[0]) for g_ in grow])
+ax.set_xlabel("sequence length S"); ax.set_ylabel("KiB (log scale)"); ax.legend(fontsize=8)
+ax.set_title(f"attention, head dim {D}: what goes through memory");
 '''),
     md('''
 ## Fused vs unfused, measured
@@ -893,10 +933,12 @@ lo = [v.median_ms - (v.q1_ms if v.q1_ms is not None else v.median_ms) for v in (
 hi = [(v.q3_ms if v.q3_ms is not None else v.median_ms) - v.median_ms for v in (f_, u_, n_)]
 fig, ax = plt.subplots(figsize=(5.5, 3))
 bars = ax.bar(names, meds, yerr=[lo, hi], capsize=4, color=["tab:green", "tab:orange", "tab:grey"])
-for b_, v in zip(bars, (f_, u_, n_)):
+for b_, v, h_ in zip(bars, (f_, u_, n_), hi):
     label = (f"{v.kernels} kernels" if v.kernels else "NumPy") + (" !" if v.unstable else "")
-    ax.annotate(label, (b_.get_x() + b_.get_width() / 2, b_.get_height()), ha="center", va="bottom",
-                xytext=(0, 8), textcoords="offset points", fontsize=8)
+    ax.annotate(label, (b_.get_x() + b_.get_width() / 2, b_.get_height() + h_), ha="center", va="bottom",
+                xytext=(0, 3), textcoords="offset points", fontsize=8)
+if any(v.unstable for v in (f_, u_, n_)):
+    fig.text(0.01, 0.01, f"! {measure.UNSTABLE_TEXT}", fontsize=7)
 ax.set_ylabel("median ms (bars: IQR)" if f_.measured else "model ms")
 ax.set_ylim(0, max(m + h for m, h in zip(meds, hi)) * 1.3)
 ax.set_title(f"GPT-2 block, seq {SEQ}, width {D} ({TARGET})");
