@@ -927,21 +927,22 @@ else:
 '''),
     code('''
 import matplotlib.pyplot as plt
-names = [v.name for v in (f_, u_, n_)]
-meds = [v.median_ms for v in (f_, u_, n_)]
-lo = [v.median_ms - (v.q1_ms if v.q1_ms is not None else v.median_ms) for v in (f_, u_, n_)]
-hi = [(v.q3_ms if v.q3_ms is not None else v.median_ms) - v.median_ms for v in (f_, u_, n_)]
+shown = (f_, u_, n_) if f_.measured else (f_, u_)   # a model time and a wall time never share an axis
+names = [v.name for v in shown]
+meds = [v.median_ms for v in shown]
+lo = [v.median_ms - (v.q1_ms if v.q1_ms is not None else v.median_ms) for v in shown]
+hi = [(v.q3_ms if v.q3_ms is not None else v.median_ms) - v.median_ms for v in shown]
 fig, ax = plt.subplots(figsize=(5.5, 3))
-bars = ax.bar(names, meds, yerr=[lo, hi], capsize=4, color=["tab:green", "tab:orange", "tab:grey"])
-for b_, v, h_ in zip(bars, (f_, u_, n_), hi):
+bars = ax.bar(names, meds, yerr=[lo, hi], capsize=4, color=["tab:green", "tab:orange", "tab:grey"][:len(shown)])
+for b_, v, h_ in zip(bars, shown, hi):
     label = (f"{v.kernels} kernels" if v.kernels else "NumPy") + (" !" if v.unstable else "")
     ax.annotate(label, (b_.get_x() + b_.get_width() / 2, b_.get_height() + h_), ha="center", va="bottom",
                 xytext=(0, 3), textcoords="offset points", fontsize=8)
-if any(v.unstable for v in (f_, u_, n_)):
+if any(v.unstable for v in shown):
     fig.text(0.01, 0.01, f"! {measure.UNSTABLE_TEXT}", fontsize=7)
-ax.set_ylabel("median ms (bars: IQR)" if f_.measured else "model ms")
+ax.set_ylabel("median ms (bars: IQR)" if f_.measured else "model ms (roofline)")
 ax.set_ylim(0, max(m + h for m, h in zip(meds, hi)) * 1.3)
-ax.set_title(f"GPT-2 block, seq {SEQ}, width {D} ({TARGET})");
+ax.set_title(f"GPT-2 block, seq {SEQ}, width {D} ({TARGET if f_.measured else 'model of ' + r.device.name})");
 '''),
     WIDGET_NOTE,
     code('''
