@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import explorer
-from test_backends_diff import TARGETS
+from test_backends_diff import TARGETS, _nvcc
 
 
 # ----------------------------------------------------------------------------- GPT-2 (picoGPT style)
@@ -157,3 +157,13 @@ def test_block_equals_numpy(block, make_args, target):
     # float32 work: compare at float32 accuracy whatever the result dtype
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{block.__name__} on {target}")
+
+
+@pytest.mark.skipif(not _nvcc(), reason="nvcc not on PATH")
+def test_gpt2_forward_cuda_compiles_with_nvcc():
+    """The CUDA generated for the whole forward (the sim target runs that same code) builds with nvcc --ptx."""
+    from explorer.backends import nvcc
+    args = gpt2_forward_args()
+    cg = explorer.compile(gpt2, *args, target="sim", verbose=False).codegen
+    ptx = nvcc.check(cg.source(), arch="sm_80", mode="ptx")
+    assert ptx.count(".entry ") == len(cg.kernels) > 0
