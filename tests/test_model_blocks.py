@@ -159,6 +159,15 @@ def test_block_equals_numpy(block, make_args, target):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{block.__name__} on {target}")
 
 
+def test_gpt2_forward_batches_each_blocks_heads():
+    """The horizontal rule batches the per-head loop of both blocks, also when the position embedding is a
+    prefix `wpe[range(seq)]` of a longer table (a lone slice of an input once hid every head slice from it)."""
+    for n_ctx in (8, 16):
+        c = explorer.compile(gpt2, *gpt2_forward_args(n_ctx=n_ctx), target="reference", stop_after="fused",
+                             verbose=False)
+        assert [hb.count for hb in c.stage("fused").ir.horizontal] == [4, 4], f"n_ctx={n_ctx}"
+
+
 @pytest.mark.skipif(not _nvcc(), reason="nvcc not on PATH")
 def test_gpt2_forward_cuda_compiles_with_nvcc():
     """The CUDA generated for the whole forward (the sim target runs that same code) builds with nvcc --ptx."""
