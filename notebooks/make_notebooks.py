@@ -471,6 +471,18 @@ small_t, big_t, no_smem = rows[0], rows[-2], rows[-1]
 print(f"\\ntile {big_t[0]['tile']} loads {small_t[1] / big_t[1]:.1f}x fewer global bytes than tile {small_t[0]['tile']}; "
       f"turning shared-memory staging off at the same tile loads {no_smem[1] / big_t[1]:.1f}x more")
 '''),
+    code('''
+import matplotlib.pyplot as plt
+labels = ["tile " + "x".join(map(str, r_[0]["tile"])) + ("\\nno shared mem" if r_[0].get("shared") is False else "")
+          for r_ in rows]
+xs = np.arange(len(rows))
+fig, ax = plt.subplots(figsize=(5.5, 3))
+ax.bar(xs - 0.2, [r_[1] / 1024 for r_ in rows], 0.4, label="from global memory")
+ax.bar(xs + 0.2, [r_[2] / 1024 for r_ in rows], 0.4, label="from shared memory")
+ax.set_xticks(xs, labels, fontsize=8); ax.set_ylabel("KiB loaded (simulator counters)")
+ax.set_ylim(0, ax.get_ylim()[1] * 1.25); ax.legend(fontsize=8, ncol=2, loc="upper center")
+ax.set_title(f"matmul {A.shape[0]}x{A.shape[1]} @ {B.shape[0]}x{B.shape[1]}: loads per schedule");
+'''),
     md('''
 ## Schedules are checked
 A schedule that does not fit the hardware is rejected with the limit it broke; a misspelt knob is
@@ -529,7 +541,7 @@ def softmax(x):
 def layernorm(x):
     return nn.layernorm(x, axis=-1)
 
-speedups = []
+speedups, timings = [], {}
 for fn in (softmax, layernorm):
     cf = explorer.compile(fn, x, target=TARGET, verbose=False)
     cu = explorer.compile(fn, x, target=TARGET, fuse=False, verbose=False)
@@ -538,12 +550,31 @@ for fn in (softmax, layernorm):
     t = measure.interleaved({"fused": cf.sampler(), "unfused": cu.sampler()})
     sp = measure.speedup(t["unfused"], t["fused"])
     speedups.append((fn.__name__, sp))
+    timings[fn.__name__] = (t, len(cf.kernels), len(cu.kernels))
     print(f"{fn.__name__:10s} kernels fused/unfused {len(cf.kernels)}/{len(cu.kernels)}  bytes {bf:,d} / {bu:,d} "
           f"({bu / bf:.1f}x fewer fused)  max err {cf.max_error():.2g}")
     print(f"{'':10s} fused   {t['fused']}")
     print(f"{'':10s} unfused {t['unfused']}")
     print(f"{'':10s} speedup {sp}")
 print(flag_line("", speedups))
+'''),
+    code('''
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(5.5, 3))
+xs = np.arange(len(timings))
+for i, (variant, color) in enumerate((("fused", "tab:green"), ("unfused", "tab:orange"))):
+    ts_ = [timings[n][0][variant] for n in timings]
+    kern = [timings[n][1 + i] for n in timings]
+    bars = ax.bar(xs + (i - 0.5) * 0.4, [t_.median_ms for t_ in ts_], 0.4, color=color, label=variant,
+                  yerr=[[t_.median_ms - t_.q1_ms for t_ in ts_], [t_.q3_ms - t_.median_ms for t_ in ts_]], capsize=3)
+    for b_, k_, t_ in zip(bars, kern, ts_):
+        ax.annotate(f"{k_} kernel{'s' if k_ != 1 else ''}" + (" !" if t_.unstable else ""),
+                    (b_.get_x() + b_.get_width() / 2, b_.get_height()), ha="center", va="bottom",
+                    xytext=(0, 6), textcoords="offset points", fontsize=8)
+ax.set_xticks(xs, list(timings)); ax.set_ylabel("median ms (bars: IQR)"); ax.legend(fontsize=8, loc="lower right")
+ax.set_ylim(0, ax.get_ylim()[1] * 1.2); ax.set_title(f"fused vs unfused on a {x.shape[0]}x{x.shape[1]} array ({TARGET})")
+if any(t_.unstable for n in timings for t_ in timings[n][0].values()):
+    fig.text(0.01, 0.01, f"! {measure.UNSTABLE_TEXT}", fontsize=7);
 '''),
     md('''
 ## What the fused softmax kernel contains
@@ -677,6 +708,15 @@ print(f"\\nfrom S={s0} to S={s1}: inputs x{i1 / i0:.1f}, temporaries x{t1 / t0:.
       + ("grows with S², the inputs with S: it dominates the traffic as sequences get longer"
          if t1 / t0 > 1.5 * i1 / i0 else "does not outgrow the inputs at these sizes"))
 '''),
+    code('''
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.loglog([g_[0] for g_ in grow], [g_[1] / 1024 for g_ in grow], "o-", base=2, label="inputs q, k, v")
+ax.loglog([g_[0] for g_ in grow], [g_[2] / 1024 for g_ in grow], "s-", base=2, label="temporaries between kernels")
+ax.set_xticks([g_[0] for g_ in grow], [str(g_[0]) for g_ in grow])
+ax.set_xlabel("sequence length S"); ax.set_ylabel("KiB (log scale)"); ax.legend(fontsize=8)
+ax.set_title(f"attention, head dim {D}: what goes through memory");
+'''),
     md('''
 ## Fused vs unfused, measured
 Fused, unfused and NumPy run interleaved; each row has its median, IQR, min and n, and `!` marks an
@@ -722,12 +762,205 @@ Explorer(attention, q, k, v, target=TARGET)
 '''),
 ]
 
+# ============================================================================ 06
+NB06 = [
+    md('''
+# 6. A GPT-2 block, written the way people write NumPy
+
+Model code in NumPy does not call fused `attention` or `layernorm` ops: it splits `qkv` with `np.split`,
+loops over heads in Python, joins them with `np.hstack` and takes a layer norm's variance with `np.var`
+(this is picoGPT's block). This notebook compiles that code as written and shows what the compiler makes
+of it: its kernels, why each boundary between ops is or is not fused — including the *horizontal* rule
+that turns the per-head Python loop back into one batched computation — and what that buys in time
+against the unfused program and NumPy.
+'''),
+    SETUP,
+    COMPARE_RANGES,
+    code('''
+def gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+def softmax(x):
+    exp_x = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return exp_x / np.sum(exp_x, axis=-1, keepdims=True)
+
+def layer_norm(x, g, b, eps=1e-5):
+    mean = np.mean(x, axis=-1, keepdims=True)
+    variance = x.var(axis=-1, keepdims=True)
+    return g * (x - mean) / np.sqrt(variance + eps) + b
+
+def attention(q, k, v, mask):
+    return softmax(q @ k.T / np.sqrt(q.shape[-1]) + mask) @ v
+
+def gpt2_block(x, ln1_g, ln1_b, w_attn, b_attn, w_proj, b_proj, ln2_g, ln2_b, w_fc, b_fc, w_out, b_out):
+    n_head = 4
+    h = layer_norm(x, ln1_g, ln1_b)
+    qkv = h @ w_attn + b_attn
+    qkv_heads = list(map(lambda t: np.split(t, n_head, axis=-1), np.split(qkv, 3, axis=-1)))
+    causal_mask = (1 - np.tri(x.shape[0], dtype=x.dtype)) * -1e10
+    out_heads = [attention(q, k, v, causal_mask) for q, k, v in zip(*qkv_heads)]
+    x = x + np.hstack(out_heads) @ w_proj + b_proj
+    return x + gelu(layer_norm(x, ln2_g, ln2_b) @ w_fc + b_fc) @ w_out + b_out
+
+SEQ, D = (16, 64) if SMALL else (128, 256)
+rng = np.random.default_rng(0)
+f = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)
+args = [f(SEQ, D), 1 + f(D), f(D), f(D, 3 * D), f(3 * D), f(D, D), f(D), 1 + f(D), f(D),
+        f(D, 4 * D), f(4 * D), f(4 * D, D), f(D)]
+
+fused = explorer.compile(gpt2_block, *args, target=TARGET)
+no_horizontal = explorer.compile(gpt2_block, *args, target=TARGET, fuse={"horizontal": False})
+unfused = explorer.compile(gpt2_block, *args, target=TARGET, fuse=False)
+for name, c in (("fused", fused), ("fused, horizontal rule off", no_horizontal), ("unfused", unfused)):
+    print(f"{name:27s} {len(c.kernels):3d} kernels | max error vs NumPy {c.max_error():.2g}")
+out, want = fused(*args), gpt2_block(*args)
+print(f"\\nresult {out.dtype}{list(out.shape)}, NumPy's {want.dtype}{list(want.shape)}")
+'''),
+    md('''
+The result is float64 in both: `np.sqrt(q.shape[-1])` is a float64 NumPy scalar, and NumPy 2 promotes
+`q @ k.T / np.sqrt(d)` to float64 there. The compiler follows NumPy's rules, so the attention scores
+after that division are float64 in the graph below too (`f64[...]`).
+
+## The fused graph
+Each kernel with its kind and number of ops, then the graph itself, one box per kernel, every edge labelled with the bytes it moves
+through global memory.
+'''),
+    code('''
+fg = fused.stage("fused").ir
+st = fg.stats()
+for hb in fg.horizontal:
+    print(hb.reason)
+for g in fg.groups:
+    print(f"{g.id:4s} [{g.kind:11s}] {len(g.nodes):3d} ops  {g.name[:60]}")
+print(f"\\n{st['kernels']} kernels hold {st['ops']} ops; {st['intermediates']} intermediates go through "
+      f"global memory ({st['intermediate_bytes']:,d} B)")
+'''),
+    code('''
+from IPython.display import SVG, display
+try:
+    display(SVG(fused.stage("fused").to_svg()))
+except explorer.ExplorerError as e:          # no graphviz `dot`: the text form says the same
+    print(f"(no drawing: {e})")
+    print(fused.stage("fused").text())
+'''),
+    md('''
+## Why each boundary is or is not fused
+`explain_fusion()` lists every kernel with its source lines, then every edge between two ops with the rule
+that joined them or the reason it could not. The cell after it counts the decisions by rule.
+'''),
+    code('''
+print(fused.explain_fusion())
+'''),
+    code('''
+from collections import Counter
+from explorer.passes.fusion import RULE_DOCS
+decisions = fg.decisions
+tally = Counter((d.fused, d.rule) for d in decisions)
+n_in = sum(d.fused for d in decisions)
+print(f"{len(decisions)} boundaries between ops: {n_in} inside a kernel, {len(decisions) - n_in} between kernels\\n")
+print("inside a kernel, by rule:")
+for (is_fused, rule), n in sorted(tally.items(), key=lambda kv: -kv[1]):
+    if is_fused:
+        print(f"  {n:3d}  {rule:16s} {RULE_DOCS.get(rule, '')}")
+print("between kernels, one example of each reason:")
+seen = set()
+for d in decisions:
+    if not d.fused and d.rule not in seen:
+        seen.add(d.rule)
+        n = tally[(False, d.rule)]
+        print(f"  {n:3d}  {d.producer.name} → {d.consumer.name}: {d.reason}")
+'''),
+    md('''
+## The horizontal rule: the per-head loop becomes one computation
+The Python loop over heads is unrolled by tracing: `n_head` copies of the same attention, each over its
+own slice of `qkv`. Without the horizontal rule every copy becomes its own kernels. With it, the copies are
+recognised as identical computations over equally spaced slices and rewritten as one computation batched
+over a head axis, before the other rules group it.
+'''),
+    code('''
+fg_off = no_horizontal.stage("fused").ir
+for hb in fg.horizontal:
+    per_copy = hb.kernels
+    print(f"{hb.count} copies of the per-head attention, {hb.ops_per_member} ops each, over slices of "
+          f"{', '.join(hb.sources)}: {hb.count * per_copy} kernels → {per_copy} (kernels {', '.join(hb.group_ids)})")
+k_on, k_off, k_unf = len(fused.kernels), len(no_horizontal.kernels), len(unfused.kernels)
+print(f"whole block: {k_unf} kernels unfused → {k_off} with every rule but horizontal → {k_on} with all rules")
+print(f"intermediates through global memory: {fg_off.stats()['intermediate_bytes']:,d} B without the horizontal "
+      f"rule, {st['intermediate_bytes']:,d} B with it")
+'''),
+    md('''
+## Time: fused vs unfused vs NumPy
+`explorer.compare` runs the fused program, the unfused one and NumPy interleaved until their medians are
+stable; each row has its median, IQR (25th–75th percentile), min and n, and `!` marks an unstable
+measurement. The sentences under the table are computed from these numbers.
+'''),
+    code('''
+r = explorer.compare(gpt2_block, *args, target=TARGET)
+print(r.table())
+f_, u_, n_ = r.variant("fused"), r.variant("unfused"), r.variant("numpy")
+sp = r.speedup_range
+if f_.measured:
+    vs_np = measure.speedup(n_.as_timing(), f_.as_timing())
+    print(f"\\nfusion ({u_.kernels} → {f_.kernels} kernels) is "
+          + ("faster" if sp.low > 1 else "slower" if sp.high < 1 else "not clearly faster or slower")
+          + f" than the unfused program here: {sp}")
+    print(f"the fused block is "
+          + ("faster than" if vs_np.low > 1 else "slower than" if vs_np.high < 1 else "not clearly faster than")
+          + f" NumPy here: {vs_np}")
+    print(flag_line("", [(v.name, v) for v in (f_, u_, n_)]))
+else:
+    print(f"\\nmodel times only on {TARGET}: fusion speedup {sp.range_text()} ({u_.kernels} → {f_.kernels} kernels)")
+'''),
+    md('''
+What did the horizontal rule alone contribute? The fused program with and without it, measured the same
+way (interleaved, median with its range).
+'''),
+    code('''
+if TARGET == "sim":
+    print("on the simulator its wall time says nothing about a GPU: compare the kernel counts above instead")
+else:
+    th = measure.interleaved({"all rules": fused.sampler(), "horizontal off": no_horizontal.sampler()}, budget_s=1.0)
+    for name, t in th.items():
+        print(f"{name:15s} {t}")
+    sh = measure.speedup(th["horizontal off"], th["all rules"])
+    print(f"\\nbatching the heads ({k_off} → {k_on} kernels): {sh} — "
+          + ("faster" if sh.low > 1 else "slower" if sh.high < 1 else "no clear difference at this size")
+          + (f" ({measure.UNSTABLE_TEXT})" if sh.unstable else ""))
+'''),
+    code('''
+import matplotlib.pyplot as plt
+shown = (f_, u_, n_) if f_.measured else (f_, u_)   # a model time and a wall time never share an axis
+names = [v.name for v in shown]
+meds = [v.median_ms for v in shown]
+lo = [v.median_ms - (v.q1_ms if v.q1_ms is not None else v.median_ms) for v in shown]
+hi = [(v.q3_ms if v.q3_ms is not None else v.median_ms) - v.median_ms for v in shown]
+fig, ax = plt.subplots(figsize=(5.5, 3))
+bars = ax.bar(names, meds, yerr=[lo, hi], capsize=4, color=["tab:green", "tab:orange", "tab:grey"][:len(shown)])
+for b_, v, h_ in zip(bars, shown, hi):
+    label = (f"{v.kernels} kernels" if v.kernels else "NumPy") + (" !" if v.unstable else "")
+    ax.annotate(label, (b_.get_x() + b_.get_width() / 2, b_.get_height() + h_), ha="center", va="bottom",
+                xytext=(0, 3), textcoords="offset points", fontsize=8)
+if any(v.unstable for v in shown):
+    fig.text(0.01, 0.01, f"! {measure.UNSTABLE_TEXT}", fontsize=7)
+ax.set_ylabel("median ms (bars: IQR)" if f_.measured else "model ms (roofline)")
+ax.set_ylim(0, max(m + h for m, h in zip(meds, hi)) * 1.3)
+ax.set_title(f"GPT-2 block, seq {SEQ}, width {D} ({TARGET if f_.measured else 'model of ' + r.device.name})");
+'''),
+    WIDGET_NOTE,
+    code('''
+from widgets import Explorer
+Explorer(gpt2_block, *args, target=TARGET)
+'''),
+]
+
+
 NOTEBOOKS = {
     "01_fusion_matmul_relu": NB01,
     "02_elementwise_and_roofline": NB02,
     "03_tiling_matmul": NB03,
     "04_softmax_layernorm": NB04,
     "05_attention": NB05,
+    "06_transformer_block": NB06,
 }
 
 

@@ -378,3 +378,13 @@ def test_sweep_rows_carry_speedup_range():
     assert row["speedup_low"] <= row["speedup"] <= row["speedup_high"] and isinstance(row["unstable"], bool)
     assert row["fused_q1_ms"] <= row["fused_ms"] <= row["fused_q3_ms"] and row["repeat"] == 4
     assert "speedup (range)" in s.table()
+
+
+def test_tolerance_follows_least_precise_input():
+    """A float64 result computed from float32 inputs (GPT-2's `q @ k.T / np.sqrt(d)`) is checked at float32
+    accuracy, not float64's: compare() must not reject a correct compile of such a function."""
+    from explorer.compare import _tolerance
+    want = [np.full((4, 4), 2.0)]
+    assert _tolerance(want) == pytest.approx(2e-9)
+    assert _tolerance(want, [np.ones(3, np.float32), np.arange(3)]) == pytest.approx(2e-4)
+    assert _tolerance(want, [np.ones(3, np.float16)]) == pytest.approx(4e-2)

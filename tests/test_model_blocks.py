@@ -1,14 +1,15 @@
 """Transformer blocks written in plain NumPy as public NumPy model code writes them (issue 12): a GPT-2
 block (picoGPT style: layer norm with np.var, qkv split, per-head loop, np.hstack, gelu) and a Llama
 block (RMSNorm, rotary embeddings with split/concatenate, grouped-query attention with np.repeat, einsum,
-SwiGLU). Each compiles on reference, sim and cpu and equals NumPy."""
+SwiGLU), and a whole small GPT-2 forward (embedding gather `wte[inputs] + wpe[range(len(inputs))]`, 2 blocks,
+final layer norm, logits `x @ wte.T`). Each compiles on reference, sim and cpu and equals NumPy."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import explorer
-from test_backends_diff import TARGETS
+from test_backends_diff import TARGETS, _nvcc
 
 
 # ----------------------------------------------------------------------------- GPT-2 (picoGPT style)
@@ -47,6 +48,55 @@ def gpt2_args(seq=16, d=64, seed=0):
     f = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)  # noqa: E731
     return [f(seq, d), 1 + f(d), f(d), f(d, 3 * d), f(3 * d), f(d, d), f(d), 1 + f(d), f(d), f(d, 4 * d),
             f(4 * d), f(4 * d, d), f(d)]
+
+
+# ----------------------------------------------------------------------------- whole GPT-2 forward (picoGPT)
+def ffn(x, c_fc_w, c_fc_b, c_proj_w, c_proj_b):
+    return gelu(x @ c_fc_w + c_fc_b) @ c_proj_w + c_proj_b
+
+
+def mha(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head):
+    x = x @ c_attn_w + c_attn_b
+    qkv_heads = list(map(lambda x: np.split(x, n_head, axis=-1), np.split(x, 3, axis=-1)))
+    causal_mask = (1 - np.tri(x.shape[0], dtype=x.dtype)) * -1e10
+    out_heads = [attention(q, k, v, causal_mask) for q, k, v in zip(*qkv_heads)]
+    return np.hstack(out_heads) @ c_proj_w + c_proj_b
+
+
+def transformer_block(x, ln_1_g, ln_1_b, attn_w, attn_b, attn_proj_w, attn_proj_b, ln_2_g, ln_2_b, fc_w, fc_b,
+                      mlp_proj_w, mlp_proj_b, n_head):
+    x = x + mha(layer_norm(x, ln_1_g, ln_1_b), attn_w, attn_b, attn_proj_w, attn_proj_b, n_head=n_head)
+    return x + ffn(layer_norm(x, ln_2_g, ln_2_b), fc_w, fc_b, mlp_proj_w, mlp_proj_b)
+
+
+def gpt2(inputs, wte, wpe, ln_f_g, ln_f_b, *blocks, n_head=4):
+    """picoGPT's forward; `blocks` is each block's 12 parameters in turn (compile takes arrays, not dicts)."""
+    x = wte[inputs] + wpe[range(len(inputs))]
+    for i in range(0, len(blocks), 12):
+        x = transformer_block(x, *blocks[i:i + 12], n_head=n_head)
+    return layer_norm(x, ln_f_g, ln_f_b) @ wte.T
+
+
+def gpt2_forward_args(vocab=50, n_ctx=16, seq=8, d=32, n_layer=2, seed=0):
+    rng = np.random.default_rng(seed)
+    f = lambda *s: (rng.standard_normal(s) * 0.1).astype(np.float32)  # noqa: E731
+    args = [rng.integers(0, vocab, seq), f(vocab, d), f(n_ctx, d), 1 + f(d), f(d)]
+    for _ in range(n_layer):
+        args += gpt2_args(seq, d, seed=int(rng.integers(1 << 30)))[1:]
+    return args
+
+
+@pytest.mark.parametrize("target", ["reference"] + TARGETS)
+def test_gpt2_forward_equals_numpy(target):
+    args = gpt2_forward_args()
+    assert len(args) == 5 + 2 * 12 and args[0].dtype == np.int64
+    c = explorer.compile(gpt2, *args, target=target, verbose=False)
+    got, want = c(*args), gpt2(*args)
+    assert got.dtype == want.dtype and got.shape == want.shape == (8, 50)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"gpt2 forward on {target}")
+    # other token ids through the same compiled program: the gather reads the ids at run time
+    args[0] = np.random.default_rng(1).integers(0, 50, 8)
+    np.testing.assert_allclose(c(*args), gpt2(*args), rtol=1e-4, atol=1e-5, err_msg=f"new ids on {target}")
 
 
 # ----------------------------------------------------------------------------- Llama
@@ -107,3 +157,22 @@ def test_block_equals_numpy(block, make_args, target):
     # float32 work: compare at float32 accuracy whatever the result dtype
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{block.__name__} on {target}")
+
+
+def test_gpt2_forward_batches_each_blocks_heads():
+    """The horizontal rule batches the per-head loop of both blocks, also when the position embedding is a
+    prefix `wpe[range(seq)]` of a longer table (a lone slice of an input once hid every head slice from it)."""
+    for n_ctx in (8, 16):
+        c = explorer.compile(gpt2, *gpt2_forward_args(n_ctx=n_ctx), target="reference", stop_after="fused",
+                             verbose=False)
+        assert [hb.count for hb in c.stage("fused").ir.horizontal] == [4, 4], f"n_ctx={n_ctx}"
+
+
+@pytest.mark.skipif(not _nvcc(), reason="nvcc not on PATH")
+def test_gpt2_forward_cuda_compiles_with_nvcc():
+    """The CUDA generated for the whole forward (the sim target runs that same code) builds with nvcc --ptx."""
+    from explorer.backends import nvcc
+    args = gpt2_forward_args()
+    cg = explorer.compile(gpt2, *args, target="sim", verbose=False).codegen
+    ptx = nvcc.check(cg.source(), arch="sm_80", mode="ptx")
+    assert ptx.count(".entry ") == len(cg.kernels) > 0

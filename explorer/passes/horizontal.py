@@ -110,6 +110,12 @@ class _Keys:
         self.key: dict[int, int] = {}          # id(node) -> key id
         self.leaf: dict[int, bool] = {}        # id(node) -> head-independent (shared by members)
         self.slots: dict[int, Any] = {}        # id(slice node) -> slot_base(...)
+        # a slice is a per-member slot only when its parent has sibling slices of the same shape at other
+        # offsets; a lone slice of a shared value (`wpe[range(len(ids))]`, a prefix of an input) is shared too
+        offsets: dict[tuple, set] = {}
+        for n in g.nodes:
+            if n.op == "slice":
+                offsets.setdefault(_sibling_key(n), set()).add(tuple(n.attrs["starts"]))
         for n in g.nodes:
             if n.op == "const" and n.value is not None:
                 # each use of a captured array (a causal mask) is its own const node: equal values match
@@ -118,7 +124,8 @@ class _Keys:
             elif n.op == "input" or n.id in created:
                 k = ("leaf", id(n))
                 self.leaf[id(n)] = True
-            elif n.op == "slice" and (base := slot_base(n, self.leaf)) is not None:
+            elif (n.op == "slice" and len(offsets[_sibling_key(n)]) > 1
+                  and (base := slot_base(n, self.leaf)) is not None):
                 src, _, _, steps = base
                 k = ("slot", id(src), n.shape, str(n.dtype), steps)
                 self.slots[id(n)] = base
@@ -130,6 +137,11 @@ class _Keys:
                 k = (n.op, _freeze(n.attrs), n.shape, str(n.dtype), tuple(self.key[id(i)] for i in n.inputs))
                 self.leaf[id(n)] = False
             self.key[id(n)] = self.ids.setdefault(k, len(self.ids))
+
+
+def _sibling_key(n: Node) -> tuple:
+    """Slices of one parent with equal shape and steps (they differ only in their offsets)."""
+    return id(n.inputs[0]), n.shape, tuple(n.attrs["steps"])
 
 
 def slot_base(n: Node, leaf: dict[int, bool]):
