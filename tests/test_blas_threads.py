@@ -139,3 +139,17 @@ def test_the_note_is_under_the_charts(two_blas_threads, monkeypatch):
     assert "NumPy's BLAS ran on 1 thread" in fig.get_supxlabel().replace("\n", " ")
     s = explorer.sweep(lambda a: a * 2.0, sizes=[32, 64], target="reference", repeat=3, warmup=1, progress=False)
     assert "NumPy's BLAS ran on 1 thread" in s.plot().get_supxlabel().replace("\n", " ")
+
+
+def test_autotune_records_the_note_and_restores(two_blas_threads, monkeypatch):
+    from explorer.backends import cpu
+    if not cpu.available()[0]:
+        pytest.skip("no C compiler")
+    import sys
+    at = sys.modules["explorer.autotune"]
+    monkeypatch.setattr(blas, "_usable_cores", lambda: 2)
+    a = np.ones((16, 16), np.float32)
+    r = explorer.autotune(lambda a, b: a @ b, a, a, target="cpu", budget=3, top_k=1, cache=False, progress=False)
+    assert r.blas_note.startswith("NumPy's BLAS ran on 1 thread") and r.blas_note in r.summary()
+    assert at.load(r.to_json()).blas_note == r.blas_note
+    assert _blas_threads_now() == two_blas_threads
