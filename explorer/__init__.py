@@ -25,6 +25,7 @@ from . import costmodel
 from .compare import Comparison, compare, sweep
 from .autotune import AutotuneResult, autotune   # binds the function over the submodule (as compare)
 from .custom import CustomKernel, custom_kernel
+from .blas import blas_threads
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'explorer' has no attribute {name!r}")
 
 
-__all__ = ["trace", "compile", "custom_kernel", "CustomKernel", "compare", "sweep", "autotune", "AutotuneResult", "Schedule", "Compiled", "Graph", "Node", "Provenance",
+__all__ = ["trace", "compile", "custom_kernel", "CustomKernel", "compare", "sweep", "autotune", "blas_threads", "AutotuneResult", "Schedule", "Compiled", "Graph", "Node", "Provenance",
            "Options", "Snapshot", "Tensor", "nn", "ExplorerError", "TraceError", "ShapeError", "DTypeError",
            "IndexOutOfRangeError", "UnsupportedOpError", "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError"]

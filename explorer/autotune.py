@@ -57,7 +57,7 @@ DEFAULT_TOP_K = 8              # measured candidates besides the default, at mos
 BUILD_SHARE = 0.35
 TIMING_SHARE = 0.8
 CACHE_VERSION = 1
-AUTOTUNE_OPTIONS = ("space", "budget", "target", "top_k", "progress", "cache", "on_progress")
+AUTOTUNE_OPTIONS = ("space", "budget", "target", "top_k", "progress", "cache", "on_progress", "blas_threads")
 
 # how many candidates were measured (built and run) in this process: tests check that a cached
 # rerun measures nothing without relying on wall time
@@ -125,6 +125,8 @@ class AutotuneResult:
     # timed targets: the head-to-head of the fastest candidate vs the default (medians, IQRs, speedup
     # with its range, kept: whether the candidate won it); {} when the default was fastest or on sim
     confirmation: dict[str, Any] = field(default_factory=dict)
+    # what was done to NumPy's BLAS pool while measuring (explorer.blas; '' when nothing to say)
+    blas_note: str = ""
 
     @property
     def best(self) -> dict[str, Any]:
@@ -178,7 +180,8 @@ class AutotuneResult:
                 f"best by {what}: {b.label()} — {self._score_text(b)} vs default {self._score_text(self.default)} "
                 f"({self.speedup():.3g}x); model/measured Spearman rank correlation {self.spearman():.2f}"
                 + (f"\nconfirmation, #{self.confirmation['candidate']} vs default interleaved: "
-                   f"{self.confirmation['text']}" if self.confirmation else ""))
+                   f"{self.confirmation['text']}" if self.confirmation else "")
+                + (f"\n{self.blas_note}" if self.blas_note else ""))
 
     def _score_text(self, c: Candidate) -> str:
         if not c.measured:
@@ -291,7 +294,7 @@ class AutotuneResult:
         data = {"version": CACHE_VERSION, "name": self.name, "target": self.target, "device": self.device,
                 "metric": self.metric, "space": {k: [_jsonable(v) for v in vs] for k, vs in self.space.items()},
                 "budget": self.budget, "best_index": self.best_index, "tune_s": self.tune_s, "key": self.key,
-                "confirmation": self.confirmation,
+                "confirmation": self.confirmation, "blas_note": self.blas_note,
                 "candidates": [{**asdict(c), "schedule": {k: _jsonable(v) for k, v in c.schedule.items()}}
                                for c in self.candidates]}
         text = json.dumps(data, indent=1)
@@ -331,7 +334,7 @@ def load(source: str | os.PathLike) -> AutotuneResult:
         return AutotuneResult(d["name"], d["target"], d["device"], d["metric"],
                               {k: [_unjson(k, v) for v in vs] for k, vs in d["space"].items()}, d["budget"], cands,
                               d["best_index"], d["tune_s"], d.get("key", ""), cached=True,
-                              confirmation=d.get("confirmation") or {})
+                              confirmation=d.get("confirmation") or {}, blas_note=d.get("blas_note", ""))
     except (KeyError, TypeError, ValueError) as e:
         raise ExplorerError(f"autotune.load: not an autotune result ({type(e).__name__}: {e}); pass what "
                             f"result.to_json() wrote") from None
@@ -556,13 +559,16 @@ class _Progress:
 # ----------------------------------------------------------------------------- the search
 def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, budget: float = 60.0,
              target: str = "auto", top_k: int = DEFAULT_TOP_K, progress: bool = True, cache: bool = True,
-             on_progress: Callable[[str, int, int, str], None] | None = None, **compile_kwargs: Any) -> AutotuneResult:
+             on_progress: Callable[[str, int, int, str], None] | None = None,
+             blas_threads: "str | int | None" = "auto", **compile_kwargs: Any) -> AutotuneResult:
     """Search schedules of `fn` on `args` → AutotuneResult (best, table(), plot(), to_json()).
 
     space: {knob: [values]} over explorer.schedule.KNOBS (None: a default space for the kernels);
     budget: seconds for building and measuring (the enumeration and model ranking come first and
     take ~10 ms per candidate); top_k: most candidates measured besides the default; cache: reuse a
     result for the same kernel, device and space from disk (cache=False: tune and do not store).
+    blas_threads (explorer.blas): NumPy's BLAS pool while measuring, as in compare() ("auto": 1
+    thread on a machine with <= 2 usable cores; None: left alone; int: that limit).
 
     >>> r = explorer.autotune(matmul, a, b, target="cpu", budget=60)          # doctest: +SKIP
     >>> c = explorer.compile(matmul, a, b, target="cpu", schedule=r.best)    # doctest: +SKIP
@@ -570,6 +576,8 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
     from .pipeline import compile as compile_fn, resolve_target
     t_start = time.perf_counter()
     budget = _check_budget(budget)
+    from . import blas
+    blas_threads = blas.check_blas_threads(blas_threads)
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ExplorerError(f"autotune top_k={top_k!r}: must be an integer >= 1 (candidates measured besides the "
                             f"default)")
@@ -646,25 +654,26 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
     queue = [default] + [c for c in ranked if not c.is_default][:top_k]
 
     # 2. measure, in model order, within the budget
-    reference = [np.asarray(x) for x in base.reference(*base.examples)]
     confirmation: dict[str, Any] = {}
-    if target == "sim":
-        _measure_sim(queue, compiled, reference, bar, deadline=t_start + budget)
-    else:
-        _measure_timed(queue, compiled, reference, bar, t_build_end=t_start + BUILD_SHARE * budget,
-                       t_timing_end=t_start + TIMING_SHARE * budget)
     metric = "global_bytes" if target == "sim" else "time"
-    measured = [c for c in cands if c.measured]
-    score = (lambda c: (c.global_bytes, c.barriers or 0)) if metric == "global_bytes" else (lambda c: c.median_ms)
-    best = min(measured, key=lambda c: (score(c), not c.is_default, c.index))
-    if metric == "time" and not best.is_default:
-        confirmation = _confirm(best, default, compiled, bar, deadline=t_start + budget)
-        if not confirmation["kept"]:
-            best = default
+    with blas.during_measurement(blas_threads if target != "sim" else None) as blas_setting:
+        reference = [np.asarray(x) for x in base.reference(*base.examples)]
+        if target == "sim":
+            _measure_sim(queue, compiled, reference, bar, deadline=t_start + budget)
+        else:
+            _measure_timed(queue, compiled, reference, bar, t_build_end=t_start + BUILD_SHARE * budget,
+                           t_timing_end=t_start + TIMING_SHARE * budget)
+        measured = [c for c in cands if c.measured]
+        score = (lambda c: (c.global_bytes, c.barriers or 0)) if metric == "global_bytes" else (lambda c: c.median_ms)
+        best = min(measured, key=lambda c: (score(c), not c.is_default, c.index))
+        if metric == "time" and not best.is_default:
+            confirmation = _confirm(best, default, compiled, bar, deadline=t_start + budget)
+            if not confirmation["kept"]:
+                best = default
     bar.close()
     best.status = "best"
     result = AutotuneResult(name, target, device_label(target), metric, space, budget, cands, best.index,
-                            time.perf_counter() - t_start, key, confirmation=confirmation)
+                            time.perf_counter() - t_start, key, confirmation=confirmation, blas_note=blas_setting.note)
     if cache:
         _write_cache(result)
     return result

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import costmodel, dtypes, measure
+from . import blas as _blas, costmodel, dtypes, measure
 from .costmodel import Device, KernelCost
 from .measure import Timing, fmt_ratio
 from .errors import BackendUnavailable, ExplorerError, VerificationError
@@ -419,13 +419,14 @@ class Comparison:
     """
 
     def __init__(self, name: str, target: str, device: Device, variants: list[Variant], skipped: dict[str, str],
-                 shapes: list[str]):
+                 shapes: list[str], blas: "_blas.BlasSetting | None" = None):
         self.name = name
         self.target = target
         self.device = device
         self.variants = variants
         self.skipped = skipped
         self.shapes = shapes
+        self.blas = blas   # what was done to NumPy's BLAS pool while measuring (explorer.blas)
 
     # -- access -------------------------------------------------------------------------
     def variant(self, name: str) -> Variant:
@@ -577,6 +578,7 @@ class Comparison:
             lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
         lines.append(self.summary())
         lines.extend(self._flag_lines())
+        lines.extend(_blas_lines(self.blas))
         for name, why in self.skipped.items():
             lines.append(f"skipped baseline {name}: {why}")
         return "\n".join(lines)
@@ -593,7 +595,8 @@ class Comparison:
         trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
         cap = "<br>".join(html.escape(h) for h in self._header())
         notes = [html.escape(self.summary())] + [f"<b style='color:#b35900'>{html.escape(t)}</b>"
-                                                 for t in self._flag_lines()]
+                                                 for t in self._flag_lines()] + [html.escape(t) for t in
+                                                                                 _blas_lines(self.blas)]
         skipped = "".join(f"<li>skipped {html.escape(k)}: {html.escape(v)}</li>" for k, v in self.skipped.items())
         return (f"<div><p>{cap}</p><table><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>"
                 f"</thead><tbody>{trs}</tbody></table><p>{'<br>'.join(notes)}</p>"
@@ -618,6 +621,7 @@ class Comparison:
             self._unstable_note(ax)
             ax.set_title(f"{self.name}: fused vs unfused on {self.target} — speedup {self._speedup_text()}",
                          fontsize=10)
+            _blas_chart_note(fig, self.blas)
             return fig
         fig = new_figure(figsize=(8, 4.2), layout="constrained")
         left, right = fig.subplots(1, 2, width_ratios=[len(model), len(measured)])
@@ -628,6 +632,7 @@ class Comparison:
         self._unstable_note(right)
         right.set_title("measured here\n(wall clock)", fontsize=9)
         fig.suptitle(f"{self.name} on {self.target}: fused vs unfused — speedup {self._speedup_text()}", fontsize=10)
+        _blas_chart_note(fig, self.blas)
         return fig
 
     def _speedup_text(self) -> str:
@@ -867,6 +872,20 @@ def _place_numbers(ax, points: list[tuple[int, float, float, str, float]]) -> No
                     bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.85))
 
 
+def _blas_lines(setting: "_blas.BlasSetting | None") -> list[str]:
+    """The one table line saying what was done to NumPy's BLAS pool while measuring ([] if nothing)."""
+    note = _blas.note_of(setting)
+    return [note] if note else []
+
+
+def _blas_chart_note(fig, setting: "_blas.BlasSetting | None") -> None:
+    """The same line, small, under a chart."""
+    note = _blas.note_of(setting)
+    if note:
+        import textwrap
+        fig.supxlabel(textwrap.fill(note, 120), fontsize=7, color="#555555")
+
+
 # ----------------------------------------------------------------------------- compare()
 def _shapes(arrays: Sequence[np.ndarray]) -> list[str]:
     from .dtypes import type_str
@@ -901,12 +920,17 @@ def _check_repeat(repeat: Any, warmup: Any, budget_s: Any = None) -> None:
 
 def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[str] = ("numpy",),
             repeat: int | None = None, warmup: int = 3, device: "Device | str | None" = None, check: bool = True,
-            budget_s: float | None = None, **compile_kwargs: Any) -> Comparison:
+            budget_s: float | None = None, blas_threads: "str | int | None" = "auto",
+            **compile_kwargs: Any) -> Comparison:
     """Compile `fn` fused and unfused on `target`, check both against NumPy and measure them.
 
     Timing (explorer.measure): fused, unfused and the baselines run interleaved round-robin after
     `warmup` rounds, until every median is stable or `budget_s` seconds are spent (`repeat=N`: exactly
     N rounds); each variant gets median, IQR, min, n and an unstable flag.
+
+    blas_threads (explorer.blas): "auto" runs NumPy's BLAS on 1 thread from the reference call to the
+    last timed round on a machine with <= 2 usable cores (its idle threads spin on the core the next
+    kernel needs; the table says so), None leaves NumPy's pool alone, an int is that limit.
 
     baselines: any of 'numpy' (fn on arrays), 'numexpr' (elementwise functions),
     'torch' (eager) and 'torch.compile' — those not installed are skipped with a note.
@@ -924,6 +948,7 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
     from .pipeline import compile as _compile, resolve_target
     baselines = _check_baselines(baselines)
     _check_repeat(repeat, warmup, budget_s)
+    blas_threads = _blas.check_blas_threads(blas_threads)
     verbose = compile_kwargs.pop("verbose", True)
     t = resolve_target(target, verbose)
     if t == "cuda" and device is None:
@@ -936,6 +961,15 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
         raise ExplorerError("compare() builds the unfused variant itself; leave fuse= unset (or pass fusion rules)")
     fused = _compile(fn, *args, target=t, fuse=fuse_rules, verbose=False, **compile_kwargs)
     unfused = _compile(fn, *args, target=t, fuse=False, verbose=False, **compile_kwargs)
+    # from the reference call on: a threaded NumPy call's spinning worker would land on the timed rounds
+    with _blas.during_measurement(blas_threads) as blas_setting:
+        return _check_and_measure(fn, fused, unfused, t, device, check, baselines, warmup, repeat, budget_s,
+                                  blas_setting)
+
+
+def _check_and_measure(fn: Callable, fused, unfused, t: str, device, check: bool, baselines: tuple[str, ...],
+                       warmup: int, repeat: int | None, budget_s: float | None,
+                       blas_setting: "_blas.BlasSetting") -> Comparison:
     arrays = list(fused.examples)
     want = _as_list(fn(*arrays))
     if any(a.dtype.name in dtypes.ML_DTYPES for a in arrays):
@@ -959,7 +993,7 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
         for v in variants:
             if v.name in timings:
                 v.set_timing(timings[v.name])
-    return Comparison(fused.name, t, dev, variants, skipped, _shapes(arrays))
+    return Comparison(fused.name, t, dev, variants, skipped, _shapes(arrays), blas_setting)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -994,6 +1028,7 @@ class Sweep:
     target: str
     device: Device
     rows: list[dict[str, Any]]
+    blas: "_blas.BlasSetting | None" = None   # what was done to NumPy's BLAS pool while measuring
 
     @property
     def measured(self) -> bool:
@@ -1019,6 +1054,7 @@ class Sweep:
                          f"{_fmt_bytes(r['unfused_bytes']):>13}")
         lines += [f"! {measure.UNSTABLE_TEXT} — size {r['size']}: {r['unstable_reason']}" for r in self.rows
                   if r.get("unstable")]
+        lines += _blas_lines(self.blas)
         return "\n".join(lines)
 
     __str__ = table
@@ -1056,16 +1092,19 @@ class Sweep:
                      f"({'measured' if self.measured else 'model'} times)", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.25)
+        _blas_chart_note(fig, self.blas)
         return fig
 
 
 def sweep(fn: Callable, make_args: Callable[[int], tuple] | None = None, sizes: Sequence[int] = DEFAULT_SIZES,
           target: str = "auto", progress: bool = True, repeat: int | None = None, warmup: int = 2,
-          device: "Device | str | None" = None, budget_s: float | None = None, **compile_kwargs: Any) -> Sweep:
+          device: "Device | str | None" = None, budget_s: float | None = None,
+          blas_threads: "str | int | None" = "auto", **compile_kwargs: Any) -> Sweep:
     """Measure fused vs unfused across problem sizes → Sweep (rows; .plot() speedup vs size).
 
     Each size is one compare(): fused and unfused interleaved (explorer.measure, `repeat`/`budget_s`
     as there); rows carry the medians, quartiles, the speedup's range and the unstable flag.
+    blas_threads as in compare(), for the whole sweep (Sweep.blas records it).
 
     make_args(n) returns the arguments for size n (default: one float32 vector of n
     elements per parameter of fn — right for elementwise functions). A progress bar
@@ -1088,6 +1127,7 @@ def sweep(fn: Callable, make_args: Callable[[int], tuple] | None = None, sizes: 
     if bad:
         raise ExplorerError(f"sweep sizes must be positive integers, got {bad[0]!r}")
     _check_repeat(repeat, warmup, budget_s)
+    blas_threads = _blas.check_blas_threads(blas_threads)
     for k in ("baselines", "fuse"):
         if k in compile_kwargs:
             raise ExplorerError(f"sweep() measures fused vs unfused only and does not take {k}=; use "
@@ -1100,30 +1140,31 @@ def sweep(fn: Callable, make_args: Callable[[int], tuple] | None = None, sizes: 
     rows = []
     name = getattr(fn, "__name__", "fn")
     dev = costmodel.device(device if device is not None else t)
-    for n in _progress(list(sizes), desc=f"sweep {name}", enabled=progress):
-        try:
-            args = make(int(n))
-        except ExplorerError:
-            raise
-        except Exception as e:
-            raise ExplorerError(f"make_args({int(n)}) raised {type(e).__name__}: {e}") from e
-        if not isinstance(args, tuple):
-            args = (args,)
-        r = compare(fn, *args, target=t, baselines=(), repeat=repeat, warmup=warmup, device=dev, verbose=False,
-                    budget_s=budget_s, **compile_kwargs)
-        f, u = r.variant("fused"), r.variant("unfused")
-        fp = sum(c.predicted_ms for c in costmodel.kernel_costs(f.compiled, dev, counters=False))
-        up = sum(c.predicted_ms for c in costmodel.kernel_costs(u.compiled, dev, counters=False))
-        name = r.name
-        sp = r.speedup_range
-        rows.append({"size": int(n), "fused_ms": f.median_ms, "unfused_ms": u.median_ms, "speedup": r.speedup,
-                     "fused_q1_ms": f.q1_ms, "fused_q3_ms": f.q3_ms, "unfused_q1_ms": u.q1_ms, "unfused_q3_ms": u.q3_ms,
-                     "speedup_low": sp.low, "speedup_high": sp.high, "unstable": sp.unstable,
-                     "unstable_reason": sp.reason, "repeat": f.repeat,
-                     "model_speedup": up / fp if fp > 0 else float("nan"),
-                     "bytes": f.bytes_model, "unfused_bytes": u.bytes_model,
-                     "fused_kernels": f.kernels, "unfused_kernels": u.kernels, "time_source": f.time_source})
-    return Sweep(name, t, dev, rows)
+    with _blas.during_measurement(blas_threads) as blas_setting:
+        for n in _progress(list(sizes), desc=f"sweep {name}", enabled=progress):
+            try:
+                args = make(int(n))
+            except ExplorerError:
+                raise
+            except Exception as e:
+                raise ExplorerError(f"make_args({int(n)}) raised {type(e).__name__}: {e}") from e
+            if not isinstance(args, tuple):
+                args = (args,)
+            r = compare(fn, *args, target=t, baselines=(), repeat=repeat, warmup=warmup, device=dev, verbose=False,
+                        budget_s=budget_s, blas_threads=None, **compile_kwargs)   # limited here, once
+            f, u = r.variant("fused"), r.variant("unfused")
+            fp = sum(c.predicted_ms for c in costmodel.kernel_costs(f.compiled, dev, counters=False))
+            up = sum(c.predicted_ms for c in costmodel.kernel_costs(u.compiled, dev, counters=False))
+            name = r.name
+            sp = r.speedup_range
+            rows.append({"size": int(n), "fused_ms": f.median_ms, "unfused_ms": u.median_ms, "speedup": r.speedup,
+                         "fused_q1_ms": f.q1_ms, "fused_q3_ms": f.q3_ms, "unfused_q1_ms": u.q1_ms, "unfused_q3_ms": u.q3_ms,
+                         "speedup_low": sp.low, "speedup_high": sp.high, "unstable": sp.unstable,
+                         "unstable_reason": sp.reason, "repeat": f.repeat,
+                         "model_speedup": up / fp if fp > 0 else float("nan"),
+                         "bytes": f.bytes_model, "unfused_bytes": u.bytes_model,
+                         "fused_kernels": f.kernels, "unfused_kernels": u.kernels, "time_source": f.time_source})
+    return Sweep(name, t, dev, rows, blas_setting)
 
 
 # ----------------------------------------------------------------------------- python -m explorer bench

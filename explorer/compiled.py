@@ -237,26 +237,33 @@ class Compiled:
         return run_graph(self.stage("traced").ir, self.check_args(args))
 
     def benchmark(self, *args: Any, warmup: int = 3, repeat: int | None = None, include_copies: bool = False,
-                  budget_s: float | None = None) -> Timing:
+                  budget_s: float | None = None, blas_threads: "str | int | None" = "auto") -> Timing:
         """Time one call → Timing (median, IQR, min, n, and an `unstable` flag with its reason).
 
         explorer.measure's methodology: `warmup` untimed calls, then repeats until the median is
         stable or `budget_s` seconds (default measure.DEFAULT_BUDGET_S) are spent; `repeat=N` fixes
         the count. CUDA uses events and excludes host↔device copies unless `include_copies`.
+        blas_threads (explorer.blas): "auto" runs NumPy's BLAS on 1 thread while measuring on a
+        machine with <= 2 usable cores (its idle threads spin on the core the kernel needs), None
+        leaves it alone, an int is that limit; `Timing.blas` records what was done.
 
         >>> t = c.benchmark()                                     # doctest: +SKIP
         >>> print(t)                                              # doctest: +SKIP
         0.132 ms (IQR 0.128–0.139, min 0.121, n=41, wall)
         """
-        from . import measure
+        from . import blas, measure
         warmup = _check_count("warmup", warmup, 0)
+        blas_threads = blas.check_blas_threads(blas_threads)
         if repeat is not None:
             repeat = _check_count("repeat", repeat, 1)
         if budget_s is not None and (isinstance(budget_s, bool) or not isinstance(budget_s, (int, float))
                                      or not budget_s > 0):
             raise ExplorerError(f"budget_s={budget_s!r}: must be a number of seconds > 0")
-        return measure.measure(self.sampler(*args, include_copies=include_copies), warmup=warmup, repeat=repeat,
-                               budget_s=budget_s)
+        sample = self.sampler(*args, include_copies=include_copies)
+        with blas.during_measurement(blas_threads) as setting:
+            t = measure.measure(sample, warmup=warmup, repeat=repeat, budget_s=budget_s)
+        t.blas = setting
+        return t
 
     def sampler(self, *args: Any, include_copies: bool = False):
         """One timed call of this function on `args` (default: the examples), for explorer.measure:

@@ -71,6 +71,8 @@ class Timing:
     reason: str = ""
     stalls: int = 0
     samples_ms: tuple[float, ...] = field(default=(), repr=False)
+    # what was done to NumPy's BLAS pool while measuring (explorer.blas.BlasSetting; None: not recorded)
+    blas: Any = field(default=None, repr=False)
 
     @property
     def iqr_ms(self) -> float:

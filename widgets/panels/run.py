@@ -62,7 +62,8 @@ class RunPanel(W.VBox):
                                  "kernels": len(comp.kernels),
                                  "note": "; ".join(filter(None, [
                                      "simulation wall time, not a GPU's" if t.source == "sim-wall" else "",
-                                     measure.UNSTABLE_TEXT if (t.unstable or ref.unstable) else ""]))})
+                                     measure.UNSTABLE_TEXT if (t.unstable or ref.unstable) else "",
+                                     t.blas.note if t.blas is not None else ""]))})
             del self.rows[8:]
             self.results.value = self._table()
             self._done("")
@@ -105,7 +106,11 @@ def _iqr(t: Any) -> str:
 
 
 def _time_with_numpy(comp: Any, repeat: int | None, budget_s: float) -> tuple[Any, Any]:
-    """(compiled Timing, NumPy Timing), measured interleaved on the same inputs in this process."""
-    ts = measure.interleaved({"compiled": comp.sampler(), "numpy": lambda: comp.fn(*comp.examples)}, warmup=1,
-                             repeat=repeat, budget_s=budget_s)
+    """(compiled Timing, NumPy Timing), measured interleaved on the same inputs in this process, with
+    NumPy's BLAS pool as compare() has it (explorer.blas, "auto"; Timing.blas records it)."""
+    from explorer import blas
+    with blas.during_measurement("auto") as setting:
+        ts = measure.interleaved({"compiled": comp.sampler(), "numpy": lambda: comp.fn(*comp.examples)}, warmup=1,
+                                 repeat=repeat, budget_s=budget_s)
+    ts["compiled"].blas = ts["numpy"].blas = setting
     return ts["compiled"], ts["numpy"]
