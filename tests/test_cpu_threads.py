@@ -356,4 +356,17 @@ def test_temporaries_are_one_set_per_call_reused_across_calls(monkeypatch):
     big = cpu.CpuExecutable(exe.lib_path, exe.codegen, exe.program, exe.constants)
     assert not big._temp_specs and len(big._alloc) == len(exe._alloc) + len(exe._temp_specs)
     np.testing.assert_allclose(big.run([a, b])[0], _chain(a, b), rtol=1e-5, atol=1e-6)
-    assert big._temp_sets == [([], [])]
+    assert big._temp_sets == []                                  # nothing to keep
+
+
+@needs_cc
+def test_returned_outputs_are_fresh_and_never_alias_inputs():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    fresh = explorer.compile(lambda x: x * 2, a, target="cpu", verbose=False)
+    assert fresh.executable()._outs_are_new
+    np.testing.assert_array_equal(fresh(a), a * 2)
+    passthrough = explorer.compile(lambda x: (x, x * 2), a, target="cpu", verbose=False)
+    same, doubled = passthrough(a)
+    np.testing.assert_array_equal(same, a)
+    np.testing.assert_array_equal(doubled, a * 2)
+    assert not np.shares_memory(same, a)                    # an input returned as an output is a copy

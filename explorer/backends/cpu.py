@@ -452,6 +452,8 @@ class CpuExecutable:
                     raise ExplorerError(f"kernel parameter {p} is neither an input, an output, a temporary nor a "
                                         f"constant of program {prog.name}")
         self._out_slots = [slot[b.name] for b in prog.outputs]
+        # the usual case, every output a fresh buffer in _alloc order: run returns that list as it is
+        self._outs_are_new = self._out_slots == [("new", k) for k in range(len(self._alloc))]
         # every pointer of a call lives in one flat list: inputs, then new buffers, then constants
         n_in, n_new = len(prog.inputs), len(outs) + len(temps)
         fixed_pos = {p: n_in + n_new + k for k, (_, p) in enumerate(fixed.values())}
@@ -515,8 +517,9 @@ class CpuExecutable:
             a, p = take(shape, dt, nbytes)
             new.append(a)
             ptrs.append(p)
-        temp_set = self._take_temp_set()
-        ptrs += temp_set[1]
+        temp_set = self._take_temp_set() if self._temp_specs else None
+        if temp_set is not None:
+            ptrs += temp_set[1]
         ptrs += self._fixed_ptrs
         team = self._team
         try:
@@ -529,7 +532,10 @@ class CpuExecutable:
                         team.value = self._team_size(dec)
                 fn(*pick(ptrs))
         finally:
-            self._temp_sets.append(temp_set)
+            if temp_set is not None:
+                self._temp_sets.append(temp_set)
+        if self._outs_are_new:
+            return new
         return [ins[i].copy() if kind == "in" else (self._fixed_array(i) if kind == "fixed" else new[i])
                 for kind, i in self._out_slots]
 
