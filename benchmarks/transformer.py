@@ -10,8 +10,9 @@ Two spellings of the same model:
     projection (hstack(heads) @ W == sum_h head_h @ W[h*d:(h+1)*d]), and the variance written out.
     It compiles today, so horizontal fusion (one batched kernel per step for all heads) is measured.
 
-Rows (all measured in this run, interleaved: every round runs each variant once per repeat, so a
-busy neighbour slows all of them alike; median and interquartile range [p25, p75] in ms):
+Rows (all measured in this run with explorer.measure.interleaved: every round runs each variant once,
+so a busy neighbour slows all of them alike; median and interquartile range [p25, p75] in ms, and
+UNSTABLE with measure's reason where the spread stayed high):
   explorer fused / fused without the horizontal rule / unfused (fuse=False), NumPy, torch eager and
   torch.compile (in a child process, when `import torch` works there: its thread pool and ours
   would otherwise slow each other), kernel counts, and small-matmul rows (kernel time vs NumPy).
@@ -52,7 +53,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import explorer  # noqa: E402
+from explorer import measure as measure_lib  # noqa: E402
 from explorer.errors import ExplorerError  # noqa: E402
+from explorer.measure import Timing  # noqa: E402
 
 N_HEAD = 4   # set per size by configure(); the model functions read it like picoGPT's n_head argument
 
@@ -157,28 +160,29 @@ def params(width: int, rng) -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- timing
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: int) -> dict[str, list[float]]:
-    """ms samples per variant; each round runs every variant `per_round` times, variants in turn."""
-    for f in fns.values():
-        f()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, f in fns.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                f()
-                samples[name].append((time.perf_counter() - t0) * 1e3)
-    return samples
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: int) -> dict[str, Timing]:
+    """explorer.measure's round-robin timing of every variant, rounds * per_round rounds after a warm-up
+    round: {name: Timing} (median, quartiles and the `unstable` verdict with its reason)."""
+    return measure_lib.interleaved(fns, repeat=rounds * per_round, warmup=1)
 
 
-def stats(s: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0], s[0], s[0]]
-    return statistics.median(s), q[0], q[2]
+def timing(s: "Timing | list[float]") -> Timing:
+    return s if isinstance(s, Timing) else measure_lib.summarize(s)
 
 
-def fmt(s: list[float]) -> str:
-    m, lo, hi = stats(s)
-    return f"{m:9.3f} [{lo:.3f}, {hi:.3f}]"
+def stats(s: "Timing | list[float]") -> tuple[float, float, float]:
+    t = timing(s)
+    return t.median_ms, t.q1_ms, t.q3_ms
+
+
+def fmt(s: "Timing | list[float]") -> str:
+    t = timing(s)
+    return f"{t.median_ms:9.3f} [{t.q1_ms:.3f}, {t.q3_ms:.3f}]" + (" UNSTABLE" if t.unstable else "")
+
+
+def unstable_note(s: "Timing | list[float]") -> str:
+    t = timing(s)
+    return f"   ({t.flag_text()})" if t.unstable else ""
 
 
 def kernel_runner(c: "explorer.Compiled", args) -> Callable[[], None]:
@@ -298,13 +302,13 @@ def measure(programs, rounds: int, per: int) -> list[tuple[str, list[float] | No
         kern = {f"{v} kernels": kernel_runner(c, args) for v, c in variants.items()}
         samples = interleaved({**calls, **kern, "numpy": lambda fn=fn, a=args: fn(*a)}, rounds, per)
         np_med = stats(samples["numpy"])[0]
-        print(f"  {label}: time in ms, median [p25, p75] of {rounds}x{per} interleaved calls")
+        print(f"  {label}: time in ms, median [p25, p75] of {rounds * per} interleaved rounds (explorer.measure)")
         print(f"    {'numpy':34s} {fmt(samples['numpy'])}")
         for v, c in variants.items():
             for kind in ("call", "kernels"):
                 s = samples[f"{v} {kind}"]
                 print(f"    {'explorer ' + v + ' ' + kind:34s} {fmt(s)}   numpy/explorer {np_med / stats(s)[0]:5.2f}x"
-                      + (f"   {len(c.kernels)} kernels" if kind == "call" else ""))
+                      + (f"   {len(c.kernels)} kernels" if kind == "call" else "") + unstable_note(s))
         rows.append((label, samples.get("fused call"), samples.get("fused kernels")))
         hb = variants.get("fused") and variants["fused"].stage("fused").ir.horizontal
         for b in hb or []:
@@ -350,7 +354,7 @@ def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_p
                 for k, s in r["samples"].items():
                     ratio = (f"   time explorer fused / {k}: call {stats(call)[0] / stats(s)[0]:5.2f}x, "
                              f"kernels {stats(kern)[0] / stats(s)[0]:5.2f}x") if call else ""
-                    print(f"  torch {r['version']} {label} {k:14s} {fmt(s)}{ratio}")
+                    print(f"  torch {r['version']} {label} {k:14s} {fmt(s)}{ratio}{unstable_note(s)}")
                 print(f"  torch {label}: compile {r['compile_s']:.1f} s, max abs error vs NumPy {r['err']:.2e}")
 
 
@@ -367,7 +371,8 @@ def small_matmuls(rounds: int, per: int) -> None:
         npm = stats(s["numpy"])[0]
         print(f"  {M}x{K} @ {K}x{N} ({M * N * K / 1e6:.2f} M MACs): numpy {fmt(s['numpy'])}  "
               f"kernel {fmt(s['kernel'])} ({npm / stats(s['kernel'])[0]:.2f}x)  "
-              f"call {fmt(s['call'])} ({npm / stats(s['call'])[0]:.2f}x)")
+              f"call {fmt(s['call'])} ({npm / stats(s['call'])[0]:.2f}x)"
+              + "".join(f"  {k}:{unstable_note(s[k])}" for k in ("numpy", "kernel", "call") if s[k].unstable))
 
 
 def main() -> None:

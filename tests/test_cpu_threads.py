@@ -349,3 +349,35 @@ def test_magnitude_and_default_rtol():
     assert magnitude(np.zeros(3)) == 1.0 and magnitude(np.array([-5e8, np.nan])) == 5e8
     assert magnitude(np.arange(10)) == 1.0          # integers are exact: no scale
     assert default_rtol(np.float64) < default_rtol(np.float32) < default_rtol(np.float16)
+
+
+@needs_cc
+def test_temporaries_are_one_set_per_call_reused_across_calls(monkeypatch):
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((2, 4096), dtype=np.float32)
+    c = explorer.compile(_chain, a, b, target="cpu", fuse=False, verbose=False)
+    exe = c.executable()
+    assert exe._temp_specs and not exe._temp_sets
+    np.testing.assert_allclose(c(a, b), _chain(a, b), rtol=1e-5, atol=1e-6)
+    (arrays, ptrs), = exe._temp_sets                          # one set kept after the call
+    np.testing.assert_allclose(c(b, a), _chain(b, a), rtol=1e-5, atol=1e-6)
+    assert exe._temp_sets == [(arrays, ptrs)] and exe._temp_sets[0][0] is arrays   # the same set again
+    assert all(not np.shares_memory(t, o) for t in arrays for o in (c(a, b),))      # results never alias it
+    monkeypatch.setattr(cpu, "TEMP_SET_LIMIT", 0)            # above the limit: temporaries come from the pool
+    big = cpu.CpuExecutable(exe.lib_path, exe.codegen, exe.program, exe.constants)
+    assert not big._temp_specs and len(big._alloc) == len(exe._alloc) + len(exe._temp_specs)
+    np.testing.assert_allclose(big.run([a, b])[0], _chain(a, b), rtol=1e-5, atol=1e-6)
+    assert big._temp_sets == []                                  # nothing to keep
+
+
+@needs_cc
+def test_returned_outputs_are_fresh_and_never_alias_inputs():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    fresh = explorer.compile(lambda x: x * 2, a, target="cpu", verbose=False)
+    assert fresh.executable()._outs_are_new
+    np.testing.assert_array_equal(fresh(a), a * 2)
+    passthrough = explorer.compile(lambda x: (x, x * 2), a, target="cpu", verbose=False)
+    same, doubled = passthrough(a)
+    np.testing.assert_array_equal(same, a)
+    np.testing.assert_array_equal(doubled, a * 2)
+    assert not np.shares_memory(same, a)                    # an input returned as an output is a copy

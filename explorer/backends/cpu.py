@@ -373,8 +373,9 @@ class BufferPool:
                 self._blocks[n] = keep
 
 
-# The pool every CPU executable allocates outputs and temporaries from.
+# The pool every CPU executable allocates outputs (and temporaries above TEMP_SET_LIMIT) from.
 POOL = BufferPool()
+TEMP_SET_LIMIT = 64 << 20   # bytes of temporaries one executable may keep between calls
 
 
 class CpuExecutable:
@@ -382,7 +383,7 @@ class CpuExecutable:
 
     `thread_policy` holds one threads.Decision per kernel (how many OpenMP threads it may use, and
     why); `thread_stats` counts the calls that ran serial, parallel, or with fewer threads because
-    other threads held cores. Outputs and temporaries come from POOL.
+    other threads held cores. Outputs come from POOL; temporaries from a set kept per executable (_take_temp_set).
     """
 
     def __init__(self, lib_path: Path, codegen, program, constants: dict[str, np.ndarray] | None = None):
@@ -432,7 +433,16 @@ class CpuExecutable:
         outs = [b for b in prog.outputs if b.name not in in_index and b.name not in fixed]
         temps = [b for b in prog.temps if b.name not in in_index and b.name not in fixed
                  and b.name not in {o.name for o in outs}]
-        self._alloc = [(tuple(b.shape), self._np_dtype(b.dtype), b.nbytes) for b in (*outs, *temps)]
+        self._alloc = [(tuple(b.shape), self._np_dtype(b.dtype), b.nbytes) for b in outs]
+        # temporaries never leave a call, so each call borrows a whole set of them (one list pop, not
+        # one pool take per buffer: ~1.5 µs each, most of the Python cost of a many-kernel call); a
+        # set is returned after the call and kept for the next one. Concurrent calls (threads) each
+        # take their own set. Sets above TEMP_SET_LIMIT bytes come from POOL per call instead.
+        self._temp_specs = [(tuple(b.shape), self._np_dtype(b.dtype), b.nbytes) for b in temps]
+        self._temp_sets: list[tuple[list[np.ndarray], list[int]]] = []
+        if sum(n for *_, n in self._temp_specs) > TEMP_SET_LIMIT:
+            self._alloc += self._temp_specs
+            self._temp_specs = []
         slot = {name: ("in", i) for name, i in in_index.items()}
         slot.update({name: ("fixed", p) for name, (_, p) in fixed.items()})
         slot.update({b.name: ("new", k) for k, b in enumerate((*outs, *temps))})
@@ -442,8 +452,10 @@ class CpuExecutable:
                     raise ExplorerError(f"kernel parameter {p} is neither an input, an output, a temporary nor a "
                                         f"constant of program {prog.name}")
         self._out_slots = [slot[b.name] for b in prog.outputs]
+        # the usual case, every output a fresh buffer in _alloc order: run returns that list as it is
+        self._outs_are_new = self._out_slots == [("new", k) for k in range(len(self._alloc))]
         # every pointer of a call lives in one flat list: inputs, then new buffers, then constants
-        n_in, n_new = len(prog.inputs), len(self._alloc)
+        n_in, n_new = len(prog.inputs), len(outs) + len(temps)
         fixed_pos = {p: n_in + n_new + k for k, (_, p) in enumerate(fixed.values())}
         self._fixed_ptrs = [p for _, p in fixed.values()]
 
@@ -505,18 +517,35 @@ class CpuExecutable:
             a, p = take(shape, dt, nbytes)
             new.append(a)
             ptrs.append(p)
+        temp_set = self._take_temp_set() if self._temp_specs else None
+        if temp_set is not None:
+            ptrs += temp_set[1]
         ptrs += self._fixed_ptrs
         team = self._team
-        for fn, pick, dec, fixed_team in self._plan:
-            if team is not None:
-                if fixed_team:
-                    team.value = fixed_team
-                    self.thread_stats["serial"] += 1
-                else:
-                    team.value = self._team_size(dec)
-            fn(*pick(ptrs))
+        try:
+            for fn, pick, dec, fixed_team in self._plan:
+                if team is not None:
+                    if fixed_team:
+                        team.value = fixed_team
+                        self.thread_stats["serial"] += 1
+                    else:
+                        team.value = self._team_size(dec)
+                fn(*pick(ptrs))
+        finally:
+            if temp_set is not None:
+                self._temp_sets.append(temp_set)
+        if self._outs_are_new:
+            return new
         return [ins[i].copy() if kind == "in" else (self._fixed_array(i) if kind == "fixed" else new[i])
                 for kind, i in self._out_slots]
+
+    def _take_temp_set(self) -> tuple[list[np.ndarray], list[int]]:
+        """A set of this program's temporaries no other call is using (arrays, pointers)."""
+        try:
+            return self._temp_sets.pop()     # atomic under the GIL: two threads never share a set
+        except IndexError:
+            arrays = [_aligned_empty(shape, dt) for shape, dt, _ in self._temp_specs]
+            return arrays, [a.ctypes.data for a in arrays]
 
     def _fixed_array(self, ptr: int) -> np.ndarray:
         return next(a for a, p in self._fixed.values() if p == ptr).copy()
