@@ -58,7 +58,7 @@ DEFAULT_TOP_K = 8              # measured candidates besides the default, at mos
 # by luck; the default is kept unless the candidate wins again, on the median and on the fastest run)
 BUILD_SHARE = 0.35
 TIMING_SHARE = 0.8
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: attention_tile tunable, the model counts K/V re-reads of fused attention
 AUTOTUNE_OPTIONS = ("space", "budget", "target", "top_k", "progress", "cache", "on_progress")
 
 # how many candidates were measured (built and run) in this process: tests check that a cached

@@ -817,9 +817,9 @@ worst = max(scores, key=scores.get)
 b_score = tune.score(tune.best_candidate)
 print(f"\\nbest: {tune.best_candidate.label()} at {fmt(b_score)}; the default {fmt(tune.score(tune.default))}; "
       f"the worst measured, {worst}, {fmt(scores[worst])} ({scores[worst] / b_score:.1f}x the best)")
-predicted = {tune.predicted(cand) for cand in tune.measured()}
-if len(predicted) == 1:
-    print("the cost model predicts the same number for every tile here: the ranking comes from the measurement")
+rho = tune.spearman()
+print(f"the cost model ranked the {len(tune.measured())} measured tiles with Spearman rank correlation {rho:.2f} "
+      "against the measurement" if rho == rho else "too few measured tiles for a rank correlation")
 best = explorer.compile(attention, qt, kt_, vt, target=TUNE_TARGET, schedule=tune.best, verbose=False)
 plan = next(l.strip(" #") for l in best.stage("tiled").text().splitlines() if "attention(online softmax)" in l)
 print(f"compiled with schedule={tune.best}: {len(best.kernels)} kernel, {plan}; max error {best.max_error():.2g}")
