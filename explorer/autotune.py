@@ -44,9 +44,11 @@ from .errors import BackendUnavailable, ExplorerError
 # threads, double_buffer and tensor_core; a knob listed here for a target can still be a no-op for
 # some kernel, which the duplicate check catches)
 TUNABLE = {
-    "cpu": ("thread_tile", "shared", "chunk", "vector"),
-    "cuda": ("tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "tensor_core"),
-    "sim": ("tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "tensor_core"),
+    "cpu": ("thread_tile", "shared", "chunk", "vector", "attention_tile"),
+    "cuda": ("tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "tensor_core",
+             "attention_tile"),
+    "sim": ("tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "tensor_core",
+            "attention_tile"),
 }
 MAX_CANDIDATES = 5000          # combinations enumerated at most (compiling each takes ~10 ms)
 DEFAULT_TOP_K = 8              # measured candidates besides the default, at most
@@ -56,7 +58,7 @@ DEFAULT_TOP_K = 8              # measured candidates besides the default, at mos
 # by luck; the default is kept unless the candidate wins again, on the median and on the fastest run)
 BUILD_SHARE = 0.35
 TIMING_SHARE = 0.8
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: attention_tile tunable, the model counts K/V re-reads of fused attention
 AUTOTUNE_OPTIONS = ("space", "budget", "target", "top_k", "progress", "cache", "on_progress", "blas_threads")
 
 # how many candidates were measured (built and run) in this process: tests check that a cached
@@ -445,6 +447,8 @@ def default_space(compiled) -> dict[str, list]:
             space["threads"] = [64, 128, 256, 512]
         if "elementwise" in kinds:
             space["vector"] = [1, 2, 4]
+    if "attention" in kinds:   # the fused online-softmax kernel: query rows per block x keys per tile
+        space["attention_tile"] = [(bq, bk) for bq in (16, 32, 64, 128) for bk in (16, 32, 64, 128)]
     if not space:   # opaque kernels only: the knobs that still change something
         space = {"vector": [4, 8, 16]} if compiled.target == "cpu" else {"unroll": [True, False]}
     return space

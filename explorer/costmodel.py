@@ -577,6 +577,16 @@ def _other_ms(kernel, cost: "KernelCost", dev: Device, target: str) -> float:
     return base / max(occupancy, 0.1)
 
 
+def _attention(kernel, compute, cost: "KernelCost", dev: Device, itemsize: int) -> tuple[float, float]:
+    """Fused attention: every block of BQ query rows streams all of K and V, so they are read
+    ceil(Sq / BQ) times; q, the mask and the output once (the schedule-blind count reads K and V once)."""
+    bq, _bk = dict(kernel.meta).get("attention_tile", (compute.sq, compute.sk))
+    heads = int(np.prod(compute.batch))   # 1 for no batch
+    rereads = (-(-compute.sq // bq) - 1) * heads * compute.sk * (compute.d + compute.dv) * itemsize
+    nbytes = cost.bytes + rereads
+    return max(cost.flops / dev.peak(cost.dtype), nbytes / dev.bandwidth) * 1e3, nbytes
+
+
 def predict_schedule_ms(compiled, device_or_name: "Device | str | None" = None) -> float:
     return predict_schedule(compiled, device_or_name)[0]
 
@@ -611,6 +621,9 @@ def predict_schedule(compiled, device_or_name: "Device | str | None" = None) -> 
             total_bytes += costs[kernel.name].bytes if kernel.name in costs else 0
         elif kernel.kind == "contraction" and compute is not None:
             ms, nbytes = _gpu_matmul(kernel, compute, dev, itemsize)
+            total_ms, total_bytes = total_ms + ms, total_bytes + nbytes
+        elif kernel.kind == "attention" and compute is not None and kernel.name in costs:
+            ms, nbytes = _attention(kernel, compute, costs[kernel.name], dev, itemsize)
             total_ms, total_bytes = total_ms + ms, total_bytes + nbytes
         elif kernel.name in costs:
             total_ms += _other_ms(kernel, costs[kernel.name], dev, target)

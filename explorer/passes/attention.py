@@ -375,7 +375,7 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
                   "keys past the end score -inf",)
     params = tuple(c.inputs) + tuple(b for b in c.outputs if b not in c.inputs)
     return L.Kernel(c.name, params, tuple(body), outputs=tuple(b.name for b in c.outputs), kind="attention",
-                    schedule=steps, meta=(("compute", c), ("notes", notes)))
+                    schedule=steps, meta=(("compute", c), ("notes", notes), ("attention_tile", (bq, bk))))
 
 
 _RT, _VW = 4, 16   # cpu register tile: 4 rows x 16 lanes (8 AVX accumulators), the C backend's micro-kernel shape
