@@ -113,7 +113,7 @@ def torch_chunk(python: str, layer: str, npz: Path, budget_s: float) -> dict | s
                                                 "warmup": 3, "threads": threads}, timeout=600)
 
 
-def bench(layer: str, budget_s: float, torch_python: str) -> tuple[dict[str, measure.Timing], str]:
+def bench(layer: str, budget_s: float, torch_python: str, numpy_rows: bool = True) -> tuple[dict[str, measure.Timing], str]:
     """{variant: Timing} for one layer, and a note on the torch child (its version, or why no torch row)."""
     n, h, w, c, k, r, dw = LAYERS[layer]
     x, wt, b = inputs(layer)
@@ -126,8 +126,9 @@ def bench(layer: str, budget_s: float, torch_python: str) -> tuple[dict[str, mea
         assert err < 1e-3, f"{layer} {name}: max error {err}"
     assert len(fused.kernels) == 1, [kk.name for kk in fused.kernels]
     opt = conv_layer(r, dw, optimize=True)
-    variants = {"explorer fused": lambda: fused(x, wt, b), "explorer unfused": lambda: unfused(x, wt, b),
-                "numpy einsum": lambda: fn(x, wt, b), "numpy einsum opt": lambda: opt(x, wt, b)}
+    variants = {"explorer fused": lambda: fused(x, wt, b), "explorer unfused": lambda: unfused(x, wt, b)}
+    if numpy_rows:
+        variants.update({"numpy einsum": lambda: fn(x, wt, b), "numpy einsum opt": lambda: opt(x, wt, b)})
     chunks = CHUNKS if torch_python else 1
     samples: dict[str, list[float]] = {v: [] for v in variants}
     torch_samples: list[float] = []
@@ -158,6 +159,9 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", default=",".join(LAYERS), help="comma-separated: " + ", ".join(LAYERS))
     ap.add_argument("--torch-python", default=sys.executable,
                     help="interpreter for the torch child process (default: this one); '' skips torch")
+    ap.add_argument("--no-numpy", action="store_true",
+                    help="leave out the NumPy rows (their 10-80 ms calls, interleaved, disturb the explorer's caches "
+                         "and timings; torch's child runs alone)")
     a = ap.parse_args(argv)
     budget = 3.0 if a.quick else 10.0
     load = os.getloadavg()
@@ -166,7 +170,7 @@ def main(argv=None) -> None:
     print(f"{'layer':<12} {'variant':<18} {'median ms':>10} {'IQR ms':>16} {'min ms':>8} {'n':>4} {'GFLOP/s':>8} "
           f"{'(at min)':>8}  median vs fused")
     for layer in a.layers.split(","):
-        ts, note = bench(layer, budget, a.torch_python)
+        ts, note = bench(layer, budget, a.torch_python, not a.no_numpy)
         f = ts["explorer fused"]
         for name, t in ts.items():
             q1, q3 = t.q1_ms, t.q3_ms
