@@ -10,15 +10,22 @@ Each layer is the NumPy idiom (np.pad + sliding_window_view + np.einsum, conv + 
 by the explorer for target='cpu': fused (one kernel: conv with bias and relu in the epilogue) and
 unfused (fuse=False: conv, add, maximum as three kernels with two intermediates in memory); NumPy runs
 the same function (einsum, optimize=False as written; `np einsum opt` with optimize=True, which
-BLAS-backs it); torch's conv2d + relu (channels_last) only when torch is importable (it is not
-installed by this project). All variants of a layer are timed interleaved (explorer.measure): the
-medians, their interquartile range and GFLOP/s from the median (2*N*H*W*K*R*S*C/groups flops).
+BLAS-backs it); torch's conv2d + relu (channels_last, torch.no_grad) in a child process run by
+`--torch-python PATH` (default: this interpreter; '' skips torch; torch is not a project dependency),
+e.g. `--torch-python /tmp/torchvenv/bin/python`. The explorer/NumPy variants of a layer are timed
+interleaved (explorer.measure); torch, being in another process, is interleaved by chunks: the layer's
+budget is split into CHUNKS slices, and each slice runs the in-process variants, then the torch child
+for the same time. Printed: medians, interquartile range, GFLOP/s from the median
+(2*N*H*W*K*R*S*C/groups flops) and, per layer, "explorer vs torch" (torch median / explorer median:
+above 1 means the explorer is faster).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import os
 import sys
+import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import explorer  # noqa: E402
 from explorer import measure  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import run_json_child  # noqa: E402
+
+CHUNKS = 4   # torch runs in a child process: interleave with it in this many slices of each layer's budget
 
 # name: (N, H, W, C, K, R, depthwise)
 LAYERS = {
@@ -62,20 +74,47 @@ def flops(layer: str) -> int:
     return 2 * n * h * w * k * r * r * (1 if dw else c)
 
 
-def torch_variant(layer: str, x, wt, b):
-    import torch
-    n, h, w, c, k, r, dw = LAYERS[layer]
+TORCH_CHILD = textwrap.dedent(r'''
+    import json, sys, time
+    try:
+        import torch
+    except Exception as e:
+        print(json.dumps({"error": f"torch not importable ({type(e).__name__}: {e})"})); sys.exit(0)
+    import numpy as np
+    spec = json.loads(sys.stdin.read())
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    d = np.load(spec["npz"])
+    x, wt, b, want = d["x"], d["w"], d["b"], d["want"]
+    r, c, dw = spec["r"], x.shape[-1], spec["depthwise"]
     tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     tw = torch.from_numpy(wt.reshape(r, r, 1, c) if dw else wt).permute(3, 2, 0, 1).contiguous()
     tb = torch.from_numpy(b)
 
     def run():
-        with torch.no_grad():
-            return torch.relu(torch.nn.functional.conv2d(tx, tw, tb, padding=r // 2, groups=c if dw else 1))
-    return run
+        return torch.relu(torch.nn.functional.conv2d(tx, tw, tb, padding=r // 2, groups=c if dw else 1))
+    with torch.no_grad():
+        got = run().permute(0, 2, 3, 1).numpy()
+        for _ in range(spec["warmup"]):
+            run()
+        samples, end = [], time.perf_counter() + spec["budget_s"]
+        while time.perf_counter() < end or len(samples) < 3:
+            t = time.perf_counter(); run(); samples.append((time.perf_counter() - t) * 1e3)
+    print(json.dumps({"samples": samples, "err": float(np.abs(got - want).max()), "version": torch.__version__,
+                      "threads": torch.get_num_threads()}))
+''')
 
 
-def bench(layer: str, budget_s: float) -> dict[str, measure.Timing]:
+def torch_chunk(python: str, layer: str, npz: Path, budget_s: float) -> dict | str:
+    """One slice of torch conv2d + relu timings from the child interpreter `python`."""
+    threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else 0
+    n, h, w, c, k, r, dw = LAYERS[layer]
+    return run_json_child(python, TORCH_CHILD, {"npz": str(npz), "r": r, "depthwise": dw, "budget_s": budget_s,
+                                                "warmup": 3, "threads": threads}, timeout=600)
+
+
+def bench(layer: str, budget_s: float, torch_python: str, numpy_rows: bool = True) -> tuple[dict[str, measure.Timing], str]:
+    """{variant: Timing} for one layer, and a note on the torch child (its version, or why no torch row)."""
     n, h, w, c, k, r, dw = LAYERS[layer]
     x, wt, b = inputs(layer)
     fn = conv_layer(r, dw)
@@ -86,28 +125,52 @@ def bench(layer: str, budget_s: float) -> dict[str, measure.Timing]:
         err = float(np.abs(cc(x, wt, b) - want).max())
         assert err < 1e-3, f"{layer} {name}: max error {err}"
     assert len(fused.kernels) == 1, [kk.name for kk in fused.kernels]
-    variants = {"explorer fused": lambda: fused(x, wt, b), "explorer unfused": lambda: unfused(x, wt, b),
-                "numpy einsum": lambda: fn(x, wt, b)}
     opt = conv_layer(r, dw, optimize=True)
-    variants["numpy einsum opt"] = lambda: opt(x, wt, b)
-    if importlib.util.find_spec("torch") is not None:
-        variants["torch conv2d+relu"] = torch_variant(layer, x, wt, b)
-    return measure.interleaved(variants, budget_s=budget_s, warmup=1)
+    variants = {"explorer fused": lambda: fused(x, wt, b), "explorer unfused": lambda: unfused(x, wt, b)}
+    if numpy_rows:
+        variants.update({"numpy einsum": lambda: fn(x, wt, b), "numpy einsum opt": lambda: opt(x, wt, b)})
+    chunks = CHUNKS if torch_python else 1
+    samples: dict[str, list[float]] = {v: [] for v in variants}
+    torch_samples: list[float] = []
+    note = "torch: skipped (--torch-python '')" if not torch_python else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "conv.npz"
+        np.savez(npz, x=x, w=wt, b=b, want=want)
+        for _ in range(chunks):
+            for v, t in measure.interleaved(variants, budget_s=budget_s / chunks, warmup=1).items():
+                samples[v] += t.samples_ms
+            if torch_python and not note.startswith("torch: no row"):
+                res = torch_chunk(torch_python, layer, npz, budget_s / chunks / 2)
+                if isinstance(res, str):
+                    note = f"torch: no row: {res}"
+                else:
+                    assert res["err"] < 1e-3, f"{layer} torch: max error {res['err']} vs NumPy"
+                    torch_samples += res["samples"]
+                    note = f"torch {res['version']} in {torch_python}, {res['threads']} threads, max error vs NumPy {res['err']:.1e}"
+    out = {v: measure.summarize(s) for v, s in samples.items()}
+    if torch_samples:
+        out["torch conv2d+relu"] = measure.summarize(torch_samples)
+    return out, note
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a 3 s budget per layer instead of 10 s")
     ap.add_argument("--layers", default=",".join(LAYERS), help="comma-separated: " + ", ".join(LAYERS))
+    ap.add_argument("--torch-python", default=sys.executable,
+                    help="interpreter for the torch child process (default: this one); '' skips torch")
+    ap.add_argument("--no-numpy", action="store_true",
+                    help="leave out the NumPy rows (their 10-80 ms calls, interleaved, disturb the explorer's caches "
+                         "and timings; torch's child runs alone)")
     a = ap.parse_args(argv)
     budget = 3.0 if a.quick else 10.0
-    import os
+    load = os.getloadavg()
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"{'layer':<12} {'variant':<18} {'median ms':>10} {'IQR ms':>16} {'min ms':>8} {'n':>4} {'GFLOP/s':>8} "
           f"{'(at min)':>8}  median vs fused")
     for layer in a.layers.split(","):
-        ts = bench(layer, budget)
+        ts, note = bench(layer, budget, a.torch_python, not a.no_numpy)
         f = ts["explorer fused"]
         for name, t in ts.items():
             q1, q3 = t.q1_ms, t.q3_ms
@@ -116,8 +179,14 @@ def main(argv=None) -> None:
                 if t.median_ms >= f.median_ms else f"{f.median_ms / t.median_ms:6.2f}x faster"
             flag = "  (unstable)" if t.unstable else ""
             print(f"{layer:<12} {name:<18} {t.median_ms:10.3f} {q1:7.3f}-{q3:<8.3f} {t.min_ms:8.3f} {t.repeat:4d} {gf:8.1f} {gf_min:8.1f}  {rel}{flag}")
-    if importlib.util.find_spec("torch") is None:
-        print("torch: not importable here, so no torch row (pip install torch to add it)")
+        tt = ts.get("torch conv2d+relu")
+        if tt is not None:
+            print(f"{layer:<12} explorer vs torch: {tt.median_ms / f.median_ms:.2f}x torch's speed (median; "
+                  f"{tt.min_ms / f.min_ms:.2f}x at min)  [{note}]")
+        else:
+            print(f"{layer:<12} {note}")
+    load = os.getloadavg()
+    print(f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -21,11 +21,9 @@ Sizes: seq 16, width 64, 4 heads (small) and seq 256, width 512, 8 heads (large)
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import textwrap
 import time
@@ -56,6 +54,9 @@ import explorer  # noqa: E402
 from explorer import measure as measure_lib  # noqa: E402
 from explorer.errors import ExplorerError  # noqa: E402
 from explorer.measure import Timing  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from child import run_json_child  # noqa: E402
 
 N_HEAD = 4   # set per size by configure(); the model functions read it like picoGPT's n_head argument
 
@@ -275,16 +276,7 @@ def run_torch(python: str, args: list[np.ndarray], n_head: int, want_block, want
     np.savez(npz, **{f"a{i}": a for i, a in enumerate(args)}, want_block=want_block, want_fwd=want_fwd)
     spec = {"npz": str(npz), "n_head": n_head, "rounds": rounds, "per_round": per,
             "threads": THREADS or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())}
-    try:
-        r = subprocess.run([python, "-c", TORCH_CHILD], input=json.dumps(spec), capture_output=True, text=True,
-                           timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"torch child failed: {e}"
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        return f"torch child failed (rc {r.returncode}): {(r.stderr or r.stdout).strip().splitlines()[-1:]}"
-    res = json.loads(lines[-1])
-    return res["error"] if "error" in res else res
+    return run_json_child(python, TORCH_CHILD, spec)
 
 
 # ----------------------------------------------------------------------------- main

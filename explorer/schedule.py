@@ -451,6 +451,9 @@ KNOBS = {
                    "M, N, K >= 16)",
     "attention_tile": "fused attention (BQ, BK): query rows per block and keys per tile of the online softmax "
                       "(CUDA/sim: one thread per query row, K and V tiles in shared memory)",
+    "conv_tile_k": "conv2d output channels per block (CUDA/sim; default 32, capped by the channels)",
+    "conv_tile_p": "conv2d output pixels per block (CUDA/sim; default 256 // conv_tile_k; "
+                   "conv_tile_k x conv_tile_p <= 1024 threads)",
 }
 
 
@@ -479,7 +482,7 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
             for v in t:
                 positive(name, v)
             out[name] = t
-    for k in ("threads", "vector", "chunk"):
+    for k in ("threads", "vector", "chunk", "conv_tile_k", "conv_tile_p"):
         if k in out:
             positive(k, out[k])
     import numpy as np
@@ -598,6 +601,9 @@ def _cuda_conv(c, knobs) -> Schedule:
     P = c_extent(c, ["n", "oh", "ow"])
     TK = min(knobs.get("conv_tile_k", 32), _pow2_at_most(K, 32))
     TP = min(knobs.get("conv_tile_p", max(1, 256 // TK)), _pow2_at_most(P, 256))
+    if TP * TK > 1024:
+        raise ScheduleError(f"conv2d schedule: conv_tile_p {TP} x conv_tile_k {TK} = {TP * TK} threads per block; "
+                            f"CUDA allows at most 1024: lower conv_tile_p or conv_tile_k")
     pix = s.fuse("n", "oh", "ow", name="pix")
     po, pi = s.split(pix, TP, names=("pix_o", "pix_i"))
     ko, ki = s.split("oc", TK, names=("oc_o", "oc_i"))

@@ -358,3 +358,25 @@ def test_conv_module_docstring_examples_run():
     import doctest
     import explorer.conv
     assert doctest.testmod(explorer.conv).failed == 0
+
+
+@pytest.mark.parametrize("tk,tp", [(4, 8), (16, None), (None, 2)])
+def test_cuda_conv_tile_knobs_reach_the_schedule(tk, tp):
+    args = args_of("same_relu")
+    knobs = {k: v for k, v in (("conv_tile_k", tk), ("conv_tile_p", tp)) if v is not None}
+    c = explorer.compile(CASES["same_relu"][0], *args, target="sim", schedule=knobs, verbose=False)
+    check(c(*args), want_of("same_relu", args))
+    sched = c.stage("tiled").ir.kernels[0].schedule
+    K = args[1].shape[-1]
+    if tk is not None:
+        assert f"split(oc, {min(tk, 1 << (min(K, 32).bit_length() - 1))}) -> oc_o, oc_i" in sched
+    if tp is not None:
+        assert f"split(pix, {tp}) -> pix_o, pix_i" in sched
+
+
+@pytest.mark.parametrize("knobs,match", [({"conv_tile_k": 0}, "conv_tile_k"), ({"conv_tile_p": 2.5}, "conv_tile_p"),
+                                         ({"conv_tile_k": 32, "conv_tile_p": 256}, "1024")])
+def test_cuda_conv_tile_knob_bad_values(knobs, match):
+    x, w, b = rnd(1, 32, 32, 32), rnd(3, 3, 32, 32, seed=1), rnd(32, seed=2)
+    with pytest.raises(ExplorerError, match=match):
+        explorer.compile(conv_relu, x, w, b, target="sim", schedule=knobs, stop_after="tiled", verbose=False)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 EXPECTED = ["01_fusion_matmul_relu", "02_elementwise_and_roofline", "03_tiling_matmul", "04_softmax_layernorm",
-            "05_attention", "06_transformer_block"]
+            "05_attention", "06_transformer_block", "07_convolution"]
 
 
 def test_all_tutorials_present():
