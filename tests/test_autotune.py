@@ -177,6 +177,9 @@ def test_dashboard_autotune_tab(args):
     a, b = args
     ex = widgets.Explorer(matmul, a, b, target="sim")
     ex.select_tab("Autotune")
+    # before the first search: no empty <img> (a broken image in the browser), a placeholder says what to do
+    assert ex.autotune.heatmap.layout.display == ex.autotune.scatter.layout.display == "none"
+    assert "Use best" in ex.autotune.placeholder.value and ex.autotune.placeholder.layout.display != "none"
     fn, examples, kw = ex._autotune_request()
     assert kw["target"] == "sim" and "schedule" not in kw
     assert ex.autotune.run(fn, *examples, **kw, budget=20, space={"tile": [(16, 16, 8), (32, 32, 8)]})
@@ -184,6 +187,7 @@ def test_dashboard_autotune_tab(args):
     assert ex.autotune.result is not None, ex.autotune._worker.last_error
     assert "best by global bytes" in ex.autotune.table.value and ex.autotune.heatmap.value[:4] == b"\x89PNG"
     assert not ex.autotune.use_best.disabled
+    assert ex.autotune.heatmap.layout.display == "" and ex.autotune.placeholder.layout.display == "none"
     ex.use_schedule({"tile": (16, 16, 8)})   # what "Use best" calls with result.best
     assert ex.knobs.kwargs()["schedule"]["tile"] == (16, 16, 8)
     assert "split(i, 16) -> i_b, i_in" in ex.compiled.program.kernels[0].schedule
