@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from ._util import Worker, describe_error, error_html, esc, note_html, show_progress
+from ._util import Worker, describe_error, error_html, note_html, pre_html, show_progress
 from .charts import figure_png
 
 PLACEHOLDER = ("<b>Autotune</b> ranks candidate schedules (tile sizes, threads, unroll, ...) of the current "
@@ -93,7 +93,7 @@ class AutotunePanel(W.VBox):
         """Draw an AutotuneResult: table, heatmap and model-vs-measured scatter."""
         self.result = r
         self.placeholder.layout.display = "none"
-        self.table.value = f"<pre class='ke-autotune-table' style='font-size:12px'>{esc(r.table(40))}</pre>"
+        self.table.value = pre_html(r.table(40), "none", "ke-autotune-table")
         try:
             heat, scatter = r.plot()
             self.heatmap.value, self.scatter.value = figure_png(heat), figure_png(scatter)

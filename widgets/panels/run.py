@@ -87,11 +87,27 @@ class RunPanel(W.VBox):
         self.status.value = status
 
     def _table(self) -> str:
-        cols = list(self.rows[0]) if self.rows else []
-        head = "".join(f"<th style='padding:0 10px'>{esc(c)}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(f"<td style='padding:0 10px'>{esc(_fmt(r[c]))}</td>" for c in cols) + "</tr>"
-                       for r in self.rows)
-        return f"<table class='ke-run-results'><tr>{head}</tr>{body}</table>"
+        """The rows as a table; each distinct note is numbered under it (a long note in a cell would make
+        every row tall and run off the panel's right edge)."""
+        cols = [c for c in (self.rows[0] if self.rows else []) if c != "note"]
+        notes: list[str] = []
+        for r in self.rows:
+            if r.get("note") and r["note"] not in notes:
+                notes.append(r["note"])
+        cell = "padding:0 10px;white-space:nowrap"
+
+        def row_html(r: dict[str, Any]) -> str:
+            tds = [esc(_fmt(r[c])) for c in cols]
+            if notes:
+                tds.append(f"[{notes.index(r['note']) + 1}]" if r.get("note") else "")
+            return "<tr>" + "".join(f"<td style='{cell}'>{td}</td>" for td in tds) + "</tr>"
+
+        head = "".join(f"<th style='{cell}'>{esc(c)}</th>" for c in cols + (["note"] if notes else []))
+        body = "".join(row_html(r) for r in self.rows)
+        foot = "".join(f"<div class='ke-run-note' style='font-size:12px;color:#555;margin-top:4px'>[{i}] {esc(n)}</div>"
+                       for i, n in enumerate(notes, 1))
+        return (f"<div style='overflow-x:auto'><table class='ke-run-results'><tr>{head}</tr>{body}</table></div>"
+                f"{foot}")
 
     def wait(self, timeout: float | None = 300) -> None:
         self._worker.wait(timeout)
