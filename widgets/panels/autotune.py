@@ -93,7 +93,7 @@ class AutotunePanel(W.VBox):
         """Draw an AutotuneResult: table, heatmap and model-vs-measured scatter."""
         self.result = r
         self.placeholder.layout.display = "none"
-        self.table.value = pre_html(r.table(40), "none", "ke-autotune-table")
+        self.table.value = pre_html(r.table(40), "360px", "ke-autotune-table")
         try:
             heat, scatter = r.plot()
             self.heatmap.value, self.scatter.value = figure_png(heat), figure_png(scatter)
