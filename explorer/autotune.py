@@ -264,7 +264,8 @@ class AutotuneResult:
         if len(ys) > max_blank_axis:
             keep = [i for i in range(len(ys)) if not np.isnan(grid[i]).all()] or list(range(len(ys)))
             ys, grid = [ys[i] for i in keep], grid[keep]
-        fig, ax = _figure(ax, (1.2 + 0.7 * len(xs), 1.2 + 0.45 * len(ys)))
+        # at least 4.5 in wide: a narrow grid would squeeze the title into the colorbar
+        fig, ax = _figure(ax, (max(4.5, 1.2 + 0.7 * len(xs)), 1.6 + 0.45 * len(ys)))
         im = ax.imshow(grid, cmap="viridis_r", aspect="auto")   # lighter = better (lower)
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
@@ -276,8 +277,8 @@ class AutotuneResult:
         ax.set_ylabel(y or "")
         unit = "global bytes" if self.metric == "global_bytes" else "median ms"
         trimmed = len(xs) < len(self.space[x]) or (y is not None and len(ys) < len(self.space[y]))
-        ax.set_title(f"{self.name}: {unit} (blank: not measured / invalid"
-                     + ("; measured values only" if trimmed else "") + ")")
+        ax.set_title(f"{self.name}: {unit}\n(blank: not measured / invalid"
+                     + ("; only measured values shown" if trimmed else "") + ")", fontsize=10)
         fig.colorbar(im, ax=ax, label=unit)
         return fig
 

@@ -349,7 +349,7 @@ def test_run_panel_shows_spread_and_unstable_flag(monkeypatch):
     assert html.escape(measure.UNSTABLE_TEXT) in panel.results.value
     # the note is numbered under the table, not a tall cell: the row cites [1], the footnote holds the text
     table, _, below = panel.results.value.partition("</table>")
-    assert html.escape(measure.UNSTABLE_TEXT) not in table and "<td style='padding:0 10px;white-space:nowrap'>[1]</td>" in table
+    assert html.escape(measure.UNSTABLE_TEXT) not in table and "<td style='padding:0 6px;white-space:nowrap'>[1]</td>" in table
     assert "class='ke-run-note'" in below and f"[1] {html.escape(panel.rows[0]['note'])}" in below
 
 

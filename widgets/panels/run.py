@@ -94,17 +94,20 @@ class RunPanel(W.VBox):
         for r in self.rows:
             if r.get("note") and r["note"] not in notes:
                 notes.append(r["note"])
-        cell = "padding:0 10px;white-space:nowrap"
+        # numbers never break ("9.537e-06" split at the dash); headers and the inputs list wrap at spaces,
+        # so the table fits the tab beside the knobs
+        cell = "padding:0 6px;white-space:nowrap"
+        wrap = "padding:0 6px;white-space:normal"
 
         def row_html(r: dict[str, Any]) -> str:
-            tds = [esc(_fmt(r[c])) for c in cols]
+            tds = [(wrap if c == "inputs" else cell, esc(_fmt(r[c]))) for c in cols]
             if notes:
-                tds.append(f"[{notes.index(r['note']) + 1}]" if r.get("note") else "")
-            return "<tr>" + "".join(f"<td style='{cell}'>{td}</td>" for td in tds) + "</tr>"
+                tds.append((cell, f"[{notes.index(r['note']) + 1}]" if r.get("note") else ""))
+            return "<tr>" + "".join(f"<td style='{style}'>{td}</td>" for style, td in tds) + "</tr>"
 
-        head = "".join(f"<th style='{cell}'>{esc(c)}</th>" for c in cols + (["note"] if notes else []))
+        head = "".join(f"<th style='{wrap}'>{esc(c)}</th>" for c in cols + (["note"] if notes else []))
         body = "".join(row_html(r) for r in self.rows)
-        foot = "".join(f"<div class='ke-run-note' style='font-size:12px;color:#555;margin-top:4px'>[{i}] {esc(n)}</div>"
+        foot = "".join(f"<div class='ke-run-note' style='font-size:12px;color:#555;margin-top:4px;white-space:normal'>[{i}] {esc(n)}</div>"
                        for i, n in enumerate(notes, 1))
         return (f"<div style='overflow-x:auto'><table class='ke-run-results'><tr>{head}</tr>{body}</table></div>"
                 f"{foot}")
