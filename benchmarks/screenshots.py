@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/screenshots.py --out /tmp/shots --targets sim
 
 Each tab is shown as a learner would first see it, with one measurement on the Charts tab (so the
-Fusion tab's lesson has its time too). Needs Chromium (tests/setup_browser.py) and playwright.
+Fusion tab's lesson has its time too) and one short
+search on the Autotune tab. Needs Chromium (tests/setup_browser.py) and playwright.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from lab_harness import broken_images, browser_page, mlp_cell, run_all, running_lab, skip_reason  # noqa: E402
 
-TABS = ("Stages", "Fusion", "Tiling", "Source", "Run", "Charts")
+TABS = ("Stages", "Fusion", "Tiling", "Source", "Run", "Charts", "Autotune")
+AUTOTUNE_BUDGET_S = 8.0  # a short search: enough rounds for the table, heatmap and scatter
 
 
 def dashboard_cell(target: str) -> str:
@@ -45,6 +47,13 @@ def shoot(target: str, out: Path) -> list[Path]:
             if tab == "Run":
                 dash.locator(".ke-run button:has-text('Run')").click()
                 expect(dash.locator(".ke-run-results")).to_be_visible(timeout=240_000)
+            if tab == "Autotune":
+                assert broken_images(page) == [], broken_images(page)  # before the first search too
+                budget = dash.locator(".ke-autotune input").first
+                budget.fill(str(AUTOTUNE_BUDGET_S))
+                budget.press("Enter")
+                dash.locator(".ke-autotune button:has-text('Autotune')").click()
+                expect(dash.locator(".ke-autotune-table")).to_be_visible(timeout=300_000)
             if tab == "Source" and target == "sim":
                 time.sleep(3)  # the nvcc resource report arrives from a worker
             page.wait_for_timeout(800)

@@ -236,8 +236,11 @@ class AutotuneResult:
         return f"<pre>{html.escape(self.table())}</pre>"
 
     # -- plots ------------------------------------------------------------------------
-    def plot_heatmap(self, x: str | None = None, y: str | None = None, ax=None):
-        """Heatmap of the best measured score over two knobs (others minimised over); returns the Figure."""
+    def plot_heatmap(self, x: str | None = None, y: str | None = None, ax=None, max_blank_axis: int = 12):
+        """Heatmap of the best measured score over two knobs (others minimised over); returns the Figure.
+
+        An axis with more than `max_blank_axis` values keeps only the values something was measured at
+        (a sim tile space has dozens of tiles and ~10 measurements: the full grid is unreadably wide)."""
         plt = _pyplot()
         knobs = [k for k in self.space if len(self.space[k]) > 1] or list(self.space)
         x = x or knobs[0]
@@ -255,7 +258,14 @@ class AutotuneResult:
             j = xs.index(_fmt_value(c.schedule[x]))
             v = self.score(c)
             grid[i, j] = v if np.isnan(grid[i, j]) else min(grid[i, j], v)
-        fig, ax = _figure(ax, (1.2 + 0.7 * len(xs), 1.2 + 0.45 * len(ys)))
+        if len(xs) > max_blank_axis:
+            keep = [j for j in range(len(xs)) if not np.isnan(grid[:, j]).all()] or list(range(len(xs)))
+            xs, grid = [xs[j] for j in keep], grid[:, keep]
+        if len(ys) > max_blank_axis:
+            keep = [i for i in range(len(ys)) if not np.isnan(grid[i]).all()] or list(range(len(ys)))
+            ys, grid = [ys[i] for i in keep], grid[keep]
+        # at least 4.5 in wide: a narrow grid would squeeze the title into the colorbar
+        fig, ax = _figure(ax, (max(4.5, 1.2 + 0.7 * len(xs)), 1.6 + 0.45 * len(ys)))
         im = ax.imshow(grid, cmap="viridis_r", aspect="auto")   # lighter = better (lower)
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
@@ -266,7 +276,9 @@ class AutotuneResult:
         ax.set_xlabel(x)
         ax.set_ylabel(y or "")
         unit = "global bytes" if self.metric == "global_bytes" else "median ms"
-        ax.set_title(f"{self.name}: {unit} (blank: not measured / invalid)")
+        trimmed = len(xs) < len(self.space[x]) or (y is not None and len(ys) < len(self.space[y]))
+        ax.set_title(f"{self.name}: {unit}\n(blank: not measured / invalid"
+                     + ("; only measured values shown" if trimmed else "") + ")", fontsize=10)
         fig.colorbar(im, ax=ax, label=unit)
         return fig
 

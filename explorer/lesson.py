@@ -114,7 +114,7 @@ class FusionSummary:
         else:
             speed = f"{1 / self.speedup:.2g}x slower" if self.speedup > 0 else "no time measured"
         how = []
-        if self.spread is not None:
+        if self.spread is not None and self.measured:   # a modelled time has no spread ("±0.00" says nothing)
             how.append(f"±{self.spread:.2f}")
         how.append("measured" if self.measured else f"roofline model{' of ' + self.device if self.device else ''}, "
                    "not measured")

@@ -98,6 +98,23 @@ def test_plots_return_figures(args):
         r.plot_heatmap("chunk")
 
 
+def test_heatmap_of_a_large_space_keeps_the_measured_values(args):
+    """A sim tile space has dozens of tiles and ~10 measurements: past max_blank_axis values an axis keeps
+    only the measured ones (the dashboard shows the heatmap at half width)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    a, b = args
+    tiles = [(8, 8, 8), (16, 16, 8), (32, 32, 8), (8, 16, 8), (16, 8, 8)]
+    r = explorer.autotune(matmul, a, b, target="sim", budget=30, progress=False, top_k=2, cache=False,
+                          space={"tile": tiles, "thread_tile": [(2, 2)]})
+    measured = [AT._fmt_value(t) for t in tiles if any(c.schedule.get("tile") == t for c in r.measured())]
+    assert 0 < len(measured) < len(tiles)
+    labels = [t.get_text() for t in r.plot_heatmap("tile", max_blank_axis=3).axes[0].get_xticklabels()]
+    assert labels == measured
+    full = [t.get_text() for t in r.plot_heatmap("tile").axes[0].get_xticklabels()]
+    assert full == [AT._fmt_value(t) for t in tiles]   # a small axis is drawn whole
+
+
 def test_cached_rerun_measures_nothing(args, tmp_cache):
     a, b = args
     space = {"tile": [(16, 16, 8), (32, 32, 16)]}
@@ -177,6 +194,9 @@ def test_dashboard_autotune_tab(args):
     a, b = args
     ex = widgets.Explorer(matmul, a, b, target="sim")
     ex.select_tab("Autotune")
+    # before the first search: no empty <img> (a broken image in the browser), a placeholder says what to do
+    assert ex.autotune.heatmap.layout.display == ex.autotune.scatter.layout.display == "none"
+    assert "Use best" in ex.autotune.placeholder.value and ex.autotune.placeholder.layout.display != "none"
     fn, examples, kw = ex._autotune_request()
     assert kw["target"] == "sim" and "schedule" not in kw
     assert ex.autotune.run(fn, *examples, **kw, budget=20, space={"tile": [(16, 16, 8), (32, 32, 8)]})
@@ -184,6 +204,7 @@ def test_dashboard_autotune_tab(args):
     assert ex.autotune.result is not None, ex.autotune._worker.last_error
     assert "best by global bytes" in ex.autotune.table.value and ex.autotune.heatmap.value[:4] == b"\x89PNG"
     assert not ex.autotune.use_best.disabled
+    assert ex.autotune.heatmap.layout.display == "" and ex.autotune.placeholder.layout.display == "none"
     ex.use_schedule({"tile": (16, 16, 8)})   # what "Use best" calls with result.best
     assert ex.knobs.kwargs()["schedule"]["tile"] == (16, 16, 8)
     assert "split(i, 16) -> i_b, i_in" in ex.compiled.program.kernels[0].schedule

@@ -164,6 +164,9 @@ def _summary(**kw) -> FusionSummary:
     (dict(speedup=1.4, spread=0.05), "3 → 1 kernels, 6.0 MiB → 2.0 MiB moved, 1.4x faster (±0.05, measured)."),
     (dict(speedup=0.8, spread=None), "1.2x slower (measured)."),
     (dict(speedup=6.0, measured=False, device="NVIDIA A100"), "6x faster (roofline model of NVIDIA A100, not measured)."),
+    # a model's zero spread is not shown (the sim dashboard said "2.1x faster (±0.00, roofline model ...)")
+    (dict(speedup=2.1, spread=0.0, measured=False, device="NVIDIA A100"),
+     "2.1x faster (roofline model of NVIDIA A100, not measured)."),
     (dict(speedup=1.3, spread=0.2, unstable=True), "1.3x faster (±0.20, measured, timing unstable: re-measure)."),
     (dict(speedup=14.0), "14x faster (measured)."),
     (dict(removed_sizes=[1 << 20, 2 << 20]), "fusion removed 2 round trips (3.0 MiB in all) through global memory"),

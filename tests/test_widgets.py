@@ -347,6 +347,10 @@ def test_run_panel_shows_spread_and_unstable_flag(monkeypatch):
         pass
     assert panel.rows[0]["note"] == "; ".join(filter(None, [measure.UNSTABLE_TEXT, setting.note]))
     assert html.escape(measure.UNSTABLE_TEXT) in panel.results.value
+    # the note is numbered under the table, not a tall cell: the row cites [1], the footnote holds the text
+    table, _, below = panel.results.value.partition("</table>")
+    assert html.escape(measure.UNSTABLE_TEXT) not in table and "<td style='padding:0 6px;white-space:nowrap'>[1]</td>" in table
+    assert "class='ke-run-note'" in below and f"[1] {html.escape(panel.rows[0]['note'])}" in below
 
 
 def test_timing_chart_shows_spread_and_unstable_flag(monkeypatch):

@@ -29,9 +29,11 @@ def note_html(message: str) -> str:
     return f'<div class="ke-note" style="{NOTE_STYLE}">{esc(message)}</div>'
 
 
-def pre_html(text: str, max_height: str = "480px") -> str:
-    # white-space:pre and no word-break: JupyterLab's output CSS would otherwise wrap IR lines mid-word
-    return (f'<pre style="max-height:{max_height};overflow:auto;font-size:12px;line-height:1.35;white-space:pre;'
+def pre_html(text: str, max_height: str = "480px", css_class: str = "") -> str:
+    # white-space:pre and no word-break: JupyterLab's output CSS would otherwise wrap IR lines (and text
+    # tables' rows) mid-word
+    cls = f' class="{css_class}"' if css_class else ""
+    return (f'<pre{cls} style="max-height:{max_height};overflow:auto;font-size:12px;line-height:1.35;white-space:pre;'
             f'word-break:normal;overflow-wrap:normal;margin:0;padding:4px;background:#fafafa">{esc(text)}</pre>')
 
 

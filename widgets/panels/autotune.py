@@ -14,8 +14,14 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from ._util import Worker, describe_error, error_html, esc, note_html, show_progress
+from ._util import Worker, describe_error, error_html, note_html, pre_html, show_progress
 from .charts import figure_png
+
+PLACEHOLDER = ("<b>Autotune</b> ranks candidate schedules (tile sizes, threads, unroll, ...) of the current "
+               "function with the cost model and times the most promising on the current target, fusion and dtype, "
+               "within <i>budget s</i> seconds. It then shows "
+               "the ranked table, a heatmap of the schedule grid and the cost model's prediction against each "
+               "measurement; <i>Use best</i> puts the winner into the knobs.")
 
 
 class AutotunePanel(W.VBox):
@@ -31,14 +37,18 @@ class AutotunePanel(W.VBox):
                                         layout=W.Layout(width="260px", visibility="hidden"))
         self.status = W.HTML()
         self.table = W.HTML()
-        self.heatmap = W.Image(format="png", layout=W.Layout(max_width="48%"))
-        self.scatter = W.Image(format="png", layout=W.Layout(max_width="48%"))
+        # hidden until a search draws them (an empty <img> renders as a broken image); the placeholder says
+        # what the button does instead
+        self.placeholder = W.HTML(f"<div class='ke-autotune-placeholder' style='color:#555;border:1px dashed #bbb;"
+                                  f"padding:16px;margin:6px 0;max-width:720px'>{PLACEHOLDER}</div>")
+        self.heatmap = W.Image(format="png", layout=W.Layout(max_width="48%", display="none"))
+        self.scatter = W.Image(format="png", layout=W.Layout(max_width="48%", display="none"))
         self.result: Any = None
         self._worker = Worker()
         self._request: Callable[[], tuple[Callable, tuple, dict]] | None = None
         self._apply: Callable[[dict], None] | None = None
         super().__init__([W.HBox([self.button, self.budget, self.use_best, self.progress]), self.status,
-                          W.HBox([self.heatmap, self.scatter]), self.table], **kwargs)
+                          self.placeholder, W.HBox([self.heatmap, self.scatter]), self.table], **kwargs)
         self.add_class("ke-autotune")
         self.button.on_click(lambda _b: self._run_requested())
         self.use_best.on_click(lambda _b: self._apply_best())
@@ -82,10 +92,12 @@ class AutotunePanel(W.VBox):
     def set_result(self, r: Any) -> None:
         """Draw an AutotuneResult: table, heatmap and model-vs-measured scatter."""
         self.result = r
-        self.table.value = f"<pre class='ke-autotune-table' style='font-size:12px'>{esc(r.table(40))}</pre>"
+        self.placeholder.layout.display = "none"
+        self.table.value = pre_html(r.table(40), "360px", "ke-autotune-table")
         try:
             heat, scatter = r.plot()
             self.heatmap.value, self.scatter.value = figure_png(heat), figure_png(scatter)
+            self.heatmap.layout.display = self.scatter.layout.display = ""
         except Exception as e:  # noqa: BLE001 — no matplotlib: the table still shows
             self.status.value = error_html(describe_error(e), "plots unavailable:")
         self.use_best.disabled = self._apply is None

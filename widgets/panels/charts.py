@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from ._util import Worker, describe_error, error_html, esc, note_html, show_progress
+from ._util import Worker, describe_error, error_html, esc, note_html, pre_html, show_progress
 
 
 def figure_png(fig: Any, dpi: int = 80) -> bytes:
@@ -42,7 +42,7 @@ def table_html(table: Any) -> str:
         body = "".join("<tr>" + "".join(f"<td style='padding:0 8px'>{esc(_fmt(r.get(c)))}</td>" for c in cols)
                        + "</tr>" for r in table)
         return f"<table class='ke-compare-table'><tr>{head}</tr>{body}</table>"
-    return f"<pre class='ke-compare-table' style='font-size:12px'>{esc(table)}</pre>"
+    return pre_html(table, "none", "ke-compare-table")
 
 
 def _fmt(v: Any) -> str:

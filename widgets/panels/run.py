@@ -87,11 +87,30 @@ class RunPanel(W.VBox):
         self.status.value = status
 
     def _table(self) -> str:
-        cols = list(self.rows[0]) if self.rows else []
-        head = "".join(f"<th style='padding:0 10px'>{esc(c)}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(f"<td style='padding:0 10px'>{esc(_fmt(r[c]))}</td>" for c in cols) + "</tr>"
-                       for r in self.rows)
-        return f"<table class='ke-run-results'><tr>{head}</tr>{body}</table>"
+        """The rows as a table; each distinct note is numbered under it (a long note in a cell would make
+        every row tall and run off the panel's right edge)."""
+        cols = [c for c in (self.rows[0] if self.rows else []) if c != "note"]
+        notes: list[str] = []
+        for r in self.rows:
+            if r.get("note") and r["note"] not in notes:
+                notes.append(r["note"])
+        # numbers never break ("9.537e-06" split at the dash); headers and the inputs list wrap at spaces,
+        # so the table fits the tab beside the knobs
+        cell = "padding:0 6px;white-space:nowrap"
+        wrap = "padding:0 6px;white-space:normal"
+
+        def row_html(r: dict[str, Any]) -> str:
+            tds = [(wrap if c == "inputs" else cell, esc(_fmt(r[c]))) for c in cols]
+            if notes:
+                tds.append((cell, f"[{notes.index(r['note']) + 1}]" if r.get("note") else ""))
+            return "<tr>" + "".join(f"<td style='{style}'>{td}</td>" for style, td in tds) + "</tr>"
+
+        head = "".join(f"<th style='{wrap}'>{esc(c)}</th>" for c in cols + (["note"] if notes else []))
+        body = "".join(row_html(r) for r in self.rows)
+        foot = "".join(f"<div class='ke-run-note' style='font-size:12px;color:#555;margin-top:4px;white-space:normal'>[{i}] {esc(n)}</div>"
+                       for i, n in enumerate(notes, 1))
+        return (f"<div style='overflow-x:auto'><table class='ke-run-results'><tr>{head}</tr>{body}</table></div>"
+                f"{foot}")
 
     def wait(self, timeout: float | None = 300) -> None:
         self._worker.wait(timeout)
