@@ -15,20 +15,11 @@ import os
 import sys
 
 
-def _threads_from_argv(argv) -> str | None:
-    # Thread counts must be set before NumPy (OpenBLAS) and the first kernel (libgomp) load.
-    for k, arg in enumerate(argv):
-        if arg == "--threads" and k + 1 < len(argv):
-            return argv[k + 1]
-        if arg.startswith("--threads="):
-            return arg.split("=", 1)[1]
-    return None
+from _common import pin_threads, threads_from_argv  # noqa: E402  (standard library only: before NumPy)
 
-
-_THREADS = _threads_from_argv(sys.argv[1:])
+_THREADS = threads_from_argv(sys.argv[1:])
 if _THREADS:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = _THREADS
+    pin_threads(_THREADS)
 
 import numpy as np  # noqa: E402
 

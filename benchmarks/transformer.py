@@ -31,20 +31,11 @@ from pathlib import Path
 from typing import Callable
 
 
-def _threads_from_argv() -> int | None:
-    # thread counts must be in the environment before NumPy/OpenBLAS and OpenMP start their pools
-    for k, a in enumerate(sys.argv):
-        if a == "--threads" and k + 1 < len(sys.argv):
-            return int(sys.argv[k + 1])
-        if a.startswith("--threads="):
-            return int(a.split("=", 1)[1])
-    return None
+from _common import pin_threads, threads_from_argv  # noqa: E402  (standard library only: before NumPy)
 
-
-THREADS = _threads_from_argv()
+THREADS = int(t) if (t := threads_from_argv(sys.argv)) is not None else None
 if THREADS:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(THREADS)
+    pin_threads(THREADS)
 
 import numpy as np  # noqa: E402
 

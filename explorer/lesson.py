@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .measure import ratio
 from .passes.fusion import FusedGraph, _fmt_bytes, fuse
 
 __all__ = ["FusionSummary", "fusion_summary", "memory_traffic", "intermediates", "speedup_spread"]
@@ -48,14 +49,11 @@ def speedup_spread(fused: Any, unfused: Any) -> tuple[float, float | None]:
     >>> speedup_spread(T(median_ms=1.0, q1_ms=0.95, q3_ms=1.05), T(median_ms=1.4, q1_ms=1.38, q3_ms=1.42))
     (1.4, 0.0902)
     """
-    f, u = fused.median_ms, unfused.median_ms
-    speed = u / f if f > 0 else float("inf")
-    fq1, fq3, uq1, uq3 = (getattr(fused, "q1_ms", None), getattr(fused, "q3_ms", None),
-                          getattr(unfused, "q1_ms", None), getattr(unfused, "q3_ms", None))
+    r = ratio(unfused, fused)
+    fq1, fq3, uq1, uq3 = (getattr(t, q, None) for t in (fused, unfused) for q in ("q1_ms", "q3_ms"))
     if None in (fq1, fq3, uq1, uq3) or fq1 <= 0 or fq3 <= 0:
-        return round(speed, 4), None
-    lo, hi = uq1 / fq3, uq3 / fq1
-    return round(speed, 4), round((hi - lo) / 2, 4)
+        return round(r.value, 4), None
+    return round(r.value, 4), round((r.high - r.low) / 2, 4)
 
 
 @dataclass

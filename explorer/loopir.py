@@ -240,6 +240,18 @@ def minimum(a: Expr, b: Expr) -> Expr: return BinOp("min", a, b)
 def maximum(a: Expr, b: Expr) -> Expr: return BinOp("max", a, b)
 
 
+def all_of(conds: Sequence[Expr]) -> Expr:
+    """conds[0] && conds[1] && ... left-nested, as C prints it; no conditions: the constant true.
+
+    >>> expr_text(all_of([BinOp("<", Var("i"), Const(4)), BinOp("<", Var("j"), Const(3))]))
+    'i < 4 && j < 3'
+    """
+    out: Expr | None = None
+    for c in conds:
+        out = c if out is None else BinOp("&&", out, c)
+    return out if out is not None else Const(True, "bool")
+
+
 # ----------------------------------------------------------------------------- statements
 class Stmt:
     def __str__(self) -> str:

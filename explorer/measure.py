@@ -329,15 +329,19 @@ def fmt_ratio(x: float | None) -> str:
 
 
 def ratio(num: Timing, den: Timing) -> Ratio:
-    """num.median / den.median with its range; unstable if either side is (reasons named)."""
+    """num.median / den.median with its range; unstable if either side is (reasons named).
+
+    Duck-typed: anything with median_ms, q1_ms, q3_ms (and optionally unstable, reason) will do;
+    a missing quartile counts as the median."""
     def q(t: Timing, which: str) -> float:
-        v = getattr(t, which)
+        v = getattr(t, which, None)
         return t.median_ms if v is None else v
     value = num.median_ms / den.median_ms if den.median_ms > 0 else math.inf
     low = q(num, "q1_ms") / q(den, "q3_ms") if q(den, "q3_ms") > 0 else math.inf
     high = q(num, "q3_ms") / q(den, "q1_ms") if q(den, "q1_ms") > 0 else math.inf
-    reasons = [r for r in (num.reason if num.unstable else "", den.reason if den.unstable else "") if r]
-    return Ratio(value, low, high, num.unstable or den.unstable, "; ".join(dict.fromkeys(reasons)))
+    flags = [bool(getattr(t, "unstable", False)) for t in (num, den)]
+    reasons = [getattr(t, "reason", "") for t, bad in zip((num, den), flags) if bad]
+    return Ratio(value, low, high, any(flags), "; ".join(dict.fromkeys(r for r in reasons if r)))
 
 
 def speedup(baseline: Timing, candidate: Timing) -> Ratio:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import explorer
-from test_reference_diff import CASES, make
+from test_reference_diff import CASES, _check, make
 
 # f64 tolerance allows float64 results computed from float32 work (e.g. an f32 matmul divided by an
 # f64 scalar), where accumulation order and fused multiply-add differ from NumPy's by ~1e-8.
@@ -17,19 +17,7 @@ TOL = {np.dtype(np.float16): 2e-2, np.dtype(np.float32): 2e-4, np.dtype(np.float
 
 
 def check(got, want, label):
-    got = got if isinstance(got, tuple) else (got,)
-    want = want if isinstance(want, tuple) else (want,)
-    assert len(got) == len(want), label
-    for g, w in zip(got, want):
-        w = np.asarray(w)
-        assert g.shape == w.shape, f"{label}: shape {g.shape} != {w.shape}"
-        assert g.dtype == w.dtype, f"{label}: dtype {g.dtype} != {w.dtype}"
-        tol = TOL.get(w.dtype, 0)
-        if tol:
-            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=tol, atol=tol, equal_nan=True,
-                                       err_msg=label)
-        else:
-            np.testing.assert_array_equal(g, w, err_msg=label)
+    _check(got if isinstance(got, tuple) else (got,), want, label, TOL)
 
 
 def _cpu_ok():

@@ -11,14 +11,15 @@ from explorer import loopir as L
 from explorer.backends import nvcc
 from explorer.backends.simulator import simulate_kernel
 from explorer.errors import ScheduleError
-from explorer.passes.lower import Accum, Axis, Compute, StoreDef
 from explorer.passes.tiling import generate_kernel
 from explorer.schedule import DoubleBuffer, Schedule, apply, check_knobs, default_schedule
 
 try:
     import cuda_emu
+    from test_schedule import mm_compute   # the 20x24x16 matmul Compute both files schedule
 except ImportError:  # tests/ is a package in some layouts
     from tests import cuda_emu  # type: ignore
+    from tests.test_schedule import mm_compute  # type: ignore
 
 rng = np.random.default_rng(5)
 needs_gxx = pytest.mark.skipif(not cuda_emu.available()[0], reason="g++ is needed to emulate CUDA on the CPU")
@@ -28,15 +29,6 @@ needs_nvcc = pytest.mark.skipif(not _NVCC_OK, reason=_NVCC_WHY)
 
 def f32(*shape):
     return rng.standard_normal(shape).astype(np.float32)
-
-
-def mm_compute(M=20, N=24, K=16):
-    A, B, C = L.Buffer("a", (M, K)), L.Buffer("b", (K, N)), L.Buffer("c", (M, N))
-    acc = L.Buffer("acc", (), "f32", "local")
-    i, j, k = L.Var("i"), L.Var("j"), L.Var("k")
-    return Compute("contraction", "mm", (Axis("i", M), Axis("j", N)), (Axis("k", K),),
-                   (Accum(acc, "sum", L.Load(A, (i, k)) * L.Load(B, (k, j))),),
-                   (StoreDef(C, (i, j), L.Load(acc, ())),), inputs=(A, B), outputs=(C,), operands=("a", "b"))
 
 
 def run_mm(kernel, M, N, K):

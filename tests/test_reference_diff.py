@@ -142,14 +142,16 @@ case("amax_amin_methods", [m(3, 4)])(lambda x: np.amax(x, axis=0) - np.amin(x, 1
 case("mean_method_keepdims", [m(3, 4)])(lambda x: x - x.mean(axis=1, keepdims=True))
 
 
-def _check(got, want, label):
+def _check(got, want, label, tols=TOL):
+    """Each of got (a sequence) equals NumPy's want: same dtype and shape, values within tols[dtype]
+    (exact for dtypes without a tolerance)."""
     want = want if isinstance(want, tuple) else (want,)
     assert len(got) == len(want), label
     for g, w in zip(got, want):
         w = np.asarray(w)
         assert g.dtype == w.dtype, f"{label}: dtype {g.dtype} != numpy {w.dtype}"
         assert g.shape == w.shape, f"{label}: shape {g.shape} != numpy {w.shape}"
-        tol = TOL.get(w.dtype)
+        tol = tols.get(w.dtype)
         if tol is None:
             np.testing.assert_array_equal(g, w, err_msg=label)
         else:

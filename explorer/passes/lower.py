@@ -288,7 +288,7 @@ class GroupLowering:
         inner = self.value(src, sub)
         if not conds:
             return inner
-        return L.Select(_always_true(conds), inner, L.Const(n.attrs["value"], _dt(n)))
+        return L.Select(L.all_of(conds), inner, L.Const(n.attrs["value"], _dt(n)))
 
 
     def _gather_index(self, n: Node, idx: tuple[L.Expr, ...]) -> tuple[L.Expr, ...]:
@@ -342,15 +342,8 @@ def _box_index(attrs: dict, shape: Sequence[int], idx: tuple[L.Expr, ...]) -> tu
         else:
             conds.append(L.BinOp("==", L.BinOp("%", off, L.Const(step)), L.Const(0)))
             vidx.append(L.BinOp("/", inside, L.Const(step)))
-    cond = _always_true(conds)
+    cond = L.all_of(conds)
     return cond, tuple(vidx)
-
-
-def _always_true(conds: list[L.Expr]) -> L.Expr:
-    out: L.Expr | None = None
-    for c in conds:
-        out = c if out is None else L.BinOp("&&", out, c)
-    return out if out is not None else L.Const(True, "bool")
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -587,7 +580,7 @@ def _conv2d(grp, name, members, buffers, out_buffers) -> Compute:
     low = GroupLowering(buffers, members - {m.id}, {m.id: _cast(L.Load(acc, ()), _dt(m))})
     xv = _cast(low.value(x, (n, ch, ih, iw) if layout == "NCHW" else (n, ih, iw, ch)), acc_dt)
     if conds:
-        xv = L.Select(_always_true(conds), xv, L.Const(0, acc_dt))
+        xv = L.Select(L.all_of(conds), xv, L.Const(0, acc_dt))
     wv = _cast(low.value(w, (kh, kw, ic, oc)), acc_dt)
     accum = Accum(acc, "sum", L.BinOp("*", xv, wv), 0, _dt(m))
     idx = (n, oc, oh, ow) if layout == "NCHW" else (n, oh, ow, oc)

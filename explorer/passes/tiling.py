@@ -216,7 +216,7 @@ class _Generator:
                 conds.append(L.BinOp("<", self.st.value(axis), L.Const(extent)))
         if not conds:
             return stmts
-        return [L.If(_all_of(conds), tuple(stmts))]
+        return [L.If(L.all_of(conds), tuple(stmts))]
 
     def thread_rank(self) -> tuple[L.Expr, int]:
         """(linear thread id in the block, threadIdx.x fastest; threads per block)."""
@@ -546,7 +546,7 @@ class _Generator:
                 conds.append(L.BinOp("<", vals[rt], L.Const(st.extents[rt])))
         body: list[L.Stmt] = [L.Store(s.buffer, tuple(sub(i) for i in s.indices), sub(s.value)) for s in c.stores]
         if conds:
-            body = [L.If(_all_of(conds), tuple(body))]
+            body = [L.If(L.all_of(conds), tuple(body))]
         n = -(-total // stride)
         return [L.For(e, n, tuple(body), "unrolled" if n <= 8 else "serial")]
 
@@ -654,7 +654,7 @@ class _Generator:
             store = L.Store(dst, didx, L.Load(src, tuple(gidx)))
             if not conds:
                 return [store]
-            return [L.If(_all_of(conds), (store,), (L.Store(dst, didx, _zero(dst.dtype)),))]
+            return [L.If(L.all_of(conds), (store,), (L.Store(dst, didx, _zero(dst.dtype)),))]
 
         if dst.scope == "shared":
             tid, nthreads = self.thread_rank()
@@ -697,14 +697,6 @@ class _Generator:
             return e
         rw = self.rewrites
         return L.map_expr(e, lambda x: L.Const(0) if isinstance(x, L.Load) and x in rw else None)
-
-
-def _all_of(conds: Sequence[L.Expr]) -> L.Expr:
-    """conds[0] && conds[1] && ... (left-nested, as C prints it)."""
-    cond = conds[0]
-    for c in conds[1:]:
-        cond = L.BinOp("&&", cond, c)
-    return cond
 
 
 def _zero(dt: str) -> L.Const:
