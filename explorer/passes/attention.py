@@ -22,13 +22,15 @@ Before (simplified graph, 3 kernels)            After (fused, 1 kernel; tiled fo
                                                       acc[r, e] = acc[r, e]*alpha + sum_jj s[r, jj] * v[.., j, e]
                                                     out[.., i, e] = acc[r, e] / l[r]
 
-On the cpu the two inner products run as 4x16 register tiles (the C backend turns them into vector
+On the cpu the two inner products run as 4x16 register tiles (8x16 with AVX-512) (the C backend turns them into vector
 micro-kernels); on cuda/sim each thread owns one query row (q row, s_tile, acc_o in registers) and the
 block stages each K and V tile in shared memory between two barriers.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from .. import loopir as L
@@ -397,6 +399,18 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
 _RT, _VW = 4, 16   # cpu register tile: 4 rows x 16 lanes (8 AVX accumulators), the C backend's micro-kernel shape
 
 
+@functools.lru_cache(maxsize=None)
+def _register_rows() -> int:
+    """Rows of the cpu register tile: 8 (16 accumulators) where AVX-512VL gives 32 vector registers (the C
+    backend builds with -march=native), else _RT (8 accumulators fit AVX2's 16). B1 H8 S1024 D64 at 1 thread
+    on an AVX-512 host: 28 -> 25 ms CPU time per call (2026-12-01)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return _RT
+    return 2 * _RT if " avx512vl" in flags else _RT
+
+
 def _split(n: int, w: int) -> int:
     """w when it divides n, else n (one chunk: the C backend then emits plain loops)."""
     return w if n % w == 0 else n
@@ -407,7 +421,8 @@ class _RegTile:
     element, the local tile buffer and `tile(stmt)` = for r_i in unrolled(RT): for lane in vectorized(VW)."""
 
     def __init__(self, name: str, rows: int, cols: int, col: str, lane: str, dt: str):
-        self.rt, self.vw = (_RT if rows % _RT == 0 else 1), _split(cols, _VW)
+        self.rt = next((rt for rt in (_register_rows(), _RT) if rows % rt == 0), 1)
+        self.vw = _split(cols, _VW)
         self.r_o, self.r_i, self.c_o, self.lane = L.Var("r_o"), L.Var("r_i"), L.Var(col), L.Var(lane)
         self.row = L.BinOp("+", L.BinOp("*", self.r_o, L.Const(self.rt)), self.r_i)
         self.col = L.BinOp("+", L.BinOp("*", self.c_o, L.Const(self.vw)), self.lane)
