@@ -25,7 +25,6 @@ import argparse
 import os
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ import explorer  # noqa: E402
 from explorer import measure  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from child import run_json_child  # noqa: E402
+from child import torch_timing_chunk  # noqa: E402
 
 CHUNKS = 4   # torch runs in a child process: interleave with it in this many slices of each layer's budget
 
@@ -74,18 +73,8 @@ def flops(layer: str) -> int:
     return 2 * n * h * w * k * r * r * (1 if dw else c)
 
 
-TORCH_CHILD = textwrap.dedent(r'''
-    import json, sys, time
-    try:
-        import torch
-    except Exception as e:
-        print(json.dumps({"error": f"torch not importable ({type(e).__name__}: {e})"})); sys.exit(0)
-    import numpy as np
-    spec = json.loads(sys.stdin.read())
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    d = np.load(spec["npz"])
-    x, wt, b, want = d["x"], d["w"], d["b"], d["want"]
+TORCH_SETUP = r'''
+    x, wt, b = d["x"], d["w"], d["b"]
     r, c, dw = spec["r"], x.shape[-1], spec["depthwise"]
     tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     tw = torch.from_numpy(wt.reshape(r, r, 1, c) if dw else wt).permute(3, 2, 0, 1).contiguous()
@@ -93,24 +82,16 @@ TORCH_CHILD = textwrap.dedent(r'''
 
     def run():
         return torch.relu(torch.nn.functional.conv2d(tx, tw, tb, padding=r // 2, groups=c if dw else 1))
-    with torch.no_grad():
-        got = run().permute(0, 2, 3, 1).numpy()
-        for _ in range(spec["warmup"]):
-            run()
-        samples, end = [], time.perf_counter() + spec["budget_s"]
-        while time.perf_counter() < end or len(samples) < 3:
-            t = time.perf_counter(); run(); samples.append((time.perf_counter() - t) * 1e3)
-    print(json.dumps({"samples": samples, "err": float(np.abs(got - want).max()), "version": torch.__version__,
-                      "threads": torch.get_num_threads()}))
-''')
+
+    def to_numpy(out):
+        return out.permute(0, 2, 3, 1).numpy()
+'''
 
 
 def torch_chunk(python: str, layer: str, npz: Path, budget_s: float) -> dict | str:
     """One slice of torch conv2d + relu timings from the child interpreter `python`."""
-    threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS", "").isdigit() else 0
     n, h, w, c, k, r, dw = LAYERS[layer]
-    return run_json_child(python, TORCH_CHILD, {"npz": str(npz), "r": r, "depthwise": dw, "budget_s": budget_s,
-                                                "warmup": 3, "threads": threads}, timeout=600)
+    return torch_timing_chunk(python, TORCH_SETUP, npz, budget_s, r=r, depthwise=dw)
 
 
 def bench(layer: str, budget_s: float, torch_python: str, numpy_rows: bool = True) -> tuple[dict[str, measure.Timing], str]:
