@@ -412,9 +412,10 @@ def lower(fused, stash: bool = True) -> L.Program:
         b = L.Buffer(f"out{k}", o.shape, _dt(o))
         outputs.append(b)
         out_bufs_of.setdefault(o.id, []).append(b)
-    # non-scalar constants become read-only inputs whose data the Program carries
+    # non-scalar constants (zero-size ones too: y[:] = 2.0 on an empty y folds to one) become
+    # read-only inputs whose data the Program carries
     for n in g.nodes:
-        if n.op == "const" and n.size > 1:
+        if n.op == "const" and n.size != 1:
             b = L.Buffer(f"c{n.id}", n.shape, _dt(n))
             buffers[n.id] = b
             constants.append((b, np.require(n.value, requirements='C')))
