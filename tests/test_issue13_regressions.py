@@ -293,3 +293,14 @@ def test_write_into_zero_size_array(target):
 def test_einsum_keeps_operand_dtype(name, fn, x, target):
     # N4: an einsum that sums kept np.sum's widening (bool -> int64, int32 -> int64); NumPy keeps the dtype
     check_targets(fn, x, target=target, cuda=False)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name,fn,x", [
+    ("1x1", lambda a: 2.0 + a[None] @ np.swapaxes(a[None], -1, -2), np.array([[1.5]], np.float32)),
+    ("mean_keepdims", lambda a: 2.0 + a.mean(keepdims=True)[None] @ np.swapaxes(a.mean(keepdims=True)[None], -1, -2),
+     np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 2, 2)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_matmul_of_one_element_with_itself(name, fn, x, target):
+    # N5: both operand loads fold to the same x[0, 0]; staging the second read ('x#1') found no such load
+    check_targets(fn, x, target=target, rtol=1e-6, cuda=False)

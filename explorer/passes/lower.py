@@ -546,7 +546,9 @@ def _contraction(grp, name, members, buffers, out_buffers) -> Compute:
     loads = [x for x in (av, bv) if isinstance(x, L.Load)]
     operands = tuple(x.buffer.name if k == 0 or x.buffer.name != loads[0].buffer.name else f"{x.buffer.name}#1"
                      for k, x in enumerate(loads))
-    if len(loads) != 2 or not all(stageable(x) for x in loads):
+    # two identical loads (x[None] @ x[None].mT on a (1, 1) x: every index folds to 0) are one load
+    # in the accumulation, which the second cache_read ('x#1') would not find: read them from global too
+    if len(loads) != 2 or loads[0] == loads[1] or not all(stageable(x) for x in loads):
         operands = ()
     accum = Accum(acc, "sum", L.BinOp("*", av, bv), 0, _dt(m))
     idx = bvars + (i, j)
