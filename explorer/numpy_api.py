@@ -327,12 +327,21 @@ def _parse_einsum(subscripts: Any, n_operands: int) -> tuple[list[str], str]:
     return ins, out
 
 
+def _einsum_reduce(x: Tensor, axes: tuple[int, ...]) -> Tensor:
+    """einsum's sum over `axes`, in x's dtype as in NumPy (np.sum would widen): on bool a logical or (any
+    element True); on int32 the int64 sum cast back, which wraps exactly as NumPy's int32 accumulation."""
+    total = _reduce("sum", x, axes, False)
+    if x.dtype == np.bool_:
+        return total != 0
+    return total if total.dtype == x.dtype else total.astype(x.dtype)
+
+
 def _einsum_sum(x: Tensor, sub: str, keep: str) -> tuple[Tensor, str]:
     """Sum x over the indices of `sub` not in `keep`."""
     gone = tuple(k for k, c in enumerate(sub) if c not in keep)
     if not gone:
         return x, sub
-    return _reduce("sum", x, gone, False), "".join(c for c in sub if c in keep)
+    return _einsum_reduce(x, gone), "".join(c for c in sub if c in keep)
 
 
 def _permute(x: Tensor, sub: str, order: str) -> Tensor:
@@ -358,7 +367,7 @@ def _einsum_pair(a: Tensor, sa: str, b: Tensor, sb: str, keep: str, sizes: dict[
         order = batch + fa + fb + contr
         r = _aligned(a, sa, order, sizes) * _aligned(b, sb, order, sizes)
         if contr:
-            r = _reduce("sum", r, tuple(range(len(order) - len(contr), len(order))), False)
+            r = _einsum_reduce(r, tuple(range(len(order) - len(contr), len(order))))
         return r, batch + fa + fb
     prod = lambda cs: int(np.prod([sizes[c] for c in cs], dtype=np.int64))  # noqa: E731
     lead = tuple(sizes[c] for c in batch)

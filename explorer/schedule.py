@@ -535,10 +535,12 @@ def _cuda_default(c, knobs) -> Schedule:
         n = c_extent(c, sp)
         vec = knobs.get("vector", 4 if n % 4 == 0 and n >= 1024 else 1)
         threads = knobs.get("threads", 256)
+        if vec > 1 and n % vec:
+            # one global vector knob serves every elementwise kernel of the program (no masked tail is
+            # generated for vector loads): clamp it for this kernel to the largest divisor of its size
+            asked, vec = vec, max(d for d in range(1, vec + 1) if n % d == 0)
+            s.notes.append(f"vector={asked} clamped to {vec} for this kernel's {n} elements (a divisor of it)")
         if vec > 1:
-            if n % vec:
-                raise ScheduleError(f"schedule of {c.name}: vector={vec} does not divide the {n} elements "
-                                    f"(a masked tail is not generated for vector loads); use vector=1 or a divisor")
             f, fv = s.split(f, vec, names=("n_o", "n_v"))
             (s.unroll if knobs.get("unroll", True) else s.vectorize)(fv)
         m = -(-n // vec)

@@ -570,10 +570,7 @@ class Tensor:
     def __ne__(self, o): return _binary("ne", self, o)  # type: ignore[override]
 
     def _logical(self, op: str, o: Any, rev: bool = False) -> "Tensor":
-        if self.dtype != np.bool_ or _strong_dtype(o) not in (None, np.dtype(bool)):
-            raise UnsupportedOpError(f"bitwise {op.split('_')[1]} is only supported on bool arrays (as logical_{op.split('_')[1]}); "
-                                     f"got {self.dtype}; compare first, e.g. (x > 0) & (x < 1)")
-        return _binary(op, o, self) if rev else _binary(op, self, o)
+        return _bool_logic(op, o, self) if rev else _bool_logic(op, self, o)
 
     def __and__(self, o): return self._logical("logical_and", o)
     def __rand__(self, o): return self._logical("logical_and", o, True)
@@ -793,8 +790,21 @@ def _positive(x: "Tensor") -> "Tensor":
 
 
 def _bool_logic(op: str, a: Any, b: Any) -> "Tensor":
-    if any(_strong_dtype(v) not in (None, np.dtype(bool)) for v in (a, b)):
-        raise UnsupportedOpError(f"bitwise ops are only supported on bool arrays (as {op})")
+    """a & b / a | b (and np.bitwise_and/or): supported only between bools, where it is logical and/or.
+    Anything else is NumPy's integer bitwise op, e.g. bool_array & 1 is int64 (a Python int is not a bool),
+    so it must not silently become a logical op."""
+    def dtype_of(v: Any) -> Any:
+        d = _strong_dtype(v)
+        if d is None and isinstance(v, _PY_SCALARS):
+            d = np.dtype(bool) if isinstance(v, bool) else np.result_type(v)
+        return d if d is not None else type(v).__name__
+    da, db = dtype_of(a), dtype_of(b)
+    if da != np.dtype(bool) or db != np.dtype(bool):
+        sym, word = ("&", "and") if op == "logical_and" else ("|", "or")
+        raise UnsupportedOpError(f"{da} {sym} {db}: NumPy computes this as integer bitwise_{word} "
+                                 f"(e.g. bool_array {sym} 1 is int64), which is not supported; {sym} is supported "
+                                 f"only between bool arrays/scalars (logical {word}); compare first, "
+                                 f"e.g. (x > 0) {sym} (x < 1), or use True instead of 1")
     return _binary(op, a, b)
 
 

@@ -243,3 +243,64 @@ def _fma_sensitive(a):
 def test_no_fma_contraction(target):
     a = _f(1, 40, 33)
     check_targets(_fma_sensitive, a, target=target)
+
+
+# ----------------------------------------------------------------------------- found later by tests/fuzz (N1-N4)
+@pytest.mark.parametrize("target", TARGETS)
+def test_global_vector_knob_is_clamped_per_kernel(target):
+    # N1: vector=4 serves every elementwise kernel; a (1, 1) kernel gets vector=1 instead of a ScheduleError
+    a0 = np.array([[True]])
+    check_targets(lambda a0: abs(a0), a0, target=target, cuda=False, schedule={"vector": 4})
+
+
+@pytest.mark.parametrize("name,fn", [("and_int", lambda b: b & 1), ("or_int", lambda b: b | 1),
+                                     ("int_or", lambda b: 1 | b), ("bitwise_and_int", lambda b: np.bitwise_and(b, 1))])
+def test_bool_bitwise_with_int_is_rejected_not_logical(name, fn):
+    # N2: NumPy's bool_array & 1 is int64 (integer bitwise and); it used to come back bool (a logical and)
+    b = np.array([[True, False]])
+    assert fn(b).dtype == np.int64
+    with pytest.raises(explorer.UnsupportedOpError, match=r"NumPy computes this as integer bitwise_(and|or) "
+                                                          r"\(e\.g\. bool_array [&|] 1 is int64\)"):
+        explorer.compile(fn, b, target="reference", verbose=False)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_bool_bitwise_with_bool_scalar_stays_logical(target):
+    b = np.array([[True, False]])
+    check_targets(lambda b: (b & True) | np.False_, b, target=target, cuda=False)
+
+
+def _fill_copy(x):
+    y = x.copy()
+    y[:] = 2.0
+    return y
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_write_into_zero_size_array(target):
+    # N3: y[:] = 2.0 on an empty y folds to a zero-size constant, which had no buffer in lowering
+    check_targets(_fill_copy, np.zeros((0, 3), np.float32), target=target, cuda=False)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name,fn,x", [
+    ("bool_row_any", lambda b: np.einsum("ij->i", b), np.array([[True, False], [False, False]])),
+    ("bool_all", lambda b: np.einsum("ij->", b), np.array([[False, False], [False, True]])),
+    ("bool_pair", lambda b: np.einsum("ij,ij->i", b, b), np.array([[True, False], [False, False]])),
+    ("bool_empty_axis", lambda b: np.einsum("ij->i", b), np.zeros((2, 0), bool)),
+    ("int32_stays_int32", lambda i: np.einsum("ij,ij->i", i, i), np.array([[1, 2], [3, 2 ** 30]], np.int32)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_einsum_keeps_operand_dtype(name, fn, x, target):
+    # N4: an einsum that sums kept np.sum's widening (bool -> int64, int32 -> int64); NumPy keeps the dtype
+    check_targets(fn, x, target=target, cuda=False)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name,fn,x", [
+    ("1x1", lambda a: 2.0 + a[None] @ np.swapaxes(a[None], -1, -2), np.array([[1.5]], np.float32)),
+    ("mean_keepdims", lambda a: 2.0 + a.mean(keepdims=True)[None] @ np.swapaxes(a.mean(keepdims=True)[None], -1, -2),
+     np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 2, 2)),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_matmul_of_one_element_with_itself(name, fn, x, target):
+    # N5: both operand loads fold to the same x[0, 0]; staging the second read ('x#1') found no such load
+    check_targets(fn, x, target=target, rtol=1e-6, cuda=False)

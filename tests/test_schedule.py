@@ -195,10 +195,13 @@ def test_thread_tile_must_divide_block_tile():
         default_schedule(mm_compute(M=64, N=64), "cuda", {"tile": (64, 64, 16), "thread_tile": (3, 4)})
 
 
-def test_vector_must_divide_elements():
-    x = np.ones(1001, np.float32)
-    with pytest.raises(ScheduleError, match="does not divide"):
-        explorer.compile(lambda x: x * 2, x, target="sim", schedule={"vector": 4}, verbose=False)
+def test_vector_not_dividing_is_clamped_per_kernel():
+    # a global vector knob serves every kernel: one whose size it does not divide gets the largest divisor
+    x = np.arange(1001, dtype=np.float32)      # 1001 = 7 * 11 * 13: vector=4 -> 1, vector=8 -> 7
+    for vec, got in ((4, 1), (8, 7)):
+        c = explorer.compile(lambda x: x * 2, x, target="sim", schedule={"vector": vec}, verbose=False)
+        np.testing.assert_array_equal(c(x), x * 2)
+        assert f"vector={vec} clamped to {got} for this kernel's 1001 elements" in c.text()
 
 
 def test_grid_y_limit():

@@ -405,9 +405,10 @@ def lower(fused, stash: bool = True) -> L.Program:
         b = L.Buffer(f"out{k}", o.shape, _dt(o))
         outputs.append(b)
         out_bufs_of.setdefault(o.id, []).append(b)
-    # non-scalar constants become read-only inputs whose data the Program carries
+    # non-scalar constants (zero-size ones too: y[:] = 2.0 on an empty y folds to one) become
+    # read-only inputs whose data the Program carries
     for n in g.nodes:
-        if n.op == "const" and n.size > 1:
+        if n.op == "const" and n.size != 1:
             b = L.Buffer(f"c{n.id}", n.shape, _dt(n))
             buffers[n.id] = b
             constants.append((b, np.require(n.value, requirements='C')))
@@ -538,7 +539,9 @@ def _contraction(grp, name, members, buffers, out_buffers) -> Compute:
     loads = [x for x in (av, bv) if isinstance(x, L.Load)]
     operands = tuple(x.buffer.name if k == 0 or x.buffer.name != loads[0].buffer.name else f"{x.buffer.name}#1"
                      for k, x in enumerate(loads))
-    if len(loads) != 2 or not all(stageable(x) for x in loads):
+    # two identical loads (x[None] @ x[None].mT on a (1, 1) x: every index folds to 0) are one load
+    # in the accumulation, which the second cache_read ('x#1') would not find: read them from global too
+    if len(loads) != 2 or loads[0] == loads[1] or not all(stageable(x) for x in loads):
         operands = ()
     accum = Accum(acc, "sum", L.BinOp("*", av, bv), 0, _dt(m))
     idx = bvars + (i, j)

@@ -10,7 +10,7 @@ and sent back. The parent hears from a worker before every run, so a worker that
 is a `crash` and one silent for --timeout seconds is killed as a `hang`, both charged to the program
 and target it was running; a new worker takes over and the run goes on.
 
-Failures matching fuzz_known.KNOWN (issue 13's A-H, being fixed elsewhere) are counted as
+Failures matching fuzz_known.KNOWN (filed bug classes, by letter; empty when all are fixed) are counted as
 `known:<letter>`, apart from new ones. Exit status: 1 when there is a new failure (or any failure
 with --strict), else 0.
 """
@@ -171,7 +171,7 @@ def summarize(counts, classes, shrunk, rejected, internal, args, elapsed, n_done
         lines.append(f"      {tag}:")
         lines += ["        " + ln for ln in prog.strip().splitlines() if not ln.startswith(("import", "from"))
                   and ln.strip()]
-    lines += ["", "known classes (issue 13, being fixed elsewhere):"]
+    lines += ["", "known classes (fuzz_known.KNOWN):"]
     per_letter: Counter = Counter()
     for v in known.values():
         per_letter[v["known"]] += v["n"]
