@@ -411,6 +411,9 @@ def _q(s: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
+TURN_PAUSE_S = 0.2   # > libgomp's default spin time after a parallel region (~tens of ms here)
+
+
 def against(rev: str, quick: bool, rounds: int) -> int:
     root = Path(__file__).resolve().parents[1]
     sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], capture_output=True, text=True)
@@ -439,6 +442,9 @@ def against(rev: str, quick: bool, rounds: int) -> int:
             for r in range(rounds):
                 pair = (now, a_ms), (old, b_ms)
                 for child, acc in (pair if r % 2 == 0 else pair[::-1]):
+                    # the old build's idle OpenMP workers spin after its turn (libgomp's default wait
+                    # policy); let them fall asleep so they do not take the cores of the other child's turn
+                    time.sleep(TURN_PAUSE_S)
                     acc.extend(child.ask(name, rep)["ms"])
             res[name] = (a_ms, b_ms, errs)
     finally:
