@@ -495,6 +495,13 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _bind_threads(s: "Schedule", axis: str, threads: int) -> None:
+    """One thread per element of `axis`: split it into blocks of `threads` and bind (blk, thr)."""
+    blk, thr = s.split(axis, threads, names=("blk", "thr"))
+    s.bind(blk, "blockIdx.x")
+    s.bind(thr, "threadIdx.x")
+
+
 def _pow2_at_most(n: int, cap: int) -> int:
     p = 1
     while p * 2 <= min(n, cap):
@@ -548,9 +555,7 @@ def _cuda_default(c, knobs) -> Schedule:
         if threads > MAX_THREADS_PER_BLOCK:
             raise ScheduleError(f"schedule of {c.name}: threads={threads} is over the CUDA limit of "
                                 f"{MAX_THREADS_PER_BLOCK} threads per block")
-        fb, ft = s.split(f, min(threads, m) if m >= 1 else 1, names=("blk", "thr"))
-        s.bind(fb, "blockIdx.x")
-        s.bind(ft, "threadIdx.x")
+        _bind_threads(s, f, min(threads, m) if m >= 1 else 1)
         s.notes.append(f"elementwise: one thread per {vec} element(s), {threads} threads per block")
         return s
     if c.kind == "reduce":
@@ -562,9 +567,7 @@ def _cuda_default(c, knobs) -> Schedule:
             if o is not None:
                 O = c_extent(c, sp)
                 t = min(knobs.get("threads", 256), _pow2_at_most(O, 1024))
-                ob, ot = s.split(o, t, names=("blk", "thr"))
-                s.bind(ob, "blockIdx.x")
-                s.bind(ot, "threadIdx.x")
+                _bind_threads(s, o, t)
             s.notes.append("reduction over no axes (nothing to combine): one thread per output element")
             return s
         R = c_extent(c, rd)
@@ -586,9 +589,7 @@ def _cuda_default(c, knobs) -> Schedule:
         if o is not None:
             O = c_extent(c, sp)
             t = min(knobs.get("threads", 128), O)
-            ob, ot = s.split(o, t, names=("blk", "thr"))
-            s.bind(ob, "blockIdx.x")
-            s.bind(ot, "threadIdx.x")
+            _bind_threads(s, o, t)
         s.notes.append("scan: one thread per row, serial along the scan axis (opaque: no fusion, no tiling)")
         return s
     return _cuda_matmul(c, knobs)
