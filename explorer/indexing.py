@@ -136,6 +136,16 @@ def _const_indices(ids: np.ndarray, size: int, axis: int, what: str) -> np.ndarr
     return ids.astype(np.int32) if size < 2 ** 31 else ids
 
 
+def _array_index(x: Tensor, entries: tuple, what: str, several: str) -> tuple[tuple, int, Any, int]:
+    """(entries expanded to x.ndim, position k of the one index array, the index operand, the data axis
+    it indexes) for a read or write with one integer index array; `several` is the error for more."""
+    if sum(1 for e in entries if _is_array_index(e)) > 1:
+        raise UnsupportedOpError(several)
+    full = _expand(tuple(entries), x.ndim)
+    k = next(i for i, e in enumerate(full) if _is_array_index(e))
+    return full, k, _index_operand(full[k], what), sum(1 for e in full[:k] if e is not None)
+
+
 # ----------------------------------------------------------------------------- reads
 def getitem(x: Tensor, idx: Any):
     """x[idx] with an integer array/list (gather) or a boolean mask (MaskedSelection)."""
@@ -143,16 +153,10 @@ def getitem(x: Tensor, idx: Any):
     masks = [e for e in entries if _is_bool_array(e) or isinstance(e, MaskedSelection)]
     if masks:
         return _mask_select(x, entries)
-    arrays = [k for k, e in enumerate(entries) if _is_array_index(e)]
-    if len(arrays) > 1:
-        raise UnsupportedOpError("indexing with more than one integer array (x[ids0, ids1]) is not supported in "
-                                 "traced code; index one axis at a time (x[ids0][:, ids1] for outer indexing) or "
-                                 "flatten: x.reshape(-1)[ids0 * x.shape[1] + ids1]")
-    full = _expand(tuple(entries), x.ndim)
-    k = next(i for i, e in enumerate(full) if _is_array_index(e))
-    ids = _index_operand(full[k], "x[ids]")
-    # the data axis the array indexes, and where its dims land in the result of the basic part
-    data_axis = sum(1 for e in full[:k] if e is not None)
+    full, k, ids, data_axis = _array_index(
+        x, entries, "x[ids]",
+        "indexing with more than one integer array (x[ids0, ids1]) is not supported in traced code; index one "
+        "axis at a time (x[ids0][:, ids1] for outer indexing) or flatten: x.reshape(-1)[ids0 * x.shape[1] + ids1]")
     no_ints = not any(isinstance(e, (int, np.integer)) for e in full)   # else NumPy may move the dims first
     if not isinstance(ids, Tensor) and no_ints:
         sl = _progression_slice(_const_indices(ids, x.shape[data_axis], data_axis, "x[ids]"), x.shape[data_axis])
@@ -487,14 +491,9 @@ def _box_update(x: Tensor, entries: tuple, value: Any, what: str) -> Node:
 
 def _scatter_const(x: Tensor, entries: tuple, value: Any) -> None:
     """x[[0, 2]] = v with constant indices: one box write per index, in order (NumPy: the last write wins)."""
-    arrays = [e for e in entries if _is_array_index(e)]
-    if len(arrays) > 1:
-        raise UnsupportedOpError("x[ids0, ids1] = v (several index arrays) is not supported in traced code; "
-                                 "write one axis at a time")
-    full = _expand(tuple(entries), x.ndim)
-    k = next(i for i, e in enumerate(full) if _is_array_index(e))
-    ids = _index_operand(full[k], "x[ids] = v")
-    data_axis = sum(1 for e in full[:k] if e is not None)
+    full, k, ids, data_axis = _array_index(
+        x, entries, "x[ids] = v",
+        "x[ids0, ids1] = v (several index arrays) is not supported in traced code; write one axis at a time")
     size = x.shape[data_axis]
     if isinstance(ids, Tensor):
         _scatter_traced(x, full, k, data_axis, ids, value)
