@@ -256,6 +256,17 @@ def main(argv: list[str] | None = None) -> int:
         conn.send((args.seed * 100003 + batch_no, k))
         batch_no += 1
 
+    def replace(w, outcome: str, cls: str, detail: str) -> None:
+        """A killed or dead worker: charge its program (crash/hang), hand its batch's rest to a new worker."""
+        nonlocal n_done, n_assigned
+        if w["prog"] is not None:
+            record(w["at"] or "?", outcome, cls, detail, None, w["prog"])
+            if not w["shrinking"]:
+                n_done += 1
+        n_assigned -= w["count"] - w.get("got", 0) - (1 if w["prog"] is not None else 0)
+        pool.spawn()
+        assign(list(pool.workers)[-1])
+
     for conn in list(pool.workers):
         assign(conn)
     silent_deaths = 0
@@ -272,14 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 if silent_deaths > 3:   # workers die before running anything: the fuzzer itself is broken
                     internal.append(f"workers exit (code {code}) before running a program; stopping")
                     break
-                if w["prog"] is not None:
-                    record(w["at"] or "?", "crash", f"exit {code}", f"worker died (exit code {code})", None,
-                           w["prog"])
-                    if not w["shrinking"]:
-                        n_done += 1
-                n_assigned -= w["count"] - w.get("got", 0) - (1 if w["prog"] is not None else 0)
-                pool.spawn()
-                assign(list(pool.workers)[-1])
+                replace(w, "crash", f"exit {code}", f"worker died (exit code {code})")
                 continue
             w["last"] = time.time()
             kind = msg[0]
@@ -309,14 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         now = time.time()
         for conn, w in list(pool.workers.items()):
             if w["busy"] and now - w["last"] > args.timeout:
-                w = pool.kill(conn)
-                if w["prog"] is not None:
-                    record(w["at"] or "?", "hang", f">{args.timeout:.0f}s", "no answer", None, w["prog"])
-                    if not w["shrinking"]:
-                        n_done += 1
-                n_assigned -= w["count"] - w.get("got", 0) - (1 if w["prog"] is not None else 0)
-                pool.spawn()
-                assign(list(pool.workers)[-1])
+                replace(pool.kill(conn), "hang", f">{args.timeout:.0f}s", "no answer")
         if not args.quiet and now - last_print > 10:
             last_print = now
             nfail = sum(v["n"] for v in classes.values() if v["known"] is None)
