@@ -70,10 +70,8 @@ def _threadpoolctl():
 
 def blas_pool_threads() -> tuple[int, ...]:
     """Thread counts of the BLAS pools loaded in this process (threadpoolctl); () without it."""
-    tpc = _threadpoolctl()
-    if tpc is None:
-        return ()
-    return tuple(int(i["num_threads"]) for i in tpc.threadpool_info() if i.get("user_api") == "blas")
+    from .backends.threads import blas_pools
+    return tuple(int(p["num_threads"]) for p in blas_pools() if p["user_api"] == "blas")
 
 
 def _usable_cores() -> int:
