@@ -339,11 +339,6 @@ def check_cuda_source(spec: CustomKernel, arch: str = "sm_80") -> str:
 
 
 # ----------------------------------------------------------------------------- compile-time check
-def _tolerance(dt: np.dtype) -> float:
-    from .compiled import default_rtol
-    return default_rtol(dt) or 0.0
-
-
 def verify(graph, examples: Sequence[np.ndarray], target: str) -> list[str]:
     """Run every custom node's target code on the values it gets from `examples` and compare it with its
     reference; raise VerificationError on a mismatch. Returns one line per kernel checked.
@@ -354,6 +349,7 @@ def verify(graph, examples: Sequence[np.ndarray], target: str) -> list[str]:
     if not nodes or target != "cpu":
         return []
     from .backends.reference import node_values
+    from .compiled import default_rtol
     env = node_values(graph, examples)
     out = []
     for n in nodes:
@@ -361,7 +357,7 @@ def verify(graph, examples: Sequence[np.ndarray], target: str) -> list[str]:
         ins = [np.ascontiguousarray(env[id(i)], dtype=spec.dtype) for i in n.inputs]
         want = env[id(n)]
         got = run_c(spec, ins, n.shape)
-        tol = _tolerance(spec.dtype)
+        tol = default_rtol(spec.dtype)
         if not np.allclose(got, want, rtol=tol, atol=tol, equal_nan=True):
             err = float(np.nanmax(np.abs(got.astype(np.float64) - want.astype(np.float64))))
             bad = int(np.argmax(np.abs(got.astype(np.float64) - want.astype(np.float64)).reshape(-1)))
