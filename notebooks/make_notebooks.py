@@ -718,7 +718,7 @@ ax.loglog([g_[0] for g_ in grow], [g_[1] / 1024 for g_ in grow], "o-", base=2, l
 ax.loglog([g_[0] for g_ in grow], [g_[2] / 1024 for g_ in grow], "s-", base=2, label="temporaries between kernels")
 ax.set_xticks([g_[0] for g_ in grow], [str(g_[0]) for g_ in grow])
 ax.set_xlabel("sequence length S"); ax.set_ylabel("KiB (log scale)"); ax.legend(fontsize=8)
-ax.set_title(f"attention, head dim {D}: what goes through memory");
+ax.set_title(f"attention (rule off), head dim {D}: what goes through memory");
 '''),
     md('''
 ## Fused vs unfused, measured
@@ -1186,6 +1186,17 @@ cols_kept = any(tuple(t.shape) == cols_shape for t in rows_temps["im2col, fused"
 print(f"fused, the explorer " + ("keeps" if cols_kept else "does not materialise") +
       f" im2col's column matrix {cols_shape}: {fi[0]} kernel(s), {fi[2]:,d} B of temporaries, "
       f"{fi[1]:,d} global B ({fi[1] / d[1]:.2f}x the fused direct conv's).")
+'''),
+    code('''
+import matplotlib.pyplot as plt
+labels = list(rows)
+fig, ax = plt.subplots(figsize=(6, 3))
+yy = np.arange(len(labels))
+ax.barh(yy - 0.2, [rows[k][1] / 1024 for k in labels], 0.4, label="global bytes moved (simulator)")
+ax.barh(yy + 0.2, [rows[k][2] / 1024 for k in labels], 0.4, label="temporaries kept in memory")
+ax.set_yticks(yy, [f"{k} ({rows[k][0]} kernel{'s' if rows[k][0] != 1 else ''})" for k in labels])
+ax.invert_yaxis(); ax.set_xlabel("KiB"); ax.legend(fontsize=8)
+ax.set_title(f"conv 3x3, {xs.shape[-1]} -> {ws.shape[-1]} channels: direct vs im2col", fontsize=10);
 '''),
     md('''
 ## The schedule knobs that apply
