@@ -170,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--against", metavar="REV", help="also measure our rows at git revision REV, interleaved")
     ap.add_argument("--rounds", type=int, default=6, help="--against: rounds per row (default 6)")
+    ap.add_argument("--max-slowdown", type=float, default=0.10, metavar="F",
+                    help="--against: flag rows slower than REV by more than this fraction (default 0.10)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.torch_child:
@@ -178,7 +180,7 @@ def main(argv=None) -> int:
     if args.serve:
         return serve(args.quick)
     if args.against:
-        return against(args.against, args.quick, args.rounds)
+        return against(args.against, args.quick, args.rounds, args.max_slowdown)
     from explorer.backends import cpu
     ok, why = cpu.available()
     if not ok:
@@ -414,7 +416,7 @@ def _q(s: list[float], q: float) -> float:
 TURN_PAUSE_S = 0.2   # > libgomp's default spin time after a parallel region (~tens of ms here)
 
 
-def against(rev: str, quick: bool, rounds: int) -> int:
+def against(rev: str, quick: bool, rounds: int, max_slowdown: float = 0.10) -> int:
     root = Path(__file__).resolve().parents[1]
     sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], capture_output=True, text=True)
     if sha.returncode:
@@ -458,16 +460,16 @@ def against(rev: str, quick: bool, rounds: int) -> int:
         a_ms, b_ms, (ea, eb) = res[name]
         ta, tb = measure.summarize(a_ms), measure.summarize(b_ms)
         r = measure.ratio(ta, tb)
-        bad = r.value > 1.10
+        bad = r.value > 1 + max_slowdown
         if bad:
             slower.append(name)
         print(f"{name:<{w}}  {tb.median_ms:9.3f} ({tb.q1_ms:7.3f}-{tb.q3_ms:7.3f})  "
               f"{ta.median_ms:9.3f} ({ta.q1_ms:7.3f}-{ta.q3_ms:7.3f})  {measure.fmt_ratio(r.value):>12}  "
-              f"{'SLOWER by > 10%' if bad else 'ok'}{' (unstable: rerun)' if r.unstable else ''}  "
+              f"{f'SLOWER by > {max_slowdown:.0%}' if bad else 'ok'}{' (unstable: rerun)' if r.unstable else ''}  "
               f"(max err {eb:.2g} -> {ea:.2g})")
     print(f"load average at the end {os.getloadavg()[0]:.1f}; "
-          + (f"{len(slower)} row(s) slower by > 10%: {', '.join(slower)}" if slower else
-             "no row slower than before by more than 10%"))
+          + (f"{len(slower)} row(s) slower by > {max_slowdown:.0%}: {', '.join(slower)}" if slower else
+             f"no row slower than before by more than {max_slowdown:.0%}"))
     return 1 if slower else 0
 
 
