@@ -125,7 +125,7 @@ def max_abs_error(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> floa
 
 
 def _tolerance(want: Sequence[np.ndarray], inputs: Sequence[np.ndarray] = ()) -> float:
-    from .compiled import default_rtol
+    from .tolerance import default_rtol
     # a float64 result computed from float32 inputs (`q @ k.T / np.sqrt(d)`: NumPy promotes at the
     # float64 scalar, after float32 matmuls) is only as exact as the least precise float that fed it
     rt_in = max((default_rtol(np.asarray(a).dtype) for a in inputs if dtypes.is_float(np.asarray(a).dtype)),

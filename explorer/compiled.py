@@ -12,12 +12,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ExplorerError, ShapeError, TraceError, DTypeError
-from .pipeline import Options, Snapshot
+from .snapshot import Options, Snapshot
 
 
 # Timing and summarize live in the timing module (one methodology for benchmark, compare, sweep, widgets);
 # re-exported here, where callers have always imported them from.
 from .measure import Timing, quartiles, summarize  # noqa: E402,F401
+# the tolerances live in a leaf module too (compare, autotune and custom kernels use them); re-exported
+from .tolerance import default_rtol, magnitude  # noqa: E402,F401
 
 
 class KernelIndexError(ExplorerError, IndexError):
@@ -348,28 +350,3 @@ class Compiled:
         from .report import to_html
         return to_html(self)
 
-
-def magnitude(*arrays: Any) -> float:
-    """Largest finite |value| among the float arrays given, at least 1: the scale an absolute
-    rounding tolerance is relative to.
-
-    >>> magnitude(np.array([1e6, -3.0]), np.array([np.inf, 2.0]))
-    1000000.0
-    """
-    m = 1.0
-    for a in arrays:
-        a = np.asarray(a)
-        if a.dtype.kind in "fc" and a.size:
-            f = np.abs(a[np.isfinite(a)])
-            if f.size:
-                m = max(m, float(f.max()))
-    return m
-
-
-def default_rtol(dtype) -> float:
-    dt = np.dtype(dtype)
-    # bf16/fp8 (ml_dtypes): two units in the last place (8, 4 and 3 mantissa bits incl. the implicit one)
-    narrow = {"bfloat16": 2 * 2.0 ** -7, "float8_e4m3fn": 2 * 2.0 ** -3, "float8_e5m2": 2 * 2.0 ** -2}
-    if dt.name in narrow:
-        return narrow[dt.name]
-    return {np.dtype("float16"): 2e-2, np.dtype("float32"): 1e-4, np.dtype("float64"): 1e-9}.get(dt, 0.0)

@@ -349,7 +349,7 @@ def verify(graph, examples: Sequence[np.ndarray], target: str) -> list[str]:
     if not nodes or target != "cpu":
         return []
     from .backends.reference import node_values
-    from .compiled import default_rtol
+    from .tolerance import default_rtol
     env = node_values(graph, examples)
     out = []
     for n in nodes:
