@@ -235,7 +235,7 @@ class Compiled:
 
     def reference(self, *args: Any) -> list[np.ndarray]:
         """The NumPy interpreter's result for the traced graph (the ground truth)."""
-        from .backends.reference import run_graph
+        from .interpreter import run_graph
         return run_graph(self.stage("traced").ir, self.check_args(args))
 
     def benchmark(self, *args: Any, warmup: int = 3, repeat: int | None = None, include_copies: bool = False,

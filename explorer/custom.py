@@ -348,7 +348,7 @@ def verify(graph, examples: Sequence[np.ndarray], target: str) -> list[str]:
     nodes = [n for n in graph.nodes if custom_of(n.op) is not None]
     if not nodes or target != "cpu":
         return []
-    from .backends.reference import node_values
+    from .interpreter import node_values
     from .tolerance import default_rtol
     env = node_values(graph, examples)
     out = []
