@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import ExplorerError, ShapeError, TraceError, DTypeError
 from .snapshot import Options, Snapshot
+from .target import get_target
 
 
 # Timing and summarize live in the timing module (one methodology for benchmark, compare, sweep, widgets);
@@ -111,8 +112,7 @@ class Compiled:
         With no arguments returns the whole Explanation (printable); with two node names
         ('%3', '%5') returns the one-line reason for that edge.
         """
-        from .passes.fusion import explain
-        return explain(self.stage("fused").ir, a, b)
+        return self.stage("fused").ir.explain(a, b)
 
     # -- running ------------------------------------------------------------------------
     def check_args(self, args: Sequence[Any]) -> list[np.ndarray]:
@@ -163,8 +163,8 @@ class Compiled:
 
     def executable(self):
         if self._executable is None:
-            from .backends import build
-            self._executable = build(self)
+            # the Target names its backend and builds through it: Compiled imports no backend
+            self._executable = get_target(self.target).build(self)
         return self._executable
 
     @property
@@ -212,9 +212,8 @@ class Compiled:
         """The call path for arrays exactly like the examples (ndarray, same shape and dtype,
         C-contiguous): check_args would return them unchanged, so only those checks run here;
         anything else returns None and takes the full path (conversions, clear errors)."""
-        from .backends.cpu import CpuExecutable
         exe = self._executable
-        if not isinstance(exe, CpuExecutable):
+        if not getattr(exe, "runs_checked", False):   # an executable without run(inputs, checked=True)
             return lambda args: None
         specs = [(e.shape, e.dtype) for e in self.examples]
         consts = [data for _, data in self.program.constants] if self.target != "reference" else []
@@ -320,11 +319,10 @@ class Compiled:
         overrides = {**self.kernel_overrides, index: source}
         new = Compiled(self.fn, self.examples, self.stages, self.options, overrides)
         exe = new.executable()  # builds now: CompileError surfaces here
-        if self.target == "cpu":
-            # edited C can crash, hang or scribble on memory: try it in a child process first
-            from .backends.cpu import trial_run
-            trial_run(exe, new.backend_inputs(new.check_args(list(self.examples))),
-                      what=f"edited kernel {index} ({self.kernels[index].name})")
+        if hasattr(exe, "trial_run"):
+            # edited C can crash, hang or scribble on memory: the CPU executable tries it in a child process first
+            exe.trial_run(new.backend_inputs(new.check_args(list(self.examples))),
+                          what=f"edited kernel {index} ({self.kernels[index].name})")
         if check:
             got = new.run(*self.examples)
             want = self.reference(*self.examples)

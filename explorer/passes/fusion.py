@@ -144,6 +144,11 @@ class FusedGraph:
                 return d
         return None
 
+    def explain(self, a: str | None = None, b: str | None = None) -> "Explanation | str":
+        """Why ops are (not) in one kernel: explain(self, a, b) (Compiled.explain_fusion calls this,
+        so the top layer reaches the fusion pass only through the snapshot it holds)."""
+        return explain(self, a, b)
+
     # -- printing ----------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """kernels, fused/unfused edges, bytes of intermediates that round-trip through global memory."""
