@@ -107,23 +107,21 @@ def resolve_target(target: str, verbose: bool = True) -> str:
 
     Prints one line saying why a faster target was not picked.
     """
-    from .errors import BackendUnavailable
+    from .target import get_target
     if target not in TARGETS:
         raise ExplorerError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if target != "auto":
         return target
     reasons = []
     try:
-        from .backends import cuda
-        ok, why = cuda.available()
+        ok, why = get_target("cuda").available()
     except ImportError as e:
         ok, why = False, f"CUDA backend not importable ({e})"
     if ok:
         return "cuda"
     reasons.append(f"cuda: {why}")
     try:
-        from .backends import cpu
-        ok, why = cpu.available()
+        ok, why = get_target("cpu").available()
     except ImportError as e:
         ok, why = False, f"CPU backend not importable ({e})"
     if ok:
