@@ -344,7 +344,17 @@ class Compiled:
         return max(float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)), initial=0.0))
                    for g, w in zip(got, want))
 
-    def to_html(self) -> str:
+    def to_html(self, **options: Any) -> str:
+        """One self-contained HTML page of this compile: report.to_html(self, **options) does the work
+        (options: charts, resources, graphs, repeat), reading only this object's public attributes.
+
+        >>> open("report.html", "w").write(c.to_html(charts=False))    # doctest: +SKIP
+        """
         from .report import to_html
-        return to_html(self)
+        return to_html(self, **options)
+
+    @property
+    def built_executable(self):
+        """The executable if a run or benchmark already built it, else None (never builds one)."""
+        return self._executable
 
