@@ -4,7 +4,7 @@ Every import of every module is read with `ast`, the ones inside functions inclu
 import is still a dependency), and relative imports are resolved to module names:
 
 * backends/, codegen/ and passes/ never import the top layer (compiled, pipeline, compare,
-  report, autotune, lesson, __main__, the widgets package);
+  report, autotune, lesson, costmodel, custom, __main__, the widgets package);
 * compiled, compare and report never import backends/, codegen/ or passes/: they reach a backend
   through the Target (Target.build, Target.available) and a pass through the snapshot it made
   (FusedGraph.explain);
@@ -23,7 +23,7 @@ PACKAGES = ("explorer", "widgets")
 
 LOWER = ("explorer.backends", "explorer.codegen", "explorer.passes")
 TOP = ("explorer.compiled", "explorer.pipeline", "explorer.compare", "explorer.report", "explorer.autotune",
-       "explorer.lesson", "explorer.__main__", "widgets")
+       "explorer.lesson", "explorer.costmodel", "explorer.custom", "explorer.__main__", "widgets")
 # modules of the project each leaf may import (all of them lazily or at the bottom of the stack)
 LEAVES = {"explorer.measure": (), "explorer.tolerance": (), "explorer.units": (), "explorer.errors": (),
           "explorer.target": ("explorer.errors",),
