@@ -709,7 +709,7 @@ def _one_line(e: Exception) -> str:
 
 def _check_output(comp, reference) -> str:
     """'' when the candidate's outputs (last run) equal the NumPy reference, else the reason."""
-    from .compiled import default_rtol
+    from .tolerance import default_rtol
     got = comp.run(*comp.examples)
     for k, (g, w) in enumerate(zip(got, reference)):
         tol = default_rtol(w.dtype)

@@ -125,7 +125,7 @@ def max_abs_error(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> floa
 
 
 def _tolerance(want: Sequence[np.ndarray], inputs: Sequence[np.ndarray] = ()) -> float:
-    from .compiled import default_rtol
+    from .tolerance import default_rtol
     # a float64 result computed from float32 inputs (`q @ k.T / np.sqrt(d)`: NumPy promotes at the
     # float64 scalar, after float32 matmuls) is only as exact as the least precise float that fed it
     rt_in = max((default_rtol(np.asarray(a).dtype) for a in inputs if dtypes.is_float(np.asarray(a).dtype)),
@@ -837,8 +837,8 @@ def _binary_locator(unit: int):
 
 def _fmt_binary(n: float) -> str:
     """KiB/MiB, as the fused graph's edges and the fusion lesson write bytes."""
-    from .passes.fusion import _fmt_bytes as fmt
-    return fmt(int(n))
+    from .units import fmt_bytes
+    return fmt_bytes(int(n))
 
 
 def _place_numbers(ax, points: list[tuple[int, float, float, str, float]]) -> None:
@@ -952,8 +952,8 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
     verbose = compile_kwargs.pop("verbose", True)
     t = resolve_target(target, verbose)
     if t == "cuda" and device is None:
-        from .backends import cuda as _cuda
-        ok, why = _cuda.available()
+        from .target import get_target
+        ok, why = get_target("cuda").available()
         if not ok:
             raise BackendUnavailable(f"compare(target='cuda') needs a working GPU: {why}; use target='cpu' or 'sim'")
     fuse_rules = compile_kwargs.pop("fuse", True)

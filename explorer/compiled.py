@@ -12,12 +12,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ExplorerError, ShapeError, TraceError, DTypeError
-from .pipeline import Options, Snapshot
+from .snapshot import Options, Snapshot
+from .target import get_target
 
 
 # Timing and summarize live in the timing module (one methodology for benchmark, compare, sweep, widgets);
 # re-exported here, where callers have always imported them from.
 from .measure import Timing, quartiles, summarize  # noqa: E402,F401
+# the tolerances live in a leaf module too (compare, autotune and custom kernels use them); re-exported
+from .tolerance import default_rtol, magnitude  # noqa: E402,F401
 
 
 class KernelIndexError(ExplorerError, IndexError):
@@ -109,8 +112,7 @@ class Compiled:
         With no arguments returns the whole Explanation (printable); with two node names
         ('%3', '%5') returns the one-line reason for that edge.
         """
-        from .passes.fusion import explain
-        return explain(self.stage("fused").ir, a, b)
+        return self.stage("fused").ir.explain(a, b)
 
     # -- running ------------------------------------------------------------------------
     def check_args(self, args: Sequence[Any]) -> list[np.ndarray]:
@@ -161,8 +163,8 @@ class Compiled:
 
     def executable(self):
         if self._executable is None:
-            from .backends import build
-            self._executable = build(self)
+            # the Target names its backend and builds through it: Compiled imports no backend
+            self._executable = get_target(self.target).build(self)
         return self._executable
 
     @property
@@ -210,9 +212,8 @@ class Compiled:
         """The call path for arrays exactly like the examples (ndarray, same shape and dtype,
         C-contiguous): check_args would return them unchanged, so only those checks run here;
         anything else returns None and takes the full path (conversions, clear errors)."""
-        from .backends.cpu import CpuExecutable
         exe = self._executable
-        if not isinstance(exe, CpuExecutable):
+        if not getattr(exe, "runs_checked", False):   # an executable without run(inputs, checked=True)
             return lambda args: None
         specs = [(e.shape, e.dtype) for e in self.examples]
         consts = [data for _, data in self.program.constants] if self.target != "reference" else []
@@ -233,7 +234,7 @@ class Compiled:
 
     def reference(self, *args: Any) -> list[np.ndarray]:
         """The NumPy interpreter's result for the traced graph (the ground truth)."""
-        from .backends.reference import run_graph
+        from .interpreter import run_graph
         return run_graph(self.stage("traced").ir, self.check_args(args))
 
     def benchmark(self, *args: Any, warmup: int = 3, repeat: int | None = None, include_copies: bool = False,
@@ -318,11 +319,10 @@ class Compiled:
         overrides = {**self.kernel_overrides, index: source}
         new = Compiled(self.fn, self.examples, self.stages, self.options, overrides)
         exe = new.executable()  # builds now: CompileError surfaces here
-        if self.target == "cpu":
-            # edited C can crash, hang or scribble on memory: try it in a child process first
-            from .backends.cpu import trial_run
-            trial_run(exe, new.backend_inputs(new.check_args(list(self.examples))),
-                      what=f"edited kernel {index} ({self.kernels[index].name})")
+        if hasattr(exe, "trial_run"):
+            # edited C can crash, hang or scribble on memory: the CPU executable tries it in a child process first
+            exe.trial_run(new.backend_inputs(new.check_args(list(self.examples))),
+                          what=f"edited kernel {index} ({self.kernels[index].name})")
         if check:
             got = new.run(*self.examples)
             want = self.reference(*self.examples)
@@ -344,32 +344,17 @@ class Compiled:
         return max(float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)), initial=0.0))
                    for g, w in zip(got, want))
 
-    def to_html(self) -> str:
+    def to_html(self, **options: Any) -> str:
+        """One self-contained HTML page of this compile: report.to_html(self, **options) does the work
+        (options: charts, resources, graphs, repeat), reading only this object's public attributes.
+
+        >>> open("report.html", "w").write(c.to_html(charts=False))    # doctest: +SKIP
+        """
         from .report import to_html
-        return to_html(self)
+        return to_html(self, **options)
 
+    @property
+    def built_executable(self):
+        """The executable if a run or benchmark already built it, else None (never builds one)."""
+        return self._executable
 
-def magnitude(*arrays: Any) -> float:
-    """Largest finite |value| among the float arrays given, at least 1: the scale an absolute
-    rounding tolerance is relative to.
-
-    >>> magnitude(np.array([1e6, -3.0]), np.array([np.inf, 2.0]))
-    1000000.0
-    """
-    m = 1.0
-    for a in arrays:
-        a = np.asarray(a)
-        if a.dtype.kind in "fc" and a.size:
-            f = np.abs(a[np.isfinite(a)])
-            if f.size:
-                m = max(m, float(f.max()))
-    return m
-
-
-def default_rtol(dtype) -> float:
-    dt = np.dtype(dtype)
-    # bf16/fp8 (ml_dtypes): two units in the last place (8, 4 and 3 mantissa bits incl. the implicit one)
-    narrow = {"bfloat16": 2 * 2.0 ** -7, "float8_e4m3fn": 2 * 2.0 ** -3, "float8_e5m2": 2 * 2.0 ** -2}
-    if dt.name in narrow:
-        return narrow[dt.name]
-    return {np.dtype("float16"): 2e-2, np.dtype("float32"): 1e-4, np.dtype("float64"): 1e-9}.get(dt, 0.0)

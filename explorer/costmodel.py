@@ -398,7 +398,7 @@ def simulator_counters(compiled) -> list[dict[str, Any]] | None:
     """The simulator's per-kernel counters, in launch order, if this compile ran on 'sim'; else None."""
     if getattr(compiled, "target", None) != "sim":
         return None
-    exe = getattr(compiled, "_executable", None)
+    exe = getattr(compiled, "built_executable", None)
     counters = getattr(exe, "counters", None) if exe is not None else None
     if not counters:
         return None

@@ -688,7 +688,7 @@ def check_indices(checks: list[tuple[Node, Graph | int]], inputs: Sequence[np.nd
     Index arrays that are function inputs are checked as they are; computed ones are evaluated with the
     NumPy interpreter of the part of the graph that computes them (usually a cast or an add).
     """
-    from .backends.reference import run_graph
+    from .interpreter import run_graph
     for n, src in checks:
         ids = inputs[src] if isinstance(src, int) else run_graph(src, inputs)[0]
         size = n.inputs[0].shape[n.attrs["axis"]]

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .measure import ratio
-from .passes.fusion import FusedGraph, _fmt_bytes, fuse
+from .passes.fusion import FusedGraph, fuse
+from .units import fmt_bytes as _fmt_bytes
 
 __all__ = ["FusionSummary", "fusion_summary", "memory_traffic", "intermediates", "speedup_spread"]
 

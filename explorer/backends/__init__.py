@@ -9,26 +9,28 @@ Each backend module exposes `available() -> (bool, reason)` and
 `build(compiled) -> Executable` where Executable has `run(inputs) -> list[np.ndarray]`
 and optionally `sampler(inputs, include_copies) -> explorer.measure.Sampler` (one timed run: CUDA
 events, per-kernel times; explorer.measure repeats and interleaves it) and
-`time(inputs, warmup, repeat, include_copies) -> Timing` (that sampler through explorer.measure).
+`time(inputs, warmup, repeat, include_copies) -> Timing` (that sampler through explorer.measure),
+`trial_run(inputs, what)` (run hand-edited source once where a fault cannot harm this process, raising
+KernelFault; the CPU's child process with canaries; Compiled.with_kernel_source calls it when present),
+and `runs_checked = True` when `run(inputs, checked=True)` skips the input checks (Compiled's fast path).
+Compiled reaches a backend only through its Target (Target.build), never by importing one.
 """
 from __future__ import annotations
 
-import importlib
+from ..errors import ExplorerError
+from ..target import TARGETS, get_target
 
-from ..errors import BackendUnavailable, ExplorerError
-
-BACKENDS = {"reference": "reference", "sim": "simulator", "cpu": "cpu", "cuda": "cuda"}
+# target name -> backend module name (each Target names its backend: Target.backend)
+BACKENDS = {name: t.backend.rsplit(".", 1)[-1] for name, t in TARGETS.items()}
 
 
 def backend_module(target: str):
+    """The backend module of target `target` ('reference', 'sim', 'cpu', 'cuda'), imported now."""
     if target not in BACKENDS:
         raise ExplorerError(f"unknown target {target!r}; choose one of {', '.join(BACKENDS)}")
-    return importlib.import_module(f"{__name__}.{BACKENDS[target]}")
+    return get_target(target).backend_module()
 
 
 def build(compiled):
-    mod = backend_module(compiled.target)
-    ok, why = mod.available()
-    if not ok:
-        raise BackendUnavailable(f"target {compiled.target!r} is unavailable here: {why}")
-    return mod.build(compiled)
+    """The Executable for `compiled` on its target (Target.build: BackendUnavailable says what is missing)."""
+    return get_target(compiled.target).build(compiled)

@@ -386,6 +386,9 @@ class CpuExecutable:
     other threads held cores. Outputs come from POOL; temporaries from a set kept per executable (_take_temp_set).
     """
 
+    # run(inputs, checked=True) skips the input checks: Compiled's fast call path, for inputs it checked
+    runs_checked = True
+
     def __init__(self, lib_path: Path, codegen, program, constants: dict[str, np.ndarray] | None = None):
         from ..loopir import np_dtype
         from . import threads
@@ -599,6 +602,13 @@ class CpuExecutable:
         """Timing of all kernels (explorer.measure), with the median of each kernel's own time in per_kernel_ms."""
         from ..measure import measure
         return measure(self.sampler(inputs), warmup=warmup, repeat=repeat)
+
+    def trial_run(self, inputs: Sequence[np.ndarray], what: str = "the edited kernels",
+                  timeout_s: float | None = None) -> None:
+        """Run once on `inputs` in a child process with canaries around every buffer (trial_run):
+        KernelFault when the kernels crash, hang or write outside their buffers. Compiled.with_kernel_source
+        calls it before running hand-edited C in this process."""
+        trial_run(self, inputs, what=what, timeout_s=timeout_s)
 
 
 def build_codegen(codegen, overrides: dict[int, str] | None = None, fast_math: bool | None = None,

@@ -320,7 +320,7 @@ def build_codegen(codegen, overrides: dict[int, str] | None = None) -> CudaExecu
     """Build a CUDA Codegen directly (no Compiled needed), e.g. for hand-written loop IR."""
     for k in codegen.kernels:
         if k.kernel.kind == "custom" and k.kernel.meta_dict()["custom"].cuda_source is None:
-            from ..custom import missing_source
+            from ..codegen.custom import missing_source
             raise missing_source(k.kernel, "cuda")
     ok, why = available()
     if not ok:

@@ -1027,7 +1027,7 @@ def _simd_reduction(s: L.For, scope: dict[str, L.Buffer]) -> list[str] | None:
 
 def _custom_kernel(k: L.Kernel, name: str, taken: set[str], done: list[GeneratedKernel]) -> GeneratedKernel:
     """A custom kernel's C: the user's c_source (once per program) and a wrapper named `name`."""
-    from .. import custom
+    from . import custom
     spec = k.meta_dict()["custom"]
     if spec.c_source is None:
         raise custom.missing_source(k, "c")

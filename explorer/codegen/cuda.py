@@ -684,7 +684,7 @@ def _custom_kernel(k: Kernel, arch: str, done: list[GeneratedKernel]) -> Generat
     """A custom kernel's CUDA: the user's __device__ function (once per program) and a __global__ wrapper.
     Without a cuda_source the wrapper is empty and says so (the cuda backend refuses to run it; sim runs
     the reference)."""
-    from .. import custom
+    from . import custom
     spec = k.meta_dict()["custom"]
     em = _KernelEmitter(k, idx_t="int", block=(custom.CUDA_BLOCK, 1, 1))
     name = em.name(k.name)

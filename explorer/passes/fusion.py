@@ -46,6 +46,7 @@ from typing import Any, Callable
 from ..errors import ExplorerError, VerificationError
 from ..graph import Graph, Node, Provenance, c_identifier
 from ..ops import OPS, get as get_op
+from ..units import fmt_bytes as _fmt_bytes
 from .attention import ATTENTION_REASON, AttentionMatch, attention_problem, match_attention
 
 RULES = ("elementwise", "reduce_producer", "reduce_consumer", "multi_reduce", "epilogue", "prologue", "horizontal", "attention")
@@ -144,6 +145,11 @@ class FusedGraph:
                 return d
         return None
 
+    def explain(self, a: str | None = None, b: str | None = None) -> "Explanation | str":
+        """Why ops are (not) in one kernel: explain(self, a, b) (Compiled.explain_fusion calls this,
+        so the top layer reaches the fusion pass only through the snapshot it holds)."""
+        return explain(self, a, b)
+
     # -- printing ----------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """kernels, fused/unfused edges, bytes of intermediates that round-trip through global memory."""
@@ -239,14 +245,6 @@ class FusedGraph:
     def to_svg(self) -> str:
         from ..render import dot_to_svg
         return dot_to_svg(self.dot())
-
-
-def _fmt_bytes(b: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if b < 1024 or unit == "GiB":
-            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
-        b /= 1024
-    return f"{b} B"  # pragma: no cover
 
 
 def _short_lines(provs: list[Provenance]) -> list[str]:

@@ -105,8 +105,8 @@ def stat_label(key: str) -> str:
 
 
 def format_bytes(n: float) -> str:
-    from explorer.passes.fusion import _fmt_bytes
-    return _fmt_bytes(int(n))
+    from explorer.units import fmt_bytes
+    return fmt_bytes(int(n))
 
 
 def format_stats(stats: dict[str, Any] | None) -> str:
