@@ -30,8 +30,9 @@ class Target:
 
     name: str
     description: str
-    # language of the generated source ("c", "cuda"), or None: the reference target generates none
-    language: str | None
+    # language of the generated source ("c", "cuda"); the reference target prints its naive loops as
+    # CUDA, for reading only (NumPy runs the graph)
+    language: str
     # whose default schedules apply ("cpu", "cuda"), or None: the reference target keeps naive loops
     schedule_family: str | None
     # loops bind to blocks and threads (the simulator runs the CUDA schedule, so it is a GPU target)
@@ -41,6 +42,16 @@ class Target:
     stash_reductions: bool
     # what benchmarks/compare measure here: "time" (real hardware) or "global_bytes" (the simulator)
     measures: str
+    # module in explorer/backends/ that builds and runs a compile here
+    backend: str = ""
+    # the backend interprets the traced graph (NumPy), not the loop program: no program constants are
+    # passed, and no schedule, codegen or build applies
+    interprets_graph: bool = False
+    # the generated source is built by a system compiler and run, so it can be edited (with_kernel_source)
+    builds_source: bool = False
+    # explorer.costmodel.device() name whose roofline models this target: 'cpu' (measured here),
+    # 'a100' (the simulator runs CUDA compiled for sm_80), 'gpu' (the GPU pycuda sees)
+    model_device: str = "cpu"
     # GPU launch limits (None on CPU-like targets)
     max_threads_per_block: int | None = None
     max_shared_bytes: int | None = None
@@ -51,6 +62,34 @@ class Target:
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether schedules apply here (False on 'reference': its naive loops are shown as they are)."""
+        return self.schedule_family is not None
+
+    @property
+    def schedules(self) -> str | None:
+        """The module whose `default_schedule(compute, knobs)` gives this target's default schedules.
+
+        >>> get_target("sim").schedules
+        'explorer.schedules.cuda'
+        """
+        return f"explorer.schedules.{self.schedule_family}" if self.schedule_family else None
+
+    @property
+    def runs_on_gpu(self) -> bool:
+        """A real GPU runs the code (not the simulator, which runs the same loops on this CPU)."""
+        return self.gpu and self.measures == "time"
+
+    def stages(self) -> list:
+        """[(stage name, pass)] that compile runs after `traced`, built for this target (explorer/stages.py).
+
+        >>> [name for name, _ in get_target("cpu").stages()]
+        ['simplified', 'fused', 'lowered', 'tiled', 'codegen']
+        """
+        from .stages import stages_for
+        return stages_for(self)
 
     def knob_applies(self, knob: str) -> bool:
         """Whether schedule knob `knob` changes anything on this target.
@@ -63,30 +102,36 @@ class Target:
 
 _GPU_LIMITS = dict(max_threads_per_block=1024, max_shared_bytes=48 * 1024)
 _NO_SCHEDULE = "target 'reference' runs NumPy on the graph: schedules do not apply"
-_GPU_ONLY = "applies to GPU targets (cuda, sim) only"
+_GPU_ONLY = ("apply to GPU targets (cuda, sim) only: the CPU schedule uses the register tile "
+             "(reg tile) and vector width, and always unrolls")
 _CPU_ONLY = "applies to the CPU target only"
 
 TARGETS: Mapping[str, Target] = MappingProxyType({
     "reference": Target(
         name="reference", description="NumPy interprets the graph (the ground truth)",
-        language=None, schedule_family=None, gpu=False, stash_reductions=False, measures="time",
+        language="cuda", schedule_family=None, gpu=False, stash_reductions=False, measures="time",
+        backend="reference", interprets_graph=True, model_device="cpu",
         knobs_not_applicable=MappingProxyType({k: _NO_SCHEDULE for k in (
             "tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "chunk",
             "tensor_core", "attention_tile", "conv_tile_k", "conv_tile_p")})),
     "sim": Target(
         name="sim", description="the SIMT simulator runs the CUDA schedule's loop IR and counts memory traffic",
         language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="global_bytes",
+        backend="simulator", model_device="a100",
         vector_lanes=MappingProxyType({"f32": 4}), **_GPU_LIMITS,
         knobs_not_applicable=MappingProxyType({"chunk": _CPU_ONLY})),
     "cpu": Target(
         name="cpu", description="C with OpenMP, built by the system C compiler",
         language="c", schedule_family="cpu", gpu=False, stash_reductions=True, measures="time",
+        backend="cpu", builds_source=True, model_device="cpu",
         vector_lanes=MappingProxyType({"f32": 8, "i32": 8, "f64": 4, "i64": 4}),
         knobs_not_applicable=MappingProxyType({k: _GPU_ONLY for k in (
-            "threads", "shared", "double_buffer", "tensor_core", "conv_tile_k", "conv_tile_p")})),
+            "tile", "threads", "unroll", "shared", "double_buffer", "tensor_core", "conv_tile_k",
+            "conv_tile_p")})),
     "cuda": Target(
         name="cuda", description="CUDA C, built by nvcc and run with pycuda on a GPU",
         language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="time",
+        backend="cuda", builds_source=True, model_device="gpu",
         vector_lanes=MappingProxyType({"f32": 4}), **_GPU_LIMITS,
         knobs_not_applicable=MappingProxyType({"chunk": _CPU_ONLY})),
 })
