@@ -16,14 +16,17 @@ from __future__ import annotations
 import importlib
 
 from ..errors import BackendUnavailable, ExplorerError
+from ..target import TARGETS, Target
 
-BACKENDS = {"reference": "reference", "sim": "simulator", "cpu": "cpu", "cuda": "cuda"}
+BACKENDS = {name: t.backend for name, t in TARGETS.items()}   # target name -> module here (Target.backend)
 
 
-def backend_module(target: str):
-    if target not in BACKENDS:
+def backend_module(target: "str | Target"):
+    """The backend module that runs `target` (a Target or its name)."""
+    name = target.name if isinstance(target, Target) else target
+    if name not in BACKENDS:
         raise ExplorerError(f"unknown target {target!r}; choose one of {', '.join(BACKENDS)}")
-    return importlib.import_module(f"{__name__}.{BACKENDS[target]}")
+    return importlib.import_module(f"{__name__}.{BACKENDS[name]}")
 
 
 def build(compiled):
