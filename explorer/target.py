@@ -106,18 +106,12 @@ _GPU_ONLY = ("apply to GPU targets (cuda, sim) only: the CPU schedule uses the r
              "(reg tile) and vector width, and always unrolls")
 _CPU_ONLY = "applies to the CPU target only"
 
+# in the order compile lists them (also auto's order of preference: cuda, then cpu, then sim)
 TARGETS: Mapping[str, Target] = MappingProxyType({
-    "reference": Target(
-        name="reference", description="NumPy interprets the graph (the ground truth)",
-        language="cuda", schedule_family=None, gpu=False, stash_reductions=False, measures="time",
-        backend="reference", interprets_graph=True, model_device="cpu",
-        knobs_not_applicable=MappingProxyType({k: _NO_SCHEDULE for k in (
-            "tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "chunk",
-            "tensor_core", "attention_tile", "conv_tile_k", "conv_tile_p")})),
-    "sim": Target(
-        name="sim", description="the SIMT simulator runs the CUDA schedule's loop IR and counts memory traffic",
-        language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="global_bytes",
-        backend="simulator", model_device="a100",
+    "cuda": Target(
+        name="cuda", description="CUDA C, built by nvcc and run with pycuda on a GPU",
+        language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="time",
+        backend="cuda", builds_source=True, model_device="gpu",
         vector_lanes=MappingProxyType({"f32": 4}), **_GPU_LIMITS,
         knobs_not_applicable=MappingProxyType({"chunk": _CPU_ONLY})),
     "cpu": Target(
@@ -128,12 +122,19 @@ TARGETS: Mapping[str, Target] = MappingProxyType({
         knobs_not_applicable=MappingProxyType({k: _GPU_ONLY for k in (
             "tile", "threads", "unroll", "shared", "double_buffer", "tensor_core", "conv_tile_k",
             "conv_tile_p")})),
-    "cuda": Target(
-        name="cuda", description="CUDA C, built by nvcc and run with pycuda on a GPU",
-        language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="time",
-        backend="cuda", builds_source=True, model_device="gpu",
+    "sim": Target(
+        name="sim", description="the SIMT simulator runs the CUDA schedule's loop IR and counts memory traffic",
+        language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="global_bytes",
+        backend="simulator", model_device="a100",
         vector_lanes=MappingProxyType({"f32": 4}), **_GPU_LIMITS,
         knobs_not_applicable=MappingProxyType({"chunk": _CPU_ONLY})),
+    "reference": Target(
+        name="reference", description="NumPy interprets the graph (the ground truth)",
+        language="cuda", schedule_family=None, gpu=False, stash_reductions=False, measures="time",
+        backend="reference", interprets_graph=True, model_device="cpu",
+        knobs_not_applicable=MappingProxyType({k: _NO_SCHEDULE for k in (
+            "tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "chunk",
+            "tensor_core", "attention_tile", "conv_tile_k", "conv_tile_p")})),
 })
 
 
