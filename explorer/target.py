@@ -59,6 +59,8 @@ class Target:
     vector_lanes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     # {schedule knob: why it does not apply here}; knobs not named apply
     knobs_not_applicable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # knobs explorer.autotune searches here (the CPU's include 'shared': it packs B's column panel)
+    tunable_knobs: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.name
@@ -76,6 +78,16 @@ class Target:
         'explorer.schedules.cuda'
         """
         return f"explorer.schedules.{self.schedule_family}" if self.schedule_family else None
+
+    @property
+    def openmp(self) -> bool:
+        """The CPU schedules apply: loops run across OpenMP threads with SIMD inside (not bound to a GPU grid)."""
+        return self.scheduled and not self.gpu
+
+    @property
+    def simulated(self) -> bool:
+        """The simulator runs the loops (in NumPy, thread by thread): exact counters, no real time."""
+        return self.measures == "global_bytes"
 
     @property
     def runs_on_gpu(self) -> bool:
@@ -105,19 +117,22 @@ _NO_SCHEDULE = "target 'reference' runs NumPy on the graph: schedules do not app
 _GPU_ONLY = ("apply to GPU targets (cuda, sim) only: the CPU schedule uses the register tile "
              "(reg tile) and vector width, and always unrolls")
 _CPU_ONLY = "applies to the CPU target only"
+_GPU_TUNABLE = ("tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "tensor_core",
+                "attention_tile")
 
 # in the order compile lists them (also auto's order of preference: cuda, then cpu, then sim)
 TARGETS: Mapping[str, Target] = MappingProxyType({
     "cuda": Target(
         name="cuda", description="CUDA C, built by nvcc and run with pycuda on a GPU",
         language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="time",
-        backend="cuda", builds_source=True, model_device="gpu",
+        backend="cuda", builds_source=True, model_device="gpu", tunable_knobs=_GPU_TUNABLE,
         vector_lanes=MappingProxyType({"f32": 4}), **_GPU_LIMITS,
         knobs_not_applicable=MappingProxyType({"chunk": _CPU_ONLY})),
     "cpu": Target(
         name="cpu", description="C with OpenMP, built by the system C compiler",
         language="c", schedule_family="cpu", gpu=False, stash_reductions=True, measures="time",
         backend="cpu", builds_source=True, model_device="cpu",
+        tunable_knobs=("thread_tile", "shared", "chunk", "vector", "attention_tile"),
         vector_lanes=MappingProxyType({"f32": 8, "i32": 8, "f64": 4, "i64": 4}),
         knobs_not_applicable=MappingProxyType({k: _GPU_ONLY for k in (
             "tile", "threads", "unroll", "shared", "double_buffer", "tensor_core", "conv_tile_k",
@@ -125,7 +140,7 @@ TARGETS: Mapping[str, Target] = MappingProxyType({
     "sim": Target(
         name="sim", description="the SIMT simulator runs the CUDA schedule's loop IR and counts memory traffic",
         language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="global_bytes",
-        backend="simulator", model_device="a100",
+        backend="simulator", model_device="a100", tunable_knobs=_GPU_TUNABLE,
         vector_lanes=MappingProxyType({"f32": 4}), **_GPU_LIMITS,
         knobs_not_applicable=MappingProxyType({"chunk": _CPU_ONLY})),
     "reference": Target(
@@ -151,3 +166,24 @@ def get_target(target: "str | Target") -> Target:
     except (KeyError, TypeError):
         from .errors import ExplorerError
         raise ExplorerError(f"unknown target {target!r}; choose one of auto, {', '.join(TARGETS)}") from None
+
+
+def target_for_language(language: str, current: "str | Target | None" = None) -> Target:
+    """The target to compile for to get `language` source: `current` when it builds that language, else
+    the scheduled target of that language that runs here without a GPU (c: cpu, cuda: sim).
+
+    >>> target_for_language("cuda", "cpu").name, target_for_language("cuda", "cuda").name
+    ('sim', 'cuda')
+    >>> target_for_language("c", "sim").name
+    'cpu'
+    """
+    if current is not None:
+        cur = get_target(current)
+        if cur.language == language and cur.builds_source:
+            return cur
+    for t in TARGETS.values():
+        if t.language == language and t.scheduled and not t.runs_on_gpu:
+            return t
+    from .errors import ExplorerError
+    raise ExplorerError(f"no target generates {language!r} source; languages are "
+                        f"{', '.join(sorted({t.language for t in TARGETS.values()}))}")

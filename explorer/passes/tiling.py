@@ -148,7 +148,7 @@ def generate_kernel(compute, schedule: Schedule, target: "str | Target" = "cuda"
                buffers=operands, kernel=compute.name)
     gen = _Generator(compute, st, target)
     body = gen.build()
-    if target.scheduled and not target.gpu:
+    if target.openmp:
         # loops for a C compiler: peel tails and split at selects so each loop vectorizes
         body = split_index_ranges(partition_tails(body))
     shared = sum(b.nbytes for b in gen.shared_allocs)
