@@ -398,7 +398,7 @@ def _kernel_names(compiled, groups) -> dict[str, str]:
 def simulator_counters(compiled) -> list[dict[str, Any]] | None:
     """The simulator's per-kernel counters, in launch order, if this compile ran on 'sim'; else None."""
     target = getattr(compiled, "target", None)
-    if target not in TARGETS or get_target(target).measures != "global_bytes":   # the simulator counts bytes
+    if target not in TARGETS or not get_target(target).simulated:   # the simulator counts bytes
         return None
     exe = getattr(compiled, "_executable", None)
     counters = getattr(exe, "counters", None) if exe is not None else None

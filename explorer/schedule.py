@@ -552,7 +552,6 @@ def _tc_operands(c) -> tuple[tuple[str, str] | None, str]:
     return names, ""
 
 
-
 _MOVED_TO_SCHEDULES = {"rearranged_loads": "cpu", "select_axes": "cpu", "CPU_VECTOR_LANES": "cpu",
                        "SMALL_MATMUL_MACS": "cpu", "c_extent": ""}
 

@@ -290,4 +290,3 @@ def _cpu_conv(c, knobs) -> Schedule:
     s.notes.append(f"conv2d: output rows across OpenMP threads, a {TW}x{TK} register tile (columns x output "
                    f"channels) accumulating over (kh, kw, ic), SIMD over output channels")
     return s
-

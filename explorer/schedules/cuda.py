@@ -34,13 +34,11 @@ def _bind_threads(s: "Schedule", axis: str, threads: int) -> None:
     s.bind(thr, "threadIdx.x")
 
 
-
 def _pow2_at_most(n: int, cap: int) -> int:
     p = 1
     while p * 2 <= min(n, cap):
         p *= 2
     return p
-
 
 
 def _cuda_default(c, knobs) -> Schedule:
@@ -308,4 +306,3 @@ def _cuda_matmul(c, knobs) -> Schedule:
     if tc_note:
         s.notes.append(tc_note)
     return s
-
