@@ -87,7 +87,7 @@ class Snapshot:
 
 
 class Context:
-    """What a stage may read besides its input IR: the options and earlier snapshots."""
+    """What a stage may read besides its input IR: the options, the Target (`target`) and earlier snapshots."""
 
     def __init__(self, options: Options, snapshots: list[Snapshot], examples: list[np.ndarray]):
         self.options = options
