@@ -39,17 +39,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .errors import BackendUnavailable, ExplorerError
+from .target import TARGETS, get_target
 
-# knobs that change the generated code on each target (explorer.schedule: the CPU ignores tile,
-# threads, double_buffer and tensor_core; a knob listed here for a target can still be a no-op for
-# some kernel, which the duplicate check catches)
-TUNABLE = {
-    "cpu": ("thread_tile", "shared", "chunk", "vector", "attention_tile"),
-    "cuda": ("tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "tensor_core",
-             "attention_tile"),
-    "sim": ("tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "tensor_core",
-            "attention_tile"),
-}
+# knobs that change the generated code on each target (Target.tunable_knobs; a knob listed for a target can
+# still be a no-op for some kernel, which the duplicate check catches); reference has none
+TUNABLE = {name: t.tunable_knobs for name, t in TARGETS.items() if t.tunable_knobs}
 MAX_CANDIDATES = 5000          # combinations enumerated at most (compiling each takes ~10 ms)
 DEFAULT_TOP_K = 8              # measured candidates besides the default, at most
 # timed targets split the budget (counted from the call, enumeration included) into phases that end at
@@ -442,7 +436,8 @@ def default_space(compiled) -> dict[str, list]:
     """A space that fits the kernels of a compile (its target decides which knobs count)."""
     kinds = {k.kind for k in compiled.stage("lowered").ir.kernels}
     space: dict[str, list] = {}
-    if compiled.target == "cpu":
+    openmp = get_target(compiled.target).openmp   # the CPU schedule's knobs, else the GPU schedule's
+    if openmp:
         if "contraction" in kinds:
             space["thread_tile"] = [(tm, tn) for tm in (1, 2, 4, 6, 8) for tn in (8, 16, 24, 32)]
             space["shared"] = [True, False]
@@ -462,7 +457,7 @@ def default_space(compiled) -> dict[str, list]:
     if "attention" in kinds:   # the fused online-softmax kernel: query rows per block x keys per tile
         space["attention_tile"] = [(bq, bk) for bq in (16, 32, 64, 128) for bk in (16, 32, 64, 128)]
     if not space:   # opaque kernels only: the knobs that still change something
-        space = {"vector": [4, 8, 16]} if compiled.target == "cpu" else {"unroll": [True, False]}
+        space = {"vector": [4, 8, 16]} if openmp else {"unroll": [True, False]}
     return space
 
 
@@ -482,11 +477,12 @@ def cache_dir() -> Path:
 
 def device_label(target: str) -> str:
     """What the cache key and table say about the machine: CPU model and cores, or the GPU's name."""
-    if target == "cpu":
+    t = get_target(target)
+    if t.openmp:
         from .costmodel import _cpu_model
         threads = os.environ.get("OMP_NUM_THREADS")
         return f"{_cpu_model()}, {os.cpu_count()} cores" + (f", OMP_NUM_THREADS={threads}" if threads else "")
-    if target == "cuda":
+    if t.runs_on_gpu:
         try:
             import pycuda.driver as drv
             drv.init()
@@ -611,7 +607,8 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
     if target not in TUNABLE:
         raise ExplorerError(f"autotune target {target!r}: choose cpu, cuda or sim (reference runs NumPy and has no "
                             f"schedule)")
-    if target == "cuda":
+    tgt = get_target(target)
+    if tgt.runs_on_gpu:
         from .backends import cuda
         ok, why = cuda.available()
         if not ok:
@@ -635,7 +632,7 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
     compiled: dict[int, Any] = {}
     seen: dict[str, int] = {}
     from . import costmodel
-    dev = costmodel.device("cuda" if target == "cuda" else "h100" if target == "sim" else "cpu")
+    dev = costmodel.device("h100" if tgt.simulated else tgt.model_device)
     bar.phase("autotune: enumerate + model", len(cands))
     for c in cands:
         t0 = time.perf_counter()
@@ -659,7 +656,7 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
         bar.step(c.label())
     # duplicates carry their original's prediction; rank the distinct valid ones
     # sim measures global bytes, so it ranks by the model's bytes (then time); cpu/cuda by model time
-    model_key = ((lambda c: (c.predicted_bytes, c.predicted_ms, c.index)) if target == "sim"
+    model_key = ((lambda c: (c.predicted_bytes, c.predicted_ms, c.index)) if tgt.simulated
                  else (lambda c: (c.predicted_ms, c.index)))
     ranked = sorted((c for c in cands if c.index in compiled), key=model_key)
     for r, c in enumerate(ranked):
@@ -671,10 +668,10 @@ def autotune(fn: Callable, *args: Any, space: Mapping[str, Any] | None = None, b
 
     # 2. measure, in model order, within the budget
     confirmation: dict[str, Any] = {}
-    metric = "global_bytes" if target == "sim" else "time"
-    with blas.during_measurement(blas_threads if target != "sim" else None) as blas_setting:
+    metric = tgt.measures
+    with blas.during_measurement(blas_threads if not tgt.simulated else None) as blas_setting:
         reference = [np.asarray(x) for x in base.reference(*base.examples)]
-        if target == "sim":
+        if tgt.simulated:
             _measure_sim(queue, compiled, reference, bar, deadline=t_start + budget)
         else:
             _measure_timed(queue, compiled, reference, bar, t_build_end=t_start + BUILD_SHARE * budget,

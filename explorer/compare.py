@@ -33,6 +33,7 @@ import numpy as np
 
 from . import blas as _blas, costmodel, dtypes, measure
 from .costmodel import Device, KernelCost
+from .target import get_target
 from .measure import Timing, fmt_ratio
 from .errors import BackendUnavailable, ExplorerError, VerificationError
 
@@ -154,14 +155,15 @@ def _check_compiled(name: str, compiled, want: list[np.ndarray], dev: Device, ch
                                 f"(max abs error {err:.3g}); pass check=False to compare anyway")
     costs = costmodel.kernel_costs(compiled, dev)
     model_costs = costmodel.kernel_costs(compiled, dev, counters=False)
-    sim = compiled.target == "sim" and any(c.source == "simulator" for c in costs)
+    simulated = get_target(compiled.target).simulated
+    sim = simulated and any(c.source == "simulator" for c in costs)
     n_kernels = len(compiled.kernels) if "codegen" in compiled.stage_names else len(costs)
     v = Variant(name=name, kind="compiled", median_ms=math.nan, stdev_ms=0.0, min_ms=math.nan, repeat=0,
                 time_source="measured (wall clock)", kernels=n_kernels, flops=sum(c.flops for c in model_costs),
                 bytes_model=sum(c.bytes for c in model_costs),
                 bytes_measured=sum(c.bytes for c in costs) if sim else None, max_abs_error=err,
                 costs=model_costs if not sim else costs, compiled=compiled)
-    if compiled.target == "sim":
+    if simulated:
         # The simulator runs in NumPy: its wall time says nothing about a GPU. The time shown is
         # the roofline model on `dev` applied to the simulator's exact per-kernel counts.
         ms = sum(c.predicted_ms for c in costs)
@@ -305,7 +307,8 @@ def _baseline_torch(graph, arrays: list[np.ndarray], compiled_mode: bool, target
         import torch
     except ImportError:
         return None, "torch is not installed"
-    dev = "cuda" if target == "cuda" and torch.cuda.is_available() else "cpu"
+    on_gpu = get_target(target).runs_on_gpu and torch.cuda.is_available()
+    dev = "cuda" if on_gpu else "cpu"   # torch's device names
     try:
         xs = [torch.from_numpy(np.ascontiguousarray(a)).to(dev) for a in arrays]
         f = _torch_fn(graph, torch)
@@ -314,7 +317,7 @@ def _baseline_torch(graph, arrays: list[np.ndarray], compiled_mode: bool, target
         f(*xs)  # compile / warm up now so a failure becomes a note, not a crash
     except Exception as e:  # torch.compile needs a working C++ toolchain (inductor); say why it is missing
         return None, f"{'torch.compile' if compiled_mode else 'torch'} failed: {type(e).__name__}: {str(e)[:120]}"
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
 
     def call():
         r = f(*xs)
@@ -338,7 +341,7 @@ def _baseline(name: str, fn: Callable, arrays: list[np.ndarray], graph, want: li
     if call is None:
         return None, None, why
     err = max_abs_error(_as_list(call()), want)
-    note = "on the GPU" if name.startswith("torch") and target == "cuda" else ""
+    note = "on the GPU" if name.startswith("torch") and get_target(target).runs_on_gpu else ""
     return Variant(name=name, kind="baseline", median_ms=math.nan, stdev_ms=0.0, min_ms=math.nan, repeat=0,
                    time_source="measured (wall clock)", max_abs_error=err, note=note), call, ""
 
@@ -951,9 +954,8 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
     blas_threads = _blas.check_blas_threads(blas_threads)
     verbose = compile_kwargs.pop("verbose", True)
     t = resolve_target(target, verbose)
-    if t == "cuda" and device is None:
-        from .target import get_target
-        ok, why = get_target("cuda").available()
+    if get_target(t).runs_on_gpu and device is None:
+        ok, why = get_target(t).available()
         if not ok:
             raise BackendUnavailable(f"compare(target='cuda') needs a working GPU: {why}; use target='cpu' or 'sim'")
     fuse_rules = compile_kwargs.pop("fuse", True)
@@ -1182,9 +1184,10 @@ def bench_cases(target: str, quick: bool = False) -> list[tuple[str, Callable, t
     def r(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
     # The simulator executes every thread in NumPy: keep its problems small.
-    small = target == "sim" or quick
+    simulated = get_target(target).simulated
+    small = simulated or quick
     m, k, n = (2048, 64, 64) if small else (8192, 64, 64)
-    big = 128 if target == "sim" else (256 if quick else 1024)
+    big = 128 if simulated else (256 if quick else 1024)
     rows, cols = (256, 256) if small else (4096, 1024)
     return [(f"mlp, memory-bound ({m}x{k} @ {k}x{n})", mlp, (r(m, k), r(k, n), r(n))),
             (f"mlp, compute-bound ({big}^3)", mlp, (r(big, big), r(big, big), r(big))),

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import ExplorerError, ShapeError, TraceError, DTypeError
 from .snapshot import Options, Snapshot
-from .target import get_target
+from .target import Target, get_target
 
 
 # Timing and summarize live in the timing module (one methodology for benchmark, compare, sweep, widgets);
@@ -63,7 +63,8 @@ class Compiled:
         self.examples = examples
         self.stages = stages
         self.options = options
-        self.target = options.target
+        self.target = options.target                                # its name (public, as given)
+        self.target_info: Target = get_target(options.target)       # what the code paths below read
         self.kernel_overrides = dict(kernel_overrides or {})
         self._executable = None
         self._fast_call: Callable | None = None
@@ -175,7 +176,7 @@ class Compiled:
         >>> [str(d) for d in c.thread_policy]        # doctest: +SKIP
         ['fused_matmul_add_maximum: serial: ~41 µs of work, below the 300 µs parallel threshold']
         """
-        if self.target != "cpu" or "codegen" not in self.stage_names:
+        if self.target_info.language != "c" or "codegen" not in self.stage_names:   # OpenMP: the C backend
             return []
         return list(getattr(self.executable(), "thread_policy", []))
 
@@ -190,7 +191,7 @@ class Compiled:
 
     def backend_inputs(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """The user's arrays followed by the program's non-scalar constants (loop-IR backends)."""
-        if self.target == "reference" or "tiled" not in self.stage_names:
+        if self.target_info.interprets_graph or "tiled" not in self.stage_names:
             return inputs
         return inputs + [data for _, data in self.program.constants]
 
@@ -216,7 +217,7 @@ class Compiled:
         if not getattr(exe, "runs_checked", False):   # an executable without run(inputs, checked=True)
             return lambda args: None
         specs = [(e.shape, e.dtype) for e in self.examples]
-        consts = [data for _, data in self.program.constants] if self.target != "reference" else []
+        consts = [data for _, data in self.program.constants] if not self.target_info.interprets_graph else []
         consts = [np.ascontiguousarray(c) for c in consts]
         n, run, ndarray = len(specs), exe.run, np.ndarray
 
@@ -313,7 +314,7 @@ class Compiled:
             raise ExplorerError(f"with_kernel_source: check={check!r} must be True or False")
         if not 0 <= index < n:
             raise ExplorerError(f"kernel index {index} out of range: this compile has {n} kernels (0..{n - 1})")
-        if self.target not in ("cpu", "cuda"):
+        if not self.target_info.builds_source:
             raise ExplorerError(f"with_kernel_source needs a target that compiles source (cpu or cuda), "
                                 f"this compile's target is {self.target!r}; recompile with target='cpu'")
         overrides = {**self.kernel_overrides, index: source}

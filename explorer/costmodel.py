@@ -34,6 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import BackendUnavailable, ExplorerError
+from .target import TARGETS, get_target
 
 
 # ----------------------------------------------------------------------------- devices
@@ -110,8 +111,9 @@ DEVICES: dict[str, Device] = {
 _ALIASES = {"h100sxm": "h100", "h100sxm5": "h100", "nvidiah100": "h100", "nvidiah100sxm": "h100",
             "h200sxm": "h200", "nvidiah200": "h200", "a100sxm": "a100", "a10080gb": "a100",
             "a100sxm80gb": "a100", "nvidiaa100": "a100", "nvidial4": "l4", "nvidiat4": "t4"}
-_LOCAL_NAMES = ("cpu", "local", "localcpu", "reference", "host")
-SIM_DEVICE = "a100"  # target 'sim' runs CUDA code compiled for sm_80: its model times are an A100's
+_LOCAL_NAMES = ("cpu", "local", "localcpu", "host")
+_THIS_GPU_NAMES = ("gpu", "cuda")
+SIM_DEVICE = get_target("sim").model_device  # 'sim' runs CUDA code compiled for sm_80: its model times are an A100's
 
 
 def _norm(name: str) -> str:
@@ -141,15 +143,14 @@ def device(name_or_target: "str | Device | None" = None) -> Device:
     if name_or_target is None:
         return local_cpu()
     key = _norm(name_or_target)
+    if key == "auto":
+        from .pipeline import resolve_target
+        key = "gpu" if get_target(resolve_target("auto", verbose=False)).runs_on_gpu else "cpu"
+    elif key in TARGETS:
+        key = get_target(key).model_device   # cpu, reference: 'cpu'; sim: 'a100'; cuda: 'gpu'
     if key in _LOCAL_NAMES:
         return local_cpu()
-    if key == "sim":
-        return DEVICES[SIM_DEVICE]
-    if key in ("cuda", "gpu", "auto"):
-        if key == "auto":
-            from .pipeline import resolve_target
-            if resolve_target("auto", verbose=False) != "cuda":
-                return local_cpu()
+    if key in _THIS_GPU_NAMES:
         return this_gpu()
     key = _ALIASES.get(key, key)
     if key in DEVICES:
@@ -396,7 +397,8 @@ def _kernel_names(compiled, groups) -> dict[str, str]:
 
 def simulator_counters(compiled) -> list[dict[str, Any]] | None:
     """The simulator's per-kernel counters, in launch order, if this compile ran on 'sim'; else None."""
-    if getattr(compiled, "target", None) != "sim":
+    target = getattr(compiled, "target", None)
+    if target not in TARGETS or not get_target(target).simulated:   # the simulator counts bytes
         return None
     exe = getattr(compiled, "built_executable", None)
     counters = getattr(exe, "counters", None) if exe is not None else None
@@ -562,7 +564,7 @@ def _other_ms(kernel, cost: "KernelCost", dev: Device, target: str) -> float:
     """Elementwise / reduction kernels: roofline time x the schedule's overheads."""
     base = cost.predicted_ms
     sp = _splits(kernel)
-    if target == "cpu":
+    if get_target(target).openmp:   # the CPU schedule: chunks across OpenMP threads, SIMD inside
         chunk = sp.get("n", (0,))[0]
         total_elems = max(1, cost.bytes // 4)
         chunks = -(-total_elems // chunk) if chunk else 1
@@ -616,7 +618,7 @@ def predict_schedule(compiled, device_or_name: "Device | str | None" = None) -> 
         compute = dict(kernel.meta).get("compute")
         out = kernel.output_buffers[0] if kernel.output_buffers else None
         itemsize = np.dtype(_np_dtype(out.dtype)).itemsize if out is not None else 4
-        if kernel.kind == "contraction" and compute is not None and target == "cpu":
+        if kernel.kind == "contraction" and compute is not None and get_target(target).openmp:
             total_ms += _cpu_matmul_ms(kernel, compute, dev, itemsize)
             total_bytes += costs[kernel.name].bytes if kernel.name in costs else 0
         elif kernel.kind == "contraction" and compute is not None:

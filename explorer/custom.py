@@ -44,6 +44,7 @@ import numpy as np
 
 from . import dtypes
 from .errors import CompileError, DTypeError, ExplorerError, ShapeError, VerificationError
+from .target import Target, get_target
 
 # the generated wrappers (C and CUDA) live with the code generators; re-exported here
 from .codegen.custom import CUDA_BLOCK, OPAQUE_REASON, emit_c, emit_cuda, missing_source  # noqa: E402,F401
@@ -338,14 +339,14 @@ def check_cuda_source(spec: CustomKernel, arch: str = "sm_80") -> str:
 
 
 # ----------------------------------------------------------------------------- compile-time check
-def verify(graph, examples: Sequence[np.ndarray], target: str) -> list[str]:
+def verify(graph, examples: Sequence[np.ndarray], target: "str | Target") -> list[str]:
     """Run every custom node's target code on the values it gets from `examples` and compare it with its
     reference; raise VerificationError on a mismatch. Returns one line per kernel checked.
 
     cpu: the C source is built alone and run; sim/reference run the reference itself (nothing to check);
     cuda: the CUDA source was nvcc-checked at registration (no GPU run here)."""
     nodes = [n for n in graph.nodes if custom_of(n.op) is not None]
-    if not nodes or target != "cpu":
+    if not nodes or get_target(target).language != "c":   # only the C source is run here
         return []
     from .interpreter import node_values
     from .tolerance import default_rtol

@@ -1,6 +1,8 @@
 """compile(): run the stages in order, keeping an IR snapshot after each.
 
-Stages are an ordered registry (as Triton's `stages` dict): name -> pure pass.
+The stages after `traced` are the target's stage list (explorer/stages.py, through
+`Target.stages()`, as Triton's backends fill their `stages` dict), then any stage registered with
+`@stage(name)`:
 
     traced      Graph        proxy tensors recorded every op
     simplified  Graph        DCE, CSE, constant folding, identities, decomposition
@@ -26,20 +28,48 @@ from .errors import ExplorerError, TraceError
 # the snapshot types live in a leaf module (Compiled, the report and the widgets share them);
 # re-exported here, where callers have always imported them from
 from .snapshot import Context, Options, Snapshot, TextOptionError  # noqa: F401
+from .target import TARGETS as _TARGETS, Target, get_target
 
-TARGETS = ("auto", "cuda", "cpu", "sim", "reference")
+TARGETS = ("auto", *_TARGETS)   # the names compile accepts: 'auto' (resolve_target picks one) and every Target
 
 
 StageFn = Callable[[Any, Context], Any]
-STAGES: dict[str, StageFn] = {}
+# stages registered with @stage: each runs after the target's stages (in registration order), or in
+# place of the target's stage of the same name
+USER_STAGES: dict[str, StageFn] = {}
 
 
 def stage(name: str):
-    """Register a pass as a pipeline stage; registration order is run order."""
+    """Register a pass as a pipeline stage: it runs after the target's own stages (registration order
+    is run order), or replaces the target's stage of the same name. The default stages stay.
+
+    >>> @stage("kernels")
+    ... def count_kernels(codegen, ctx):
+    ...     return codegen                       # a stage returns the IR its snapshot shows
+    >>> import numpy as np, explorer
+    >>> explorer.compile(lambda a: a + 1, np.ones(4, np.float32), target="sim").stage_names[-2:]
+    ['codegen', 'kernels']
+    >>> del USER_STAGES["kernels"]
+    """
+    if name == "traced":
+        raise ExplorerError("stage 'traced' is the trace itself; register a stage under another name")
+
     def deco(fn: StageFn) -> StageFn:
-        STAGES[name] = fn
+        USER_STAGES[name] = fn
         return fn
     return deco
+
+
+def stages_for(target: "str | Target") -> list[tuple[str, StageFn]]:
+    """[(name, pass)] that compile runs after `traced` on `target`: the target's stages, then the
+    registered ones (a registered stage with a default's name takes that stage's place).
+
+    >>> [name for name, _ in stages_for("cpu")]
+    ['simplified', 'fused', 'lowered', 'tiled', 'codegen']
+    """
+    stages = [(name, USER_STAGES.get(name, fn)) for name, fn in get_target(target).stages()]
+    names = {name for name, _ in stages}
+    return stages + [(name, fn) for name, fn in USER_STAGES.items() if name not in names]
 
 
 def _ir_stats(ir: Any) -> dict[str, Any]:
@@ -47,59 +77,6 @@ def _ir_stats(ir: Any) -> dict[str, Any]:
     if fn is None:
         return {}
     return dict(fn() if callable(fn) else fn)
-
-
-def _register_default_stages() -> None:
-    if STAGES:
-        return
-    from .passes.simplify import simplify
-
-    @stage("simplified")
-    def _simplified(g, ctx):
-        return simplify(g, decompose=ctx.options.decompose)
-
-    try:
-        from .passes.fusion import fuse
-    except ImportError:  # stage not built yet
-        return
-
-    @stage("fused")
-    def _fused(g, ctx):
-        return fuse(g, rules=ctx.options.fuse)
-
-    try:
-        from .ops import get as get_op
-        from .passes.lower import lower
-        from .passes.tiling import tile
-        from .codegen import generate
-    except ImportError:
-        return
-
-    @stage("lowered")
-    def _lowered(fg, ctx):
-        # decompose=False keeps composites (softmax, layernorm, gelu, ...) as single nodes in the graph
-        # stages; they have no loop template, so the loops are made from their decomposition (re-fused)
-        composites = sorted({n.op for n in fg.graph.op_nodes() if get_op(n.op).composite})
-        if composites:
-            fg = fuse(simplify(fg.graph, decompose=True), rules=ctx.options.fuse)
-            ctx.stage_notes["lowered"] = {"note": f"decompose=False: {', '.join(composites)} kept whole in the graph "
-                                                  f"stages, lowered through their decomposition (no loop template)"}
-        # stash (compute a reduction's exp once, re-read it from the output) pays on the CPU, where the
-        # row is in L1; on a GPU the exp is cheap and the extra global write + read is what fusion avoids
-        return lower(fg, stash=ctx.options.target == "cpu")
-
-    @stage("tiled")
-    def _tiled(prog, ctx):
-        return tile(prog, ctx.options.schedule, target=ctx.options.target, examples=ctx.examples)
-
-    @stage("codegen")
-    def _codegen(prog, ctx):
-        cg = generate(prog, target=ctx.options.target, fast_math=ctx.options.fast_math, arch=ctx.options.arch)
-        if any(k.kind == "custom" for k in prog.kernels):
-            # a custom kernel's own code is checked against its NumPy reference on the example inputs
-            from .custom import verify
-            cg.checks = verify(ctx.ir("simplified"), ctx.examples, ctx.options.target)
-        return cg
 
 
 def resolve_target(target: str, verbose: bool = True) -> str:
@@ -187,20 +164,21 @@ def compile(fn: Callable, *examples: Any, target: str = "auto", fuse: Any = True
     check_options(unknown, decompose=decompose, fast_math=fast_math, verbose=verbose, arch=arch)
     opts = Options(target=target, fuse=fuse, schedule=schedule, decompose=decompose, fast_math=fast_math,
                    dtype=dtype, stop_after=stop_after, arch=arch, verbose=verbose)
-    if stop_after is not None and stop_after not in ("traced", *STAGES) and stop_after not in _ALL_STAGE_NAMES:
-        raise ExplorerError(f"stop_after={stop_after!r} is not a stage; stages are {', '.join(_ALL_STAGE_NAMES)}")
     opts.target = resolve_target(target, verbose)
+    stages = stages_for(opts.target)
+    if stop_after is not None and stop_after not in ("traced", *(name for name, _ in stages)):
+        raise ExplorerError(f"stop_after={stop_after!r} is not a stage; stages are "
+                            f"{', '.join(['traced', *(name for name, _ in stages)])}")
     arrays = prepare_examples(fn, examples, dtype)
     snapshots: list[Snapshot] = []
 
     t0 = time.perf_counter()
     graph = trace(fn, *arrays)
     snapshots.append(Snapshot("traced", graph, {**_ir_stats(graph), "wall_ms": (time.perf_counter() - t0) * 1e3}))
-    _register_default_stages()
     ctx = Context(opts, snapshots, arrays)
     ir = graph
     if stop_after != "traced":
-        for name, fn_stage in STAGES.items():
+        for name, fn_stage in stages:
             t0 = time.perf_counter()
             ir = fn_stage(ir, ctx)
             snapshots.append(Snapshot(name, ir, {**_ir_stats(ir), **ctx.stage_notes.get(name, {}),
@@ -208,6 +186,3 @@ def compile(fn: Callable, *examples: Any, target: str = "auto", fuse: Any = True
             if name == stop_after:
                 break
     return Compiled(fn, arrays, snapshots, opts)
-
-
-_ALL_STAGE_NAMES = ("traced", "simplified", "fused", "lowered", "tiled", "codegen")

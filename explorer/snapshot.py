@@ -1,7 +1,7 @@
 """The data a compile passes between stages: Options (every knob), Snapshot (the IR after one stage)
 and Context (what a stage may read besides its input IR).
 
-A leaf module (it imports only NumPy, the standard library and explorer.errors), so the pipeline,
+A leaf module (it imports only NumPy, the standard library, explorer.errors and explorer.target), so the pipeline,
 Compiled, the report and the widgets share these types without importing one another.
 
 >>> s = Snapshot("traced", ir=None, stats={"nodes": 2})
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ExplorerError
+from .target import get_target
 
 
 @dataclass
@@ -34,8 +35,6 @@ class Options:
     arch: str = "sm_80"              # nvcc -arch for the resource report
     verbose: bool = True             # print the one-line reason when auto falls back
 
-    def resolved_target(self) -> str:
-        return self.target
 
 
 class TextOptionError(ExplorerError, TypeError):
@@ -79,10 +78,11 @@ class Snapshot:
 
 
 class Context:
-    """What a stage may read besides its input IR: the options and earlier snapshots."""
+    """What a stage may read besides its input IR: the options, the Target (`target`) and earlier snapshots."""
 
     def __init__(self, options: Options, snapshots: list[Snapshot], examples: list[np.ndarray]):
         self.options = options
+        self.target = get_target(options.target)   # options.target is resolved (not 'auto')
         self.snapshots = snapshots
         self.examples = examples
         self.stage_notes: dict[str, dict[str, Any]] = {}   # extra stats a stage reports (stage name → dict)

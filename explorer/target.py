@@ -30,8 +30,9 @@ class Target:
 
     name: str
     description: str
-    # language of the generated source ("c", "cuda"), or None: the reference target generates none
-    language: str | None
+    # language of the generated source ("c", "cuda"); the reference target prints its naive loops as
+    # CUDA, for reading only (NumPy runs the graph)
+    language: str
     # whose default schedules apply ("cpu", "cuda"), or None: the reference target keeps naive loops
     schedule_family: str | None
     # loops bind to blocks and threads (the simulator runs the CUDA schedule, so it is a GPU target)
@@ -41,6 +42,16 @@ class Target:
     stash_reductions: bool
     # what benchmarks/compare measure here: "time" (real hardware) or "global_bytes" (the simulator)
     measures: str
+    # module in explorer/backends/ that builds and runs a compile here
+    backend: str = ""
+    # the backend interprets the traced graph (NumPy), not the loop program: no program constants are
+    # passed, and no schedule, codegen or build applies
+    interprets_graph: bool = False
+    # the generated source is built by a system compiler and run, so it can be edited (with_kernel_source)
+    builds_source: bool = False
+    # explorer.costmodel.device() name whose roofline models this target: 'cpu' (measured here),
+    # 'a100' (the simulator runs CUDA compiled for sm_80), 'gpu' (the GPU pycuda sees)
+    model_device: str = "cpu"
     # GPU launch limits (None on CPU-like targets)
     max_threads_per_block: int | None = None
     max_shared_bytes: int | None = None
@@ -48,12 +59,49 @@ class Target:
     vector_lanes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     # {schedule knob: why it does not apply here}; knobs not named apply
     knobs_not_applicable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    # the module that runs compiles for this target (dotted path; imported on first use, so pycuda or a
-    # C compiler stay optional): available() -> (bool, reason) and build(compiled) -> Executable
-    backend: str = ""
+    # knobs explorer.autotune searches here (the CPU's include 'shared': it packs B's column panel)
+    tunable_knobs: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether schedules apply here (False on 'reference': its naive loops are shown as they are)."""
+        return self.schedule_family is not None
+
+    @property
+    def schedules(self) -> str | None:
+        """The module whose `default_schedule(compute, knobs)` gives this target's default schedules.
+
+        >>> get_target("sim").schedules
+        'explorer.schedules.cuda'
+        """
+        return f"explorer.schedules.{self.schedule_family}" if self.schedule_family else None
+
+    @property
+    def openmp(self) -> bool:
+        """The CPU schedules apply: loops run across OpenMP threads with SIMD inside (not bound to a GPU grid)."""
+        return self.scheduled and not self.gpu
+
+    @property
+    def simulated(self) -> bool:
+        """The simulator runs the loops (in NumPy, thread by thread): exact counters, no real time."""
+        return self.measures == "global_bytes"
+
+    @property
+    def runs_on_gpu(self) -> bool:
+        """A real GPU runs the code (not the simulator, which runs the same loops on this CPU)."""
+        return self.gpu and self.measures == "time"
+
+    def stages(self) -> list:
+        """[(stage name, pass)] that compile runs after `traced`, built for this target (explorer/stages.py).
+
+        >>> [name for name, _ in get_target("cpu").stages()]
+        ['simplified', 'fused', 'lowered', 'tiled', 'codegen']
+        """
+        from .stages import stages_for
+        return stages_for(self)
 
     def knob_applies(self, knob: str) -> bool:
         """Whether schedule knob `knob` changes anything on this target.
@@ -73,7 +121,7 @@ class Target:
         'explorer.backends.simulator'
         """
         import importlib
-        return importlib.import_module(self.backend)
+        return importlib.import_module(f"explorer.backends.{self.backend}")
 
     def available(self) -> tuple[bool, str]:
         """(True, what runs it) when this target can run here, else (False, one line saying what is missing).
@@ -97,36 +145,42 @@ class Target:
 
 _GPU_LIMITS = dict(max_threads_per_block=1024, max_shared_bytes=48 * 1024)
 _NO_SCHEDULE = "target 'reference' runs NumPy on the graph: schedules do not apply"
-_GPU_ONLY = "applies to GPU targets (cuda, sim) only"
+_GPU_ONLY = ("apply to GPU targets (cuda, sim) only: the CPU schedule uses the register tile "
+             "(reg tile) and vector width, and always unrolls")
 _CPU_ONLY = "applies to the CPU target only"
+_GPU_TUNABLE = ("tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "tensor_core",
+                "attention_tile")
 
+# in the order compile lists them (also auto's order of preference: cuda, then cpu, then sim)
 TARGETS: Mapping[str, Target] = MappingProxyType({
-    "reference": Target(
-        name="reference", description="NumPy interprets the graph (the ground truth)",
-        backend="explorer.backends.reference",
-        language=None, schedule_family=None, gpu=False, stash_reductions=False, measures="time",
-        knobs_not_applicable=MappingProxyType({k: _NO_SCHEDULE for k in (
-            "tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "chunk",
-            "tensor_core", "attention_tile", "conv_tile_k", "conv_tile_p")})),
-    "sim": Target(
-        name="sim", description="the SIMT simulator runs the CUDA schedule's loop IR and counts memory traffic",
-        backend="explorer.backends.simulator",
-        language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="global_bytes",
+    "cuda": Target(
+        name="cuda", description="CUDA C, built by nvcc and run with pycuda on a GPU",
+        language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="time",
+        backend="cuda", builds_source=True, model_device="gpu", tunable_knobs=_GPU_TUNABLE,
         vector_lanes=MappingProxyType({"f32": 4}), **_GPU_LIMITS,
         knobs_not_applicable=MappingProxyType({"chunk": _CPU_ONLY})),
     "cpu": Target(
         name="cpu", description="C with OpenMP, built by the system C compiler",
-        backend="explorer.backends.cpu",
         language="c", schedule_family="cpu", gpu=False, stash_reductions=True, measures="time",
+        backend="cpu", builds_source=True, model_device="cpu",
+        tunable_knobs=("thread_tile", "shared", "chunk", "vector", "attention_tile"),
         vector_lanes=MappingProxyType({"f32": 8, "i32": 8, "f64": 4, "i64": 4}),
         knobs_not_applicable=MappingProxyType({k: _GPU_ONLY for k in (
-            "threads", "shared", "double_buffer", "tensor_core", "conv_tile_k", "conv_tile_p")})),
-    "cuda": Target(
-        name="cuda", description="CUDA C, built by nvcc and run with pycuda on a GPU",
-        backend="explorer.backends.cuda",
-        language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="time",
+            "tile", "threads", "unroll", "shared", "double_buffer", "tensor_core", "conv_tile_k",
+            "conv_tile_p")})),
+    "sim": Target(
+        name="sim", description="the SIMT simulator runs the CUDA schedule's loop IR and counts memory traffic",
+        language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="global_bytes",
+        backend="simulator", model_device="a100", tunable_knobs=_GPU_TUNABLE,
         vector_lanes=MappingProxyType({"f32": 4}), **_GPU_LIMITS,
         knobs_not_applicable=MappingProxyType({"chunk": _CPU_ONLY})),
+    "reference": Target(
+        name="reference", description="NumPy interprets the graph (the ground truth)",
+        language="cuda", schedule_family=None, gpu=False, stash_reductions=False, measures="time",
+        backend="reference", interprets_graph=True, model_device="cpu",
+        knobs_not_applicable=MappingProxyType({k: _NO_SCHEDULE for k in (
+            "tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "chunk",
+            "tensor_core", "attention_tile", "conv_tile_k", "conv_tile_p")})),
 })
 
 
@@ -143,3 +197,24 @@ def get_target(target: "str | Target") -> Target:
     except (KeyError, TypeError):
         from .errors import ExplorerError
         raise ExplorerError(f"unknown target {target!r}; choose one of auto, {', '.join(TARGETS)}") from None
+
+
+def target_for_language(language: str, current: "str | Target | None" = None) -> Target:
+    """The target to compile for to get `language` source: `current` when it builds that language, else
+    the scheduled target of that language that runs here without a GPU (c: cpu, cuda: sim).
+
+    >>> target_for_language("cuda", "cpu").name, target_for_language("cuda", "cuda").name
+    ('sim', 'cuda')
+    >>> target_for_language("c", "sim").name
+    'cpu'
+    """
+    if current is not None:
+        cur = get_target(current)
+        if cur.language == language and cur.builds_source:
+            return cur
+    for t in TARGETS.values():
+        if t.language == language and t.scheduled and not t.runs_on_gpu:
+            return t
+    from .errors import ExplorerError
+    raise ExplorerError(f"no target generates {language!r} source; languages are "
+                        f"{', '.join(sorted({t.language for t in TARGETS.values()}))}")

@@ -32,10 +32,10 @@ def gelu(x, w):
 
 @pytest.fixture
 def register_tiled(monkeypatch):
-    """These shapes are small enough for the row-streaming schedule (schedule._cpu_small_matmul);
+    """These shapes are small enough for the row-streaming schedule (schedules/cpu._cpu_small_matmul);
     turn it off so they keep exercising the register-tiled micro-kernel path they were chosen for."""
-    from explorer import schedule
-    monkeypatch.setattr(schedule, "SMALL_MATMUL_MACS", 0)
+    from explorer.schedules import cpu
+    monkeypatch.setattr(cpu, "SMALL_MATMUL_MACS", 0)
 
 
 # (name, fn, args, micro-kernel expected)

@@ -1,4 +1,4 @@
-"""Small matmuls on the CPU take the row-streaming schedule (schedule._cpu_small_matmul): correctness
+"""Small matmuls on the CPU take the row-streaming schedule (schedules/cpu._cpu_small_matmul): correctness
 across shapes, dtypes, epilogues and batches, and which schedule each case took. Timing is in
 benchmarks/transformer.py, never here."""
 from __future__ import annotations

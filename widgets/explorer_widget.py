@@ -21,6 +21,8 @@ from typing import Any, Callable
 import ipywidgets as W
 import numpy as np
 
+from explorer.target import TARGETS as _TARGETS, get_target, target_for_language
+
 from .panels._util import describe_error, error_html, esc, format_stats, pre_html
 from .panels.autotune import AutotunePanel
 from .panels.charts import TimingChart
@@ -194,8 +196,7 @@ class Explorer(W.VBox):
         comp = self.compiled
         if language_of(comp) == language:
             return comp
-        target = "cpu" if language == "c" else ("cuda" if comp.target == "cuda" else "sim")
-        return self.compiled_for(target)
+        return self.compiled_for(target_for_language(language, comp.target).name)
 
     def _compare_request(self) -> tuple[Callable, tuple, dict[str, Any]]:
         """explorer.compare arguments for the current knobs (compare builds the unfused variant itself)."""
@@ -204,7 +205,7 @@ class Explorer(W.VBox):
         if isinstance(fuse, dict):
             kw["fuse"] = fuse
         kw = {k: v for k, v in kw.items() if v is not None and v is not False}
-        if kw["target"] == "sim":  # modelled times: of the GPU chosen on the Charts tab, not of this CPU
+        if get_target(kw["target"]).simulated:  # modelled times: of the GPU chosen on the Charts tab, not of this CPU
             kw["device"] = self.charts.model_device.value
         self._compare_key = self._key(self.knobs.kwargs(), self.knobs.scale.value)
         return self.fn, tuple(self.current_examples()), {**kw, **self.compare_options}
@@ -222,8 +223,8 @@ class Explorer(W.VBox):
         """explorer.autotune arguments for the current knobs: same target, fusion, dtype and inputs."""
         kw = self.knobs.kwargs()
         kw.pop("schedule", None)   # the tuner searches the schedule
-        if kw.get("target") == "reference":
-            kw["target"] = "sim"
+        if kw.get("target") in _TARGETS and not get_target(kw["target"]).scheduled:
+            kw["target"] = "sim"   # reference has no schedule to tune: tune its CUDA loops in the simulator
         kw = {k: v for k, v in kw.items() if v is not None and not (k == "fast_math" and v is False)}
         return self.fn, tuple(self.current_examples()), kw
 
@@ -279,7 +280,7 @@ class Explorer(W.VBox):
         self.last_error = None
         self.error.value = ""
         self.notice.value = self._availability_note(comp.target)
-        self.charts.show_model_device(comp.target == "sim")
+        self.charts.show_model_device(get_target(comp.target).simulated)
         names = [s.name for s in comp.stages]
         keep = self.stage_nav.value
         default = "fused" if "fused" in names else names[-1]
@@ -312,7 +313,7 @@ class Explorer(W.VBox):
             ok, why = False, describe_error(e)
         if ok:
             return ""
-        alt = " (target 'sim' runs the same CUDA kernels in the simulator)" if target == "cuda" else ""
+        alt = " (target 'sim' runs the same CUDA kernels in the simulator)" if get_target(target).runs_on_gpu else ""
         return error_html(f"target {target!r} cannot run here: {why}. The stages and the generated source shown "
                           f"are compiled for it; Run, edit-and-run and Charts need it{alt}.", "not runnable here:")
 

@@ -18,17 +18,18 @@ Compiled reaches a backend only through its Target (Target.build), never by impo
 from __future__ import annotations
 
 from ..errors import ExplorerError
-from ..target import TARGETS, get_target
+from ..target import TARGETS, Target, get_target
 
 # target name -> backend module name (each Target names its backend: Target.backend)
-BACKENDS = {name: t.backend.rsplit(".", 1)[-1] for name, t in TARGETS.items()}
+BACKENDS = {name: t.backend for name, t in TARGETS.items()}
 
 
-def backend_module(target: str):
-    """The backend module of target `target` ('reference', 'sim', 'cpu', 'cuda'), imported now."""
-    if target not in BACKENDS:
+def backend_module(target: "str | Target"):
+    """The backend module that runs `target` (a Target or its name: 'reference', 'sim', 'cpu', 'cuda'), imported now."""
+    name = target.name if isinstance(target, Target) else target
+    if name not in BACKENDS:
         raise ExplorerError(f"unknown target {target!r}; choose one of {', '.join(BACKENDS)}")
-    return get_target(target).backend_module()
+    return get_target(name).backend_module()
 
 
 def build(compiled):

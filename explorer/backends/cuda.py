@@ -20,7 +20,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, CompileError, ExplorerError
+from ..target import get_target
 from .nvcc import FMAD_FLAG
+
+TARGET = get_target("cuda")   # what this backend runs: the Target's language, its name in messages
 
 __all__ = ["available", "device_info", "build", "build_codegen", "CudaExecutable", "NVCC_OPTIONS"]
 
@@ -193,9 +196,9 @@ class CudaExecutable:
     """A built CUDA program: device buffers are allocated once and reused across runs."""
 
     def __init__(self, codegen, overrides: dict[int, str] | None = None):
-        if codegen.language != "cuda":
+        if codegen.language != TARGET.language:
             raise ExplorerError(f"the CUDA backend needs CUDA source but this codegen is {codegen.language!r}; "
-                                f"compile with target='cuda'")
+                                f"compile with target={TARGET.name!r}")
         self.codegen = codegen
         self.program = codegen.program
         _context()
@@ -321,10 +324,10 @@ def build_codegen(codegen, overrides: dict[int, str] | None = None) -> CudaExecu
     for k in codegen.kernels:
         if k.kernel.kind == "custom" and k.kernel.meta_dict()["custom"].cuda_source is None:
             from ..codegen.custom import missing_source
-            raise missing_source(k.kernel, "cuda")
+            raise missing_source(k.kernel, TARGET.language)
     ok, why = available()
     if not ok:
-        raise BackendUnavailable(f"target 'cuda' is unavailable here: {why}")
+        raise BackendUnavailable(f"target {TARGET.name!r} is unavailable here: {why}")
     return CudaExecutable(codegen, overrides)
 
 

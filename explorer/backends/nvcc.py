@@ -18,6 +18,7 @@ import tempfile
 from typing import Any
 
 from ..errors import BackendUnavailable, CompileError
+from ..target import get_target
 
 __all__ = ["available", "find_nvcc", "check", "resource_report", "parse_ptxas_info", "compile_error"]
 
@@ -199,7 +200,8 @@ def resource_report(codegen: Any, arch: str = "sm_80") -> dict[str, dict[str, An
     64
     """
     source = codegen if isinstance(codegen, str) else codegen.source()
-    if not isinstance(codegen, str) and getattr(codegen, "language", "cuda") != "cuda":
+    cuda = get_target("cuda").language
+    if not isinstance(codegen, str) and getattr(codegen, "language", cuda) != cuda:
         raise CompileError(f"resource_report needs CUDA source; this codegen is {codegen.language!r} "
                            f"(compile with target='cuda' or 'sim')")
     key = (hashlib.sha256(source.encode()).hexdigest(), arch)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..loopir import BinOp, Kernel, Load, Program
+from ..target import Target, get_target
 
 LANGUAGES = ("cuda", "c")
 
@@ -111,12 +112,14 @@ def fma_accumulation(s: Any, kernel_kind: str) -> tuple[Any, Any, Any] | None:
     return None
 
 
-def language_for(target: str) -> str:
-    return "c" if target == "cpu" else "cuda"
+def language_for(target: "str | Target") -> str:
+    """The language of `target`'s generated source (its Target's `language`): 'c' on cpu, else 'cuda'."""
+    return get_target(target).language
 
 
-def generate(program: Program, target: str = "cuda", fast_math: bool = False, arch: str = "sm_80") -> Codegen:
-    """Generate source for every kernel of a tiled Program: C for target 'cpu', CUDA otherwise."""
+def generate(program: Program, target: "str | Target" = "cuda", fast_math: bool = False,
+             arch: str = "sm_80") -> Codegen:
+    """Generate source for every kernel of a tiled Program in `target`'s language (C on cpu, else CUDA)."""
     if language_for(target) == "c":
         from .c import generate_c
         return generate_c(program, fast_math=fast_math)

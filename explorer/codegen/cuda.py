@@ -46,11 +46,12 @@ from ..loopir import (WARP_STMTS, Alloc, Barrier, BinOp, Buffer, Call, Cast, Com
                       FragmentAlloc, FragmentFill, FragmentLoad, FragmentStore, If, Kernel, Load, Mma, Program,
                       Select, Stmt, Store, ThreadAllReduce, UnOp, Var, map_expr, simplify_expr, walk, walk_expr,
                       FLOAT_DTYPES)
+from ..target import get_target
 from . import Codegen, GeneratedKernel, fma_accumulation
 
 __all__ = ["generate_cuda", "PRELUDE", "WMMA_PRELUDE"]
 
-MAX_THREADS_PER_BLOCK = 1024
+MAX_THREADS_PER_BLOCK: int = get_target("cuda").max_threads_per_block  # type: ignore[assignment]
 _INT32_MAX = 2**31 - 1
 
 # Storage type of a buffer element in memory; f16 lives as __half but is computed in float.

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 from .. import loopir as L
 from ..errors import ScheduleError
+from ..target import Target, get_target
 from ..graph import Graph, Node
 from ..ops import get as get_op, normalize_axes
 
@@ -216,25 +217,27 @@ def attention_compute(grp, name: str, members: set[int], buffers: dict, out_buff
 
 
 # ----------------------------------------------------------------------------- loop nest (tile)
-def attention_tiles(c: AttentionCompute, target: str, knobs: dict | None = None) -> tuple[int, int]:
+def attention_tiles(c: AttentionCompute, target: "str | Target", knobs: dict | None = None) -> tuple[int, int]:
     """(query rows per block BQ, keys per tile BK) for target; knobs 'attention_tile': (BQ, BK) overrides."""
+    target = get_target(target)
     knobs = knobs or {}
     if "attention_tile" in knobs:
         bq, bk = knobs["attention_tile"]
-        if target != "cpu":
-            from ..schedule import MAX_SHARED_BYTES
-            if bq > 1024:
+        if target.gpu:
+            threads, smem_limit = target.max_threads_per_block, target.max_shared_bytes
+            if bq > threads:
                 raise ScheduleError(f"schedule of {c.name}: attention_tile BQ={bq} means {bq} threads per block, "
-                                    f"over CUDA's 1024; use BQ <= 1024")
+                                    f"over CUDA's {threads}; use BQ <= {threads}")
             smem = min(bk, c.sk) * (c.d + c.dv) * L.np_dtype(c.acc_dtype).itemsize
-            if smem > MAX_SHARED_BYTES:
+            if smem > smem_limit:
                 raise ScheduleError(f"schedule of {c.name}: attention_tile BK={bk} stages {smem} bytes of K and V "
-                                    f"in shared memory, over the {MAX_SHARED_BYTES}-byte (48 KiB) limit; use a smaller BK")
-    elif target == "cpu":
+                                    f"in shared memory, over the {smem_limit}-byte ({smem_limit // 1024} KiB) limit; "
+                                    f"use a smaller BK")
+    elif not target.gpu:
         bq, bk = _cpu_default_tile(c)
     else:  # one thread per query row; one block holds up to 256 rows so K and V are read few times
         bq, bk = min(256, -(-c.sq // 32) * 32), 32
-    return max(1, min(int(bq), c.sq if target == "cpu" else int(bq))), max(1, min(int(bk), c.sk))
+    return max(1, min(int(bq), c.sq if not target.gpu else int(bq))), max(1, min(int(bk), c.sk))
 
 
 def _cpu_default_tile(c: AttentionCompute) -> tuple[int, int]:
@@ -253,9 +256,11 @@ def _cpu_default_tile(c: AttentionCompute) -> tuple[int, int]:
     return 32, 64
 
 
-def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = None) -> L.Kernel:
-    """The online-softmax loop nest of `c` for target 'cpu' | 'cuda' | 'naive' (naive = one row per step)."""
-    if target == "naive":
+def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict | None = None) -> L.Kernel:
+    """The online-softmax loop nest of `c` for `target` (a Target or its name; an unscheduled target,
+    'reference', gets the naive nest: one row per step)."""
+    target = get_target(target)
+    if not target.scheduled:
         bq, bk = 1, c.sk
     else:
         bq, bk = attention_tiles(c, target, knobs)
@@ -264,7 +269,7 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
         nb *= s
     nblk = -(-c.sq // bq)
     ntile = -(-c.sk // bk)
-    gpu = target == "cuda"
+    gpu = target.gpu
     dt = c.acc_dtype
     ninf, zero, one = L.Const(float("-inf"), dt), L.Const(0.0, dt), L.Const(1.0, dt)
     blk = L.Var("blk")
@@ -378,13 +383,13 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
         body = [L.For(blk, nb * nblk, (L.Alloc(k_tile), L.Alloc(v_tile), thread), kind="blockIdx.x")]
     else:
         body = [L.For(blk, nb * nblk, tuple(allocs + [L.Alloc(k_tile)] + init + [keyloop] + over_rows(store)),
-                      kind="parallel" if target == "cpu" else "serial")]
+                      kind="parallel" if target.scheduled else "serial")]
     steps = (f"attention(online softmax): {nb * nblk} blocks of {bq} query rows (batch fused), "
              f"{ntile} key tiles of {bk}", )
     if gpu:
         steps += ("bind(blk, blockIdx.x)", "bind(t, threadIdx.x): one query row per thread",
                   "cache_read(q, local): the thread's query row", "cache_read(k, shared, at=j_o)", "cache_read(v, shared, at=j_o)")
-    elif target == "cpu":
+    elif target.scheduled:
         steps += ("parallel(blk)", "cache_read(k, local, at=j_o, transposed)", "vectorize(jj)", "vectorize(e)")
     notes = (f"{ATTENTION_REASON}: each key tile's scores (s_tile) live in local memory; running max m_run and "
              f"sum l_run rescale the accumulator acc_o by exp(m_old - m_new), so no {c.sq}x{c.sk} buffer is written",)

@@ -34,27 +34,28 @@ from .. import loopir as L
 from ..errors import ExplorerError, ScheduleError
 from .index_split import split_index_ranges
 from .attention import generate_attention
-from ..schedule import (MAX_SHARED_BYTES, WARP_SIZE, AxisState, CacheRead, Leaf, Schedule, _tc_operands, apply,
+from ..schedule import (WARP_SIZE, AxisState, CacheRead, Leaf, Schedule, _tc_operands, apply,
                         check_knobs, default_schedule)
+from ..target import Target, get_target
 
 _KIND_ORDER = {"z": 0, "y": 1, "x": 2}
 
 
-def tile(program: L.Program, schedule: Any = None, target: str = "cuda", examples=None) -> L.Program:
+def tile(program: L.Program, schedule: Any = None, target: "str | Target" = "cuda", examples=None) -> L.Program:
     """Apply `schedule` (None: defaults; dict of knobs; Schedule for a 1-kernel program;
-    {kernel name: Schedule}; or callable(compute, target) -> Schedule) for `target`.
+    {kernel name: Schedule}; or callable(compute, target) -> Schedule) for `target` (a Target or its name).
 
-    target 'reference' interprets the graph with NumPy, so no schedule applies there: every kernel
-    keeps its naive loop nest (knobs are still checked for typos), and no GPU schedule can fail it."""
-    if target == "reference":
+    A target whose schedules do not apply ('reference' interprets the graph with NumPy) keeps every
+    kernel's naive loop nest (knobs are still checked for typos), and no GPU schedule can fail it."""
+    target = get_target(target)
+    if not target.scheduled:
         if isinstance(schedule, dict) and not all(isinstance(v, Schedule) for v in schedule.values()):
             check_knobs(schedule)
-        note = "target 'reference' runs NumPy on the graph: schedules do not apply, the naive loops are shown"
-        kernels = [generate_kernel(k.meta_dict()["compute"], Schedule(notes=(note,)), "naive")
+        note = f"target {target.name!r} runs NumPy on the graph: schedules do not apply, the naive loops are shown"
+        kernels = [generate_kernel(k.meta_dict()["compute"], Schedule(notes=(note,)), target)
                    .replace(group=k.group, ops=k.ops, source_lines=k.source_lines) for k in program.kernels]
         return L.Program(program.name, tuple(kernels), program.inputs, program.outputs, program.temps,
                          constants=program.constants)
-    sched_target = "cpu" if target == "cpu" else "cuda"
     kernels = []
     per_kernel: dict[str, Any] = {}
     knobs: dict[str, Any] = {}
@@ -81,21 +82,22 @@ def tile(program: L.Program, schedule: Any = None, target: str = "cuda", example
             if k.name in per_kernel and list(per_kernel[k.name]):
                 raise ScheduleError(f"kernel {k.name} is a custom kernel ({compute.custom.name}); it takes no "
                                     f"Schedule: its own source decides its loops. Schedule the other kernels")
-            kernels.append(generate_kernel(compute, Schedule(), sched_target).replace(
+            kernels.append(generate_kernel(compute, Schedule(), target).replace(
                 group=k.group, ops=k.ops, source_lines=k.source_lines))
             continue
         try:
             if compute.kind == "attention":  # its own loop generator: the online-softmax nest
-                new = generate_attention(compute, sched_target, knobs)
+                new = generate_attention(compute, target, knobs)
                 kernels.append(new.replace(group=k.group, ops=k.ops, source_lines=k.source_lines))
                 continue
             if k.name in per_kernel:
                 s = per_kernel[k.name]
             elif callable(schedule) and not isinstance(schedule, (dict, Schedule)):
-                s = _call_schedule_fn(schedule, compute, sched_target)
+                # a user's schedule function gets the schedule family ('cpu' | 'cuda'), as before
+                s = _call_schedule_fn(schedule, compute, target.schedule_family)
             else:
-                s = default_schedule(compute, sched_target, knobs)
-            new = generate_kernel(compute, s, sched_target)
+                s = default_schedule(compute, target, knobs)
+            new = generate_kernel(compute, s, target)
         except ScheduleError as e:
             lines = "; ".join(str(x).strip() for x in k.source_lines)
             if not lines or lines in str(e):
@@ -124,8 +126,15 @@ def _call_schedule_fn(fn, compute, target: str) -> Schedule:
     return s
 
 
-def generate_kernel(compute, schedule: Schedule, target: str = "cuda") -> L.Kernel:
-    """The loop nest of one compute definition under `schedule` (target: 'cuda' | 'cpu' | 'naive')."""
+def as_loop_target(target: "str | Target") -> Target:
+    """The Target whose loops to generate: 'naive' (the lowering's loops) is the unscheduled reference target."""
+    return get_target("reference" if target == "naive" else target)
+
+
+def generate_kernel(compute, schedule: Schedule, target: "str | Target" = "cuda") -> L.Kernel:
+    """The loop nest of one compute definition under `schedule` for `target` (a Target, a target name,
+    or 'naive': unscheduled loops, as on 'reference')."""
+    target = as_loop_target(target)
     if compute.kind == "custom":
         return _custom_kernel(compute)
     if compute.kind == "attention":
@@ -139,14 +148,16 @@ def generate_kernel(compute, schedule: Schedule, target: str = "cuda") -> L.Kern
                buffers=operands, kernel=compute.name)
     gen = _Generator(compute, st, target)
     body = gen.build()
-    if target == "cpu":
+    if target.openmp:
+        # loops for a C compiler: peel tails and split at selects so each loop vectorizes
         body = split_index_ranges(partition_tails(body))
     shared = sum(b.nbytes for b in gen.shared_allocs)
-    if shared > MAX_SHARED_BYTES:
+    limit = target.max_shared_bytes
+    if limit is not None and shared > limit:
         db = f" (double-buffered tiles {', '.join(st.double_buffers)} count twice; double_buffer off halves them)" \
             if st.double_buffers else ""
         raise ScheduleError(f"schedule of {compute.name}: {shared} bytes of shared memory per block, over the "
-                            f"{MAX_SHARED_BYTES}-byte (48 KiB) static limit{db}; use smaller tiles")
+                            f"{limit}-byte ({limit // 1024} KiB) static limit{db}; use smaller tiles")
     params = tuple(compute.inputs) + tuple(b for b in compute.outputs if b not in compute.inputs)
     seen, uniq = set(), []
     for p in params:
@@ -173,7 +184,7 @@ def _custom_kernel(compute) -> L.Kernel:
 
 
 class _Generator:
-    def __init__(self, c, st: AxisState, target: str):
+    def __init__(self, c, st: AxisState, target: Target):
         self.c, self.st, self.target = c, st, target
         self.vals = {r: st.value(r) for r in st.roots}
         blocks = sorted(st.bound("blockIdx"), key=lambda l: _KIND_ORDER[l.kind[-1]])
@@ -184,15 +195,15 @@ class _Generator:
         # attach loop → [(cache_read, staged buffer, copy statements)]; for a double-buffered tile the
         # third item is a function (tile index expr, slot expr) -> copy statements
         self.staging: dict[str, list[tuple[CacheRead, L.Buffer, Any]]] = {}
-        if target == "cpu" and (blocks or threads):
+        if not target.gpu and (blocks or threads):
             raise ScheduleError(f"schedule of {c.name}: the CPU target cannot bind loops to blockIdx/threadIdx; "
                                 f"use parallel/vectorize/unroll")
         self.staged_dims: dict[L.Load, list] = {}
         if st.tensorize is not None:
             where = f"schedule of {c.name}: {st.tensorize}"
-            if target != "cuda":
+            if not target.gpu:
                 raise ScheduleError(f"{where}: tensor cores exist only on the CUDA target (and the simulator "
-                                    f"that runs its loop IR); the {target} target cannot tensorize")
+                                    f"that runs its loop IR); the {target.name} target cannot tensorize")
             bound_x = [l.name for l in threads if l.kind == "threadIdx.x"]
             if bound_x or "lane" in st.extents:
                 raise ScheduleError(f"{where}: tensorize makes threadIdx.x the 32 lanes of each warp, but "
@@ -255,7 +266,7 @@ class _Generator:
                 prefix = [L.If(L.BinOp("<", nxt, L.Const(leaf.extent)), tuple(pre))] + prefix
             if not suffix:
                 suffix = [L.Barrier()]   # the one barrier per step
-        kind = leaf.kind if self.target != "naive" else "serial"
+        kind = leaf.kind if self.target.scheduled else "serial"
         return before + [L.For(L.Var(leaf.name), leaf.extent, tuple(prefix + body + suffix), kind)]
 
     def nest(self, leaves: Sequence[Leaf], body: list[L.Stmt]) -> list[L.Stmt]:
@@ -564,7 +575,7 @@ class _Generator:
             k = self.rest.index(at)
             foot = {l.name for l in self.rest[k + 1:]}
             if cr.scope == "shared":
-                if self.target == "cpu":
+                if self.target.max_shared_bytes is None:
                     raise ScheduleError(f"cache_read({cr.buffer}, 'shared'): the CPU has no shared memory; use 'local'")
                 foot |= {l.name for l in self.threads}
             name, _, nth = cr.buffer.partition("#")

@@ -20,6 +20,7 @@ import numpy as np
 from explorer.schedule import KNOBS as SCHEDULE_KNOB_DOCS
 from explorer.passes.fusion import RULE_DOCS as RULE_HELP
 from explorer.passes.fusion import RULES as FUSION_RULES
+from explorer.target import get_target
 
 from ._util import esc
 TARGETS = ("cpu", "sim", "cuda", "reference")
@@ -152,7 +153,7 @@ class KnobPanel(W.VBox):
         """The schedule dict of the knobs that apply to `target` (default: the target knob)."""
         target = target or self.target.value
         why = self.applicability(target)
-        sched: dict[str, Any] = dict(self.schedule_extra) if target != "reference" else {}
+        sched: dict[str, Any] = dict(self.schedule_extra) if get_target(target).scheduled else {}
         tile = [w.value for w in self.tile]
         if all(v != AUTO for v in tile) and "tile0" not in why:
             sched["tile"] = tuple(tile)
@@ -167,40 +168,43 @@ class KnobPanel(W.VBox):
         defaults to the target knob: the dashboard compiles the other language's source this way)."""
         target = target or self.target.value
         return {"target": target, "fuse": self.fuse_value(), "schedule": self.schedule_value(target),
-                "dtype": None if self.dtype.value == AS_GIVEN else self.dtype.value, "fast_math": self.fast_math.value and target == "cpu"}
+                "dtype": None if self.dtype.value == AS_GIVEN else self.dtype.value,
+                "fast_math": self.fast_math.value and get_target(target).language == "c"}
 
     # -- applicability ------------------------------------------------------------------------------
     def applicability(self, target: str, has_matmul: bool | None = None) -> dict[str, str]:
         """{control name: why it does not apply} for `target` (pure; no widget changes)."""
         has_matmul = self.has_matmul if has_matmul is None else has_matmul
-        ref = "target 'reference' runs NumPy on the graph: schedules do not apply"
+        t = get_target(target)
+        not_here = t.knobs_not_applicable   # the target's own reasons (explorer/target.py)
         why: dict[str, str] = {}
         if not self.fuse.value:
             for r in self.rules:
                 why[f"rule:{r}"] = "fusion is off: turn it on to choose fusion rules"
         no_mm = "no matmul in this function: this knob applies to matmul kernels"
-        gpu_only = GPU_ONLY
-        if target == "reference":
+        if not t.scheduled:
             for name in ("tile0", "tile1", "tile2", *SCHEDULE_KNOBS):
-                why[name] = ref
+                why[name] = not_here[knob_of(name)]
         else:
             for i in range(3):
                 if not has_matmul:
                     why[f"tile{i}"] = no_mm
-                elif target == "cpu":
-                    why[f"tile{i}"] = gpu_only
+                elif "tile" in not_here:
+                    why[f"tile{i}"] = not_here["tile"]
             if not has_matmul:
                 why["thread_tile"] = why["shared"] = why["double_buffer"] = why["tensor_core"] = no_mm
             elif self.shared.value is False:
                 why["double_buffer"] = "double buffering needs shared-memory staging: set shared to on or auto"
                 why["tensor_core"] = ("tensor cores load their WMMA fragments from shared-memory tiles: "
                                       "set shared to on or auto")
-            if target == "cpu":
-                for name in ("threads", "unroll", "tensor_core"):
-                    why[name] = gpu_only
-                why.setdefault("shared", gpu_only)
-                why.setdefault("double_buffer", gpu_only)
-        if target != "cpu":
+            # (the kept ones last: the notes list the knobs sharing a reason in this order)
+            for name in sorted(SCHEDULE_KNOBS, key=lambda n: n in KEEP_FUNCTION_REASON):
+                if name in not_here:
+                    if name in KEEP_FUNCTION_REASON:   # no matmul / shared off: say what the user can change
+                        why.setdefault(name, not_here[name])
+                    else:
+                        why[name] = not_here[name]
+        if t.language != "c":
             why["fast_math"] = "fast math is a C-compiler flag: it applies to target 'cpu'"
         return why
 
@@ -249,8 +253,14 @@ class KnobPanel(W.VBox):
 
 
 GROUPS = ("knobs", "fusion", "schedule")
-GPU_ONLY = ("apply to GPU targets (cuda, sim) only: the CPU schedule uses the register tile "
-            "(reg tile) and vector width, and always unrolls")
+GPU_ONLY = get_target("cpu").knobs_not_applicable["threads"]   # the CPU's reason for the GPU-only knobs
+# knobs whose function-level reason (no matmul, shared staging off) stays when the target's reason also holds
+KEEP_FUNCTION_REASON = ("shared", "double_buffer")
+
+
+def knob_of(name: str) -> str:
+    """The schedule knob a control sets ('tile1' → 'tile')."""
+    return "tile" if name.startswith("tile") else name
 LABELS = {"fuse": "fusion", "dtype": "dtype", "target": "target", "fast_math": "fast math", "scale": "size",
           "tile0": "tile BM", "tile1": "tile BN", "tile2": "tile BK", "thread_tile": "reg tile", "threads": "threads",
           "vector": "vector", "unroll": "unroll", "shared": "shared", "double_buffer": "2x buffer",

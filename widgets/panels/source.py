@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
+from explorer.target import TARGETS as _TARGETS, get_target, target_for_language
+
 from ._util import Worker, describe_error, error_html, esc, get, line_numbers, note_html, strip_paths
 
 LANG_LABELS = [("CUDA", "cuda"), ("C", "c")]
@@ -79,16 +81,17 @@ def gutter_html(n_lines: int, marked: list[int] | None = None) -> str:
 def cannot_build_reason(compiled: Any) -> str | None:
     """Why 'Run edited' cannot run this compile's source here, or None when it can."""
     target = getattr(compiled, "target", None)
-    if target == "cpu":
+    t = get_target(target) if target in _TARGETS else None
+    if t is not None and t.builds_source and not t.runs_on_gpu:   # C, built by this machine's compiler
         return None
-    if target == "cuda":
+    if t is not None and t.builds_source:
         try:
             from explorer.backends import backend_module
-            ok, why = backend_module("cuda").available()
+            ok, why = backend_module(t).available()
         except Exception as e:  # noqa: BLE001
             ok, why = False, str(e)
-        return None if ok else f"target 'cuda' cannot run here ({why}): switch the language to C to edit and run on this CPU"
-    return (f"Run edited builds source: the {'CUDA' if target == 'sim' else target} code of target {target!r} is "
+        return None if ok else f"target {t.name!r} cannot run here ({why}): switch the language to C to edit and run on this CPU"
+    return (f"Run edited builds source: the {'CUDA' if t is not None and t.simulated else target} code of target {target!r} is "
             "shown for reading (the simulator runs the kernel IR, not this text): switch the language to C to "
             "edit and run on this CPU, or use target 'cuda' on a GPU")
 
@@ -136,7 +139,7 @@ def default_provider(compiled: Any) -> Callable[[str], Any]:
         if language not in cache:
             import explorer
             o = compiled.options
-            target = "cpu" if language == "c" else ("cuda" if compiled.target == "cuda" else "sim")
+            target = target_for_language(language, compiled.target).name
             cache[language] = explorer.compile(compiled.fn, *compiled.examples, target=target, fuse=o.fuse,
                                                schedule=o.schedule, fast_math=o.fast_math, verbose=False)
         return cache[language]
