@@ -610,10 +610,13 @@ def predict_schedule(compiled, device_or_name: "Device | str | None" = None) -> 
     target = getattr(compiled, "target", "cpu")
     dev = device(device_or_name if device_or_name is not None else target)
     prog = compiled.stage("tiled").ir
+    # each tiled kernel's compute definition, from the lowered stage (tiling keeps the kernel names)
+    lowered = compiled.stage("lowered").ir if "lowered" in getattr(compiled, "stage_names", ()) else None
+    computes = {c.name: c for c in getattr(lowered, "computes", ())}
     costs = {k.name: k for k in kernel_costs(compiled, dev, counters=False)}
     total_ms = total_bytes = 0.0
     for kernel in prog.kernels:
-        compute = dict(kernel.meta).get("compute")
+        compute = computes.get(kernel.name)
         out = kernel.output_buffers[0] if kernel.output_buffers else None
         itemsize = np.dtype(_np_dtype(out.dtype)).itemsize if out is not None else 4
         if kernel.kind == "contraction" and compute is not None and target == "cpu":

@@ -5,7 +5,7 @@ Stages are an ordered registry (as Triton's `stages` dict): name -> pure pass.
     traced      Graph        proxy tensors recorded every op
     simplified  Graph        DCE, CSE, constant folding, identities, decomposition
     fused       FusedGraph   nodes grouped into kernels, each boundary with its reason
-    lowered     Program      one naive loop nest per group
+    lowered     ComputeProgram  one compute definition per group, shown as its naive loop nest
     tiled       Program      the schedule applied (split/reorder/bind/cache/unroll/vectorize)
     codegen     Codegen      CUDA or C source per kernel
 

@@ -261,18 +261,19 @@ class AxisState:
         """The original axes whose value depends on `axis` (several for a fused axis)."""
         out = set()
         for r in self.roots:
-            if axis == r or axis in self._descendants(r):
+            if axis == r or axis in self.descendants(r):
                 out.add(r)
         return out
 
-    def _descendants(self, axis: str) -> set[str]:
+    def descendants(self, axis: str) -> set[str]:
+        """Every axis made from `axis` by splits and fuses (not `axis` itself)."""
         rel = self.relations.get(axis, ("leaf",))
         if rel[0] == "leaf":
             return set()
         kids = {rel[1], rel[2]} if rel[0] == "split" else {rel[1]}
         out = set(kids)
         for k in kids:
-            out |= self._descendants(k)
+            out |= self.descendants(k)
         return out
 
     def chain_has_fuse(self, axis: str) -> bool:
@@ -628,7 +629,7 @@ def c_extent(c, names: Sequence[str]) -> int:
     return n
 
 
-def _tc_operands(c) -> tuple[tuple[str, str] | None, str]:
+def tc_operands(c) -> tuple[tuple[str, str] | None, str]:
     """(names of the f16 A and B buffers for cache_read, '') when the matmul can run on tensor cores,
     else (None, why not). The accumulation must be exactly f32(A[.., i, k]) * f32(B[.., k, j])
     (either operand may be transposed) with f16 A and B summed in f32."""
@@ -742,7 +743,7 @@ def _cuda_matmul(c, knobs) -> Schedule:
     tc_note = "tensor cores off: tensor_core=False" if f16 else ""
     M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
     if tc is not False:
-        operands, why = _tc_operands(c)
+        operands, why = tc_operands(c)
         if operands is not None and min(M, N, K) < 16:
             operands, why = None, f"M, N, K = {M}, {N}, {K}: each must be >= 16 (one 16x16x16 fragment)"
         if operands is not None and knobs.get("shared") is False:

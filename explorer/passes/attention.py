@@ -9,7 +9,8 @@ p @ v of the tile; divide by l at the end. The scores of one tile live in regist
 This module holds the three parts of that rewrite, each used by its pass:
   match_attention(graph)   the pattern (fusion.fuse makes one 'attention' group per match)
   attention_compute(...)   the group as a compute definition (lower.lower)
-  generate_attention(...)  its online-softmax loop nest for cpu / cuda / naive (tiling.tile)
+  generate_attention(...)  its online-softmax loop nest for cpu / cuda / naive (tiling.tile, and
+                           compute.loop_nest through AttentionCompute.loop_nest)
 
 Before (simplified graph, 3 kernels)            After (fused, 1 kernel; tiled for cpu, abridged)
   %4 = matmul(q, transpose(k))                    for blk in parallel(B*H*Sq/BQ):
@@ -191,6 +192,13 @@ class AttentionCompute:
     spatial: tuple = ()
     reduce: tuple = ()
     operands: tuple = ()
+    group: str = ""                     # as Compute: the fusion group, its ops and the user's lines
+    ops: tuple[str, ...] = ()
+    source_lines: tuple[str, ...] = ()
+
+    def loop_nest(self, target: str, knobs: dict | None = None) -> L.Kernel:
+        """Its loop template, the online softmax (generate_attention); compute.loop_nest calls it."""
+        return generate_attention(self, target, knobs)
 
 
 def attention_compute(grp, name: str, members: set[int], buffers: dict, out_buffers) -> AttentionCompute:
@@ -393,7 +401,8 @@ def generate_attention(c: AttentionCompute, target: str, knobs: dict | None = No
                   "keys past the end score -inf",)
     params = tuple(c.inputs) + tuple(b for b in c.outputs if b not in c.inputs)
     return L.Kernel(c.name, params, tuple(body), outputs=tuple(b.name for b in c.outputs), kind="attention",
-                    schedule=steps, meta=(("compute", c), ("notes", notes), ("attention_tile", (bq, bk))))
+                    schedule=steps, meta=(("notes", notes), ("attention_tile", (bq, bk))), group=c.group, ops=c.ops,
+                    source_lines=c.source_lines)
 
 
 _RT, _VW = 4, 16   # cpu register tile: 4 rows x 16 lanes (8 AVX accumulators), the C backend's micro-kernel shape
