@@ -31,7 +31,8 @@ import numpy as np
 from . import dtypes
 from . import ops as _ops
 from .errors import DTypeError, ExplorerError, ShapeError, TraceError, UnsupportedOpError
-from .graph import Graph, Node, Provenance, c_identifier
+from .graph import Graph, Node, Provenance
+from .naming import c_identifier
 
 # Frames of these modules are the tracer's own machinery, not the user's code, so
 # provenance skips them (numpy too: np.mean's Python wrapper calls back into us).
