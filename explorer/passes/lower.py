@@ -28,8 +28,10 @@ import numpy as np
 from .. import loopir as L
 from ..compute import Accum, Axis, Compute, ComputeProgram, Stash, StoreDef
 from ..errors import ExplorerError, VerificationError
-from ..graph import Node, c_identifier
+from ..graph import Node
+from ..naming import c_identifier
 from ..ops import OPS, conv_dims, get as get_op, normalize_axes, operand_dtype
+from .attention import AttentionCompute, AttentionMatch
 
 
 # ----------------------------------------------------------------------------- expression building
@@ -389,7 +391,6 @@ def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, lis
     if grp.kind == "opaque":
         return _opaque(grp, name, members, buffers, out_buffers)
     if grp.kind == "attention":
-        from .attention import attention_compute
         return attention_compute(grp, name, members, buffers, out_buffers)
     # elementwise: iterate over the common output shape
     shape = grp.anchor.shape
@@ -403,6 +404,28 @@ def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, lis
         stores.append(StoreDef(b, idx, low.value(o, idx)))
     return Compute("elementwise", name, axes, stores=tuple(stores), inputs=tuple(low.used),
                    outputs=tuple(b for _, b in out_buffers))
+
+
+def attention_compute(grp, name: str, members: set[int], buffers: dict, out_buffers) -> AttentionCompute:
+    """The compute definition of an 'attention' FusionGroup (see passes/attention.AttentionCompute):
+    q, k, v and the logits as expressions of (b*, i, j, d, e), the scores q·k read from a 0-d local."""
+    m: AttentionMatch = grp.pattern
+    *batch, sq, dv = m.out.shape
+    sk, d = m.scores.shape[-1], m.q.shape[-1]
+    acc_dt = _acc_dtype(m.out)
+    score = L.Buffer(f"score{m.scores.id}", (), acc_dt, "local")
+    low = GroupLowering(buffers, members - {m.scores.id}, {m.scores.id: _cast(L.Load(score, ()), L.short_dtype(m.scores.dtype))})
+    bvars = tuple(L.Var(f"b{k}") for k in range(len(batch)))
+    i, j, dd, e = L.Var("i"), L.Var("j"), L.Var("d"), L.Var("e")
+
+    def operand(n: Node, last2: tuple[L.Expr, L.Expr]) -> L.Expr:
+        return _cast(low.value(n, _bcast_index(n.shape[:-2], tuple(batch), bvars) + last2), acc_dt)
+
+    qv, kv, vv = operand(m.q, (i, dd)), operand(m.kt, (dd, j)), operand(m.v, (j, e))
+    logit = _cast(low.value(m.logits, bvars + (i, j)), acc_dt)
+    (o, out), = out_buffers
+    return AttentionCompute("attention", name, tuple(batch), sq, sk, d, dv, acc_dt, qv, kv, vv, logit, score, out,
+                            tuple(low.used), (out,))
 
 
 def stageable(load: L.Load) -> bool:
