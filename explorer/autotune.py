@@ -483,9 +483,9 @@ def cache_dir() -> Path:
 def device_label(target: str) -> str:
     """What the cache key and table say about the machine: CPU model and cores, or the GPU's name."""
     if target == "cpu":
-        from .costmodel import _cpu_model
+        from .costmodel import cpu_name
         threads = os.environ.get("OMP_NUM_THREADS")
-        return f"{_cpu_model()}, {os.cpu_count()} cores" + (f", OMP_NUM_THREADS={threads}" if threads else "")
+        return f"{cpu_name()}, {os.cpu_count()} cores" + (f", OMP_NUM_THREADS={threads}" if threads else "")
     if target == "cuda":
         try:
             import pycuda.driver as drv
@@ -548,8 +548,8 @@ class _Progress:
         self.close()
         self.name, self.total, self.done = name, total, 0
         if self.enabled:
-            from .progress import _tqdm
-            tqdm = _tqdm()
+            from .progress import tqdm_class
+            tqdm = tqdm_class()
             if tqdm is not None:
                 self.bar = tqdm(total=total or None, desc=name, leave=False)   # None: rounds, open-ended
         self._tell("")

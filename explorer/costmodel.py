@@ -179,7 +179,8 @@ def this_gpu() -> Device:
 _LOCAL: Device | None = None
 
 
-def _cpu_model() -> str:
+def cpu_name() -> str:
+    """This machine's CPU model name (/proc/cpuinfo's 'model name', else what platform knows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -241,7 +242,7 @@ def local_cpu(refresh: bool = False) -> Device:
     global _LOCAL
     if _LOCAL is not None and not refresh:
         return _LOCAL
-    model = _cpu_model()
+    model = cpu_name()
     key = f"{socket.gethostname()}|{model}|copy=threads"   # v2: all-core copy (v1 used one thread)
     threads = os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS")
     if threads:  # a thread-limited measurement must not stand in for the whole CPU

@@ -308,7 +308,7 @@ def check_c(spec: CustomKernel) -> None:
     key = hashlib.sha256(("c\0" + src).encode()).hexdigest()
     if key in _CHECKED:
         return
-    cmd = cpu._probe()["cmd"]
+    cmd = cpu.probe()["cmd"]
     with tempfile.TemporaryDirectory(prefix="ke-custom-") as d:
         path = os.path.join(d, "check.c")
         with open(path, "w") as f:
@@ -325,7 +325,7 @@ def check_cuda_source(spec: CustomKernel, arch: str = "sm_80") -> str:
     """nvcc --ptx the CUDA source with a call in the calling convention; returns the PTX."""
     from .backends import nvcc
     src = _CUDA_CHECK_HEAD + f'#line 1 "{spec.name}.cu"\n' + spec.cuda_source + "\n" + _probe_call(spec, "cuda")
-    path = nvcc._require()
+    path = nvcc.require_nvcc()
     with tempfile.TemporaryDirectory(prefix="ke-custom-") as d:
         p = os.path.join(d, "check.cu")
         with open(p, "w") as f:

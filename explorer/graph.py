@@ -175,10 +175,18 @@ class Graph:
         self._next_id += 1
         return i
 
-    def derive(self, nodes: list[Node], outputs: list[Node], inputs: list[Node] | None = None) -> "Graph":
-        """A new Graph sharing this one's name, source and id counter (for passes)."""
+    @property
+    def next_id(self) -> int:
+        """The id fresh_id() gives next (every node of the graph has a smaller one)."""
+        return self._next_id
+
+    def derive(self, nodes: list[Node], outputs: list[Node], inputs: list[Node] | None = None,
+               next_id: int | None = None) -> "Graph":
+        """A new Graph sharing this one's name, source and id counter (for passes); `next_id` when the
+        pass numbered new nodes itself, past this graph's counter."""
         return Graph(self.name, inputs if inputs is not None else self.inputs, nodes, outputs,
-                     source_lines=self.source_lines, source_file=self.source_file, next_id=self._next_id)
+                     source_lines=self.source_lines, source_file=self.source_file,
+                     next_id=self._next_id if next_id is None else next_id)
 
     # -- queries ----------------------------------------------------------------
     def consumers(self) -> dict[Node, list[Node]]:

@@ -1061,7 +1061,7 @@ def _param_names(fn: Callable, n_examples: int) -> list[str]:
     return out
 
 
-def _array_subclass_problem(a: Any) -> str | None:
+def array_subclass_problem(a: Any) -> str | None:
     """Why an ndarray subclass cannot be traced like a plain array (None when it can)."""
     if isinstance(a, np.ma.MaskedArray):
         return ("a masked array: the mask would be ignored; pass a plain array, e.g. m.filled(0) or "
@@ -1074,7 +1074,7 @@ def _array_subclass_problem(a: Any) -> str | None:
 def _check_example(k: int, name: str, a: Any) -> np.ndarray:
     if isinstance(a, Tensor):
         raise TraceError(f"example input {k} ({name}) is a traced value; pass concrete np.ndarray examples")
-    bad_sub = _array_subclass_problem(a)
+    bad_sub = array_subclass_problem(a)
     if bad_sub:
         raise TraceError(f"example input {k} ({name}) is {bad_sub}")
     if isinstance(a, np.ndarray):
