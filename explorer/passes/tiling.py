@@ -9,7 +9,7 @@ cache_read stages an operand tile in shared memory (cooperative copy between two
 barriers) or a local buffer; double_buffer gives a shared tile two slots (prologue
 copies tile 0, each step prefetches tile k+1 into the other slot, one barrier per
 step); a thread-bound reduction axis ends in an allreduce; tensorize turns a warp's tile of an f16
-matmul into WMMA fragment statements (see compute._Generator.build_tensorized for the before/after).
+matmul into WMMA fragment statements (build_tensorized in compute.py shows the before/after).
 On the cpu, partition_tails and index_split rewrite the loops for SIMD.
 
 Before (lowered, naive):                    After (tiled for CUDA, elementwise):
