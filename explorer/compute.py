@@ -126,6 +126,10 @@ class Compute:
                 return a
         raise KeyError(name)
 
+    def text(self) -> str:
+        """Its naive loop nest: what the lowered snapshot prints for this kernel."""
+        return loop_nest(self, Schedule(), "naive").text()
+
 
 @dataclass(frozen=True)
 class ComputeProgram:
