@@ -479,9 +479,9 @@ def device_label(target: str) -> str:
     """What the cache key and table say about the machine: CPU model and cores, or the GPU's name."""
     t = get_target(target)
     if t.openmp:
-        from .costmodel import _cpu_model
+        from .costmodel import cpu_name
         threads = os.environ.get("OMP_NUM_THREADS")
-        return f"{_cpu_model()}, {os.cpu_count()} cores" + (f", OMP_NUM_THREADS={threads}" if threads else "")
+        return f"{cpu_name()}, {os.cpu_count()} cores" + (f", OMP_NUM_THREADS={threads}" if threads else "")
     if t.runs_on_gpu:
         try:
             import pycuda.driver as drv
@@ -544,8 +544,8 @@ class _Progress:
         self.close()
         self.name, self.total, self.done = name, total, 0
         if self.enabled:
-            from .progress import _tqdm
-            tqdm = _tqdm()
+            from .progress import tqdm_class
+            tqdm = tqdm_class()
             if tqdm is not None:
                 self.bar = tqdm(total=total or None, desc=name, leave=False)   # None: rounds, open-ended
         self._tell("")

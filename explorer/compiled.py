@@ -121,14 +121,14 @@ class Compiled:
             raise TraceError(f"{self.name} was compiled for {len(self.examples)} inputs but was called with {len(args)}; "
                              f"pass arrays shaped like " + ", ".join(f"{e.dtype}{list(e.shape)}" for e in self.examples))
         out = []
-        from .tracing import Tensor, _array_subclass_problem
+        from .tracing import Tensor, array_subclass_problem
         for k, (a, e) in enumerate(zip(args, self.examples)):
             if isinstance(a, Tensor):
                 raise TraceError(f"{self.name}: input {k} is a traced value; a Compiled function runs on concrete "
                                  f"arrays and cannot be called inside explorer.trace/compile (call the Python "
                                  f"function there instead)")
             if isinstance(a, np.ma.MaskedArray):
-                raise TraceError(f"{self.name}: input {k} is {_array_subclass_problem(a)}")
+                raise TraceError(f"{self.name}: input {k} is {array_subclass_problem(a)}")
             if a is None or isinstance(a, (str, bytes, dict, set)):
                 raise TraceError(f"{self.name}: input {k} is {'None' if a is None else 'a ' + type(a).__name__}, "
                                  f"not an array; pass arrays shaped like {e.dtype}{list(e.shape)}")

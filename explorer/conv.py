@@ -32,7 +32,7 @@ import numpy as np
 from . import ops as _ops
 from .errors import ShapeError, TraceError, UnsupportedOpError
 from .graph import Provenance
-from .tracing import Tensor, _FUNCTIONS, _int_tuple, _reshape, _transpose, apply_op
+from .tracing import NUMPY_FUNCTIONS, Tensor, apply_op, int_tuple, reshape_tensor, transpose_tensor
 
 
 def _np_sliding_window_view(x, window_shape, axis=None, *, subok=False, writeable=False):
@@ -41,13 +41,13 @@ def _np_sliding_window_view(x, window_shape, axis=None, *, subok=False, writeabl
                                  "read-only views; leave writeable=False")
     if not isinstance(x, Tensor):
         raise TraceError("sliding_window_view: the array must be a traced value")
-    ws = _int_tuple(window_shape if not isinstance(window_shape, (int, np.integer)) else (window_shape,))
+    ws = int_tuple(window_shape if not isinstance(window_shape, (int, np.integer)) else (window_shape,))
     if ws is None:
         raise ShapeError(f"sliding_window_view: window_shape must be an int or a tuple of ints, got {window_shape!r}")
     if axis is None:
         axes = tuple(range(x.ndim))
     else:
-        ax = _int_tuple(axis if not isinstance(axis, (int, np.integer)) else (axis,))
+        ax = int_tuple(axis if not isinstance(axis, (int, np.integer)) else (axis,))
         if ax is None:
             raise ShapeError(f"sliding_window_view: axis must be an int or a tuple of ints, got {axis!r}")
         if any(not -x.ndim <= a < x.ndim for a in ax):
@@ -61,7 +61,7 @@ def _np_sliding_window_view(x, window_shape, axis=None, *, subok=False, writeabl
 
 try:   # NumPy >= 1.20
     from numpy.lib.stride_tricks import sliding_window_view as _swv
-    _FUNCTIONS[_swv] = _np_sliding_window_view
+    NUMPY_FUNCTIONS[_swv] = _np_sliding_window_view
 except ImportError:  # pragma: no cover
     pass
 
@@ -145,7 +145,7 @@ def conv_from_einsum(subscripts: str, ins: list[str], out_sub: str, xs: list[Ten
     x = Tensor(xin, tr)
     wt = xs[1]
     if depthwise:
-        wt = _reshape(_permute(wt, ws, r + s + c), (win.shape[pos[r]], win.shape[pos[s]], 1, win.shape[pos[c]]))
+        wt = reshape_tensor(_permute(wt, ws, r + s + c), (win.shape[pos[r]], win.shape[pos[s]], 1, win.shape[pos[c]]))
         groups = win.shape[pos[c]]
     else:
         wt = _permute(wt, ws, r + s + c + k)
@@ -175,14 +175,14 @@ def _joined_provenance(provs: list) -> Any:
 
 
 def _permute(x: Tensor, sub: str, order: str) -> Tensor:
-    return x if sub == order else _transpose(x, tuple(sub.index(ch) for ch in order))
+    return x if sub == order else transpose_tensor(x, tuple(sub.index(ch) for ch in order))
 
 
 # ----------------------------------------------------------------------------- explorer.nn.conv2d
 def _pair(name: str, v: Any, lo: int) -> tuple[int, int]:
     if isinstance(v, (bool, np.bool_)):
         raise ShapeError(f"conv2d: {name} must be an int or a pair of ints, got {v!r}")
-    t = (v, v) if isinstance(v, (int, np.integer)) else _int_tuple(v)
+    t = (v, v) if isinstance(v, (int, np.integer)) else int_tuple(v)
     if t is None or len(t) != 2:
         raise ShapeError(f"conv2d: {name} must be an int or a pair of ints, got {v!r}")
     if min(t) < lo:
@@ -214,12 +214,12 @@ def conv_attrs(w_shape, stride: Any = 1, padding: Any = 0, dilation: Any = 1, gr
     elif isinstance(padding, (int, np.integer)) and not isinstance(padding, (bool, np.bool_)):
         pad = ((int(padding),) * 2,) * 2
     else:
-        flat = _int_tuple(padding)
+        flat = int_tuple(padding)
         if flat is not None and len(flat) == 2:
             pad = ((flat[0], flat[0]), (flat[1], flat[1]))
         else:
             try:
-                pad = tuple(tuple(int(v) for v in _int_tuple(p)) for p in padding)
+                pad = tuple(tuple(int(v) for v in int_tuple(p)) for p in padding)
             except TypeError:
                 pad = ()
             if len(pad) != 2 or any(len(p) != 2 for p in pad):

@@ -180,7 +180,8 @@ def this_gpu() -> Device:
 _LOCAL: Device | None = None
 
 
-def _cpu_model() -> str:
+def cpu_name() -> str:
+    """This machine's CPU model name (/proc/cpuinfo's 'model name', else what platform knows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -242,7 +243,7 @@ def local_cpu(refresh: bool = False) -> Device:
     global _LOCAL
     if _LOCAL is not None and not refresh:
         return _LOCAL
-    model = _cpu_model()
+    model = cpu_name()
     key = f"{socket.gethostname()}|{model}|copy=threads"   # v2: all-core copy (v1 used one thread)
     threads = os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS")
     if threads:  # a thread-limited measurement must not stand in for the whole CPU
@@ -612,10 +613,13 @@ def predict_schedule(compiled, device_or_name: "Device | str | None" = None) -> 
     target = getattr(compiled, "target", "cpu")
     dev = device(device_or_name if device_or_name is not None else target)
     prog = compiled.stage("tiled").ir
+    # each tiled kernel's compute definition, from the lowered stage (tiling keeps the kernel names)
+    lowered = compiled.stage("lowered").ir if "lowered" in getattr(compiled, "stage_names", ()) else None
+    computes = {c.name: c for c in getattr(lowered, "computes", ())}
     costs = {k.name: k for k in kernel_costs(compiled, dev, counters=False)}
     total_ms = total_bytes = 0.0
     for kernel in prog.kernels:
-        compute = dict(kernel.meta).get("compute")
+        compute = computes.get(kernel.name)
         out = kernel.output_buffers[0] if kernel.output_buffers else None
         itemsize = np.dtype(_np_dtype(out.dtype)).itemsize if out is not None else 4
         if kernel.kind == "contraction" and compute is not None and get_target(target).openmp:

@@ -145,8 +145,8 @@ def _check_name(name: Any) -> str:
     if keyword.iskeyword(name) or name in _TAKEN_NAMES or name.startswith(("ke_", "__")):
         raise ExplorerError(f"custom_kernel: name {name!r} is reserved (a keyword, a C library function or an "
                             f"explorer prefix ke_/__); pick another, e.g. 'my_{name.strip('_')}'")
-    from .graph import _C_KEYWORDS
-    if name in _C_KEYWORDS:
+    from .naming import C_KEYWORDS
+    if name in C_KEYWORDS:
         raise ExplorerError(f"custom_kernel: name {name!r} is a C/CUDA keyword; pick another, e.g. 'my_{name}'")
     if name in OPS and name not in REGISTRY:
         raise ExplorerError(f"custom_kernel: name {name!r} is a built-in op of the explorer; pick another name "
@@ -308,7 +308,7 @@ def check_c(spec: CustomKernel) -> None:
     key = hashlib.sha256(("c\0" + src).encode()).hexdigest()
     if key in _CHECKED:
         return
-    cmd = cpu._probe()["cmd"]
+    cmd = cpu.probe()["cmd"]
     with tempfile.TemporaryDirectory(prefix="ke-custom-") as d:
         path = os.path.join(d, "check.c")
         with open(path, "w") as f:
@@ -325,7 +325,7 @@ def check_cuda_source(spec: CustomKernel, arch: str = "sm_80") -> str:
     """nvcc --ptx the CUDA source with a call in the calling convention; returns the PTX."""
     from .backends import nvcc
     src = _CUDA_CHECK_HEAD + f'#line 1 "{spec.name}.cu"\n' + spec.cuda_source + "\n" + _probe_call(spec, "cuda")
-    path = nvcc._require()
+    path = nvcc.require_nvcc()
     with tempfile.TemporaryDirectory(prefix="ke-custom-") as d:
         p = os.path.join(d, "check.cu")
         with open(p, "w") as f:

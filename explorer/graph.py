@@ -25,6 +25,7 @@ import numpy as np
 
 from . import dtypes
 from .errors import VerificationError
+from .naming import c_identifier, dot_id, dot_str  # noqa: F401  (c_identifier: kept importable from graph)
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,18 @@ class Graph:
         self._next_id += 1
         return i
 
-    def derive(self, nodes: list[Node], outputs: list[Node], inputs: list[Node] | None = None) -> "Graph":
-        """A new Graph sharing this one's name, source and id counter (for passes)."""
+    @property
+    def next_id(self) -> int:
+        """The id fresh_id() gives next (every node of the graph has a smaller one)."""
+        return self._next_id
+
+    def derive(self, nodes: list[Node], outputs: list[Node], inputs: list[Node] | None = None,
+               next_id: int | None = None) -> "Graph":
+        """A new Graph sharing this one's name, source and id counter (for passes); `next_id` when the
+        pass numbered new nodes itself, past this graph's counter."""
         return Graph(self.name, inputs if inputs is not None else self.inputs, nodes, outputs,
-                     source_lines=self.source_lines, source_file=self.source_file, next_id=self._next_id)
+                     source_lines=self.source_lines, source_file=self.source_file,
+                     next_id=self._next_id if next_id is None else next_id)
 
     # -- queries ----------------------------------------------------------------
     def consumers(self) -> dict[Node, list[Node]]:
@@ -335,32 +344,3 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.op_nodes())} ops, {len(self.outputs)} outputs>"
-
-
-_IDENT = re.compile(r"[^A-Za-z0-9_]")
-
-
-def c_identifier(name: str, prefix: str = "v") -> str:
-    """Turn any user text into a valid C identifier (`my-fn!` → `my_fn_`); never empty, never a keyword."""
-    s = _IDENT.sub("_", str(name))
-    if not s or s[0].isdigit():
-        s = f"{prefix}_{s}"
-    if s in _C_KEYWORDS:
-        s = f"{s}_"
-    return s[:64]
-
-
-_C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern float for goto if
-inline int long register restrict return short signed sizeof static struct switch typedef union unsigned void
-volatile while bool true false half float4 float2 int4 dim3 blockIdx threadIdx blockDim gridDim warpSize
-__global__ __device__ __shared__ new delete class template this namespace using operator private public""".split())
-
-
-def dot_id(name: str) -> str:
-    return c_identifier(name, "g")
-
-
-def dot_str(s: str) -> str:
-    """A DOT double-quoted string with quotes, backslashes (except \\n) and HTML-ish chars made safe."""
-    s = str(s).replace("\\", "\\\\").replace("\\\\n", "\\n").replace('"', '\\"')
-    return f'"{s}"'

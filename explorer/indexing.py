@@ -41,8 +41,8 @@ import numpy as np
 
 from .errors import DTypeError, IndexOutOfRangeError, ShapeError, TraceError, UnsupportedOpError
 from .graph import Graph, Node
-from .tracing import (INTERNAL_MODULES, Tensor, _as_view, _basic_getitem, _is_internal, _reshape, _to_nodes, _tracer_of,
-                      _transpose, basic_index_plan, user_provenance)
+from .tracing import (INTERNAL_MODULES, Tensor, as_view, basic_getitem, basic_index_plan, is_internal_module,
+                      reshape_tensor, to_nodes, tracer_of, transpose_tensor, user_provenance)
 
 INTERNAL_MODULES.add(__name__)   # provenance skips this module's frames, as the tracer's own
 
@@ -161,9 +161,9 @@ def getitem(x: Tensor, idx: Any):
     if not isinstance(ids, Tensor) and no_ints:
         sl = _progression_slice(_const_indices(ids, x.shape[data_axis], data_axis, "x[ids]"), x.shape[data_axis])
         if sl is not None:
-            return _basic_getitem(x, full[:k] + (sl,) + full[k + 1:])
+            return basic_getitem(x, full[:k] + (sl,) + full[k + 1:])
     basic = full[:k] + (slice(None),) + full[k + 1:]
-    base = _basic_getitem(x, basic)
+    base = basic_getitem(x, basic)
     pos = sum(1 for e in full[:k] if not isinstance(e, (int, np.integer)))   # ints before k drop their axis
     out = _take(base, ids, pos, data_axis, x.shape[data_axis])
     # NumPy: an int index counts as an advanced index too; when the advanced indices are not next to
@@ -173,7 +173,7 @@ def getitem(x: Tensor, idx: Any):
     if adv != list(range(adv[0], adv[-1] + 1)) and pos != 0:
         nd = len(ids.shape)
         perm = list(range(pos, pos + nd)) + [a for a in range(out.ndim) if not pos <= a < pos + nd]
-        out = _transpose(out, tuple(perm))
+        out = transpose_tensor(out, tuple(perm))
     return out
 
 
@@ -195,13 +195,13 @@ def np_take(a: Any, indices: Any, axis: Any = None, out: Any = None, mode: str =
         raise UnsupportedOpError(f"np.take(mode={mode!r}) is not supported in traced code; only mode='raise' "
                                  f"(use np.clip on the indices for mode='clip')")
     if axis is None:
-        a = _reshape(a, (-1,))
+        a = reshape_tensor(a, (-1,))
         axis = 0
     from .ops import normalize_axes
     ax = normalize_axes("take", axis, a.ndim, a.shape)[0]
     ids = _index_operand(indices, "np.take")
     if not isinstance(ids, Tensor) and ids.ndim == 0:   # a scalar index drops the axis
-        return _basic_getitem(a, (slice(None),) * ax + (int(ids),))
+        return basic_getitem(a, (slice(None),) * ax + (int(ids),))
     return _take(a, ids, ax, ax, a.shape[ax])
 
 
@@ -282,7 +282,7 @@ class MaskedSelection:
                 raise ShapeError(f"x[mask] (shape (n,{','.join(map(str, rest))}) with n known only at run time) "
                                  f"combined with an array of shape {tuple(shape)}: NumPy broadcasts only scalars or "
                                  f"arrays matching the trailing dims {tuple(rest)}; use np.where(mask, ..., ...)")
-            args.append(o if not isinstance(o, Tensor) else _reshape(o, core) if core != tuple(shape) else o)
+            args.append(o if not isinstance(o, Tensor) else reshape_tensor(o, core) if core != tuple(shape) else o)
         r = fn(*args)
         if not isinstance(r, Tensor):
             raise self._masked_selection_error("an operand")
@@ -381,7 +381,7 @@ def _value_node(x: Tensor, value: Any, what: str) -> Node:
         raise value._masked_selection_error("the value of a write with a different index")
     tr = x.tracer
     if isinstance(value, Tensor):
-        _tracer_of((x, value))
+        tracer_of((x, value))
         v = value
     else:
         if isinstance(value, (list, tuple)) or isinstance(value, (np.ndarray, np.generic, bool, int, float)):
@@ -508,7 +508,7 @@ def _scatter_const(x: Tensor, entries: tuple, value: Any) -> None:
         _set_box(x, full[:k] + (sl,) + full[k + 1:], value, "x[ids] = v")
         return
     # the value as NumPy sees it: broadcast to the selection x[ids] (ids' axis in place of the axis)
-    sel = list(_basic_getitem(Tensor(x.node, x.tracer), full[:k] + (slice(0, 1),) + full[k + 1:]).shape)
+    sel = list(basic_getitem(Tensor(x.node, x.tracer), full[:k] + (slice(0, 1),) + full[k + 1:]).shape)
     pos = sum(1 for e in full[:k] if not isinstance(e, (int, np.integer)))
     sel[pos] = len(ids)
     vt = value if isinstance(value, Tensor) else None
@@ -519,11 +519,11 @@ def _scatter_const(x: Tensor, entries: tuple, value: Any) -> None:
     v = Tensor(vnode, x.tracer) if vt is None or vt.node is not vnode else vt
     vshape = (1,) * (len(sel) - len(vnode.shape)) + tuple(vnode.shape)
     if vshape != tuple(vnode.shape):
-        v = _reshape(v, vshape)
+        v = reshape_tensor(v, vshape)
     for j, i in enumerate(ids.tolist()):
-        row = v if vshape[pos] == 1 else _basic_getitem(v, (slice(None),) * pos + (j,))
+        row = v if vshape[pos] == 1 else basic_getitem(v, (slice(None),) * pos + (j,))
         if vshape[pos] == 1:
-            row = _reshape(row, vshape[:pos] + vshape[pos + 1:])
+            row = reshape_tensor(row, vshape[:pos] + vshape[pos + 1:])
         _set_box(x, full[:k] + (int(i),) + full[k + 1:], row, "x[ids] = v")
 
 
@@ -554,12 +554,12 @@ def _scatter_traced(x: Tensor, full: tuple, k: int, axis: int, ids: Tensor, valu
         v = Tensor(tr.emit("broadcast_to", [vnode], {"shape": sel}).node, tr)
     grid = Tensor(arange, tr)
     if axis < x.ndim - 1:
-        grid = _reshape(grid, (n,) + (1,) * (x.ndim - axis - 1))
+        grid = reshape_tensor(grid, (n,) + (1,) * (x.ndim - axis - 1))
     out = Tensor(x.node, tr)
     for j in range(max(ids.size, 1)):
-        p = pos if ids.ndim == 0 else _basic_getitem(pos, (j,))
-        row = v if ids.ndim == 0 else _basic_getitem(v, (slice(None),) * axis + (j,))
-        row = _reshape(row, x.shape[:axis] + (1,) + x.shape[axis + 1:])
+        p = pos if ids.ndim == 0 else basic_getitem(pos, (j,))
+        row = v if ids.ndim == 0 else basic_getitem(v, (slice(None),) * axis + (j,))
+        row = reshape_tensor(row, x.shape[:axis] + (1,) + x.shape[axis + 1:])
         out = Tensor(tr.emit("where", [(grid == p).node, row.node, out.node], {}).node, tr)
     _rebind(x, out.node, what)
 
@@ -596,7 +596,7 @@ def concrete_value_error() -> TraceError:
     wrote np.asarray, so the message names the array and the statement.
     """
     f = sys._getframe(1)
-    while f is not None and _is_internal(f.f_globals.get("__name__", "")):
+    while f is not None and is_internal_module(f.f_globals.get("__name__", "")):
         f = f.f_back
     found = _captured_subscript(f) if f is not None else None
     if found is not None:

@@ -48,6 +48,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
+from .naming import c_identifier, dot_str
+
 LOOP_KINDS = ("serial", "parallel", "unrolled", "vectorized",
               "blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
 BOUND_KINDS = LOOP_KINDS[4:]
@@ -514,7 +516,6 @@ class Program:
 
     def dot(self) -> str:
         """The loop tree of every kernel as graphviz clusters."""
-        from .graph import dot_str
         lines = [f"digraph {_dot_ident(self.name)} {{", "  rankdir=TB;",
                  '  node [fontname="Helvetica", fontsize=10, shape=box, style="rounded,filled", fillcolor="#f3f3f3"];']
         counter = [0]
@@ -561,7 +562,6 @@ class Program:
 
 
 def _dot_ident(name: str) -> str:
-    from .graph import c_identifier
     return c_identifier(name, "k")
 
 

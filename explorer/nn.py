@@ -5,7 +5,7 @@ Tensors softmax, log_softmax, layernorm and gelu record ONE composite node (cate
 'opaque', e.g. `softmax(x, axis=-1)`), so the traced graph reads like the source;
 `simplify(decompose=True)` (the default in compile) expands it in place into primitive
 ops by re-tracing the same NumPy implementation used for arrays. relu is simply
-`np.maximum(x, 0)`. `np.mean` is traced directly into `sum` then `div` (see tracing._mean).
+`np.maximum(x, 0)`. `np.mean` is traced directly into `sum` then `div` (see tracing.mean_tensor).
 
 >>> import numpy as np
 >>> softmax(np.array([0.0, 0.0], np.float32))

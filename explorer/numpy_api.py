@@ -26,8 +26,8 @@ import numpy as np
 
 from . import ops as _ops
 from .errors import ShapeError, TraceError, UnsupportedOpError
-from .tracing import (Tensor, _FUNCTIONS, _check_const_dtype, _getitem, _int_tuple, _keep, _mean, _no_kw, _reduce,
-                      _reshape, _tracer_of, _transpose)
+from .tracing import (NUMPY_FUNCTIONS, Tensor, check_const_dtype, getitem_tensor, int_tuple, keepdims_flag, mean_tensor,
+                      reduce_tensor, reject_kwargs, reshape_tensor, tracer_of, transpose_tensor)
 
 
 def _axis(op: str, axis: Any, ndim: int, shape: tuple[int, ...]) -> int:
@@ -42,7 +42,7 @@ def _operands(op: str, arrays: Any) -> list[Any]:
     if isinstance(arrays, Tensor):
         if arrays.ndim == 0:
             raise ShapeError(f"np.{op}: a 0-d array is not a sequence of arrays; pass a list, e.g. np.{op}([a, b])")
-        return [_getitem(arrays, i) for i in range(arrays.shape[0])]
+        return [getitem_tensor(arrays, i) for i in range(arrays.shape[0])]
     if not isinstance(arrays, (list, tuple)):
         raise TraceError(f"np.{op}: expected a list or tuple of arrays, got {type(arrays).__name__}")
     if not arrays:
@@ -53,14 +53,14 @@ def _operands(op: str, arrays: Any) -> list[Any]:
 def _nodes(op: str, arrays: Sequence[Any]) -> tuple[Any, list[Any]]:
     """(tracer, nodes) for operands that may mix traced arrays and constants (no weak scalars: NumPy
     turns each into an array of its own dtype before joining)."""
-    tr = _tracer_of([a for a in arrays if isinstance(a, Tensor)])
+    tr = tracer_of([a for a in arrays if isinstance(a, Tensor)])
     nodes = [a.node if isinstance(a, Tensor) else tr.const(_const_array(op, a)) for a in arrays]
     return tr, nodes
 
 
 def _const_array(op: str, a: Any) -> np.ndarray:
     arr = np.asarray(a)
-    _check_const_dtype(op, arr.dtype)
+    check_const_dtype(op, arr.dtype)
     return arr
 
 
@@ -82,7 +82,7 @@ def _as_tensorish(op: str, a: Any) -> Any:
 
 
 def _np_concatenate(arrays, axis=0, out=None, *, dtype=None, casting="same_kind"):
-    _no_kw("concatenate", out=out, dtype=dtype)
+    reject_kwargs("concatenate", out=out, dtype=dtype)
     arrays = _operands("concatenate", arrays)
     if axis is None:
         arrays = [_flat(_as_tensorish("concatenate", a)) for a in arrays]
@@ -91,17 +91,17 @@ def _np_concatenate(arrays, axis=0, out=None, *, dtype=None, casting="same_kind"
 
 
 def _flat(a: Any) -> Any:
-    return _reshape(a, (-1,)) if isinstance(a, Tensor) else np.ravel(a)
+    return reshape_tensor(a, (-1,)) if isinstance(a, Tensor) else np.ravel(a)
 
 
 def _with_shape(a: Any, shape: tuple[int, ...]) -> Any:
     if tuple(a.shape) == tuple(shape):
         return a
-    return _reshape(a, shape) if isinstance(a, Tensor) else np.reshape(a, shape)
+    return reshape_tensor(a, shape) if isinstance(a, Tensor) else np.reshape(a, shape)
 
 
 def _np_stack(arrays, axis=0, out=None, *, dtype=None, casting="same_kind"):
-    _no_kw("stack", out=out, dtype=dtype)
+    reject_kwargs("stack", out=out, dtype=dtype)
     arrays = [_as_tensorish("stack", a) for a in _operands("stack", arrays)]
     shapes = {tuple(a.shape) for a in arrays}
     if len(shapes) > 1:
@@ -120,13 +120,13 @@ def _at_least(a: Any, nd: int) -> Any:
 
 
 def _np_hstack(tup, *, dtype=None, casting="same_kind"):
-    _no_kw("hstack", dtype=dtype)
+    reject_kwargs("hstack", dtype=dtype)
     arrays = [_at_least(_as_tensorish("hstack", a), 1) for a in _operands("hstack", tup)]
     return _concat("hstack", arrays, 0 if arrays[0].ndim == 1 else 1)
 
 
 def _np_vstack(tup, *, dtype=None, casting="same_kind"):
-    _no_kw("vstack", dtype=dtype)
+    reject_kwargs("vstack", dtype=dtype)
     arrays = [_at_least(_as_tensorish("vstack", a), 2) for a in _operands("vstack", tup)]
     return _concat("vstack", arrays, 0)
 
@@ -145,7 +145,7 @@ def _split_points(op: str, ary: Tensor, indices_or_sections: Any, axis: int, equ
         sizes = [each + 1] * extra + [each] * (k - extra)
         bounds = np.cumsum([0] + sizes)
         return [(int(bounds[i]), int(bounds[i + 1])) for i in range(k)]
-    idx = _int_tuple(indices_or_sections)
+    idx = int_tuple(indices_or_sections)
     if idx is None:
         raise ShapeError(f"np.{op}: indices_or_sections must be an int or a list of ints, got {indices_or_sections!r}")
     pts = (0,) + idx + (n,)
@@ -157,7 +157,7 @@ def _split(op: str, ary: Any, indices_or_sections: Any, axis: Any, equal: bool) 
     out = []
     for a, b in _split_points(op, ary, indices_or_sections, ax, equal):
         # Python slice semantics, as NumPy's split uses: negative indices wrap, large ones clip
-        out.append(_getitem(ary, (slice(None),) * ax + (slice(a, b),)))
+        out.append(getitem_tensor(ary, (slice(None),) * ax + (slice(a, b),)))
     return out
 
 
@@ -183,21 +183,21 @@ def _var(op: str, a: Tensor, axis: Any, ddof: Any, keepdims: bool, correction: A
     axes = _ops.normalize_axes(op, axis, a.ndim, a.shape)
     count = int(np.prod([a.shape[k] for k in axes], dtype=np.int64))
     xs = a.astype(np.float64) if a.dtype.kind in "biu" else a.astype(np.float32) if a.dtype == np.float16 else a
-    dev = xs - _mean(xs, axes, True)
-    r = _reduce("sum", dev * dev, axes, keepdims) / max(count - ddof, 0)
+    dev = xs - mean_tensor(xs, axes, True)
+    r = reduce_tensor("sum", dev * dev, axes, keepdims) / max(count - ddof, 0)
     return r.astype(np.float16) if a.dtype == np.float16 else r
 
 
 def _np_var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=np._NoValue, *, where=np._NoValue,
             mean=np._NoValue, correction=np._NoValue):
-    _no_kw("var", dtype=dtype, out=out, where=where, mean=mean)
-    return _var("var", a, axis, ddof, _keep(keepdims), correction)
+    reject_kwargs("var", dtype=dtype, out=out, where=where, mean=mean)
+    return _var("var", a, axis, ddof, keepdims_flag(keepdims), correction)
 
 
 def _np_std(a, axis=None, dtype=None, out=None, ddof=0, keepdims=np._NoValue, *, where=np._NoValue,
             mean=np._NoValue, correction=np._NoValue):
-    _no_kw("std", dtype=dtype, out=out, where=where, mean=mean)
-    v = _var("std", a, axis, ddof, _keep(keepdims), correction)
+    reject_kwargs("std", dtype=dtype, out=out, where=where, mean=mean)
+    v = _var("std", a, axis, ddof, keepdims_flag(keepdims), correction)
     return np.sqrt(v)
 
 
@@ -206,13 +206,13 @@ def _np_repeat(a, repeats, axis=None):
     """Each element `repeats` times along axis: reshape to add an axis, broadcast it, merge it back.
     Per-element counts (a list) join broadcast slices with concat."""
     if axis is None:
-        a, axis = _reshape(a, (-1,)), 0
+        a, axis = reshape_tensor(a, (-1,)), 0
     ax = _axis("repeat", axis, a.ndim, a.shape)
     n = a.shape[ax]
     if isinstance(repeats, Tensor):
         raise TraceError("np.repeat: the counts cannot be a traced array (the output shape would depend on data); "
                          "pass Python ints")
-    counts = _int_tuple(repeats) if not isinstance(repeats, (int, np.integer)) else (int(repeats),)
+    counts = int_tuple(repeats) if not isinstance(repeats, (int, np.integer)) else (int(repeats),)
     if counts is None or isinstance(repeats, bool):
         raise ShapeError(f"np.repeat: repeats must be an int or a list of ints, got {repeats!r}")
     if any(c < 0 for c in counts):
@@ -224,10 +224,10 @@ def _np_repeat(a, repeats, axis=None):
                          f"give one count per element or a single int")
     if len(set(counts)) == 1:
         return _repeat_each(a, ax, counts[0])
-    parts = [_repeat_each(_getitem(a, (slice(None),) * ax + (slice(i, i + 1),)), ax, c)
+    parts = [_repeat_each(getitem_tensor(a, (slice(None),) * ax + (slice(i, i + 1),)), ax, c)
              for i, c in enumerate(counts) if c]
     if not parts:  # all counts zero: an empty axis, as NumPy returns
-        return _getitem(a, (slice(None),) * ax + (slice(0, 0),))
+        return getitem_tensor(a, (slice(None),) * ax + (slice(0, 0),))
     return _concat("repeat", parts, ax)
 
 
@@ -235,24 +235,24 @@ def _repeat_each(a: Tensor, ax: int, r: int) -> Tensor:
     if r == 1:
         return a
     s = a.shape
-    x = _reshape(a, s[:ax + 1] + (1,) + s[ax + 1:])
+    x = reshape_tensor(a, s[:ax + 1] + (1,) + s[ax + 1:])
     x = x.tracer.emit("broadcast_to", [x.node], {"shape": s[:ax + 1] + (r,) + s[ax + 1:]})
-    return _reshape(x, s[:ax] + (s[ax] * r,) + s[ax + 1:])
+    return reshape_tensor(x, s[:ax] + (s[ax] * r,) + s[ax + 1:])
 
 
 def _np_tile(A, reps):
     """np.tile: every axis d becomes (reps[d], size[d]) by broadcasting a new leading axis, then merged."""
-    ints = (int(reps),) if isinstance(reps, (int, np.integer)) and not isinstance(reps, bool) else _int_tuple(reps)
+    ints = (int(reps),) if isinstance(reps, (int, np.integer)) and not isinstance(reps, bool) else int_tuple(reps)
     if ints is None or any(r < 0 for r in ints):
         raise ShapeError(f"np.tile: reps must be a non-negative int or a tuple of them, got {reps!r}")
     nd = max(A.ndim, len(ints))
     shape = (1,) * (nd - A.ndim) + tuple(A.shape)
     ints = (1,) * (nd - len(ints)) + ints
     if all(r == 1 for r in ints):
-        return _reshape(A, shape)
-    x = _reshape(A, tuple(d for s in shape for d in (1, s)))
+        return reshape_tensor(A, shape)
+    x = reshape_tensor(A, tuple(d for s in shape for d in (1, s)))
     x = x.tracer.emit("broadcast_to", [x.node], {"shape": tuple(d for r, s in zip(ints, shape) for d in (r, s))})
-    return _reshape(x, tuple(r * s for r, s in zip(ints, shape)))
+    return reshape_tensor(x, tuple(r * s for r, s in zip(ints, shape)))
 
 
 # ----------------------------------------------------------------------------- pad
@@ -330,7 +330,7 @@ def _parse_einsum(subscripts: Any, n_operands: int) -> tuple[list[str], str]:
 def _einsum_reduce(x: Tensor, axes: tuple[int, ...]) -> Tensor:
     """einsum's sum over `axes`, in x's dtype as in NumPy (np.sum would widen): on bool a logical or (any
     element True); on int32 the int64 sum cast back, which wraps exactly as NumPy's int32 accumulation."""
-    total = _reduce("sum", x, axes, False)
+    total = reduce_tensor("sum", x, axes, False)
     if x.dtype == np.bool_:
         return total != 0
     return total if total.dtype == x.dtype else total.astype(x.dtype)
@@ -347,7 +347,7 @@ def _einsum_sum(x: Tensor, sub: str, keep: str) -> tuple[Tensor, str]:
 def _permute(x: Tensor, sub: str, order: str) -> Tensor:
     if sub == order:
         return x
-    return _transpose(x, tuple(sub.index(c) for c in order))
+    return transpose_tensor(x, tuple(sub.index(c) for c in order))
 
 
 def _einsum_pair(a: Tensor, sa: str, b: Tensor, sb: str, keep: str, sizes: dict[str, int]) -> tuple[Tensor, str]:
@@ -384,7 +384,7 @@ def _aligned(x: Tensor, sx: str, order: str, sizes: dict[str, int]) -> Tensor:
 
 
 def _np_einsum(*operands, out=None, optimize=False, **kwargs):
-    _no_kw("einsum", out=out, **{k: v for k, v in kwargs.items() if k != "casting"})
+    reject_kwargs("einsum", out=out, **{k: v for k, v in kwargs.items() if k != "casting"})
     if not operands:
         raise TraceError("np.einsum needs a subscripts string and operands")
     subscripts, arrays = operands[0], list(operands[1:])
@@ -399,7 +399,7 @@ def _np_einsum(*operands, out=None, optimize=False, **kwargs):
             if sizes.setdefault(c, s) != s:
                 raise ShapeError(f"np.einsum({subscripts!r}): index {c!r} has size {sizes[c]} in one operand and "
                                  f"{s} in another (broadcasting size-1 axes is not supported)")
-    tr = _tracer_of([x for x in arrays if isinstance(x, Tensor)])
+    tr = tracer_of([x for x in arrays if isinstance(x, Tensor)])
     xs = [x if isinstance(x, Tensor) else tr.wrap(tr.const(x)) for x in arrays]
     from .conv import conv_from_einsum   # a contraction over a sliding window: one conv2d node
     conv = conv_from_einsum(subscripts, ins, out_sub, xs)
@@ -449,10 +449,10 @@ def _np_moveaxis(a, source, destination):
     order = [k for k in range(a.ndim) if k not in src]
     for d, s in sorted(zip(dst, src)):
         order.insert(d, s)
-    return _transpose(a, tuple(order))
+    return transpose_tensor(a, tuple(order))
 
 
-_FUNCTIONS.update({
+NUMPY_FUNCTIONS.update({
     np.concatenate: _np_concatenate, np.stack: _np_stack, np.hstack: _np_hstack, np.vstack: _np_vstack,
     np.split: _np_split, np.array_split: _np_array_split, np.var: _np_var, np.std: _np_std,
     np.repeat: _np_repeat, np.tile: _np_tile, np.pad: _np_pad, np.einsum: _np_einsum,
@@ -460,7 +460,7 @@ _FUNCTIONS.update({
 })
 from . import conv as _conv  # noqa: E402,F401  (registers sliding_window_view)
 if hasattr(np, "concat") and np.concat is not np.concatenate:  # pragma: no cover - NumPy 2 aliases them
-    _FUNCTIONS[np.concat] = _np_concatenate
+    NUMPY_FUNCTIONS[np.concat] = _np_concatenate
 
 
 
@@ -540,9 +540,9 @@ ATTRIBUTES = ("dtype", "ndim", "shape", "size", "T")
 
 def numpy_surface() -> list[tuple[str, str, str]]:
     """(numpy, method, notes) for every supported NumPy name, then the traced-array-only rows."""
-    from .tracing import supported_numpy_names, tensor_methods, _ufunc_table
+    from .tracing import supported_numpy_names, tensor_methods, ufunc_table
     methods = set(tensor_methods()) - set(ATTRIBUTES)
-    ufuncs = set(_ufunc_table())
+    ufuncs = set(ufunc_table())
     rows = []
     for name in supported_numpy_names():
         meth = METHOD_OF.get(name) or (f"x.{name}" if name in methods else "")

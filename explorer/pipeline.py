@@ -7,7 +7,7 @@ The stages after `traced` are the target's stage list (explorer/stages.py, throu
     traced      Graph        proxy tensors recorded every op
     simplified  Graph        DCE, CSE, constant folding, identities, decomposition
     fused       FusedGraph   nodes grouped into kernels, each boundary with its reason
-    lowered     Program      one naive loop nest per group
+    lowered     ComputeProgram  one compute definition per group, shown as its naive loop nest
     tiled       Program      the schedule applied (split/reorder/bind/cache/unroll/vectorize)
     codegen     Codegen      CUDA or C source per kernel
 

@@ -262,18 +262,19 @@ class AxisState:
         """The original axes whose value depends on `axis` (several for a fused axis)."""
         out = set()
         for r in self.roots:
-            if axis == r or axis in self._descendants(r):
+            if axis == r or axis in self.descendants(r):
                 out.add(r)
         return out
 
-    def _descendants(self, axis: str) -> set[str]:
+    def descendants(self, axis: str) -> set[str]:
+        """Every axis made from `axis` by splits and fuses (not `axis` itself)."""
         rel = self.relations.get(axis, ("leaf",))
         if rel[0] == "leaf":
             return set()
         kids = {rel[1], rel[2]} if rel[0] == "split" else {rel[1]}
         out = set(kids)
         for k in kids:
-            out |= self._descendants(k)
+            out |= self.descendants(k)
         return out
 
     def chain_has_fuse(self, axis: str) -> bool:
@@ -503,7 +504,7 @@ def default_schedule(compute, target: "str | Target", knobs: dict[str, Any] | No
 
     >>> import numpy as np, explorer
     >>> c = explorer.compile(lambda a: a * 2, np.ones(1000, np.float32), target="sim", stop_after="lowered")
-    >>> compute = c.stage("lowered").ir.kernels[0].meta_dict()["compute"]
+    >>> compute = c.stage("lowered").ir.computes[0]
     >>> print(default_schedule(compute, "cuda"))
     split(i0, 256) -> blk, thr
     bind(blk, blockIdx.x)
@@ -521,7 +522,7 @@ def default_schedule(compute, target: "str | Target", knobs: dict[str, Any] | No
     return importlib.import_module(family).default_schedule(compute, knobs)
 
 
-def _tc_operands(c) -> tuple[tuple[str, str] | None, str]:
+def tc_operands(c) -> tuple[tuple[str, str] | None, str]:
     """(names of the f16 A and B buffers for cache_read, '') when the matmul can run on tensor cores,
     else (None, why not). The accumulation must be exactly f32(A[.., i, k]) * f32(B[.., k, j])
     (either operand may be transposed) with f16 A and B summed in f32."""

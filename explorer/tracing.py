@@ -31,7 +31,8 @@ import numpy as np
 from . import dtypes
 from . import ops as _ops
 from .errors import DTypeError, ExplorerError, ShapeError, TraceError, UnsupportedOpError
-from .graph import Graph, Node, Provenance, c_identifier
+from .graph import Graph, Node, Provenance
+from .naming import c_identifier
 
 # Frames of these modules are the tracer's own machinery, not the user's code, so
 # provenance skips them (numpy too: np.mean's Python wrapper calls back into us).
@@ -42,7 +43,8 @@ INTERNAL_MODULES = {"explorer.tracing", "explorer.numpy_api", "explorer.nn", "ex
 _PROV_CACHE: dict[tuple[Any, int], Provenance] = {}
 
 
-def _is_internal(modname: str) -> bool:
+def is_internal_module(modname: str) -> bool:
+    """Whether frames of module `modname` are the tracer's own (or NumPy's): provenance skips them."""
     return modname in INTERNAL_MODULES or modname == "numpy" or modname.startswith("numpy.")
 
 
@@ -123,7 +125,7 @@ def user_provenance() -> Provenance | None:
     """Provenance of the innermost stack frame outside the tracer's own modules and NumPy."""
     f = sys._getframe(1)
     while f is not None:
-        if not _is_internal(f.f_globals.get("__name__", "")):
+        if not is_internal_module(f.f_globals.get("__name__", "")):
             return _provenance_from_frame(f)
         f = f.f_back
     return None
@@ -133,7 +135,7 @@ def _user_location(tb) -> Provenance | None:
     """The innermost user frame of a traceback (where the user's code raised)."""
     found = None
     while tb is not None:
-        if not _is_internal(tb.tb_frame.f_globals.get("__name__", "")):
+        if not is_internal_module(tb.tb_frame.f_globals.get("__name__", "")):
             found = _provenance_at(tb.tb_frame.f_code, tb.tb_lineno)
         tb = tb.tb_next
     return found
@@ -197,7 +199,8 @@ class Tracer:
 _PY_SCALARS = (bool, int, float)
 
 
-def _tracer_of(args: Sequence[Any]) -> Tracer:
+def tracer_of(args: Sequence[Any]) -> Tracer:
+    """The one live Tracer of the Tensors among `args` (TraceError when they mix traces or outlived theirs)."""
     tr = None
     for a in args:
         if isinstance(a, Tensor):
@@ -222,7 +225,7 @@ def _strong_dtype(a: Any) -> np.dtype | None:
     return None
 
 
-def _to_nodes(op: str, args: Sequence[Any], tracer: Tracer, value_slice: slice = slice(None)) -> list[Node]:
+def to_nodes(op: str, args: Sequence[Any], tracer: Tracer, value_slice: slice = slice(None)) -> list[Node]:
     """Turn operands into nodes: Tensors as-is, arrays/numpy scalars as constants of their own
     dtype, Python scalars as constants of the dtype NumPy 2 would cast them to (weak scalars)."""
     vals = list(args)[value_slice]
@@ -240,7 +243,7 @@ def _to_nodes(op: str, args: Sequence[Any], tracer: Tracer, value_slice: slice =
         if isinstance(a, Tensor):
             out.append(a.node)
         elif isinstance(a, (np.ndarray, np.generic)):
-            _check_const_dtype(op, a.dtype)
+            check_const_dtype(op, a.dtype)
             out.append(tracer.const(np.asarray(a)))
         elif isinstance(a, _PY_SCALARS):
             dt = weak_dt if weak_dt is not None else np.result_type(a)
@@ -255,7 +258,7 @@ def _to_nodes(op: str, args: Sequence[Any], tracer: Tracer, value_slice: slice =
             raise DTypeError(f"{op}: complex numbers are not supported; supported dtypes are {dtypes.SUPPORTED_NAMES}")
         elif isinstance(a, (list, tuple)) and _is_numeric_nest(a):
             arr = np.asarray(a)
-            _check_const_dtype(op, arr.dtype)
+            check_const_dtype(op, arr.dtype)
             out.append(tracer.const(arr))
         elif hasattr(a, "_masked_selection_error"):
             raise a._masked_selection_error(op)
@@ -272,7 +275,8 @@ def _is_numeric_nest(a: Any) -> bool:
         return False
 
 
-def _check_const_dtype(op: str, dt: np.dtype) -> None:
+def check_const_dtype(op: str, dt: np.dtype) -> None:
+    """DTypeError naming `op` when a constant operand's dtype is not one the explorer supports."""
     if not dtypes.is_supported(dt):
         raise DTypeError(f"{op}: a constant has dtype {dt}, which is not supported; use one of "
                          f"{dtypes.SUPPORTED_NAMES} (e.g. c.astype(np.float32))")
@@ -285,16 +289,16 @@ def apply_op(op: str, *args: Any, **attrs: Any):
     array([0., 0.], dtype=float32)
     """
     if any(isinstance(a, Tensor) for a in args):
-        tr = _tracer_of(args)
+        tr = tracer_of(args)
         sl = slice(1, None) if op == "where" else slice(None)
-        return tr.emit(op, _to_nodes(op, args, tr, sl), attrs)
+        return tr.emit(op, to_nodes(op, args, tr, sl), attrs)
     arrs = [np.asarray(a) for a in args]
     return _ops.evaluate(op, arrs, attrs)
 
 
 def _binary(op: str, a: Any, b: Any) -> "Tensor":
-    tr = _tracer_of((a, b))
-    return tr.emit(op, _to_nodes(op, (a, b), tr), {})
+    tr = tracer_of((a, b))
+    return tr.emit(op, to_nodes(op, (a, b), tr), {})
 
 
 def _unary(op: str, a: "Tensor") -> "Tensor":
@@ -305,7 +309,7 @@ def _unary(op: str, a: "Tensor") -> "Tensor":
 def _norm_shape(op: str, shape: Any, size: int | None = None) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
-    ints = _int_tuple(shape)
+    ints = int_tuple(shape)
     if ints is None:
         raise ShapeError(f"{op}: shape must be a tuple of ints, got {shape!r}")
     shape = ints
@@ -321,7 +325,7 @@ def _norm_shape(op: str, shape: Any, size: int | None = None) -> tuple[int, ...]
     return shape
 
 
-def _int_tuple(v: Any) -> tuple[int, ...] | None:
+def int_tuple(v: Any) -> tuple[int, ...] | None:
     """v as a tuple of Python ints, or None when it is not a sequence of (non-bool) integers."""
     if isinstance(v, (str, bytes)):
         return None
@@ -334,38 +338,41 @@ def _int_tuple(v: Any) -> tuple[int, ...] | None:
     return tuple(int(x) for x in items)
 
 
-def _reshape(x: "Tensor", shape: Any) -> "Tensor":
+def reshape_tensor(x: "Tensor", shape: Any) -> "Tensor":
+    """x.reshape(shape) traced (-1 allowed), as a view of x."""
     shape = _norm_shape("reshape", shape, x.size)
-    return _as_view(x, x.tracer.emit("reshape", [x.node], {"shape": shape}))
+    return as_view(x, x.tracer.emit("reshape", [x.node], {"shape": shape}))
 
 
-def _transpose(x: "Tensor", axes: Any = None) -> "Tensor":
+def transpose_tensor(x: "Tensor", axes: Any = None) -> "Tensor":
+    """x.transpose(axes) traced (None reverses the axes), as a view of x."""
     if axes is None:
         axes = tuple(reversed(range(x.ndim)))
     else:
         if isinstance(axes, (int, np.integer)):
             axes = (axes,)
-        ints = _int_tuple(axes)
+        ints = int_tuple(axes)
         if ints is None:
             raise ShapeError(f"transpose: axes must be a tuple of ints, got {axes!r}")
         axes = ints
         if any(not -x.ndim <= a < x.ndim for a in axes):
             raise ShapeError(f"transpose: axes {axes} out of range for an array of shape {x.shape}")
         axes = tuple(a % x.ndim for a in axes) if x.ndim else axes
-    return _as_view(x, x.tracer.emit("transpose", [x.node], {"axes": axes}))
+    return as_view(x, x.tracer.emit("transpose", [x.node], {"axes": axes}))
 
 
-def _reduce(op: str, x: Any, axis: Any = None, keepdims: bool = False) -> "Tensor":
+def reduce_tensor(op: str, x: Any, axis: Any = None, keepdims: bool = False) -> "Tensor":
+    """The reduction `op` ('sum' | 'max' | 'min' | ...) of x over `axis` traced, as np.sum(x, axis, keepdims=)."""
     x = _as_tensor_like(op, x)
     axes = _ops.normalize_axes(op, axis, x.ndim, x.shape)
     return x.tracer.emit(op, [x.node], {"axes": axes, "keepdims": bool(keepdims)})
 
 
-def _mean(x: Any, axis: Any = None, keepdims: bool = False) -> "Tensor":
+def mean_tensor(x: Any, axis: Any = None, keepdims: bool = False) -> "Tensor":
     """np.mean traced into primitives, as NumPy computes it: sum, then divide by the count.
 
     Integers/bool accumulate in float64, float16 in float32 and the result is cast back,
-    matching numpy's `_mean` (bfloat16 and fp8 the same way: f32 accumulation); tracing into
+    matching numpy's `mean_tensor` (bfloat16 and fp8 the same way: f32 accumulation); tracing into
     `sum` keeps the reduce visible to fusion.
     """
     x = _as_tensor_like("mean", x)
@@ -378,7 +385,7 @@ def _mean(x: Any, axis: Any = None, keepdims: bool = False) -> "Tensor":
         xs = x.astype(np.float64)
     elif narrow:
         xs = x.astype(np.float32)
-    s = _reduce("sum", xs, axes, keepdims)
+    s = reduce_tensor("sum", xs, axes, keepdims)
     r = s / count
     if narrow:
         r = r.astype(dt)
@@ -391,16 +398,17 @@ def _as_tensor_like(op: str, x: Any) -> "Tensor":
     return x
 
 
-def _getitem(x: "Tensor", idx: Any) -> "Tensor":
+def getitem_tensor(x: "Tensor", idx: Any) -> "Tensor":
     """x[idx]: basic indexing (ints, slices, None, ...) is a slice + reshape; integer arrays, lists and
     boolean masks (advanced indexing) are handled by explorer.indexing (gather, masked selections)."""
     from . import indexing
     if indexing.is_advanced(idx):
         return indexing.getitem(x, idx)
-    return _basic_getitem(x, idx)
+    return basic_getitem(x, idx)
 
 
-def _basic_getitem(x: "Tensor", idx: Any) -> "Tensor":
+def basic_getitem(x: "Tensor", idx: Any) -> "Tensor":
+    """x[idx] for a basic index (ints, slices, None, ...): a slice, then a reshape when dims drop or appear."""
     starts, stops, steps, final = basic_index_plan(x.shape, idx)
     out = x
     full = all(a == 0 and b == s and c == 1 for a, b, c, s in zip(starts, stops, steps, x.shape))
@@ -408,7 +416,7 @@ def _basic_getitem(x: "Tensor", idx: Any) -> "Tensor":
         out = x.tracer.emit("slice", [x.node], {"starts": tuple(starts), "stops": tuple(stops), "steps": tuple(steps)})
     if tuple(final) != out.shape:
         out = out.tracer.emit("reshape", [out.node], {"shape": tuple(final)})
-    out = _as_view(x, out)
+    out = as_view(x, out)
     if out is not x and x._base is None:
         out._view_key = (x.node, idx if isinstance(idx, tuple) else (idx,))
     return out
@@ -469,7 +477,7 @@ def basic_index_plan(shape: tuple[int, ...], idx: Any) -> tuple[list[int], list[
     return starts, stops, steps, final
 
 
-def _as_view(base: "Tensor", out: "Tensor") -> "Tensor":
+def as_view(base: "Tensor", out: "Tensor") -> "Tensor":
     """Mark `out` as sharing memory with `base` as NumPy's views do (basic indexing, reshape, transpose),
     so a later write through one of them makes the others unusable (see explorer.indexing)."""
     if out is base:
@@ -536,7 +544,7 @@ class Tensor:
 
     @property
     def T(self) -> "Tensor":
-        return self if self.ndim < 2 else _transpose(self)
+        return self if self.ndim < 2 else transpose_tensor(self)
 
     def __repr__(self) -> str:
         return f"Tensor({self.node.name}: {self.node.type_str})"
@@ -675,18 +683,18 @@ class Tensor:
             raise UnsupportedOpError(f"x.reshape(order={order!r}) is not supported; only C order")
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
             shape = shape[0]
-        return _reshape(self, shape)
+        return reshape_tensor(self, shape)
 
     def transpose(self, *axes) -> "Tensor":
         if len(axes) == 1 and (axes[0] is None or not isinstance(axes[0], (int, np.integer))):
             axes = axes[0]
-        return _transpose(self, axes if axes != () else None)
+        return transpose_tensor(self, axes if axes != () else None)
 
     def ravel(self) -> "Tensor":
-        return _reshape(self, (-1,))
+        return reshape_tensor(self, (-1,))
 
     def flatten(self) -> "Tensor":
-        return _reshape(self, (-1,)).copy()   # NumPy's flatten copies: writes to it leave self alone
+        return reshape_tensor(self, (-1,)).copy()   # NumPy's flatten copies: writes to it leave self alone
 
     def squeeze(self, axis=None) -> "Tensor":
         return _squeeze(self, axis)
@@ -715,7 +723,7 @@ class Tensor:
         return np.repeat(self, repeats, axis)
 
     def __getitem__(self, idx) -> "Tensor":
-        return _getitem(self, idx)
+        return getitem_tensor(self, idx)
 
     def __getattr__(self, name: str):
         # only reached for attributes Tensor does not define (ndarray's argmax, std, clip, view, ...)
@@ -744,11 +752,11 @@ class Tensor:
             raise unsupported_numpy(name)
         if callable(op):
             return op(*inputs)
-        tr = _tracer_of(inputs)
-        return tr.emit(op, _to_nodes(op, inputs, tr), {})
+        tr = tracer_of(inputs)
+        return tr.emit(op, to_nodes(op, inputs, tr), {})
 
     def __array_function__(self, func, types, args, kwargs):
-        h = _FUNCTIONS.get(func)
+        h = NUMPY_FUNCTIONS.get(func)
         if h is None:
             name = getattr(func, "__name__", str(func))
             module = str(getattr(func, "__module__", "") or "")
@@ -815,7 +823,8 @@ def _unsupported_fn(name: str):
 _UFUNC_CACHE: dict[str, str] = {}
 
 
-def _ufunc_table() -> dict[str, str]:
+def ufunc_table() -> dict[str, str]:
+    """NumPy ufunc name → registry op for every elementwise op (and matmul); rebuilt when ops are added."""
     if len(_UFUNC_CACHE) < 1 or _UFUNC_CACHE.get("__n__") != str(len(_ops.OPS)):
         _UFUNC_CACHE.clear()
         for name, d in _ops.OPS.items():
@@ -830,7 +839,7 @@ def _ufunc_table() -> dict[str, str]:
 def _ufunc_op(name: str, inputs: Sequence[Any]):
     if name in _UFUNC_EXTRA:
         return _UFUNC_EXTRA[name]
-    op = _ufunc_table().get(name)
+    op = ufunc_table().get(name)
     if op is None or op == "__n__":
         return None
     if _ops.OPS[op].arity != len(inputs):
@@ -839,7 +848,8 @@ def _ufunc_op(name: str, inputs: Sequence[Any]):
 
 
 # ----------------------------------------------------------------------------- numpy functions
-def _no_kw(fname: str, **kw: Any) -> None:
+def reject_kwargs(fname: str, **kw: Any) -> None:
+    """TraceError naming np.`fname`'s arguments given in `kw` that traced code cannot honour (out=, dtype=, ...)."""
     bad = {k: v for k, v in kw.items() if v is not None and v is not np._NoValue}
     if "out" in bad:
         raise TraceError(f"np.{fname}(..., out=...) writes in place, which traced code cannot do; use the returned value")
@@ -848,29 +858,30 @@ def _no_kw(fname: str, **kw: Any) -> None:
                          f"(cast with .astype(...) before, instead of dtype=)")
 
 
-def _keep(keepdims: Any) -> bool:
+def keepdims_flag(keepdims: Any) -> bool:
+    """NumPy's keepdims argument as a bool (np._NoValue: False)."""
     return False if keepdims is np._NoValue else bool(keepdims)
 
 
 def _np_sum(a, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
-    _no_kw("sum", dtype=dtype, out=out, initial=initial, where=where)
-    return _reduce("sum", a, axis, _keep(keepdims))
+    reject_kwargs("sum", dtype=dtype, out=out, initial=initial, where=where)
+    return reduce_tensor("sum", a, axis, keepdims_flag(keepdims))
 
 
 def _np_red(op: str):
     def f(a, axis=None, out=None, keepdims=False, initial=None, where=None):
-        _no_kw(op, out=out, initial=initial, where=where)
-        return _reduce(op, a, axis, _keep(keepdims))
+        reject_kwargs(op, out=out, initial=initial, where=where)
+        return reduce_tensor(op, a, axis, keepdims_flag(keepdims))
     return f
 
 
 def _np_mean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=None):
-    _no_kw("mean", dtype=dtype, out=out, where=where)
-    return _mean(a, axis, _keep(keepdims))
+    reject_kwargs("mean", dtype=dtype, out=out, where=where)
+    return mean_tensor(a, axis, keepdims_flag(keepdims))
 
 
 def _np_dot(a, b, out=None):
-    _no_kw("dot", out=out)
+    reject_kwargs("dot", out=out)
     for v in (a, b):
         nd = len(v.shape) if isinstance(v, Tensor) else np.ndim(v)
         if nd != 2:
@@ -887,13 +898,13 @@ def _np_where(condition, x=None, y=None):
 
 
 def _np_transpose(a, axes=None):
-    return _transpose(a, axes)
+    return transpose_tensor(a, axes)
 
 
 def _np_reshape(a, shape=None, order="C", *, newshape=None, copy=None):
     if order != "C":
         raise UnsupportedOpError(f"np.reshape(order={order!r}) is not supported; only C order")
-    return _reshape(a, shape if shape is not None else newshape)
+    return reshape_tensor(a, shape if shape is not None else newshape)
 
 
 def _np_broadcast_to(array, shape, subok=False):
@@ -904,11 +915,11 @@ def _np_broadcast_to(array, shape, subok=False):
 def _cumsum(a, axis=None, dtype=None, out=None):
     """np.cumsum / x.cumsum. As in NumPy the scan accumulates in the result dtype, so float16 rounds every
     partial sum to half; `dtype=np.float32` is the knob for a more accurate (f32) accumulation."""
-    _no_kw("cumsum", out=out)
+    reject_kwargs("cumsum", out=out)
     if dtype is not None:   # NumPy: accumulate (and return) in dtype
         a = a.astype(dtypes.check(dtype, "np.cumsum(dtype=...)"))
     if axis is None:
-        a = _reshape(a, (-1,))
+        a = reshape_tensor(a, (-1,))
         axis = 0
     ax = _ops.normalize_axes("cumsum", axis, a.ndim, a.shape)[0]
     return a.tracer.emit("cumsum", [a.node], {"axis": ax})
@@ -922,7 +933,7 @@ def _squeeze(a, axis=None):
         for i in axes:
             if a.shape[i] != 1:
                 raise ShapeError(f"squeeze: cannot select axis {i} of shape {a.shape}: its size is not 1")
-    return _reshape(a, tuple(s for i, s in enumerate(a.shape) if i not in axes))
+    return reshape_tensor(a, tuple(s for i, s in enumerate(a.shape) if i not in axes))
 
 
 def _expand_dims(a, axis):
@@ -930,18 +941,18 @@ def _expand_dims(a, axis):
     nd = a.ndim + len(axes)
     norm = _ops.normalize_axes("expand_dims", axes, nd, a.shape)
     it = iter(a.shape)
-    return _reshape(a, tuple(1 if i in norm else next(it) for i in range(nd)))
+    return reshape_tensor(a, tuple(1 if i in norm else next(it) for i in range(nd)))
 
 
 def _swapaxes(a, axis1, axis2):
     perm = list(range(a.ndim))
     i, j = (_ops.normalize_axes("swapaxes", ax, a.ndim, a.shape)[0] for ax in (axis1, axis2))
     perm[i], perm[j] = perm[j], perm[i]
-    return _transpose(a, tuple(perm))
+    return transpose_tensor(a, tuple(perm))
 
 
 def _clip(a, a_min=None, a_max=None, out=None, **kw):
-    _no_kw("clip", out=out, **kw)
+    reject_kwargs("clip", out=out, **kw)
     r = a
     if a_min is not None:
         r = np.maximum(r, a_min)
@@ -953,10 +964,11 @@ def _clip(a, a_min=None, a_max=None, out=None, **kw):
 def _np_ravel(a, order="C"):
     if order != "C":
         raise UnsupportedOpError(f"np.ravel(order={order!r}) is not supported; only C order")
-    return _reshape(a, (-1,))
+    return reshape_tensor(a, (-1,))
 
 
-_FUNCTIONS: dict[Any, Callable[..., Any]] = {
+# np.function → its traced implementation (Tensor.__array_function__); numpy_api and conv register more
+NUMPY_FUNCTIONS: dict[Any, Callable[..., Any]] = {
     np.sum: _np_sum, np.max: _np_red("max"), np.amax: _np_red("max"), np.min: _np_red("min"),
     np.amin: _np_red("min"), np.mean: _np_mean, np.dot: _np_dot, np.where: _np_where,
     np.transpose: _np_transpose, np.reshape: _np_reshape, np.broadcast_to: _np_broadcast_to,
@@ -971,8 +983,8 @@ _FUNCTIONS: dict[Any, Callable[..., Any]] = {
 
 def supported_numpy_names() -> list[str]:
     """Names (without `np.`) of the NumPy functions and ufuncs the tracer understands, sorted."""
-    names = {getattr(f, "__name__", "") for f in _FUNCTIONS} | {"amax", "amin", "concat"}
-    names |= {k for k in _ufunc_table() if k != "__n__"} | set(_UFUNC_EXTRA)
+    names = {getattr(f, "__name__", "") for f in NUMPY_FUNCTIONS} | {"amax", "amin", "concat"}
+    names |= {k for k in ufunc_table() if k != "__n__"} | set(_UFUNC_EXTRA)
     return sorted(n for n in names if n and hasattr(np, n))
 
 
@@ -1060,7 +1072,7 @@ def _param_names(fn: Callable, n_examples: int) -> list[str]:
     return out
 
 
-def _array_subclass_problem(a: Any) -> str | None:
+def array_subclass_problem(a: Any) -> str | None:
     """Why an ndarray subclass cannot be traced like a plain array (None when it can)."""
     if isinstance(a, np.ma.MaskedArray):
         return ("a masked array: the mask would be ignored; pass a plain array, e.g. m.filled(0) or "
@@ -1073,7 +1085,7 @@ def _array_subclass_problem(a: Any) -> str | None:
 def _check_example(k: int, name: str, a: Any) -> np.ndarray:
     if isinstance(a, Tensor):
         raise TraceError(f"example input {k} ({name}) is a traced value; pass concrete np.ndarray examples")
-    bad_sub = _array_subclass_problem(a)
+    bad_sub = array_subclass_problem(a)
     if bad_sub:
         raise TraceError(f"example input {k} ({name}) is {bad_sub}")
     if isinstance(a, np.ndarray):

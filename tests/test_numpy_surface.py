@@ -318,7 +318,7 @@ def test_cpu_rows_schedule_for_rearranging_loads():
                      (lambda x: x.T + 1, False), (lambda x: x + x[0], False)):
         arg = k if fn.__code__.co_varnames[0] == "k" else x
         c = explorer.compile(fn, arg, target="cpu", verbose=False)
-        compute = c.stage("tiled").ir.kernels[0].meta_dict()["compute"]
+        compute = c.stage("lowered").ir.computes[0]
         assert rearranged_loads(compute) is rows
         check(c(arg), fn(arg), "rows schedule")
 

@@ -49,7 +49,7 @@ def nn_softmax_0(x):
 
 def compute_of(c, stage="lowered"):
     (k,) = c.stage(stage).ir.kernels
-    return k, k.meta_dict()["compute"]
+    return k, c.stage("lowered").ir.compute(k.name)
 
 
 def count_calls(kernel: L.Kernel, fn: str) -> int:

@@ -226,7 +226,7 @@ def test_reduction_outside_spatial_needs_cache_write():
 def test_scan_axis_cannot_be_split():
     x = np.ones((4, 8), np.float32)
     c = explorer.compile(lambda x: np.cumsum(x, axis=1), x, target="sim", stop_after="lowered", verbose=False)
-    compute = c.stage("lowered").ir.kernels[0].meta_dict()["compute"]
+    compute = c.stage("lowered").ir.computes[0]
     s = Schedule(); s.split(compute.reduce[0].name, 2)
     with pytest.raises(ScheduleError, match="scan runs serially"):
         generate_kernel(compute, s, "cuda")

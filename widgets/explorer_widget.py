@@ -217,7 +217,7 @@ class Explorer(W.VBox):
             self._fusion_cmp = (self._compare_key, cmp)
 
     def _measure_from_fusion(self) -> None:
-        self.charts._run_requested()
+        self.charts.run_requested()
 
     def _autotune_request(self) -> tuple[Callable, tuple, dict[str, Any]]:
         """explorer.autotune arguments for the current knobs: same target, fusion, dtype and inputs."""

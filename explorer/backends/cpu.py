@@ -87,7 +87,8 @@ def _compiler_cmd() -> list[str] | None:
     return None
 
 
-def _probe() -> dict[str, Any]:
+def probe() -> dict[str, Any]:
+    """The C compiler found here, cached per $CC: {'ok', 'cmd' (argv prefix), 'openmp', 'version', 'reason'}."""
     key = os.environ.get("CC", "")
     if key in _PROBE:
         return _PROBE[key]
@@ -126,7 +127,7 @@ def _probe() -> dict[str, Any]:
 
 def available() -> tuple[bool, str]:
     """(True, compiler version) when a C compiler can build shared libraries here; cached."""
-    info = _probe()
+    info = probe()
     return bool(info["ok"]), str(info["reason"])
 
 
@@ -136,7 +137,7 @@ def cache_dir() -> Path:
 
 
 def flags_for(fast_math: bool = False) -> list[str]:
-    info = _probe()
+    info = probe()
     flags = list(BASE_FLAGS)
     flags.append(OPENMP_FLAG if info.get("openmp") else NO_OPENMP_FLAG)
     flags.append(FAST_MATH_FLAG if fast_math else EXACT_FLAG)
@@ -167,7 +168,7 @@ def compile_source(source: str, fast_math: bool = False, parts: Sequence[str] | 
     `parts` (prelude, kernel 0, kernel 1, ...) lets a compiler error name the kernel and the line
     inside that kernel's own source.
     """
-    info = _probe()
+    info = probe()
     if not info["ok"]:
         raise BackendUnavailable(f"the CPU backend needs a C compiler: {info['reason']}")
     if not info["openmp"]:

@@ -47,7 +47,8 @@ def available() -> tuple[bool, str]:
     return True, f"nvcc at {path}"
 
 
-def _require() -> str:
+def require_nvcc() -> str:
+    """nvcc's path; BackendUnavailable saying why when there is none."""
     path = find_nvcc()
     if path is None:
         raise BackendUnavailable(available()[1])
@@ -129,7 +130,7 @@ def check(source: str, arch: str = "sm_80", mode: str = "ptx") -> str:
     >>> check('extern "C" __global__ void k(float* y) { y[0] = 1.0f; }').count(".entry k")  # doctest: +SKIP
     1
     """
-    nvcc = _require()
+    nvcc = require_nvcc()
     _check_arch(arch)
     if mode == "ptx":
         ptx, _ = _run([nvcc, "--ptx", FMAD_FLAG, f"-arch={arch}"], source, "kernels.ptx")

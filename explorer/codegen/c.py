@@ -50,7 +50,7 @@ import numpy as np
 
 from .. import loopir as L
 from ..errors import CompileError, DTypeError
-from ..graph import c_identifier
+from ..naming import c_identifier
 from . import Codegen, GeneratedKernel, fma_accumulation
 
 # storage type (memory) and compute type (registers) per dtype: f16 is stored as _Float16

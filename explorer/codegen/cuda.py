@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import ScheduleError, VerificationError
-from ..graph import c_identifier
+from ..naming import c_identifier
 from ..loopir import (WARP_STMTS, Alloc, Barrier, BinOp, Buffer, Call, Cast, Comment, Const, Expr, For, Fragment,
                       FragmentAlloc, FragmentFill, FragmentLoad, FragmentStore, If, Kernel, Load, Mma, Program,
                       Select, Stmt, Store, ThreadAllReduce, UnOp, Var, map_expr, simplify_expr, walk, walk_expr,

@@ -6,10 +6,11 @@ FlashAttention reorders the computation: per block of query rows, walk the keys 
 running row max m and row sum l, rescale what was accumulated so far by exp(m_old - m_new) and add
 p @ v of the tile; divide by l at the end. The scores of one tile live in registers / local memory.
 
-This module holds the three parts of that rewrite, each used by its pass:
+This module holds the parts of that rewrite, each used by its pass:
   match_attention(graph)   the pattern (fusion.fuse makes one 'attention' group per match)
-  attention_compute(...)   the group as a compute definition (lower.lower)
-  generate_attention(...)  its online-softmax loop nest for cpu / cuda / naive (tiling.tile)
+  AttentionCompute         the group as a compute definition (lower.lower makes it: lower.attention_compute)
+  generate_attention(...)  its online-softmax loop nest for cpu / cuda / naive (tiling.tile, and
+                           compute.loop_nest through AttentionCompute.loop_nest)
 
 Before (simplified graph, 3 kernels)            After (fused, 1 kernel; tiled for cpu, abridged)
   %4 = matmul(q, transpose(k))                    for blk in parallel(B*H*Sq/BQ):
@@ -192,28 +193,13 @@ class AttentionCompute:
     spatial: tuple = ()
     reduce: tuple = ()
     operands: tuple = ()
+    group: str = ""                     # as Compute: the fusion group, its ops and the user's lines
+    ops: tuple[str, ...] = ()
+    source_lines: tuple[str, ...] = ()
 
-
-def attention_compute(grp, name: str, members: set[int], buffers: dict, out_buffers) -> AttentionCompute:
-    """The compute definition of an 'attention' FusionGroup (see AttentionCompute)."""
-    from .lower import GroupLowering, _acc_dtype, _bcast_index, _cast
-    m: AttentionMatch = grp.pattern
-    *batch, sq, dv = m.out.shape
-    sk, d = m.scores.shape[-1], m.q.shape[-1]
-    acc_dt = _acc_dtype(m.out)
-    score = L.Buffer(f"score{m.scores.id}", (), acc_dt, "local")
-    low = GroupLowering(buffers, members - {m.scores.id}, {m.scores.id: _cast(L.Load(score, ()), L.short_dtype(m.scores.dtype))})
-    bvars = tuple(L.Var(f"b{k}") for k in range(len(batch)))
-    i, j, dd, e = L.Var("i"), L.Var("j"), L.Var("d"), L.Var("e")
-
-    def operand(n: Node, last2: tuple[L.Expr, L.Expr]) -> L.Expr:
-        return _cast(low.value(n, _bcast_index(n.shape[:-2], tuple(batch), bvars) + last2), acc_dt)
-
-    qv, kv, vv = operand(m.q, (i, dd)), operand(m.kt, (dd, j)), operand(m.v, (j, e))
-    logit = _cast(low.value(m.logits, bvars + (i, j)), acc_dt)
-    (o, out), = out_buffers
-    return AttentionCompute("attention", name, tuple(batch), sq, sk, d, dv, acc_dt, qv, kv, vv, logit, score, out,
-                            tuple(low.used), (out,))
+    def loop_nest(self, target: str, knobs: dict | None = None) -> L.Kernel:
+        """Its loop template, the online softmax (generate_attention); compute.loop_nest calls it."""
+        return generate_attention(self, target, knobs)
 
 
 # ----------------------------------------------------------------------------- loop nest (tile)
@@ -398,7 +384,8 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
                   "keys past the end score -inf",)
     params = tuple(c.inputs) + tuple(b for b in c.outputs if b not in c.inputs)
     return L.Kernel(c.name, params, tuple(body), outputs=tuple(b.name for b in c.outputs), kind="attention",
-                    schedule=steps, meta=(("compute", c), ("notes", notes), ("attention_tile", (bq, bk))))
+                    schedule=steps, meta=(("notes", notes), ("attention_tile", (bq, bk))), group=c.group, ops=c.ops,
+                    source_lines=c.source_lines)
 
 
 _RT, _VW = 4, 16   # cpu register tile: 4 rows x 16 lanes (8 AVX accumulators), the C backend's micro-kernel shape

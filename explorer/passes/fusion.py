@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ExplorerError, VerificationError
-from ..graph import Graph, Node, Provenance, c_identifier
+from ..graph import Graph, Node, Provenance
+from ..naming import c_identifier
 from ..ops import OPS, get as get_op
 from ..units import fmt_bytes as _fmt_bytes
 from .attention import ATTENTION_REASON, AttentionMatch, attention_problem, match_attention

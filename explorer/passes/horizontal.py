@@ -315,7 +315,7 @@ def _slot_view(b: _Builder, s: Node, H: int, layout: tuple[int, int, int], base:
 def _rewrite(g: Graph, m0: list[Node], maps: list[dict[int, Node]], layouts, keys: _Keys,
              pos: dict[int, int], created: set[int]):
     H = len(maps)
-    b = _Builder(g, g._next_id, set())
+    b = _Builder(g, g.next_id, set())
     batched: dict[int, Node] = {}
 
     def lift(n: Node, rank: int) -> Node:
@@ -401,8 +401,7 @@ def _rewrite(g: Graph, m0: list[Node], maps: list[dict[int, Node]], layouts, key
     outputs = [replace.get(id(o), env.get(id(o), o)) for o in g.outputs]
     nodes = _live(_topo(kept + b.nodes, rank_of), outputs)
     created.update(b.created)
-    new_g = g.derive(nodes, outputs)
-    new_g._next_id = b.next_id
+    new_g = g.derive(nodes, outputs, next_id=b.next_id)
     srcs: list[str] = []
     for n in m0:
         if id(n) in layouts and layouts[id(n)][1][0].name not in srcs:

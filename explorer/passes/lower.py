@@ -1,12 +1,13 @@
-"""lower: each fusion group → a compute definition and its naive loop nest.
+"""lower: each fusion group → a compute definition (explorer/compute.py), together a ComputeProgram.
 
 The compute definition (like a TVM te.compute) names the iteration axes and
 gives every value as a scalar expression of those axes; intermediates inside a
 group are inlined into expressions — they live in registers, which is exactly
-what fusion buys. The `tiled` stage regenerates the loops from the same
-definition under a Schedule.
+what fusion buys. The lowered snapshot prints each definition's naive loop nest
+(compute.loop_nest); the `tiled` stage makes the loops from the same definition
+under a Schedule.
 
-Before (fused):                                 After (lowered):
+Before (fused):                                 After (lowered, printed as its naive loops):
   g0 [contraction] %3 = matmul(x, w)              kernel fused_matmul_add_maximum(x, w, b, out0):
                    %4 = add(%3, b)                  for i in range(64):
                    %6 = maximum(%4, 0.0)              for j in range(256):
@@ -19,92 +20,18 @@ Before (fused):                                 After (lowered):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 
 from .. import loopir as L
+from ..compute import Accum, Axis, Compute, ComputeProgram, Stash, StoreDef
 from ..errors import ExplorerError, VerificationError
-from ..graph import Node, c_identifier
-from ..ops import OPS, REDUCE_IDENTITY, conv_dims, get as get_op, normalize_axes, operand_dtype
-
-
-@dataclass(frozen=True)
-class Axis:
-    name: str
-    extent: int
-    reduce: bool = False
-
-
-@dataclass(frozen=True)
-class Accum:
-    """A reduction accumulator: buffer[] = combine(buffer[], value) over the reduce axes."""
-
-    buffer: L.Buffer          # 0-d local
-    op: str                   # 'sum' | 'max' | 'min'
-    value: L.Expr             # in spatial + reduce axis vars
-    phase: int = 0
-    out_dtype: str = "f32"    # dtype of the node (acc may be wider, e.g. f16 sums in f32)
-
-
-@dataclass(frozen=True)
-class StoreDef:
-    buffer: L.Buffer
-    indices: tuple[L.Expr, ...]
-    value: L.Expr
-
-
-@dataclass(frozen=True)
-class Stash:
-    """`buffer[indices] = value` run per element inside accumulation phase `phase` (see stash_shared_values).
-
-    An accumulator of that phase whose value contains `value` reads `buffer[indices]` back instead
-    (tiling), and the full_stores already read it (lowering rewrote them), so `value` is evaluated
-    once per element."""
-
-    buffer: L.Buffer
-    indices: tuple[L.Expr, ...]
-    value: L.Expr
-    phase: int
-
-
-@dataclass(frozen=True)
-class Compute:
-    """A fusion group as a compute definition over named axes (expressions use Var(axis.name)).
-
-    kind 'elementwise': stores over spatial axes. 'reduce': accumulators over reduce axes
-    (phases run in order), then `stores` over spatial axes and `full_stores` over spatial+reduce.
-    'contraction': one sum accumulator over k, then epilogue `stores`. 'opaque' (scan): one
-    accumulator whose running value is stored at every reduce step (`scan_stores`).
-    'reduce' `stashes`: values the last phase stores into a full_store's buffer for the full_store to
-    read back (see stash_shared_values).
-    """
-
-    kind: str
-    name: str
-    spatial: tuple[Axis, ...]
-    reduce: tuple[Axis, ...] = ()
-    accums: tuple[Accum, ...] = ()
-    stores: tuple[StoreDef, ...] = ()
-    full_stores: tuple[StoreDef, ...] = ()
-    scan_stores: tuple[StoreDef, ...] = ()
-    inputs: tuple[L.Buffer, ...] = ()
-    outputs: tuple[L.Buffer, ...] = ()
-    operands: tuple[str, ...] = ()   # contraction: names of the (A, B) buffers, for cache_read
-    pattern: str = ""                # contraction: 'conv2d' for a convolution (its own default schedules)
-    stashes: tuple[Stash, ...] = ()  # reduce: see stash_shared_values
-    custom: Any = None               # kind 'custom': the CustomKernel (explorer.custom_kernel)
-
-    @property
-    def axes(self) -> tuple[Axis, ...]:
-        return self.spatial + self.reduce
-
-    def axis(self, name: str) -> Axis:
-        for a in self.axes:
-            if a.name == name:
-                return a
-        raise KeyError(name)
+from ..graph import Node
+from ..naming import c_identifier
+from ..ops import OPS, conv_dims, get as get_op, normalize_axes, operand_dtype
+from .attention import AttentionCompute, AttentionMatch
 
 
 # ----------------------------------------------------------------------------- expression building
@@ -379,17 +306,13 @@ def param_name(name: str, taken: set[str]) -> str:
     return cand
 
 
-def lower(fused, stash: bool = True) -> L.Program:
-    """FusedGraph → Program: one kernel per fusion group, loops from the naive schedule.
+def lower(fused, stash: bool = True) -> ComputeProgram:
+    """FusedGraph → ComputeProgram: one compute definition per fusion group (its text: the naive loops).
 
     `stash=False` turns off stash_shared_values (the pipeline does for GPU targets: there the extra
     global write and read cost more than recomputing an exp, which is cheap on a GPU).
-
-    Each Kernel carries its Compute in `meta` (key 'compute') for the tiling stage.
+    Graph outputs that are graph inputs or constants get a copy kernel each (copy_out<k>).
     """
-    from .tiling import generate_kernel
-    from ..schedule import Schedule
-
     g = fused.graph
     buffers: dict[int, L.Buffer] = {}
     inputs = []
@@ -431,17 +354,16 @@ def lower(fused, stash: bool = True) -> L.Program:
         if o.id not in grouped:
             computes.append(_copy_compute(o, buffers, outputs[k], k))
 
-    kernels = [generate_kernel(c, Schedule(), target="naive") for c in computes]
-    kernels = [_with_group_info(k, grp) for k, grp in zip(kernels, list(fused.groups) + [None] * len(kernels))]
-    return L.Program(c_identifier(g.name, "fn"), tuple(kernels), tuple(inputs) + tuple(b for b, _ in constants),
-                     tuple(outputs), tuple(temps), constants=tuple(constants))
+    computes = [_with_group_info(c, grp) for c, grp in zip(computes, list(fused.groups) + [None] * len(computes))]
+    return ComputeProgram(c_identifier(g.name, "fn"), tuple(computes), tuple(inputs) + tuple(b for b, _ in constants),
+                          tuple(outputs), tuple(temps), constants=tuple(constants))
 
 
-def _with_group_info(kernel: L.Kernel, grp) -> L.Kernel:
+def _with_group_info(compute, grp):
     if grp is None:
-        return kernel
+        return compute
     lines = tuple(str(p) for p in getattr(grp, "source_lines", []) or [])
-    return kernel.replace(group=grp.id, ops=tuple(n.op for n in grp.nodes), source_lines=lines)
+    return replace(compute, group=grp.id, ops=tuple(n.op for n in grp.nodes), source_lines=lines)
 
 
 def _copy_compute(o: Node, buffers, out: L.Buffer, k: int) -> Compute:
@@ -469,7 +391,6 @@ def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, lis
     if grp.kind == "opaque":
         return _opaque(grp, name, members, buffers, out_buffers)
     if grp.kind == "attention":
-        from .attention import attention_compute
         return attention_compute(grp, name, members, buffers, out_buffers)
     # elementwise: iterate over the common output shape
     shape = grp.anchor.shape
@@ -483,6 +404,28 @@ def _group_compute(grp, buffers: dict[int, L.Buffer], out_bufs_of: dict[int, lis
         stores.append(StoreDef(b, idx, low.value(o, idx)))
     return Compute("elementwise", name, axes, stores=tuple(stores), inputs=tuple(low.used),
                    outputs=tuple(b for _, b in out_buffers))
+
+
+def attention_compute(grp, name: str, members: set[int], buffers: dict, out_buffers) -> AttentionCompute:
+    """The compute definition of an 'attention' FusionGroup (see passes/attention.AttentionCompute):
+    q, k, v and the logits as expressions of (b*, i, j, d, e), the scores q·k read from a 0-d local."""
+    m: AttentionMatch = grp.pattern
+    *batch, sq, dv = m.out.shape
+    sk, d = m.scores.shape[-1], m.q.shape[-1]
+    acc_dt = _acc_dtype(m.out)
+    score = L.Buffer(f"score{m.scores.id}", (), acc_dt, "local")
+    low = GroupLowering(buffers, members - {m.scores.id}, {m.scores.id: _cast(L.Load(score, ()), L.short_dtype(m.scores.dtype))})
+    bvars = tuple(L.Var(f"b{k}") for k in range(len(batch)))
+    i, j, dd, e = L.Var("i"), L.Var("j"), L.Var("d"), L.Var("e")
+
+    def operand(n: Node, last2: tuple[L.Expr, L.Expr]) -> L.Expr:
+        return _cast(low.value(n, _bcast_index(n.shape[:-2], tuple(batch), bvars) + last2), acc_dt)
+
+    qv, kv, vv = operand(m.q, (i, dd)), operand(m.kt, (dd, j)), operand(m.v, (j, e))
+    logit = _cast(low.value(m.logits, bvars + (i, j)), acc_dt)
+    (o, out), = out_buffers
+    return AttentionCompute("attention", name, tuple(batch), sq, sk, d, dv, acc_dt, qv, kv, vv, logit, score, out,
+                            tuple(low.used), (out,))
 
 
 def stageable(load: L.Load) -> bool:
@@ -502,16 +445,6 @@ def stageable(load: L.Load) -> bool:
 def _acc_dtype(n: Node) -> str:
     dt = _dt(n)
     return "f32" if dt in L.LOW_PRECISION else dt
-
-
-def _identity(op: str, dt: str) -> L.Const:
-    v = REDUCE_IDENTITY[op]
-    if dt in ("i32", "i64"):
-        info = np.iinfo(np.int32 if dt == "i32" else np.int64)
-        v = 0 if op == "sum" else (int(info.min) if op == "max" else int(info.max))
-    elif dt == "bool":
-        v = {"sum": False, "max": False, "min": True}[op]
-    return L.Const(v, dt)
 
 
 def _contraction(grp, name, members, buffers, out_buffers) -> Compute:

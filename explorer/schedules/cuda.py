@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import loopir as L
 from ..errors import ScheduleError
-from ..schedule import MAX_SHARED_BYTES, MAX_THREADS_PER_BLOCK, WARP_SIZE, Schedule, _tc_operands
+from ..schedule import MAX_SHARED_BYTES, MAX_THREADS_PER_BLOCK, WARP_SIZE, Schedule, tc_operands
 from . import c_extent, fuse_all as _fuse_all
 
 
@@ -213,7 +213,7 @@ def _cuda_matmul(c, knobs) -> Schedule:
     tc_note = "tensor cores off: tensor_core=False" if f16 else ""
     M, N, K = c.axis("i").extent, c.axis("j").extent, c.axis("k").extent
     if tc is not False:
-        operands, why = _tc_operands(c)
+        operands, why = tc_operands(c)
         if operands is not None and min(M, N, K) < 16:
             operands, why = None, f"M, N, K = {M}, {N}, {K}: each must be >= 16 (one 16x16x16 fragment)"
         if operands is not None and knobs.get("shared") is False:

@@ -90,7 +90,7 @@ class TimingChart(W.VBox):
         super().__init__([W.HBox([self.button, self.progress]), self.model_row, self.status, self.placeholder,
                           W.HBox([self.timing, self.bytes]), self.roofline, self.table], **kwargs)
         self.add_class("ke-charts")
-        self.button.on_click(lambda _b: self._run_requested())
+        self.button.on_click(lambda _b: self.run_requested())
         if comparison is not None:
             self.set_comparison(comparison)
 
@@ -105,7 +105,8 @@ class TimingChart(W.VBox):
         """What the button measures: request() -> (fn, examples, compare kwargs) at click time."""
         self._request = request
 
-    def _run_requested(self) -> None:
+    def run_requested(self) -> None:
+        """Run the comparison that set_request() describes (what the button does)."""
         if self._request is None:
             self.status.value = error_html("nothing to compare: call run(fn, *examples) or set_request()")
             return

@@ -88,6 +88,15 @@ def structural_html(before_ir: Any, after_ir: Any, before_name: str, after_name:
             f"<th>{esc(before_name)}</th><th>{esc(after_name)}</th></tr>{''.join(rows)}</table>")
 
 
+def same_kind(before_ir: Any, after_ir: Any) -> bool:
+    """Whether the two IRs print the same kind of text, so a line diff shows what the pass changed:
+    the same type, or the lowered ComputeProgram (printed as its naive loops) and a loop Program."""
+    from explorer.compute import ComputeProgram
+    from explorer.loopir import Program
+    loops = (ComputeProgram, Program)
+    return type(before_ir) is type(after_ir) or (isinstance(before_ir, loops) and isinstance(after_ir, loops))
+
+
 class StageDiff(W.VBox):
     """Diff of two IR texts. `.set(before, after, before_name, after_name)` redraws it."""
 
@@ -109,7 +118,7 @@ class StageDiff(W.VBox):
 
     def set_stages(self, before: Any, after: Any) -> None:
         """Diff two Snapshots: a line diff of their text when the IR keeps its kind, else kernel by kernel."""
-        if type(before.ir) is not type(after.ir):
+        if not same_kind(before.ir, after.ir):
             try:
                 table = structural_html(before.ir, after.ir, before.name, after.name)
             except Exception:  # noqa: BLE001 — an IR this view does not know: fall back to the text diff
