@@ -7,6 +7,7 @@ Stages are an ordered registry (as Triton's `stages` dict): name -> pure pass.
     fused       FusedGraph   nodes grouped into kernels, each boundary with its reason
     lowered     Program      one naive loop nest per group
     tiled       Program      the schedule applied (split/reorder/bind/cache/unroll/vectorize)
+    vectorized  Program      cpu: reductions in SIMD lanes, register-tiled micro-kernels (passes/vectorize_cpu)
     codegen     Codegen      CUDA or C source per kernel
 
 >>> import numpy as np, explorer
@@ -143,6 +144,7 @@ def _register_default_stages() -> None:
         from .ops import get as get_op
         from .passes.lower import lower
         from .passes.tiling import tile
+        from .passes.vectorize_cpu import vectorize_cpu
         from .codegen import generate
     except ImportError:
         return
@@ -163,6 +165,11 @@ def _register_default_stages() -> None:
     @stage("tiled")
     def _tiled(prog, ctx):
         return tile(prog, ctx.options.schedule, target=ctx.options.target, examples=ctx.examples)
+
+    @stage("vectorized")
+    def _vectorized(prog, ctx):
+        # what the C backend prints as lane accumulators and register-tiled micro-kernels
+        return vectorize_cpu(prog) if ctx.options.target == "cpu" else prog
 
     @stage("codegen")
     def _codegen(prog, ctx):
@@ -284,4 +291,4 @@ def compile(fn: Callable, *examples: Any, target: str = "auto", fuse: Any = True
     return Compiled(fn, arrays, snapshots, opts)
 
 
-_ALL_STAGE_NAMES = ("traced", "simplified", "fused", "lowered", "tiled", "codegen")
+_ALL_STAGE_NAMES = ("traced", "simplified", "fused", "lowered", "tiled", "vectorized", "codegen")
