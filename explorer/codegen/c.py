@@ -1,4 +1,4 @@
-"""C code generation: tiled CPU loop IR → one C translation unit with OpenMP pragmas.
+"""C code generation: CPU loop IR (the `vectorized` stage) → one C translation unit with OpenMP pragmas.
 
 >>> from explorer.loopir import Buffer, For, Kernel, Program, Store, Var, Const, BinOp
 >>> i = Var("i"); x = Buffer("x", (8,)); y = Buffer("y", (8,))
@@ -15,19 +15,18 @@ Mapping (before → after):
                                          y[i] = x[i] * 2.0f;
                                        }
 
-Register tiles (matmul accumulators): a serial loop whose body is unrolled loops around
-vectorized loops over a local tile at constant indices becomes a noinline micro-kernel with the
-tile in GCC vector variables (`ke_v8f`), B rows as unaligned vector loads, A as broadcasts:
+Register tiles (matmul accumulators): a MicroKernel statement (made by the `vectorized` stage,
+passes/vectorize_cpu.py) becomes a noinline function with its register tiles in GCC vector
+variables (`ke_v8f`), vector loads where the lane index is contiguous, broadcasts elsewhere:
 
-    for k in range(K):                          static void ke_<kernel>_mk0(float* acc, ...) {
-      for r in unrolled(2):                       ke_v8f acc_r0 = ke_load_v8f(&acc[0]); ...
-        for v in vectorized(8):          →        for (int k = 0; k < K; ++k) {
-          acc[r, v] += x[r, k] * w[k, v]              acc_r0 = (acc_r0 + (x[k] * ke_load_v8f(&w[k * 8])));
-                                                      acc_r1 = (acc_r1 + (x[K + k] * ke_load_v8f(&w[k * 8]))); }
-                                                  ke_store_v8f(&acc[0], acc_r0); ... }
+    microkernel mk0 (register tiles acc[0, 8] as f32x8):     static void ke_<kernel>_mk0(float* acc, ...) {
+      for k in range(K):                                       ke_v8f acc_r0 = ke_load_v8f(&acc[0]); ...
+        for lane in vectorized(8):                  →          for (int k = 0; k < K; ++k) {
+          acc[0, lane] = acc[0, lane] + x[0, k] * w[k, lane]     acc_r0 = (acc_r0 + (x[k] * ke_load_v8f(&w[k * 8])));
+        for lane in vectorized(8):                                acc_r1 = (acc_r1 + (x[K + k] * ke_load_v8f(&w[k * 8]))); }
+          acc[1, lane] = acc[1, lane] + x[1, k] * w[k, lane]   ke_store_v8f(&acc[0], acc_r0); ... }
 
-Row reductions split as (r_o serial, r_i vectorized) keep one partial accumulator per lane
-(`acc_lanes[r_i]`, combined after the row), so the lane loop has no carried dependency.
+Lane accumulators of row reductions (`acc lanes`, the same stage) are ordinary loops here.
 
 Loop kinds: serial → plain for; parallel → `omp parallel for` (directly nested parallel
 loops collapse; deeper ones run serially inside the outer team); vectorized → `omp simd`
