@@ -601,7 +601,7 @@ class _KernelEmitter:
         self.in_parallel -= inc
         self.lines.append(f"{pad}}}")
 
-    # -- register tiles as GCC vector variables ---
+    # -- register tiles as GCC vector variables -----------------------------------------------------
     def micro_kernel(self, mk: L.MicroKernel, depth: int) -> list[str]:
         """A MicroKernel as a call of its own noinline function, its register tiles in GCC vector variables.
 
