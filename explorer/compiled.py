@@ -86,8 +86,8 @@ class Compiled:
 
     @property
     def program(self):
-        """The tiled loop-IR Program (what the backends run)."""
-        return self.stage("tiled").ir
+        """The final loop-IR Program (what the backends run): `vectorized`, or `tiled` when compiled only that far."""
+        return self.stage("vectorized").ir if "vectorized" in self.stage_names else self.stage("tiled").ir
 
     @property
     def codegen(self):

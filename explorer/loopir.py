@@ -392,6 +392,39 @@ class FragmentStore(Stmt):
 WARP_STMTS = (FragmentAlloc, FragmentFill, FragmentLoad, Mma, FragmentStore)
 
 
+@dataclass(frozen=True)
+class RegisterTile:
+    """A local buffer's vectors of `lanes` elements at flat offsets `bases`, held in vector registers."""
+
+    buffer: Buffer
+    bases: tuple[int, ...]
+    lanes: int
+
+    def text(self) -> str:
+        return f"{self.buffer.name}[{', '.join(map(str, self.bases))}] as {self.buffer.dtype}x{self.lanes}"
+
+
+@dataclass(frozen=True)
+class MicroKernel(Stmt):
+    """A serial loop run as a register-tiled micro-kernel (CPU; made by passes/vectorize_cpu.py).
+
+    `loop` is the serial loop with its unrolled body: every statement is one vector of lanes,
+    `for lane in vectorized(W): store`, optionally inside `if guard:` (a guard in `guards`, fixed for
+    the whole loop). Executing `loop` is the semantics; `tiles` is a storage decision: those
+    vectors of local buffers live in registers for the whole loop (loaded before it, stored after).
+    The C backend prints it as its own noinline function with GCC vector variables.
+    """
+
+    name: str                                  # 'mk0', 'mk1', ... in the kernel's statement order
+    loop: For
+    tiles: tuple[RegisterTile, ...]
+    guards: tuple[Expr, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "tiles", tuple(self.tiles))
+        object.__setattr__(self, "guards", tuple(self.guards))
+
+
 # ----------------------------------------------------------------------------- kernels
 @dataclass(frozen=True)
 class Kernel:
@@ -534,6 +567,10 @@ class Program:
                                  f'fillcolor="{color}"];')
                     lines.append(f"{indent}{parent} -> {nid};")
                     emit(s.body, nid, indent)
+                elif isinstance(s, MicroKernel):
+                    lines.append(f'{indent}{nid} [label={dot_str(f"microkernel {s.name}")}, fillcolor="#fde9c9"];')
+                    lines.append(f"{indent}{parent} -> {nid};")
+                    emit((s.loop,), nid, indent)
                 elif isinstance(s, If):
                     lines.append(f'{indent}{nid} [label={dot_str("if " + expr_text(s.cond))}, shape=diamond];')
                     lines.append(f"{indent}{parent} -> {nid};")
@@ -575,6 +612,8 @@ def walk(stmts: Iterable[Stmt]) -> Iterator[Stmt]:
         elif isinstance(s, If):
             yield from walk(s.then)
             yield from walk(s.orelse)
+        elif isinstance(s, MicroKernel):
+            yield from walk((s.loop,))
 
 
 def walk_loops(stmts: Iterable[Stmt]) -> Iterator[For]:
@@ -616,6 +655,8 @@ def stmt_exprs(s: Stmt) -> Iterator[Expr]:
         yield from s.index
     elif isinstance(s, Mma):
         yield from (*s.c_index, *s.a_index, *s.b_index)
+    elif isinstance(s, MicroKernel):
+        yield from s.guards
 
 
 def axis_stride_offset(e: Expr) -> tuple[str, int, int] | None:
@@ -811,6 +852,11 @@ def stmt_lines(s: Stmt, depth: int) -> list[str]:
         return [f"{pad}{s.buffer.name}[] = allreduce_{s.op}({s.buffer.name}[], {s.axis})"]
     if isinstance(s, Comment):
         return [f"{pad}# {s.text}"]
+    if isinstance(s, MicroKernel):
+        out = [f"{pad}microkernel {s.name} (register tiles {'; '.join(t.text() for t in s.tiles)}):"]
+        if s.guards:
+            out.append(f"{pad}  # guards tested once per call: {', '.join(expr_text(g) for g in s.guards)}")
+        return out + stmt_lines(s.loop, depth + 1)
     if isinstance(s, FragmentAlloc):
         return [f"{pad}alloc {s.fragment.name}: {s.fragment.type_str()}"]
     if isinstance(s, FragmentFill):

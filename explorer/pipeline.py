@@ -9,6 +9,7 @@ The stages after `traced` are the target's stage list (explorer/stages.py, throu
     fused       FusedGraph   nodes grouped into kernels, each boundary with its reason
     lowered     ComputeProgram  one compute definition per group, shown as its naive loop nest
     tiled       Program      the schedule applied (split/reorder/bind/cache/unroll/vectorize)
+    vectorized  Program      cpu: reductions in SIMD lanes, register-tiled micro-kernels (passes/vectorize_cpu)
     codegen     Codegen      CUDA or C source per kernel
 
 >>> import numpy as np, explorer

@@ -32,7 +32,7 @@ from .errors import ExplorerError
 
 # Stages whose dot() draws something worth a picture. The codegen snapshot's dot() is the tiled
 # program's again, so drawing it would only repeat the previous picture.
-GRAPH_STAGES = ("traced", "simplified", "fused", "lowered", "tiled")
+GRAPH_STAGES = ("traced", "simplified", "fused", "lowered", "tiled", "vectorized")
 
 _CSS = """
 body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}

@@ -8,12 +8,16 @@ reaches it through `Target.stages()`.
 
     simplified  Graph        DCE, CSE, constant folding, identities, decomposition
     fused       FusedGraph   nodes grouped into kernels, each boundary with its reason
-    lowered     Program      one naive loop nest per group
+    lowered     ComputeProgram  one compute definition per group (prints its naive loop nest)
     tiled       Program      the schedule applied (split/reorder/bind/cache/unroll/vectorize)
-    codegen     Codegen      CUDA or C source per kernel
+    vectorized  Program      cpu: reductions in SIMD lanes, register-tiled micro-kernels (passes/vectorize_cpu);
+                             cuda/sim: float4 loads and stores (passes/vectorize_cuda)
+    codegen     Codegen      CUDA or C source per kernel (only prints)
 
 >>> from explorer.target import get_target
 >>> [name for name, _ in stages_for(get_target("sim"))]
+['simplified', 'fused', 'lowered', 'tiled', 'vectorized', 'codegen']
+>>> [name for name, _ in stages_for(get_target("reference"))]
 ['simplified', 'fused', 'lowered', 'tiled', 'codegen']
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .passes.fusion import fuse
 from .passes.lower import lower
 from .passes.simplify import simplify
 from .passes.tiling import tile
+from .passes.vectorize_cpu import vectorize_cpu
 from .target import Target
 
 StageFn = Callable[[Any, Any], Any]   # (IR, pipeline.Context) -> IR
@@ -57,6 +62,11 @@ def tiled(prog, ctx):
     return tile(prog, ctx.options.schedule, target=ctx.target, examples=ctx.examples)
 
 
+def vectorized(prog, ctx):
+    # what the C backend prints as lane accumulators and register-tiled micro-kernels
+    return vectorize_cpu(prog) if ctx.target.openmp else prog
+
+
 def codegen(prog, ctx):
     cg = generate(prog, target=ctx.target, fast_math=ctx.options.fast_math, arch=ctx.options.arch)
     if any(k.kind == "custom" for k in prog.kernels):
@@ -73,7 +83,7 @@ def stages_for(target: Target) -> list[tuple[str, StageFn]]:
         ("lowered", lowered),
         ("tiled", tiled),
     ]
-    # a loop-IR rewrite after tiling for one kind of target goes here, e.g.
-    #   if target.scheduled: stages.append(("vectorized", vectorized))
+    if target.scheduled:   # the reference target shows the naive loops: nothing to vectorize
+        stages.append(("vectorized", vectorized))
     stages.append(("codegen", codegen))
     return stages

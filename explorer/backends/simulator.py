@@ -51,7 +51,8 @@ exactly and rounds once into the f32 accumulator; a tile overhanging its buffer 
 
 Kernels without bound loops (CPU schedules) run too: their outermost perfectly nested
 'parallel' loops become lanes (iterations are independent by definition), every other
-loop runs serially.
+loop runs serially; a MicroKernel (passes/vectorize_cpu.py) runs its unrolled loop, its register
+tiles being memory here.
 """
 from __future__ import annotations
 
@@ -881,6 +882,9 @@ def _cstmt(s: L.Stmt, ctx: _Ctx) -> Callable | None:
         return if_
     if isinstance(s, L.For):
         return _cfor(s, ctx)
+    if isinstance(s, L.MicroKernel):
+        # its register tiles are a storage decision of the C backend: the loop is what it computes
+        return _cfor(s.loop, ctx)
     if isinstance(s, L.WARP_STMTS):
         return _warp_op(s, ctx)
     raise VerificationError(f"kernel {kname}: the simulator cannot execute statement {type(s).__name__}")

@@ -1,4 +1,4 @@
-"""C code generation: tiled CPU loop IR → one C translation unit with OpenMP pragmas.
+"""C code generation: CPU loop IR (the `vectorized` stage) → one C translation unit with OpenMP pragmas.
 
 >>> from explorer.loopir import Buffer, For, Kernel, Program, Store, Var, Const, BinOp
 >>> i = Var("i"); x = Buffer("x", (8,)); y = Buffer("y", (8,))
@@ -15,19 +15,18 @@ Mapping (before → after):
                                          y[i] = x[i] * 2.0f;
                                        }
 
-Register tiles (matmul accumulators): a serial loop whose body is unrolled loops around
-vectorized loops over a local tile at constant indices becomes a noinline micro-kernel with the
-tile in GCC vector variables (`ke_v8f`), B rows as unaligned vector loads, A as broadcasts:
+Register tiles (matmul accumulators): a MicroKernel statement (made by the `vectorized` stage,
+passes/vectorize_cpu.py) becomes a noinline function with its register tiles in GCC vector
+variables (`ke_v8f`), vector loads where the lane index is contiguous, broadcasts elsewhere:
 
-    for k in range(K):                          static void ke_<kernel>_mk0(float* acc, ...) {
-      for r in unrolled(2):                       ke_v8f acc_r0 = ke_load_v8f(&acc[0]); ...
-        for v in vectorized(8):          →        for (int k = 0; k < K; ++k) {
-          acc[r, v] += x[r, k] * w[k, v]              acc_r0 = (acc_r0 + (x[k] * ke_load_v8f(&w[k * 8])));
-                                                      acc_r1 = (acc_r1 + (x[K + k] * ke_load_v8f(&w[k * 8]))); }
-                                                  ke_store_v8f(&acc[0], acc_r0); ... }
+    microkernel mk0 (register tiles acc[0, 8] as f32x8):     static void ke_<kernel>_mk0(float* acc, ...) {
+      for k in range(K):                                       ke_v8f acc_r0 = ke_load_v8f(&acc[0]); ...
+        for lane in vectorized(8):                  →          for (int k = 0; k < K; ++k) {
+          acc[0, lane] = acc[0, lane] + x[0, k] * w[k, lane]     acc_r0 = (acc_r0 + (x[k] * ke_load_v8f(&w[k * 8])));
+        for lane in vectorized(8):                                acc_r1 = (acc_r1 + (x[K + k] * ke_load_v8f(&w[k * 8]))); }
+          acc[1, lane] = acc[1, lane] + x[1, k] * w[k, lane]   ke_store_v8f(&acc[0], acc_r0); ... }
 
-Row reductions split as (r_o serial, r_i vectorized) keep one partial accumulator per lane
-(`acc_lanes[r_i]`, combined after the row), so the lane loop has no carried dependency.
+Lane accumulators of row reductions (`acc lanes`, the same stage) are ordinary loops here.
 
 Loop kinds: serial → plain for; parallel → `omp parallel for` (directly nested parallel
 loops collapse; deeper ones run serially inside the outer team); vectorized → `omp simd`
@@ -51,6 +50,7 @@ import numpy as np
 from .. import loopir as L
 from ..errors import CompileError, DTypeError
 from ..naming import c_identifier
+from ..passes.vectorize_cpu import const_int, guard_bound, simd_reduction, uses_var
 from . import Codegen, GeneratedKernel, fma_accumulation
 
 # storage type (memory) and compute type (registers) per dtype: f16 is stored as _Float16
@@ -341,14 +341,6 @@ def _int_literal(value: int, dtype: str) -> str:
     return f"({s})" if v < 0 and dtype != "i64" else s
 
 
-def _uses_var(e: L.Expr, name: str) -> bool:
-    return any(isinstance(x, L.Var) and x.name == name for x in L.walk_expr(e))
-
-
-def _buffers_in_expr(e: L.Expr) -> Iterable[L.Load]:
-    return (x for x in L.walk_expr(e) if isinstance(x, L.Load))
-
-
 @dataclass
 class _KernelEmitter:
     kernel: L.Kernel
@@ -506,6 +498,8 @@ class _KernelEmitter:
         pad = "  " * depth
         if isinstance(s, L.For):
             self.loop(s, depth)
+        elif isinstance(s, L.MicroKernel):
+            self.lines.extend(self.micro_kernel(s, depth))
         elif isinstance(s, L.Store):
             cse = self.cse_temps([s.value], pad)
             acc = self.accumulation(s)
@@ -549,10 +543,6 @@ class _KernelEmitter:
 
     def loop(self, s: L.For, depth: int) -> None:
         pad = "  " * depth
-        lanes = self.lane_accumulators(s) if s.kind == "serial" else None
-        if lanes is not None:
-            self.stmts(lanes, depth)
-            return
         if s.bound:
             raise CompileError(f"kernel {self.kernel.name}: loop {s.var.name} is bound to {s.kind}, which exists "
                                f"only on a GPU: the C backend needs a CPU schedule (parallel/vectorized/unrolled "
@@ -563,7 +553,7 @@ class _KernelEmitter:
         upper = str(s.extent)
         # `if (base + v < n)` as the whole body → a shorter loop bound (keeps the loop guard-free
         # so gcc vectorizes it without masked loads and stores)
-        bound = _guard_bound(s)
+        bound = guard_bound(s)
         pre: list[str] = []
         if bound is not None:
             lim_expr, body = bound
@@ -576,7 +566,7 @@ class _KernelEmitter:
             clauses = "schedule(static)"
             inner = body[0] if len(body) == 1 and isinstance(body[0], L.For) else None
             # loop extents are constants in this IR, so a perfectly nested parallel pair can collapse
-            if inner is not None and inner.kind == "parallel" and _guard_bound(inner) is None:
+            if inner is not None and inner.kind == "parallel" and guard_bound(inner) is None:
                 clauses = "collapse(2) " + clauses
                 collapse_inner = inner
             private = sorted(self.names.get("buf", n) for n in _written_locals(body, self.locals))
@@ -587,7 +577,7 @@ class _KernelEmitter:
         elif s.kind == "parallel":
             pre.append(f"{pad}/* parallel loop {var} runs serially inside the enclosing parallel loop */")
         elif s.kind == "vectorized":
-            red = _simd_reduction(s, self.locals)
+            red = simd_reduction(s, self.locals)
             if red is None:
                 pre.append(f"{pad}/* vectorize {var}: no omp simd (the loop carries a dependency) */")
             else:
@@ -595,11 +585,6 @@ class _KernelEmitter:
                     f" reduction(+:{self.names.get('buf', n)})" for n in red)
         elif s.kind == "unrolled":
             pragma = f"#pragma GCC unroll {min(s.extent, 65534)}"
-        if s.kind == "serial" and bound is None and not pre:
-            call = self.vector_region(s, depth)
-            if call is not None:
-                self.lines.extend(call)
-                return
         self.lines.extend(pre)
         if pragma:
             self.lines.append(f"{pad}{pragma}")
@@ -616,119 +601,42 @@ class _KernelEmitter:
         self.in_parallel -= inc
         self.lines.append(f"{pad}}}")
 
-    # -- reductions in SIMD lanes ------------------------------------------------------------------
-    def lane_accumulators(self, s: L.For) -> list[L.Stmt] | None:
-        """`for o: for v in vectorized(E): acc = acc OP e` → E partial accumulators, one per lane.
-
-            acc_lanes[v] = (OP is + ? 0 : acc)          for v in vectorized(E)
-            for o: for v in vectorized(E): acc_lanes[v] = acc_lanes[v] OP e
-            acc = acc OP acc_lanes[v]                    for v in range(E)
-
-        The lane loop then has no loop-carried dependency, so it vectorizes (and, for + and -,
-        max/min, its lanes become vector registers); max/min keep NaN propagation lane-wise
-        and in the final combine. Sums are reassociated (E partial sums; NumPy's pairwise sum
-        rounds differently from a serial sum too). Returns None when the loop is not this shape.
-        """
-        if len(s.body) != 1 or not isinstance(s.body[0], L.For) or s.body[0].kind != "vectorized":
-            return None
-        inner = s.body[0]
-        v = inner.var
-        stores = [st for st in L.walk(inner.body) if isinstance(st, L.Store)]
-        loads = [ld for st in L.walk(inner.body) for e in L.stmt_exprs(st) for ld in _buffers_in_expr(e)]
-        accs: dict[str, tuple[L.Buffer, str]] = {}
-        for st in stores:
-            b = st.buffer
-            if b.name not in self.locals or b.shape or b.scope == "global":
-                continue
-            val = st.value
-            if not (b.dtype in _VEC and isinstance(val, L.BinOp) and val.op in ("+", "max", "min")
-                    and val.a == L.Load(b, ()) and not any(isinstance(x, L.Load) and x.buffer.name == b.name
-                                                           for x in L.walk_expr(val.b))):
-                return None
-            if b.name in accs or sum(ld.buffer.name == b.name for ld in loads) != 1:
-                return None   # written twice, or read by another statement of the loop
-            accs[b.name] = (b, val.op)
-        if not accs:
-            return None
-        lanes: dict[str, L.Buffer] = {n: L.Buffer(f"{n} lanes", (inner.extent,), b.dtype, "local")
-                                      for n, (b, _) in accs.items()}
-
-        def to_lanes(st: L.Stmt):
-            if isinstance(st, L.Store) and st.buffer.name in lanes:
-                lb = lanes[st.buffer.name]
-                return L.Store(lb, (v,), L.BinOp(st.value.op, L.Load(lb, (v,)), st.value.b))
-            return None
-        out: list[L.Stmt] = []
-        fin: list[L.Stmt] = []
-        for n, (b, op) in accs.items():
-            lb, lv = lanes[n], L.Var(f"{n} lane", v.dtype)
-            init = L.Const(0.0 if b.dtype in FLOATS else 0, b.dtype) if op == "+" else L.Load(b, ())
-            out += [L.Alloc(lb), L.For(lv, inner.extent, (L.Store(lb, (lv,), init),), "vectorized")]
-            fin.append(L.For(lv, inner.extent, (L.Store(b, (), L.BinOp(op, L.Load(b, ()), L.Load(lb, (lv,)))),),
-                             "serial"))
-        body = L.map_stmts(inner.body, to_lanes)
-        return out + [L.For(s.var, s.extent, (L.For(v, inner.extent, body, "vectorized"),), s.kind)] + fin
-
     # -- register tiles as GCC vector variables -----------------------------------------------------
-    def vector_region(self, s: L.For, depth: int) -> list[str] | None:
-        """Serial loop `s` as a call of a register-tiled micro-kernel, or None (emit it normally).
+    def micro_kernel(self, mk: L.MicroKernel, depth: int) -> list[str]:
+        """A MicroKernel as a call of its own noinline function, its register tiles in GCC vector variables.
 
-        Applies when the loop body is only unrolled loops around vectorized loops of Stores whose
-        lane count divides the extent (8 floats / 4 doubles), the simd loops carry no dependency,
-        and some local tile is indexed by constants after unrolling (a matmul's accumulators).
-        Each such tile becomes named GCC vector variables, loaded before the loop and stored after
-        it, so gcc keeps them in registers (as a stack array it reloads and stores them per FMA).
-        The loop goes into its own noinline function: register allocation there does not suffer
-        from the rest of the kernel (gcc spilled the accumulators when the kernel's vectorized
-        epilogue shared the function). Guards, calls, casts, strided lanes, f16 → None.
+        Each tile vector is loaded into a named vector variable before the loop and stored after it, so
+        gcc keeps it in a register (as a stack array it reloads and stores it per FMA). The function is
+        noinline: register allocation there does not suffer from the rest of the kernel (gcc spilled
+        the accumulators when the kernel's vectorized epilogue shared the function).
         """
-        try:
-            items = self._unroll_region(s.body)
-        except _NoVector:
-            return None
-        if not items:
-            return None
-        lane = _LANE
-        # buffers whose every access in the region is at a constant, lane-aligned base → registers
-        bases: dict[str, set] = {}
-        bad: set[str] = set()
-        for st, m, dt, _ in items:
-            accesses = [(st.buffer, st.indices)] + [(ld.buffer, ld.indices) for ld in _buffers_in_expr(st.value)]
-            for buf, idx in accesses:
-                if buf.scope == "global" or buf.name not in self.locals:
-                    continue
-                flat = L.flat_index(buf, [L.substitute(i, m) for i in idx])
-                base = _const_int(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
-                if (base is None or buf.dtype != dt or base % _VEC[dt][1] or _lane_coef(flat, lane) != 1):
-                    bad.add(buf.name)
-                else:
-                    bases.setdefault(buf.name, set()).add(base)
-        written = {st.buffer.name for st, _, _, _ in items}
-        tiles = {n: b for n, b in bases.items() if n in written and n not in bad}
-        if not tiles or sum(len(b) for b in tiles.values()) > MAX_VECTOR_REGISTERS:
-            return None
+        s = mk.loop
+        self.names.get("var", s.var.name)   # the loop variable is named first, as for any loop
+        # (store, lane loop, guard) per vector statement (passes/vectorize_cpu.py made them)
+        items: list[tuple[L.Store, L.For, L.Expr | None]] = []
+        for st in s.body:
+            cond = None
+            if isinstance(st, L.If) and len(st.then) == 1 and not st.orelse:
+                cond, st = st.cond, st.then[0]
+            if not (isinstance(st, L.For) and st.kind == "vectorized" and len(st.body) == 1
+                    and isinstance(st.body[0], L.Store)):
+                raise CompileError(f"kernel {self.kernel.name}: micro-kernel {mk.name} holds {type(st).__name__}, "
+                                   f"not a vector store (a vectorize_cpu bug)")
+            items.append((st.body[0], st, cond))
+        tiles = {t.buffer.name: t for t in mk.tiles}
         # the helper's parameters: every buffer and free loop variable the region reads or writes
         buffers: dict[str, L.Buffer] = {}
         free: dict[str, L.Var] = {}
-        guards: list[L.Expr] = []
-        for st, m, _, cond in items:
-            if cond is not None:
-                g = L.substitute(cond, m)
-                if (_uses_var(g, lane) or _uses_var(g, s.var.name)
-                        or any(isinstance(x, L.Load) for x in L.walk_expr(g))):
-                    return None   # only guards fixed for the whole loop are hoisted
-                if g not in guards:
-                    guards.append(g)
-            for e in (*st.indices, st.value, *(() if cond is None else (L.substitute(cond, m),))):
-                for x in L.walk_expr(L.substitute(e, m)):
+        for st, vec, cond in items:
+            for e in (*st.indices, st.value, *(() if cond is None else (cond,))):
+                for x in L.walk_expr(e):
                     if isinstance(x, L.Load):
                         buffers.setdefault(x.buffer.name, x.buffer)
-                    elif isinstance(x, L.Var) and x.name not in (lane, s.var.name):
+                    elif isinstance(x, L.Var) and x.name not in (vec.var.name, s.var.name):
                         free.setdefault(x.name, x)
             buffers.setdefault(st.buffer.name, st.buffer)
-        if any(b.scope != "global" and not b.shape for b in buffers.values()):
-            return None   # a 0-d local lives in a C scalar, not addressable from the helper
-        helper = f"ke_{self.fn_name}_mk{len(self.helpers)}"
+        written = {st.buffer.name for st, _, _ in items}
+        helper = f"ke_{self.fn_name}_{mk.name}"
         itype = "int64_t" if self.wide else "int"
         params, args = [], []
         for n in sorted(buffers):
@@ -749,47 +657,43 @@ class _KernelEmitter:
         post = []
         for n in sorted(tiles):
             cname = self.names.get("buf", n)
-            suf = _VEC[self.locals[n].dtype][0]
-            for base in sorted(tiles[n]):
+            suf = _VEC[tiles[n].buffer.dtype]
+            for base in tiles[n].bases:
                 r = self.names.fresh(f"{cname}_r")
                 regs[(n, base)] = r
                 body.append(f"  ke_{suf} {r} = ke_load_{suf}(&{cname}[{base}]);")
                 post.append(f"  ke_store_{suf}(&{cname}[{base}], {r});")
         var = self.names.get("var", s.var.name)
-        gnames = [self.names.fresh("ke_g") for _ in guards]
+        gnames = [self.names.fresh("ke_g") for _ in mk.guards]
         stmts: list[tuple[int | None, str]] = []
-        try:
-            for st, m, dt, cond in items:
-                suf = _VEC[dt][0]
-                acc = self.accumulation(st)
-                if acc is not None:
-                    parts = []
-                    for x in acc[1:]:
-                        t, x_vec = self._vexpr(L.substitute(x, m), dt, regs)
-                        parts.append(t if x_vec else f"ke_splat_{suf}({t})")
-                    v, is_vec = f"ke_fma_{suf}({', '.join(parts)})", True
-                else:
-                    v, is_vec = self._vexpr(L.substitute(st.value, m), dt, regs)
-                if not is_vec:
-                    v = f"ke_splat_{suf}({v})"
-                flat = L.flat_index(st.buffer, [L.substitute(i, m) for i in st.indices])
-                if _lane_coef(flat, lane) != 1 or st.buffer.dtype != dt:
-                    return None
-                base_e = L.simplify_expr(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
-                g = None if cond is None else guards.index(L.substitute(cond, m))
-                if st.buffer.name in tiles:
-                    stmts.append((g, f"{regs[(st.buffer.name, _const_int(base_e))]} = {v};"))
-                else:
-                    stmts.append((g, f"ke_store_{suf}(&{self.names.get('buf', st.buffer.name)}"
-                                     f"[{self.expr(base_e)}], {v});"))
-        except _NoVector:
-            return None
+        for st, vec, cond in items:
+            dt, lane = st.buffer.dtype, vec.var.name
+            suf = _VEC[dt]
+            acc = self.accumulation(st)
+            if acc is not None:
+                parts = []
+                for x in acc[1:]:
+                    t, x_vec = self._vexpr(x, dt, regs, lane)
+                    parts.append(t if x_vec else f"ke_splat_{suf}({t})")
+                v, is_vec = f"ke_fma_{suf}({', '.join(parts)})", True
+            else:
+                v, is_vec = self._vexpr(st.value, dt, regs, lane)
+            if not is_vec:
+                v = f"ke_splat_{suf}({v})"
+            flat = L.flat_index(st.buffer, st.indices)
+            base_e = L.simplify_expr(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
+            g = None if cond is None else mk.guards.index(cond)
+            if st.buffer.name in tiles:
+                stmts.append((g, f"{regs[(st.buffer.name, const_int(base_e))]} = {v};"))
+            else:
+                stmts.append((g, f"ke_store_{suf}(&{self.names.get('buf', st.buffer.name)}"
+                                 f"[{self.expr(base_e)}], {v});"))
         head = f"for ({itype} {var} = 0; {var} < {s.extent}; ++{var}) {{"
-        if not guards:
+        if not mk.guards:
             body += [f"  {head}"] + [f"    {t}" for _, t in stmts] + ["  }"]
         else:
             # guards depend only on outer loops: test them once, run the unguarded loop for full tiles
-            body += [f"  const bool {n} = {self.expr(g)};" for n, g in zip(gnames, guards)]
+            body += [f"  const bool {n} = {self.expr(g)};" for n, g in zip(gnames, mk.guards)]
             body += [f"  if ({' && '.join(gnames)}) {{", f"    {head}"] + [f"      {t}" for _, t in stmts]
             body += ["    }", "  } else {", f"    {head}"]
             body += [f"      {t}" if g is None else f"      if ({gnames[g]}) {t}" for g, t in stmts]
@@ -800,75 +704,35 @@ class _KernelEmitter:
         return [f"{pad}/* loop {comment_text(s.var.name)}: register-tiled micro-kernel */",
                 f"{pad}{helper}({', '.join(args)});"]
 
-    def _unroll_region(self, body) -> list[tuple[L.Store, dict, str, L.Expr | None]]:
-        """(store, substitution, dtype, guard) per vector statement of the fully unrolled body."""
-        items: list[tuple[L.Store, dict, str, L.Expr | None]] = []
-
-        def visit(stmts, env):
-            for st in stmts:
-                if isinstance(st, L.For) and st.kind == "unrolled" and st.extent <= 64:
-                    for v in range(st.extent):
-                        visit(st.body, {**env, st.var.name: L.Const(v, st.var.dtype)})
-                elif isinstance(st, L.For) and st.kind == "vectorized":
-                    inner, cond = st.body, None
-                    if len(inner) == 1 and isinstance(inner[0], L.If) and not inner[0].orelse:
-                        # a bounds guard of the whole lane loop (a partial row tile): kept per statement
-                        inner, cond = inner[0].then, inner[0].cond
-                        if _uses_var(cond, st.var.name):
-                            raise _NoVector
-                    if not inner or not all(isinstance(b, L.Store) for b in inner):
-                        raise _NoVector
-                    dts = {b.buffer.dtype for b in inner}
-                    dt = dts.pop() if len(dts) == 1 else None
-                    if dt not in _VEC or st.extent % _VEC[dt][1] or _simd_reduction(st, self.locals) != []:
-                        raise _NoVector
-                    w = _VEC[dt][1]
-                    lane = L.Var(_LANE, st.var.dtype)
-                    for c in range(st.extent // w):
-                        m = {**env, st.var.name: L.BinOp("+", L.Const(c * w, st.var.dtype), lane)}
-                        items.extend((b, m, dt, cond) for b in inner)
-                else:
-                    raise _NoVector
-                if len(items) > MAX_VECTOR_STMTS:
-                    raise _NoVector
-        visit(body, {})
-        return items
-
-    def _vexpr(self, e: L.Expr, dt: str, regs: dict) -> tuple[str, bool]:
-        """C text of e in a vector region and whether it is a vector (else a scalar to broadcast)."""
-        lane = _LANE
+    def _vexpr(self, e: L.Expr, dt: str, regs: dict, lane: str) -> tuple[str, bool]:
+        """C text of e in a micro-kernel and whether it is a vector (else a scalar to broadcast)."""
         has_reg = any(isinstance(x, L.Load) and any(k[0] == x.buffer.name for k in regs) for x in L.walk_expr(e))
-        if not has_reg and not _uses_var(e, lane):
-            if e.dtype != dt:
-                raise _NoVector
+        if not has_reg and not uses_var(e, lane):
             text = self.expr(e)   # parenthesized: a select's ?: binds looser than the vector op around it
             return (f"({text})" if isinstance(e, L.Select) else text), False
-        if e.dtype != dt:
-            raise _NoVector
-        suf = _VEC[dt][0]
+        suf = _VEC[dt]
         if isinstance(e, L.Load):
             flat = L.flat_index(e.buffer, e.indices)
-            if _lane_coef(flat, lane) != 1 or e.buffer.dtype != dt:
-                raise _NoVector
             base = L.simplify_expr(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
-            key = (e.buffer.name, _const_int(base))
+            key = (e.buffer.name, const_int(base))
             if key in regs:
                 return regs[key], True
             return f"ke_load_{suf}(&{self.names.get('buf', e.buffer.name)}[{self.expr(base)}])", True
         if isinstance(e, L.BinOp) and (e.op in ("+", "-", "*") or (e.op == "/" and dt in FLOATS)):
-            a, _ = self._vexpr(e.a, dt, regs)
-            b, _ = self._vexpr(e.b, dt, regs)
+            a, _ = self._vexpr(e.a, dt, regs, lane)
+            b, _ = self._vexpr(e.b, dt, regs, lane)
             return f"({a} {e.op} {b})", True
         if isinstance(e, L.BinOp) and e.op in ("max", "min"):
-            a, av = self._vexpr(e.a, dt, regs)
-            b, bv = self._vexpr(e.b, dt, regs)
+            a, av = self._vexpr(e.a, dt, regs, lane)
+            b, bv = self._vexpr(e.b, dt, regs, lane)
             a = a if av else f"ke_splat_{suf}({a})"
             b = b if bv else f"ke_splat_{suf}({b})"
             return f"ke_{e.op}_{suf}({a}, {b})", True
         if isinstance(e, L.UnOp) and e.op == "neg":
-            a, _ = self._vexpr(e.a, dt, regs)
+            a, _ = self._vexpr(e.a, dt, regs, lane)
             return f"(-{a})", True
-        raise _NoVector
+        raise CompileError(f"kernel {self.kernel.name}: no vector form for {L.expr_text(e)} in a micro-kernel "
+                           f"(a vectorize_cpu bug)")
 
     # -- the function ---------------------------------------------------------------------------------
     def emit(self, name: str) -> str:
@@ -897,46 +761,9 @@ class _KernelEmitter:
         return "\n".join([h.rstrip("\n") for h in self.helpers] + head + self.lines) + "\n"
 
 
-# vector type suffix and lanes per dtype (32-byte AVX2 vectors; gcc splits them on narrower ISAs)
-_VEC = {"f32": ("v8f", 8), "f64": ("v4d", 4), "i32": ("v8i", 8), "i64": ("v4l", 4)}
-_LANE = "ke lane"          # a name no user variable can have (it never reaches the C text)
-MAX_VECTOR_STMTS = 256     # unrolled vector statements per region
-MAX_VECTOR_REGISTERS = 24  # 16 ymm registers; beyond this gcc spills anyway, keep the array form
-
-
-class _NoVector(Exception):
-    """The region does not fit the vector-register form; emit the scalar loops."""
-
-
-def _lane_coef(e: L.Expr, lane: str) -> int | None:
-    """Coefficient of Var(lane) when e is affine in it (other terms opaque), else None."""
-    if not _uses_var(e, lane):
-        return 0
-    if isinstance(e, L.Var):
-        return 1
-    if isinstance(e, L.BinOp) and e.op in ("+", "-"):
-        a, b = _lane_coef(e.a, lane), _lane_coef(e.b, lane)
-        if a is None or b is None:
-            return None
-        return a + b if e.op == "+" else a - b
-    if isinstance(e, L.BinOp) and e.op == "*":
-        for x, y in ((e.a, e.b), (e.b, e.a)):
-            if isinstance(y, L.Const) and not _uses_var(y, lane):
-                c = _lane_coef(x, lane)
-                return None if c is None else c * int(y.value)
-    return None
-
-
-def _const_int(e: L.Expr) -> int | None:
-    """Value of an integer expression of constants (+, -, *), else None."""
-    if isinstance(e, L.Const) and e.dtype in ("i32", "i64"):
-        return int(e.value)
-    if isinstance(e, L.BinOp) and e.op in ("+", "-", "*"):
-        a, b = _const_int(e.a), _const_int(e.b)
-        if a is None or b is None:
-            return None
-        return a + b if e.op == "+" else (a - b if e.op == "-" else a * b)
-    return None
+# GCC vector type suffix per dtype (32-byte AVX2 vectors; gcc splits them on narrower ISAs); the
+# lanes per vector are passes/vectorize_cpu.VECTOR_LANES
+_VEC = {"f32": "v8f", "f64": "v4d", "i32": "v8i", "i64": "v4l"}
 
 
 def _children(e: L.Expr) -> tuple[L.Expr, ...]:
@@ -957,72 +784,11 @@ def _depth(e: L.Expr) -> int:
     return 1 + max((_depth(c) for c in _children(e)), default=0)
 
 
-def _linear_in(e: L.Expr, var: str) -> L.Expr | None:
-    """rest if e == var + rest (rest free of var), else None."""
-    if isinstance(e, L.Var) and e.name == var:
-        return L.Const(0, e.dtype)
-    if isinstance(e, L.BinOp) and e.op == "+":
-        if not _uses_var(e.b, var):
-            r = _linear_in(e.a, var)
-            return None if r is None else L.simplify_expr(L.BinOp("+", r, e.b))
-        if not _uses_var(e.a, var):
-            r = _linear_in(e.b, var)
-            return None if r is None else L.simplify_expr(L.BinOp("+", e.a, r))
-    return None
-
-
-def _guard_bound(s: L.For) -> tuple[L.Expr, tuple[L.Stmt, ...]] | None:
-    """For `for v: if (v + rest < n) body` return (n - rest, body): the guard becomes the loop bound."""
-    if s.kind not in ("vectorized", "serial", "unrolled") or len(s.body) != 1:
-        return None
-    g = s.body[0]
-    if not isinstance(g, L.If) or g.orelse or not isinstance(g.cond, L.BinOp) or g.cond.op != "<":
-        return None
-    if _uses_var(g.cond.b, s.var.name) or g.cond.a.dtype not in ("i32", "i64"):
-        return None
-    rest = _linear_in(g.cond.a, s.var.name)
-    if rest is None:
-        return None
-    return L.simplify_expr(L.BinOp("-", g.cond.b, rest)), g.then
-
-
 def _written_locals(body: Iterable[L.Stmt], scope: dict[str, L.Buffer]) -> set[str]:
     """Locals allocated outside a loop and written in it: they must be private to each OpenMP thread."""
     allocated = {a.buffer.name for a in L.walk(body) if isinstance(a, L.Alloc)}
     return {st.buffer.name for st in L.walk(body) if isinstance(st, L.Store)
             and st.buffer.name in scope and st.buffer.name not in allocated}
-
-
-def _simd_reduction(s: L.For, scope: dict[str, L.Buffer]) -> list[str] | None:
-    """Names needing reduction(+:...) for `omp simd` on loop s, or None when simd is unsafe.
-
-    Safe when each buffer written in the loop is written and read only at one index tuple that
-    involves the loop variable (iterations touch disjoint elements), or is a 0-d local accumulated
-    as `acc = acc + e` (an add reduction). Buffers allocated inside the body are private.
-    """
-    v = s.var.name
-    allocated = {a.buffer.name for a in L.walk(s.body) if isinstance(a, L.Alloc)}
-    stores = [st for st in L.walk(s.body) if isinstance(st, L.Store) and st.buffer.name not in allocated]
-    loads: list[L.Load] = []
-    for st in L.walk(s.body):
-        for e in L.stmt_exprs(st):
-            loads.extend(_buffers_in_expr(e))
-    reductions: list[str] = []
-    for name in sorted({st.buffer.name for st in stores}):
-        ws = [st for st in stores if st.buffer.name == name]
-        rs = [ld for ld in loads if ld.buffer.name == name]
-        idx = {st.indices for st in ws} | {ld.indices for ld in rs}
-        if len(idx) == 1 and any(_uses_var(i, v) for i in next(iter(idx))):
-            continue
-        b = ws[0].buffer
-        if (name in scope and not b.shape and b.dtype in FLOATS and len(ws) == 1
-                and isinstance(ws[0].value, L.BinOp) and ws[0].value.op == "+"
-                and ws[0].value.a == L.Load(b, ()) and len(rs) == 1
-                and not any(isinstance(x, L.Load) and x.buffer.name == name for x in L.walk_expr(ws[0].value.b))):
-            reductions.append(name)
-            continue
-        return None
-    return reductions
 
 
 def _custom_kernel(k: L.Kernel, name: str, taken: set[str], done: list[GeneratedKernel]) -> GeneratedKernel:
