@@ -62,7 +62,7 @@ def test_a_user_stage_with_a_default_name_takes_its_place(user_stages):
 
 def test_stop_after_names_the_stages_of_the_target():
     with pytest.raises(ExplorerError, match="stop_after='ptx' is not a stage; stages are traced, simplified, "
-                                            "fused, lowered, tiled, codegen"):
+                                            "fused, lowered, tiled, vectorized, codegen"):
         explorer.compile(lambda a: a * 2, X, target="sim", stop_after="ptx")
     with pytest.raises(ExplorerError, match="'traced' is the trace itself"):
         pipeline.stage("traced")

@@ -20,10 +20,10 @@ RNG = np.random.default_rng(14)
 
 @pytest.fixture(autouse=True)
 def register_tiled(monkeypatch):
-    """Small matmuls take the row-streaming schedule (schedule._cpu_small_matmul); these shapes are chosen
+    """Small matmuls take the row-streaming schedule (schedules/cpu._cpu_small_matmul); these shapes are chosen
     small so the simulator is quick, so turn it off: they take the register-tiled path of large ones."""
-    from explorer import schedule
-    monkeypatch.setattr(schedule, "SMALL_MATMUL_MACS", 0)
+    from explorer.schedules import cpu as cpu_schedules
+    monkeypatch.setattr(cpu_schedules, "SMALL_MATMUL_MACS", 0)
 
 
 def arr(*shape, dtype=np.float32):
