@@ -7,6 +7,7 @@ Stages are an ordered registry (as Triton's `stages` dict): name -> pure pass.
     fused       FusedGraph   nodes grouped into kernels, each boundary with its reason
     lowered     Program      one naive loop nest per group
     tiled       Program      the schedule applied (split/reorder/bind/cache/unroll/vectorize)
+    vectorized  Program      cuda/sim: 4-lane vectorized loops as float4 loads/stores (Float4Block)
     codegen     Codegen      CUDA or C source per kernel
 
 >>> import numpy as np, explorer
@@ -143,7 +144,9 @@ def _register_default_stages() -> None:
         from .ops import get as get_op
         from .passes.lower import lower
         from .passes.tiling import tile
+        from .passes.vectorize_cuda import vectorize_cuda
         from .codegen import generate
+        from .target import get_target
     except ImportError:
         return
 
@@ -163,6 +166,14 @@ def _register_default_stages() -> None:
     @stage("tiled")
     def _tiled(prog, ctx):
         return tile(prog, ctx.options.schedule, target=ctx.options.target, examples=ctx.examples)
+
+    @stage("vectorized")
+    def _vectorized(prog, ctx):
+        # float4 is CUDA's: on the targets whose loop IR is CUDA's (cuda, and sim, which runs it);
+        # elsewhere the tiled program goes on as it is
+        if get_target(ctx.options.target).language == "cuda":
+            return vectorize_cuda(prog)
+        return prog
 
     @stage("codegen")
     def _codegen(prog, ctx):
@@ -284,4 +295,4 @@ def compile(fn: Callable, *examples: Any, target: str = "auto", fuse: Any = True
     return Compiled(fn, arrays, snapshots, opts)
 
 
-_ALL_STAGE_NAMES = ("traced", "simplified", "fused", "lowered", "tiled", "codegen")
+_ALL_STAGE_NAMES = ("traced", "simplified", "fused", "lowered", "tiled", "vectorized", "codegen")

@@ -883,7 +883,45 @@ def _cstmt(s: L.Stmt, ctx: _Ctx) -> Callable | None:
         return _cfor(s, ctx)
     if isinstance(s, L.WARP_STMTS):
         return _warp_op(s, ctx)
+    if isinstance(s, L.Float4Block):
+        return _float4_block(s, ctx)
     raise VerificationError(f"kernel {kname}: the simulator cannot execute statement {type(s).__name__}")
+
+
+def _float4_block(s: L.Float4Block, ctx: _Ctx) -> Callable:
+    """A Float4Block lane by lane: its registers are local f32[4] buffers, and a Float4Load/Float4Store is
+    the 4 accesses of elements base..base+3 of the flat buffer, so an active thread counts the 16 bytes
+    its float4 access moves. A base that is not a multiple of 4 is a memcheck error (a GPU faults on a
+    misaligned vector access)."""
+    n = L.FLOAT4_LANES
+    stmts: list[L.Stmt] = [L.Alloc(r) for r in s.registers]
+    checks = []
+    for ld in s.loads:
+        flat = L.Buffer(ld.buffer.name, (ld.buffer.size,), ld.buffer.dtype, "global")
+        checks.append((ld.buffer.name, ld.base, _cexpr(ld.base, ctx)))
+        stmts += [L.Store(ld.register, (L.Const(k),), L.Load(flat, (L.BinOp("+", ld.base, L.Const(k)),)))
+                  for k in range(n)]
+    stmts += s.lanes
+    for st in s.stores:
+        flat = L.Buffer(st.buffer.name, (st.buffer.size,), st.buffer.dtype, "global")
+        checks.append((st.buffer.name, st.base, _cexpr(st.base, ctx)))
+        stmts += [L.Store(flat, (L.BinOp("+", st.base, L.Const(k)),), L.Load(st.register, (L.Const(k),)))
+                  for k in range(n)]
+    run = _cstmts(stmts, ctx)
+    kname = ctx.kernel.name
+
+    def float4_block(fr, m, n_active):
+        for name, base, fbase in checks:
+            b = fbase(fr, m, n_active)
+            bad = np.asarray(b % n != 0)
+            if m is not None:
+                bad = bad & m
+            if bad.any():
+                raise VerificationError(f"kernel {kname}: float4 access to {name} at flat index {L.expr_text(base)} "
+                                        f"is not a multiple of {n} (misaligned 16-byte access) at "
+                                        f"{fr.where(int(np.argmax(_full(bad, fr.FS).reshape(-1))))}")
+        run(fr, m, n_active)
+    return float4_block
 
 
 # ----------------------------------------------------------------------------- tensor cores (WMMA)
