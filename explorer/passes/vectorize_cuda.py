@@ -22,7 +22,8 @@ After (vectorized)::
 Legal when: extent 4; the body is only Stores; every global store's flat index has the loop variable
 with stride 1 (f32, the rest of the index provably a multiple of 4, no load in it); every global load
 either does not depend on the loop variable (it stays a scalar load per lane, like s[0]) or is such a
-stride-1 access; no global buffer is both read and written in the body (the lanes would see another
+stride-1 access (hoisted into a float4 register when every lane reads it, a scalar load per lane when
+only a select branch or the right side of && / || reads it); no global buffer is both read and written in the body (the lanes would see another
 order). Any other `vectorized` loop stays as it is (CUDA prints an unrolled scalar loop) and its
 kernel says why in a `# why: float4 ...` note.
 
@@ -105,8 +106,26 @@ def _same(a: Sequence[L.Stmt], b: Sequence[L.Stmt]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
-def _global_loads(e: L.Expr) -> Iterator[L.Load]:
-    return (x for x in L.walk_expr(e) if isinstance(x, L.Load) and x.buffer.scope == "global")
+def _global_loads(e: L.Expr, conditional: bool = False) -> Iterator[tuple[L.Load, bool]]:
+    """(load, whether it is read only on some path) for every global load in e: the branches of a
+    select and the right operand of && / || are evaluated only when taken (C's ?: and short circuit)."""
+    if isinstance(e, L.Load):
+        if e.buffer.scope == "global":
+            yield e, conditional
+        for i in e.indices:
+            yield from _global_loads(i, conditional)
+    elif isinstance(e, L.Select):
+        yield from _global_loads(e.cond, conditional)
+        yield from _global_loads(e.a, True)
+        yield from _global_loads(e.b, True)
+    elif isinstance(e, L.BinOp):
+        yield from _global_loads(e.a, conditional)
+        yield from _global_loads(e.b, conditional or e.op in ("&&", "||"))
+    elif isinstance(e, (L.UnOp, L.Cast)):
+        yield from _global_loads(e.a, conditional)
+    elif isinstance(e, L.Call):
+        for a in e.args:
+            yield from _global_loads(a, conditional)
 
 
 @dataclass
@@ -199,12 +218,14 @@ class _KernelVectorizer:
                 stored.add(s.buffer.name)
                 stores.append((i, s, a.base))
             for e in (*s.indices, s.value):
-                for ld in _global_loads(e):
+                for ld, conditional in _global_loads(e):
                     a = self.access(ld.buffer, ld.indices, var)
                     if a.kind == "bad":
                         return self.refuse(loop, a.why)
                     loaded.add(ld.buffer.name)
-                    if a.kind == "vector":
+                    # hoisted only when every lane reads it anyway: concat's select(i < n, a[i], b[i - n])
+                    # must not read a past its end (nor b before its start); such a load stays scalar
+                    if a.kind == "vector" and not conditional:
                         vector.setdefault((ld.buffer.name, a.base), ld.buffer)
         if stored & loaded:
             return self.refuse(loop, f"{', '.join(sorted(stored & loaded))} is both read and written")
@@ -223,8 +244,9 @@ class _KernelVectorizer:
             def lane(x: L.Expr, k=k) -> L.Expr | None:
                 if isinstance(x, L.Load) and x.buffer.scope == "global":
                     a = self.access(x.buffer, x.indices, var)
-                    if a.kind == "vector":
-                        return L.Load(regs[(x.buffer.name, a.base)], (L.Const(k, "i32"),))
+                    reg = regs.get((x.buffer.name, a.base)) if a.kind == "vector" else None
+                    if reg is not None:
+                        return L.Load(reg, (L.Const(k, "i32"),))
                 return None
 
             def sub(e: L.Expr, k=k) -> L.Expr:
