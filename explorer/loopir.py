@@ -889,12 +889,12 @@ def expr_text(e: Expr, parent_prec: int = 0) -> str:
 
 def stmt_lines(s: Stmt, depth: int) -> list[str]:
     pad = "  " * depth
-    if isinstance(s, For):
-        kind = "range" if s.kind == "serial" else s.kind
-        out = [f"{pad}for {s.var.name} in {kind}({s.extent}):"]
-        for b in s.body:
-            out.extend(stmt_lines(b, depth + 1))
-        return out
+    if isinstance(s, (For, Float4Block)):
+        if isinstance(s, For):
+            head = f"for {s.var.name} in {'range' if s.kind == 'serial' else s.kind}({s.extent}):"
+        else:
+            head = f"float4 {s.var.name} in [0, {FLOAT4_LANES}):"
+        return [pad + head] + [line for b in s.body for line in stmt_lines(b, depth + 1)]
     if isinstance(s, Store):
         idx = ", ".join(expr_text(i) for i in s.indices)
         return [f"{pad}{s.buffer.name}[{idx}] = {expr_text(s.value)}"]
@@ -928,11 +928,6 @@ def stmt_lines(s: Stmt, depth: int) -> list[str]:
     if isinstance(s, FragmentStore):
         return [f"{pad}wmma_store(&{expr_text(s.origin)}, {_frag_text(s.fragment, s.index)}, "
                 f"ld={s.origin.buffer.shape[-1]})"]
-    if isinstance(s, Float4Block):
-        out = [f"{pad}float4 {s.var.name} in [0, {FLOAT4_LANES}):"]
-        for b in s.body:
-            out.extend(stmt_lines(b, depth + 1))
-        return out
     if isinstance(s, Float4Load):
         return [f"{pad}{s.register.name} = float4 {_float4_text(s.buffer, s.base)}"]
     if isinstance(s, Float4Store):
