@@ -41,7 +41,7 @@ def test_all_stages_equal_numpy(name, target):
     fn, spec = CASES[name]
     args = make(spec)
     c = explorer.compile(fn, *args, target=target, verbose=False)
-    assert c.stage_names == ["traced", "simplified", "fused", "lowered", "tiled", "codegen"]
+    assert c.stage_names == ["traced", "simplified", "fused", "lowered", "tiled", "vectorized", "codegen"]
     check(c(*args), fn(*args), f"{name} on {target}")
 
 

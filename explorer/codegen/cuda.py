@@ -2,8 +2,8 @@
 
 Bound loops become index reads (the launch grid/block carries their extents), serial loops
 become `for`, unrolled loops get `#pragma unroll`, a Float4Block (passes/vectorize_cuda.py) becomes
-float4 loads/stores (a `vectorized` loop left over is an unrolled scalar loop), shared buffers are hoisted `__shared__`
-arrays and ThreadAllReduce becomes a warp-shuffle block reduction. Warp-level fragment statements
+float4 loads/stores (a `vectorized` loop left over is an unrolled scalar loop), shared buffers are
+hoisted `__shared__` arrays and ThreadAllReduce becomes a warp-shuffle block reduction. Warp-level fragment statements
 (schedule.tensorize) become nvcuda::wmma calls, e.g. `Mma` →
 `wmma::mma_sync(acc_frag[i_f][j_f], x_frag[i_f], w_frag[j_f], acc_frag[i_f][j_f]);`.
 
@@ -480,10 +480,11 @@ class _KernelEmitter:
 
     # -- float4 blocks (passes/vectorize_cuda.py): registers are ke_<name> (float4 loads) and ke_<name>_<lane>
     def lane(self, e: Load | Store) -> int:
-        if len(e.indices) != 1 or not isinstance(e.indices[0], Const) or not 0 <= int(e.indices[0].value) < FLOAT4_LANES:
+        ix = e.indices[0] if len(e.indices) == 1 else None
+        if not (isinstance(ix, Const) and 0 <= int(ix.value) < FLOAT4_LANES):
             raise VerificationError(f"kernel {self.kernel.name}: float4 register {e.buffer.name} must be indexed "
                                     f"by a constant lane in [0, {FLOAT4_LANES})")
-        return int(e.indices[0].value)
+        return int(ix.value)
 
     def float4(self, b: Float4Block, depth: int) -> None:
         self.emit(depth, f"{{  /* vectorized {self.name(b.var.name)} in [0, {FLOAT4_LANES}): float4 loads/stores */")

@@ -22,10 +22,11 @@ After (vectorized)::
 Legal when: extent 4; the body is only Stores; every global store's flat index has the loop variable
 with stride 1 (f32, the rest of the index provably a multiple of 4, no load in it); every global load
 either does not depend on the loop variable (it stays a scalar load per lane, like s[0]) or is such a
-stride-1 access (hoisted into a float4 register when every lane reads it, a scalar load per lane when
-only a select branch or the right side of && / || reads it); no global buffer is both read and written in the body (the lanes would see another
-order). Any other `vectorized` loop stays as it is (CUDA prints an unrolled scalar loop) and its
-kernel says why in a `# why: float4 ...` note.
+stride-1 access, hoisted into a float4 register when every lane reads it (a load that only a select
+branch or the right side of && / || reads stays a scalar load per lane: concat's select(i < n, a[i],
+b[i - n]) must not read a past its end); no global buffer is both read and written in the body (the
+lanes would see another order). Any other `vectorized` loop stays as it is (CUDA prints an unrolled
+scalar loop) and its kernel says why in a `# why: float4 ...` note.
 
 Registers are named per kernel in the order CUDA codegen prints the blocks: block n's loads are
 ld{n}_{j} (sorted by buffer and index), its stores' lanes st{n}_{i} (i: the store's position in the
