@@ -156,14 +156,18 @@ def test_select_branch_loads_stay_scalar_so_concat_reads_in_bounds():
     assert "reinterpret_cast<const float4*>" not in src and "*reinterpret_cast<float4*>(out0 + " in src
 
 
-def test_simulator_memchecks_a_misaligned_float4_access():
+@pytest.mark.parametrize("base,error", [
+    (lambda tx: tx * 2, r"float4 load of x at flat index tx \* 2 = 2 is not a multiple of 4 \(a misaligned"),
+    (lambda tx: tx * 4 + 4, r"float4 load of x at flat index tx \* 4 \+ 4 = 64 does not leave 4 elements inside "
+                            r"its 64 \(outside the buffer\) at block \(0, 0, 0\), thread \(15, 0, 0\)")])
+def test_simulator_memchecks_float4_accesses(base, error):
     x, out = L.Buffer("x", (64,)), L.Buffer("out0", (64,))
     tx = L.Var("tx")
     ld, st = L.Buffer("ld0_0", (4,), "f32", "local"), L.Buffer("st0_0", (4,), "f32", "local")
     lanes = tuple(L.Store(st, (L.Const(k),), L.Load(ld, (L.Const(k),))) for k in range(4))
-    blk = L.Float4Block(L.Var("v"), (L.Float4Load(ld, x, tx * 2),), lanes, (L.Float4Store(out, tx * 4, st),))
+    blk = L.Float4Block(L.Var("v"), (L.Float4Load(ld, x, base(tx)),), lanes, (L.Float4Store(out, tx * 4, st),))
     k = L.Kernel("k", (x, out), (L.For(tx, 16, (blk,), kind="threadIdx.x"),), outputs=("out0",))
-    with pytest.raises(VerificationError, match=r"float4 access to x at flat index tx \* 2 is not a multiple of 4"):
+    with pytest.raises(VerificationError, match=error):
         simulator.run_program(L.Program("p", (k,), (x,), (out,)), [np.ones(64, np.float32)])
 
 
