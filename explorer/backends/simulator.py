@@ -49,6 +49,10 @@ Tensor cores: WMMA fragment statements (FragmentLoad / Mma / FragmentStore, from
 run per warp — threadIdx.x must be the 32 lanes — on whole 16x16 tiles: mma multiplies the f16 tiles
 exactly and rounds once into the f32 accumulator; a tile overhanging its buffer is a memcheck error.
 
+float4 (a Float4Block, from passes/vectorize_cuda.py) runs lane by lane: each Float4Load/Float4Store is
+4 flat accesses (16 bytes counted per active thread, each element once however often the lanes read it);
+a misaligned base or 4 elements leaving the buffer is a memcheck error.
+
 Kernels without bound loops (CPU schedules) run too: their outermost perfectly nested
 'parallel' loops become lanes (iterations are independent by definition), every other
 loop runs serially.
