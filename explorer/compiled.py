@@ -86,8 +86,9 @@ class Compiled:
 
     @property
     def program(self):
-        """The final loop-IR Program (what the backends run): `vectorized`, or `tiled` when compiled only that far."""
-        return self.stage("vectorized").ir if "vectorized" in self.stage_names else self.stage("tiled").ir
+        """The final loop-IR Program, what the backends run: the `vectorized` stage's (the `tiled` one's
+        when the compile stopped before it)."""
+        return self.stage("vectorized" if "vectorized" in self.stage_names else "tiled").ir
 
     @property
     def codegen(self):

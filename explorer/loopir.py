@@ -39,6 +39,16 @@ Conventions every consumer relies on
       for k_i in unrolled(1):
         x_frag[i_f] = wmma_load(&x_shared[i_w * 32 + i_f * 16, k_i * 16])
         acc_frag[i_f, j_f] = mma(x_frag[i_f], w_frag[j_f], acc_frag[i_f, j_f])
+- float4 accesses (CUDA, from passes/vectorize_cuda.py): a Float4Block replaces a `vectorized` loop of
+  4 lanes. Its Float4Loads fill float4 registers (local f32[4] buffers the block declares) with 4
+  consecutive elements of a global buffer starting at a flat index that is a multiple of 4; its lanes
+  are the loop body once per lane (lane k reads register[k]); its Float4Stores write registers back.
+
+      float4 n_v in [0, 4):
+        ld0_0 = float4 x[i * 4 ..+4]
+        st0_0[0] = ld0_0[0] * 2.0f
+        ...
+        out0[i * 4 ..+4] = float4(st0_0[0], st0_0[1], st0_0[2], st0_0[3])
 """
 from __future__ import annotations
 
@@ -423,6 +433,57 @@ class MicroKernel(Stmt):
     def __post_init__(self):
         object.__setattr__(self, "tiles", tuple(self.tiles))
         object.__setattr__(self, "guards", tuple(self.guards))
+FLOAT4_LANES = 4
+
+
+@dataclass(frozen=True)
+class Float4Load(Stmt):
+    """register[0:4] = the 4 elements of global `buffer` from flat (row-major) index `base` on: one
+    aligned 16-byte access (CUDA float4). base is a multiple of 4; register is a local f32[4]."""
+
+    register: Buffer
+    buffer: Buffer
+    base: Expr
+
+
+@dataclass(frozen=True)
+class Float4Store(Stmt):
+    """The 4 elements of global `buffer` from flat index `base` on = register[0:4] (one float4 store)."""
+
+    buffer: Buffer
+    base: Expr
+    register: Buffer
+
+
+@dataclass(frozen=True)
+class Float4Block(Stmt):
+    """A `vectorized` loop over `var` in [0, 4) rewritten for float4 global accesses.
+
+    `loads` run first, then `lanes` (the loop body once per lane k, with var = k and each vector-loaded
+    element read as register[k]; a global store writes its register's lane k), then `stores`.
+    The block declares its registers (the local f32[4] buffers of its loads and stores).
+    """
+
+    var: Var
+    loads: tuple[Float4Load, ...]
+    lanes: tuple[Stmt, ...]
+    stores: tuple[Float4Store, ...]
+
+    def __post_init__(self):
+        for f in ("loads", "lanes", "stores"):
+            object.__setattr__(self, f, tuple(getattr(self, f)))
+
+    @property
+    def body(self) -> tuple[Stmt, ...]:
+        """Every statement of the block in execution order."""
+        return (*self.loads, *self.lanes, *self.stores)
+
+    @property
+    def registers(self) -> tuple[Buffer, ...]:
+        out: dict[str, Buffer] = {}
+        for s in (*self.loads, *self.stores):
+            out.setdefault(s.register.name, s.register)
+        return tuple(out.values())
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -571,6 +632,10 @@ class Program:
                     lines.append(f'{indent}{nid} [label={dot_str(f"microkernel {s.name}")}, fillcolor="#fde9c9"];')
                     lines.append(f"{indent}{parent} -> {nid};")
                     emit((s.loop,), nid, indent)
+                elif isinstance(s, Float4Block):
+                    lines.append(f'{indent}{nid} [label={dot_str(f"float4 {s.var.name}")}, fillcolor="#fde9c9"];')
+                    lines.append(f"{indent}{parent} -> {nid};")
+                    emit(s.body, nid, indent)
                 elif isinstance(s, If):
                     lines.append(f'{indent}{nid} [label={dot_str("if " + expr_text(s.cond))}, shape=diamond];')
                     lines.append(f"{indent}{parent} -> {nid};")
@@ -607,7 +672,7 @@ def walk(stmts: Iterable[Stmt]) -> Iterator[Stmt]:
     """Every statement, pre-order."""
     for s in stmts:
         yield s
-        if isinstance(s, For):
+        if isinstance(s, (For, Float4Block)):
             yield from walk(s.body)
         elif isinstance(s, If):
             yield from walk(s.then)
@@ -657,6 +722,8 @@ def stmt_exprs(s: Stmt) -> Iterator[Expr]:
         yield from (*s.c_index, *s.a_index, *s.b_index)
     elif isinstance(s, MicroKernel):
         yield from s.guards
+    elif isinstance(s, (Float4Load, Float4Store)):
+        yield s.base
 
 
 def axis_stride_offset(e: Expr) -> tuple[str, int, int] | None:
@@ -711,6 +778,8 @@ def map_stmts(stmts: Sequence[Stmt], fn: Callable[[Stmt], Stmt | Sequence[Stmt] 
             s = replace(s, body=map_stmts(s.body, fn))
         elif isinstance(s, If):
             s = replace(s, then=map_stmts(s.then, fn), orelse=map_stmts(s.orelse, fn))
+        elif isinstance(s, Float4Block):
+            s = replace(s, lanes=map_stmts(s.lanes, fn))
         r = fn(s)
         if r is None:
             out.append(s)
@@ -728,6 +797,9 @@ def map_stmt_exprs(stmts: Sequence[Stmt], fn: Callable[[Expr], Expr | None]) -> 
             return Store(s.buffer, tuple(map_expr(i, fn) for i in s.indices), map_expr(s.value, fn))
         if isinstance(s, If):
             return If(map_expr(s.cond, fn), s.then, s.orelse)
+        if isinstance(s, Float4Block):
+            return replace(s, loads=tuple(replace(x, base=map_expr(x.base, fn)) for x in s.loads),
+                           stores=tuple(replace(x, base=map_expr(x.base, fn)) for x in s.stores))
         return None
     return map_stmts(stmts, visit)
 
@@ -768,6 +840,36 @@ def simplify_expr(e: Expr) -> Expr:
                         return q.a
         return None
     return map_expr(e, fold)
+
+
+def strided_index(buffer: Buffer, indices: Sequence[Expr], index_dtype: str = "i32") -> Expr:
+    """Row-major linear index of `indices` into `buffer` as a sum of index * stride, simplified (the form
+    CUDA codegen prints and passes/vectorize_cuda.py analyses); stride constants are `index_dtype`.
+
+    >>> expr_text(strided_index(Buffer("x", (4, 8)), (Var("i"), Var("j"))))
+    'i * 8 + j'
+    """
+    if not indices:
+        return Const(0, "i32")
+    total: Expr | None = None
+    for ix, st in zip(indices, _row_major_strides(buffer.shape)):
+        term = ix if st == 1 else BinOp("*", ix, Const(st, index_dtype))
+        total = term if total is None else BinOp("+", total, term)
+    return simplify_expr(total)
+
+
+def _row_major_strides(shape: Sequence[int]) -> list[int]:
+    strides, s = [], 1
+    for d in reversed(shape):
+        strides.append(s)
+        s *= d
+    return strides[::-1]
+
+
+def kernel_index_dtype(kernel: Kernel) -> str:
+    """'i64' when some buffer of the kernel (parameter or Alloc) has more than 2**31 - 1 elements, else 'i32'."""
+    buffers = [*kernel.params, *(s.buffer for s in walk(kernel.body) if isinstance(s, Alloc))]
+    return "i64" if any(b.size > 2**31 - 1 for b in buffers) else "i32"
 
 
 def flat_index(buffer: Buffer, indices: Sequence[Expr]) -> Expr:
@@ -826,12 +928,12 @@ def expr_text(e: Expr, parent_prec: int = 0) -> str:
 
 def stmt_lines(s: Stmt, depth: int) -> list[str]:
     pad = "  " * depth
-    if isinstance(s, For):
-        kind = "range" if s.kind == "serial" else s.kind
-        out = [f"{pad}for {s.var.name} in {kind}({s.extent}):"]
-        for b in s.body:
-            out.extend(stmt_lines(b, depth + 1))
-        return out
+    if isinstance(s, (For, Float4Block)):
+        if isinstance(s, For):
+            head = f"for {s.var.name} in {'range' if s.kind == 'serial' else s.kind}({s.extent}):"
+        else:
+            head = f"float4 {s.var.name} in [0, {FLOAT4_LANES}):"
+        return [pad + head] + [line for b in s.body for line in stmt_lines(b, depth + 1)]
     if isinstance(s, Store):
         idx = ", ".join(expr_text(i) for i in s.indices)
         return [f"{pad}{s.buffer.name}[{idx}] = {expr_text(s.value)}"]
@@ -870,7 +972,17 @@ def stmt_lines(s: Stmt, depth: int) -> list[str]:
     if isinstance(s, FragmentStore):
         return [f"{pad}wmma_store(&{expr_text(s.origin)}, {_frag_text(s.fragment, s.index)}, "
                 f"ld={s.origin.buffer.shape[-1]})"]
+    if isinstance(s, Float4Load):
+        return [f"{pad}{s.register.name} = float4 {_float4_text(s.buffer, s.base)}"]
+    if isinstance(s, Float4Store):
+        lanes = ", ".join(f"{s.register.name}[{k}]" for k in range(FLOAT4_LANES))
+        return [f"{pad}{_float4_text(s.buffer, s.base)} = float4({lanes})"]
     return [f"{pad}{s!r}"]
+
+
+def _float4_text(buf: Buffer, base: Expr) -> str:
+    """'x[i * 4 ..+4]': 4 elements from flat index base (x.flat[...] when x has several dimensions)."""
+    return f"{buf.name}{'' if len(buf.shape) == 1 else '.flat'}[{expr_text(base)} ..+{FLOAT4_LANES}]"
 
 
 def _frag_text(f: Fragment, index: Sequence[Expr]) -> str:

@@ -9,7 +9,8 @@ The stages after `traced` are the target's stage list (explorer/stages.py, throu
     fused       FusedGraph   nodes grouped into kernels, each boundary with its reason
     lowered     ComputeProgram  one compute definition per group, shown as its naive loop nest
     tiled       Program      the schedule applied (split/reorder/bind/cache/unroll/vectorize)
-    vectorized  Program      cpu: reductions in SIMD lanes, register-tiled micro-kernels (passes/vectorize_cpu)
+    vectorized  Program      cpu: reductions in SIMD lanes, register-tiled micro-kernels (passes/vectorize_cpu);
+                             cuda/sim: 4-lane vectorized loops as float4 loads/stores (passes/vectorize_cuda)
     codegen     Codegen      CUDA or C source per kernel
 
 >>> import numpy as np, explorer

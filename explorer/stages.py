@@ -32,6 +32,7 @@ from .passes.lower import lower
 from .passes.simplify import simplify
 from .passes.tiling import tile
 from .passes.vectorize_cpu import vectorize_cpu
+from .passes.vectorize_cuda import vectorize_cuda
 from .target import Target
 
 StageFn = Callable[[Any, Any], Any]   # (IR, pipeline.Context) -> IR
@@ -63,8 +64,9 @@ def tiled(prog, ctx):
 
 
 def vectorized(prog, ctx):
-    # what the C backend prints as lane accumulators and register-tiled micro-kernels
-    return vectorize_cpu(prog) if ctx.target.openmp else prog
+    # the loop-IR rewrites code generation used to make while printing: on the CPU lane accumulators
+    # and register-tiled micro-kernels, on a GPU target float4 loads and stores
+    return vectorize_cpu(prog) if ctx.target.openmp else vectorize_cuda(prog)
 
 
 def codegen(prog, ctx):

@@ -49,6 +49,10 @@ Tensor cores: WMMA fragment statements (FragmentLoad / Mma / FragmentStore, from
 run per warp — threadIdx.x must be the 32 lanes — on whole 16x16 tiles: mma multiplies the f16 tiles
 exactly and rounds once into the f32 accumulator; a tile overhanging its buffer is a memcheck error.
 
+float4 (a Float4Block, from passes/vectorize_cuda.py) runs lane by lane: each Float4Load/Float4Store is
+4 flat accesses (16 bytes counted per active thread, each element once however often the lanes read it);
+a misaligned base or 4 elements leaving the buffer is a memcheck error.
+
 Kernels without bound loops (CPU schedules) run too: their outermost perfectly nested
 'parallel' loops become lanes (iterations are independent by definition), every other
 loop runs serially; a MicroKernel (passes/vectorize_cpu.py) runs its unrolled loop, its register
@@ -887,7 +891,48 @@ def _cstmt(s: L.Stmt, ctx: _Ctx) -> Callable | None:
         return _cfor(s.loop, ctx)
     if isinstance(s, L.WARP_STMTS):
         return _warp_op(s, ctx)
+    if isinstance(s, L.Float4Block):
+        return _float4_block(s, ctx)
     raise VerificationError(f"kernel {kname}: the simulator cannot execute statement {type(s).__name__}")
+
+
+def _float4_block(s: L.Float4Block, ctx: _Ctx) -> Callable:
+    """A Float4Block lane by lane: its registers are local f32[4] buffers, and a Float4Load/Float4Store is
+    the 4 accesses of elements base..base+3 of the flat buffer, so an active thread counts the 16 bytes
+    its float4 access moves. A base that is not a multiple of 4 (a GPU faults on a misaligned vector
+    access) or 4 elements that do not all lie in the buffer are memcheck errors."""
+    n = L.FLOAT4_LANES
+    stmts: list[L.Stmt] = [L.Alloc(r) for r in s.registers]
+    checks = []
+    for ld in s.loads:
+        flat = L.Buffer(ld.buffer.name, (ld.buffer.size,), ld.buffer.dtype, "global")
+        checks.append(("load of", ld.buffer, ld.base, _cexpr(ld.base, ctx)))
+        stmts += [L.Store(ld.register, (L.Const(k),), L.Load(flat, (L.BinOp("+", ld.base, L.Const(k)),)))
+                  for k in range(n)]
+    stmts += s.lanes
+    for st in s.stores:
+        flat = L.Buffer(st.buffer.name, (st.buffer.size,), st.buffer.dtype, "global")
+        checks.append(("store to", st.buffer, st.base, _cexpr(st.base, ctx)))
+        stmts += [L.Store(flat, (L.BinOp("+", st.base, L.Const(k)),), L.Load(st.register, (L.Const(k),)))
+                  for k in range(n)]
+    run = _cstmts(stmts, ctx)
+    kname = ctx.kernel.name
+
+    def float4_block(fr, m, n_active):
+        for what, buf, base, fbase in checks:
+            b = np.asarray(fbase(fr, m, n_active))
+            for bad, why in ((b % n != 0, f"is not a multiple of {n} (a misaligned 16-byte access)"),
+                             ((b < 0) | (b + n > buf.size), f"does not leave {n} elements inside its "
+                                                            f"{buf.size} (outside the buffer)")):
+                if m is not None:
+                    bad = bad & m
+                if bad.any():
+                    lane = int(np.argmax(_full(bad, fr.FS).reshape(-1)))
+                    raise VerificationError(
+                        f"kernel {kname}: float4 {what} {buf.name} at flat index {L.expr_text(base)} = "
+                        f"{int(_full(b, fr.FS).reshape(-1)[lane])} {why} at {fr.where(lane)}")
+        run(fr, m, n_active)
+    return float4_block
 
 
 # ----------------------------------------------------------------------------- tensor cores (WMMA)

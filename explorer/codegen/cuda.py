@@ -1,9 +1,9 @@
 """Tiled loop IR → CUDA C: one `extern "C" __global__` function per Kernel plus a shared prelude.
 
 Bound loops become index reads (the launch grid/block carries their extents), serial loops
-become `for`, unrolled loops get `#pragma unroll`, a vectorized loop becomes float4
-loads/stores when that is provably legal, shared buffers are hoisted `__shared__`
-arrays and ThreadAllReduce becomes a warp-shuffle block reduction. Warp-level fragment statements
+become `for`, unrolled loops get `#pragma unroll`, a Float4Block (passes/vectorize_cuda.py) becomes
+float4 loads/stores (a `vectorized` loop left over is an unrolled scalar loop), shared buffers are
+hoisted `__shared__` arrays and ThreadAllReduce becomes a warp-shuffle block reduction. Warp-level fragment statements
 (schedule.tensorize) become nvcuda::wmma calls, e.g. `Mma` →
 `wmma::mma_sync(acc_frag[i_f][j_f], x_frag[i_f], w_frag[j_f], acc_frag[i_f][j_f]);`.
 
@@ -42,11 +42,12 @@ from typing import Any, Sequence
 
 from ..errors import ScheduleError, VerificationError
 from ..naming import c_identifier
-from ..loopir import (WARP_STMTS, Alloc, Barrier, BinOp, Buffer, Call, Cast, Comment, Const, Expr, For, Fragment,
-                      FragmentAlloc, FragmentFill, FragmentLoad, FragmentStore, If, Kernel, Load, Mma, Program,
-                      Select, Stmt, Store, ThreadAllReduce, UnOp, Var, map_expr, simplify_expr, walk, walk_expr,
-                      FLOAT_DTYPES)
 from ..target import get_target
+from ..loopir import (FLOAT4_LANES, WARP_STMTS, Alloc, Barrier, BinOp, Buffer, Call, Cast, Comment, Const, Expr,
+                      Float4Block, For, Fragment, FragmentAlloc, FragmentFill, FragmentLoad, FragmentStore, If, Kernel,
+                      Load, Mma, Program, Select, Stmt, Store, ThreadAllReduce, UnOp, Var, kernel_index_dtype,
+                      simplify_expr, strided_index, walk, FLOAT_DTYPES)
+from ..passes.vectorize_cuda import vectorize_cuda
 from . import Codegen, GeneratedKernel, fma_accumulation
 
 __all__ = ["generate_cuda", "PRELUDE", "WMMA_PRELUDE"]
@@ -202,10 +203,6 @@ def _allreduce_scratch(nx: int, rows: int) -> int:
 
 
 # ----------------------------------------------------------------------------- small helpers
-class _Raw(Var):
-    """A generator-made C expression standing in a Var's place (a float4 lane like `ke_ld0_1.y`)."""
-
-
 def _comment_text(text: str) -> str:
     """User text made safe for a /* */ comment (c.comment_text: one line, no comment delimiters, no
     trailing line splice), and ASCII only for nvcc."""
@@ -248,44 +245,6 @@ _PREC = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "
 _UNARY_PREC = 9
 
 
-def _coef(e: Expr, var: str) -> int | None:
-    """Coefficient of Var `var` in e when e is affine in it (0 if absent); None when not affine."""
-    if not any(isinstance(x, Var) and x.name == var for x in walk_expr(e)):
-        return 0
-    if isinstance(e, Var):
-        return 1
-    if isinstance(e, Cast):
-        return _coef(e.a, var)
-    if isinstance(e, BinOp):
-        if e.op in ("+", "-"):
-            a, b = _coef(e.a, var), _coef(e.b, var)
-            if a is None or b is None:
-                return None
-            return a + b if e.op == "+" else a - b
-        if e.op == "*":
-            if isinstance(e.b, Const) and e.b.dtype in ("i32", "i64"):
-                a = _coef(e.a, var)
-                return None if a is None else a * int(e.b.value)
-            if isinstance(e.a, Const) and e.a.dtype in ("i32", "i64"):
-                b = _coef(e.b, var)
-                return None if b is None else b * int(e.a.value)
-    return None
-
-
-def _divisible(e: Expr, n: int) -> bool:
-    """True when the integer expression e is provably a multiple of n for every value of its vars."""
-    if isinstance(e, Const):
-        return e.dtype in ("i32", "i64") and int(e.value) % n == 0
-    if isinstance(e, BinOp):
-        if e.op in ("+", "-"):
-            return _divisible(e.a, n) and _divisible(e.b, n)
-        if e.op == "*":
-            return _divisible(e.a, n) or _divisible(e.b, n)
-    if isinstance(e, Cast):
-        return _divisible(e.a, n)
-    return False
-
-
 # ----------------------------------------------------------------------------- the emitter
 @dataclass
 class _KernelEmitter:
@@ -295,8 +254,8 @@ class _KernelEmitter:
     lines: list[str] = field(default_factory=list)
     shared: dict[str, Buffer] = field(default_factory=dict)     # hoisted __shared__ arrays by C name
     reduce_scratch: dict[str, int] = field(default_factory=dict)  # compute type -> elements
-    vec_counter: int = 0
     block: tuple[int, int, int] = (1, 1, 1)
+    float4_lanes: frozenset[str] = frozenset()  # registers of the Float4Block being printed
 
     # -- names
     def name(self, raw: str) -> str:
@@ -313,20 +272,7 @@ class _KernelEmitter:
         if len(indices) != len(buf.shape):
             raise VerificationError(f"kernel {self.kernel.name}: buffer {buf.name} has {len(buf.shape)} dims but is "
                                     f"indexed with {len(indices)} indices; the loop IR is malformed")
-        if not indices:
-            return Const(0, "i32")
-        strides = []
-        s = 1
-        for d in reversed(buf.shape):
-            strides.append(s)
-            s *= d
-        strides.reverse()
-        idt = "i64" if self.idx_t == "long long" else "i32"
-        total: Expr | None = None
-        for ix, st in zip(indices, strides):
-            term = ix if st == 1 else BinOp("*", ix, Const(st, idt))
-            total = term if total is None else BinOp("+", total, term)
-        return simplify_expr(total)
+        return strided_index(buf, indices, "i64" if self.idx_t == "long long" else "i32")
 
     def access(self, buf: Buffer, indices: Sequence[Expr]) -> str:
         """The lvalue text of buf[indices] (storage type)."""
@@ -335,14 +281,14 @@ class _KernelEmitter:
         return f"{self.name(buf.name)}[{self.expr(self.linear(buf, indices))}]"
 
     def load(self, e: Load) -> str:
+        if e.buffer.name in self.float4_lanes:   # lane k of a float4 register: .x .y .z .w
+            return f"ke_{e.buffer.name}.{'xyzw'[self.lane(e)]}"
         text = self.access(e.buffer, e.indices)
         if e.buffer.dtype in _NARROW and e.buffer.scope != "local":
             return f"{_TO_FLOAT[e.buffer.dtype]}({text})"
         return text
 
     def expr(self, e: Expr, parent: int = 0) -> str:
-        if isinstance(e, _Raw):
-            return e.name
         if isinstance(e, Var):
             return self.name(e.name)
         if isinstance(e, Const):
@@ -423,6 +369,8 @@ class _KernelEmitter:
             self.emit(depth, f"/* {_comment_text(s.text)} */")
         elif isinstance(s, WARP_STMTS):
             self.warp_op(s, depth)
+        elif isinstance(s, Float4Block):
+            self.float4(s, depth)
         else:
             raise VerificationError(f"kernel {self.kernel.name}: CUDA codegen does not know statement {s!r}")
 
@@ -502,8 +450,6 @@ class _KernelEmitter:
             if not last:
                 self.emit(depth - 1, "}")
             return
-        if f.kind == "vectorized" and self.try_float4(f, depth):
-            return
         if f.kind == "unrolled":
             self.emit(depth, "#pragma unroll")
         elif f.kind == "vectorized":
@@ -533,95 +479,33 @@ class _KernelEmitter:
         b = self.access(s.buffer, ())
         self.emit(depth, f"{b} = ke_allreduce<{nx}, {rows}>({b}, {scratch}, ke_op_{s.op}());")
 
-    # -- float4 vectorization
-    def try_float4(self, f: For, depth: int) -> bool:
-        """Emit the vectorized loop with float4 global loads/stores when legal; False to fall back.
+    # -- float4 blocks (passes/vectorize_cuda.py): registers are ke_<name> (float4 loads) and ke_<name>_<lane>
+    def lane(self, e: Load | Store) -> int:
+        ix = e.indices[0] if len(e.indices) == 1 else None
+        if not (isinstance(ix, Const) and 0 <= int(ix.value) < FLOAT4_LANES):
+            raise VerificationError(f"kernel {self.kernel.name}: float4 register {e.buffer.name} must be indexed "
+                                    f"by a constant lane in [0, {FLOAT4_LANES})")
+        return int(ix.value)
 
-        Legal when: extent 4; the body is only Stores; every global access has the loop var with
-        stride 1 (f32, base provably a multiple of 4, index free of loads) or does not depend on it;
-        no global buffer is both read and written in the body.
-        """
-        if f.extent != 4:
-            return False
-        var = f.var.name
-        body = [s for s in f.body if not isinstance(s, Comment)]
-        if not body or not all(isinstance(s, Store) for s in body):
-            return False
-        vec_loads: dict[tuple[str, str], tuple[Buffer, Expr]] = {}
-        stored, loaded = set(), set()
-
-        def classify(buf: Buffer, indices: Sequence[Expr]) -> tuple[str, Expr | None]:
-            lin = self.linear(buf, indices)
-            c = _coef(lin, var)
-            if c == 0:
-                return "invariant", None
-            if c != 1 or buf.dtype != "f32" or any(isinstance(x, Load) for x in walk_expr(lin)):
-                return "bad", None
-            base = simplify_expr(map_expr(lin, lambda x: Const(0, x.dtype) if isinstance(x, Var) and x.name == var
-                                          else None))
-            if not _divisible(base, 4):
-                return "bad", None
-            return "vector", base
-
-        for s in body:
-            assert isinstance(s, Store)
-            exprs = [*s.indices, s.value]
-            if s.buffer.scope == "global":
-                kind, _ = classify(s.buffer, s.indices)
-                if kind != "vector":
-                    return False
-                stored.add(s.buffer.name)
-            for e in exprs:
-                for x in walk_expr(e):
-                    if isinstance(x, Load) and x.buffer.scope == "global":
-                        kind, base = classify(x.buffer, x.indices)
-                        if kind == "bad":
-                            return False
-                        loaded.add(x.buffer.name)
-                        if kind == "vector":
-                            key = (x.buffer.name, self.expr(base))
-                            vec_loads.setdefault(key, (x.buffer, base))
-        if stored & loaded:
-            return False
-
-        # Legal: hoist float4 loads, compute the 4 lanes in order, then store float4s.
-        n = self.vec_counter
-        self.vec_counter += 1
-        self.emit(depth, f"{{  /* vectorized {self.name(var)} in [0, 4): float4 loads/stores */")
+    def float4(self, b: Float4Block, depth: int) -> None:
+        self.emit(depth, f"{{  /* vectorized {self.name(b.var.name)} in [0, {FLOAT4_LANES}): float4 loads/stores */")
         d = depth + 1
-        load_names: dict[tuple[str, str], str] = {}
-        for j, (key, (buf, base)) in enumerate(sorted(vec_loads.items())):
-            nm = f"ke_ld{n}_{j}"
-            load_names[key] = nm
-            self.emit(d, f"const float4 {nm} = *reinterpret_cast<const float4*>({self.name(buf.name)} + "
-                         f"{self.expr(base)});")
-        lanes = "xyzw"
-        pending: list[tuple[Buffer, Expr, list[str]]] = []
-        for si, s in enumerate(body):
-            if s.buffer.scope == "global":
-                base = simplify_expr(map_expr(self.linear(s.buffer, s.indices),
-                                              lambda x: Const(0, x.dtype) if isinstance(x, Var) and x.name == var
-                                              else None))
-                pending.append((s.buffer, base, [f"ke_st{n}_{si}_{k}" for k in range(4)]))
-        for k in range(4):
-            def lane(x: Expr, k=k) -> Expr | None:
-                if isinstance(x, Load) and x.buffer.scope == "global":
-                    kind, base = classify(x.buffer, x.indices)
-                    if kind == "vector":
-                        return _Raw(f"{load_names[(x.buffer.name, self.expr(base))]}.{lanes[k]}", "f32")
-                return None
-            sub = lambda e, k=k: simplify_expr(map_expr(map_expr(e, lane), lambda x: Const(k, x.dtype)  # noqa: E731
-                                                         if isinstance(x, Var) and x.name == var else None))
-            for si, s in enumerate(body):
-                if s.buffer.scope == "global":
-                    self.emit(d, f"const float ke_st{n}_{si}_{k} = {self.expr(sub(s.value))};")
-                else:
-                    self.store(Store(s.buffer, tuple(sub(i) for i in s.indices), sub(s.value)), d)
-        for buf, base, names in pending:
-            self.emit(d, f"*reinterpret_cast<float4*>({self.name(buf.name)} + {self.expr(base)}) = "
-                         f"make_float4({', '.join(names)});")
+        self.float4_lanes = frozenset(ld.register.name for ld in b.loads)
+        stored = {st.register.name for st in b.stores}
+        for ld in b.loads:
+            self.emit(d, f"const float4 ke_{ld.register.name} = *reinterpret_cast<const float4*>("
+                         f"{self.name(ld.buffer.name)} + {self.expr(ld.base)});")
+        for s in b.lanes:
+            if isinstance(s, Store) and s.buffer.name in stored:
+                self.emit(d, f"const float ke_{s.buffer.name}_{self.lane(s)} = {self.expr(s.value)};")
+            else:
+                self.stmt(s, d)
+        for st in b.stores:
+            lanes = ", ".join(f"ke_{st.register.name}_{k}" for k in range(FLOAT4_LANES))
+            self.emit(d, f"*reinterpret_cast<float4*>({self.name(st.buffer.name)} + {self.expr(st.base)}) = "
+                         f"make_float4({lanes});")
+        self.float4_lanes = frozenset()
         self.emit(depth, "}")
-        return True
 
 
 def _kernel_header(k: Kernel, name: str, launch: dict[str, Any]) -> list[str]:
@@ -645,9 +529,7 @@ def _generate_kernel(k: Kernel, arch: str) -> GeneratedKernel:
     if threads > MAX_THREADS_PER_BLOCK:
         raise ScheduleError(f"kernel {k.name}: block {block} has {threads} threads; CUDA allows at most "
                             f"{MAX_THREADS_PER_BLOCK} per block — use a smaller thread split")
-    all_buffers = list(k.params) + [s.buffer for s in walk(k.body) if isinstance(s, Alloc)]
-    wide = any(b.size > _INT32_MAX for b in all_buffers)
-    em = _KernelEmitter(k, idx_t="long long" if wide else "int", block=block)
+    em = _KernelEmitter(k, idx_t="long long" if kernel_index_dtype(k) == "i64" else "int", block=block)
     name = em.name(k.name)
 
     params = []
@@ -718,8 +600,11 @@ def generate_cuda(program: Program, arch: str = "sm_80") -> Codegen:
     """CUDA C for every kernel of a tiled Program (see the module docstring for a before/after).
 
     Kernels whose loops are not bound to blockIdx/threadIdx still compile (they run as one
-    thread); the tiling pass is what makes them parallel.
+    thread); the tiling pass is what makes them parallel. A Program that has not been through the
+    `vectorized` stage (hand-built, or compiled with stop_after="tiled") gets its float4 rewrite here,
+    so it prints as the pipeline's would; on the pipeline's program that changes nothing.
     """
+    program = vectorize_cuda(program)
     kernels: list[GeneratedKernel] = []
     for k in program.kernels:
         kernels.append(_custom_kernel(k, arch, kernels) if k.kind == "custom" else _generate_kernel(k, arch))
