@@ -145,8 +145,8 @@ def _check_name(name: Any) -> str:
     if keyword.iskeyword(name) or name in _TAKEN_NAMES or name.startswith(("ke_", "__")):
         raise ExplorerError(f"custom_kernel: name {name!r} is reserved (a keyword, a C library function or an "
                             f"explorer prefix ke_/__); pick another, e.g. 'my_{name.strip('_')}'")
-    from .graph import _C_KEYWORDS
-    if name in _C_KEYWORDS:
+    from .naming import C_KEYWORDS
+    if name in C_KEYWORDS:
         raise ExplorerError(f"custom_kernel: name {name!r} is a C/CUDA keyword; pick another, e.g. 'my_{name}'")
     if name in OPS and name not in REGISTRY:
         raise ExplorerError(f"custom_kernel: name {name!r} is a built-in op of the explorer; pick another name "

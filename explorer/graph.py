@@ -25,6 +25,7 @@ import numpy as np
 
 from . import dtypes
 from .errors import VerificationError
+from .naming import C_KEYWORDS as _C_KEYWORDS, c_identifier, dot_id  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -339,29 +340,6 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.op_nodes())} ops, {len(self.outputs)} outputs>"
-
-
-_IDENT = re.compile(r"[^A-Za-z0-9_]")
-
-
-def c_identifier(name: str, prefix: str = "v") -> str:
-    """Turn any user text into a valid C identifier (`my-fn!` → `my_fn_`); never empty, never a keyword."""
-    s = _IDENT.sub("_", str(name))
-    if not s or s[0].isdigit():
-        s = f"{prefix}_{s}"
-    if s in _C_KEYWORDS:
-        s = f"{s}_"
-    return s[:64]
-
-
-_C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern float for goto if
-inline int long register restrict return short signed sizeof static struct switch typedef union unsigned void
-volatile while bool true false half float4 float2 int4 dim3 blockIdx threadIdx blockDim gridDim warpSize
-__global__ __device__ __shared__ new delete class template this namespace using operator private public""".split())
-
-
-def dot_id(name: str) -> str:
-    return c_identifier(name, "g")
 
 
 def dot_str(s: str) -> str:

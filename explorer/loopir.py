@@ -48,6 +48,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
+from .naming import dot_id
+
 LOOP_KINDS = ("serial", "parallel", "unrolled", "vectorized",
               "blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
 BOUND_KINDS = LOOP_KINDS[4:]
@@ -515,7 +517,7 @@ class Program:
     def dot(self) -> str:
         """The loop tree of every kernel as graphviz clusters."""
         from .graph import dot_str
-        lines = [f"digraph {_dot_ident(self.name)} {{", "  rankdir=TB;",
+        lines = [f"digraph {dot_id(self.name, 'k')} {{", "  rankdir=TB;",
                  '  node [fontname="Helvetica", fontsize=10, shape=box, style="rounded,filled", fillcolor="#f3f3f3"];']
         counter = [0]
 
@@ -546,7 +548,7 @@ class Program:
                     lines.append(f"{indent}{parent} -> {nid};")
 
         for k in self.kernels:
-            lines.append(f"  subgraph cluster_{_dot_ident(k.name)} {{")
+            lines.append(f"  subgraph cluster_{dot_id(k.name, 'k')} {{")
             lines.append(f"    label={dot_str(k.name)}; style=rounded; color=\"#3a6ea5\";")
             root = new_id()
             lines.append(f'    {root} [label={dot_str("kernel " + k.name)}, fillcolor="#d6e4f5"];')
@@ -558,11 +560,6 @@ class Program:
     def to_svg(self) -> str:
         from .render import dot_to_svg
         return dot_to_svg(self.dot())
-
-
-def _dot_ident(name: str) -> str:
-    from .graph import c_identifier
-    return c_identifier(name, "k")
 
 
 # ----------------------------------------------------------------------------- traversal

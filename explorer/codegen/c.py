@@ -50,7 +50,7 @@ import numpy as np
 
 from .. import loopir as L
 from ..errors import CompileError, DTypeError
-from ..graph import c_identifier
+from ..naming import Names, c_identifier, not_generated, unique
 from . import Codegen, GeneratedKernel, fma_accumulation
 
 # storage type (memory) and compute type (registers) per dtype: f16 is stored as _Float16
@@ -289,33 +289,10 @@ def comment_text(text: str) -> str:
     return s.rstrip().rstrip("\\")
 
 
-class _Names:
-    """Sanitized, collision-free C identifiers for buffers, loop variables and temporaries."""
+class _Names(Names):
+    """explorer.naming.Names for C: a user buffer or variable never takes a name kernels call."""
 
-    def __init__(self, taken: Iterable[str] = ()):
-        self.map: dict[tuple[str, str], str] = {}
-        self.used: set[str] = set(taken)
-
-    def get(self, kind: str, name: str) -> str:
-        key = (kind, name)
-        if key not in self.map:
-            base = c_identifier(name, "v")
-            if base in _RESERVED or base.startswith("ke_"):
-                base = f"u_{base}"
-            s, n = base, 1
-            while s in self.used:
-                s = f"{base}_{n}"
-                n += 1
-            self.used.add(s)
-            self.map[key] = s
-        return self.map[key]
-
-    def fresh(self, prefix: str) -> str:
-        n = 0
-        while f"{prefix}{n}" in self.used:
-            n += 1
-        self.used.add(f"{prefix}{n}")
-        return f"{prefix}{n}"
+    reserved = _RESERVED
 
 
 def _float_literal(value: float, dtype: str) -> str:
@@ -1070,14 +1047,7 @@ def generate_c(program: L.Program, fast_math: bool = False) -> Codegen:
     taken: set[str] = set()
     gks: list[GeneratedKernel] = []
     for k in program.kernels:
-        name = c_identifier(k.name, "k")
-        if name in _RESERVED or name.startswith("ke_"):
-            name = f"k_{name}"
-        base, n = name, 1
-        while name in taken:
-            name = f"{base}_{n}"
-            n += 1
-        taken.add(name)
+        name = unique(not_generated(c_identifier(k.name, "k"), _RESERVED, "k_"), taken)
         if k.kind == "custom":
             gks.append(_custom_kernel(k, name, taken, gks))
             continue

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import ScheduleError, VerificationError
-from ..graph import c_identifier
+from ..naming import c_identifier, not_generated
 from ..loopir import (WARP_STMTS, Alloc, Barrier, BinOp, Buffer, Call, Cast, Comment, Const, Expr, For, Fragment,
                       FragmentAlloc, FragmentFill, FragmentLoad, FragmentStore, If, Kernel, Load, Mma, Program,
                       Select, Stmt, Store, ThreadAllReduce, UnOp, Var, map_expr, simplify_expr, walk, walk_expr,
@@ -301,10 +301,7 @@ class _KernelEmitter:
     def name(self, raw: str) -> str:
         """C identifier for an IR name; 'ke_' is reserved for the generator's own helpers."""
         if raw not in self.names:
-            s = c_identifier(raw, "v")
-            if s.startswith("ke_"):
-                s = "u_" + s
-            self.names[raw] = s
+            self.names[raw] = not_generated(c_identifier(raw, "v"))
         return self.names[raw]
 
     # -- expressions

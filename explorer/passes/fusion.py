@@ -48,7 +48,8 @@ from enum import Enum
 from typing import Any, Callable
 
 from ..errors import ExplorerError, VerificationError
-from ..graph import Graph, Node, Provenance, c_identifier
+from ..graph import Graph, Node, Provenance
+from ..naming import c_identifier
 from ..ops import OPS, get as get_op
 from .attention import ATTENTION_REASON, AttentionMatch, attention_problem, match_attention
 
