@@ -738,7 +738,11 @@ def flat_index(buffer: Buffer, indices: Sequence[Expr]) -> Expr:
 
 
 # ----------------------------------------------------------------------------- printing
-_PREC = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6, "%": 6}
+# C's binding strength of the binary operators the loop IR has (higher binds tighter), and of a prefix
+# unary operator or cast: the one table expr_text and both code generators parenthesize by.
+PRECEDENCE = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6,
+              "%": 6}
+UNARY_PRECEDENCE = 9
 
 
 def _const_text(c: Const) -> str:
@@ -766,11 +770,11 @@ def expr_text(e: Expr, parent_prec: int = 0) -> str:
     if isinstance(e, BinOp):
         if e.op in ("min", "max"):
             return f"{e.op}({expr_text(e.a)}, {expr_text(e.b)})"
-        p = _PREC[e.op]
+        p = PRECEDENCE[e.op]
         s = f"{expr_text(e.a, p)} {e.op} {expr_text(e.b, p + 1)}"
         return f"({s})" if p < parent_prec else s
     if isinstance(e, UnOp):
-        return ("-" if e.op == "neg" else "!") + expr_text(e.a, 9)
+        return ("-" if e.op == "neg" else "!") + expr_text(e.a, UNARY_PRECEDENCE)
     if isinstance(e, Call):
         return f"{e.fn}({', '.join(expr_text(a) for a in e.args)})"
     if isinstance(e, Select):

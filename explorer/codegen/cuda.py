@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import ScheduleError, VerificationError
-from ..naming import c_identifier, not_generated
 from ..loopir import (WARP_STMTS, Alloc, Barrier, BinOp, Buffer, Call, Cast, Comment, Const, Expr, For, Fragment,
                       FragmentAlloc, FragmentFill, FragmentLoad, FragmentStore, If, Kernel, Load, Mma, Program,
                       Select, Stmt, Store, ThreadAllReduce, UnOp, Var, map_expr, simplify_expr, walk, walk_expr,
                       FLOAT_DTYPES)
+from ..loopir import PRECEDENCE, UNARY_PRECEDENCE
+from ..naming import c_identifier, not_generated
 from . import Codegen, GeneratedKernel, fma_accumulation
 
 __all__ = ["generate_cuda", "PRELUDE", "WMMA_PRELUDE"]
@@ -242,11 +243,6 @@ def _const(c: Const) -> str:
     return f"({v}{suffix})" if v < 0 else f"{v}{suffix}"
 
 
-_PREC = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6,
-         "%": 6}
-_UNARY_PREC = 9
-
-
 def _coef(e: Expr, var: str) -> int | None:
     """Coefficient of Var `var` in e when e is affine in it (0 if absent); None when not affine."""
     if not any(isinstance(x, Var) and x.name == var for x in walk_expr(e)):
@@ -350,11 +346,11 @@ class _KernelEmitter:
                 return f"ke_{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
             if e.op == "%" and e.a.dtype in FLOAT_DTYPES:
                 return f"ke_fmod({self.expr(e.a)}, {self.expr(e.b)})"
-            p = _PREC[e.op]
+            p = PRECEDENCE[e.op]
             s = f"{self.expr(e.a, p)} {e.op} {self.expr(e.b, p + 1)}"
             return f"({s})" if p < parent else s
         if isinstance(e, UnOp):
-            inner = self.expr(e.a, _UNARY_PREC)
+            inner = self.expr(e.a, UNARY_PRECEDENCE)
             return ("-" if e.op == "neg" else "!") + inner
         if isinstance(e, Call):
             return self.call(e)
