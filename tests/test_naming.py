@@ -45,3 +45,17 @@ def test_user_names_in_generated_source():
         assert [b.name for b in c.stage("lowered").ir.inputs] == ["ke_x_", "out0_"]
         params = re.search(r"fused_exp_add\((.*?)\)", c.kernels[0].source).group(1)
         assert re.findall(r"(\w+)(?:,|$)", params) == ["u_ke_x_", "out0_", "out0"]
+
+
+def test_one_precedence_table_for_the_ir_text_and_both_generators():
+    from explorer import loopir
+    from explorer.codegen import cuda
+    assert not hasattr(cgen, "_PREC") and not hasattr(cuda, "_PREC") and cuda.PRECEDENCE is loopir.PRECEDENCE
+    a = np.ones(8, np.float32)
+    want = "(x[i0] + y[i0]) * z[i0] - (x[i0] - (y[i0] - z[i0])) / -(x[i0] * y[i0])"
+    c = explorer.compile(lambda x, y, z: (x + y) * z - (x - (y - z)) / -(x * y), a, a, a, target="cpu",
+                         verbose=False)
+    assert f"out0[i0] = {want}" in c.stage("lowered").text() and f"out0[i0] = {want};" in c.kernels[0].source
+    s = explorer.compile(lambda x, y, z: (x + y) * z - (x - (y - z)) / -(x * y), a, a, a, target="sim",
+                         verbose=False)
+    assert want.replace("[i0]", "[blk * 8 + thr]") + ";" in s.kernels[0].source
