@@ -236,7 +236,7 @@ def _same(n: Node, x: Node) -> Node | None:
     return x if _same_type(x, n) else None
 
 
-def _transpose_pair(n: Node, inner: Node, x: Node) -> Node:
+def _transpose_pair(n: Node, inner: Node, x: Node) -> Node | None:
     composed = tuple(inner.attrs["axes"][a] for a in n.attrs["axes"])
     if composed == tuple(range(len(composed))):
         return _same(n, x)
@@ -253,27 +253,27 @@ def _full_slice(n: Node) -> bool:
                zip(n.attrs["starts"], n.attrs["stops"], n.attrs["steps"], n.inputs[0].shape))
 
 
-X = Pat(name="x")
+_X = Pat(name="x")   # any node, bound as x
 # The algebraic identities, in the order they are tried: each returns an existing node equal to the
 # matched one, or a cheaper node that keeps the matched node's id.
 IDENTITIES = PatternMatcher([
-    (Pat("mul", (X, _all(1))), _same),                                          # x * 1
-    (Pat("mul", (_all(1), X)), _same),                                          # 1 * x
-    (Pat("add", (X, _all(0))), _same),                                          # x + 0
-    (Pat("add", (_all(0), X)), _same),                                          # 0 + x
-    (Pat("sub", (X, _all(0))), _same),                                          # x - 0
-    (Pat("div", (X, _all(1))), _same),                                          # x / 1
-    (Pat("pow", (X, _all(1))), _same),                                          # x ** 1
-    (Pat("neg", (Pat("neg", (X,)),)), _same),                                   # -(-x)
-    (Pat("cast", (X,)), _same),                                                 # cast to the same dtype
-    (Pat("reshape", (X,)), _same),                                              # reshape to the same shape
-    (Pat("reshape", (Pat("reshape", (X,)),)), lambda n, x: n.replace(inputs=(x,))),  # reshape∘reshape
-    (Pat("broadcast_to", (X,)), _same),                                         # broadcast to the same shape
-    (Pat("concat", (X,)), _same),                                               # concat of one array
-    (Pat("pad", (X,), where=lambda n: not any(lo or hi for lo, hi in n.attrs["pads"])), _same),
-    (Pat("slice", (X,), where=_full_slice), _same),                             # x[:, :]
-    (Pat("transpose", (X,), where=_identity_axes), _same),                      # transpose(x, (0, 1))
-    (Pat("transpose", (Pat("transpose", (X,), name="inner"),)), _transpose_pair),  # transpose∘transpose
+    (Pat("mul", (_X, _all(1))), _same),                                         # x * 1
+    (Pat("mul", (_all(1), _X)), _same),                                         # 1 * x
+    (Pat("add", (_X, _all(0))), _same),                                         # x + 0
+    (Pat("add", (_all(0), _X)), _same),                                         # 0 + x
+    (Pat("sub", (_X, _all(0))), _same),                                         # x - 0
+    (Pat("div", (_X, _all(1))), _same),                                         # x / 1
+    (Pat("pow", (_X, _all(1))), _same),                                         # x ** 1
+    (Pat("neg", (Pat("neg", (_X,)),)), _same),                                  # -(-x)
+    (Pat("cast", (_X,)), _same),                                                # cast to the same dtype
+    (Pat("reshape", (_X,)), _same),                                             # reshape to the same shape
+    (Pat("reshape", (Pat("reshape", (_X,)),)), lambda n, x: n.replace(inputs=(x,))),  # reshape∘reshape
+    (Pat("broadcast_to", (_X,)), _same),                                        # broadcast to the same shape
+    (Pat("concat", (_X,)), _same),                                              # concat of one array
+    (Pat("pad", (_X,), where=lambda n: not any(lo or hi for lo, hi in n.attrs["pads"])), _same),
+    (Pat("slice", (_X,), where=_full_slice), _same),                            # x[:, :]
+    (Pat("transpose", (_X,), where=_identity_axes), _same),                     # transpose(x, (0, 1))
+    (Pat("transpose", (Pat("transpose", (_X,), name="inner"),)), _transpose_pair),  # transpose∘transpose
 ])
 
 
