@@ -25,7 +25,7 @@ import numpy as np
 
 from . import dtypes
 from .errors import VerificationError
-from .naming import c_identifier, dot_id, dot_str  # noqa: F401  (c_identifier: kept importable from graph)
+from .naming import C_KEYWORDS as _C_KEYWORDS, c_identifier, dot_id, dot_str  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,11 @@ class Graph:
     """A traced function: inputs, nodes in topological order, outputs.
 
     `text()` prints one line per node with its type (stable and diffable),
-    `dot()` returns graphviz source, `verify()` checks SSA and types.
+    `dot()` returns graphviz source, `verify()` checks SSA and types. `rewrites` is set by
+    passes.simplify (how many rewrites of each kind it made; shown under stats()['rewrites']).
     """
+
+    rewrites: dict[str, int] | None = None
 
     def __init__(self, name: str, inputs: list[Node], nodes: list[Node], outputs: list[Node],
                  *, source_lines: dict[int, str] | None = None, source_file: str = "",
@@ -168,6 +171,7 @@ class Graph:
         self.source_file = source_file
         self.source_lines = dict(source_lines or {})  # line number -> text of the user's function
         self._next_id = next_id if next_id is not None else (max((n.id for n in nodes), default=-1) + 1)
+        self.rewrites = None   # a derived graph starts without simplify's counts
 
     # -- building -------------------------------------------------------------
     def fresh_id(self) -> int:
@@ -221,7 +225,7 @@ class Graph:
             nbytes += c.bytes_read + c.bytes_written
         return {"nodes": len(self.op_nodes()), "ops_by_category": dict(sorted(by_cat.items())),
                 "ops": dict(sorted(by_op.items())), "flops": int(flops), "bytes_unfused": int(nbytes),
-                **({"rewrites": dict(self.rewrites)} if getattr(self, "rewrites", None) is not None else {})}
+                **({"rewrites": dict(self.rewrites)} if self.rewrites is not None else {})}
 
     # -- checking ---------------------------------------------------------------
     def verify(self) -> "Graph":

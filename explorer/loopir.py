@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
-from .naming import c_identifier, dot_str
+from .naming import dot_id, dot_str
 
 LOOP_KINDS = ("serial", "parallel", "unrolled", "vectorized",
               "blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z")
@@ -610,7 +610,7 @@ class Program:
 
     def dot(self) -> str:
         """The loop tree of every kernel as graphviz clusters."""
-        lines = [f"digraph {_dot_ident(self.name)} {{", "  rankdir=TB;",
+        lines = [f"digraph {dot_id(self.name, 'k')} {{", "  rankdir=TB;",
                  '  node [fontname="Helvetica", fontsize=10, shape=box, style="rounded,filled", fillcolor="#f3f3f3"];']
         counter = [0]
 
@@ -649,7 +649,7 @@ class Program:
                     lines.append(f"{indent}{parent} -> {nid};")
 
         for k in self.kernels:
-            lines.append(f"  subgraph cluster_{_dot_ident(k.name)} {{")
+            lines.append(f"  subgraph cluster_{dot_id(k.name, 'k')} {{")
             lines.append(f"    label={dot_str(k.name)}; style=rounded; color=\"#3a6ea5\";")
             root = new_id()
             lines.append(f'    {root} [label={dot_str("kernel " + k.name)}, fillcolor="#d6e4f5"];')
@@ -661,10 +661,6 @@ class Program:
     def to_svg(self) -> str:
         from .render import dot_to_svg
         return dot_to_svg(self.dot())
-
-
-def _dot_ident(name: str) -> str:
-    return c_identifier(name, "k")
 
 
 # ----------------------------------------------------------------------------- traversal
@@ -884,7 +880,11 @@ def flat_index(buffer: Buffer, indices: Sequence[Expr]) -> Expr:
 
 
 # ----------------------------------------------------------------------------- printing
-_PREC = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6, "%": 6}
+# C's binding strength of the binary operators the loop IR has (higher binds tighter), and of a prefix
+# unary operator or cast: the one table expr_text and both code generators parenthesize by.
+PRECEDENCE = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6,
+              "%": 6}
+UNARY_PRECEDENCE = 9
 
 
 def _const_text(c: Const) -> str:
@@ -912,11 +912,11 @@ def expr_text(e: Expr, parent_prec: int = 0) -> str:
     if isinstance(e, BinOp):
         if e.op in ("min", "max"):
             return f"{e.op}({expr_text(e.a)}, {expr_text(e.b)})"
-        p = _PREC[e.op]
+        p = PRECEDENCE[e.op]
         s = f"{expr_text(e.a, p)} {e.op} {expr_text(e.b, p + 1)}"
         return f"({s})" if p < parent_prec else s
     if isinstance(e, UnOp):
-        return ("-" if e.op == "neg" else "!") + expr_text(e.a, 9)
+        return ("-" if e.op == "neg" else "!") + expr_text(e.a, UNARY_PRECEDENCE)
     if isinstance(e, Call):
         return f"{e.fn}({', '.join(expr_text(a) for a in e.args)})"
     if isinstance(e, Select):

@@ -32,7 +32,7 @@ from . import dtypes
 from . import ops as _ops
 from .errors import DTypeError, ExplorerError, ShapeError, TraceError, UnsupportedOpError
 from .graph import Graph, Node, Provenance
-from .naming import c_identifier
+from .naming import c_identifier, unique
 
 # Frames of these modules are the tracer's own machinery, not the user's code, so
 # provenance skips them (numpy too: np.mean's Python wrapper calls back into us).
@@ -1165,13 +1165,7 @@ def trace(fn: Callable, *examples: Any) -> Graph:
     seen: set[str] = set()
     uniq = []
     for nm in names:
-        base = c_identifier(nm, "x")
-        cand, i = base, 1
-        while cand in seen:
-            cand = f"{base}_{i}"
-            i += 1
-        seen.add(cand)
-        uniq.append(cand)
+        uniq.append(unique(c_identifier(nm, "x"), seen))
     tr = Tracer()
     proxies = [tr.input(nm, a.shape, a.dtype) for nm, a in zip(uniq, arrays)]
     fname = getattr(fn, "__name__", "fn")

@@ -4,7 +4,7 @@
 >>> print(cg.kernels[0].source)               # doctest: +SKIP
 
 Generated source is deterministic, indented, names every kernel after its fusion
-group, and never contains unsanitized user text (explorer.graph.c_identifier).
+group, and never contains unsanitized user text (explorer.naming).
 """
 from __future__ import annotations
 

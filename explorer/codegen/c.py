@@ -49,7 +49,7 @@ import numpy as np
 
 from .. import loopir as L
 from ..errors import CompileError, DTypeError
-from ..naming import c_identifier
+from ..naming import Names, c_identifier, not_generated, unique
 from ..passes.vectorize_cpu import const_int, guard_bound, simd_reduction, uses_var
 from . import Codegen, GeneratedKernel, fma_accumulation
 
@@ -277,9 +277,6 @@ _RESERVED = frozenset("""int8_t int16_t int32_t int64_t uint8_t uint16_t uint32_
 NAN INFINITY _Float16 main memcpy memset exp expf log logf tanh tanhf sqrt sqrtf fabs fabsf erf erff pow powf sin sinf
 cos cosf floor floorf copysign copysignf fmod fmodf omp_get_num_threads omp_get_thread_num ke_num_threads fma fmaf""".split())
 
-_PREC = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6,
-         "%": 6}
-
 
 def comment_text(text: str) -> str:
     """User text made safe inside a /* */ comment: one line, no comment terminators or control chars."""
@@ -289,33 +286,10 @@ def comment_text(text: str) -> str:
     return s.rstrip().rstrip("\\")
 
 
-class _Names:
-    """Sanitized, collision-free C identifiers for buffers, loop variables and temporaries."""
+class _Names(Names):
+    """explorer.naming.Names for C: a user buffer or variable never takes a name kernels call."""
 
-    def __init__(self, taken: Iterable[str] = ()):
-        self.map: dict[tuple[str, str], str] = {}
-        self.used: set[str] = set(taken)
-
-    def get(self, kind: str, name: str) -> str:
-        key = (kind, name)
-        if key not in self.map:
-            base = c_identifier(name, "v")
-            if base in _RESERVED or base.startswith("ke_"):
-                base = f"u_{base}"
-            s, n = base, 1
-            while s in self.used:
-                s = f"{base}_{n}"
-                n += 1
-            self.used.add(s)
-            self.map[key] = s
-        return self.map[key]
-
-    def fresh(self, prefix: str) -> str:
-        n = 0
-        while f"{prefix}{n}" in self.used:
-            n += 1
-        self.used.add(f"{prefix}{n}")
-        return f"{prefix}{n}"
+    reserved = _RESERVED
 
 
 def _float_literal(value: float, dtype: str) -> str:
@@ -386,7 +360,7 @@ class _KernelEmitter:
         if isinstance(e, L.Load):
             s = self.ref(e.buffer, e.indices)
             if e.buffer.dtype == "f16" and e.buffer.scope == "global":
-                return f"(float){s}" if prec < 9 else f"((float){s})"
+                return f"(float){s}" if prec < L.UNARY_PRECEDENCE else f"((float){s})"
             if e.buffer.dtype == "bf16" and e.buffer.scope == "global":
                 return f"ke_bf16_to_f32({s})"
             return s
@@ -394,12 +368,12 @@ class _KernelEmitter:
             return self.binop(e, prec, r)
         if isinstance(e, L.UnOp):
             if e.op == "neg":
-                s = f"-{r(e.a, 9)}"
+                s = f"-{r(e.a, L.UNARY_PRECEDENCE)}"
             elif e.op == "not":
-                s = f"!{r(e.a, 9)}"
+                s = f"!{r(e.a, L.UNARY_PRECEDENCE)}"
             else:
                 raise CompileError(f"unknown unary op {e.op!r} in kernel {self.kernel.name} (a lowering bug)")
-            return f"({s})" if prec >= 9 else s
+            return f"({s})" if prec >= L.UNARY_PRECEDENCE else s
         if isinstance(e, L.Cast):
             if e.dtype == "bool":
                 return f"({r(e.a, 4)} != 0)"
@@ -408,8 +382,9 @@ class _KernelEmitter:
                     return r(e.a, prec)
                 return f"ke_round_bf16({r(e.a)})"
             # a cast to f16 rounds to half precision (as numpy's astype) but computes on in float
-            s = f"(float)(_Float16){r(e.a, 9)}" if e.dtype == "f16" else f"({COMPUTE_TYPE[e.dtype]}){r(e.a, 9)}"
-            return f"({s})" if prec >= 9 else s
+            u = L.UNARY_PRECEDENCE
+            s = f"(float)(_Float16){r(e.a, u)}" if e.dtype == "f16" else f"({COMPUTE_TYPE[e.dtype]}){r(e.a, u)}"
+            return f"({s})" if prec >= L.UNARY_PRECEDENCE else s
         if isinstance(e, L.Select):
             s = f"{r(e.cond, 1)} ? {r(e.a, 1)} : {r(e.b, 1)}"
             return f"({s})" if prec > 0 else s
@@ -430,9 +405,9 @@ class _KernelEmitter:
         if e.op in ("/", "%") and dt in ("i32", "i64") and not (isinstance(e.b, L.Const) and int(e.b.value) > 0):
             # a data-dependent divisor: 0 or -1 would trap (SIGFPE) and kill the Python process
             return f"ke_{'div' if e.op == '/' else 'mod'}_{dt}({r(e.a)}, {r(e.b)})"
-        if e.op not in _PREC:
+        if e.op not in L.PRECEDENCE:
             raise CompileError(f"unknown binary op {e.op!r} in kernel {self.kernel.name} (a lowering bug)")
-        p = _PREC[e.op]
+        p = L.PRECEDENCE[e.op]
         s = f"{r(e.a, p)} {e.op} {r(e.b, p + 1)}"
         return f"({s})" if p < prec else s
 
@@ -836,14 +811,7 @@ def generate_c(program: L.Program, fast_math: bool = False) -> Codegen:
     taken: set[str] = set()
     gks: list[GeneratedKernel] = []
     for k in program.kernels:
-        name = c_identifier(k.name, "k")
-        if name in _RESERVED or name.startswith("ke_"):
-            name = f"k_{name}"
-        base, n = name, 1
-        while name in taken:
-            name = f"{base}_{n}"
-            n += 1
-        taken.add(name)
+        name = unique(not_generated(c_identifier(k.name, "k"), _RESERVED, "k_"), taken)
         if k.kind == "custom":
             gks.append(_custom_kernel(k, name, taken, gks))
             continue

@@ -41,13 +41,14 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import ScheduleError, VerificationError
-from ..naming import c_identifier
+from ..naming import c_identifier, not_generated
 from ..target import get_target
 from ..loopir import (FLOAT4_LANES, WARP_STMTS, Alloc, Barrier, BinOp, Buffer, Call, Cast, Comment, Const, Expr,
                       Float4Block, For, Fragment, FragmentAlloc, FragmentFill, FragmentLoad, FragmentStore, If, Kernel,
                       Load, Mma, Program, Select, Stmt, Store, ThreadAllReduce, UnOp, Var, kernel_index_dtype,
                       simplify_expr, strided_index, walk, FLOAT_DTYPES)
 from ..passes.vectorize_cuda import vectorize_cuda
+from ..loopir import PRECEDENCE, UNARY_PRECEDENCE
 from . import Codegen, GeneratedKernel, fma_accumulation
 
 __all__ = ["generate_cuda", "PRELUDE", "WMMA_PRELUDE"]
@@ -240,9 +241,6 @@ def _const(c: Const) -> str:
     return f"({v}{suffix})" if v < 0 else f"{v}{suffix}"
 
 
-_PREC = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6,
-         "%": 6}
-_UNARY_PREC = 9
 
 
 # ----------------------------------------------------------------------------- the emitter
@@ -261,10 +259,7 @@ class _KernelEmitter:
     def name(self, raw: str) -> str:
         """C identifier for an IR name; 'ke_' is reserved for the generator's own helpers."""
         if raw not in self.names:
-            s = c_identifier(raw, "v")
-            if s.startswith("ke_"):
-                s = "u_" + s
-            self.names[raw] = s
+            self.names[raw] = not_generated(c_identifier(raw, "v"))
         return self.names[raw]
 
     # -- expressions
@@ -300,11 +295,11 @@ class _KernelEmitter:
                 return f"ke_{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
             if e.op == "%" and e.a.dtype in FLOAT_DTYPES:
                 return f"ke_fmod({self.expr(e.a)}, {self.expr(e.b)})"
-            p = _PREC[e.op]
+            p = PRECEDENCE[e.op]
             s = f"{self.expr(e.a, p)} {e.op} {self.expr(e.b, p + 1)}"
             return f"({s})" if p < parent else s
         if isinstance(e, UnOp):
-            inner = self.expr(e.a, _UNARY_PREC)
+            inner = self.expr(e.a, UNARY_PRECEDENCE)
             return ("-" if e.op == "neg" else "!") + inner
         if isinstance(e, Call):
             return self.call(e)

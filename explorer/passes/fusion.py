@@ -22,8 +22,11 @@ Rules (keys of `fuse(graph, rules={...})`):
                      one computation batched over h, before the rules above group it (passes/horizontal.py)
     attention        softmax(q @ kᵀ · scale [+ mask]) @ v becomes one kernel with FlashAttention's online
                      softmax (passes/attention.py): the S×S scores stay on chip
-Opaque ops (cumsum) never fuse, and a merge that would break an invariant of the
-lowering, recompute a value needed elsewhere, or create a cycle between kernels is refused.
+Which rule decides an edge is data: FUSION_TABLE maps (producer kind, consumer category) to the
+rule (then fuse={rule: False} and the legality checks may still refuse) or to a refusal. Opaque ops
+(cumsum) never fuse, and a merge that would break an invariant of the lowering, recompute a value
+needed elsewhere, or create a cycle between kernels is refused. Every refusal carries a Refusal code
+(FusionDecision.code, e.g. Refusal.RULE_OFF, Refusal.CYCLE) beside its English reason.
 
 >>> import numpy as np, explorer
 >>> from explorer.passes.fusion import fuse
@@ -41,6 +44,7 @@ import html
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable
 
 from ..errors import ExplorerError, VerificationError
@@ -94,20 +98,96 @@ class FusionGroup:
         return f"<FusionGroup {self.id} {self.name} [{self.kind}] {len(self.nodes)} ops>"
 
 
+class Refusal(str, Enum):
+    """Why an edge is not fused, as a structured code (FusionDecision.code) beside the English reason.
+
+    The value is the code (`Refusal.CYCLE == "cycle"`), `.label` the short text on the edge in dot(),
+    `.doc` what the refusal means.
+
+    >>> Refusal.RULE_OFF.value, Refusal.RULE_OFF.short("epilogue"), Refusal.CYCLE.label
+    ('rule_off', 'rule off: epilogue', 'cycle')
+    """
+
+    FUSION_OFF = ("fusion_off", "fusion off", "fusion is off (fuse=False): every op is its own kernel")
+    RULE_OFF = ("rule_off", "rule off", "the rule that would fuse this edge is turned off (fuse={'rule': False})")
+    OPAQUE = ("opaque", "opaque", "an opaque op (cumsum, a custom kernel) is always a kernel of its own")
+    TWO_CONTRACTIONS = ("two_contractions", "categories",
+                        "two matmuls (or convolutions) never share a kernel: each one is its own tiled loop nest")
+    REDUCE_WITH_CONTRACTION = ("reduce_with_contraction", "categories",
+                               "a reduction and a matmul never share a kernel (neither its operand loads nor "
+                               "its epilogue take a reduction)")
+    PROLOGUE_NOT_INJECTIVE = ("prologue_not_injective", "not injective",
+                              "a matmul folds only injective producers (transpose, reshape, slice, broadcast) "
+                              "into its operand loads")
+    DATA_DEPENDENT_OPERAND = ("data_dependent_operand", "data-dependent",
+                              "a take or set_slice feeding a matmul operand cannot be staged tile by tile")
+    RECOMPUTE = ("recompute", "multi-consumer",
+                 "fusing would recompute a value that another kernel or the caller also reads")
+    EPILOGUE_NOT_ELEMENTWISE = ("epilogue_not_elementwise", "not elementwise",
+                                "a matmul epilogue takes only elementwise ops on its output")
+    EPILOGUE_SHAPE = ("epilogue_shape", "shape", "an epilogue op must have the matmul's output shape")
+    OUTPUT_SHAPES = ("output_shapes", "shape",
+                     "everything an elementwise kernel writes has the shape of its anchor (its last output)")
+    REDUCE_DOMAIN = ("reduce_domain", "reduce axes",
+                     "reductions share a kernel only over the same input shape and the same axes")
+    REDUCE_MEMBER_SHAPE = ("reduce_member_shape", "shape",
+                           "the other ops of a reduction kernel have its input shape or its result shape")
+    REARRANGES_ROWS = ("rearranges_rows", "row mismatch",
+                       "a rearranging op (transpose, reshape, slice, concat, pad, take) would move values "
+                       "across the rows of a reduction kernel")
+    OTHER_ROW = ("other_row", "row mismatch",
+                 "an op would read a reduced value of another row than the one it computes")
+    CYCLE = ("cycle", "cycle", "the merged kernel would wait for itself through another kernel")
+    ATTENTION_INPUT = ("attention_input", "attention",
+                       "q, k, v and a mask are inputs the attention kernel reads from global memory")
+    ATTENTION_OUTPUT = ("attention_output", "attention",
+                        "the attention kernel writes only its result; its consumers read it from global memory")
+
+    label: str
+    doc: str
+
+    def __new__(cls, code: str, label: str, doc: str) -> "Refusal":
+        member = str.__new__(cls, code)
+        member._value_ = code
+        member.label = label
+        member.doc = doc
+        return member
+
+    def __str__(self) -> str:
+        return self.value
+
+    def short(self, rule: str) -> str:
+        """The label on a refused edge in dot(): 'rule off: epilogue' names the rule that is off."""
+        return f"rule off: {rule}" if self is Refusal.RULE_OFF else self.label
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A refused merge: its code and the English reason (printed in the fused stage, so kept verbatim)."""
+
+    code: Refusal
+    reason: str
+
+
 @dataclass
 class FusionDecision:
-    """Why `producer` → `consumer` is (not) inside one kernel. `short` is a label for edges in dot()."""
+    """Why `producer` → `consumer` is (not) inside one kernel; `code` says it as a Refusal (None when fused)."""
 
     producer: Node
     consumer: Node
     fused: bool
     rule: str
     reason: str
-    short: str = ""
+    code: Refusal | None = None
+
+    @property
+    def short(self) -> str:
+        """The label of a refused edge in dot() ('' for a fused one)."""
+        return "" if self.code is None else self.code.short(self.rule)
 
     def as_dict(self) -> dict[str, Any]:
         return {"producer": self.producer.name, "consumer": self.consumer.name, "fused": self.fused,
-                "rule": self.rule, "reason": self.reason}
+                "rule": self.rule, "reason": self.reason, "code": None if self.code is None else self.code.value}
 
 
 class FusedGraph:
@@ -368,24 +448,24 @@ def _kind_of(members: list[Node]) -> str:
     return "elementwise"
 
 
-def _validate(members: list[Node], ctx: _Ctx) -> tuple[str, Node] | str:
-    """(kind, anchor) when `members` can be one kernel under the contract's invariants, else a reason."""
+def _validate(members: list[Node], ctx: _Ctx) -> tuple[str, Node] | Refused:
+    """(kind, anchor) when `members` can be one kernel under the contract's invariants, else why not."""
     ids = {id(m) for m in members}
     cats = [_cat(m) for m in members]
     kind = _kind_of(members)
     opaque = [m for m, c in zip(members, cats) if c == "opaque"]
     if opaque and len(members) > 1:
-        return _opaque_why(opaque[0].op)
+        return Refused(Refusal.OPAQUE, _opaque_why(opaque[0].op))
     if kind == "opaque":
         return kind, members[0]
     mms = [m for m, c in zip(members, cats) if c == "contraction"]
     reds = [m for m, c in zip(members, cats) if c == "reduce"]
     if len(mms) > 1:
-        return (f"two matmuls ({mms[0].name}, {mms[1].name}) never share a kernel: each one is its own "
-                f"tiled loop nest")
+        return Refused(Refusal.TWO_CONTRACTIONS, f"two matmuls ({mms[0].name}, {mms[1].name}) never share a "
+                       f"kernel: each one is its own tiled loop nest")
     if mms and reds:
-        return (f"the reduction {reds[0].op} {reds[0].name} and the matmul {mms[0].name} cannot share a "
-                f"kernel: a matmul epilogue only takes elementwise ops")
+        return Refused(Refusal.REDUCE_WITH_CONTRACTION, f"the reduction {reds[0].op} {reds[0].name} and the "
+                       f"matmul {mms[0].name} cannot share a kernel: a matmul epilogue only takes elementwise ops")
     if kind == "contraction":
         return _validate_contraction(members, ids, mms[0], ctx)
     if kind == "reduce":
@@ -397,7 +477,7 @@ def _validate(members: list[Node], ctx: _Ctx) -> tuple[str, Node] | str:
 
 
 def _elementwise_outputs_problem(outs: list[Node], in_group: Callable[[Node], bool],
-                                 ctx: _Ctx) -> tuple[str, Node] | str:
+                                 ctx: _Ctx) -> tuple[str, Node] | Refused:
     outs = sorted(outs, key=lambda m: ctx.pos[id(m)])
     anchor = outs[-1]
     for o in outs:
@@ -405,12 +485,13 @@ def _elementwise_outputs_problem(outs: list[Node], in_group: Callable[[Node], bo
             reader = next((c for c in ctx.consumers.get(o, []) if not in_group(c)), None)
             also = (f" ({o.name} is also read by {reader.name})" if reader is not None else
                     f" ({o.name} is also returned by the function)" if id(o) in ctx.out_ids else "")
-            return (f"{o.name} ({o.op}, {_shape(o.shape)}) and {anchor.name} ({anchor.op}, {_shape(anchor.shape)}) "
-                    f"would both be written by one kernel but have different shapes{also}")
+            return Refused(Refusal.OUTPUT_SHAPES, f"{o.name} ({o.op}, {_shape(o.shape)}) and {anchor.name} "
+                           f"({anchor.op}, {_shape(anchor.shape)}) would both be written by one kernel but have "
+                           f"different shapes{also}")
     return "elementwise", anchor
 
 
-def _validate_contraction(members: list[Node], ids: set[int], mm: Node, ctx: _Ctx) -> tuple[str, Node] | str:
+def _validate_contraction(members: list[Node], ids: set[int], mm: Node, ctx: _Ctx) -> tuple[str, Node] | Refused:
     # Prologue = in-group ancestors of the matmul; everything else is epilogue.
     pro = _prologue_of(mm, ids)
     for m in members:
@@ -418,16 +499,19 @@ def _validate_contraction(members: list[Node], ids: set[int], mm: Node, ctx: _Ct
             continue
         if id(m) in pro:
             if _cat(m) != "injective":
-                return (f"{m.op} {m.name} feeds the matmul's operand but is {_cat(m)}; a matmul only folds "
-                        f"injective producers (transpose, reshape, slice, broadcast) into its operand loads")
+                return Refused(Refusal.PROLOGUE_NOT_INJECTIVE, f"{m.op} {m.name} feeds the matmul's operand but is "
+                               f"{_cat(m)}; a matmul only folds injective producers (transpose, reshape, slice, "
+                               f"broadcast) into its operand loads")
             if m.op in _DATA_DEPENDENT:
-                return f"{m.op} {m.name} {_DATA_DEPENDENT[m.op]}; its result is written to memory first"
+                return Refused(Refusal.DATA_DEPENDENT_OPERAND,
+                               f"{m.op} {m.name} {_DATA_DEPENDENT[m.op]}; its result is written to memory first")
             if id(m) in ctx.out_ids:
-                return f"{m.name} is also returned by the function, fusing it into the matmul's operand load would recompute it"
+                return Refused(Refusal.RECOMPUTE, f"{m.name} is also returned by the function, fusing it into the "
+                               f"matmul's operand load would recompute it")
             for c in ctx.consumers.get(m, []):
                 if c is not mm and id(c) not in pro:
-                    return (f"{m.name} is also read by {c.name}{_gref(c)}, fusing it into the matmul's operand load "
-                            f"would recompute it")
+                    return Refused(Refusal.RECOMPUTE, f"{m.name} is also read by {c.name}{_gref(c)}, fusing it into "
+                                   f"the matmul's operand load would recompute it")
         elif _epilogue_operand(m, ids, ctx):
             continue
         else:
@@ -459,17 +543,17 @@ def _prologue_of(mm: Node, ids: set[int]) -> set[int]:
     return pro
 
 
-def _epilogue_problem(m: Node, mm: Node) -> str | None:
+def _epilogue_problem(m: Node, mm: Node) -> Refused | None:
     if _cat(m) != "elementwise":
-        return (f"{m.op} {m.name} is {_cat(m)}; a matmul epilogue only takes elementwise ops on its "
-                f"output, element by element")
+        return Refused(Refusal.EPILOGUE_NOT_ELEMENTWISE, f"{m.op} {m.name} is {_cat(m)}; a matmul epilogue only "
+                       f"takes elementwise ops on its output, element by element")
     if m.shape != mm.shape:
-        return (f"{m.op} {m.name} has shape {_shape(m.shape)}, not the matmul's output shape "
-                f"{_shape(mm.shape)}, so it cannot run in the matmul's epilogue")
+        return Refused(Refusal.EPILOGUE_SHAPE, f"{m.op} {m.name} has shape {_shape(m.shape)}, not the matmul's "
+                       f"output shape {_shape(mm.shape)}, so it cannot run in the matmul's epilogue")
     return None
 
 
-def _validate_reduce(members: list[Node], ids: set[int], reds: list[Node], ctx: _Ctx) -> tuple[str, Node] | str:
+def _validate_reduce(members: list[Node], ids: set[int], reds: list[Node], ctx: _Ctx) -> tuple[str, Node] | Refused:
     r0 = reds[0]
     d, a = r0.inputs[0].shape, _axes(r0)
     for r in reds[1:]:
@@ -486,34 +570,35 @@ def _validate_reduce(members: list[Node], ids: set[int], reds: list[Node], ctx: 
     return "reduce", r0
 
 
-def _reduce_problem(r: Node, r0: Node) -> str | None:
+def _reduce_problem(r: Node, r0: Node) -> Refused | None:
     d, a = r0.inputs[0].shape, _axes(r0)
     if r.inputs[0].shape != d or _axes(r) != a:
-        return (f"{r.op} {r.name} reduces {_shape(r.inputs[0].shape)} over axes {_axes(r)}, but the kernel of "
-                f"{r0.op} {r0.name} reduces {_shape(d)} over axes {a}; one kernel has one reduction domain")
+        return Refused(Refusal.REDUCE_DOMAIN, f"{r.op} {r.name} reduces {_shape(r.inputs[0].shape)} over axes "
+                       f"{_axes(r)}, but the kernel of {r0.op} {r0.name} reduces {_shape(d)} over axes {a}; one "
+                       f"kernel has one reduction domain")
     return None
 
 
 def _reduce_member_problem(m: Node, in_group: Callable[[Node], bool], r0: Node,
-                           rshapes: set[tuple[int, ...]]) -> str | None:
+                           rshapes: set[tuple[int, ...]]) -> Refused | None:
     """Is the non-reduce member m legal in the reduce kernel anchored at r0 (shape, same-row reads)?"""
     d, a = r0.inputs[0].shape, _axes(r0)
     if m.shape != d and m.shape not in rshapes:
-        return (f"{m.op} {m.name} has shape {_shape(m.shape)}, which is neither the reduction's input shape "
-                f"{_shape(d)} nor its result shape {_shape(r0.shape)}")
+        return Refused(Refusal.REDUCE_MEMBER_SHAPE, f"{m.op} {m.name} has shape {_shape(m.shape)}, which is "
+                       f"neither the reduction's input shape {_shape(d)} nor its result shape {_shape(r0.shape)}")
     for i in m.inputs:
         if not in_group(i):
             continue  # read from global memory: any index is fine
         shifted = m.op == "set_slice" and i is m.inputs[1]   # the written value is read at box coordinates
         if (m.op in ("transpose", "reshape", "slice", "concat", "pad", "take") or shifted) and not _is_identity_injective(m):
-            return (f"{m.op} {m.name} would rearrange {i.name} across rows of the reduction kernel "
-                    f"(each row is computed by its own threads)")
+            return Refused(Refusal.REARRANGES_ROWS, f"{m.op} {m.name} would rearrange {i.name} across rows of "
+                           f"the reduction kernel (each row is computed by its own threads)")
         if i.shape == m.shape:
             continue
         if m.shape == d and i.shape in rshapes and _row_aligned(i.shape, d, a):
             continue
-        return (f"{m.op} {m.name} reads the reduced value {i.name} ({_shape(i.shape)}) of a different row "
-                f"than the one it computes")
+        return Refused(Refusal.OTHER_ROW, f"{m.op} {m.name} reads the reduced value {i.name} ({_shape(i.shape)}) "
+                       f"of a different row than the one it computes")
     return None
 
 
@@ -558,7 +643,7 @@ class _Partition:
     def sorted_members(self, k: int) -> list[Node]:
         return sorted(self.members[k], key=lambda m: self.ctx.pos[id(m)])
 
-    def try_merge(self, a: int, b: int) -> tuple[str, Node] | str:
+    def try_merge(self, a: int, b: int) -> tuple[str, Node] | Refused:
         """(kind, anchor) of the union of groups a and b when it is a legal kernel, else the reason."""
         if len(self.members[b]) == 1:  # b is {n}, the newest node: check only what n adds
             fast = self._join_one(a, self.members[b][0], b)
@@ -566,7 +651,7 @@ class _Partition:
                 return fast
         return _validate(sorted(self.members[a] + self.members[b], key=lambda m: self.ctx.pos[id(m)]), self.ctx)
 
-    def _join_one(self, a: int, n: Node, b: int) -> tuple[str, Node] | str | None:
+    def _join_one(self, a: int, n: Node, b: int) -> tuple[str, Node] | Refused | None:
         """Fast legality of adding the newest node n (group b = {n}) to group a; None: do the full check."""
         ka, cat = self.kind[a], _cat(n)
         union = (a, b)
@@ -586,8 +671,8 @@ class _Partition:
                 return why
             for i in n.inputs:
                 if id(i) in self.pro[a]:
-                    return (f"{i.name} is also read by {n.name}{_gref(n)}, fusing it into the matmul's operand "
-                            f"load would recompute it")
+                    return Refused(Refusal.RECOMPUTE, f"{i.name} is also read by {n.name}{_gref(n)}, fusing it "
+                                   f"into the matmul's operand load would recompute it")
             return "contraction", self.anchor[a]
         return None
 
@@ -636,41 +721,86 @@ class _Partition:
         return None
 
 
-def _rule_for(p: Node, n: Node, kp: str, kn: str, n_cat: str) -> tuple[str, str | None]:
-    """(rule, refusal) for merging p's group (kind kp) with n's group (kind kn); refusal None = rule applies."""
-    if _cat(p) == "opaque" or n_cat == "opaque" or kp == "opaque" or kn == "opaque":
-        op = p.op if _cat(p) == "opaque" else n.op
-        return "opaque", _opaque_why(op)
-    if n_cat == "contraction":
-        if kp == "elementwise":
-            return "prologue", None
-        if kp == "contraction":
-            return "none", (f"two matmuls never share a kernel: {n.name} reads the result of the matmul kernel "
-                            f"of {p.name} from global memory")
-        return "none", (f"a matmul does not absorb a reduction producer ({p.op} {p.name}); only injective "
-                        f"producers (transpose, reshape, slice) fold into its operand loads")
-    if n_cat == "reduce":
-        if kn == "contraction":  # cannot happen: a reduce never joins a contraction group
-            return "none", "a reduction does not run inside a matmul kernel"
-        if kp == "elementwise":
-            return "reduce_producer", None
-        if kp == "reduce":
-            return "multi_reduce", None
-        return "none", (f"{n.op} is a reduction, not an elementwise consumer; a matmul epilogue "
-                        f"({p.name}) only takes elementwise ops")
-    # n elementwise / injective
-    if kp == "elementwise":
-        return {"elementwise": "elementwise", "reduce": "reduce_producer", "contraction": "epilogue"}[kn], None
-    if kp == "reduce":
-        if kn == "contraction":
-            return "none", "a reduction and a matmul never share a kernel"
-        return ("reduce_consumer" if kn == "elementwise" else "multi_reduce"), None
-    # kp == contraction
-    if kn == "elementwise":
-        return "epilogue", None
-    if kn == "contraction":
-        return "none", "two matmuls never share a kernel: each one is its own tiled loop nest"
-    return "none", "a reduction and a matmul never share a kernel"
+@dataclass(frozen=True)
+class FusionRule:
+    """One cell of FUSION_TABLE: the rule that may fuse such an edge, or why such an edge never fuses.
+
+    rule is a key of RULES (the merge still has to pass the legality checks: shapes, rows, cycles),
+    or, for a refusal, the name FusionDecision.rule carries ('none', 'opaque', 'attention');
+    reason(producer, consumer) is the refusal's English sentence.
+    """
+
+    rule: str
+    refusal: Refusal | None = None
+    reason: Callable[[Node, Node], str] | None = None
+
+
+PRODUCER_KINDS = ("elementwise", "reduce", "contraction", "opaque", "attention")   # the producer's kernel kind
+# The consumer's op category, and the kernel it already joined through an earlier producer (a diamond)
+# when that is not the op's own kind: an elementwise op in a reduction's kernel is one of its row values.
+CONSUMER_CATEGORIES = ("pointwise", "pointwise in reduce kernel", "pointwise in contraction kernel", "reduce",
+                       "reduce in contraction kernel", "contraction", "opaque")
+
+
+def consumer_category(op_category: str, kernel_kind: str) -> str:
+    """The consumer's column of FUSION_TABLE.
+
+    >>> consumer_category("injective", "elementwise"), consumer_category("elementwise", "reduce")
+    ('pointwise', 'pointwise in reduce kernel')
+    """
+    if op_category == "opaque" or kernel_kind == "opaque":
+        return "opaque"
+    own = "pointwise" if op_category in _POINTWISE else op_category
+    natural = "elementwise" if own == "pointwise" else own
+    return own if kernel_kind == natural else f"{own} in {kernel_kind} kernel"
+
+
+_OPAQUE_RULE = FusionRule("opaque", Refusal.OPAQUE, lambda p, n: _opaque_why(p.op if _cat(p) == "opaque" else n.op))
+_REDUCE_MATMUL = FusionRule("none", Refusal.REDUCE_WITH_CONTRACTION,
+                            lambda p, n: "a reduction and a matmul never share a kernel")
+# a reduction never joins a matmul's kernel (_validate refuses it), so this cell is defensive
+_REDUCE_IN_MATMUL = FusionRule("none", Refusal.REDUCE_WITH_CONTRACTION,
+                               lambda p, n: "a reduction does not run inside a matmul kernel")
+
+# (producer kind, consumer category) -> the rule that may fuse the edge, or the refusal. A cell naming a
+# rule only says which rule decides: fuse={rule: False} turns it off, and the merge must still be legal.
+FUSION_TABLE: dict[tuple[str, str], FusionRule] = {
+    ("elementwise", "pointwise"): FusionRule("elementwise"),
+    ("elementwise", "pointwise in reduce kernel"): FusionRule("reduce_producer"),
+    ("elementwise", "pointwise in contraction kernel"): FusionRule("epilogue"),
+    ("elementwise", "reduce"): FusionRule("reduce_producer"),
+    ("elementwise", "reduce in contraction kernel"): _REDUCE_IN_MATMUL,
+    ("elementwise", "contraction"): FusionRule("prologue"),
+    ("reduce", "pointwise"): FusionRule("reduce_consumer"),
+    ("reduce", "pointwise in reduce kernel"): FusionRule("multi_reduce"),
+    ("reduce", "pointwise in contraction kernel"): _REDUCE_MATMUL,
+    ("reduce", "reduce"): FusionRule("multi_reduce"),
+    ("reduce", "reduce in contraction kernel"): _REDUCE_IN_MATMUL,
+    ("reduce", "contraction"): FusionRule(
+        "none", Refusal.REDUCE_WITH_CONTRACTION,
+        lambda p, n: (f"a matmul does not absorb a reduction producer ({p.op} {p.name}); only injective "
+                      f"producers (transpose, reshape, slice) fold into its operand loads")),
+    ("contraction", "pointwise"): FusionRule("epilogue"),
+    ("contraction", "pointwise in reduce kernel"): _REDUCE_MATMUL,
+    ("contraction", "pointwise in contraction kernel"): FusionRule(
+        "none", Refusal.TWO_CONTRACTIONS,
+        lambda p, n: "two matmuls never share a kernel: each one is its own tiled loop nest"),
+    ("contraction", "reduce"): FusionRule(
+        "none", Refusal.REDUCE_WITH_CONTRACTION,
+        lambda p, n: (f"{n.op} is a reduction, not an elementwise consumer; a matmul epilogue "
+                      f"({p.name}) only takes elementwise ops")),
+    ("contraction", "reduce in contraction kernel"): _REDUCE_IN_MATMUL,
+    ("contraction", "contraction"): FusionRule(
+        "none", Refusal.TWO_CONTRACTIONS,
+        lambda p, n: (f"two matmuls never share a kernel: {n.name} reads the result of the matmul kernel "
+                      f"of {p.name} from global memory")),
+    **{(kind, "opaque"): _OPAQUE_RULE for kind in ("elementwise", "reduce", "contraction")},
+    **{("opaque", c): _OPAQUE_RULE for c in CONSUMER_CATEGORIES},
+    **{("attention", c): FusionRule(
+        "attention", Refusal.ATTENTION_OUTPUT,
+        lambda p, n: f"{p.name} is the output of the attention kernel{_gref(p)}, which writes only its result")
+       for c in CONSUMER_CATEGORIES},
+}
 
 
 def _fused_reason(rule: str, p: Node, n: Node, anchor: Node) -> str:
@@ -705,28 +835,6 @@ def _fused_reason(rule: str, p: Node, n: Node, anchor: Node) -> str:
     return f"fused: {rule}"
 
 
-_SHORT = {"opaque": "opaque", "none": "categories"}
-
-
-def _short(rule: str, reason: str, disabled: bool) -> str:
-    if disabled:
-        # with every rule off (fuse=False) the edge is unfused because fusion is off, not because of one rule
-        return "fusion off" if "fuse=False" in reason or rule not in RULES else f"rule off: {rule}"
-    if "cycle" in reason:
-        return "cycle"
-    if "recompute" in reason:
-        return "multi-consumer"
-    if rule in _SHORT:
-        return _SHORT[rule]
-    if "shape" in reason:
-        return "shape"
-    if "row" in reason:
-        return "row mismatch"
-    if "axes" in reason:
-        return "reduce axes"
-    return rule
-
-
 def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
     """Partition the op nodes of `graph` into kernels; every op→op edge gets a FusionDecision.
 
@@ -748,7 +856,7 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
     off_text = "fuse=False" if all_off else "fuse=" + repr({k: v for k, v in rule_on.items() if not v})
     ctx = _Ctx(graph)
     part = _Partition(graph, ctx)
-    pending: list[tuple[Node, Node, bool, str, str, bool]] = []  # p, n, fused, rule, reason, disabled
+    pending: list[tuple[Node, Node, bool, str, str, Refusal | None]] = []  # p, n, fused, rule, reason, code
     # attention patterns are claimed first: their nodes form one kernel each, nothing else joins it
     att_of = {id(m): a for a in (match_attention(graph) if rule_on["attention"] else []) for m in a.nodes}
     att_key: dict[int, int] = {}
@@ -767,37 +875,37 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
                 continue
             seen_p.add(id(p))
             gp, gn = part.gid[id(p)], part.gid[id(n)]
-            if part.kind[gp] == "attention":
-                pending.append((p, n, False, "attention", f"not fused: {p.name} is the output of the attention "
-                                f"kernel{_gref(p)}, which writes only its result", False))
-                continue
             if gp == gn:  # joined through an earlier producer of n (a diamond)
                 rule = _same_group_rule(p, n, part.members[gn], part.kind[gn])
-                pending.append((p, n, True, rule, _fused_reason(rule, p, n, part.anchor[gn]), False))
+                pending.append((p, n, True, rule, _fused_reason(rule, p, n, part.anchor[gn]), None))
                 continue
-            rule, refusal = _rule_for(p, n, part.kind[gp], part.kind[gn], cat)
-            if refusal is not None:
-                pending.append((p, n, False, rule, f"not fused: {refusal}", False))
+            cell = FUSION_TABLE[(part.kind[gp], consumer_category(cat, part.kind[gn]))]
+            rule = cell.rule
+            if cell.refusal is not None:
+                pending.append((p, n, False, rule, f"not fused: {cell.reason(p, n)}", cell.refusal))
                 continue
             if not rule_on.get(rule, False):
-                why = ("fusion is turned off (fuse=False)" if all_off
-                       else f"rule '{rule}' is turned off ({off_text})")
-                pending.append((p, n, False, rule, f"not fused: {why}", True))
+                if all_off:
+                    pending.append((p, n, False, rule, "not fused: fusion is turned off (fuse=False)",
+                                    Refusal.FUSION_OFF))
+                else:
+                    pending.append((p, n, False, rule, f"not fused: rule '{rule}' is turned off ({off_text})",
+                                    Refusal.RULE_OFF))
                 continue
             res = part.try_merge(gp, gn)
-            if isinstance(res, str):
-                pending.append((p, n, False, rule, f"not fused: {res}", False))
+            if isinstance(res, Refused):
+                pending.append((p, n, False, rule, f"not fused: {res.reason}", res.code))
                 continue
             via = part.cycle_through(gp, gn)
             if via is not None:
                 pending.append((p, n, False, rule,
                                 f"not fused: {n.name} would form a cycle with {p.name}: the kernel of {p.name} "
                                 f"feeds {via.name}{_gref(via)}, which {n.name} needs, so one kernel would wait "
-                                f"for itself", False))
+                                f"for itself", Refusal.CYCLE))
                 continue
             kind, anchor = res
             part.merge(gp, gn, kind, anchor)
-            pending.append((p, n, True, rule, _fused_reason(rule, p, n, anchor), False))
+            pending.append((p, n, True, rule, _fused_reason(rule, p, n, anchor), None))
 
     # Final numbering: groups in a valid execution order (Kahn, earliest first member first).
     keys = list(part.members)
@@ -831,8 +939,8 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
         ms = part.members[k]
         ids = {id(m) for m in ms}
         res = ("attention", part.anchor[k]) if part.kind[k] == "attention" else _validate(ms, ctx)
-        if isinstance(res, str):  # merges are checked when made; this is the final safety net
-            raise VerificationError(f"fuse({graph.name}): kernel of {ms[0].name} is invalid: {res}")
+        if isinstance(res, Refused):  # merges are checked when made; this is the final safety net
+            raise VerificationError(f"fuse({graph.name}): kernel of {ms[0].name} is invalid: {res.reason}")
         kind, anchor = res
         gid = f"g{idx}"
         for m in ms:
@@ -845,15 +953,14 @@ def fuse(graph: Graph, rules: bool | dict[str, bool] = True) -> FusedGraph:
 
     group_of = {m.id: g for g in groups for m in g.nodes}
     decisions: list[FusionDecision] = []
-    for p, n, fused, rule, reason, disabled in pending:
+    for p, n, fused, rule, reason, code in pending:
         together = group_of[p.id] is group_of[n.id]
         if together and not fused:  # refused at first, merged later through another edge
             rule = _same_group_rule(p, n, group_of[n.id].nodes, group_of[n.id].kind)
             reason = _fused_reason(rule, p, n, group_of[n.id].anchor)
-            fused = True
+            fused, code = True, None
         reason = re.sub("\x00(\\d+)\x00", lambda m: gname.get(int(m.group(1)), "?"), reason)
-        decisions.append(FusionDecision(p, n, fused, rule, reason,
-                                        "" if fused else _short(rule, reason, disabled)))
+        decisions.append(FusionDecision(p, n, fused, rule, reason, code))
     for hb in batches:   # the kernels the batched computation landed in
         hb.group_ids = [g.id for g in groups if any(n.id in {m.id for m in hb.nodes} for n in g.nodes)]
         hb.kernels = len(hb.group_ids)
@@ -881,10 +988,10 @@ def _join_attention(part: _Partition, match: AttentionMatch, n: Node, att_key: d
         if part.gid.get(id(p)) == k:
             pending.append((p, n, True, "attention", f"fused: {ATTENTION_REASON} — {p.op} {p.name} and {n.op} "
                             f"{n.name} are one step of softmax(q @ kᵀ) @ v, computed tile by tile with the online "
-                            f"softmax, so the scores never reach global memory", False))
+                            f"softmax, so the scores never reach global memory", None))
         else:
             pending.append((p, n, False, "attention", f"not fused: {p.name} is an input of the attention kernel "
-                            f"(q, k, v or mask), read from global memory", False))
+                            f"(q, k, v or mask), read from global memory", Refusal.ATTENTION_INPUT))
 
 
 def _unique_attention_name(used: dict[str, int]) -> str:
@@ -1006,11 +1113,13 @@ def check_invariants(fused: FusedGraph) -> FusedGraph:
             fail(f"group {grp.id} has unknown kind {grp.kind!r}")
         if grp.kind == "attention":
             why = attention_problem(grp.nodes, g)
-            res = why if why else ("attention", grp.anchor)
+            if why:
+                fail(f"group {grp.id}: {why}")
+            res: tuple[str, Node] | Refused = ("attention", grp.anchor)
         else:
             res = _validate(grp.nodes, ctx)
-        if isinstance(res, str):
-            fail(f"group {grp.id}: {res}")
+        if isinstance(res, Refused):
+            fail(f"group {grp.id}: {res.reason}")
         if res != (grp.kind, grp.anchor):
             fail(f"group {grp.id}: kind/anchor {grp.kind}/{grp.anchor.name} should be {res[0]}/{res[1].name}")
         if grp.kind == "opaque" and len(grp.nodes) != 1:
@@ -1113,9 +1222,11 @@ class Explanation:
         for b in self.boundaries:
             color = "#2a7a2a" if b["fused"] else "#a33"
             brows.append(f"<tr><td>{html.escape(b['producer'])} → {html.escape(b['consumer'])}</td>"
-                         f"<td style='color:{color}'>{html.escape(b['reason'])}</td></tr>")
+                         f"<td style='color:{color}'>{html.escape(b['reason'])}</td>"
+                         f"<td><code>{html.escape(b['code'] or '')}</code></td></tr>")
         return ("<table><tr><th>kernel</th><th>ops</th><th>source lines</th></tr>" + "".join(rows) + "</table>"
-                + ("<table><tr><th>edge</th><th>decision</th></tr>" + "".join(brows) + "</table>" if brows else ""))
+                + ("<table><tr><th>edge</th><th>decision</th><th>code</th></tr>" + "".join(brows) + "</table>"
+                   if brows else ""))
 
 
 def explain(fused: FusedGraph, a: str | None = None, b: str | None = None) -> "Explanation | str":
@@ -1206,4 +1317,5 @@ def _path(g: Graph, src: Node, dst: Node) -> list[Node] | None:
 
 
 __all__ = ["fuse", "explain", "check_invariants", "parse_rules", "FusedGraph", "FusionGroup", "FusionDecision",
-           "Explanation", "RULES", "KINDS"]
+           "Explanation", "RULES", "KINDS", "Refusal", "FusionRule", "FUSION_TABLE", "PRODUCER_KINDS",
+           "CONSUMER_CATEGORIES", "consumer_category"]

@@ -19,7 +19,6 @@ Before (fused):                                 After (lowered, printed as its n
 """
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Sequence
 
@@ -29,7 +28,7 @@ from .. import loopir as L
 from ..compute import Accum, Axis, Compute, ComputeProgram, Stash, StoreDef
 from ..errors import ExplorerError, VerificationError
 from ..graph import Node
-from ..naming import c_identifier
+from ..naming import c_identifier, param_name  # noqa: F401  (param_name: kept importable from lower)
 from ..ops import OPS, conv_dims, get as get_op, normalize_axes, operand_dtype
 from .attention import AttentionCompute, AttentionMatch
 
@@ -274,38 +273,6 @@ def _box_index(attrs: dict, shape: Sequence[int], idx: tuple[L.Expr, ...]) -> tu
 
 
 # ----------------------------------------------------------------------------- the pass
-# Identifiers the lowering, tiling and code generators make up themselves: buffers (out0, t5, c3),
-# loop variables (i0, r1, n, i_o, red_t, k_i, ...), accumulators (acc7, acc7_frag), the preludes'
-# helpers (ke_*) and the C/CUDA math library. A parameter spelled like one of them would alias a
-# generated buffer or be shadowed by a loop variable (wrong results or a compile error), so it is renamed.
-_GENERATED = re.compile(
-    r"^(?:(?:out|t|c|i|r|b|acc|s)\d+|i|j|k|n|row|red|batch|blk|thr|oh|ow|oc|kh|kw|ic)(?:_(?:o|i|t|r|b|in|w|f|v|c|e|\d+))*$"
-    r"|^\w+_(?:shared|frag|local|e)(?:_\d+)*$|^ke_\w*$|^__\w*$")
-_LIBRARY = frozenset("""exp expf exp2 exp2f expm1 expm1f log logf log2 log2f log1p log1pf sqrt sqrtf rsqrt rsqrtf
-tanh tanhf erf erff fabs fabsf fmax fmaxf fmin fminf pow powf sin sinf cos cosf tan tanf floor floorf ceil ceilf
-round roundf isnan isinf isfinite signbit copysign copysignf fma fmaf INFINITY NAN HUGE_VAL NULL main size_t
-int8_t int16_t int32_t int64_t uint8_t uint16_t uint32_t uint64_t memcpy memset printf abs min max assert exit
-hexp hlog hsqrt htanh half2 wmma nvcuda omp_get_thread_num omp_get_num_threads std fmod fmodf _Float16 bool true
-false""".split())
-
-
-def param_name(name: str, taken: set[str]) -> str:
-    """A C identifier for a function parameter that cannot collide with generated names.
-
-    >>> t = set(); [param_name(n, t) for n in ("x", "out0", "i0", "expf", "x")]
-    ['x', 'out0_', 'i0_', 'expf_', 'x_1']
-    """
-    base = c_identifier(name, "in")
-    if _GENERATED.match(base) or base in _LIBRARY:
-        base = base[:63] + "_"  # generated names never end in '_'
-    cand, i = base, 1
-    while cand in taken:
-        cand = f"{base}_{i}"
-        i += 1
-    taken.add(cand)
-    return cand
-
-
 def lower(fused, stash: bool = True) -> ComputeProgram:
     """FusedGraph → ComputeProgram: one compute definition per fusion group (its text: the naive loops).
 

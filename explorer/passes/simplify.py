@@ -30,7 +30,8 @@ Rewrites (each only when the result keeps the node's exact shape and dtype):
                  the new nodes carry the composite's provenance
   constant_fold  an op whose inputs are all constants -> a constant (skipped above 1M elements)
   identity       x*1, 1*x, x+0, 0+x, x-0, x/1, x**1, neg(neg x), cast to the same dtype, reshape /
-                 broadcast_to to the same shape, full slice, transpose∘transpose, reshape∘reshape
+                 broadcast_to to the same shape, full slice, transpose∘transpose, reshape∘reshape:
+                 (pattern, rewrite) pairs in IDENTITIES, applied by a PatternMatcher (as tinygrad's)
                  (x+0 -> x may turn -0.0 into -0.0 where NumPy gives +0.0: equal values, as in most compilers)
   cse            same op, same inputs, same attrs (and equal small constants) -> one node
   dce            nodes nothing reads (including those orphaned by the rewrites above)
@@ -38,7 +39,8 @@ Rewrites (each only when the result keeps the node's exact shape and dtype):
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -71,7 +73,7 @@ def simplify(graph: Graph, decompose: bool = True) -> Graph:
         if sum(counts.values()) == before:
             break
     out = work.derive(nodes, outputs)
-    out.rewrites = dict(counts)  # type: ignore[attr-defined]
+    out.rewrites = dict(counts)
     return out
 
 
@@ -103,7 +105,7 @@ def _rewrite_once(work: Graph, nodes: list[Node], outputs: list[Node], decompose
                 cur = folded
                 counts["constant_fold"] += 1
             else:
-                repl = _identity(work, cur)
+                repl = IDENTITIES.rewrite(cur)
                 if repl is not None:
                     counts["identity"] += 1
                     if repl.id != cur.id:   # an existing node computes the same value
@@ -166,48 +168,113 @@ def _same_type(a: Node, b: Node) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype
 
 
-def _identity(work: Graph, n: Node) -> Node | None:
-    """An existing node equal to `n` (or a cheaper replacement node with n's id), else None."""
-    op, ins = n.op, n.inputs
-    cand: Node | None = None
-    if op in ("mul", "add") and len(ins) == 2:
-        unit = 1 if op == "mul" else 0
-        if _const_all(ins[1], unit):
-            cand = ins[0]
-        elif _const_all(ins[0], unit):
-            cand = ins[1]
-    elif op == "sub" and _const_all(ins[1], 0):
-        cand = ins[0]
-    elif op in ("div", "pow") and _const_all(ins[1], 1):
-        cand = ins[0]
-    elif op == "neg" and ins[0].op == "neg":
-        cand = ins[0].inputs[0]
-    elif op in ("cast", "reshape", "broadcast_to"):
-        cand = ins[0]
-    elif op == "concat" and len(ins) == 1:
-        cand = ins[0]
-    elif op == "pad" and not any(lo or hi for lo, hi in n.attrs["pads"]):
-        cand = ins[0]
-    elif op == "slice":
-        if all(a == 0 and b == s and c == 1 for a, b, c, s in
-               zip(n.attrs["starts"], n.attrs["stops"], n.attrs["steps"], ins[0].shape)):
-            cand = ins[0]
-    elif op == "transpose":
-        axes = tuple(n.attrs["axes"])
-        if axes == tuple(range(len(axes))):
-            cand = ins[0]
-        elif ins[0].op == "transpose":
-            inner = tuple(ins[0].attrs["axes"])
-            composed = tuple(inner[a] for a in axes)
-            if composed == tuple(range(len(composed))):
-                cand = ins[0].inputs[0]
-            else:
-                return n.replace(inputs=(ins[0].inputs[0],), attrs={"axes": composed})
-    if op == "reshape" and cand is not None and not _same_type(cand, n) and ins[0].op == "reshape":
-        return n.replace(inputs=(ins[0].inputs[0],))
-    if cand is not None and _same_type(cand, n):
-        return cand
-    return None
+# ----------------------------------------------------------------------------- identities as data
+@dataclass(frozen=True)
+class Pat:
+    """A pattern over a node and its inputs, as in tinygrad's UPat.
+
+    op: the node's op (None: any); src: one pattern per input (None: any inputs; a tuple also fixes
+    how many); name: bind the matched node to this name for the rewrite; where: a test on the node.
+    """
+
+    op: str | None = None
+    src: tuple["Pat", ...] | None = None
+    name: str | None = None
+    where: Callable[[Node], bool] | None = None
+
+    def match(self, n: Node, bound: dict[str, Node]) -> bool:
+        if self.op is not None and n.op != self.op:
+            return False
+        if self.src is not None and (len(self.src) != len(n.inputs)
+                                     or not all(p.match(i, bound) for p, i in zip(self.src, n.inputs))):
+            return False
+        if self.where is not None and not self.where(n):
+            return False
+        if self.name is not None:
+            bound[self.name] = n
+        return True
+
+
+Rewrite = Callable[..., "Node | None"]   # rewrite(n=matched node, **bound names) -> replacement or None
+
+
+class PatternMatcher:
+    """(pattern, rewrite) pairs tried in order on one node; the first rewrite that returns a node wins.
+
+    Patterns are indexed by their root op, so a node only meets the patterns of its own op.
+
+    >>> pm = PatternMatcher([(Pat("neg", (Pat("neg", (Pat(name="x"),)),)), lambda n, x: x)])
+    >>> import numpy as np, explorer
+    >>> g = explorer.trace(lambda x: -(-x), np.ones(2, np.float32))
+    >>> pm.rewrite(g.nodes[-1]) is g.inputs[0]
+    True
+    """
+
+    def __init__(self, rules: list[tuple[Pat, Rewrite]]):
+        self.rules = list(rules)
+        self._any_op = [(pat, fn) for pat, fn in self.rules if pat.op is None]
+        self._by_op = {op: [(pat, fn) for pat, fn in self.rules if pat.op in (op, None)]
+                       for op in {pat.op for pat, _ in self.rules if pat.op is not None}}
+
+    def rewrite(self, n: Node) -> Node | None:
+        """The first rewrite's result among the patterns that match `n`, else None."""
+        for pat, fn in self._by_op.get(n.op, self._any_op):
+            bound: dict[str, Node] = {}
+            if pat.match(n, bound):
+                out = fn(n=n, **bound)
+                if out is not None:
+                    return out
+        return None
+
+
+def _all(x: float) -> Pat:
+    return Pat("const", where=lambda c: _const_all(c, x))
+
+
+def _same(n: Node, x: Node) -> Node | None:
+    """x replaces n only when it has n's exact shape and dtype (x * ones(4) may broadcast x)."""
+    return x if _same_type(x, n) else None
+
+
+def _transpose_pair(n: Node, inner: Node, x: Node) -> Node | None:
+    composed = tuple(inner.attrs["axes"][a] for a in n.attrs["axes"])
+    if composed == tuple(range(len(composed))):
+        return _same(n, x)
+    return n.replace(inputs=(x,), attrs={"axes": composed})   # one transpose, keeping n's id
+
+
+def _identity_axes(n: Node) -> bool:
+    axes = tuple(n.attrs["axes"])
+    return axes == tuple(range(len(axes)))
+
+
+def _full_slice(n: Node) -> bool:
+    return all(a == 0 and b == s and c == 1 for a, b, c, s in
+               zip(n.attrs["starts"], n.attrs["stops"], n.attrs["steps"], n.inputs[0].shape))
+
+
+_X = Pat(name="x")   # any node, bound as x
+# The algebraic identities, in the order they are tried: each returns an existing node equal to the
+# matched one, or a cheaper node that keeps the matched node's id.
+IDENTITIES = PatternMatcher([
+    (Pat("mul", (_X, _all(1))), _same),                                         # x * 1
+    (Pat("mul", (_all(1), _X)), _same),                                         # 1 * x
+    (Pat("add", (_X, _all(0))), _same),                                         # x + 0
+    (Pat("add", (_all(0), _X)), _same),                                         # 0 + x
+    (Pat("sub", (_X, _all(0))), _same),                                         # x - 0
+    (Pat("div", (_X, _all(1))), _same),                                         # x / 1
+    (Pat("pow", (_X, _all(1))), _same),                                         # x ** 1
+    (Pat("neg", (Pat("neg", (_X,)),)), _same),                                  # -(-x)
+    (Pat("cast", (_X,)), _same),                                                # cast to the same dtype
+    (Pat("reshape", (_X,)), _same),                                             # reshape to the same shape
+    (Pat("reshape", (Pat("reshape", (_X,)),)), lambda n, x: n.replace(inputs=(x,))),  # reshape∘reshape
+    (Pat("broadcast_to", (_X,)), _same),                                        # broadcast to the same shape
+    (Pat("concat", (_X,)), _same),                                              # concat of one array
+    (Pat("pad", (_X,), where=lambda n: not any(lo or hi for lo, hi in n.attrs["pads"])), _same),
+    (Pat("slice", (_X,), where=_full_slice), _same),                            # x[:, :]
+    (Pat("transpose", (_X,), where=_identity_axes), _same),                     # transpose(x, (0, 1))
+    (Pat("transpose", (Pat("transpose", (_X,), name="inner"),)), _transpose_pair),  # transpose∘transpose
+])
 
 
 def _cse_key(n: Node) -> Any:
@@ -218,4 +285,4 @@ def _cse_key(n: Node) -> Any:
     return (n.op, tuple(id(i) for i in n.inputs), repr(sorted(n.attrs.items())))
 
 
-__all__ = ["simplify", "REWRITE_KINDS"]
+__all__ = ["simplify", "REWRITE_KINDS", "IDENTITIES", "Pat", "PatternMatcher"]

@@ -1,7 +1,8 @@
 """FusionView: the fusion lesson on one screen — unfused and fused graphs side by side, every edge
 labelled with the bytes it moves through global memory, totals (kernels, launches, bytes, measured
 time with its spread) and one sentence generated from those numbers (explorer.lesson) — then every
-boundary with its reason and a "why not fused?" pair of dropdowns (Compiled.explain_fusion(a, b)).
+boundary with its rule, refusal code (FusionDecision.code) and reason, and a "why not fused?" pair of
+dropdowns (Compiled.explain_fusion(a, b), with the edge's refusal code under the answer).
 
 >>> from widgets.panels.fusion import FusionView               # doctest: +SKIP
 >>> FusionView(explorer.compile(mlp, x, w, b, fuse=False))     # doctest: +SKIP
@@ -45,6 +46,7 @@ class FusionView(W.VBox):
         self.consumer = W.Dropdown(description="consumer", options=[], layout=dd)
         self.answer = W.HTML()
         self.compiled: Any = None
+        self._codes: dict[tuple[str, str], str] = {}   # (producer, consumer) -> refusal code of the edge
         self._quiet = False
         lesson = W.VBox([self.sentence, W.HBox([self.totals, W.VBox([self.measure, self.measure_status])]),
                          W.HBox([W.VBox([W.HTML("<b>unfused</b>: one kernel per op"), self.unfused_graph],
@@ -93,10 +95,13 @@ class FusionView(W.VBox):
         except Exception as e:  # noqa: BLE001
             self.kernels.value = ""
             self.table.value = error_html(describe_error(e))
+            self._codes = {}
             self._set_options(self._node_names(snap.ir), None)
             return
         self.kernels.value = self._kernels_html(get(expl, "kernels") or [])
         boundaries = list(get(expl, "boundaries") or [])
+        self._codes = {(node_name(get(b, "producer")), node_name(get(b, "consumer"))): str(get(b, "code"))
+                       for b in boundaries if get(b, "code")}
         options = self._node_names(snap.ir, boundaries)
         self.table.value = self._boundaries_html(boundaries, {name: label for label, name in options})
         first = None
@@ -198,9 +203,20 @@ class FusionView(W.VBox):
             return
         try:
             text = self.compiled.explain_fusion(a, b)
-            self.answer.value = f"<div class='ke-why' style='white-space:pre-wrap'>{esc(text)}</div>"
+            self.answer.value = (f"<div class='ke-why' style='white-space:pre-wrap'>{esc(text)}</div>"
+                                 + self._code_html(self._codes.get((a, b)) or self._codes.get((b, a))))
         except Exception as e:  # noqa: BLE001 — e.g. the two ops are not producer/consumer
             self.answer.value = error_html(describe_error(e))
+
+    @staticmethod
+    def _code_html(code: str | None) -> str:
+        """The refusal's structured code (FusionDecision.code) under the answer, with what it means."""
+        if not code:
+            return ""
+        from explorer.passes.fusion import Refusal
+        doc = Refusal(code).doc if code in Refusal._value2member_map_ else ""
+        return (f"<div class='ke-why-code' style='color:#666;font-size:90%'>refusal code <code>{esc(code)}</code>"
+                + (f": {esc(doc)}" if doc else "") + "</div>")
 
     @staticmethod
     def _kernels_html(kernels: list) -> str:
@@ -223,8 +239,9 @@ class FusionView(W.VBox):
                 continue
             rows.append(f"<tr><td><code>{esc(label(get(b, 'producer', '?')))}</code> → "
                         f"<code>{esc(label(get(b, 'consumer', '?')))}</code></td>"
-                        f"<td>{esc(get(b, 'rule', '') or '')}</td><td>{esc(get(b, 'reason', b))}</td></tr>")
+                        f"<td>{esc(get(b, 'rule', '') or '')}</td><td><code>{esc(get(b, 'code', '') or '')}</code></td>"
+                        f"<td>{esc(get(b, 'reason', b))}</td></tr>")
         if not rows:
             return note_html("every producer → consumer edge is fused")
-        return ("<table class='ke-boundaries' style='font-size:90%'><tr><th>edge</th><th>rule</th><th>reason</th>"
-                "</tr>" + "".join(rows) + "</table>")
+        return ("<table class='ke-boundaries' style='font-size:90%'><tr><th>edge</th><th>rule</th><th>code</th>"
+                "<th>reason</th></tr>" + "".join(rows) + "</table>")
