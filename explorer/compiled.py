@@ -51,7 +51,20 @@ def _check_count(name: str, v: Any, minimum: int) -> int:
 
 
 class Compiled:
-    """A compiled function. `stages` is the list of Snapshots in pipeline order."""
+    """A compiled function. `stages` is the list of Snapshots in pipeline order.
+
+    >>> import numpy as np, explorer
+    >>> x, w, b = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32), np.zeros(3, np.float32)
+    >>> c = explorer.compile(lambda x, w, b: np.maximum(x @ w + b, 0), x, w, b, target="sim")
+    >>> c.stage_names
+    ['traced', 'simplified', 'fused', 'lowered', 'tiled', 'codegen']
+    >>> [k.name for k in c.kernels]
+    ['fused_matmul_add_maximum']
+    >>> c.run(x, w, b)[0][0]                      # always a list of outputs; c(x, w, b) returns the array
+    array([8., 8., 8.], dtype=float32)
+    >>> c.max_error()                             # vs the NumPy reference, on the example inputs
+    0.0
+    """
 
     def __init__(self, fn: Callable, examples: list[np.ndarray], stages: list[Snapshot], options: Options,
                  kernel_overrides: dict[int, str] | None = None):
@@ -108,6 +121,18 @@ class Compiled:
 
         With no arguments returns the whole Explanation (printable); with two node names
         ('%3', '%5') returns the one-line reason for that edge.
+
+        >>> import numpy as np, explorer
+        >>> x, w = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32)
+        >>> c = explorer.compile(lambda x, w: np.maximum(x @ w, 0), x, w, target="reference")
+        >>> print(c.explain_fusion())             # under each kernel: its source lines (here: the doctest's)
+        fusion of lambda: 1 kernel
+        kernel g0 fused_matmul_maximum [contraction]: %2 matmul, %4 maximum
+        ...
+        boundaries:
+          %2 → %4  fused: epilogue — maximum is an elementwise consumer of matmul %2 ...
+        >>> c.explain_fusion("%2", "%4")
+        'fused: epilogue — maximum is an elementwise consumer of matmul %2 ...'
         """
         from .passes.fusion import explain
         return explain(self.stage("fused").ir, a, b)
@@ -170,15 +195,23 @@ class Compiled:
         """CPU target: one threads.Decision per kernel (how many OpenMP threads a call may use, and
         why), e.g. 'serial: ~12 µs of work, below the 300 µs parallel threshold'. [] elsewhere.
 
-        >>> [str(d) for d in c.thread_policy]        # doctest: +SKIP
-        ['fused_matmul_add_maximum: serial: ~41 µs of work, below the 300 µs parallel threshold']
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda x: np.exp(x) * 2, np.ones(64, np.float32), target="cpu")
+        >>> [str(d) for d in c.thread_policy]
+        ['fused_exp_mul: serial: ...']
         """
         if self.target != "cpu" or "codegen" not in self.stage_names:
             return []
         return list(getattr(self.executable(), "thread_policy", []))
 
     def run(self, *args: Any) -> list[np.ndarray]:
-        """Run on the compile's target; always returns a list of outputs."""
+        """Run on the compile's target; always returns a list of outputs.
+
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda a: (a + 1, a * 2), np.ones(3, np.float32), target="sim")
+        >>> c.run(np.arange(3, dtype=np.float32))
+        [array([1., 2., 3.], dtype=float32), array([0., 2., 4.], dtype=float32)]
+        """
         inputs = self.backend_inputs(self.check_args(args))
         try:
             return self.executable().run(inputs)
@@ -232,7 +265,13 @@ class Compiled:
         return fast
 
     def reference(self, *args: Any) -> list[np.ndarray]:
-        """The NumPy interpreter's result for the traced graph (the ground truth)."""
+        """The NumPy interpreter's result for the traced graph (the ground truth).
+
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda a: np.sqrt(a), np.ones(2, np.float32), target="sim")
+        >>> c.reference(np.array([4, 9], np.float32))
+        [array([2., 3.], dtype=float32)]
+        """
         from .backends.reference import run_graph
         return run_graph(self.stage("traced").ir, self.check_args(args))
 
@@ -247,9 +286,13 @@ class Compiled:
         machine with <= 2 usable cores (its idle threads spin on the core the kernel needs), None
         leaves it alone, an int is that limit; `Timing.blas` records what was done.
 
-        >>> t = c.benchmark()                                     # doctest: +SKIP
-        >>> print(t)                                              # doctest: +SKIP
-        0.132 ms (IQR 0.128–0.139, min 0.121, n=41, wall)
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda x: np.exp(x) * 2, np.ones(1024, np.float32), target="cpu")
+        >>> t = c.benchmark(repeat=5)          # default: repeats until the median is stable
+        >>> t.repeat, t.source, t.median_ms > 0
+        (5, 'wall', True)
+        >>> print(t)                           # doctest: +SKIP
+        0.0021 ms (IQR 0.0020–0.0023, min 0.0019, n=5, wall)
         """
         from . import blas, measure
         warmup = _check_count("warmup", warmup, 0)
@@ -269,8 +312,14 @@ class Compiled:
         """One timed call of this function on `args` (default: the examples), for explorer.measure:
         the backend's own sampler (CUDA events, per-kernel times) where it has one, else wall time.
 
+        >>> import numpy as np, explorer
         >>> from explorer import measure
-        >>> ts = measure.interleaved({"fused": c.sampler(x), "numpy": lambda: f(x)})   # doctest: +SKIP
+        >>> f = lambda x: np.exp(x) * 2
+        >>> x = np.ones(1024, np.float32)
+        >>> c = explorer.compile(f, x, target="cpu")
+        >>> ts = measure.interleaved({"fused": c.sampler(x), "numpy": lambda: f(x)}, repeat=5)
+        >>> sorted(ts), ts["fused"].repeat
+        (['fused', 'numpy'], 5)
         """
         if not isinstance(include_copies, (bool, np.bool_)):
             raise ExplorerError(f"include_copies={include_copies!r}: must be True or False")
@@ -294,7 +343,17 @@ class Compiled:
         an endless loop (cpu.TRIAL_TIMEOUT_S) or a write outside the buffers or into an input raises
         KernelFault and leaves this process (a notebook's kernel) unharmed.
 
-        >>> c2 = c.with_kernel_source(0, c.kernels[0].source.replace("2.0f", "2.0f"))  # doctest: +SKIP
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda x: x * 2, np.ones(8, np.float32), target="cpu")
+        >>> print(c.kernels[0].source.splitlines()[-3])
+            out0[i0] = x[i0] * 2.0f;
+        >>> c2 = c.with_kernel_source(0, c.kernels[0].source.replace("x[i0] * 2.0f", "x[i0] + x[i0]"))
+        >>> c2(np.arange(3, 11, dtype=np.float32))[:3]
+        array([ 6.,  8., 10.], dtype=float32)
+        >>> c.with_kernel_source(0, c.kernels[0].source.replace("* 2.0f", "* 3.0f"))
+        Traceback (most recent call last):
+        ...
+        explorer.errors.VerificationError: edited kernel 0 (mul_kernel) builds but output 0 differs from the NumPy reference ...
         """
         from .errors import CompileError, VerificationError
         n = len(self.kernels)
@@ -337,7 +396,13 @@ class Compiled:
         return new
 
     def max_error(self, *args: Any) -> float:
-        """Max abs difference between this target's outputs and the NumPy reference."""
+        """Max abs difference between this target's outputs and the NumPy reference.
+
+        >>> import numpy as np, explorer
+        >>> x = np.linspace(-4, 4, 64, dtype=np.float32)
+        >>> explorer.compile(lambda x: np.tanh(x), x, target="sim").max_error() < 1e-6
+        True
+        """
         args = args or tuple(self.examples)
         got = self.run(*args)
         want = self.reference(*args)
