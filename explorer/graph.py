@@ -2,8 +2,8 @@
 
 >>> import numpy as np, explorer
 >>> g = explorer.trace(lambda x: np.exp(x) + 1.0, np.ones((2, 3), np.float32))
->>> print(g.text())                                          # doctest: +SKIP
-graph fn(x: f32[2,3]):
+>>> print(g.text())
+graph lambda(x: f32[2,3]):
   %1: f32[2,3] = exp(x)
   %2: f32[] = const 1.0
   %3: f32[2,3] = add(%1, %2)
