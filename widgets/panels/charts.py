@@ -14,8 +14,7 @@ The measurement runs on a worker thread, so the notebook stays responsive; `wait
 True
 >>> [v.name for v in t.comparison.variants]
 ['fused', 'unfused', 'numpy']
->>> TimingChart(explorer.compare(mlp, x, w, b, target="sim"))      # doctest: +SKIP
-(the same charts for a comparison you already have)
+>>> t2 = TimingChart(t.comparison)      # the charts of a comparison you already have, without measuring again
 """
 from __future__ import annotations
 
