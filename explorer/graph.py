@@ -155,6 +155,15 @@ class Graph:
 
     `text()` prints one line per node with its type (stable and diffable),
     `dot()` returns graphviz source, `verify()` checks SSA and types.
+
+    >>> import numpy as np, explorer
+    >>> g = explorer.trace(lambda x: np.exp(x) + 1.0, np.ones((2, 3), np.float32))
+    >>> [n.op for n in g.op_nodes()], g.node("%3").type_str
+    (['exp', 'add'], 'f32[2,3]')
+    >>> g.verify() is g, g.dot().splitlines()[0]
+    (True, 'digraph lambda {')
+    >>> g.stats()["ops"]
+    {'add': 1, 'exp': 1}
     """
 
     def __init__(self, name: str, inputs: list[Node], nodes: list[Node], outputs: list[Node],
