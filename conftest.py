@@ -39,7 +39,11 @@ def _gpu() -> tuple[bool, str]:
 @cache
 def _nvcc() -> tuple[bool, str]:
     from explorer.backends import nvcc
-    return nvcc.available()
+    ok, why = nvcc.available()
+    if ok and not (shutil.which("gcc") or shutil.which("g++")):
+        # nvcc found (it is also looked for outside PATH) but not the host compiler it runs
+        return False, "nvcc's host compiler (gcc/g++) is not on PATH"
+    return ok, why
 
 
 def _dot() -> tuple[bool, str]:
@@ -66,11 +70,14 @@ _NEEDS = [
     (re.compile(r"""\.plot\w*\(|\bmatplotlib\b"""), _module("matplotlib")),
     (re.compile(r"""\bblas_threads\("""), _module("threadpoolctl")),
 ]
-# modules whose examples need something whatever they say (they call their own functions bare)
+# modules whose examples need something whatever they say (they call their own functions bare, or
+# the objects they build use it)
 _MODULE_NEEDS = {
     "explorer.backends.nvcc": _nvcc,
     "explorer.backends.cuda": _gpu,
     "explorer.render": _dot,
+    "widgets.panels.charts": _module("matplotlib"),      # the panels draw their charts when a run ends
+    "widgets.panels.autotune": _module("matplotlib"),
 }
 # packages that need a module to be imported at all
 _PACKAGE_NEEDS = {"widgets": _module("ipywidgets")}
