@@ -56,8 +56,8 @@ class Compiled:
     >>> import numpy as np, explorer
     >>> x, w, b = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32), np.zeros(3, np.float32)
     >>> c = explorer.compile(lambda x, w, b: np.maximum(x @ w + b, 0), x, w, b, target="sim")
-    >>> c.stage_names
-    ['traced', 'simplified', 'fused', 'lowered', 'tiled', 'codegen']
+    >>> print(" → ".join(c.stage_names))
+    traced → simplified → fused → lowered → tiled → ...codegen
     >>> [k.name for k in c.kernels]
     ['fused_matmul_add_maximum']
     >>> c.run(x, w, b)[0][0]                      # always a list of outputs; c(x, w, b) returns the array
