@@ -64,6 +64,10 @@ class Compiled:
     array([8., 8., 8.], dtype=float32)
     >>> c.max_error()                             # vs the NumPy reference, on the example inputs
     0.0
+    >>> c.reference(x, w, b)[0][0]                # the NumPy interpreter's result for the traced graph
+    array([8., 8., 8.], dtype=float32)
+    >>> c.options.target, c.options.fuse          # every knob of the compile (pipeline.Options)
+    ('sim', True)
     """
 
     def __init__(self, fn: Callable, examples: list[np.ndarray], stages: list[Snapshot], options: Options,
@@ -84,6 +88,24 @@ class Compiled:
         return [s.name for s in self.stages]
 
     def stage(self, name: str) -> Snapshot:
+        """The Snapshot (IR, text(), dot(), stats) of stage `name`.
+
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda a: np.exp(a) + 1, np.ones(8, np.float32), target="sim", stop_after="fused")
+        >>> s = c.stage("fused")
+        >>> s.name, s.stats["kernels"], s.stats["intermediates"], s.stats["wall_ms"] > 0
+        ('fused', 1, 0, True)
+        >>> print(s.text())
+        fused lambda: 1 kernel (2 ops), 0 intermediates in global memory
+          kernel g0 fused_exp_add [elementwise]  lines: ...
+            reads: a   writes: %3 (returned)
+            %1: f32[8] = exp(a)
+            %3: f32[8] = add(%1, %2)
+          boundaries:
+            %1 → %3  fused: elementwise — add reads %1 (exp) element by element, so the value stays in registers
+        >>> s.dot().splitlines()[0]
+        'digraph lambda {'
+        """
         for s in self.stages:
             if s.name == name:
                 return s
@@ -265,13 +287,7 @@ class Compiled:
         return fast
 
     def reference(self, *args: Any) -> list[np.ndarray]:
-        """The NumPy interpreter's result for the traced graph (the ground truth).
-
-        >>> import numpy as np, explorer
-        >>> c = explorer.compile(lambda a: np.sqrt(a), np.ones(2, np.float32), target="sim")
-        >>> c.reference(np.array([4, 9], np.float32))
-        [array([2., 3.], dtype=float32)]
-        """
+        """The NumPy interpreter's result for the traced graph (the ground truth)."""
         from .backends.reference import run_graph
         return run_graph(self.stage("traced").ir, self.check_args(args))
 

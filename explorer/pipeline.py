@@ -30,13 +30,7 @@ TARGETS = ("auto", "cuda", "cpu", "sim", "reference")
 
 @dataclass
 class Options:
-    """Every knob of a compile, as plain data (each widget control maps to one field).
-
-    >>> import numpy as np, explorer
-    >>> c = explorer.compile(lambda a: np.exp(a) + 1, np.ones(8, np.float32), target="sim", fuse=False)
-    >>> c.options.target, c.options.fuse, c.options.schedule
-    ('sim', False, None)
-    """
+    """Every knob of a compile, as plain data (each widget control maps to one field)."""
 
     target: str = "auto"
     fuse: Any = True                 # True / False / {"epilogue": False, ...}
@@ -58,24 +52,7 @@ class TextOptionError(ExplorerError, TypeError):
 
 @dataclass
 class Snapshot:
-    """The IR after one stage. `text()`/`dot()` delegate to the IR; `stats` includes `wall_ms`.
-
-    >>> import numpy as np, explorer
-    >>> c = explorer.compile(lambda a: np.exp(a) + 1, np.ones(8, np.float32), target="sim", stop_after="fused")
-    >>> s = c.stage("fused")
-    >>> s.name, s.stats["kernels"], s.stats["intermediates"], s.stats["wall_ms"] > 0
-    ('fused', 1, 0, True)
-    >>> print(s.text())
-    fused lambda: 1 kernel (2 ops), 0 intermediates in global memory
-      kernel g0 fused_exp_add [elementwise]  lines: ...
-        reads: a   writes: %3 (returned)
-        %1: f32[8] = exp(a)
-        %3: f32[8] = add(%1, %2)
-      boundaries:
-        %1 → %3  fused: elementwise — add reads %1 (exp) element by element, so the value stays in registers
-    >>> s.dot().splitlines()[0]
-    'digraph lambda {'
-    """
+    """The IR after one stage. `text()`/`dot()` delegate to the IR; `stats` includes `wall_ms`."""
 
     name: str
     ir: Any
