@@ -10,7 +10,7 @@ boundary with its reason and a "why not fused?" pair of dropdowns (Compiled.expl
 >>> from widgets.panels.fusion import FusionView
 >>> v = FusionView(explorer.compile(mlp, x, w, b, fuse=False, target="sim"))
 >>> print(v.answer.value)                 # "why not fused?" for the first pair of the dropdowns
-<div class='ke-why' style='white-space:pre-wrap'>not fused: fusion is turned off (fuse=False)</div>
+<div class='ke-why' style='white-space:pre-wrap'>not fused: fusion is turned off (fuse=False)</div>...
 """
 from __future__ import annotations
 
