@@ -15,9 +15,11 @@ alone; an int is that limit. The previous setting comes back afterwards. threadp
 `blas_threads(n)` is the same limit for your own code:
 
 >>> import numpy as np, explorer
->>> with explorer.blas_threads(1):              # doctest: +SKIP
+>>> x, w = np.ones((256, 256), np.float32), np.ones((256, 16), np.float32)
+>>> c = explorer.compile(lambda x, w: np.maximum(x @ w, 0), x, w, target="cpu")
+>>> with explorer.blas_threads(1):
 ...     y = x @ w                                # NumPy's matmul on 1 thread: no spinning worker
-...     t = c.benchmark(x, w)                    # ... when the explorer kernel runs right after it
+...     t = c.benchmark(x, w, repeat=5)          # ... when the explorer kernel runs right after it
 """
 from __future__ import annotations
 
@@ -133,9 +135,13 @@ def blas_threads(n: int = 1) -> Iterator[BlasSetting]:
     without it); limiting halves NumPy's large matmuls on an idle 2-core machine.
 
     >>> import numpy as np, explorer
-    >>> with explorer.blas_threads(1):                     # doctest: +SKIP
+    >>> x, w1, w2, b2 = np.ones((64, 64), np.float32), np.eye(64, dtype=np.float32), np.eye(64, dtype=np.float32), np.zeros(64, np.float32)
+    >>> fused_mlp = explorer.compile(lambda h, w, b: np.maximum(h @ w + b, 0), x, w2, b2, target="sim")
+    >>> with explorer.blas_threads(1) as setting:
     ...     h = x @ w1                                     # NumPy, 1 thread
     ...     y = fused_mlp(h, w2, b2)                       # explorer: its core is free
+    >>> float(y.sum())
+    4096.0
     """
     n = check_blas_threads(n)
     if n is None or n == "auto":

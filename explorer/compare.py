@@ -10,11 +10,16 @@ the simulator, from its exact counters).
 >>> import numpy as np, explorer
 >>> def mlp(x, w, b):
 ...     return np.maximum(x @ w + b, 0)
->>> x = np.random.rand(8192, 64).astype(np.float32)
+>>> x = np.random.rand(256, 64).astype(np.float32)
 >>> w = np.random.rand(64, 64).astype(np.float32); b = np.random.rand(64).astype(np.float32)
->>> r = explorer.compare(mlp, x, w, b, target="cpu")                 # doctest: +SKIP
->>> print(r.table())                                                 # doctest: +SKIP
->>> r.plot_timing(); r.plot_roofline()                               # doctest: +SKIP
+>>> r = explorer.compare(mlp, x, w, b, target="cpu", repeat=5)   # default: until the medians are stable
+>>> print(r.summary())
+fusion: 3 → 1 kernels, ... moved (model), speedup ...
+>>> print(r.table())
+mlp(f32[256,64], f32[64,64], f32[64]) on target 'cpu'
+...
+variant  kernels  median ms  ...
+>>> fig = r.plot_timing(); fig = r.plot_roofline()
 
 Every number on a chart is either measured in this call or labelled "model".
 On target 'sim' nothing is timed for real: the simulator counts exact bytes
@@ -419,6 +424,16 @@ class Comparison:
 
     `.rows` (list of dicts), `.table()` (text), `_repr_html_()`, `.speedup`
     (unfused time / fused time), `.plot_timing()`, `.plot_roofline()`.
+
+    >>> import numpy as np, explorer
+    >>> a = np.ones(1024, np.float32)
+    >>> r = explorer.compare(lambda a, b: np.exp(a) * b + 1, a, a, target="sim", repeat=3)
+    >>> [v.name for v in r.variants], len(r.fused.kernels), len(r.unfused.kernels)
+    (['fused', 'unfused', 'numpy'], 1, 3)
+    >>> r.bytes_saved                  # two f32[1024] intermediates, each written once and read once
+    16384
+    >>> print(r.speedup_range)         # on sim: the roofline model on the simulator's exact counters
+    2.33x (2.33–2.33)
     """
 
     def __init__(self, name: str, target: str, device: Device, variants: list[Variant], skipped: dict[str, str],
@@ -459,8 +474,13 @@ class Comparison:
     def speedup_range(self) -> measure.Ratio:
         """The fusion speedup with its quartile range and the unstable flag of either measurement.
 
+        >>> import numpy as np, explorer
+        >>> a = np.ones(1024, np.float32)
+        >>> r = explorer.compare(lambda a: np.exp(a) * 2, a, target="cpu", repeat=5)
         >>> print(r.speedup_range)                       # doctest: +SKIP
         1.42x (1.30–1.55)
+        >>> r.speedup_range.value == r.speedup
+        True
         """
         return measure.speedup(self.variant("unfused").as_timing(), self.variant("fused").as_timing())
 
@@ -944,8 +964,8 @@ def compare(fn: Callable, *args: Any, target: str = "auto", baselines: Sequence[
 
     >>> import numpy as np, explorer
     >>> r = explorer.compare(lambda a, b: np.exp(a) * b + 1, np.ones(1 << 16, np.float32),
-    ...                      np.ones(1 << 16, np.float32), target="sim")      # doctest: +SKIP
-    >>> r.variant("fused").bytes_model < r.variant("unfused").bytes_model   # doctest: +SKIP
+    ...                      np.ones(1 << 16, np.float32), target="sim")
+    >>> r.variant("fused").bytes_model < r.variant("unfused").bytes_model
     True
     """
     from .pipeline import compile as _compile, resolve_target
@@ -1113,9 +1133,15 @@ def sweep(fn: Callable, make_args: Callable[[int], tuple] | None = None, sizes: 
     appears when the sweep takes more than a second.
 
     >>> import numpy as np, explorer
-    >>> s = explorer.sweep(lambda a, b: np.exp(a) * b, sizes=[1024, 4096], target="sim")   # doctest: +SKIP
-    >>> [r["size"] for r in s.rows]                                                         # doctest: +SKIP
+    >>> s = explorer.sweep(lambda a, b: np.exp(a) * b, sizes=[1024, 4096], target="sim")
+    >>> [r["size"] for r in s.rows]
     [1024, 4096]
+    >>> print(s.table())
+    sweep <lambda> on sim (times: model; bytes: model)
+          size  ...  bytes fused  bytes unfused
+          1024  ...      12.3 kB        20.5 kB
+          4096  ...      49.2 kB        81.9 kB
+    ...
     """
     from .pipeline import resolve_target
     from .progress import progress as _progress

@@ -54,7 +54,24 @@ def _check_count(name: str, v: Any, minimum: int) -> int:
 
 
 class Compiled:
-    """A compiled function. `stages` is the list of Snapshots in pipeline order."""
+    """A compiled function. `stages` is the list of Snapshots in pipeline order.
+
+    >>> import numpy as np, explorer
+    >>> x, w, b = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32), np.zeros(3, np.float32)
+    >>> c = explorer.compile(lambda x, w, b: np.maximum(x @ w + b, 0), x, w, b, target="sim")
+    >>> print(" → ".join(c.stage_names))
+    traced → simplified → fused → lowered → tiled → ...codegen
+    >>> [k.name for k in c.kernels]
+    ['fused_matmul_add_maximum']
+    >>> c.run(x, w, b)[0][0]                      # always a list of outputs; c(x, w, b) returns the array
+    array([8., 8., 8.], dtype=float32)
+    >>> c.max_error()                             # vs the NumPy reference, on the example inputs
+    0.0
+    >>> c.reference(x, w, b)[0][0]                # the NumPy interpreter's result for the traced graph
+    array([8., 8., 8.], dtype=float32)
+    >>> c.options.target, c.options.fuse          # every knob of the compile (pipeline.Options)
+    ('sim', True)
+    """
 
     def __init__(self, fn: Callable, examples: list[np.ndarray], stages: list[Snapshot], options: Options,
                  kernel_overrides: dict[int, str] | None = None):
@@ -75,6 +92,24 @@ class Compiled:
         return [s.name for s in self.stages]
 
     def stage(self, name: str) -> Snapshot:
+        """The Snapshot (IR, text(), dot(), stats) of stage `name`.
+
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda a: np.exp(a) + 1, np.ones(8, np.float32), target="sim", stop_after="fused")
+        >>> s = c.stage("fused")
+        >>> s.name, s.stats["kernels"], s.stats["intermediates"], s.stats["wall_ms"] > 0
+        ('fused', 1, 0, True)
+        >>> print(s.text())
+        fused lambda: 1 kernel (2 ops), 0 intermediates in global memory
+          kernel g0 fused_exp_add [elementwise]  lines: ...
+            reads: a   writes: %3 (returned)
+            %1: f32[8] = exp(a)
+            %3: f32[8] = add(%1, %2)
+          boundaries:
+            %1 → %3  fused: elementwise — add reads %1 (exp) element by element, so the value stays in registers
+        >>> s.dot().splitlines()[0]
+        'digraph lambda {'
+        """
         for s in self.stages:
             if s.name == name:
                 return s
@@ -113,6 +148,18 @@ class Compiled:
 
         With no arguments returns the whole Explanation (printable); with two node names
         ('%3', '%5') returns the one-line reason for that edge.
+
+        >>> import numpy as np, explorer
+        >>> x, w = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32)
+        >>> c = explorer.compile(lambda x, w: np.maximum(x @ w, 0), x, w, target="reference")
+        >>> print(c.explain_fusion())             # under each kernel: its source lines (here: the doctest's)
+        fusion of lambda: 1 kernel
+        kernel g0 fused_matmul_maximum [contraction]: %2 matmul, %4 maximum
+        ...
+        boundaries:
+          %2 → %4  fused: epilogue — maximum is an elementwise consumer of matmul %2 ...
+        >>> c.explain_fusion("%2", "%4")
+        'fused: epilogue — maximum is an elementwise consumer of matmul %2 ...'
         """
         return self.stage("fused").ir.explain(a, b)
 
@@ -174,15 +221,23 @@ class Compiled:
         """CPU target: one threads.Decision per kernel (how many OpenMP threads a call may use, and
         why), e.g. 'serial: ~12 µs of work, below the 300 µs parallel threshold'. [] elsewhere.
 
-        >>> [str(d) for d in c.thread_policy]        # doctest: +SKIP
-        ['fused_matmul_add_maximum: serial: ~41 µs of work, below the 300 µs parallel threshold']
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda x: np.exp(x) * 2, np.ones(64, np.float32), target="cpu")
+        >>> [str(d) for d in c.thread_policy]
+        ['fused_exp_mul: serial: ...']
         """
         if self.target_info.language != "c" or "codegen" not in self.stage_names:   # OpenMP: the C backend
             return []
         return list(getattr(self.executable(), "thread_policy", []))
 
     def run(self, *args: Any) -> list[np.ndarray]:
-        """Run on the compile's target; always returns a list of outputs."""
+        """Run on the compile's target; always returns a list of outputs.
+
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda a: (a + 1, a * 2), np.ones(3, np.float32), target="sim")
+        >>> c.run(np.arange(3, dtype=np.float32))
+        [array([1., 2., 3.], dtype=float32), array([0., 2., 4.], dtype=float32)]
+        """
         inputs = self.backend_inputs(self.check_args(args))
         try:
             return self.executable().run(inputs)
@@ -250,9 +305,13 @@ class Compiled:
         machine with <= 2 usable cores (its idle threads spin on the core the kernel needs), None
         leaves it alone, an int is that limit; `Timing.blas` records what was done.
 
-        >>> t = c.benchmark()                                     # doctest: +SKIP
-        >>> print(t)                                              # doctest: +SKIP
-        0.132 ms (IQR 0.128–0.139, min 0.121, n=41, wall)
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda x: np.exp(x) * 2, np.ones(1024, np.float32), target="cpu")
+        >>> t = c.benchmark(repeat=5)          # default: repeats until the median is stable
+        >>> t.repeat, t.source, t.median_ms > 0
+        (5, 'wall', True)
+        >>> print(t)                           # doctest: +SKIP
+        0.0021 ms (IQR 0.0020–0.0023, min 0.0019, n=5, wall)
         """
         from . import blas, measure
         warmup = _check_count("warmup", warmup, 0)
@@ -272,8 +331,14 @@ class Compiled:
         """One timed call of this function on `args` (default: the examples), for explorer.measure:
         the backend's own sampler (CUDA events, per-kernel times) where it has one, else wall time.
 
+        >>> import numpy as np, explorer
         >>> from explorer import measure
-        >>> ts = measure.interleaved({"fused": c.sampler(x), "numpy": lambda: f(x)})   # doctest: +SKIP
+        >>> f = lambda x: np.exp(x) * 2
+        >>> x = np.ones(1024, np.float32)
+        >>> c = explorer.compile(f, x, target="cpu")
+        >>> ts = measure.interleaved({"fused": c.sampler(x), "numpy": lambda: f(x)}, repeat=5)
+        >>> sorted(ts), ts["fused"].repeat
+        (['fused', 'numpy'], 5)
         """
         if not isinstance(include_copies, (bool, np.bool_)):
             raise ExplorerError(f"include_copies={include_copies!r}: must be True or False")
@@ -297,7 +362,17 @@ class Compiled:
         an endless loop (cpu.TRIAL_TIMEOUT_S) or a write outside the buffers or into an input raises
         KernelFault and leaves this process (a notebook's kernel) unharmed.
 
-        >>> c2 = c.with_kernel_source(0, c.kernels[0].source.replace("2.0f", "2.0f"))  # doctest: +SKIP
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda x: x * 2, np.ones(8, np.float32), target="cpu")
+        >>> print(c.kernels[0].source.splitlines()[-3])
+            out0[i0] = x[i0] * 2.0f;
+        >>> c2 = c.with_kernel_source(0, c.kernels[0].source.replace("x[i0] * 2.0f", "x[i0] + x[i0]"))
+        >>> c2(np.arange(3, 11, dtype=np.float32))[:3]
+        array([ 6.,  8., 10.], dtype=float32)
+        >>> c.with_kernel_source(0, c.kernels[0].source.replace("* 2.0f", "* 3.0f"))
+        Traceback (most recent call last):
+        ...
+        explorer.errors.VerificationError: edited kernel 0 (mul_kernel) builds but output 0 differs from the NumPy reference ...
         """
         from .errors import CompileError, VerificationError
         n = len(self.kernels)
@@ -339,7 +414,13 @@ class Compiled:
         return new
 
     def max_error(self, *args: Any) -> float:
-        """Max abs difference between this target's outputs and the NumPy reference."""
+        """Max abs difference between this target's outputs and the NumPy reference.
+
+        >>> import numpy as np, explorer
+        >>> x = np.linspace(-4, 4, 64, dtype=np.float32)
+        >>> explorer.compile(lambda x: np.tanh(x), x, target="sim").max_error() < 1e-6
+        True
+        """
         args = args or tuple(self.examples)
         got = self.run(*args)
         want = self.reference(*args)

@@ -13,7 +13,19 @@ from __future__ import annotations
 
 
 class ExplorerError(Exception):
-    """Base class of every error the explorer raises on bad input or missing tools."""
+    """Base class of every error the explorer raises on bad input or missing tools.
+
+    >>> import numpy as np, explorer
+    >>> try:
+    ...     explorer.trace(lambda a, b: a @ b, np.ones((2, 3), np.float32), np.ones((4, 5), np.float32))
+    ... except explorer.ExplorerError as e:          # a ShapeError
+    ...     print(e)
+    matmul: inner dimensions differ: (2, 3) @ (4, 5) (3 != 4); the last dim of the left operand must equal ...
+    >>> explorer.trace(lambda a: np.fft.fft(a), np.ones(4, np.float32))
+    Traceback (most recent call last):
+    ...
+    explorer.errors.UnsupportedOpError: np.fft.fft is not supported at ...; closest supported: ...; see docs/NUMPY.md
+    """
 
 
 class TraceError(ExplorerError):

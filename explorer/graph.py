@@ -2,12 +2,16 @@
 
 >>> import numpy as np, explorer
 >>> g = explorer.trace(lambda x: np.exp(x) + 1.0, np.ones((2, 3), np.float32))
->>> print(g.text())                                          # doctest: +SKIP
-graph fn(x: f32[2,3]):
+>>> print(g.text())
+graph lambda(x: f32[2,3]):
   %1: f32[2,3] = exp(x)
   %2: f32[] = const 1.0
   %3: f32[2,3] = add(%1, %2)
   return %3
+>>> [n.op for n in g.op_nodes()], g.node("%3").type_str
+(['exp', 'add'], 'f32[2,3]')
+>>> g.verify() is g, g.dot().splitlines()[0]        # verify(): SSA and types hold; dot(): graphviz source
+(True, 'digraph lambda {')
 
 Nodes keep the id they got at trace time for life, so the text of two stages
 diffs line by line: a pass that removes a node removes exactly its line.

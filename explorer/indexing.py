@@ -16,7 +16,8 @@ Constant index arrays that step evenly (x[:, [-1]], wpe[range(T)]) become slices
 >>> import numpy as np, explorer
 >>> def f(z, a):
 ...     _z = z.copy()
-...     _z[z < 0] = _z[z < 0] * a
+...     m = z < 0
+...     _z[m] = _z[m] * a
 ...     return _z
 >>> g = explorer.trace(f, np.ones(4, np.float32), np.float32(0.1))
 >>> [n.op for n in g.op_nodes()]

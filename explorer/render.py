@@ -1,6 +1,8 @@
 """Render DOT source to SVG with the `graphviz` package and the `dot` binary, when present.
 
->>> svg = dot_to_svg("digraph { a -> b }")   # doctest: +SKIP
+>>> svg = dot_to_svg("digraph { a -> b }")
+>>> "<svg" in svg
+True
 """
 from __future__ import annotations
 

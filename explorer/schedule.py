@@ -139,6 +139,17 @@ class Schedule:
     >>> s = Schedule(); f = s.fuse("i0", "i1"); fo, fi = s.split(f, 4); s.vectorize(fi)
     >>> [str(p) for p in s]
     ['fuse(i0, i1) -> i0_i1', 'split(i0_i1, 4) -> i0_i1_o, i0_i1_i', 'vectorize(i0_i1_i)']
+
+    Given to explorer.compile (one Schedule for every kernel, or {kernel name: Schedule}), it replaces
+    the target's default schedule; the `tiled` stage shows the loop nest it gives:
+
+    >>> import numpy as np, explorer
+    >>> s = Schedule(); io, ii = s.split("i0", 4); s.bind(io, "blockIdx.x"); s.bind(ii, "threadIdx.x")
+    >>> c = explorer.compile(lambda a: np.exp(a) * 2, np.ones(16, np.float32), target="sim", schedule=s)
+    >>> print("\\n".join(c.stage("tiled").text().splitlines()[-3:]))
+      for i0_o in blockIdx.x(4):
+        for i0_i in threadIdx.x(4):
+          out0[i0_o * 4 + i0_i] = exp(a[i0_o * 4 + i0_i]) * 2.0f
     """
 
     def __init__(self, primitives: Iterable[Primitive] = (), notes: Iterable[str] = ()):
@@ -146,6 +157,12 @@ class Schedule:
         self.notes: list[str] = list(notes)   # why a default chose what it chose
 
     def split(self, axis: str, factor: int, names: tuple[str, str] | None = None) -> tuple[str, str]:
+        """Split loop `axis` into an outer and an inner loop of extent `factor`; returns their names
+        (`names`, or axis_o, axis_i). A factor that does not divide the extent gets a bounds guard.
+
+        >>> Schedule().split("i", 32), Schedule().split("k", 8, names=("k_o", "k_i"))
+        (('i_o', 'i_i'), ('k_o', 'k_i'))
+        """
         if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
             raise ScheduleError(f"split({axis}, {factor!r}): the factor must be a positive integer")
         outer, inner = names or (f"{axis}_o", f"{axis}_i")
@@ -153,6 +170,11 @@ class Schedule:
         return outer, inner
 
     def fuse(self, *axes: str, name: str | None = None) -> str:
+        """Merge adjacent loops `axes` (outermost first) into one loop; returns its name.
+
+        >>> Schedule().fuse("i", "j")
+        'i_j'
+        """
         if len(axes) < 2:
             raise ScheduleError(f"fuse needs at least two axes, got {axes}")
         fused = name or "_".join(axes)
@@ -160,24 +182,61 @@ class Schedule:
         return fused
 
     def reorder(self, *order: str) -> None:
+        """Nest these loops in this order, outermost first.
+
+        >>> s = Schedule(); s.reorder("j", "i"); print(s)
+        reorder(j, i)
+        """
         self.primitives.append(Reorder(tuple(order)))
 
     def bind(self, axis: str, thread: str) -> None:
+        """Map loop `axis` onto a CUDA grid or block index (blockIdx.x/y/z, threadIdx.x/y/z).
+
+        >>> s = Schedule(); s.bind("i_o", "blockIdx.x"); print(s)
+        bind(i_o, blockIdx.x)
+        """
         self.primitives.append(Bind(axis, thread))
 
     def parallel(self, axis: str) -> None:
+        """Run loop `axis`'s iterations on OpenMP threads (CPU).
+
+        >>> s = Schedule(); s.parallel("i_o"); print(s)
+        parallel(i_o)
+        """
         self.primitives.append(Parallel(axis))
 
     def vectorize(self, axis: str) -> None:
+        """Compute loop `axis` in SIMD lanes (a `vectorized` loop; C: `#pragma omp simd`).
+
+        >>> s = Schedule(); s.vectorize("i_i"); print(s)
+        vectorize(i_i)
+        """
         self.primitives.append(Vectorize(axis))
 
     def unroll(self, axis: str) -> None:
+        """Unroll loop `axis` (its extent is a constant) in the generated code.
+
+        >>> s = Schedule(); s.unroll("k_i"); print(s)
+        unroll(k_i)
+        """
         self.primitives.append(Unroll(axis))
 
     def cache_read(self, buffer: str, scope: str, at: str) -> None:
+        """Stage the tile of input `buffer` that the loops inside `at` read in `scope` memory
+        ('shared': copied by the whole block once per iteration of `at`, then a barrier).
+
+        >>> s = Schedule(); s.cache_read("a", "shared", at="k_o"); print(s)
+        cache_read(a, shared, at=k_o)
+        """
         self.primitives.append(CacheRead(buffer, scope, at))
 
     def cache_write(self, scope: str, at: str) -> None:
+        """Keep a matmul's accumulators for the loops inside `at` in a `scope` ('local': registers)
+        tile, written to the output once after the reduction.
+
+        >>> s = Schedule(); s.cache_write("local", at="j_t"); print(s)
+        cache_write(local, at=j_t)
+        """
         self.primitives.append(CacheWrite(scope, at))
 
     def double_buffer(self, buffer: str) -> None:
@@ -206,6 +265,12 @@ class Schedule:
         return len(self.primitives)
 
     def text(self) -> str:
+        """The primitives, one a line, in order (as the `tiled` snapshot lists them).
+
+        >>> s = Schedule(); s.parallel("i"); s.vectorize("j"); print(s.text())
+        parallel(i)
+        vectorize(j)
+        """
         return "\n".join(str(p) for p in self.primitives)
 
     __str__ = text

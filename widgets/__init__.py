@@ -1,8 +1,15 @@
 """Interactive JupyterLab front end of kernel-explorer (ipywidgets), on top of the public `explorer` API.
 
 >>> import widgets                                   # cheap: nothing heavy is imported yet
->>> ex = widgets.Explorer(mlp, x, w, b)               # doctest: +SKIP
->>> ex                                               # the dashboard, in a notebook cell  # doctest: +SKIP
+>>> import numpy as np, explorer
+>>> def mlp(x, w, b):
+...     return np.maximum(x @ w + b, 0)
+>>> x, w, b = np.ones((64, 32), np.float32), np.ones((32, 16), np.float32), np.zeros(16, np.float32)
+>>> ex = widgets.Explorer(mlp, x, w, b, target="sim")
+>>> ex.compiled
+<Compiled mlp target=sim stages=[...] kernels=1>
+>>> ex                                               # doctest: +SKIP
+(in a notebook cell: the dashboard)
 
 Dashboard (`Explorer`): knobs on the left (target, dtype, problem size, fast math, fusion on/off
 and per rule, tile BM/BN/BK, threads, vector, unroll, shared staging, double buffering, tensor cores; knobs that do not

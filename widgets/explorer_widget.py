@@ -4,9 +4,14 @@
 >>> def mlp(x, w, b):
 ...     return np.maximum(x @ w + b, 0)
 >>> x, w, b = np.ones((64, 32), np.float32), np.ones((32, 16), np.float32), np.zeros(16, np.float32)
->>> ex = widgets.Explorer(mlp, x, w, b, target="cpu")     # doctest: +SKIP
->>> ex.knobs.fuse.value = False                            # recompiles and redraws  # doctest: +SKIP
->>> ex                                                     # in JupyterLab: the dashboard  # doctest: +SKIP
+>>> ex = widgets.Explorer(mlp, x, w, b, target="cpu")
+>>> len(ex.compiled.kernels)
+1
+>>> ex.knobs.fuse.value = False                            # recompiles and redraws
+>>> len(ex.compiled.kernels)
+3
+>>> ex                                                     # doctest: +SKIP
+(in JupyterLab: the dashboard)
 
 Every control maps to one explorer.compile argument (see KnobPanel.kwargs), so any view can be
 reproduced in a script. The dashboard holds no compiler logic: it calls explorer.compile,

@@ -3,9 +3,16 @@
 pycuda is imported lazily, so `import explorer` works without it; `available()` says in one line why
 this backend cannot run here (pycuda missing, no NVIDIA driver, no device) and never raises.
 
+Examples run only where a GPU and pycuda are (the doctest collection skips them elsewhere); the
+timing lines stay skipped everywhere since their numbers differ per run.
+
+>>> import numpy as np, explorer
+>>> from explorer.backends.cuda import available, build
 >>> ok, why = available()                      # (False, 'pycuda is not installed ...') on a CPU box
->>> exe = build(compiled)                       # doctest: +SKIP
->>> exe.run([x, w, b])[0].shape                 # doctest: +SKIP
+>>> x, w, b = np.ones((1024, 64), np.float32), np.ones((64, 256), np.float32), np.zeros(256, np.float32)
+>>> compiled = explorer.compile(lambda x, w, b: np.maximum(x @ w + b, 0), x, w, b, target="cuda")
+>>> exe = build(compiled)
+>>> exe.run([x, w, b])[0].shape
 (1024, 256)
 >>> print(exe.time([x, w, b], warmup=3, repeat=20))   # doctest: +SKIP
 0.0412 ms (min 0.0398, ±0.0011, n=20, cuda-events)

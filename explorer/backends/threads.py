@@ -298,6 +298,9 @@ def blas_pools() -> list[dict[str, Any]]:
 def report() -> str:
     """The policy's inputs in this process, for people (the benchmarks print it first).
 
+    >>> print(report())                                         # doctest: +ELLIPSIS
+    usable cores: ...
+    ...
     >>> print(report())                                         # doctest: +SKIP
     usable cores: 2 (affinity 2 CPUs)
     idle workers sleep (OMP_WAIT_POLICY=PASSIVE, set by explorer before libgomp loaded)

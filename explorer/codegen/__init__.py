@@ -1,7 +1,20 @@
 """Code generation: tiled loop IR → CUDA C (cuda.py) or C with OpenMP (c.py).
 
->>> cg = generate(program, target="cpu")      # doctest: +SKIP
->>> print(cg.kernels[0].source)               # doctest: +SKIP
+>>> import numpy as np, explorer
+>>> from explorer.codegen import generate
+>>> c = explorer.compile(lambda a: np.exp(a) + 1, np.ones(8, np.float32), target="cpu")
+>>> cg = generate(c.program, target="cpu")      # what the `codegen` stage holds
+>>> print(cg.kernels[0].source)
+/* kernel fused_exp_add | fusion group g0 (elementwise)
+ * ops: exp, add
+ ...
+void fused_exp_add(const float* restrict a, float* restrict out0)
+{
+  #pragma omp simd
+  for (int i0 = 0; i0 < 8; ++i0) {
+    out0[i0] = ke_expf(a[i0]) + 1.0f;
+  }
+}
 
 Generated source is deterministic, indented, names every kernel after its fusion
 group, and never contains unsanitized user text (explorer.naming).

@@ -6,7 +6,7 @@
 ...            kind="parallel"),), outputs=("y",))
 >>> cg = generate_c(Program("f", (k,), (x,), (y,)))
 >>> print(cg.kernels[0].source.splitlines()[-5])
-  #pragma omp parallel for schedule(static)
+  #pragma omp parallel for schedule(static) num_threads(ke_num_threads)
 
 Mapping (before → after):
 

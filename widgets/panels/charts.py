@@ -5,9 +5,16 @@ code is compiled for: sm_80) on the simulator's exact counts.
 
 The measurement runs on a worker thread, so the notebook stays responsive; `wait()` joins it.
 
->>> from widgets import TimingChart                                   # doctest: +SKIP
->>> t = TimingChart(); t.run(mlp, x, w, b, target="cpu"); t.wait()    # doctest: +SKIP
->>> TimingChart(explorer.compare(mlp, x, w, b))                       # doctest: +SKIP
+>>> import numpy as np, explorer
+>>> def mlp(x, w, b):
+...     return np.maximum(x @ w + b, 0)
+>>> x, w, b = np.ones((64, 32), np.float32), np.ones((32, 16), np.float32), np.zeros(16, np.float32)
+>>> from widgets import TimingChart
+>>> t = TimingChart(); t.run(mlp, x, w, b, target="sim", repeat=3); t.wait()
+True
+>>> [v.name for v in t.comparison.variants]
+['fused', 'unfused', 'numpy']
+>>> t2 = TimingChart(t.comparison)      # the charts of a comparison you already have, without measuring again
 """
 from __future__ import annotations
 

@@ -4,8 +4,14 @@ time with its spread) and one sentence generated from those numbers (explorer.le
 boundary with its rule, refusal code (FusionDecision.code) and reason, and a "why not fused?" pair of
 dropdowns (Compiled.explain_fusion(a, b), with the edge's refusal code under the answer).
 
->>> from widgets.panels.fusion import FusionView               # doctest: +SKIP
->>> FusionView(explorer.compile(mlp, x, w, b, fuse=False))     # doctest: +SKIP
+>>> import numpy as np, explorer
+>>> def mlp(x, w, b):
+...     return np.maximum(x @ w + b, 0)
+>>> x, w, b = np.ones((64, 32), np.float32), np.ones((32, 16), np.float32), np.zeros(16, np.float32)
+>>> from widgets.panels.fusion import FusionView
+>>> v = FusionView(explorer.compile(mlp, x, w, b, fuse=False, target="sim"))
+>>> print(v.answer.value)                 # "why not fused?" for the first pair of the dropdowns
+<div class='ke-why' style='white-space:pre-wrap'>not fused: fusion is turned off (fuse=False)</div>...
 """
 from __future__ import annotations
 

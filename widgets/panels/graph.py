@@ -4,8 +4,12 @@ Fallback without graphviz's `dot` binary: the DOT source in a <pre> with a one-l
 hint. Chosen over an in-browser WASM renderer because it needs no JavaScript bundle and works
 offline everywhere; the drawing appears as soon as `apt-get install graphviz` is done.
 
->>> from widgets import GraphView                                 # doctest: +SKIP
->>> GraphView(compiled.stage("fused"))                           # doctest: +SKIP
+>>> import numpy as np, explorer
+>>> from widgets import GraphView
+>>> compiled = explorer.compile(lambda a: np.exp(a) * 2, np.ones(8, np.float32), target="sim")
+>>> v = GraphView(compiled.stage("fused"))
+>>> v.dot.splitlines()[0]                 # v.html: the SVG, or this DOT text with an install hint
+'digraph lambda {'
 """
 from __future__ import annotations
 

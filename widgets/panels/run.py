@@ -3,8 +3,16 @@
 Timings come from explorer.measure: the compiled function and NumPy interleaved, median with its
 interquartile range, min and n, and "unstable measurement (noisy machine): rerun" when the spread stays high.
 
->>> from widgets.panels.run import RunPanel                              # doctest: +SKIP
->>> p = RunPanel(lambda target: explorer.compile(mlp, x, w, b, target=target)); p.run(); p.wait()  # doctest: +SKIP
+>>> import numpy as np, explorer
+>>> def mlp(x, w, b):
+...     return np.maximum(x @ w + b, 0)
+>>> x, w, b = np.ones((64, 32), np.float32), np.ones((32, 16), np.float32), np.zeros(16, np.float32)
+>>> from widgets.panels.run import RunPanel
+>>> p = RunPanel(lambda target: explorer.compile(mlp, x, w, b, target=target), target="sim", repeat=3)
+>>> p.run(); p.wait()
+True
+>>> p.rows[0]["target"], p.rows[0]["max abs error"], p.rows[0]["n"]
+('sim', 0.0, 3)
 """
 from __future__ import annotations
 

@@ -9,8 +9,14 @@ reference, cuda without a GPU). Compile errors quote the editor's line; no build
 The other language is produced lazily, by compiling the same function for the other target
 the first time the user switches (C ← target 'cpu', CUDA ← target 'sim' or 'cuda').
 
->>> from widgets import SourceView                               # doctest: +SKIP
->>> SourceView(explorer.compile(mlp, x, w, b, target="cpu"))    # doctest: +SKIP
+>>> import numpy as np, explorer
+>>> def mlp(x, w, b):
+...     return np.maximum(x @ w + b, 0)
+>>> x, w, b = np.ones((64, 32), np.float32), np.ones((32, 16), np.float32), np.zeros(16, np.float32)
+>>> from widgets import SourceView
+>>> v = SourceView(explorer.compile(mlp, x, w, b, target="cpu"))
+>>> v.kernel.options, v.language.value, v.mode.value
+((('0: fused_matmul_add_maximum', 0),), 'c', 'view')
 """
 from __future__ import annotations
 

@@ -1,7 +1,11 @@
 """TilingView: per kernel of the tiled stage, the schedule primitives applied and the loop nest.
 
->>> from widgets.panels.tiling import TilingView                         # doctest: +SKIP
->>> TilingView(explorer.compile(matmul, a, b, schedule={"tile": (32, 32, 8)}))   # doctest: +SKIP
+>>> import numpy as np, explorer
+>>> from widgets.panels.tiling import TilingView
+>>> a = b = np.ones((64, 64), np.float32)
+>>> v = TilingView(explorer.compile(lambda a, b: a @ b, a, b, target="sim", schedule={"tile": (32, 32, 8)}))
+>>> "split(k, 8)" in v.html.value
+True
 """
 from __future__ import annotations
 
