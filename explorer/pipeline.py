@@ -67,7 +67,7 @@ def stages_for(target: "str | Target") -> list[tuple[str, StageFn]]:
     registered ones (a registered stage with a default's name takes that stage's place).
 
     >>> [name for name, _ in stages_for("cpu")]
-    ['simplified', 'fused', 'lowered', 'tiled', 'codegen']
+    ['simplified', 'fused', 'lowered', 'tiled', 'vectorized', 'codegen']
     """
     stages = [(name, USER_STAGES.get(name, fn)) for name, fn in get_target(target).stages()]
     names = {name for name, _ in stages}

@@ -98,7 +98,7 @@ class Target:
         """[(stage name, pass)] that compile runs after `traced`, built for this target (explorer/stages.py).
 
         >>> [name for name, _ in get_target("cpu").stages()]
-        ['simplified', 'fused', 'lowered', 'tiled', 'codegen']
+        ['simplified', 'fused', 'lowered', 'tiled', 'vectorized', 'codegen']
         """
         from .stages import stages_for
         return stages_for(self)
