@@ -41,6 +41,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'explorer' has no attribute {name!r}")
 
 
-__all__ = ["trace", "compile", "custom_kernel", "CustomKernel", "compare", "sweep", "autotune", "blas_threads", "AutotuneResult", "Schedule", "Compiled", "Graph", "Node", "Provenance",
+__all__ = ["trace", "compile", "custom_kernel", "CustomKernel", "compare", "Comparison", "costmodel", "sweep", "autotune", "blas_threads", "AutotuneResult", "Schedule", "Compiled", "Graph", "Node", "Provenance",
            "Options", "Snapshot", "Tensor", "nn", "ExplorerError", "TraceError", "ShapeError", "DTypeError",
-           "IndexOutOfRangeError", "UnsupportedOpError", "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError"]
+           "IndexOutOfRangeError", "UnsupportedOpError", "ScheduleError", "CompileError", "BackendUnavailable", "VerificationError",
+           "KernelFault"]

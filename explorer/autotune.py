@@ -249,7 +249,7 @@ class AutotuneResult:
 
         An axis with more than `max_blank_axis` values keeps only the values something was measured at
         (a sim tile space has dozens of tiles and ~10 measurements: the full grid is unreadably wide)."""
-        plt = _pyplot()
+        _pyplot()   # matplotlib or a BackendUnavailable saying how to install it
         knobs = [k for k in self.space if len(self.space[k]) > 1] or list(self.space)
         x = x or knobs[0]
         y = y or (knobs[1] if len(knobs) > 1 else None)
@@ -293,7 +293,7 @@ class AutotuneResult:
     def plot_model(self, ax=None):
         """Cost-model prediction vs measurement per measured candidate; prints and titles the Spearman
         rank correlation. Returns the Figure."""
-        plt = _pyplot()
+        _pyplot()   # matplotlib or a BackendUnavailable saying how to install it
         pts = [(self.predicted(c), self.score(c), c) for c in self.measured() if self.predicted(c) is not None]
         fig, ax = _figure(ax, (5, 4))
         ax.scatter([p for p, _, _ in pts], [m for _, m, _ in pts], c=["C3" if c.is_default else "C0" for *_, c in pts])

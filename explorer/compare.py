@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import time
 from dataclasses import dataclass, field
 from collections.abc import Iterable
 from typing import Any, Callable, Sequence

@@ -18,9 +18,9 @@ from .target import Target, get_target
 
 # Timing and summarize live in the timing module (one methodology for benchmark, compare, sweep, widgets);
 # re-exported here, where callers have always imported them from.
-from .measure import Timing, quartiles, summarize  # noqa: E402,F401
+from .measure import Timing, quartiles, summarize  # noqa: E402,F401  (re-exported: tests and benchmarks import them from here)
 # the tolerances live in a leaf module too (compare, autotune and custom kernels use them); re-exported
-from .tolerance import default_rtol, magnitude  # noqa: E402,F401
+from .tolerance import default_rtol, magnitude  # noqa: E402,F401  (re-exported: widgets/panels/source.py, tests)
 
 
 class KernelIndexError(ExplorerError, IndexError):
@@ -374,7 +374,7 @@ class Compiled:
         ...
         explorer.errors.VerificationError: edited kernel 0 (mul_kernel) builds but output 0 differs from the NumPy reference ...
         """
-        from .errors import CompileError, VerificationError
+        from .errors import VerificationError
         n = len(self.kernels)
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
             raise ExplorerError(f"with_kernel_source: the kernel index must be an int, got {type(index).__name__} "

@@ -46,7 +46,7 @@ from . import dtypes
 from .errors import CompileError, DTypeError, ExplorerError, ShapeError, VerificationError
 from .target import Target, get_target
 
-# the generated wrappers (C and CUDA) live with the code generators; re-exported here
+# the generated wrappers (C and CUDA) live with the code generators; re-exported here (the user-facing module)
 from .codegen.custom import CUDA_BLOCK, OPAQUE_REASON, emit_c, emit_cuda, missing_source  # noqa: E402,F401
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -190,7 +190,6 @@ def custom_kernel(name: str, *, reference: Callable[..., np.ndarray], c_source: 
     >>> rowsum(np.ones((2, 3), np.float32))
     array([3., 3.], dtype=float32)
     """
-    from . import ops as _ops
     _check_name(name)
     if not callable(reference):
         raise ExplorerError(f"custom_kernel {name}: reference must be a NumPy function of the inputs, got "

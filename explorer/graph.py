@@ -29,7 +29,7 @@ import numpy as np
 
 from . import dtypes
 from .errors import VerificationError
-from .naming import C_KEYWORDS as _C_KEYWORDS, c_identifier, dot_id, dot_str  # noqa: F401 (re-exported)
+from .naming import C_KEYWORDS as _C_KEYWORDS, c_identifier, dot_id, dot_str  # noqa: F401 (re-exported: graph.c_identifier, tests/test_naming.py)
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,8 @@ import numpy as np
 
 from .errors import DTypeError, IndexOutOfRangeError, ShapeError, TraceError, UnsupportedOpError
 from .graph import Graph, Node
-from .tracing import (INTERNAL_MODULES, Tensor, as_view, basic_getitem, basic_index_plan, is_internal_module,
-                      reshape_tensor, to_nodes, tracer_of, transpose_tensor, user_provenance)
+from .tracing import (INTERNAL_MODULES, Tensor, basic_getitem, basic_index_plan, is_internal_module,
+                      reshape_tensor, tracer_of, transpose_tensor, user_provenance)
 
 INTERNAL_MODULES.add(__name__)   # provenance skips this module's frames, as the tracer's own
 

@@ -22,15 +22,18 @@ The stages after `traced` are the target's stage list (explorer/stages.py, throu
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .errors import ExplorerError, TraceError
+from .errors import ExplorerError
 # the snapshot types live in a leaf module (Compiled, the report and the widgets share them);
 # re-exported here, where callers have always imported them from
 from .snapshot import Context, Options, Snapshot, TextOptionError  # noqa: F401
 from .target import TARGETS as _TARGETS, Target, get_target
+
+if TYPE_CHECKING:   # compile() returns a Compiled; imported on call (explorer/compiled.py imports no pipeline)
+    from .compiled import Compiled
 
 TARGETS = ("auto", *_TARGETS)   # the names compile accepts: 'auto' (resolve_target picks one) and every Target
 

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailable, CompileError, ExplorerError
+from ..errors import BackendUnavailable, ExplorerError
 from ..target import get_target
 from .nvcc import FMAD_FLAG
 

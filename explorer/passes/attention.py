@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .. import loopir as L
 from ..errors import ScheduleError
@@ -257,7 +257,7 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
     ntile = -(-c.sk // bk)
     gpu = target.gpu
     dt = c.acc_dtype
-    ninf, zero, one = L.Const(float("-inf"), dt), L.Const(0.0, dt), L.Const(1.0, dt)
+    ninf, zero = L.Const(float("-inf"), dt), L.Const(0.0, dt)
     blk = L.Var("blk")
     row_tail, key_tail = c.sq % bq != 0, c.sk % bk != 0
 

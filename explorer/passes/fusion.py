@@ -360,7 +360,7 @@ def _is_op(n: Node) -> bool:
 
 
 def _opaque_why(op: str) -> str:
-    from ..ops import OPS, get as get_op
+    from ..ops import OPS
     if op in OPS and OPS[op].custom is not None:
         return f"{op}: custom kernel: opaque (user code; the compiler cannot see into it)"
     doc = OPS[op].doc if op in OPS else ""
@@ -555,7 +555,6 @@ def _epilogue_problem(m: Node, mm: Node) -> Refused | None:
 
 def _validate_reduce(members: list[Node], ids: set[int], reds: list[Node], ctx: _Ctx) -> tuple[str, Node] | Refused:
     r0 = reds[0]
-    d, a = r0.inputs[0].shape, _axes(r0)
     for r in reds[1:]:
         why = _reduce_problem(r, r0)
         if why:

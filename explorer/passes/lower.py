@@ -29,7 +29,7 @@ from ..compute import Accum, Axis, Compute, ComputeProgram, Stash, StoreDef
 from ..errors import ExplorerError, VerificationError
 from ..graph import Node
 from ..naming import c_identifier, param_name  # noqa: F401  (param_name: kept importable from lower)
-from ..ops import OPS, conv_dims, get as get_op, normalize_axes, operand_dtype
+from ..ops import conv_dims, get as get_op, normalize_axes, operand_dtype
 from .attention import AttentionCompute, AttentionMatch
 
 

@@ -31,7 +31,7 @@ Double buffering (cache_read(a, shared, at=k_o); double_buffer(a)), matmul k loo
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from .. import loopir as L
 from ..compute import ComputeProgram, as_loop_target, eval_int, loop_nest
