@@ -402,6 +402,11 @@ class FragmentStore(Stmt):
 WARP_STMTS = (FragmentAlloc, FragmentFill, FragmentLoad, Mma, FragmentStore)
 
 
+# a lane accumulator's buffer (passes/vectorize_cpu.py) is named '<accumulator> lanes': the space keeps
+# it apart from every user and generated name, and Program.stats counts them by it
+LANE_ACCUMULATOR_SUFFIX = " lanes"
+
+
 @dataclass(frozen=True)
 class RegisterTile:
     """A local buffer's vectors of `lanes` elements at flat offsets `bases`, held in vector registers."""
@@ -603,10 +608,24 @@ class Program:
         return out
 
     def stats(self) -> dict[str, Any]:
+        """Kernels, loops, temp and shared bytes; after the `vectorized` stage also how many micro-kernels,
+        lane accumulators and float4 blocks it made (each key only when there is one).
+
+        >>> x, y = Buffer("x", (8,)), Buffer("y", (8,))
+        >>> k = Kernel("copy", (x, y), (For(Var("i"), 8, (Store(y, (Var("i"),), x[Var("i")]),)),), outputs=("y",))
+        >>> Program("copy", (k,), (x,), (y,)).stats()
+        {'kernels': 1, 'loops': 1, 'temp_bytes': 0, 'shared_bytes': 0}
+        """
         loops = sum(len(list(walk_loops(k.body))) for k in self.kernels)
-        return {"kernels": len(self.kernels), "loops": loops,
-                "temp_bytes": sum(b.nbytes for b in self.temps),
-                "shared_bytes": max((k.shared_bytes() for k in self.kernels), default=0)}
+        out = {"kernels": len(self.kernels), "loops": loops,
+               "temp_bytes": sum(b.nbytes for b in self.temps),
+               "shared_bytes": max((k.shared_bytes() for k in self.kernels), default=0)}
+        stmts = [s for k in self.kernels for s in walk(k.body)]
+        made = {"micro_kernels": sum(isinstance(s, MicroKernel) for s in stmts),
+                "lane_accumulators": sum(isinstance(s, Alloc) and s.buffer.name.endswith(LANE_ACCUMULATOR_SUFFIX)
+                                         for s in stmts),
+                "float4_blocks": sum(isinstance(s, Float4Block) for s in stmts)}
+        return {**out, **{k: n for k, n in made.items() if n}}
 
     def dot(self) -> str:
         """The loop tree of every kernel as graphviz clusters."""

@@ -95,6 +95,10 @@ def test_snapshot_shows_what_the_c_contains(name, fn, args, mk, lanes):
     shown_lanes = sorted(re.findall(r"alloc (\w+) lanes: \w+\[(\d+)\] local", text))
     c_lanes = sorted(re.findall(r"(?:float|double|int32_t|int64_t) (\w+)_lanes\[(\d+)\]", src))
     assert bool(shown_lanes) == lanes and shown_lanes == c_lanes, (shown_lanes, c_lanes)
+    # the stage's stats count what it made; the tiled stage's stats have no such keys
+    stats = c.stage("vectorized").stats
+    assert (stats.get("micro_kernels", 0), stats.get("lane_accumulators", 0)) == (len(shown), len(shown_lanes))
+    assert not {"micro_kernels", "lane_accumulators", "float4_blocks"} & set(c.stage("tiled").stats)
 
 
 @pytest.mark.parametrize("name,fn,args,mk,lanes", CASES, ids=IDS)

@@ -49,6 +49,8 @@ def test_snapshot_shows_the_float4_accesses_the_cuda_source_has():
     loads, stores = float4_lines(vec)
     assert sorted(b for _, b in loads) == ["x", "y"] and stores == ["out0"]
     assert "vectorized(4)" not in vec and "float4 n_v in [0, 4):" in vec
+    assert c.stage("vectorized").stats["float4_blocks"] == len(blocks(c.stage("vectorized").ir)) == vec.count("float4 n_v")
+    assert "float4_blocks" not in c.stage("tiled").stats
     src = c.kernels[0].source
     for reg, buf in loads:
         assert f"const float4 ke_{reg} = *reinterpret_cast<const float4*>({buf} + " in src

@@ -284,7 +284,7 @@ def lane_accumulators(s: L.For, scope: Mapping[str, L.Buffer]) -> list[L.Stmt] |
     if not accs:
         return None
     # names with a space: no user or generated name can take them
-    lanes: dict[str, L.Buffer] = {n: L.Buffer(f"{n} lanes", (inner.extent,), b.dtype, "local")
+    lanes: dict[str, L.Buffer] = {n: L.Buffer(f"{n}{L.LANE_ACCUMULATOR_SUFFIX}", (inner.extent,), b.dtype, "local")
                                   for n, (b, _) in accs.items()}
 
     def to_lanes(st: L.Stmt):
