@@ -31,9 +31,6 @@ import numpy as np
 
 from .errors import ExplorerError
 
-# Stages whose dot() draws something worth a picture. The codegen snapshot's dot() is the tiled
-# program's again, so drawing it would only repeat the previous picture.
-GRAPH_STAGES = ("traced", "simplified", "fused", "lowered", "tiled", "vectorized")
 
 _CSS = """
 body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
@@ -113,6 +110,30 @@ def svg_inline(svg: str) -> str:
     if _UNSAFE_SVG.search(body):
         return ""
     return body
+
+
+def graph_stages(stages: Sequence[Any]) -> list[str]:
+    """Names of the stages whose picture is drawn: each whose dot() differs from the previous stage's.
+
+    No list of stage names: the codegen snapshot draws its program again, and a stage that changed
+    nothing (nothing to simplify, a program with nothing to vectorize) would repeat the picture above it.
+
+    >>> import numpy as np, explorer
+    >>> c = explorer.compile(lambda a, b: np.maximum(a @ b, 0), np.ones((8, 8), np.float32),
+    ...                      np.ones((8, 8), np.float32), target="sim")
+    >>> graph_stages(c.stages)
+    ['traced', 'fused', 'lowered', 'tiled']
+    """
+    names, previous = [], None
+    for s in stages:
+        try:
+            dot_src = s.dot()
+        except Exception:   # no drawing: graph_html says why
+            dot_src = None
+        if dot_src is None or dot_src != previous:
+            names.append(s.name)
+        previous = dot_src
+    return names
 
 
 def graph_html(snap: Any) -> str:
@@ -304,6 +325,7 @@ def to_html(compiled: Any, *, charts: bool = True, resources: bool = True, graph
                 "fast_math": opts.fast_math, "dtype": opts.dtype, "inputs": ex}
     body.append(f'<section id="options"><h2>Options</h2>{stats_table(opt_rows)}</section>')
 
+    drawn = graph_stages(compiled.stages) if graphs else []
     for s in compiled.stages:
         parts = [f'<section id="stage-{_anchor(s.name)}"><h2>Stage: {esc(s.name)}</h2>', stats_table(s.stats)]
         try:
@@ -316,8 +338,10 @@ def to_html(compiled: Any, *, charts: bool = True, resources: bool = True, graph
                          f"<pre>{esc(text)}</pre></details>")
         else:
             parts.append(f"<pre>{esc(text)}</pre>")
-        if graphs and s.name in GRAPH_STAGES:
+        if s.name in drawn:
             parts.append(graph_html(s))
+        elif graphs:
+            parts.append('<p class="note">the same graph as the stage above (this stage changed nothing it draws)</p>')
         parts.append("</section>")
         body.append("\n".join(parts))
 

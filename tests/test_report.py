@@ -15,7 +15,7 @@ import pytest
 import explorer
 from explorer.errors import ExplorerError
 from explorer.render import have_dot
-from explorer.report import GRAPH_STAGES, main, make_examples, parse_shapes, svg_inline, to_html
+from explorer.report import graph_stages, main, make_examples, parse_shapes, svg_inline, to_html
 
 ROOT = Path(__file__).resolve().parents[1]
 C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -63,17 +63,20 @@ def test_report_is_self_contained(report):
 
 
 def test_report_graph_per_graph_stage(compiled, report):
-    graph_stages = [s for s in compiled.stage_names if s in GRAPH_STAGES]
-    assert len(graph_stages) >= 3
+    drawn = graph_stages(compiled.stages)
+    assert len(drawn) >= 3 and "codegen" not in drawn   # codegen's dot() is its program's again
+    for name in set(compiled.stage_names) - set(drawn):   # a repeated picture is named, not drawn twice
+        section = report.split(f'id="stage-{name}"', 1)[1].split("</section>", 1)[0]
+        assert "the same graph as the stage above" in section and "DOT source" not in section
     if not have_dot():
         # without graphviz, every graph stage still carries its DOT source and the one-line note
-        assert report.count("DOT source") == len(graph_stages)
+        assert report.count("DOT source") == len(drawn)
         assert "apt-get install graphviz" in report
         pytest.skip("graphviz `dot` not installed: the <svg> assertion needs it (apt-get install graphviz)")
-    for name in graph_stages:
+    for name in drawn:
         section = report.split(f'id="stage-{name}"', 1)[1].split("</section>", 1)[0]
         assert "<svg" in section, f"stage {name} has no inline SVG"
-    assert report.count("<svg") >= len(graph_stages)
+    assert report.count("<svg") >= len(drawn)
     assert "<?xml" not in report and "<!DOCTYPE svg" not in report
 
 
@@ -194,8 +197,8 @@ def test_report_without_dot_shows_dot_text(compiled, monkeypatch):
     import explorer.render
     monkeypatch.setattr(explorer.render, "have_dot", lambda: False)
     page = to_html(compiled, charts=False, resources=False)
-    graph_stages = [s for s in compiled.stage_names if s in GRAPH_STAGES]
+    drawn = graph_stages(compiled.stages)
     assert "<svg" not in page
-    assert page.count("DOT source") == len(graph_stages)
+    assert page.count("DOT source") == len(drawn)
     assert "apt-get install graphviz" in page
     assert html.escape(compiled.stage("traced").dot().splitlines()[0]) in page
