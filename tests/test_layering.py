@@ -8,12 +8,15 @@ import is still a dependency), and relative imports are resolved to module names
 * compiled, compare and report never import backends/, codegen/ or passes/: they reach a backend
   through the Target (Target.build, Target.available) and a pass through the snapshot it made
   (FusedGraph.explain);
-* the leaf modules import nothing of the project above them.
+* the leaf modules import nothing of the project above them;
+* docs/ARCHITECTURE.md matches the code: its layer table names every module file exactly once, and no
+  module imports one of a higher layer unless the doc's exception table lists it with its reason.
 """
 from __future__ import annotations
 
 import ast
 import functools
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +121,89 @@ def test_leaf_modules_import_nothing_above_them(leaf):
     project = [(line, m) for line, m in imports_of(path) if _within(m, PACKAGES)]
     assert [f"{leaf}:{line} imports {m}" for line, m in project
             if not _within(m, LEAVES[leaf] + (leaf,))] == []
+
+
+# ----------------------------------------------------------------------------- docs/ARCHITECTURE.md matches the code
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+_LAYER_ROW = re.compile(r"^\| (\d+) \| ([^|]+?) \| (.+) \|$", re.M)
+_EXCEPTION_ROW = re.compile(r"^\| `([^`]+)` \| `([^`]+)` \| (.*) \|$", re.M)
+
+
+def documented_layers(text: str) -> list[tuple[int, str, list[str]]]:
+    """(number, layer name, module files) for every row of ARCHITECTURE.md's layer table."""
+    return [(int(n), name, re.findall(r"`([^`]+)`", files)) for n, name, files in _LAYER_ROW.findall(text)]
+
+
+def documented_exceptions(text: str) -> dict[tuple[str, str], str]:
+    """{(importer file, imported module): why} for every row of the upward-import table."""
+    return {(importer, imported): why.strip() for importer, imported, why in _EXCEPTION_ROW.findall(text)}
+
+
+def imports_by_name(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for every importlib.import_module call whose argument starts with a literal module name
+    (a str, or an f-string's leading text): `import_module(f"explorer.backends.{name}")` yields explorer.backends."""
+    known = _modules()
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (isinstance(node, ast.Call) and node.args and getattr(node.func, "attr", getattr(node.func, "id", ""))
+                == "import_module"):
+            continue
+        arg = node.args[0]
+        if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+            arg = arg.values[0]
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            parts = arg.value.rstrip(".").split(".")
+            while parts and ".".join(parts) not in known:
+                parts.pop()
+            if parts:
+                found.append((node.lineno, ".".join(parts)))
+    return found
+
+
+def _owner(module: str) -> str | None:
+    """The module file (by module name) an imported name belongs to: itself, or the longest known prefix."""
+    known = _modules()
+    parts = module.split(".")
+    while parts and ".".join(parts) not in known:
+        parts.pop()
+    return ".".join(parts) or None
+
+
+def test_the_by_name_reader_sees_the_targets_backend_import():
+    # Target.backend_module() imports `explorer.backends.<name>`: the one upward link ast's import nodes miss
+    mods = _modules()
+    assert "explorer.backends" in {m for _, m in imports_by_name(mods["explorer.target"])}
+    assert "explorer.schedules" in {m for _, m in imports_by_name(mods["explorer.schedule"])}   # moved names
+
+
+def test_architecture_layers_name_every_module_once():
+    layers = documented_layers(ARCHITECTURE.read_text())
+    assert [n for n, _, _ in layers] == list(range(1, len(layers) + 1)), "layers are numbered 1, 2, ... bottom to top"
+    named = [f for _, _, files in layers for f in files]
+    on_disk = {str(p.relative_to(ROOT)) for p in _modules().values()}
+    twice = sorted({f for f in named if named.count(f) > 1})
+    assert twice == [], f"named in more than one layer of docs/ARCHITECTURE.md: {twice}"
+    assert sorted(set(named) - on_disk) == [], "docs/ARCHITECTURE.md names module files that do not exist"
+    assert sorted(on_disk - set(named)) == [], "module files missing from docs/ARCHITECTURE.md's layer table"
+
+
+def test_no_module_imports_a_higher_layer_except_the_documented_ones():
+    text = ARCHITECTURE.read_text()
+    layer_of = {f: n for n, _, files in documented_layers(text) for f in files}
+    exceptions = documented_exceptions(text)
+    assert exceptions and all(exceptions.values()), "every documented exception says why"
+    upward: dict[tuple[str, str], str] = {}
+    for name, path in _modules().items():
+        importer = str(path.relative_to(ROOT))
+        for line, mod in imports_of(path) + imports_by_name(path):
+            owner = _owner(mod) if _within(mod, PACKAGES) else None
+            if owner is None:
+                continue
+            target = str(_modules()[owner].relative_to(ROOT))
+            if target in layer_of and importer in layer_of and layer_of[target] > layer_of[importer]:
+                upward[(importer, owner)] = f"{importer}:{line} (layer {layer_of[importer]}) imports {owner} " \
+                                            f"(layer {layer_of[target]})"
+    undocumented = sorted(v for k, v in upward.items() if k not in exceptions)
+    assert undocumented == [], "upward imports not in docs/ARCHITECTURE.md's exception table:\n" + "\n".join(undocumented)
+    stale = sorted(k for k in exceptions if k not in upward)
+    assert stale == [], f"documented exceptions the code no longer has (remove their rows): {stale}"
