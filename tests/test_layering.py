@@ -207,3 +207,19 @@ def test_no_module_imports_a_higher_layer_except_the_documented_ones():
     assert undocumented == [], "upward imports not in docs/ARCHITECTURE.md's exception table:\n" + "\n".join(undocumented)
     stale = sorted(k for k in exceptions if k not in upward)
     assert stale == [], f"documented exceptions the code no longer has (remove their rows): {stale}"
+
+
+_FLOW_ROW = re.compile(r"→ (\w+) +(\w+)\b")
+
+
+@pytest.mark.parametrize("target", ["sim", "reference"])
+def test_architecture_data_flow_names_each_stage_and_its_ir_type(target):
+    # the "One compile" diagram: `→ stage  IRType` per line, in the order compile runs them
+    import numpy as np
+
+    import explorer
+    flow = _FLOW_ROW.findall(ARCHITECTURE.read_text().split("## One compile", 1)[1].split("```")[1])
+    a = np.ones((8, 8), np.float32)
+    c = explorer.compile(lambda a, b: np.maximum(a @ b, 0), a, a, target=target)
+    assert [(s.name, type(s.ir).__name__) for s in c.stages] == [(n, t) for n, t in flow if n in c.stage_names]
+    assert [n for n, _ in flow] == ["traced", *(n for n, _ in explorer.target.get_target("sim").stages())]
