@@ -41,12 +41,18 @@ def svg_for_dot(dot: str) -> str:
     return svg
 
 
+MIN_SCALE = 0.5  # a graph shrinks to fit down to half its size; a wider one scrolls (its labels stay readable)
+
+
 def inline_svg(svg: str) -> str:
-    """Strip the XML prolog/doctype so the SVG can sit inside HTML, and let it shrink to fit."""
+    """Strip the XML prolog/doctype so the SVG can sit inside HTML, and let it shrink to fit, down to
+    MIN_SCALE of its size (a loop nest with an unrolled micro-kernel is thousands of points wide)."""
     svg = re.sub(r"<\?xml[^>]*\?>", "", svg)
     svg = re.sub(r"<!DOCTYPE[^>]*>", "", svg, flags=re.S)
     svg = re.sub(r"<!--.*?-->", "", svg, flags=re.S)
-    svg = re.sub(r"<svg\b", '<svg style="max-width:100%;height:auto"', svg, count=1)
+    m = re.search(r'<svg\b[^>]*?\swidth="([\d.]+)pt"', svg)
+    floor = f"min-width:{float(m.group(1)) * 4 / 3 * MIN_SCALE:.0f}px;" if m else ""  # 1pt = 4/3 px
+    svg = re.sub(r"<svg\b", f'<svg style="max-width:100%;{floor}height:auto"', svg, count=1)
     return svg.strip()
 
 
