@@ -176,7 +176,7 @@ def test_vectorized_stage_and_refusal_codes_as_rendered(need_browser, tmp_path):
         expect(help_line).to_contain_text("vectorized on cpu", timeout=30_000)
         expect(help_line).to_contain_text("microkernel")
         expect(help_line.locator(".ke-stage-here")).to_contain_text("1 register-tiled micro-kernel (mk0 in "
-                                                                    "fused_matmul_add_maximum: loop k")
+                                                                    "fused_matmul_add_maximum: over loop k")
         _tab(mlp_dash, "IR text")
         expect(mlp_dash.locator(".ke-ir")).to_contain_text("microkernel mk0 (register tiles acc")
         _tab(mlp_dash, "Diff vs previous")

@@ -324,7 +324,10 @@ def test_stage_help_says_what_vectorized_did_or_why_not():
     c = explorer.compile(lambda x, w: x @ w, a, np.ones((64, 64), np.float32), target="cpu", verbose=False)
     assert "microkernel" in stage_help("vectorized", "cpu") and "float4" in stage_help("vectorized", "sim")
     assert vectorized_summary(c.stage("tiled").ir, c.stage("vectorized").ir, "cpu").startswith(
-        "here: 1 register-tiled micro-kernel (mk0 in matmul_kernel: loop k")
+        "here: 1 register-tiled micro-kernel (mk0 in matmul_kernel: over loop k")
+    from widgets.panels.tiling import TilingView
+    tiling = " ".join(_text(TilingView(c).html.value).split())
+    assert "next stage, vectorized: micro-kernel mk0 over loop k, 12 vector registers" in tiling
     row_sum = explorer.compile(lambda x: x.sum(axis=-1), a, target="cpu", verbose=False)
     assert "1 reduction kept in per-lane accumulators" in vectorized_summary(
         row_sum.stage("tiled").ir, row_sum.stage("vectorized").ir, "cpu")

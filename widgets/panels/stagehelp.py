@@ -11,7 +11,7 @@ blocks, or why nothing changed). Both read the Target's properties, never its na
 >>> x, w = np.ones((512, 64), np.float32), np.ones((64, 64), np.float32)
 >>> c = explorer.compile(lambda x, w: x @ w, x, w, target="cpu")
 >>> print(vectorized_summary(c.stage("tiled").ir, c.stage("vectorized").ir, "cpu"))
-here: 1 register-tiled micro-kernel (mk0 in matmul_kernel: loop k, 12 vector registers)
+here: 1 register-tiled micro-kernel (mk0 in matmul_kernel: over loop k, 12 vector registers)
 """
 from __future__ import annotations
 
@@ -57,14 +57,15 @@ def stage_help(name: str, target: Any) -> str:
     return ""
 
 
-def _kernel_changes(kernel: Any) -> tuple[list[str], int, int, list[str]]:
-    """(micro-kernel descriptions, lane-accumulator count, float4 blocks, float4 notes) of one kernel."""
+def kernel_changes(kernel: Any) -> tuple[list[tuple[str, str]], int, int, list[str]]:
+    """(micro-kernels as (name, 'over loop k, 12 vector registers'), lane-accumulator count, float4 blocks,
+    float4 notes) of one kernel of the vectorized stage."""
     from explorer import loopir as L
     mks, lanes, f4 = [], 0, 0
     for s in L.walk(kernel.body):
         if isinstance(s, L.MicroKernel):
             regs = sum(len(t.bases) for t in s.tiles)
-            mks.append(f"{s.name} in {kernel.name}: loop {s.loop.var.name}, {regs} vector register{'s' * (regs != 1)}")
+            mks.append((s.name, f"over loop {s.loop.var.name}, {_plural(regs, 'vector register')}"))
         elif isinstance(s, L.Alloc) and s.buffer.name.endswith(" lanes"):
             lanes += 1
         elif isinstance(s, L.Float4Block):
@@ -72,6 +73,22 @@ def _kernel_changes(kernel: Any) -> tuple[list[str], int, int, list[str]]:
     notes = [n for n in (kernel.meta_dict().get("notes", ()) if hasattr(kernel, "meta_dict") else ())
              if str(n).startswith("float4:")]
     return mks, lanes, f4, notes
+
+
+def kernel_summary(kernel: Any) -> str:
+    """What the vectorized pass made of one kernel, in a few words ('' when nothing).
+
+    >>> kernel_summary(object.__new__(type("K", (), {"body": (), "name": "k"})))
+    ''
+    """
+    mks, lanes, f4, notes = kernel_changes(kernel)
+    parts = [f"micro-kernel {name} {what}" for name, what in mks]
+    if lanes:
+        parts.append(f"{_plural(lanes, 'reduction')} in per-lane accumulators")
+    if f4:
+        parts.append(_plural(f4, "float4 block"))
+    parts += notes
+    return "; ".join(parts)
 
 
 def _plural(n: int, word: str) -> str:
@@ -86,8 +103,8 @@ def vectorized_summary(before_ir: Any, after_ir: Any, target: Any) -> str:
     lanes = f4 = 0
     notes: list[str] = []
     for k in getattr(after_ir, "kernels", ()):
-        m, n_lanes, n_f4, n_notes = _kernel_changes(k)
-        mks += m
+        m, n_lanes, n_f4, n_notes = kernel_changes(k)
+        mks += [f"{name} in {k.name}: {what}" for name, what in m]
         lanes += n_lanes
         f4 += n_f4
         notes += n_notes
