@@ -30,6 +30,18 @@ TABS = ("Stages", "Fusion", "Tiling", "Source", "Run", "Charts", "Autotune")
 AUTOTUNE_BUDGET_S = 8.0  # a short search: enough rounds for the table, heatmap and scatter
 
 
+def small_png(path: Path) -> None:
+    """Rewrite a screenshot with a 256-colour palette (no dithering): text and flat colours look the same,
+    the file is 2-3x smaller. Pillow comes with matplotlib (the notebook extra); without it the file stays."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    small.save(path, optimize=True)
+
+
 def dashboard_cell(target: str) -> str:
     return mlp_cell(4096, 64, 64) + f"ex = widgets.Explorer(mlp, x, w, b, target={target!r})\nex\n"
 
@@ -66,6 +78,7 @@ def shoot(target: str, out: Path) -> list[Path]:
             assert broken_images(page) == [], broken_images(page)
             path = out / f"dashboard_{target}_{tab.lower()}.png"
             dash.screenshot(path=str(path))
+            small_png(path)
             written.append(path)
             print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return written
@@ -118,6 +131,7 @@ def shoot_close_ups(target: str, out: Path) -> list[Path]:
             page.wait_for_timeout(500)
             path = out / name
             loc.screenshot(path=str(path))
+            small_png(path)
             written.append(path)
             print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return written

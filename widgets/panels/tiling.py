@@ -67,6 +67,6 @@ class TilingView(W.VBox):
             what = kernel_summary(kernel)
         except Exception:  # noqa: BLE001 — informational only
             return ""
-        return ("<div class='ke-next-stage' style='color:#1a5e20;font-size:90%;margin-top:2px'>next stage, "
-                f"<code>vectorized</code>: {esc(what) if what else 'unchanged'} (Stages → vectorized shows the "
-                "program the generated code prints)</div>")
+        return ("<div class='ke-next-stage' style='color:#1a5e20;font-size:90%;margin-top:2px;white-space:normal'>"
+                f"next stage, <code>vectorized</code>: {esc(what) if what else 'unchanged'} (see Stages → vectorized)"
+                "</div>")
