@@ -2,6 +2,12 @@
 
     .venv/bin/python benchmarks/screenshots.py            # writes docs/images/dashboard_<target>_<tab>.png
     .venv/bin/python benchmarks/screenshots.py --out /tmp/shots --targets sim
+    .venv/bin/python benchmarks/screenshots.py --only stages   # just the stage and refusal close-ups below
+
+Besides one picture per tab, close-ups of what a learner looks for after issue 14: the `vectorized`
+stage against `tiled` (dashboard_<target>_vectorized_diff.png: on cpu the matmul's micro-kernel, on
+sim float4 loads in an elementwise kernel with the unroll knob off) and the refusal codes of
+softmax(x @ w) on the Fusion tab (dashboard_cpu_fusion_refusals.png).
 
 Each tab is shown as a learner would first see it, with one measurement on the Charts tab (so the
 Fusion tab's lesson has its time too) and one short
@@ -22,6 +28,18 @@ from lab_harness import broken_images, browser_page, mlp_cell, run_all, running_
 
 TABS = ("Stages", "Fusion", "Tiling", "Source", "Run", "Charts", "Autotune")
 AUTOTUNE_BUDGET_S = 8.0  # a short search: enough rounds for the table, heatmap and scatter
+
+
+def small_png(path: Path) -> None:
+    """Rewrite a screenshot with a 256-colour palette (no dithering): text and flat colours look the same,
+    the file is 2-3x smaller. Pillow comes with matplotlib (the notebook extra); without it the file stays."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    small.save(path, optimize=True)
 
 
 def dashboard_cell(target: str) -> str:
@@ -60,6 +78,60 @@ def shoot(target: str, out: Path) -> list[Path]:
             assert broken_images(page) == [], broken_images(page)
             path = out / f"dashboard_{target}_{tab.lower()}.png"
             dash.screenshot(path=str(path))
+            small_png(path)
+            written.append(path)
+            print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return written
+
+
+SOFTMAX_LAYER = """
+def softmax_layer(x, w):
+    s = x @ w
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+def scaled_exp(x):
+    return np.exp(x) * 2.0
+"""
+
+
+def _tabs_only(dash):
+    """The tab area (without the knobs column): the close-ups stay small."""
+    return dash.locator(".widget-tab").first
+
+
+def shoot_close_ups(target: str, out: Path) -> list[Path]:
+    from playwright.sync_api import expect
+    if target == "cpu":   # the MLP: its k loop becomes a register-tiled micro-kernel
+        cells = [mlp_cell(4096, 64, 64) + SOFTMAX_LAYER + "ex = widgets.Explorer(mlp, x, w, b, target='cpu')\nex\n",
+                 "ex2 = widgets.Explorer(softmax_layer, x, w, target='cpu')\nex2\n"]
+    else:                 # float4 needs a vectorized loop: GPU schedules unroll unless the unroll knob is off
+        cells = [mlp_cell(4096, 64, 64) + SOFTMAX_LAYER
+                 + f"ex = widgets.Explorer(scaled_exp, x, target={target!r}, schedule={{'unroll': False}})\nex\n"]
+    written = []
+    with tempfile.TemporaryDirectory() as tmp, running_lab(Path(tmp), cells) as lab, \
+            browser_page(lab, width=1500, height=1900) as page:   # tall: the Fusion tab's legend fits
+        run_all(page, lab)
+        dashes = page.locator(".jp-OutputArea-output .ke-explorer")
+        expect(dashes).to_have_count(len(cells), timeout=120_000)
+        page.locator(".jp-Cell-inputWrapper").evaluate_all("es => es.forEach(e => e.style.display = 'none')")
+        dash = dashes.nth(0)
+        dash.locator(".widget-toggle-button:text-is('vectorized')").click()
+        dash.locator(".lm-TabBar-tab:has-text('Diff vs previous')").first.click()
+        expect(dash.locator(".ke-diff .ke-add").first).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(800)
+        shots = [(_tabs_only(dash), f"dashboard_{target}_vectorized_diff.png")]
+        if target == "cpu":
+            sm = dashes.nth(1)
+            sm.locator(".lm-TabBar-tab:has-text('Fusion')").first.click()
+            expect(sm.locator(".ke-refusal-legend")).to_be_visible(timeout=30_000)
+            shots.append((sm.locator(".ke-fusion"), "dashboard_cpu_fusion_refusals.png"))
+        for loc, name in shots:
+            loc.scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            path = out / name
+            loc.screenshot(path=str(path))
+            small_png(path)
             written.append(path)
             print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return written
@@ -69,6 +141,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     ap.add_argument("--targets", nargs="+", default=["cpu", "sim"])
+    ap.add_argument("--only", choices=["tabs", "stages"], help="only the tab pictures, or only the close-ups")
     args = ap.parse_args()
     why = skip_reason()
     if why:
@@ -76,7 +149,10 @@ def main() -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     for t in args.targets:
-        shoot(t, args.out)
+        if args.only != "stages":
+            shoot(t, args.out)
+        if args.only != "tabs":
+            shoot_close_ups(t, args.out)
     return 0
 
 

@@ -147,3 +147,52 @@ def test_sim_source_tab_run_edited_and_compile_error(need_browser, tmp_path):
         expect(err).to_contain_text("oops")
         result = source.locator(".ke-error").first.inner_text()
         assert "/root/" not in result and "kernel-explorer/cpu" not in result and "kernels.c:" not in result
+
+
+SOFTMAX_LAYER_CELL = """\
+def softmax_layer(x, w):
+    s = x @ w
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+ex2 = widgets.Explorer(softmax_layer, x, w, target='cpu')
+ex2"""
+
+
+def test_vectorized_stage_and_refusal_codes_as_rendered(need_browser, tmp_path):
+    """The vectorized stage on the cpu shows the matmul's micro-kernel (help line, IR text, a folded diff
+    against tiled); an unfused pair shows its refusal code with what the code means."""
+    from playwright.sync_api import expect
+    # 512x64 @ 64x64 is above the small-matmul threshold, so its k loop becomes a register-tiled micro-kernel
+    cells = [mlp_cell(512, 64, 64), CPU_CELL, SOFTMAX_LAYER_CELL]
+    with running_lab(tmp_path, cells) as lab, browser_page(lab) as page:
+        run_all(page, lab)
+        dashes = page.locator(".jp-OutputArea-output .ke-explorer")
+        expect(dashes).to_have_count(2, timeout=120_000)
+        mlp_dash, sm_dash = dashes.nth(0), dashes.nth(1)
+
+        mlp_dash.locator(".widget-toggle-button:text-is('vectorized')").click()
+        help_line = mlp_dash.locator(".ke-stage-help")
+        expect(help_line).to_contain_text("vectorized on cpu", timeout=30_000)
+        expect(help_line).to_contain_text("microkernel")
+        expect(help_line.locator(".ke-stage-here")).to_contain_text("1 register-tiled micro-kernel (mk0 in "
+                                                                    "fused_matmul_add_maximum: over loop k")
+        _tab(mlp_dash, "IR text")
+        expect(mlp_dash.locator(".ke-ir")).to_contain_text("microkernel mk0 (register tiles acc")
+        _tab(mlp_dash, "Diff vs previous")
+        diff = mlp_dash.locator(".ke-diff")
+        expect(diff).to_contain_text("tiled → vectorized")
+        added = diff.locator(".ke-add").filter(has_text="microkernel mk0")
+        expect(added).to_be_in_viewport()  # on screen without scrolling: the unchanged lines before it are folded
+        expect(diff.locator(".ke-fold summary").first).to_contain_text("unchanged lines")
+        assert diff.locator(".ke-del").filter(has_text="for k in range(64)").count() == 1
+
+        # softmax(x @ w): the max reduction cannot join the matmul's kernel; the code is explained
+        _tab(sm_dash, "Fusion")
+        table = sm_dash.locator(".ke-boundaries")
+        expect(table).to_contain_text("reduce_with_contraction", timeout=30_000)
+        legend = sm_dash.locator(".ke-refusal-legend")
+        expect(legend).to_contain_text("reduce_with_contraction: a reduction and a matmul never share a kernel")
+        expect(sm_dash.locator(".ke-why-code")).to_contain_text("refusal code reduce_with_contraction: a reduction")
+        assert "categories" not in sm_dash.locator(".ke-lesson").inner_text()  # edge labels say what was refused
+        assert not page.locator(".ke-explorer .ke-error").count()

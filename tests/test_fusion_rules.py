@@ -153,6 +153,7 @@ def test_widget_boundary_table_shows_the_code():
     c = explorer.compile(mlp, arr(8, 4), arr(4, 3), arr(3), target="sim", fuse={"epilogue": False},
                          verbose=False)
     view = FusionView(c)
-    assert "<th>code</th>" in view.table.value and "<code>rule_off</code>" in view.table.value
+    assert ">refusal code</th>" in view.table.value and "<code>rule_off</code>" in view.table.value
+    assert "<code>rule_off</code>: the rule that would fuse this edge is turned off" in view.table.value  # the legend
     view.producer.value, view.consumer.value = "%3", "%4"
     assert "refusal code <code>rule_off</code>" in view.answer.value

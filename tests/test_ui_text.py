@@ -315,3 +315,49 @@ def test_summary_takes_time_spread_and_flag_from_the_comparison():
     assert s.speedup == 1.38 and s.spread == pytest.approx(0.15) and s.unstable
     assert "1.4x faster (±0.15, measured, timing unstable: re-measure)" in s.sentence()
     assert [r[0] for r in s.rows()][-1] == "time (median)"
+
+
+# ----------------------------------------------------------------------------- the vectorized stage, refusal codes
+def test_stage_help_says_what_vectorized_did_or_why_not():
+    from widgets.panels.stagehelp import stage_help, vectorized_summary
+    a = np.ones((512, 64), np.float32)
+    c = explorer.compile(lambda x, w: x @ w, a, np.ones((64, 64), np.float32), target="cpu", verbose=False)
+    assert "microkernel" in stage_help("vectorized", "cpu") and "float4" in stage_help("vectorized", "sim")
+    assert vectorized_summary(c.stage("tiled").ir, c.stage("vectorized").ir, "cpu").startswith(
+        "here: 1 register-tiled micro-kernel (mk0 in matmul_kernel: over loop k")
+    from widgets.panels.tiling import TilingView
+    tiling = " ".join(_text(TilingView(c).html.value).split())
+    assert "next stage, vectorized: micro-kernel mk0 over loop k, 12 vector registers" in tiling
+    row_sum = explorer.compile(lambda x: x.sum(axis=-1), a, target="cpu", verbose=False)
+    assert "1 reduction kept in per-lane accumulators" in vectorized_summary(
+        row_sum.stage("tiled").ir, row_sum.stage("vectorized").ir, "cpu")
+    sim = explorer.compile(lambda x: np.exp(x) * 2, a, target="sim", verbose=False)
+    assert "nothing changed" in vectorized_summary(sim.stage("tiled").ir, sim.stage("vectorized").ir, "sim")
+    f4 = explorer.compile(lambda x: np.exp(x) * 2, a, target="sim", schedule={"unroll": False}, verbose=False)
+    assert vectorized_summary(f4.stage("tiled").ir, f4.stage("vectorized").ir, "sim") == "here: 1 float4 block"
+
+
+def test_diff_folds_long_unchanged_runs():
+    from widgets.panels.diff import StageDiff
+    before = "\n".join(f"line {i}" for i in range(40))
+    d = StageDiff(before, before.replace("line 30", "LINE 30"))
+    assert (d.added, d.removed) == (1, 1)
+    assert "… 27 unchanged lines" in _text(d.html.value)   # lines 0-26 folded, 27-29 kept as context
+    assert "line 27" in d.html.value.split("</details>")[1]
+    same = StageDiff(before, before)
+    assert "ke-fold" not in same.html.value and "left the text as it was" in _text(same.header.value)
+
+
+def test_boundary_table_explains_its_refusal_codes():
+    from widgets.panels.fusion import FusionView
+
+    def softmax_layer(x, w):
+        s = x @ w
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    v = FusionView(explorer.compile(softmax_layer, X, W_, target="cpu", verbose=False))
+    table = _text(v.table.value)
+    assert "reduce_with_contraction" in table and "cycle" in table
+    assert "reduce_with_contraction: a reduction and a matmul never share a kernel" in table
+    assert "cycle: the merged kernel would wait for itself" in table
+    assert "categories" not in v.graph.dot and "reduce + matmul" in v.graph.dot

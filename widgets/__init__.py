@@ -13,8 +13,10 @@
 
 Dashboard (`Explorer`): knobs on the left (target, dtype, problem size, fast math, fusion on/off
 and per rule, tile BM/BN/BK, threads, vector, unroll, shared staging, double buffering, tensor cores; knobs that do not
-apply are disabled with a tooltip saying why) and tabs: Stages (navigator over traced → … → codegen; graph, IR text, diff
-against the previous stage), Fusion (clusters, boundary table with reasons, "why not fused?"),
+apply are disabled with a tooltip saying why) and tabs: Stages (navigator over traced → … → tiled → vectorized →
+codegen, with a line saying what the stage's pass does on the target and, for vectorized, what it did here; graph,
+IR text, diff against the previous stage with unchanged lines folded), Fusion (clusters, boundary table with
+reasons and refusal codes, a legend of the codes, "why not fused?"),
 Tiling (schedule primitives and loop nest per kernel), Source (CUDA/C with pygments, nvcc resource
 report, edit-and-run, provenance), Run (max abs error vs NumPy, timings), Charts (explorer.compare's
 timing and roofline charts). A knob that fails shows a red message and keeps the last valid view.

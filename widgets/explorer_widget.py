@@ -28,7 +28,7 @@ import numpy as np
 
 from explorer.target import TARGETS as _TARGETS, get_target, target_for_language
 
-from .panels._util import describe_error, error_html, esc, format_stats, pre_html
+from .panels._util import code_html, describe_error, error_html, esc, format_stats, pre_html
 from .panels.autotune import AutotunePanel
 from .panels.charts import TimingChart
 from .panels.diff import StageDiff
@@ -38,6 +38,7 @@ from .panels.knobs import TARGETS, KnobPanel
 from .panels.knobs import label as knob_label
 from .panels.run import RunPanel
 from .panels.source import SourceView, language_of
+from .panels.stagehelp import stage_help, vectorized_summary
 from .panels.tiling import TilingView
 
 KNOB_ARGS = ("target", "fuse", "schedule", "dtype", "fast_math")
@@ -112,12 +113,13 @@ class Explorer(W.VBox):
         self.notice = W.HTML()  # red note when the shown target cannot run on this machine
         # stages
         self.stage_nav = W.ToggleButtons(options=[], style={"button_width": "92px"})
+        self.stage_help = W.HTML()  # what the selected stage's pass does on this target (and did, for vectorized)
         self.stage_stats = W.HTML()
         self.graph = GraphView()
         self.ir_text = W.HTML()
         self.diff = StageDiff()
         self.stage_tabs = W.Tab([self.graph, self.ir_text, self.diff], titles=STAGE_SUBTABS)
-        stages = W.VBox([self.stage_nav, self.stage_stats, self.stage_tabs])
+        stages = W.VBox([self.stage_nav, self.stage_help, self.stage_stats, self.stage_tabs])
         # other views
         self.fusion = FusionView()
         self.tiling = TilingView()
@@ -351,6 +353,10 @@ class Explorer(W.VBox):
             return
         names = [s.name for s in comp.stages]
         snap = comp.stage(name)
+        i = names.index(name)
+        prev = comp.stages[i - 1] if i > 0 else None
+        note = self._stage_note(comp, name, prev, snap)
+        self.stage_help.value = note
         self.stage_stats.value = format_stats(snap.stats)
         try:
             text = snap.text()
@@ -359,17 +365,39 @@ class Explorer(W.VBox):
             self.ir_text.value = error_html(describe_error(e), "no text for this stage:")
         else:
             self.ir_text.value = f"<div class='ke-ir'>{pre_html(text, '520px')}</div>"
-        i = names.index(name)
-        if i == 0:
+        if prev is None:
             self.diff.show_first(name, text)
         else:
-            prev = comp.stages[i - 1]
             try:
-                self.diff.set_stages(prev, snap)
+                self.diff.set_stages(prev, snap)  # what the pass did here is in the stage help above
             except Exception as e:  # noqa: BLE001
                 self.diff.html.value = error_html(describe_error(e))
         if (self.stage_tabs.selected_index or 0) == 0:
             self.graph.show(snap)  # the only costly drawing (graphviz), so only when visible
+
+    @staticmethod
+    def _changed_here(comp: Any, name: str, prev: Any, snap: Any) -> str:
+        """What the pass did in this program, where the view knows how to say it ('' otherwise)."""
+        if name != "vectorized" or prev is None:
+            return ""
+        try:
+            return vectorized_summary(prev.ir, snap.ir, comp.target)
+        except Exception:  # noqa: BLE001 — an explanation must not break the stage view
+            return ""
+
+    def _stage_note(self, comp: Any, name: str, prev: Any, snap: Any) -> str:
+        """HTML under the stage navigator: the stage's job on this target, and what it did here."""
+        try:
+            job = stage_help(name, comp.target)
+        except Exception:  # noqa: BLE001
+            job = ""
+        here = self._changed_here(comp, name, prev, snap)
+        if not job and not here:
+            return ""
+        return ("<div class='ke-stage-help' style='font-size:90%;color:#333;margin:2px 0 4px 0'>"
+                f"<b>{esc(name)}</b> on {esc(comp.target)}: {code_html(job)}"
+                + (f"<div class='ke-stage-here' style='color:#1a5e20'>{code_html(here)}</div>" if here else "")
+                + "</div>")
 
     # -- conveniences ---------------------------------------------------------------------------------
     def select_stage(self, name: str) -> None:

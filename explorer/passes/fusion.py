@@ -111,9 +111,9 @@ class Refusal(str, Enum):
     FUSION_OFF = ("fusion_off", "fusion off", "fusion is off (fuse=False): every op is its own kernel")
     RULE_OFF = ("rule_off", "rule off", "the rule that would fuse this edge is turned off (fuse={'rule': False})")
     OPAQUE = ("opaque", "opaque", "an opaque op (cumsum, a custom kernel) is always a kernel of its own")
-    TWO_CONTRACTIONS = ("two_contractions", "categories",
+    TWO_CONTRACTIONS = ("two_contractions", "two matmuls",
                         "two matmuls (or convolutions) never share a kernel: each one is its own tiled loop nest")
-    REDUCE_WITH_CONTRACTION = ("reduce_with_contraction", "categories",
+    REDUCE_WITH_CONTRACTION = ("reduce_with_contraction", "reduce + matmul",
                                "a reduction and a matmul never share a kernel (neither its operand loads nor "
                                "its epilogue take a reduction)")
     PROLOGUE_NOT_INJECTIVE = ("prologue_not_injective", "not injective",

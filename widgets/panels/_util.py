@@ -18,6 +18,11 @@ def esc(x: Any) -> str:
     return html.escape(str(x))
 
 
+def code_html(text: str) -> str:
+    """`text` escaped for HTML, with its `backquoted` parts as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))
+
+
 def error_html(message: str, title: str = "") -> str:
     """A red box with `message` (escaped); the dashboard's one way to show a failure."""
     head = f"<b>{esc(title)}</b> " if title else ""

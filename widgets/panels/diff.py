@@ -17,20 +17,45 @@ from typing import Any
 
 import ipywidgets as W
 
-from ._util import esc
+from ._util import code_html, esc
 
 ADDED = "background:#e6ffec;color:#116329"
 REMOVED = "background:#ffebe9;color:#82071e"
 
 
-def diff_html(before: str, after: str) -> tuple[str, int, int]:
-    """(HTML of the whole text with changes marked, lines added, lines removed)."""
+CONTEXT_LINES = 3   # unchanged lines kept around each change; longer unchanged runs fold into a <details>
+
+
+def _fold(lines: list[str], keep_head: int, keep_tail: int) -> list[str]:
+    """Unchanged rows with all but the first `keep_head` and last `keep_tail` folded (click to show)."""
+    hidden = len(lines) - keep_head - keep_tail
+    if hidden < 2:  # folding one line saves nothing
+        return lines
+    tail = lines[len(lines) - keep_tail:] if keep_tail else []
+    return (lines[:keep_head]
+            + [f'<details class="ke-fold"><summary style="color:#666;cursor:pointer">… {hidden} unchanged lines '
+               f'(click to show)</summary>{"".join(lines[keep_head:keep_head + hidden])}</details>']
+            + tail)
+
+
+def diff_html(before: str, after: str, context: int | None = None) -> tuple[str, int, int]:
+    """(HTML of the whole text with changes marked, lines added, lines removed).
+
+    With `context`, only that many unchanged lines stay visible around each change; the longer
+    unchanged runs are folded ("… 22 unchanged lines", click to show), so a small change in a long
+    program is on screen without scrolling.
+    """
     a, b = before.splitlines(), after.splitlines()
     rows: list[str] = []
     added = removed = 0
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    changed = any(tag != "equal" for tag, *_ in ops)
+    for n, (tag, i1, i2, j1, j2) in enumerate(ops):
         if tag == "equal":
-            rows += [f'<div class="ke-same">  {esc(x)}</div>' for x in a[i1:i2]]
+            same = [f'<div class="ke-same">  {esc(x)}</div>' for x in a[i1:i2]]
+            if context is not None and changed:
+                same = _fold(same, context if n > 0 else 0, context if n < len(ops) - 1 else 0)
+            rows += same
             continue
         if tag in ("replace", "delete"):
             rows += [f'<div class="ke-del" style="{REMOVED}">- {esc(x)}</div>' for x in a[i1:i2]]
@@ -76,16 +101,17 @@ def structural_html(before_ir: Any, after_ir: Any, before_name: str, after_name:
     if not after or before is None:
         return None
     cell = ("vertical-align:top;padding:2px 6px;border-top:1px solid #ddd")
-    pre = ("margin:0;font-size:11px;line-height:1.3;white-space:pre;overflow:auto;max-height:260px;"
-           "max-width:560px;background:#fafafa")
+    # a fixed layout over the panel's width: both columns stay on screen, each pre scrolls on its own
+    pre = "margin:0;font-size:11px;line-height:1.3;white-space:pre;overflow:auto;max-height:260px;background:#fafafa"
     rows = []
     for name, text in after.items():
         old = before.get(name)
-        rows.append(f"<tr><td style='{cell}'><code>{esc(name)}</code></td>"
+        rows.append(f"<tr><td style='{cell};overflow-wrap:anywhere'><code>{esc(name)}</code></td>"
                     f"<td style='{cell}'><pre style='{pre}'>{esc(old) if old is not None else '(new)'}</pre></td>"
                     f"<td style='{cell}'><pre style='{pre}'>{esc(text)}</pre></td></tr>")
-    return (f"<table class='ke-structural-diff' style='border-collapse:collapse'><tr><th>kernel</th>"
-            f"<th>{esc(before_name)}</th><th>{esc(after_name)}</th></tr>{''.join(rows)}</table>")
+    return (f"<table class='ke-structural-diff' style='border-collapse:collapse;table-layout:fixed;width:100%'>"
+            f"<tr><th style='width:16%'>kernel</th><th style='width:42%'>{esc(before_name)}</th>"
+            f"<th style='width:42%'>{esc(after_name)}</th></tr>{''.join(rows)}</table>")
 
 
 def same_kind(before_ir: Any, after_ir: Any) -> bool:
@@ -101,7 +127,8 @@ class StageDiff(W.VBox):
     """Diff of two IR texts. `.set(before, after, before_name, after_name)` redraws it."""
 
     def __init__(self, before: str = "", after: str = "", before_name: str = "previous",
-                 after_name: str = "this stage", **kwargs: Any):
+                 after_name: str = "this stage", context: int | None = CONTEXT_LINES, **kwargs: Any):
+        self.context = context  # None: every unchanged line stays visible
         self.header = W.HTML()
         self.html = W.HTML(layout=W.Layout(width="100%"))
         self.added = self.removed = 0
@@ -109,14 +136,19 @@ class StageDiff(W.VBox):
         self.add_class("ke-diff")
         self.set(before, after, before_name, after_name)
 
-    def set(self, before: str, after: str, before_name: str = "previous", after_name: str = "this stage") -> None:
-        body, self.added, self.removed = diff_html(before, after)
+    def set(self, before: str, after: str, before_name: str = "previous", after_name: str = "this stage",
+            note: str = "") -> None:
+        """Line diff of two texts; unchanged runs longer than `context` lines are folded. `note` (plain
+        text) follows the counts, e.g. what the pass did or why it changed nothing."""
+        body, self.added, self.removed = diff_html(before, after, self.context)
+        unchanged = "" if self.added or self.removed else " — the pass left the text as it was"
         self.header.value = (f"<b>{esc(before_name)} → {esc(after_name)}</b>: "
                              f'<span style="{ADDED}">+{self.added}</span> '
-                             f'<span style="{REMOVED}">−{self.removed}</span> lines')
+                             f'<span style="{REMOVED}">−{self.removed}</span> lines{unchanged}'
+                             + (f"<div class='ke-diff-note' style='color:#1a5e20'>{code_html(note)}</div>" if note else ""))
         self.html.value = body
 
-    def set_stages(self, before: Any, after: Any) -> None:
+    def set_stages(self, before: Any, after: Any, note: str = "") -> None:
         """Diff two Snapshots: a line diff of their text when the IR keeps its kind, else kernel by kernel."""
         if not same_kind(before.ir, after.ir):
             try:
@@ -130,7 +162,7 @@ class StageDiff(W.VBox):
                                      "so each kernel is shown as it was and as it is")
                 self.html.value = table
                 return
-        self.set(before.text(), after.text(), before.name, after.name)
+        self.set(before.text(), after.text(), before.name, after.name, note)
 
     def show_first(self, name: str, text: str) -> None:
         """The first stage has nothing before it: show it unmarked."""

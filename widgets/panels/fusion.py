@@ -60,9 +60,9 @@ class FusionView(W.VBox):
                                  W.VBox([self.fused_caption, self.graph],
                                         layout=W.Layout(width="50%"))])])
         lesson.add_class("ke-lesson")
-        details = W.HBox([W.VBox([W.HTML("<b>kernels</b>"), self.kernels], layout=W.Layout(width="45%")),
-                          W.VBox([W.HTML("<b>boundaries (not fused)</b>"), self.table, W.HTML("<b>why not fused?</b>"),
-                                  self.producer, self.consumer, self.answer], layout=W.Layout(width="55%"))])
+        # one column: the boundary table needs the full width for its reasons
+        details = W.VBox([W.HTML("<b>kernels</b>"), self.kernels, W.HTML("<b>boundaries (not fused)</b>"), self.table,
+                          W.HTML("<b>why not fused?</b>"), W.HBox([self.producer, self.consumer]), self.answer])
         super().__init__([lesson, details], **kwargs)
         self.add_class("ke-fusion")
         self.measure.on_click(lambda _b: self._measure())
@@ -219,8 +219,7 @@ class FusionView(W.VBox):
         """The refusal's structured code (FusionDecision.code) under the answer, with what it means."""
         if not code:
             return ""
-        from explorer.passes.fusion import Refusal
-        doc = Refusal(code).doc if code in Refusal._value2member_map_ else ""
+        doc = refusal_doc(code)
         return (f"<div class='ke-why-code' style='color:#666;font-size:90%'>refusal code <code>{esc(code)}</code>"
                 + (f": {esc(doc)}" if doc else "") + "</div>")
 
@@ -231,23 +230,54 @@ class FusionView(W.VBox):
         rows = "".join(
             f"<tr><td><code>{esc(get(k, 'name', '?'))}</code></td><td>{esc(get(k, 'kind', ''))}</td>"
             f"<td>{esc(' → '.join(map(str, get(k, 'ops', []) or [])))}</td></tr>" for k in kernels)
-        return f"<table class='ke-kernels' style='font-size:90%'>{rows}</table>"
+        return f"<table class='ke-kernels' style='font-size:90%;line-height:1.35'>{rows}</table>"
 
     @staticmethod
     def _boundaries_html(boundaries: list, labels: dict[str, str] | None = None) -> str:
+        """The refused edges: edge, rule, refusal code (its meaning as a tooltip) and reason, then a legend
+        that says what every code in the table means."""
         labels = labels or {}
 
         def label(x: Any) -> str:  # '%3 (matmul)' whether the explanation holds Nodes or names
             return labels.get(node_name(x), node_label(x))
-        rows = []
+        rows, codes = [], []
+        td = "vertical-align:top;padding:2px 6px"
         for b in boundaries:
             if get(b, "fused", False):
                 continue
-            rows.append(f"<tr><td><code>{esc(label(get(b, 'producer', '?')))}</code> → "
+            code = str(get(b, "code", "") or "")
+            doc = refusal_doc(code)
+            if code and code not in codes:
+                codes.append(code)
+            rule = get(b, "rule", "") or ""
+            rule_cell = (f"<span title='no fusion rule covers these two kinds of op'>—</span>" if rule in ("", "none")
+                         else esc(rule))
+            rows.append(f"<tr><td style='{td};white-space:nowrap'><code>{esc(label(get(b, 'producer', '?')))}</code> → "
                         f"<code>{esc(label(get(b, 'consumer', '?')))}</code></td>"
-                        f"<td>{esc(get(b, 'rule', '') or '')}</td><td><code>{esc(get(b, 'code', '') or '')}</code></td>"
-                        f"<td>{esc(get(b, 'reason', b))}</td></tr>")
+                        f"<td style='{td}'>{rule_cell}</td>"
+                        f"<td style='{td}' title='{esc(doc)}'><code>{esc(code)}</code></td>"
+                        f"<td style='{td}'>{esc(get(b, 'reason', b))}</td></tr>")
         if not rows:
             return note_html("every producer → consumer edge is fused")
-        return ("<table class='ke-boundaries' style='font-size:90%'><tr><th>edge</th><th>rule</th><th>code</th>"
-                "<th>reason</th></tr>" + "".join(rows) + "</table>")
+        legend = "".join(f"<li><code>{esc(c)}</code>: {esc(refusal_doc(c) or 'no description')}</li>" for c in codes)
+        th = "text-align:left;padding:2px 6px"
+        return ("<table class='ke-boundaries' style='font-size:90%;line-height:1.35;border-collapse:collapse'><tr>"
+                f"<th style='{th}'>edge</th><th style='{th}'>rule</th><th style='{th}'>refusal code</th>"
+                f"<th style='{th}'>reason</th></tr>" + "".join(rows) + "</table>"
+                "<div class='ke-refusal-legend' style='font-size:90%;color:#444;margin-top:4px'>what the codes mean:"
+                f"<ul style='margin:2px 0 0 0;padding-left:18px;line-height:1.35'>{legend}</ul></div>")
+
+
+def refusal_doc(code: str | None) -> str:
+    """What a fusion refusal code means (explorer.passes.fusion.Refusal.doc), '' for an unknown one.
+
+    >>> refusal_doc("cycle")
+    'the merged kernel would wait for itself through another kernel'
+    """
+    if not code:
+        return ""
+    from explorer.passes.fusion import Refusal
+    try:
+        return Refusal(code).doc
+    except ValueError:
+        return ""

@@ -19,7 +19,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from ._util import describe_error, error_html, esc, pre_html
+from ._util import describe_error, error_html, esc, note_html, pre_html
 
 INSTALL_HINT = ("graphviz's `dot` is not installed, so the graph is shown as DOT text: "
                 "apt-get install graphviz (or conda install graphviz) to see it drawn.")
@@ -41,6 +41,9 @@ def svg_for_dot(dot: str) -> str:
     return svg
 
 
+WIDE_PX = 1600  # wider than about twice the panel: shrunk to fit, its labels are too small to read
+
+
 def inline_svg(svg: str) -> str:
     """Strip the XML prolog/doctype so the SVG can sit inside HTML, and let it shrink to fit."""
     svg = re.sub(r"<\?xml[^>]*\?>", "", svg)
@@ -48,6 +51,22 @@ def inline_svg(svg: str) -> str:
     svg = re.sub(r"<!--.*?-->", "", svg, flags=re.S)
     svg = re.sub(r"<svg\b", '<svg style="max-width:100%;height:auto"', svg, count=1)
     return svg.strip()
+
+
+def width_px(svg: str) -> float | None:
+    """The drawing's natural width in CSS pixels (graphviz writes it in points), None if unknown."""
+    m = re.search(r'<svg\b[^>]*?\swidth="([\d.]+)pt"', svg)
+    return float(m.group(1)) * 4 / 3 if m else None
+
+
+def wide_note(svg: str) -> str:
+    """A line over a graph too wide to read when shrunk to the panel (a loop nest with an unrolled
+    micro-kernel is thousands of pixels wide), '' otherwise."""
+    w = width_px(svg)
+    if w is None or w <= WIDE_PX:
+        return ""
+    return note_html(f"this graph is {w:,.0f} px wide and drawn shrunk to fit: the IR text tab shows the same "
+                     "program readably (or zoom the browser in)")
 
 
 class GraphView(W.VBox):
@@ -88,7 +107,8 @@ class GraphView(W.VBox):
                                f"{pre_html(dot, '420px')}</div>")
             return
         try:
-            self.html.value = f'<div class="ke-svg">{inline_svg(svg_for_dot(dot))}</div>'
+            svg = svg_for_dot(dot)
+            self.html.value = f'{wide_note(svg)}<div class="ke-svg">{inline_svg(svg)}</div>'
         except Exception as e:  # noqa: BLE001
             self.html.value = error_html(describe_error(e), "graphviz could not draw this graph:") + pre_html(dot)
 

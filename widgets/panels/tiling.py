@@ -14,6 +14,7 @@ from typing import Any
 import ipywidgets as W
 
 from ._util import describe_error, error_html, esc, pre_html
+from .stagehelp import kernel_summary
 
 
 class TilingView(W.VBox):
@@ -32,6 +33,7 @@ class TilingView(W.VBox):
         except Exception as e:  # noqa: BLE001 — stage missing
             self.html.value = error_html(describe_error(e))
             return
+        after = self._vectorized_kernels(compiled)
         parts = []
         for k in getattr(prog, "kernels", ()):
             sched = list(getattr(k, "schedule", ()) or ())
@@ -45,5 +47,26 @@ class TilingView(W.VBox):
             parts.append(f"<div class='ke-tiled-kernel'><b><code>{esc(k.name)}</code></b> "
                          f"<small>{esc(getattr(k, 'kind', ''))} {esc(launch)}</small>"
                          f"<div>schedule:</div><ul class='ke-schedule' style='margin:0'>{items}</ul>"
-                         f"<div>loop nest:</div>{pre_html(k.text(), '360px')}</div>")
+                         f"<div>loop nest:</div>{pre_html(k.text(), '360px')}{self._next_stage(after.get(k.name))}</div>")
         self.html.value = "<hr>".join(parts) or error_html("the tiled program has no kernels")
+
+    @staticmethod
+    def _vectorized_kernels(compiled: Any) -> dict[str, Any]:
+        """{kernel name: kernel} of the vectorized stage ({} when the target has none)."""
+        try:
+            return {k.name: k for k in compiled.stage("vectorized").ir.kernels}
+        except Exception:  # noqa: BLE001 — the reference target (no vectorized stage) or stop_after
+            return {}
+
+    @staticmethod
+    def _next_stage(kernel: Any) -> str:
+        """One line under the loop nest: what the next stage (vectorized) made of this kernel."""
+        if kernel is None:
+            return ""
+        try:
+            what = kernel_summary(kernel)
+        except Exception:  # noqa: BLE001 — informational only
+            return ""
+        return ("<div class='ke-next-stage' style='color:#1a5e20;font-size:90%;margin-top:2px;white-space:normal'>"
+                f"next stage, <code>vectorized</code>: {esc(what) if what else 'unchanged'} (see Stages → vectorized)"
+                "</div>")
