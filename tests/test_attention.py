@@ -245,3 +245,24 @@ def test_autotune_attention_tile_on_sim(rng):
     assert r.spearman() > 0.9
     np.testing.assert_allclose(explorer.compile(plain_2d, q, k, v, target="sim", schedule=r.best)(q, k, v),
                                plain_2d(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+def self_scaled_logits(q, k, v):
+    s = q @ k.T
+    s = s + s * np.float32(0.5)   # elementwise on the scores: two roundings, as in NumPy
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def test_inner_products_accumulate_with_fma_and_logits_do_not(rng):
+    """q·k and p·v are matmul accumulations (NumPy runs them through BLAS, one rounding per step): both code
+    generators emit them as fused multiply-adds; the logit arithmetic keeps separate roundings."""
+    q, k, v = _qkv(rng, 64, 16)   # keys a multiple of the tile: the logit store is not under a key-tail select
+    for fn in (attention, self_scaled_logits):
+        cuda = explorer.compile(fn, q, k, v, target="cuda").kernels[0].source
+        body = cuda[cuda.index("flash_attention("):]
+        assert body.count("fmaf(") == 2, (fn.__name__, body)
+        if _CPU_OK:
+            c = explorer.compile(fn, q, k, v, target="cpu")
+            assert "ke_fma" in c.kernels[0].source
+            np.testing.assert_allclose(c(q, k, v), fn(q, k, v), rtol=1e-4, atol=1e-5)
