@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import explorer
+from explorer import loopir as L
 from explorer.backends import cpu as cpu_backend, nvcc
 
 _CPU_OK, _CPU_WHY = cpu_backend.available()
@@ -266,3 +267,25 @@ def test_inner_products_accumulate_with_fma_and_logits_do_not(rng):
             c = explorer.compile(fn, q, k, v, target="cpu")
             assert "ke_fma" in c.kernels[0].source
             np.testing.assert_allclose(c(q, k, v), fn(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("avx512", [True, False], ids=["64-byte", "32-byte"])
+@pytest.mark.parametrize("shape,dtype", [((2, 3, 64, 16), np.float32), ((1, 2, 70, 32), np.float32),
+                                         ((2, 64, 16), np.float64)], ids=["64x16", "70x32 tails", "f64"])
+def test_cpu_vector_width_follows_the_host(avx512, shape, dtype, monkeypatch, rng):
+    """With AVX-512 the cpu kernel's register tiles are 64-byte vectors (a schedule step and the kernel's
+    vector_bytes say so; the C holds ke_v16f / ke_v8d), else 32-byte ones; both equal NumPy (the C compiles
+    either way: gcc splits wide vectors on narrower ISAs)."""
+    from explorer.passes import attention as A
+    monkeypatch.setattr(A, "_avx512", lambda: avx512)
+    q, k, v = (x.astype(dtype) for x in _qkv(rng, *shape))
+    c = explorer.compile(attention, q, k, v, target="cpu")
+    kern = c.stage("vectorized").ir.kernels[0]
+    steps = "; ".join(c.stage("tiled").ir.kernels[0].schedule)
+    assert ("vector width 64 bytes" in steps) == avx512, steps
+    lanes = {t.lanes for s in L.walk(kern.body) if isinstance(s, L.MicroKernel) for t in s.tiles}
+    want_lanes = (64 if avx512 else 32) // np.dtype(dtype).itemsize
+    assert lanes == {want_lanes}, lanes
+    if _CPU_OK:
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(c(q, k, v), attention(q, k, v), rtol=tol, atol=tol)

@@ -23,8 +23,9 @@ Before (simplified graph, 3 kernels)            After (fused, 1 kernel; tiled fo
                                                       acc[r, e] = acc[r, e]*alpha + sum_jj s[r, jj] * v[.., j, e]
                                                     out[.., i, e] = acc[r, e] / l[r]
 
-On the cpu the two inner products run as 4x16 register tiles (8x16 with AVX-512) (the C backend turns them into vector
-micro-kernels); on cuda/sim each thread owns one query row (q row, s_tile, acc_o in registers) and the
+On the cpu the two inner products run as 4x16 register tiles of 8-lane vectors (8x32 f32 tiles of 16-lane,
+64-byte vectors with AVX-512), accumulated with FMA as matmul kernels are (the vectorized stage turns them into
+vector micro-kernels); on cuda/sim each thread owns one query row (q row, s_tile, acc_o in registers) and the
 block stages each K and V tile in shared memory between two barriers.
 """
 from __future__ import annotations
@@ -377,6 +378,10 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
                   "cache_read(q, local): the thread's query row", "cache_read(k, shared, at=j_o)", "cache_read(v, shared, at=j_o)")
     elif target.scheduled:
         steps += ("parallel(blk)", "cache_read(k, local, at=j_o, transposed)", "vectorize(jj)", "vectorize(e)")
+    meta: tuple = (("attention_tile", (bq, bk)),)
+    if not gpu and target.scheduled and _vector_bytes() != 32:
+        steps += (f"vector width {_vector_bytes()} bytes (AVX-512: {_lanes(dt)} x {dt} per register)",)
+        meta += (("vector_bytes", _vector_bytes()),)
     notes = (f"{ATTENTION_REASON}: each key tile's scores (s_tile) live in local memory; running max m_run and "
              f"sum l_run rescale the accumulator acc_o by exp(m_old - m_new), so no {c.sq}x{c.sk} buffer is written",)
     if row_tail or key_tail:
@@ -384,23 +389,42 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
                   "keys past the end score -inf",)
     params = tuple(c.inputs) + tuple(b for b in c.outputs if b not in c.inputs)
     return L.Kernel(c.name, params, tuple(body), outputs=tuple(b.name for b in c.outputs), kind="attention",
-                    schedule=steps, meta=(("notes", notes), ("attention_tile", (bq, bk))), group=c.group, ops=c.ops,
+                    schedule=steps, meta=(("notes", notes),) + meta, group=c.group, ops=c.ops,
                     source_lines=c.source_lines)
 
 
 _RT, _VW = 4, 16   # cpu register tile: 4 rows x 16 lanes (8 AVX accumulators), the C backend's micro-kernel shape
+WIDE_VECTOR_BYTES = 64   # AVX-512: one zmm register
 
 
 @functools.lru_cache(maxsize=None)
+def _avx512() -> bool:
+    """Whether this host has AVX-512 (F and VL); the C backend builds with -march=native."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512f" in flags and " avx512vl" in flags
+
+
 def _register_rows() -> int:
     """Rows of the cpu register tile: 8 (16 accumulators) where AVX-512VL gives 32 vector registers (the C
     backend builds with -march=native), else _RT (8 accumulators fit AVX2's 16). B1 H8 S1024 D64 at 1 thread
     on an AVX-512 host: 28 -> 25 ms CPU time per call (2026-12-01)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return _RT
-    return 2 * _RT if " avx512vl" in flags else _RT
+    return 2 * _RT if _avx512() else _RT
+
+
+def _vector_bytes() -> int:
+    """Bytes per vector of the attention kernel's micro-kernels: 64 (zmm) with AVX-512, else the cpu target's 32.
+
+    On a Zen 5 host (full-width 512-bit FMA units) B1 H8 S1024 D64 f32 at 1 thread took 24.5 ms of CPU time per
+    call with 8x16 tiles of 8-lane vectors and 18-19 ms with 8x32 tiles of 16-lane vectors (2026-12-01)."""
+    return WIDE_VECTOR_BYTES if _avx512() else 32
+
+
+def _lanes(dt: str) -> int:
+    """Elements of `dt` per vector of the attention kernel."""
+    return _vector_bytes() // L.np_dtype(dt).itemsize
 
 
 def _split(n: int, w: int) -> int:
@@ -414,7 +438,9 @@ class _RegTile:
 
     def __init__(self, name: str, rows: int, cols: int, col: str, lane: str, dt: str):
         self.rt = next((rt for rt in (_register_rows(), _RT) if rows % rt == 0), 1)
-        self.vw = _split(cols, _VW)
+        # two vectors per tile row: 16 accumulators with wide vectors, as with AVX2's 8-lane ones
+        wide = _vector_bytes() == WIDE_VECTOR_BYTES
+        self.vw = next((w for w in (2 * _lanes(dt), _lanes(dt)) if cols % w == 0), cols) if wide else _split(cols, _VW)
         self.r_o, self.r_i, self.c_o, self.lane = L.Var("r_o"), L.Var("r_i"), L.Var(col), L.Var(lane)
         self.row = L.BinOp("+", L.BinOp("*", self.r_o, L.Const(self.rt)), self.r_i)
         self.col = L.BinOp("+", L.BinOp("*", self.c_o, L.Const(self.vw)), self.lane)
@@ -450,7 +476,7 @@ def _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha, rsum, v_at, r, jj, ee
     M, Ml = L.Load(m_new, ()), L.Load(m_buf, (r,))
     m_safe = L.Select(L.BinOp("==", M, ninf), zero, M)
     jo, jl = L.Var("jj_o"), L.Var("jj_l")
-    lw = _split(bk, 8)
+    lw = _split(bk, _lanes(dt) if _vector_bytes() == WIDE_VECTOR_BYTES else 8)
     S_split = L.Load(s_buf, (r, L.BinOp("+", L.BinOp("*", jo, L.Const(lw)), jl)))
     # reductions split (serial chunks x vectorized lanes): the C backend keeps one partial per lane
     row_reduce = lambda buf, op: L.For(jo, bk // lw, (L.For(jl, lw, (L.Store(buf, (), L.BinOp(op, L.Load(buf, ()), S_split)),),  # noqa: E731
