@@ -273,7 +273,9 @@ def test_inner_products_accumulate_with_fma_and_logits_do_not(rng):
 @pytest.mark.parametrize("shape,dtype", [((2, 3, 64, 16), np.float32), ((1, 2, 70, 32), np.float32),
                                          ((2, 64, 16), np.float64)], ids=["64x16", "70x32 tails", "f64"])
 def test_cpu_vector_width_follows_the_host(avx512, shape, dtype, monkeypatch, rng):
-    """With AVX-512 the cpu kernel's register tiles are 64-byte vectors (a schedule step and the kernel's
+    """The cpu kernel (scores transposed, softmax vectorized over query rows) at both vector widths.
+
+    With AVX-512 its register tiles are 64-byte vectors (a schedule step and the kernel's
     vector_bytes say so; the C holds ke_v16f / ke_v8d), else 32-byte ones; both equal NumPy (the C compiles
     either way: gcc splits wide vectors on narrower ISAs)."""
     from explorer.passes import attention as A
@@ -286,6 +288,22 @@ def test_cpu_vector_width_follows_the_host(avx512, shape, dtype, monkeypatch, rn
     lanes = {t.lanes for s in L.walk(kern.body) if isinstance(s, L.MicroKernel) for t in s.tiles}
     want_lanes = (64 if avx512 else 32) // np.dtype(dtype).itemsize
     assert lanes == {want_lanes}, lanes
+    tol = 1e-4 if dtype == np.float32 else 1e-10
     if _CPU_OK:
-        tol = 1e-4 if dtype == np.float32 else 1e-10
         np.testing.assert_allclose(c(q, k, v), attention(q, k, v), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("avx512", [True, False], ids=["64-byte", "32-byte"])
+def test_simulator_runs_the_cpu_loop_nests(avx512, monkeypatch, rng):
+    """The cpu loop IR itself (what the C prints) equals NumPy: the simulator runs the vectorized snapshot (micro-
+    kernels included) and the lowered stage's naive nest; 16x16 tiles over 40 keys and rows leave tails."""
+    from explorer.backends import simulator as S
+    from explorer.passes import attention as A
+    monkeypatch.setattr(A, "_avx512", lambda: avx512)
+    q, k, v = _qkv(rng, 1, 40, 16)
+    for fn, args in ((attention, (q, k, v)), (masked_attention, (q, k, v, _causal(40)))):
+        c = explorer.compile(fn, *args, target="cpu", schedule={"attention_tile": (16, 16)})
+        vec = c.stage("vectorized").ir
+        assert sum(isinstance(s, L.MicroKernel) for s in L.walk(vec.kernels[0].body)) == 3   # q·k, max, p·v
+        for prog in (vec, c.stage("lowered").ir.loops):
+            np.testing.assert_allclose(S.run_program(prog, list(args))[0][0], fn(*args), rtol=1e-4, atol=1e-5)
