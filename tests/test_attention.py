@@ -296,7 +296,8 @@ def test_cpu_vector_width_follows_the_host(avx512, shape, dtype, monkeypatch, rn
 @pytest.mark.parametrize("avx512", [True, False], ids=["64-byte", "32-byte"])
 def test_simulator_runs_the_cpu_loop_nests(avx512, monkeypatch, rng):
     """The cpu loop IR itself (what the C prints) equals NumPy: the simulator runs the vectorized snapshot (micro-
-    kernels included) and the lowered stage's naive nest; 16x16 tiles over 40 keys and rows leave tails."""
+    kernels and the staged mask tile included) and the lowered stage's naive nest; 16x16 tiles over 40 keys and
+    rows leave tails."""
     from explorer.backends import simulator as S
     from explorer.passes import attention as A
     monkeypatch.setattr(A, "_avx512", lambda: avx512)
@@ -305,5 +306,8 @@ def test_simulator_runs_the_cpu_loop_nests(avx512, monkeypatch, rng):
         c = explorer.compile(fn, *args, target="cpu", schedule={"attention_tile": (16, 16)})
         vec = c.stage("vectorized").ir
         assert sum(isinstance(s, L.MicroKernel) for s in L.walk(vec.kernels[0].body)) == 3   # q·k, max, p·v
+        # a mask read along (row, key) is staged per key tile in the transposed layout, visibly
+        staged = "cache_read(mask, local, at=j_o, transposed)" in c.stage("tiled").ir.kernels[0].schedule
+        assert staged == (fn is masked_attention)
         for prog in (vec, c.stage("lowered").ir.loops):
             np.testing.assert_allclose(S.run_program(prog, list(args))[0][0], fn(*args), rtol=1e-4, atol=1e-5)

@@ -319,7 +319,14 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
     else:
         tile_body = []
     # scores of the tile: q·k, then the logits expression (scale, mask); keys past the end are -inf
-    logit = sub(c.logit, i=i_row, j=j_safe)
+    logit_ij, staged = (c.logit, {}) if gpu else _stage_row_key_loads(c.logit, c.score, jj, r, bq, bk)
+    logit = sub(logit_ij, i=i_row, j=j_safe)
+    if staged:   # cpu: a mask read along (row, key) is staged per key tile in the scores' transposed layout
+        tile_body += [L.Comment("stage the tile of " + ", ".join(sorted({x.buffer.name for x in staged}))
+                                + " read by the logits, transposed (keys x query rows)")]
+        tile_body += [_blocked_copy(buf, lambda a, b, x=x: sub(x, i=clamp(L.BinOp("+", i0, b), c.sq, row_tail),
+                                                             j=clamp(L.BinOp("+", L.BinOp("*", j_o, L.Const(bk)), a), c.sk, key_tail)),
+                                    bk, bq) for x, buf in staged.items()]
     s_val = L.map_expr(logit, lambda x: S(jj) if isinstance(x, L.Load) and x.buffer == c.score else None)
     if key_tail:
         s_val = L.Select(L.BinOp("<", j_key, L.Const(c.sk)), s_val, ninf)
@@ -372,7 +379,7 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
     allocs = [L.Alloc(b) for b in (m_buf, l_buf, acc, s_buf, m_new, alpha, rsum)]
     if not gpu:
         m_safe_buf = L.Buffer("m_safe", (bq,), dt, "local")
-        allocs.append(L.Alloc(m_safe_buf))
+        allocs += [L.Alloc(m_safe_buf)] + [L.Alloc(b) for b in staged.values()]
     keyloop = L.For(j_o, ntile, tuple(tile_body))
     if gpu:
         thread = L.For(r, bq, tuple(allocs + q_stage + init + [keyloop] + store), kind="threadIdx.x")
@@ -389,6 +396,7 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
         steps += ("parallel(blk)", "cache_read(q, local, at=blk, transposed)",
                   "scores transposed (keys x query rows): the softmax is vectorized over the block's rows",
                   "vectorize(r)", "vectorize(e)")
+        steps += tuple(f"cache_read({x.buffer.name}, local, at=j_o, transposed)" for x in staged)
     meta: tuple = (("attention_tile", (bq, bk)),)
     if not gpu and target.scheduled and _vector_bytes() != 32:
         steps += (f"vector width {_vector_bytes()} bytes (AVX-512: {_lanes(dt)} x {dt} per register)",)
@@ -465,6 +473,49 @@ class _RegTile:
     def nest(self, body: Sequence[L.Stmt]) -> L.For:
         """for row_o: for c_o: alloc the tile; body."""
         return L.For(self.r_o, self.n_rows, (L.For(self.c_o, self.n_cols, (L.Alloc(self.reg), *body)),))
+
+
+def _stage_row_key_loads(logit: L.Expr, score: L.Buffer, jj: L.Var, r: L.Var, bq: int,
+                         bk: int) -> tuple[L.Expr, dict[L.Load, L.Buffer]]:
+    """(logit with every load indexed by both the query row i and the key j, such as an additive mask, read from
+    a (BK, BQ) local tile at [jj, r] instead; {original load: its tile}).
+
+    With the scores transposed, the logits' vector lanes run along query rows, so a row-major mask[i, j] would be
+    read with a stride of a whole mask row per lane (a gather touching one page per lane); its tile is copied
+    row by row once per key tile instead."""
+    staged: dict[L.Load, L.Buffer] = {}
+
+    def names(e: L.Expr) -> set[str]:
+        return {x.name for x in L.walk_expr(e) if isinstance(x, L.Var)}
+
+    def stage(x: L.Expr) -> L.Expr | None:
+        if (not isinstance(x, L.Load) or x.buffer == score or x.buffer.scope != "global"
+                or any(isinstance(y, L.Load) for i in x.indices for y in L.walk_expr(i))
+                or not {"i", "j"} <= set().union(*(names(i) for i in x.indices))):
+            return None
+        if x not in staged:   # a name with a space: no user or generated name can take it
+            staged[x] = L.Buffer(f"{x.buffer.name} tile{len(staged) or ''}", (bk, bq), x.dtype, "local")
+        return L.Load(staged[x], (jj, r))
+    return L.map_expr(logit, stage), staged
+
+
+_COPY_BLOCK = 16
+
+
+def _blocked_copy(tile: L.Buffer, value, rows: int, cols: int, a_name: str = "jj", b_name: str = "r") -> L.For:
+    """tile[a, b] = value(a, b) for a < rows, b < cols, in 16x16 blocks read along a (a transposing copy);
+    loop variables a_name/b_name with suffixes _o (block) and _i (in the block).
+
+    Unblocked, either loop order walks one side of the transpose with a stride of a whole tile row: a
+    128x128 f32 mask tile took 2.3x the time of the blocked copy (B1 H8 S1024 causal mask: 31 vs 16 ms of
+    CPU time per call, 2026-12-01), as the strided side keeps hitting the same cache sets."""
+    bb, ba = _split(cols, _COPY_BLOCK), _split(rows, _COPY_BLOCK)
+    b_o, a_o, b_i, a_i = (L.Var(f"{n}_{s}") for s, n in (("o", b_name), ("o", a_name), ("i", b_name), ("i", a_name)))
+    a = L.BinOp("+", L.BinOp("*", a_o, L.Const(ba)), a_i)
+    b = L.BinOp("+", L.BinOp("*", b_o, L.Const(bb)), b_i)
+    a, b = L.simplify_expr(a), L.simplify_expr(b)
+    store = L.Store(tile, (a, b), value(a, b))
+    return L.For(b_o, cols // bb, (L.For(a_o, rows // ba, (L.For(b_i, bb, (L.For(a_i, ba, (store,), kind="unrolled"),)),)),))
 
 
 def _cpu_scores(s_buf, qt, kd, s_val, r, jj, dd, bq, bk, d, dt) -> list[L.Stmt]:
