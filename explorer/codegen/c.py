@@ -72,30 +72,40 @@ static inline uint16_t ke_f32_to_bf16(float f) {
   return (uint16_t)(b >> 16); }
 static inline float ke_round_bf16(float f) { return ke_bf16_to_f32(ke_f32_to_bf16(f)); }
 """
+
+
+def _vector_types(nbytes: int) -> str:
+    """C typedefs, unaligned load/store and splat helpers of the GCC vector types of `nbytes` bytes
+    (ke_v8f/ke_v4d/ke_v8i/ke_v4l for 32; ke_v16f/... for 64). The *_u types are unaligned and may_alias."""
+    lines: list[list[str]] = [[], [], [], [], []]
+    for ctype, size, suffix in (("float", 4, "f"), ("double", 8, "d"), ("int32_t", 4, "i"), ("int64_t", 8, "l")):
+        n = nbytes // size
+        v = f"ke_v{n}{suffix}"
+        lines[0].append(f"typedef {ctype} {v} __attribute__((vector_size({nbytes})));")
+        lines[1].append(f"typedef {ctype} {v}_u __attribute__((vector_size({nbytes}), aligned({size}), may_alias));")
+        lines[2].append(f"static inline {v} ke_load_v{n}{suffix}(const {ctype}* p) {{ return *(const {v}_u*)p; }}")
+        lines[3].append(f"static inline void ke_store_v{n}{suffix}({ctype}* p, {v} v) {{ *({v}_u*)p = v; }}")
+        lines[4].append(f"static inline {v} ke_splat_v{n}{suffix}({ctype} s) {{ return ({v}){{{', '.join(['s'] * n)}}}; }}")
+    return "".join(line + "\n" for group in lines for line in group)
+
+
+def _vector_minmax(nbytes: int) -> str:
+    """Lane-wise max/min of the `nbytes`-byte vector types (KE_VSEL blends; floats propagate NaN like ke_maxf)."""
+    out = []
+    for size, suffix, mask in ((4, "f", "i"), (8, "d", "l"), (4, "i", "i"), (8, "l", "l")):
+        n = nbytes // size
+        v, m = f"ke_v{n}{suffix}", f"ke_v{n}{mask}"
+        for op, cmp in (("max", ">"), ("min", "<")):
+            test = f"(a {cmp} b) | (a != a)" if suffix in "fd" else f"a {cmp} b"
+            out.append(f"static inline {v} ke_{op}_v{n}{suffix}({v} a, {v} b) {{ {m} m = {test}; "
+                       f"return KE_VSEL({v}, {m}, a, b); }}\n")
+    return "".join(out)
+
+
 # 64-byte vector types, in the prelude only when a kernel's schedule asks for them (vector_bytes 64)
 WIDE_VECTOR_PRELUDE = """\
 /* GCC vector types for 64-byte register tiles (AVX-512 zmm; gcc splits them on narrower ISAs). */
-typedef float ke_v16f __attribute__((vector_size(64)));
-typedef double ke_v8d __attribute__((vector_size(64)));
-typedef int32_t ke_v16i __attribute__((vector_size(64)));
-typedef int64_t ke_v8l __attribute__((vector_size(64)));
-typedef float ke_v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef double ke_v8d_u __attribute__((vector_size(64), aligned(8), may_alias));
-typedef int32_t ke_v16i_u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef int64_t ke_v8l_u __attribute__((vector_size(64), aligned(8), may_alias));
-static inline ke_v16f ke_load_v16f(const float* p) { return *(const ke_v16f_u*)p; }
-static inline ke_v8d ke_load_v8d(const double* p) { return *(const ke_v8d_u*)p; }
-static inline ke_v16i ke_load_v16i(const int32_t* p) { return *(const ke_v16i_u*)p; }
-static inline ke_v8l ke_load_v8l(const int64_t* p) { return *(const ke_v8l_u*)p; }
-static inline void ke_store_v16f(float* p, ke_v16f v) { *(ke_v16f_u*)p = v; }
-static inline void ke_store_v8d(double* p, ke_v8d v) { *(ke_v8d_u*)p = v; }
-static inline void ke_store_v16i(int32_t* p, ke_v16i v) { *(ke_v16i_u*)p = v; }
-static inline void ke_store_v8l(int64_t* p, ke_v8l v) { *(ke_v8l_u*)p = v; }
-static inline ke_v16f ke_splat_v16f(float s) { return (ke_v16f){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
-static inline ke_v8d ke_splat_v8d(double s) { return (ke_v8d){s, s, s, s, s, s, s, s}; }
-static inline ke_v16i ke_splat_v16i(int32_t s) { return (ke_v16i){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
-static inline ke_v8l ke_splat_v8l(int64_t s) { return (ke_v8l){s, s, s, s, s, s, s, s}; }
-/* matmul accumulators only (as ke_fma_v8f): one rounding where the CPU has AVX-512 FMA */
+@VECTOR_TYPES_64@/* matmul accumulators only (as ke_fma_v8f): one rounding where the CPU has AVX-512 FMA */
 #if defined(__AVX512F__) && defined(__x86_64__)
 static inline ke_v16f ke_fma_v16f(ke_v16f a, ke_v16f b, ke_v16f c) { return __builtin_ia32_vfmaddps512_mask(a, b, c, -1, 4); }
 static inline ke_v8d ke_fma_v8d(ke_v8d a, ke_v8d b, ke_v8d c) { return __builtin_ia32_vfmaddpd512_mask(a, b, c, -1, 4); }
@@ -103,15 +113,9 @@ static inline ke_v8d ke_fma_v8d(ke_v8d a, ke_v8d b, ke_v8d c) { return __builtin
 static inline ke_v16f ke_fma_v16f(ke_v16f a, ke_v16f b, ke_v16f c) { return a * b + c; }
 static inline ke_v8d ke_fma_v8d(ke_v8d a, ke_v8d b, ke_v8d c) { return a * b + c; }
 #endif
-static inline ke_v16f ke_max_v16f(ke_v16f a, ke_v16f b) { ke_v16i m = (a > b) | (a != a); return KE_VSEL(ke_v16f, ke_v16i, a, b); }
-static inline ke_v16f ke_min_v16f(ke_v16f a, ke_v16f b) { ke_v16i m = (a < b) | (a != a); return KE_VSEL(ke_v16f, ke_v16i, a, b); }
-static inline ke_v8d ke_max_v8d(ke_v8d a, ke_v8d b) { ke_v8l m = (a > b) | (a != a); return KE_VSEL(ke_v8d, ke_v8l, a, b); }
-static inline ke_v8d ke_min_v8d(ke_v8d a, ke_v8d b) { ke_v8l m = (a < b) | (a != a); return KE_VSEL(ke_v8d, ke_v8l, a, b); }
-static inline ke_v16i ke_max_v16i(ke_v16i a, ke_v16i b) { ke_v16i m = a > b; return KE_VSEL(ke_v16i, ke_v16i, a, b); }
-static inline ke_v16i ke_min_v16i(ke_v16i a, ke_v16i b) { ke_v16i m = a < b; return KE_VSEL(ke_v16i, ke_v16i, a, b); }
-static inline ke_v8l ke_max_v8l(ke_v8l a, ke_v8l b) { ke_v8l m = a > b; return KE_VSEL(ke_v8l, ke_v8l, a, b); }
-static inline ke_v8l ke_min_v8l(ke_v8l a, ke_v8l b) { ke_v8l m = a < b; return KE_VSEL(ke_v8l, ke_v8l, a, b); }
-"""
+@VECTOR_MINMAX_64@"""
+WIDE_VECTOR_PRELUDE = WIDE_VECTOR_PRELUDE.replace("@VECTOR_TYPES_64@", _vector_types(64)).replace(
+    "@VECTOR_MINMAX_64@", _vector_minmax(64))
 INDEX_LIMIT = 2 ** 31  # a buffer this large needs 64-bit index arithmetic
 
 PRELUDE_HEAD = """\
@@ -249,27 +253,7 @@ static inline float ke_logf(float x) {
 
 /* GCC vector types for register tiles (AVX2: 32 bytes). The *_u types are unaligned and
  * may_alias, so loads/stores through them are valid at any float address. */
-typedef float ke_v8f __attribute__((vector_size(32)));
-typedef double ke_v4d __attribute__((vector_size(32)));
-typedef int32_t ke_v8i __attribute__((vector_size(32)));
-typedef int64_t ke_v4l __attribute__((vector_size(32)));
-typedef float ke_v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
-typedef double ke_v4d_u __attribute__((vector_size(32), aligned(8), may_alias));
-typedef int32_t ke_v8i_u __attribute__((vector_size(32), aligned(4), may_alias));
-typedef int64_t ke_v4l_u __attribute__((vector_size(32), aligned(8), may_alias));
-static inline ke_v8f ke_load_v8f(const float* p) { return *(const ke_v8f_u*)p; }
-static inline ke_v4d ke_load_v4d(const double* p) { return *(const ke_v4d_u*)p; }
-static inline ke_v8i ke_load_v8i(const int32_t* p) { return *(const ke_v8i_u*)p; }
-static inline ke_v4l ke_load_v4l(const int64_t* p) { return *(const ke_v4l_u*)p; }
-static inline void ke_store_v8f(float* p, ke_v8f v) { *(ke_v8f_u*)p = v; }
-static inline void ke_store_v4d(double* p, ke_v4d v) { *(ke_v4d_u*)p = v; }
-static inline void ke_store_v8i(int32_t* p, ke_v8i v) { *(ke_v8i_u*)p = v; }
-static inline void ke_store_v4l(int64_t* p, ke_v4l v) { *(ke_v4l_u*)p = v; }
-static inline ke_v8f ke_splat_v8f(float s) { return (ke_v8f){s, s, s, s, s, s, s, s}; }
-static inline ke_v4d ke_splat_v4d(double s) { return (ke_v4d){s, s, s, s}; }
-static inline ke_v8i ke_splat_v8i(int32_t s) { return (ke_v8i){s, s, s, s, s, s, s, s}; }
-static inline ke_v4l ke_splat_v4l(int64_t s) { return (ke_v4l){s, s, s, s}; }
-/* Matmul accumulators only: acc + a*b with one rounding where the CPU has FMA, as NumPy's BLAS
+@VECTOR_TYPES_32@/* Matmul accumulators only: acc + a*b with one rounding where the CPU has FMA, as NumPy's BLAS
  * accumulates. All other arithmetic is built with -ffp-contract=off (NumPy's separate roundings). */
 #if defined(__FMA__) && defined(__x86_64__)
 static inline float ke_fmaf(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
@@ -284,15 +268,7 @@ static inline ke_v4d ke_fma_v4d(ke_v4d a, ke_v4d b, ke_v4d c) { return a * b + c
 #endif
 /* lane-wise NaN-propagating max/min (as ke_maxf): a comparison gives a 0/-1 lane mask, then a blend */
 #define KE_VSEL(T, M, a, b) ((T)(((M)(a) & m) | ((M)(b) & ~m)))
-static inline ke_v8f ke_max_v8f(ke_v8f a, ke_v8f b) { ke_v8i m = (a > b) | (a != a); return KE_VSEL(ke_v8f, ke_v8i, a, b); }
-static inline ke_v8f ke_min_v8f(ke_v8f a, ke_v8f b) { ke_v8i m = (a < b) | (a != a); return KE_VSEL(ke_v8f, ke_v8i, a, b); }
-static inline ke_v4d ke_max_v4d(ke_v4d a, ke_v4d b) { ke_v4l m = (a > b) | (a != a); return KE_VSEL(ke_v4d, ke_v4l, a, b); }
-static inline ke_v4d ke_min_v4d(ke_v4d a, ke_v4d b) { ke_v4l m = (a < b) | (a != a); return KE_VSEL(ke_v4d, ke_v4l, a, b); }
-static inline ke_v8i ke_max_v8i(ke_v8i a, ke_v8i b) { ke_v8i m = a > b; return KE_VSEL(ke_v8i, ke_v8i, a, b); }
-static inline ke_v8i ke_min_v8i(ke_v8i a, ke_v8i b) { ke_v8i m = a < b; return KE_VSEL(ke_v8i, ke_v8i, a, b); }
-static inline ke_v4l ke_max_v4l(ke_v4l a, ke_v4l b) { ke_v4l m = a > b; return KE_VSEL(ke_v4l, ke_v4l, a, b); }
-static inline ke_v4l ke_min_v4l(ke_v4l a, ke_v4l b) { ke_v4l m = a < b; return KE_VSEL(ke_v4l, ke_v4l, a, b); }
-
+@VECTOR_MINMAX_32@
 static inline float ke_sigmoidf(float x) { return 1.0f / (1.0f + ke_expf(-x)); }
 static inline float ke_rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double ke_sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
@@ -301,6 +277,8 @@ static inline double ke_rsqrt_f64(double x) { return 1.0 / sqrt(x); }
 /* fast-math variants: libm calls, which gcc maps to libmvec under -ffast-math. */
 static inline float ke_fast_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 """
+PRELUDE_MATH = PRELUDE_MATH.replace("@VECTOR_TYPES_32@", _vector_types(32)).replace(
+    "@VECTOR_MINMAX_32@", _vector_minmax(32))
 
 # (fn, compute dtype) → C spelling; '{0}', '{1}' are the arguments.
 _MATH_F32 = {"exp": "ke_expf({0})", "log": "ke_logf({0})", "tanh": "ke_tanhf({0})", "sqrt": "sqrtf({0})",
