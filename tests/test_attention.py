@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import explorer
+from explorer import loopir as L
 from explorer.backends import cpu as cpu_backend, nvcc
 
 _CPU_OK, _CPU_WHY = cpu_backend.available()
@@ -245,3 +246,68 @@ def test_autotune_attention_tile_on_sim(rng):
     assert r.spearman() > 0.9
     np.testing.assert_allclose(explorer.compile(plain_2d, q, k, v, target="sim", schedule=r.best)(q, k, v),
                                plain_2d(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+def self_scaled_logits(q, k, v):
+    s = q @ k.T
+    s = s + s * np.float32(0.5)   # elementwise on the scores: two roundings, as in NumPy
+    p = np.exp(s - s.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)) @ v
+
+
+def test_inner_products_accumulate_with_fma_and_logits_do_not(rng):
+    """q·k and p·v are matmul accumulations (NumPy runs them through BLAS, one rounding per step): both code
+    generators emit them as fused multiply-adds; the logit arithmetic keeps separate roundings."""
+    q, k, v = _qkv(rng, 64, 16)   # keys a multiple of the tile: the logit store is not under a key-tail select
+    for fn in (attention, self_scaled_logits):
+        cuda = explorer.compile(fn, q, k, v, target="cuda").kernels[0].source
+        body = cuda[cuda.index("flash_attention("):]
+        assert body.count("fmaf(") == 2, (fn.__name__, body)
+        if _CPU_OK:
+            c = explorer.compile(fn, q, k, v, target="cpu")
+            assert "ke_fma" in c.kernels[0].source
+            np.testing.assert_allclose(c(q, k, v), fn(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("avx512", [True, False], ids=["64-byte", "32-byte"])
+@pytest.mark.parametrize("shape,dtype", [((2, 3, 64, 16), np.float32), ((1, 2, 70, 32), np.float32),
+                                         ((2, 64, 16), np.float64)], ids=["64x16", "70x32 tails", "f64"])
+def test_cpu_vector_width_follows_the_host(avx512, shape, dtype, monkeypatch, rng):
+    """The cpu kernel (scores transposed, softmax vectorized over query rows) at both vector widths.
+
+    With AVX-512 its register tiles are 64-byte vectors (a schedule step and the kernel's
+    vector_bytes say so; the C holds ke_v16f / ke_v8d), else 32-byte ones; both equal NumPy (the C compiles
+    either way: gcc splits wide vectors on narrower ISAs)."""
+    from explorer.passes import attention as A
+    monkeypatch.setattr(A, "_avx512", lambda: avx512)
+    q, k, v = (x.astype(dtype) for x in _qkv(rng, *shape))
+    c = explorer.compile(attention, q, k, v, target="cpu")
+    kern = c.stage("vectorized").ir.kernels[0]
+    steps = "; ".join(c.stage("tiled").ir.kernels[0].schedule)
+    assert ("vector width 64 bytes" in steps) == avx512, steps
+    lanes = {t.lanes for s in L.walk(kern.body) if isinstance(s, L.MicroKernel) for t in s.tiles}
+    want_lanes = (64 if avx512 else 32) // np.dtype(dtype).itemsize
+    assert lanes == {want_lanes}, lanes
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    if _CPU_OK:
+        np.testing.assert_allclose(c(q, k, v), attention(q, k, v), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("avx512", [True, False], ids=["64-byte", "32-byte"])
+def test_simulator_runs_the_cpu_loop_nests(avx512, monkeypatch, rng):
+    """The cpu loop IR itself (what the C prints) equals NumPy: the simulator runs the vectorized snapshot (micro-
+    kernels and the staged mask tile included) and the lowered stage's naive nest; 16x16 tiles over 40 keys and
+    rows leave tails."""
+    from explorer.backends import simulator as S
+    from explorer.passes import attention as A
+    monkeypatch.setattr(A, "_avx512", lambda: avx512)
+    q, k, v = _qkv(rng, 1, 40, 16)
+    for fn, args in ((attention, (q, k, v)), (masked_attention, (q, k, v, _causal(40)))):
+        c = explorer.compile(fn, *args, target="cpu", schedule={"attention_tile": (16, 16)})
+        vec = c.stage("vectorized").ir
+        assert sum(isinstance(s, L.MicroKernel) for s in L.walk(vec.kernels[0].body)) == 3   # q·k, max, p·v
+        # a mask read along (row, key) is staged per key tile in the transposed layout, visibly
+        staged = "cache_read(mask, local, at=j_o, transposed)" in c.stage("tiled").ir.kernels[0].schedule
+        assert staged == (fn is masked_attention)
+        for prog in (vec, c.stage("lowered").ir.loops):
+            np.testing.assert_allclose(S.run_program(prog, list(args))[0][0], fn(*args), rtol=1e-4, atol=1e-5)

@@ -175,3 +175,26 @@ def test_regions_that_stay_loops(why, variant):
         prog, _ = hand_region(n=12) if variant == "odd" else hand_region(dtype="f16")
     out = vectorize_cpu(prog)
     assert not any(isinstance(s, L.MicroKernel) for s in L.walk(out.kernels[0].body)), why
+
+
+@pytest.mark.parametrize("dtype,lanes", [("f32", 16), ("f64", 8)])
+def test_kernel_asking_for_64_byte_vectors(dtype, lanes):
+    """A kernel whose schedule sets meta vector_bytes=64 (the attention kernel on AVX-512 hosts) gets zmm-wide
+    register vectors: the snapshot says so, the simulator runs it, and the C (ke_v16f / ke_v8d) equals NumPy."""
+    prog, (x, t, y, k, r, v) = hand_region(n=32, dtype=dtype)
+    wide = L.Program("p", (prog.kernels[0].replace(meta=(("vector_bytes", 64),)),), prog.inputs, prog.outputs)
+    mk = vectorize_cpu(wide).kernels[0].body[2]
+    assert isinstance(mk, L.MicroKernel)
+    assert mk.tiles == (L.RegisterTile(t, (0, lanes, 2 * lanes, 3 * lanes, 4 * lanes, 5 * lanes, 6 * lanes,
+                                          7 * lanes)[:64 // lanes], lanes),)
+    assert all(s.extent == lanes for s in mk.loop.body)
+    xv = arr(4, 32, dtype={"f32": np.float32, "f64": np.float64}[dtype])
+    want = np.tile(2 * xv.sum(axis=0), (2, 1))
+    check(S.run_program(vectorize_cpu(wide), [xv])[0][0], want)
+    from explorer.codegen.c import generate_c
+    cg = generate_c(vectorize_cpu(wide))
+    suffix = {"f32": "v16f", "f64": "v8d"}[dtype]
+    assert f"ke_{suffix} t_r0 = ke_load_{suffix}(&t[0]);" in cg.kernels[0].source, cg.kernels[0].source
+    assert "ke_v16f" not in generate_c(vectorize_cpu(prog)).prelude      # 32-byte kernels keep the old prelude
+    if HAVE_CC:
+        check(cpu.build_codegen(cg).run([xv])[0], want)

@@ -25,7 +25,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..loopir import BinOp, Kernel, Load, Program
+from ..loopir import BinOp, Kernel, Load, Program, walk_expr
 from ..target import Target, get_target
 
 LANGUAGES = ("cuda", "c")
@@ -106,13 +106,15 @@ class Codegen:
 
 
 def fma_accumulation(s: Any, kernel_kind: str) -> tuple[Any, Any, Any] | None:
-    """(a, b, acc) when Store `s` of a contraction kernel is a matmul accumulation acc = acc + a*b.
+    """(a, b, acc) when Store `s` of a contraction or attention kernel is a matmul accumulation acc = acc + a*b.
 
     Both code generators emit these as one fused multiply-add (as NumPy's BLAS and cuBLAS
     accumulate) while every other a*b+c keeps two roundings (C: -ffp-contract=off, CUDA:
-    --fmad=false), so fused elementwise results equal NumPy's.
+    --fmad=false), so fused elementwise results equal NumPy's. In an attention kernel these are its
+    two inner products, q·k and p·v (NumPy runs both through BLAS); a logit such as s + s*c, whose
+    product reads the stored buffer itself, is elementwise arithmetic and keeps its two roundings.
     """
-    if kernel_kind != "contraction":
+    if kernel_kind not in ("contraction", "attention"):
         return None
     v = s.value
     if not (isinstance(v, BinOp) and v.op == "+" and v.dtype == s.buffer.dtype):
@@ -120,9 +122,15 @@ def fma_accumulation(s: Any, kernel_kind: str) -> tuple[Any, Any, Any] | None:
     for acc, prod in ((v.a, v.b), (v.b, v.a)):
         if (isinstance(acc, Load) and acc.buffer.name == s.buffer.name and acc.indices == s.indices
                 and isinstance(prod, BinOp) and prod.op == "*" and prod.dtype == v.dtype
-                and prod.a.dtype == v.dtype and prod.b.dtype == v.dtype):
+                and prod.a.dtype == v.dtype and prod.b.dtype == v.dtype
+                and (kernel_kind == "contraction" or not _reads(prod, s.buffer.name))):
             return prod.a, prod.b, acc
     return None
+
+
+def _reads(e: Any, buffer: str) -> bool:
+    """Whether expression e loads from `buffer`."""
+    return any(isinstance(x, Load) and x.buffer.name == buffer for x in walk_expr(e))
 
 
 def language_for(target: "str | Target") -> str:

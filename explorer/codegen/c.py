@@ -71,6 +71,50 @@ static inline uint16_t ke_f32_to_bf16(float f) {
   return (uint16_t)(b >> 16); }
 static inline float ke_round_bf16(float f) { return ke_bf16_to_f32(ke_f32_to_bf16(f)); }
 """
+
+
+def _vector_types(nbytes: int) -> str:
+    """C typedefs, unaligned load/store and splat helpers of the GCC vector types of `nbytes` bytes
+    (ke_v8f/ke_v4d/ke_v8i/ke_v4l for 32; ke_v16f/... for 64). The *_u types are unaligned and may_alias."""
+    lines: list[list[str]] = [[], [], [], [], []]
+    for ctype, size, suffix in (("float", 4, "f"), ("double", 8, "d"), ("int32_t", 4, "i"), ("int64_t", 8, "l")):
+        n = nbytes // size
+        v = f"ke_v{n}{suffix}"
+        lines[0].append(f"typedef {ctype} {v} __attribute__((vector_size({nbytes})));")
+        lines[1].append(f"typedef {ctype} {v}_u __attribute__((vector_size({nbytes}), aligned({size}), may_alias));")
+        lines[2].append(f"static inline {v} ke_load_v{n}{suffix}(const {ctype}* p) {{ return *(const {v}_u*)p; }}")
+        lines[3].append(f"static inline void ke_store_v{n}{suffix}({ctype}* p, {v} v) {{ *({v}_u*)p = v; }}")
+        lines[4].append(f"static inline {v} ke_splat_v{n}{suffix}({ctype} s) {{ return ({v}){{{', '.join(['s'] * n)}}}; }}")
+    return "".join(line + "\n" for group in lines for line in group)
+
+
+def _vector_minmax(nbytes: int) -> str:
+    """Lane-wise max/min of the `nbytes`-byte vector types (KE_VSEL blends; floats propagate NaN like ke_maxf)."""
+    out = []
+    for size, suffix, mask in ((4, "f", "i"), (8, "d", "l"), (4, "i", "i"), (8, "l", "l")):
+        n = nbytes // size
+        v, m = f"ke_v{n}{suffix}", f"ke_v{n}{mask}"
+        for op, cmp in (("max", ">"), ("min", "<")):
+            test = f"(a {cmp} b) | (a != a)" if suffix in "fd" else f"a {cmp} b"
+            out.append(f"static inline {v} ke_{op}_v{n}{suffix}({v} a, {v} b) {{ {m} m = {test}; "
+                       f"return KE_VSEL({v}, {m}, a, b); }}\n")
+    return "".join(out)
+
+
+# 64-byte vector types, in the prelude only when a kernel's schedule asks for them (vector_bytes 64)
+WIDE_VECTOR_PRELUDE = """\
+/* GCC vector types for 64-byte register tiles (AVX-512 zmm; gcc splits them on narrower ISAs). */
+@VECTOR_TYPES_64@/* matmul accumulators only (as ke_fma_v8f): one rounding where the CPU has AVX-512 FMA */
+#if defined(__AVX512F__) && defined(__x86_64__)
+static inline ke_v16f ke_fma_v16f(ke_v16f a, ke_v16f b, ke_v16f c) { return __builtin_ia32_vfmaddps512_mask(a, b, c, -1, 4); }
+static inline ke_v8d ke_fma_v8d(ke_v8d a, ke_v8d b, ke_v8d c) { return __builtin_ia32_vfmaddpd512_mask(a, b, c, -1, 4); }
+#else
+static inline ke_v16f ke_fma_v16f(ke_v16f a, ke_v16f b, ke_v16f c) { return a * b + c; }
+static inline ke_v8d ke_fma_v8d(ke_v8d a, ke_v8d b, ke_v8d c) { return a * b + c; }
+#endif
+@VECTOR_MINMAX_64@"""
+WIDE_VECTOR_PRELUDE = WIDE_VECTOR_PRELUDE.replace("@VECTOR_TYPES_64@", _vector_types(64)).replace(
+    "@VECTOR_MINMAX_64@", _vector_minmax(64))
 INDEX_LIMIT = 2 ** 31  # a buffer this large needs 64-bit index arithmetic
 
 PRELUDE_HEAD = """\
@@ -208,27 +252,7 @@ static inline float ke_logf(float x) {
 
 /* GCC vector types for register tiles (AVX2: 32 bytes). The *_u types are unaligned and
  * may_alias, so loads/stores through them are valid at any float address. */
-typedef float ke_v8f __attribute__((vector_size(32)));
-typedef double ke_v4d __attribute__((vector_size(32)));
-typedef int32_t ke_v8i __attribute__((vector_size(32)));
-typedef int64_t ke_v4l __attribute__((vector_size(32)));
-typedef float ke_v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
-typedef double ke_v4d_u __attribute__((vector_size(32), aligned(8), may_alias));
-typedef int32_t ke_v8i_u __attribute__((vector_size(32), aligned(4), may_alias));
-typedef int64_t ke_v4l_u __attribute__((vector_size(32), aligned(8), may_alias));
-static inline ke_v8f ke_load_v8f(const float* p) { return *(const ke_v8f_u*)p; }
-static inline ke_v4d ke_load_v4d(const double* p) { return *(const ke_v4d_u*)p; }
-static inline ke_v8i ke_load_v8i(const int32_t* p) { return *(const ke_v8i_u*)p; }
-static inline ke_v4l ke_load_v4l(const int64_t* p) { return *(const ke_v4l_u*)p; }
-static inline void ke_store_v8f(float* p, ke_v8f v) { *(ke_v8f_u*)p = v; }
-static inline void ke_store_v4d(double* p, ke_v4d v) { *(ke_v4d_u*)p = v; }
-static inline void ke_store_v8i(int32_t* p, ke_v8i v) { *(ke_v8i_u*)p = v; }
-static inline void ke_store_v4l(int64_t* p, ke_v4l v) { *(ke_v4l_u*)p = v; }
-static inline ke_v8f ke_splat_v8f(float s) { return (ke_v8f){s, s, s, s, s, s, s, s}; }
-static inline ke_v4d ke_splat_v4d(double s) { return (ke_v4d){s, s, s, s}; }
-static inline ke_v8i ke_splat_v8i(int32_t s) { return (ke_v8i){s, s, s, s, s, s, s, s}; }
-static inline ke_v4l ke_splat_v4l(int64_t s) { return (ke_v4l){s, s, s, s}; }
-/* Matmul accumulators only: acc + a*b with one rounding where the CPU has FMA, as NumPy's BLAS
+@VECTOR_TYPES_32@/* Matmul accumulators only: acc + a*b with one rounding where the CPU has FMA, as NumPy's BLAS
  * accumulates. All other arithmetic is built with -ffp-contract=off (NumPy's separate roundings). */
 #if defined(__FMA__) && defined(__x86_64__)
 static inline float ke_fmaf(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
@@ -243,15 +267,7 @@ static inline ke_v4d ke_fma_v4d(ke_v4d a, ke_v4d b, ke_v4d c) { return a * b + c
 #endif
 /* lane-wise NaN-propagating max/min (as ke_maxf): a comparison gives a 0/-1 lane mask, then a blend */
 #define KE_VSEL(T, M, a, b) ((T)(((M)(a) & m) | ((M)(b) & ~m)))
-static inline ke_v8f ke_max_v8f(ke_v8f a, ke_v8f b) { ke_v8i m = (a > b) | (a != a); return KE_VSEL(ke_v8f, ke_v8i, a, b); }
-static inline ke_v8f ke_min_v8f(ke_v8f a, ke_v8f b) { ke_v8i m = (a < b) | (a != a); return KE_VSEL(ke_v8f, ke_v8i, a, b); }
-static inline ke_v4d ke_max_v4d(ke_v4d a, ke_v4d b) { ke_v4l m = (a > b) | (a != a); return KE_VSEL(ke_v4d, ke_v4l, a, b); }
-static inline ke_v4d ke_min_v4d(ke_v4d a, ke_v4d b) { ke_v4l m = (a < b) | (a != a); return KE_VSEL(ke_v4d, ke_v4l, a, b); }
-static inline ke_v8i ke_max_v8i(ke_v8i a, ke_v8i b) { ke_v8i m = a > b; return KE_VSEL(ke_v8i, ke_v8i, a, b); }
-static inline ke_v8i ke_min_v8i(ke_v8i a, ke_v8i b) { ke_v8i m = a < b; return KE_VSEL(ke_v8i, ke_v8i, a, b); }
-static inline ke_v4l ke_max_v4l(ke_v4l a, ke_v4l b) { ke_v4l m = a > b; return KE_VSEL(ke_v4l, ke_v4l, a, b); }
-static inline ke_v4l ke_min_v4l(ke_v4l a, ke_v4l b) { ke_v4l m = a < b; return KE_VSEL(ke_v4l, ke_v4l, a, b); }
-
+@VECTOR_MINMAX_32@
 static inline float ke_sigmoidf(float x) { return 1.0f / (1.0f + ke_expf(-x)); }
 static inline float ke_rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double ke_sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
@@ -260,6 +276,8 @@ static inline double ke_rsqrt_f64(double x) { return 1.0 / sqrt(x); }
 /* fast-math variants: libm calls, which gcc maps to libmvec under -ffast-math. */
 static inline float ke_fast_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 """
+PRELUDE_MATH = PRELUDE_MATH.replace("@VECTOR_TYPES_32@", _vector_types(32)).replace(
+    "@VECTOR_MINMAX_32@", _vector_minmax(32))
 
 # (fn, compute dtype) → C spelling; '{0}', '{1}' are the arguments.
 _MATH_F32 = {"exp": "ke_expf({0})", "log": "ke_logf({0})", "tanh": "ke_tanhf({0})", "sqrt": "sqrtf({0})",
@@ -631,7 +649,7 @@ class _KernelEmitter:
         post = []
         for n in sorted(tiles):
             cname = self.names.get("buf", n)
-            suf = _VEC[tiles[n].buffer.dtype]
+            suf = _vec(tiles[n].buffer.dtype, tiles[n].lanes)
             for base in tiles[n].bases:
                 r = self.names.fresh(f"{cname}_r")
                 regs[(n, base)] = r
@@ -641,17 +659,17 @@ class _KernelEmitter:
         gnames = [self.names.fresh("ke_g") for _ in mk.guards]
         stmts: list[tuple[int | None, str]] = []
         for st, vec, cond in items:
-            dt, lane = st.buffer.dtype, vec.var.name
-            suf = _VEC[dt]
+            dt, lane, lanes = st.buffer.dtype, vec.var.name, vec.extent
+            suf = _vec(dt, lanes)
             acc = self.accumulation(st)
             if acc is not None:
                 parts = []
                 for x in acc[1:]:
-                    t, x_vec = self._vexpr(x, dt, regs, lane)
+                    t, x_vec = self._vexpr(x, dt, regs, lane, lanes)
                     parts.append(t if x_vec else f"ke_splat_{suf}({t})")
                 v, is_vec = f"ke_fma_{suf}({', '.join(parts)})", True
             else:
-                v, is_vec = self._vexpr(st.value, dt, regs, lane)
+                v, is_vec = self._vexpr(st.value, dt, regs, lane, lanes)
             if not is_vec:
                 v = f"ke_splat_{suf}({v})"
             flat = L.flat_index(st.buffer, st.indices)
@@ -678,13 +696,14 @@ class _KernelEmitter:
         return [f"{pad}/* loop {comment_text(s.var.name)}: register-tiled micro-kernel */",
                 f"{pad}{helper}({', '.join(args)});"]
 
-    def _vexpr(self, e: L.Expr, dt: str, regs: dict, lane: str) -> tuple[str, bool]:
-        """C text of e in a micro-kernel and whether it is a vector (else a scalar to broadcast)."""
+    def _vexpr(self, e: L.Expr, dt: str, regs: dict, lane: str, lanes: int) -> tuple[str, bool]:
+        """C text of e in a micro-kernel (vectors of `lanes` elements) and whether it is a vector (else a
+        scalar to broadcast)."""
         has_reg = any(isinstance(x, L.Load) and any(k[0] == x.buffer.name for k in regs) for x in L.walk_expr(e))
         if not has_reg and not uses_var(e, lane):
             text = self.expr(e)   # parenthesized: a select's ?: binds looser than the vector op around it
             return (f"({text})" if isinstance(e, L.Select) else text), False
-        suf = _VEC[dt]
+        suf = _vec(dt, lanes)
         if isinstance(e, L.Load):
             flat = L.flat_index(e.buffer, e.indices)
             base = L.simplify_expr(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
@@ -693,17 +712,17 @@ class _KernelEmitter:
                 return regs[key], True
             return f"ke_load_{suf}(&{self.names.get('buf', e.buffer.name)}[{self.expr(base)}])", True
         if isinstance(e, L.BinOp) and (e.op in ("+", "-", "*") or (e.op == "/" and dt in FLOATS)):
-            a, _ = self._vexpr(e.a, dt, regs, lane)
-            b, _ = self._vexpr(e.b, dt, regs, lane)
+            a, _ = self._vexpr(e.a, dt, regs, lane, lanes)
+            b, _ = self._vexpr(e.b, dt, regs, lane, lanes)
             return f"({a} {e.op} {b})", True
         if isinstance(e, L.BinOp) and e.op in ("max", "min"):
-            a, av = self._vexpr(e.a, dt, regs, lane)
-            b, bv = self._vexpr(e.b, dt, regs, lane)
+            a, av = self._vexpr(e.a, dt, regs, lane, lanes)
+            b, bv = self._vexpr(e.b, dt, regs, lane, lanes)
             a = a if av else f"ke_splat_{suf}({a})"
             b = b if bv else f"ke_splat_{suf}({b})"
             return f"ke_{e.op}_{suf}({a}, {b})", True
         if isinstance(e, L.UnOp) and e.op == "neg":
-            a, _ = self._vexpr(e.a, dt, regs, lane)
+            a, _ = self._vexpr(e.a, dt, regs, lane, lanes)
             return f"(-{a})", True
         raise CompileError(f"kernel {self.kernel.name}: no vector form for {L.expr_text(e)} in a micro-kernel "
                            f"(a vectorize_cpu bug)")
@@ -738,6 +757,16 @@ class _KernelEmitter:
 # GCC vector type suffix per dtype (32-byte AVX2 vectors; gcc splits them on narrower ISAs); the
 # lanes per vector are passes/vectorize_cpu.VECTOR_LANES
 _VEC = {"f32": "v8f", "f64": "v4d", "i32": "v8i", "i64": "v4l"}
+# 64-byte vectors (AVX-512 zmm), for kernels whose schedule asks for them (vectorize_cpu.kernel_lanes)
+_VEC_WIDE = {"f32": "v16f", "f64": "v8d", "i32": "v16i", "i64": "v8l"}
+
+
+def _vec(dt: str, lanes: int) -> str:
+    """Suffix of the GCC vector type holding `lanes` elements of `dt` (ke_v8f, ke_v16f, ...)."""
+    for table in (_VEC, _VEC_WIDE):
+        if dt in table and int(re.match(r"v(\d+)", table[dt]).group(1)) == lanes:
+            return table[dt]
+    raise CompileError(f"no C vector type of {lanes} x {dt} (a vectorize_cpu bug)")
 
 
 def _children(e: L.Expr) -> tuple[L.Expr, ...]:
@@ -817,5 +846,6 @@ def generate_c(program: L.Program, fast_math: bool = False) -> Codegen:
         em = _KernelEmitter(k, fast_math, _Names(taken | {name}))
         gks.append(GeneratedKernel(name=name, language="c", source=em.emit(name), launch={}, kernel=k))
     prelude = PRELUDE_HEAD + ("/* fast_math: libm transcendentals, built with -ffast-math */\n" if fast_math else "") \
-        + "\n" + PRELUDE_MATH + ("\n" + BF16_PRELUDE if "bf16" in used else "")
+        + "\n" + PRELUDE_MATH + ("\n" + BF16_PRELUDE if "bf16" in used else "") \
+        + ("\n" + WIDE_VECTOR_PRELUDE if any(k.meta_dict().get("vector_bytes", 32) > 32 for k in program.kernels) else "")
     return Codegen(language="c", prelude=prelude, kernels=gks, program=program, fast_math=fast_math)

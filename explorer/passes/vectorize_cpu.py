@@ -22,7 +22,7 @@ codegen/c.py prints the result as it is.
 
 2. Micro-kernels. A serial loop whose body is unrolled loops around vectorized loops of stores
    (a matmul's k loop over its register block) is unrolled into one statement per vector of
-   lanes (8 floats / 4 doubles). When some local tile is then indexed at constant, lane-aligned
+   lanes (8 floats / 4 doubles; 16 / 8 in a kernel whose meta asks for 64-byte vectors, kernel_lanes). When some local tile is then indexed at constant, lane-aligned
    offsets only (the accumulators), the loop becomes a `MicroKernel`: those vectors live in
    registers for the whole loop (the C backend gives them GCC vector variables in a noinline
    helper), and guards fixed for the whole loop (a partial row tile) are hoisted.
@@ -86,9 +86,17 @@ class _NoVector(Exception):
     """The region does not fit the vector-register form; it stays a plain serial loop."""
 
 
+def kernel_lanes(kernel: L.Kernel) -> Mapping[str, int]:
+    """Elements per vector per dtype in `kernel`: VECTOR_LANES (32-byte vectors), scaled when the kernel's
+    schedule asks for wider ones (meta 'vector_bytes', e.g. 64 for AVX-512 zmm registers)."""
+    vb = kernel.meta_dict().get("vector_bytes", 32)
+    return VECTOR_LANES if vb == 32 else {dt: n * vb // 32 for dt, n in VECTOR_LANES.items()}
+
+
 class _KernelVectorizer:
     def __init__(self, kernel: L.Kernel):
         self.k = kernel
+        self.lanes = kernel_lanes(kernel)
         self.micro_kernels = 0
         self.changed = False
         used = {x.name for s in L.walk(kernel.body) for e in L.stmt_exprs(s) for x in L.walk_expr(e)
@@ -147,7 +155,7 @@ class _KernelVectorizer:
                     continue
                 flat = L.flat_index(buf, idx)
                 base = const_int(L.substitute(flat, {lane.name: L.Const(0, flat.dtype)}))
-                if base is None or buf.dtype != dt or base % VECTOR_LANES[dt] or lane_coefficient(flat, lane.name) != 1:
+                if base is None or buf.dtype != dt or base % self.lanes[dt] or lane_coefficient(flat, lane.name) != 1:
                     bad.add(buf.name)
                 else:
                     bases.setdefault(buf.name, set()).add(base)
@@ -177,9 +185,9 @@ class _KernelVectorizer:
                 return None
         body: list[L.Stmt] = []
         for st, dt, cond, lane_v in items:
-            vec: L.Stmt = L.For(lane_v, VECTOR_LANES[dt], (st,), "vectorized")
+            vec: L.Stmt = L.For(lane_v, self.lanes[dt], (st,), "vectorized")
             body.append(vec if cond is None else L.If(cond, (vec,)))
-        tile_list = tuple(L.RegisterTile(scope[n], tuple(sorted(tiles[n])), VECTOR_LANES[scope[n].dtype])
+        tile_list = tuple(L.RegisterTile(scope[n], tuple(sorted(tiles[n])), self.lanes[scope[n].dtype])
                           for n in sorted(tiles))
         name = f"mk{self.micro_kernels}"
         self.micro_kernels += 1
@@ -210,9 +218,9 @@ class _KernelVectorizer:
                         raise _NoVector
                     dts = {b.buffer.dtype for b in inner}
                     dt = dts.pop() if len(dts) == 1 else None
-                    if dt not in VECTOR_LANES or st.extent % VECTOR_LANES[dt] or simd_reduction(st, scope) != []:
+                    if dt not in self.lanes or st.extent % self.lanes[dt] or simd_reduction(st, scope) != []:
                         raise _NoVector
-                    w = VECTOR_LANES[dt]
+                    w = self.lanes[dt]
                     lane_v = L.Var(lane.name, st.var.dtype)
                     for c in range(st.extent // w):
                         m = {**env, st.var.name: L.BinOp("+", L.Const(c * w, st.var.dtype), lane_v)}
