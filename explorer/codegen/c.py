@@ -50,7 +50,7 @@ import numpy as np
 from .. import loopir as L
 from ..errors import CompileError, DTypeError
 from ..naming import Names, c_identifier, not_generated, unique
-from ..passes.vectorize_cpu import const_int, guard_bound, simd_reduction, uses_var
+from ..passes.vectorize_cpu import C_VECTOR_TYPES, const_int, guard_bound, simd_reduction, uses_var
 from . import Codegen, GeneratedKernel, fma_accumulation
 
 # storage type (memory) and compute type (registers) per dtype: f16 is stored as _Float16
@@ -71,6 +71,30 @@ static inline uint16_t ke_f32_to_bf16(float f) {
   b += 0x7fffu + ((b >> 16) & 1u);
   return (uint16_t)(b >> 16); }
 static inline float ke_round_bf16(float f) { return ke_bf16_to_f32(ke_f32_to_bf16(f)); }
+"""
+# 64-byte register vectors of f32 (Schedule.vectorize(axis, 64), passes/vectorize_cpu.vector_lanes): one
+# AVX-512 register; on a narrower ISA gcc splits each into 32-byte halves. Only programs that use them get it.
+WIDE_VECTOR_PRELUDE = """\
+/* 64-byte register vectors (AVX-512; split into halves on narrower ISAs) */
+typedef float ke_v16f __attribute__((vector_size(64)));
+typedef int32_t ke_v16i __attribute__((vector_size(64)));
+typedef float ke_v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
+static inline ke_v16f ke_load_v16f(const float* p) { return *(const ke_v16f_u*)p; }
+static inline void ke_store_v16f(float* p, ke_v16f v) { *(ke_v16f_u*)p = v; }
+static inline ke_v16f ke_splat_v16f(float s) { return (ke_v16f){s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+/* acc + a*b with one rounding, as ke_fma_v8f */
+#if defined(__AVX512F__) && defined(__x86_64__)
+static inline ke_v16f ke_fma_v16f(ke_v16f a, ke_v16f b, ke_v16f c) {
+  return __builtin_ia32_vfmaddps512_mask(a, b, c, (unsigned short)0xffff, 4); }
+#elif defined(__FMA__) && defined(__x86_64__)
+static inline ke_v16f ke_fma_v16f(ke_v16f a, ke_v16f b, ke_v16f c) {
+  for (int i = 0; i < 16; ++i) c[i] = __builtin_fmaf(a[i], b[i], c[i]);
+  return c; }
+#else
+static inline ke_v16f ke_fma_v16f(ke_v16f a, ke_v16f b, ke_v16f c) { return a * b + c; }
+#endif
+static inline ke_v16f ke_max_v16f(ke_v16f a, ke_v16f b) { ke_v16i m = (a > b) | (a != a); return KE_VSEL(ke_v16f, ke_v16i, a, b); }
+static inline ke_v16f ke_min_v16f(ke_v16f a, ke_v16f b) { ke_v16i m = (a < b) | (a != a); return KE_VSEL(ke_v16f, ke_v16i, a, b); }
 """
 INDEX_LIMIT = 2 ** 31  # a buffer this large needs 64-bit index arithmetic
 
@@ -632,7 +656,7 @@ class _KernelEmitter:
         post = []
         for n in sorted(tiles):
             cname = self.names.get("buf", n)
-            suf = _VEC[tiles[n].buffer.dtype]
+            suf = C_VECTOR_TYPES[(tiles[n].buffer.dtype, tiles[n].lanes)]
             for base in tiles[n].bases:
                 r = self.names.fresh(f"{cname}_r")
                 regs[(n, base)] = r
@@ -643,16 +667,16 @@ class _KernelEmitter:
         stmts: list[tuple[int | None, str]] = []
         for st, vec, cond in items:
             dt, lane = st.buffer.dtype, vec.var.name
-            suf = _VEC[dt]
+            suf = C_VECTOR_TYPES[(dt, vec.extent)]
             acc = self.accumulation(st)
             if acc is not None:
                 parts = []
                 for x in acc[1:]:
-                    t, x_vec = self._vexpr(x, dt, regs, lane)
+                    t, x_vec = self._vexpr(x, dt, suf, regs, lane)
                     parts.append(t if x_vec else f"ke_splat_{suf}({t})")
                 v, is_vec = f"ke_fma_{suf}({', '.join(parts)})", True
             else:
-                v, is_vec = self._vexpr(st.value, dt, regs, lane)
+                v, is_vec = self._vexpr(st.value, dt, suf, regs, lane)
             if not is_vec:
                 v = f"ke_splat_{suf}({v})"
             flat = L.flat_index(st.buffer, st.indices)
@@ -679,13 +703,12 @@ class _KernelEmitter:
         return [f"{pad}/* loop {comment_text(s.var.name)}: register-tiled micro-kernel */",
                 f"{pad}{helper}({', '.join(args)});"]
 
-    def _vexpr(self, e: L.Expr, dt: str, regs: dict, lane: str) -> tuple[str, bool]:
+    def _vexpr(self, e: L.Expr, dt: str, suf: str, regs: dict, lane: str) -> tuple[str, bool]:
         """C text of e in a micro-kernel and whether it is a vector (else a scalar to broadcast)."""
         has_reg = any(isinstance(x, L.Load) and any(k[0] == x.buffer.name for k in regs) for x in L.walk_expr(e))
         if not has_reg and not uses_var(e, lane):
             text = self.expr(e)   # parenthesized: a select's ?: binds looser than the vector op around it
             return (f"({text})" if isinstance(e, L.Select) else text), False
-        suf = _VEC[dt]
         if isinstance(e, L.Load):
             flat = L.flat_index(e.buffer, e.indices)
             base = L.simplify_expr(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
@@ -694,17 +717,17 @@ class _KernelEmitter:
                 return regs[key], True
             return f"ke_load_{suf}(&{self.names.get('buf', e.buffer.name)}[{self.expr(base)}])", True
         if isinstance(e, L.BinOp) and (e.op in ("+", "-", "*") or (e.op == "/" and dt in FLOATS)):
-            a, _ = self._vexpr(e.a, dt, regs, lane)
-            b, _ = self._vexpr(e.b, dt, regs, lane)
+            a, _ = self._vexpr(e.a, dt, suf, regs, lane)
+            b, _ = self._vexpr(e.b, dt, suf, regs, lane)
             return f"({a} {e.op} {b})", True
         if isinstance(e, L.BinOp) and e.op in ("max", "min"):
-            a, av = self._vexpr(e.a, dt, regs, lane)
-            b, bv = self._vexpr(e.b, dt, regs, lane)
+            a, av = self._vexpr(e.a, dt, suf, regs, lane)
+            b, bv = self._vexpr(e.b, dt, suf, regs, lane)
             a = a if av else f"ke_splat_{suf}({a})"
             b = b if bv else f"ke_splat_{suf}({b})"
             return f"ke_{e.op}_{suf}({a}, {b})", True
         if isinstance(e, L.UnOp) and e.op == "neg":
-            a, _ = self._vexpr(e.a, dt, regs, lane)
+            a, _ = self._vexpr(e.a, dt, suf, regs, lane)
             return f"(-{a})", True
         raise CompileError(f"kernel {self.kernel.name}: no vector form for {L.expr_text(e)} in a micro-kernel "
                            f"(a vectorize_cpu bug)")
@@ -736,9 +759,6 @@ class _KernelEmitter:
         return "\n".join([h.rstrip("\n") for h in self.helpers] + head + self.lines) + "\n"
 
 
-# GCC vector type suffix per dtype (32-byte AVX2 vectors; gcc splits them on narrower ISAs); the
-# lanes per vector are passes/vectorize_cpu.VECTOR_LANES
-_VEC = {"f32": "v8f", "f64": "v4d", "i32": "v8i", "i64": "v4l"}
 
 
 def _children(e: L.Expr) -> tuple[L.Expr, ...]:
@@ -776,6 +796,13 @@ def _custom_kernel(k: L.Kernel, name: str, taken: set[str], done: list[Generated
     first = not any(g.kernel.kind == "custom" and g.kernel.meta_dict()["custom"] is spec for g in done)
     src = custom.emit_c(k, name, [names.get("buf", p.name) for p in k.params], include_source=first)
     return GeneratedKernel(name=name, language="c", source=src, launch={}, kernel=k)
+
+
+def _wide_vectors(program: L.Program) -> bool:
+    """Whether a micro-kernel of `program` keeps 64-byte vectors (the prelude then defines ke_v16f)."""
+    return any(C_VECTOR_TYPES.get((v.body[0].buffer.dtype, v.extent)) == "v16f"
+               for k in program.kernels for mk in L.walk(k.body) if isinstance(mk, L.MicroKernel)
+               for v in L.walk_loops(mk.loop.body) if v.kind == "vectorized" and isinstance(v.body[0], L.Store))
 
 
 def _dtypes_used(program: L.Program) -> set[str]:
@@ -818,5 +845,6 @@ def generate_c(program: L.Program, fast_math: bool = False) -> Codegen:
         em = _KernelEmitter(k, fast_math, _Names(taken | {name}))
         gks.append(GeneratedKernel(name=name, language="c", source=em.emit(name), launch={}, kernel=k))
     prelude = PRELUDE_HEAD + ("/* fast_math: libm transcendentals, built with -ffast-math */\n" if fast_math else "") \
-        + "\n" + PRELUDE_MATH + ("\n" + BF16_PRELUDE if "bf16" in used else "")
+        + "\n" + PRELUDE_MATH + ("\n" + BF16_PRELUDE if "bf16" in used else "") \
+        + ("\n" + WIDE_VECTOR_PRELUDE if _wide_vectors(program) else "")
     return Codegen(language="c", prelude=prelude, kernels=gks, program=program, fast_math=fast_math)
