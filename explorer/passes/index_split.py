@@ -38,17 +38,22 @@ def split_index_ranges(stmts: Sequence[L.Stmt]) -> tuple[L.Stmt, ...]:
         cuts = sorted({c for c in _cut_points(s.body, s.var.name) if 0 < c < s.extent})
         if not cuts or len(cuts) >= MAX_PIECES:
             return None
-        bounds = [0, *cuts, s.extent]
-        out = []
-        for lo, hi in zip(bounds, bounds[1:]):
-            body = L.map_stmt_exprs(s.body, lambda e: _decide(e, s.var.name, lo, hi))
-            if lo:
-                body = _shift(body, s.var, lo)
-            # a one-iteration piece of a parallel loop (a pad's edge row) is not worth an OpenMP region
-            kind = "serial" if s.kind == "parallel" and hi - lo < 2 else s.kind
-            out.append(L.For(s.var, hi - lo, body, kind, s.annotations))
-        return out
+        return _pieces(s, [0, *cuts, s.extent],
+                       lambda lo, hi: L.map_stmt_exprs(s.body, lambda e: _decide(e, s.var.name, lo, hi)))
     return L.map_stmts(stmts, visit)
+
+
+def _pieces(s: L.For, bounds: Sequence[int], body_of) -> list[L.For]:
+    """Loop s as one loop per range [bounds[k], bounds[k+1]), each running body_of(lo, hi) counted from 0."""
+    out = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        body = body_of(lo, hi)
+        if lo:
+            body = _shift(body, s.var, lo)
+        # a one-iteration piece of a parallel loop (a pad's edge row) is not worth an OpenMP region
+        kind = "serial" if s.kind == "parallel" and hi - lo < 2 else s.kind
+        out.append(L.For(s.var, hi - lo, body, kind, s.annotations))
+    return out
 
 
 def _plain(body: Sequence[L.Stmt]) -> bool:
@@ -177,15 +182,8 @@ def partition_loops(stmts: Sequence[L.Stmt], loops: set[str] | frozenset[str]) -
         bounds = [0] + [v for v in range(1, s.extent) if status[v] != status[v - 1]] + [s.extent]
         if len(bounds) == 2 and all(x is None for x in status[0]) or len(bounds) - 1 >= MAX_PIECES:
             return None
-        out = []
-        for lo, hi in zip(bounds, bounds[1:]):
-            decided = {t: st for t, st in zip(tests, status[lo]) if st is not None}
-            body = _fold_tests(s.body, decided)
-            if lo:
-                body = _shift(body, s.var, lo)
-            kind = "serial" if s.kind == "parallel" and hi - lo < 2 else s.kind
-            out.append(L.For(s.var, hi - lo, body, kind, s.annotations))
-        return out
+        return _pieces(s, bounds, lambda lo, hi: _fold_tests(
+            s.body, {t: st for t, st in zip(tests, status[lo]) if st is not None}))
     return L.map_stmts(stmts, visit)
 
 
@@ -193,42 +191,14 @@ def partition_loops(stmts: Sequence[L.Stmt], loops: set[str] | frozenset[str]) -
 _Affine = tuple[tuple[tuple[str, int], ...], int]
 
 
-def _affine(e: L.Expr) -> _Affine | None:
-    """e as sum(coefficient * var) + constant, or None when it is not affine (/, %, loads, calls)."""
-    if isinstance(e, L.Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
-        return (), int(e.value)
-    if isinstance(e, L.Var):
-        return ((e.name, 1),), 0
-    if isinstance(e, L.BinOp) and e.op in ("+", "-", "*"):
-        a, b = _affine(e.a), _affine(e.b)
-        if a is None or b is None:
-            return None
-        if e.op == "*":
-            if not a[0]:
-                a, b = b, a
-            if b[0]:
-                return None          # a product of two variables
-            k = b[1]
-            return tuple((n, c * k) for n, c in a[0] if c * k), a[1] * k
-        sign = 1 if e.op == "+" else -1
-        coef = dict(a[0])
-        for n, c in b[0]:
-            coef[n] = coef.get(n, 0) + sign * c
-        return tuple(sorted((n, c) for n, c in coef.items() if c)), a[1] + sign * b[1]
-    return None
-
-
 def _as_test(e: L.Expr) -> tuple[frozenset[str], str, _Affine] | None:
     """(variables, op, lhs - rhs) when e compares two affine integer expressions."""
     if not (isinstance(e, L.BinOp) and e.op in _FLIP):
         return None
-    a, b = _affine(e.a), _affine(e.b)
-    if a is None or b is None:
+    d = L.affine_terms(L.BinOp("-", e.a, e.b)) if e.a.dtype == e.b.dtype else None
+    if d is None:
         return None
-    coef = dict(a[0])
-    for n, c in b[0]:
-        coef[n] = coef.get(n, 0) - c
-    diff = tuple(sorted((n, c) for n, c in coef.items() if c)), a[1] - b[1]
+    diff = tuple(sorted(d[0].items())), d[1]
     return frozenset(n for n, _ in diff[0]), e.op, diff
 
 
