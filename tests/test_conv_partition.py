@@ -161,6 +161,19 @@ def test_64_byte_vectors_reach_the_micro_kernel_and_the_c(monkeypatch):
     assert "64 bytes" not in c32.stage("tiled").text() and "ke_v16f" not in c32.codegen.source()
 
 
+def test_thread_tile_knob_keeps_the_vector_width_the_host_has(monkeypatch):
+    monkeypatch.setattr(cpu_schedules, "native_vector_bytes", lambda: 64)
+    args = args_of("same_k64")
+    c = explorer.compile(same, *args, target="cpu", schedule={"thread_tile": (3, 32)}, stop_after="vectorized",
+                         verbose=False)
+    assert "split(ow, 3)" in c.stage("tiled").text() and "vectorize(oc_v, 64 bytes)" in c.stage("tiled").text()
+    outs, _ = S.run_program(c.stage("vectorized").ir, list(args))
+    check(outs[0], same(*args))
+    c = explorer.compile(same, *args, target="cpu", schedule={"thread_tile": (3, 8)}, stop_after="tiled",
+                         verbose=False)
+    assert "bytes" not in c.stage("tiled").text()     # 8 channels: less than one 64-byte vector
+
+
 def test_partition_loops_splits_at_the_decided_ranges():
     x, acc = L.Buffer("x", (56,)), L.Buffer("acc", (4,), "f32", "local")
     ow_o, ow_i, kw = L.Var("ow_o"), L.Var("ow_i"), L.Var("kw")

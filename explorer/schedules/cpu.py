@@ -300,19 +300,15 @@ def _cpu_conv(c, knobs) -> Schedule:
     K, Wo = c.axis("oc").extent, c.axis("ow").extent
     acc_dt = c.accums[0].buffer.dtype if c.accums else "f32"
     lanes = CPU_VECTOR_LANES.get(acc_dt, 4)
-    vector_bytes = None
+    wide = 16 if acc_dt == "f32" and native_vector_bytes() == 64 else 0    # f32 lanes of a 64-byte vector
     TW, TK = 4, 2 * lanes
     if "thread_tile" in knobs:
         TW, TK = knobs["thread_tile"]
-    elif acc_dt == "f32" and native_vector_bytes() == 64:
-        wide = 64 // 4
-        TK = next((t for t in (4 * wide, 2 * wide, wide) if K % t == 0), 0)
-        if TK:
-            vector_bytes = 64
-            TW = min(CONV_MAX_COLUMNS, CONV_WIDE_ACCUMULATORS // (TK // wide))
-        else:
-            TK = 2 * lanes
+    elif wide and any(K % t == 0 for t in (4 * wide, 2 * wide, wide)):
+        TK = next(t for t in (4 * wide, 2 * wide, wide) if K % t == 0)
+        TW = min(CONV_MAX_COLUMNS, CONV_WIDE_ACCUMULATORS // (TK // wide))
     TW, TK = min(TW, Wo), min(TK, K)
+    vector_bytes = 64 if wide and TK % wide == 0 else None
     wo, wi = s.split("ow", TW, names=("ow_o", "ow_i"))
     ko, kv = s.split("oc", TK, names=("oc_o", "oc_v"))
     R, S = c.axis("kh").extent, c.axis("kw").extent
