@@ -762,6 +762,42 @@ def axis_stride_offset(e: Expr) -> tuple[str, int, int] | None:
     return None
 
 
+def affine_terms(e: Expr) -> tuple[dict[str, int], int] | None:
+    """({var: coefficient}, constant) when the integer expression e is affine in its variables (constants,
+    variables, +, -, * by a constant, negation, integer casts), else None (/, %, loads, calls, floats).
+
+    >>> affine_terms(BinOp("-", BinOp("+", BinOp("*", Var("o"), Const(4)), Var("i")), Const(1)))
+    ({'o': 4, 'i': 1}, -1)
+    """
+    ints = ("i32", "i64")
+    if isinstance(e, Const):
+        return ({}, int(e.value)) if e.dtype in ints or e.dtype == "bool" else None
+    if isinstance(e, Var):
+        return ({e.name: 1}, 0) if e.dtype in ints else None
+    if isinstance(e, BinOp) and e.op in ("+", "-", "*") and e.dtype in ints:
+        a, b = affine_terms(e.a), affine_terms(e.b)
+        if a is None or b is None:
+            return None
+        if e.op == "*":
+            if not a[0]:
+                a, b = b, a
+            if b[0]:
+                return None      # a product of two variables
+            k = b[1]
+            return {v: c * k for v, c in a[0].items() if c * k}, a[1] * k
+        sign = 1 if e.op == "+" else -1
+        t = dict(a[0])
+        for v, c in b[0].items():
+            t[v] = t.get(v, 0) + sign * c
+        return {v: c for v, c in t.items() if c}, a[1] + sign * b[1]
+    if isinstance(e, UnOp) and e.op == "neg" and e.dtype in ints:
+        a = affine_terms(e.a)
+        return None if a is None else ({v: -c for v, c in a[0].items()}, -a[1])
+    if isinstance(e, Cast) and e.dtype in ints and e.a.dtype in ints:
+        return affine_terms(e.a)
+    return None
+
+
 def map_expr(e: Expr, fn: Callable[[Expr], Expr | None]) -> Expr:
     """Rebuild e bottom-up; fn(node) returns a replacement or None to keep it."""
     if isinstance(e, BinOp):

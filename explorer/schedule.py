@@ -1,5 +1,5 @@
 """Schedules as data (TVM te.Schedule / Halide style): split, fuse, reorder, bind,
-parallel, vectorize, unroll, cache_read, cache_write, double_buffer, tensorize.
+parallel, vectorize, unroll, cache_read, cache_write, double_buffer, tensorize, partition.
 
 A Schedule is a list of primitives on the named axes of one kernel's compute
 definition; applying it gives an AxisState (leaf loops in order, their kinds, how
@@ -77,8 +77,23 @@ class Parallel:
 @dataclass(frozen=True)
 class Vectorize:
     axis: str
+    # bytes per register vector of a micro-kernel over this loop (CPU; None: the target's 32-byte vectors)
+    vector_bytes: int | None = None
 
-    def __str__(self): return f"vectorize({self.axis})"
+    def __str__(self):
+        return f"vectorize({self.axis})" if self.vector_bytes is None else \
+            f"vectorize({self.axis}, {self.vector_bytes} bytes)"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Split loop `axis` into the ranges where the kernel's bounds tests (a conv's padding selects,
+    partial-tile guards) are decided, each range its own loop with the decided tests folded away
+    (Halide's partition, TVM's loop partition; passes/index_split.partition_loops)."""
+
+    axis: str
+
+    def __str__(self): return f"partition({self.axis})"
 
 
 @dataclass(frozen=True)
@@ -205,13 +220,25 @@ class Schedule:
         """
         self.primitives.append(Parallel(axis))
 
-    def vectorize(self, axis: str) -> None:
+    def vectorize(self, axis: str, vector_bytes: int | None = None) -> None:
         """Compute loop `axis` in SIMD lanes (a `vectorized` loop; C: `#pragma omp simd`).
+        `vector_bytes` (CPU: 32 or 64) sets the register vectors of a micro-kernel over it (default:
+        the target's 32-byte vectors; 64 is one AVX-512 register, and gcc splits it on narrower ISAs).
 
-        >>> s = Schedule(); s.vectorize("i_i"); print(s)
+        >>> s = Schedule(); s.vectorize("i_i"); s.vectorize("oc_v", 64); print(s)
         vectorize(i_i)
+        vectorize(oc_v, 64 bytes)
         """
-        self.primitives.append(Vectorize(axis))
+        self.primitives.append(Vectorize(axis, vector_bytes))
+
+    def partition(self, axis: str) -> None:
+        """Split loop `axis` where the kernel's bounds tests change value: the interior runs without
+        them (a conv's padding select, a partial tile's guard), the borders keep them.
+
+        >>> s = Schedule(); s.partition("oh"); print(s)
+        partition(oh)
+        """
+        self.primitives.append(Partition(axis))
 
     def unroll(self, axis: str) -> None:
         """Unroll loop `axis` (its extent is a constant) in the generated code.
@@ -442,7 +469,15 @@ def apply(schedule: Schedule, spatial: Sequence[tuple[str, int]], reduce: Sequen
             if kind == "unrolled" and leaf.extent > 256:
                 raise ScheduleError(f"{where}: unroll({p.axis}): extent {leaf.extent} is over the unroll limit 256; "
                                     f"split it first")
+            if kind == "vectorized" and p.vector_bytes not in (None, 32, 64):
+                raise ScheduleError(f"{where}: vectorize({p.axis}, {p.vector_bytes}): vector_bytes must be 32 "
+                                    f"(AVX2) or 64 (AVX-512), or left out")
             leaf.kind = kind
+        elif isinstance(p, Partition):
+            leaf = st.leaves[pos(p.axis)]
+            if leaf.kind in L.BOUND_KINDS:
+                raise ScheduleError(f"{where}: partition({p.axis}): {p.axis} is bound to {leaf.kind}, whose range is "
+                                    f"the launch grid; partition a loop that is not bound")
         elif isinstance(p, CacheRead):
             if p.scope not in ("shared", "local"):
                 raise ScheduleError(f"{where}: cache_read scope must be 'shared' or 'local', got {p.scope!r}")

@@ -125,6 +125,27 @@ def probe() -> dict[str, Any]:
     return info
 
 
+def native_vector_bytes() -> int:
+    """Bytes of the widest float vector register the C compiler targets here under -march=native: 64 when
+    it defines __AVX512F__ (AVX-512), else 32 (AVX2, or no compiler). Cached with the probe, per $CC.
+
+    The CPU schedules size register tiles with it (explorer.schedules.cpu): a 64-byte vector tile on a
+    machine without AVX-512 would be split into twice the registers and spill."""
+    info = probe()
+    if "vector_bytes" not in info:
+        nbytes = 32
+        if info["ok"]:
+            try:
+                r = subprocess.run([*info["cmd"], "-march=native", "-dM", "-E", "-x", "c", os.devnull],
+                                   capture_output=True, text=True, timeout=30)
+                if r.returncode == 0 and re.search(r"^#define __AVX512F__ ", r.stdout, re.M):
+                    nbytes = 64
+            except (OSError, subprocess.SubprocessError):
+                pass
+        info["vector_bytes"] = nbytes
+    return int(info["vector_bytes"])
+
+
 def available() -> tuple[bool, str]:
     """(True, compiler version) when a C compiler can build shared libraries here; cached."""
     info = probe()

@@ -193,36 +193,7 @@ class _Ctx:
 
     def affine(self, e: L.Expr):
         """(terms {var: coef}, const) if e is integer-affine in loop variables, else None."""
-        if isinstance(e, L.Const):
-            if e.dtype in _INTS or e.dtype == "bool":
-                return {}, int(e.value)
-            return None
-        if isinstance(e, L.Var):
-            if e.dtype not in _INTS:
-                return None
-            return {e.name: 1}, 0
-        if isinstance(e, L.BinOp) and e.op in ("+", "-", "*") and e.dtype in _INTS:
-            a, b = self.affine(e.a), self.affine(e.b)
-            if a is None or b is None:
-                return None
-            if e.op == "*":
-                if not a[0]:
-                    a, b = b, a
-                if b[0]:
-                    return None
-                k = b[1]
-                return {v: c * k for v, c in a[0].items() if c * k}, a[1] * k
-            s = 1 if e.op == "+" else -1
-            t = dict(a[0])
-            for v, c in b[0].items():
-                t[v] = t.get(v, 0) + s * c
-            return {v: c for v, c in t.items() if c}, a[1] + s * b[1]
-        if isinstance(e, L.UnOp) and e.op == "neg" and e.dtype in _INTS:
-            a = self.affine(e.a)
-            return None if a is None else ({v: -c for v, c in a[0].items()}, -a[1])
-        if isinstance(e, L.Cast) and e.dtype in _INTS and e.a.dtype in _INTS:
-            return self.affine(e.a)
-        return None
+        return L.affine_terms(e)
 
     def interval(self, terms: dict[str, int], const: int) -> tuple[int, int]:
         lo = hi = const

@@ -50,7 +50,7 @@ import numpy as np
 from .. import loopir as L
 from ..errors import CompileError, DTypeError
 from ..naming import Names, c_identifier, not_generated, unique
-from ..passes.vectorize_cpu import const_int, guard_bound, simd_reduction, uses_var
+from ..passes.vectorize_cpu import C_VECTOR_TYPES, const_int, guard_bound, simd_reduction, uses_var
 from . import Codegen, GeneratedKernel, fma_accumulation
 
 # storage type (memory) and compute type (registers) per dtype: f16 is stored as _Float16
@@ -109,6 +109,13 @@ WIDE_VECTOR_PRELUDE = """\
 #if defined(__AVX512F__) && defined(__x86_64__)
 static inline ke_v16f ke_fma_v16f(ke_v16f a, ke_v16f b, ke_v16f c) { return __builtin_ia32_vfmaddps512_mask(a, b, c, -1, 4); }
 static inline ke_v8d ke_fma_v8d(ke_v8d a, ke_v8d b, ke_v8d c) { return __builtin_ia32_vfmaddpd512_mask(a, b, c, -1, 4); }
+#elif defined(__FMA__) && defined(__x86_64__)
+static inline ke_v16f ke_fma_v16f(ke_v16f a, ke_v16f b, ke_v16f c) {
+  for (int i = 0; i < 16; ++i) c[i] = __builtin_fmaf(a[i], b[i], c[i]);
+  return c; }
+static inline ke_v8d ke_fma_v8d(ke_v8d a, ke_v8d b, ke_v8d c) {
+  for (int i = 0; i < 8; ++i) c[i] = __builtin_fma(a[i], b[i], c[i]);
+  return c; }
 #else
 static inline ke_v16f ke_fma_v16f(ke_v16f a, ke_v16f b, ke_v16f c) { return a * b + c; }
 static inline ke_v8d ke_fma_v8d(ke_v8d a, ke_v8d b, ke_v8d c) { return a * b + c; }
@@ -650,7 +657,7 @@ class _KernelEmitter:
         post = []
         for n in sorted(tiles):
             cname = self.names.get("buf", n)
-            suf = _vec(tiles[n].buffer.dtype, tiles[n].lanes)
+            suf = C_VECTOR_TYPES[(tiles[n].buffer.dtype, tiles[n].lanes)]
             for base in tiles[n].bases:
                 r = self.names.fresh(f"{cname}_r")
                 regs[(n, base)] = r
@@ -660,17 +667,17 @@ class _KernelEmitter:
         gnames = [self.names.fresh("ke_g") for _ in mk.guards]
         stmts: list[tuple[int | None, str]] = []
         for st, vec, cond in items:
-            dt, lane, lanes = st.buffer.dtype, vec.var.name, vec.extent
-            suf = _vec(dt, lanes)
+            dt, lane = st.buffer.dtype, vec.var.name
+            suf = C_VECTOR_TYPES[(dt, vec.extent)]
             acc = self.accumulation(st)
             if acc is not None:
                 parts = []
                 for x in acc[1:]:
-                    t, x_vec = self._vexpr(x, dt, regs, lane, lanes)
+                    t, x_vec = self._vexpr(x, dt, suf, regs, lane)
                     parts.append(t if x_vec else f"ke_splat_{suf}({t})")
                 v, is_vec = f"ke_fma_{suf}({', '.join(parts)})", True
             else:
-                v, is_vec = self._vexpr(st.value, dt, regs, lane, lanes)
+                v, is_vec = self._vexpr(st.value, dt, suf, regs, lane)
             if not is_vec:
                 v = f"ke_splat_{suf}({v})"
             flat = L.flat_index(st.buffer, st.indices)
@@ -697,14 +704,12 @@ class _KernelEmitter:
         return [f"{pad}/* loop {comment_text(s.var.name)}: register-tiled micro-kernel */",
                 f"{pad}{helper}({', '.join(args)});"]
 
-    def _vexpr(self, e: L.Expr, dt: str, regs: dict, lane: str, lanes: int) -> tuple[str, bool]:
-        """C text of e in a micro-kernel (vectors of `lanes` elements) and whether it is a vector (else a
-        scalar to broadcast)."""
+    def _vexpr(self, e: L.Expr, dt: str, suf: str, regs: dict, lane: str) -> tuple[str, bool]:
+        """C text of e in a micro-kernel and whether it is a vector (else a scalar to broadcast)."""
         has_reg = any(isinstance(x, L.Load) and any(k[0] == x.buffer.name for k in regs) for x in L.walk_expr(e))
         if not has_reg and not uses_var(e, lane):
             text = self.expr(e)   # parenthesized: a select's ?: binds looser than the vector op around it
             return (f"({text})" if isinstance(e, L.Select) else text), False
-        suf = _vec(dt, lanes)
         if isinstance(e, L.Load):
             flat = L.flat_index(e.buffer, e.indices)
             base = L.simplify_expr(L.substitute(flat, {lane: L.Const(0, flat.dtype)}))
@@ -713,17 +718,17 @@ class _KernelEmitter:
                 return regs[key], True
             return f"ke_load_{suf}(&{self.names.get('buf', e.buffer.name)}[{self.expr(base)}])", True
         if isinstance(e, L.BinOp) and (e.op in ("+", "-", "*") or (e.op == "/" and dt in FLOATS)):
-            a, _ = self._vexpr(e.a, dt, regs, lane, lanes)
-            b, _ = self._vexpr(e.b, dt, regs, lane, lanes)
+            a, _ = self._vexpr(e.a, dt, suf, regs, lane)
+            b, _ = self._vexpr(e.b, dt, suf, regs, lane)
             return f"({a} {e.op} {b})", True
         if isinstance(e, L.BinOp) and e.op in ("max", "min"):
-            a, av = self._vexpr(e.a, dt, regs, lane, lanes)
-            b, bv = self._vexpr(e.b, dt, regs, lane, lanes)
+            a, av = self._vexpr(e.a, dt, suf, regs, lane)
+            b, bv = self._vexpr(e.b, dt, suf, regs, lane)
             a = a if av else f"ke_splat_{suf}({a})"
             b = b if bv else f"ke_splat_{suf}({b})"
             return f"ke_{e.op}_{suf}({a}, {b})", True
         if isinstance(e, L.UnOp) and e.op == "neg":
-            a, _ = self._vexpr(e.a, dt, regs, lane, lanes)
+            a, _ = self._vexpr(e.a, dt, suf, regs, lane)
             return f"(-{a})", True
         raise CompileError(f"kernel {self.kernel.name}: no vector form for {L.expr_text(e)} in a micro-kernel "
                            f"(a vectorize_cpu bug)")
@@ -755,19 +760,6 @@ class _KernelEmitter:
         return "\n".join([h.rstrip("\n") for h in self.helpers] + head + self.lines) + "\n"
 
 
-# GCC vector type suffix per dtype (32-byte AVX2 vectors; gcc splits them on narrower ISAs); the
-# lanes per vector are passes/vectorize_cpu.VECTOR_LANES
-_VEC = {"f32": "v8f", "f64": "v4d", "i32": "v8i", "i64": "v4l"}
-# 64-byte vectors (AVX-512 zmm), for kernels whose schedule asks for them (vectorize_cpu.kernel_lanes)
-_VEC_WIDE = {"f32": "v16f", "f64": "v8d", "i32": "v16i", "i64": "v8l"}
-
-
-def _vec(dt: str, lanes: int) -> str:
-    """Suffix of the GCC vector type holding `lanes` elements of `dt` (ke_v8f, ke_v16f, ...)."""
-    for table in (_VEC, _VEC_WIDE):
-        if dt in table and int(re.match(r"v(\d+)", table[dt]).group(1)) == lanes:
-            return table[dt]
-    raise CompileError(f"no C vector type of {lanes} x {dt} (a vectorize_cpu bug)")
 
 
 def _children(e: L.Expr) -> tuple[L.Expr, ...]:
@@ -805,6 +797,16 @@ def _custom_kernel(k: L.Kernel, name: str, taken: set[str], done: list[Generated
     first = not any(g.kernel.kind == "custom" and g.kernel.meta_dict()["custom"] is spec for g in done)
     src = custom.emit_c(k, name, [names.get("buf", p.name) for p in k.params], include_source=first)
     return GeneratedKernel(name=name, language="c", source=src, launch={}, kernel=k)
+
+
+def _wide_vectors(program: L.Program) -> bool:
+    """Whether a micro-kernel of `program` keeps 64-byte vectors (the prelude then defines ke_v16f, ...)."""
+    return any(v.extent * DTYPE_BYTES.get(v.body[0].buffer.dtype, 0) == 64
+               for k in program.kernels for mk in L.walk(k.body) if isinstance(mk, L.MicroKernel)
+               for v in L.walk_loops(mk.loop.body) if v.kind == "vectorized" and isinstance(v.body[0], L.Store))
+
+
+DTYPE_BYTES = {"f32": 4, "i32": 4, "f64": 8, "i64": 8}
 
 
 def _dtypes_used(program: L.Program) -> set[str]:
@@ -848,5 +850,5 @@ def generate_c(program: L.Program, fast_math: bool = False) -> Codegen:
         gks.append(GeneratedKernel(name=name, language="c", source=em.emit(name), launch={}, kernel=k))
     prelude = PRELUDE_HEAD + ("/* fast_math: libm transcendentals, built with -ffast-math */\n" if fast_math else "") \
         + "\n" + PRELUDE_MATH + ("\n" + BF16_PRELUDE if "bf16" in used else "") \
-        + ("\n" + WIDE_VECTOR_PRELUDE if any(k.meta_dict().get("vector_bytes", 32) > 32 for k in program.kernels) else "")
+        + ("\n" + WIDE_VECTOR_PRELUDE if _wide_vectors(program) else "")
     return Codegen(language="c", prelude=prelude, kernels=gks, program=program, fast_math=fast_math)

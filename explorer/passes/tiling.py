@@ -10,7 +10,8 @@ barriers) or a local buffer; double_buffer gives a shared tile two slots (prolog
 copies tile 0, each step prefetches tile k+1 into the other slot, one barrier per
 step); a thread-bound reduction axis ends in an allreduce; tensorize turns a warp's tile of an f16
 matmul into WMMA fragment statements (build_tensorized in compute.py shows the before/after).
-On the cpu, partition_tails and index_split rewrite the loops for SIMD.
+On the cpu, partition_tails and index_split rewrite the loops for SIMD; on every scheduled target a
+partition(axis) primitive splits that loop where its bounds tests are decided (index_split.partition_loops).
 
 Before (lowered, naive):                    After (tiled for CUDA, elementwise):
   for i0 in range(1000):                      # schedule: split(n, 256) -> blk, thr; bind(blk, blockIdx.x); ...
@@ -36,9 +37,9 @@ from typing import Any, Sequence
 from .. import loopir as L
 from ..compute import ComputeProgram, as_loop_target, eval_int, loop_nest
 from ..errors import ExplorerError, ScheduleError
-from .index_split import split_index_ranges
+from .index_split import partition_loops, split_index_ranges
 from .attention import generate_attention
-from ..schedule import Schedule, check_knobs, default_schedule
+from ..schedule import Partition, Schedule, Vectorize, check_knobs, default_schedule
 from ..target import Target, get_target
 
 
@@ -134,10 +135,27 @@ def generate_kernel(compute: Any, schedule: Schedule, target: "str | Target" = "
     rewrites for SIMD (partition_tails, then index_split.split_index_ranges)."""
     target = as_loop_target(target)
     kernel = loop_nest(compute, schedule, target)
+    wide = {p.axis: p.vector_bytes for p in schedule if isinstance(p, Vectorize) and p.vector_bytes}
+    if wide:
+        kernel = kernel.replace(body=annotate_vector_bytes(kernel.body, wide))
     if target.openmp and compute.kind not in ("custom", "attention"):
         # loops for a C compiler: peel tails and split at selects so each loop vectorizes
         kernel = kernel.replace(body=split_index_ranges(partition_tails(kernel.body)))
+    parts = {p.axis for p in schedule if isinstance(p, Partition)}
+    if parts and target.scheduled:
+        kernel = kernel.replace(body=partition_loops(kernel.body, parts))
     return kernel
+
+
+def annotate_vector_bytes(stmts: Sequence[L.Stmt], vector_bytes: dict[str, int]) -> tuple[L.Stmt, ...]:
+    """Mark the vectorized loops that Schedule.vectorize(axis, vector_bytes) names with
+    ('vector_bytes', n): passes/vectorize_cpu.py makes a micro-kernel's register vectors that wide."""
+    def visit(s: L.Stmt):
+        if isinstance(s, L.For) and s.kind == "vectorized" and s.var.name in vector_bytes:
+            return L.For(s.var, s.extent, s.body, s.kind,
+                         s.annotations + (("vector_bytes", vector_bytes[s.var.name]),))
+        return None
+    return L.map_stmts(stmts, visit)
 
 
 def partition_tails(stmts: Sequence[L.Stmt]) -> tuple[L.Stmt, ...]:

@@ -67,6 +67,11 @@ from ..target import get_target
 VECTOR_LANES: Mapping[str, int] = get_target("cpu").vector_lanes
 MAX_VECTOR_STMTS = 256     # unrolled vector statements per micro-kernel
 MAX_VECTOR_REGISTERS = 24  # 16 ymm registers; beyond this gcc spills anyway, keep the array form
+# (dtype, lanes) the C backend has a GCC vector type for (codegen/c.py prints ke_<suffix>)
+C_VECTOR_TYPES: Mapping[tuple[str, int], str] = {("f32", 8): "v8f", ("f64", 4): "v4d", ("i32", 8): "v8i",
+                                                 ("i64", 4): "v4l",     # 32 bytes (AVX2 ymm)
+                                                 ("f32", 16): "v16f", ("f64", 8): "v8d", ("i32", 16): "v16i",
+                                                 ("i64", 8): "v8l"}     # 64 bytes (AVX-512 zmm)
 # dtypes the C backend computes in floating-point registers (a + reduction of these may be reassociated)
 C_FLOATS = ("f32", "f16", "f64", "bf16")
 
@@ -87,8 +92,9 @@ class _NoVector(Exception):
 
 
 def kernel_lanes(kernel: L.Kernel) -> Mapping[str, int]:
-    """Elements per vector per dtype in `kernel`: VECTOR_LANES (32-byte vectors), scaled when the kernel's
-    schedule asks for wider ones (meta 'vector_bytes', e.g. 64 for AVX-512 zmm registers)."""
+    """Elements per vector per dtype in `kernel`'s loops without a width of their own: VECTOR_LANES
+    (32-byte vectors), scaled when the kernel's schedule asks for wider ones (meta 'vector_bytes', e.g. 64
+    for AVX-512 zmm registers: the attention kernel)."""
     vb = kernel.meta_dict().get("vector_bytes", 32)
     return VECTOR_LANES if vb == 32 else {dt: n * vb // 32 for dt, n in VECTOR_LANES.items()}
 
@@ -97,6 +103,7 @@ class _KernelVectorizer:
     def __init__(self, kernel: L.Kernel):
         self.k = kernel
         self.lanes = kernel_lanes(kernel)
+        self.vector_bytes = kernel.meta_dict().get("vector_bytes", 32)   # loops without their own width
         self.micro_kernels = 0
         self.changed = False
         used = {x.name for s in L.walk(kernel.body) for e in L.stmt_exprs(s) for x in L.walk_expr(e)
@@ -149,22 +156,24 @@ class _KernelVectorizer:
         # buffers whose every access in the region is at a constant, lane-aligned base → registers
         bases: dict[str, set[int]] = {}
         bad: set[str] = set()
-        for st, dt, _, _ in items:
+        tile_lanes: dict[str, int] = {}     # a register tile's vectors all have the same width
+        for st, dt, _, _, w in items:
             for buf, idx in [(st.buffer, st.indices)] + [(ld.buffer, ld.indices) for ld in _loads(st.value)]:
                 if buf.scope == "global" or buf.name not in scope:
                     continue
                 flat = L.flat_index(buf, idx)
                 base = const_int(L.substitute(flat, {lane.name: L.Const(0, flat.dtype)}))
-                if base is None or buf.dtype != dt or base % self.lanes[dt] or lane_coefficient(flat, lane.name) != 1:
+                if base is None or buf.dtype != dt or base % w or lane_coefficient(flat, lane.name) != 1 \
+                        or tile_lanes.setdefault(buf.name, w) != w:
                     bad.add(buf.name)
                 else:
                     bases.setdefault(buf.name, set()).add(base)
-        written = {st.buffer.name for st, _, _, _ in items}
+        written = {st.buffer.name for st, *_ in items}
         tiles = {n: b for n, b in bases.items() if n in written and n not in bad}
         if not tiles or sum(len(b) for b in tiles.values()) > MAX_VECTOR_REGISTERS:
             return None
         guards: list[L.Expr] = []
-        for st, dt, cond, _ in items:
+        for st, dt, cond, _, _ in items:
             if cond is not None:
                 if (uses_var(cond, lane.name) or uses_var(cond, s.var.name)
                         or any(isinstance(x, L.Load) for x in L.walk_expr(cond))):
@@ -184,23 +193,23 @@ class _KernelVectorizer:
             if not _vector_expr(st.value, dt, registers, lane.name):
                 return None
         body: list[L.Stmt] = []
-        for st, dt, cond, lane_v in items:
-            vec: L.Stmt = L.For(lane_v, self.lanes[dt], (st,), "vectorized")
+        for st, dt, cond, lane_v, w in items:
+            vec: L.Stmt = L.For(lane_v, w, (st,), "vectorized")
             body.append(vec if cond is None else L.If(cond, (vec,)))
-        tile_list = tuple(L.RegisterTile(scope[n], tuple(sorted(tiles[n])), self.lanes[scope[n].dtype])
-                          for n in sorted(tiles))
+        tile_list = tuple(L.RegisterTile(scope[n], tuple(sorted(tiles[n])), tile_lanes[n]) for n in sorted(tiles))
         name = f"mk{self.micro_kernels}"
         self.micro_kernels += 1
         return L.MicroKernel(name, replace(s, body=tuple(body)), tile_list, tuple(guards))
 
     def unroll(self, body: Iterable[L.Stmt], scope: dict[str, L.Buffer],
-               lane: L.Var) -> list[tuple[L.Store, str, L.Expr | None, L.Var]]:
-        """(store, dtype, guard, lane variable) per vector statement of the fully unrolled body; _NoVector if not that shape.
+               lane: L.Var) -> list[tuple[L.Store, str, L.Expr | None, L.Var, int]]:
+        """(store, dtype, guard, lane variable, lanes) per vector statement of the fully unrolled body;
+        _NoVector if not that shape.
 
         Unrolled loop variables become constants; a vectorized loop variable v becomes c * W + lane
-        for each vector c of its W lanes.
+        for each vector c of its W lanes (vector_lanes: the loop's vector_bytes, or the target's).
         """
-        items: list[tuple[L.Store, str, L.Expr | None, L.Var]] = []
+        items: list[tuple[L.Store, str, L.Expr | None, L.Var, int]] = []
 
         def visit(stmts, env):
             for st in stmts:
@@ -218,20 +227,34 @@ class _KernelVectorizer:
                         raise _NoVector
                     dts = {b.buffer.dtype for b in inner}
                     dt = dts.pop() if len(dts) == 1 else None
-                    if dt not in self.lanes or st.extent % self.lanes[dt] or simd_reduction(st, scope) != []:
+                    w = vector_lanes(st, dt, self.vector_bytes)
+                    if w is None or st.extent % w or simd_reduction(st, scope) != []:
                         raise _NoVector
-                    w = self.lanes[dt]
                     lane_v = L.Var(lane.name, st.var.dtype)
                     for c in range(st.extent // w):
                         m = {**env, st.var.name: L.BinOp("+", L.Const(c * w, st.var.dtype), lane_v)}
                         g = None if cond is None else L.substitute(cond, m)
-                        items.extend((_substituted(b, m), dt, g, lane_v) for b in inner)
+                        items.extend((_substituted(b, m), dt, g, lane_v, w) for b in inner)
                 else:
                     raise _NoVector
                 if len(items) > MAX_VECTOR_STMTS:
                     raise _NoVector
         visit(body, {})
         return items
+
+
+def vector_lanes(loop: L.For, dtype: str | None, default_bytes: int = 32) -> int | None:
+    """Lanes of one register vector of `dtype` for vectorized `loop`: its ('vector_bytes', n) annotation
+    (Schedule.vectorize(axis, 64): one AVX-512 register), else the kernel's width (`default_bytes`: 32,
+    the target's vector, or its meta 'vector_bytes'); None when the dtype has no vector form (f16, bf16,
+    bool) or the width has no C vector type (codegen/c.py)."""
+    if dtype not in VECTOR_LANES:
+        return None
+    nbytes = dict(loop.annotations).get("vector_bytes", default_bytes)
+    if nbytes == 32:
+        return VECTOR_LANES[dtype]
+    w = VECTOR_LANES[dtype] * nbytes // 32
+    return w if (dtype, w) in C_VECTOR_TYPES else None
 
 
 def _substituted(st: L.Store, m: dict[str, L.Expr]) -> L.Store:
