@@ -111,6 +111,18 @@ class Target:
         """
         return knob not in self.knobs_not_applicable
 
+    def host_vector_bytes(self) -> int:
+        """Bytes of the widest SIMD register this target's compiler uses on this host: on the CPU 64 where
+        gcc -march=native targets AVX-512, else 32 (asked of the backend's compiler probe, cached); 32 on
+        targets that build no C. The CPU schedules size register tiles with it.
+
+        >>> get_target("sim").host_vector_bytes()
+        32
+        """
+        if not self.openmp:
+            return 32
+        return int(self.backend_module().native_vector_bytes())
+
     def backend_module(self) -> ModuleType:
         """The backend module that runs this target (explorer.backends.*), imported now.
 

@@ -41,7 +41,6 @@ backend adds -ffast-math, so gcc uses libmvec's vector versions (NaN/Inf no long
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Iterable
 

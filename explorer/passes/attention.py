@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from .. import loopir as L
@@ -418,12 +417,8 @@ WIDE_VECTOR_BYTES = 64   # AVX-512: one zmm register
 
 @functools.lru_cache(maxsize=None)
 def _avx512() -> bool:
-    """Whether this host has AVX-512 (F and VL); the C backend builds with -march=native."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512f" in flags and " avx512vl" in flags
+    """Whether the C compiler targets AVX-512 on this host (it builds with -march=native): Target.host_vector_bytes."""
+    return get_target("cpu").host_vector_bytes() == WIDE_VECTOR_BYTES
 
 
 def _register_rows() -> int:

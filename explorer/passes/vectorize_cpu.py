@@ -61,11 +61,11 @@ from dataclasses import replace
 from typing import Iterable, Mapping
 
 from .. import loopir as L
+from ..schedules.cpu import MAX_VECTOR_STMTS  # unrolled vector statements per micro-kernel
 from ..target import get_target
 
 # elements per 32-byte vector (AVX2; gcc splits them on narrower ISAs)
 VECTOR_LANES: Mapping[str, int] = get_target("cpu").vector_lanes
-MAX_VECTOR_STMTS = 256     # unrolled vector statements per micro-kernel
 MAX_VECTOR_REGISTERS = 24  # 16 ymm registers; beyond this gcc spills anyway, keep the array form
 # (dtype, lanes) the C backend has a GCC vector type for (codegen/c.py prints ke_<suffix>)
 C_VECTOR_TYPES: Mapping[tuple[str, int], str] = {("f32", 8): "v8f", ("f64", 4): "v4d", ("i32", 8): "v8i",

@@ -13,10 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from .. import loopir as L
-from ..passes.vectorize_cpu import MAX_VECTOR_STMTS
 from ..schedule import Schedule
 from ..target import get_target
 from . import c_extent, fuse_all as _fuse_all
+
+# unrolled vector statements per micro-kernel (passes/vectorize_cpu.py keeps a larger region as plain loops);
+# the conv schedule sizes its tile to fit
+MAX_VECTOR_STMTS = 256
 
 
 def default_schedule(compute, knobs: dict[str, Any]) -> Schedule:
@@ -270,10 +273,9 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
 
 
 def native_vector_bytes() -> int:
-    """Bytes of the widest float register the C compiler targets on this machine (64 with AVX-512, else 32).
-    Asked of the CPU backend's compiler probe, so the schedule needs no backend import at module level."""
-    from ..backends.cpu import native_vector_bytes as probe
-    return probe()
+    """Bytes of the widest float register the C compiler targets on this machine (64 with AVX-512, else 32):
+    Target.host_vector_bytes, which asks the CPU backend's compiler probe."""
+    return get_target("cpu").host_vector_bytes()
 
 
 # a conv register tile of 64-byte vectors: at most this many accumulators (AVX-512 has 32 registers:
