@@ -153,7 +153,8 @@ def _cpu_default(c, knobs) -> Schedule:
         if small is not None:
             return small
     # matmul: B's column panel packed once per j tile (contiguous rows, no 4 KB-stride L1 aliasing),
-    # then row tiles across OpenMP threads, each keeping a TM x TN register tile of accumulators.
+    # then batch items, column panels or row tiles across OpenMP threads (one parallel region per call
+    # where the sizes allow), each keeping a TM x TN register tile of accumulators.
     # TM x TN accumulators as 32-byte vectors (codegen/c.py keeps them in registers): 6 rows x 2
     # vectors = 12 of the 16 AVX2 registers, plus 2 for the B row and 1 for the broadcast A value
     # (the BLIS Haswell micro-kernel shape); other dtypes keep the scalar (4, 32) tile.
@@ -164,22 +165,39 @@ def _cpu_default(c, knobs) -> Schedule:
     batch = [a.name for a in c.spatial[:-2]]
     io, ir = s.split("i", TM, names=("i_o", "i_r"))
     jo, jv = s.split("j", TN, names=("j_o", "j_v"))
+    bf = None
     if batch:
         bf = _fuse_all(s, batch, "batch")
         s.reorder(bf, jo, io, "k", ir, jv)
     else:
         s.reorder(jo, io, "k", ir, jv)
     tiny = c_extent(c, batch) * M * N * K < SMALL_MATMUL_MACS
+    panel_bytes = K * TN * 4
+    packed = len(c.operands) == 2 and knobs.get("shared", True) and panel_bytes <= 4 << 20
+    par = None
     if not tiny:   # a team per (batch, j tile) costs more than a tiny product (q @ k.T of one head)
-        s.parallel(io)
-    if len(c.operands) == 2 and knobs.get("shared", True) and K * TN * 4 <= 4 << 20:
+        # the outermost loop with enough iterations goes across threads, so a call opens one
+        # parallel region, not one per (batch, j panel): a region costs 2-60 µs here (waking a
+        # sleeping worker), and a 256x512 @ 512x1536 product has 96 panels of ~10 µs each. Inside
+        # such a loop each thread packs its own B panel on its own stack: at most PANEL_STACK_BYTES.
+        private_ok = not packed or panel_bytes <= PANEL_STACK_BYTES
+        if bf is not None and c_extent(c, batch) >= 2 and private_ok:
+            par = bf
+        elif -(-N // TN) >= PARALLEL_PANELS and private_ok:
+            par = jo
+        else:
+            par = io
+        s.parallel(par)
+    if packed:
         s.cache_read(c.operands[1], "local", at=jo)
     s.cache_write("local", at=io)
     s.unroll(ir)
     s.vectorize(jv)
+    where = ("one thread (under 2 M multiply-adds)" if tiny else
+             "batch items across OpenMP threads" if par == bf else
+             "B column panels across OpenMP threads" if par == jo else "row tiles across OpenMP threads")
     s.notes.append(f"matmul: B panel of {TN} columns packed contiguously, {TM}x{TN} register tile of "
-                   f"accumulators, " + ("one thread (under 2 M multiply-adds)" if tiny
-                                        else "row tiles across OpenMP threads"))
+                   f"accumulators, {where}")
     return s
 
 
@@ -187,6 +205,12 @@ def _cpu_default(c, knobs) -> Schedule:
 # as the whole product (16x64 @ 64x192 is 0.2 M: ~5 us serial, ~35 us with a team of two here).
 SMALL_MATMUL_MACS = 1 << 21
 PARALLEL_MATMUL_MACS = 1 << 20
+# From this many B column panels a large matmul splits the panels (not the row tiles) across threads:
+# one parallel region per call, and a few panels per thread even on 8 cores.
+PARALLEL_PANELS = 16
+# A B panel packed inside a parallel loop lives on a worker thread's stack (libgomp's default is the
+# process's stack limit, often 8 MB, but OMP_STACKSIZE may set less): bigger panels keep the row split.
+PANEL_STACK_BYTES = 1 << 20
 # The row-streaming tile (TM rows x all N columns of accumulators) must stay in L1 with room for B's row.
 STREAM_TILE_BYTES = 16 << 10
 
