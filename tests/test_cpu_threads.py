@@ -227,6 +227,70 @@ def test_a_held_result_is_never_overwritten():
     np.testing.assert_allclose(r5, _chain(keep * 0 + _chain(a, b), b), rtol=1e-4, atol=1e-5)
 
 
+def test_take_again_reuses_its_hint_only_while_free_and_pooled():
+    pool = cpu.BufferPool(limit_bytes=4096)
+    a, pa, hint = pool.take_again(None, (256,), np.float32, 1024)
+    b, pb, hint_b = pool.take_again(hint, (256,), np.float32, 1024)
+    assert pb != pa and (hint_b[0] is not hint[0])              # a is held: another block
+    del a
+    c, pc, hint = pool.take_again(hint, (256,), np.float32, 1024)
+    assert pc == pa                                             # dropped: the hinted block again
+    del c, b
+    pool.empty_cache()                                          # released: the hint must miss
+    d, pd, _ = pool.take_again(hint, (256,), np.float32, 1024)
+    assert pool.pooled_bytes == 1024 and hint[0][1] is None
+    e, pe, _ = pool.take_again(hint, (256,), np.float32, 1024)
+    assert pe != pd                                             # never a block the pool let go of twice
+
+
+@needs_cc
+def test_a_held_small_result_is_never_overwritten():
+    # outputs up to OWN_OUTPUT_BYTES are recycled by the fast call path itself, not by POOL
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((2, 64, 64), dtype=np.float32)
+    c = explorer.compile(lambda a, b: a @ b + 1, a, b, target="cpu", verbose=False)
+    assert c(a, b).nbytes <= cpu.OWN_OUTPUT_BYTES
+    r1 = c(a, b)
+    keep = r1.copy()
+    r2 = c(b, a)
+    assert np.array_equal(r1, keep) and not np.shares_memory(r1, r2)
+    v = r2[3:9]
+    keep_v = v.copy()
+    del r2
+    r3 = c(a, a)                                                # r2 dropped but its view is held
+    assert np.array_equal(v, keep_v) and not np.shares_memory(v, r3)
+    ptr3 = r3.ctypes.data
+    del r3
+    r4 = c(a, b)                                                # r3 dropped: its memory comes back
+    assert r4.ctypes.data == ptr3
+    np.testing.assert_allclose(r4, a @ b + 1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c(r4, b), r4 @ b + 1, rtol=1e-4, atol=1e-3)   # a result passed back in
+
+
+@needs_cc
+def test_concurrent_small_calls_from_threads_never_share_an_output():
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal((16, 16), dtype=np.float32) for _ in range(4)]
+    c = explorer.compile(lambda a, b: a @ b, xs[0], xs[1], target="cpu", verbose=False)
+    c(xs[0], xs[1])
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        want = xs[i] @ xs[(i + 1) % 4]
+        held = []
+        for k in range(300):
+            got = c(xs[i], xs[(i + 1) % 4])
+            held = [got] if k % 3 else held + [got]
+            if not all(np.allclose(h, want, rtol=1e-5, atol=1e-5) for h in held):
+                errors.append(f"thread {i}")
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+
+
 @needs_cc
 def test_temporaries_and_outputs_in_an_unfused_program():
     rng = np.random.default_rng(1)
