@@ -213,6 +213,15 @@ PARALLEL_PANELS = 16
 PANEL_STACK_BYTES = 1 << 20
 # The row-streaming tile (TM rows x all N columns of accumulators) must stay in L1 with room for B's row.
 STREAM_TILE_BYTES = 16 << 10
+# Rows of C per pass over B in row streaming (fewer when the tile would not fit STREAM_TILE_BYTES): B is
+# read from L1/L2 once per pass, and 16 rows x N accumulators of up to 16 KB stay in L1.
+STREAM_ROWS = 16
+# k steps per accumulator load/store in row streaming (products with M > 1): each SIMD group of the tile
+# is loaded once, takes STREAM_K_UNROLL multiply-adds in k order (the same roundings), and is stored
+# once. With one store per multiply-add (STREAM_K_UNROLL = 1) the stores limited the loop, and loads
+# of A and B that happened to share 4 KB offsets with recent tile stores waited on them: the same
+# kernel ran 2.7 or 4.6 µs depending on where the buffers lay (16x64 @ 64x192, measured).
+STREAM_K_UNROLL = 4
 
 
 def _unit_stride(e: L.Expr, var: str) -> bool:
@@ -232,12 +241,13 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
     """Row streaming for small products whose B rows are contiguous in j (x @ w, not x @ w.T):
 
         for i_o in range(M / TM):                 # serial: no OpenMP team for ~microseconds of work
-          acc[TM, N] = 0                          # TM rows of C, in L1
-          for k in range(K):
+          acc[TM, N] = 0                          # TM (<= 16) rows of C, in L1
+          for k_o in range(K / 4):
             for i_r in unrolled(TM):
               for j_o in range(N / 16):
                 for j_v in vectorized(16):
-                  acc[i_r, j] += a[i, k] * b[k, j]   # B streamed row by row, each row used TM times
+                  for k_i in unrolled(4):         # one load and one store of acc per 4 multiply-adds
+                    acc[i_r, j] += a[i, k] * b[k, j]   # B streamed row by row, each row used TM times
           out[i, :] = epilogue(acc[i_r, :])
 
     No packing (each B element is used M times at most, so a copy costs as much as the product),
@@ -255,7 +265,7 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
     if not b_loads or not all(x.indices and _unit_stride(x.indices[-1], "j") for x in b_loads):
         return None
     itemsize = 8 if acc_dt in ("f64", "i64") else 4
-    TM = min(M, 4)
+    TM = min(M, STREAM_ROWS)
     while TM > 1 and TM * N * itemsize > STREAM_TILE_BYTES:
         TM //= 2
     if TM * N * itemsize > STREAM_TILE_BYTES:
@@ -273,7 +283,13 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
         jo, jv = s.split("j", TN, names=("j_o", "j_v"))
     io, ir = s.split("i", TM, names=("i_o", "i_r"))
     batch_axes = [a.name for a in c.spatial[:-2]]
-    order = [io, "k", ir, jo, jv]
+    # a GEMV (M = 1) streams B from memory once: its tile stores are not what limits it
+    ku = STREAM_K_UNROLL if M > 1 and K % STREAM_K_UNROLL == 0 and K > STREAM_K_UNROLL else 1
+    if ku > 1:
+        ko, ki = s.split("k", ku, names=("k_o", "k_i"))
+        order = [io, ko, ir, jo, jv, ki]
+    else:
+        order = [io, "k", ir, jo, jv]
     if jp:
         order = [jp] + order
     if batch_axes:
@@ -284,6 +300,8 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
     s.cache_write("local", at=io)
     s.unroll(ir)
     s.vectorize(jv)
+    if ku > 1:
+        s.unroll(ki)
     cols = N // chunks
     s.notes.append(f"small matmul ({macs} multiply-adds < {SMALL_MATMUL_MACS}): "
                    + (f"{chunks} column chunks across OpenMP threads, " if jp else "one thread (no OpenMP team), ")
