@@ -604,6 +604,7 @@ class CpuExecutable:
         if serial_only and team is not None:
             team.value = 1
         calls = [(fn, pick) for fn, pick, *_ in plan]
+        n_calls = len(calls)
         # small outputs: a block of this call path's own per output, handed out again once the caller
         # dropped the last result (the pool's rule: nobody but us references it), without the pool's
         # lock and search; larger ones come from POOL, which bounds what is kept
@@ -645,9 +646,9 @@ class CpuExecutable:
                 new.append(a)
                 ptrs.append(p)
             ptrs += tail_ptrs
-            if team is not None:
-                team.value = 1     # another executable of the same library may have set it
-                stats["serial"] += len(calls)
+            # team.value stays 1 (set above): every executable of this library is this program, so
+            # none sets another team size on it
+            stats["serial"] += n_calls
             for fn, pick in calls:
                 fn(*pick(ptrs))
             return new
