@@ -304,10 +304,25 @@ def measure(programs, rounds: int, per: int) -> list[tuple[str, list[float] | No
                 print(f"    {'explorer ' + v + ' ' + kind:34s} {fmt(s)}   numpy/explorer {np_med / stats(s)[0]:5.2f}x"
                       + (f"   {len(c.kernels)} kernels" if kind == "call" else "") + unstable_note(s))
         rows.append((label, samples.get("fused call"), samples.get("fused kernels")))
+        if PER_KERNEL and "fused" in variants:
+            per_kernel(variants["fused"], args, rounds * per)
         hb = variants.get("fused") and variants["fused"].stage("fused").ir.horizontal
         for b in hb or []:
             print(f"    {b.reason}")
     return rows
+
+
+PER_KERNEL = False   # --per-kernel (set in main)
+
+
+def per_kernel(c: "explorer.Compiled", args, repeat: int) -> None:
+    """Where the fused program's time goes: Compiled.benchmark's median per kernel (wall clock, each
+    kernel with the team its thread policy gives it), and the policy's thread limit."""
+    t = c.benchmark(*args, repeat=repeat)
+    print(f"    per kernel (Compiled.benchmark, median of {t.repeat}, wall ms; total {t.median_ms:.3f}):")
+    for k, d in zip(c.kernels, c.thread_policy):
+        print(f"      {k.name[:60]:60s} {t.per_kernel_ms.get(k.name, float('nan')):8.3f}   up to {d.threads} thread"
+              + ("s" if d.threads != 1 else ""))
 
 
 def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_python: str, tmp: Path) -> None:
@@ -417,6 +432,8 @@ def main() -> None:
                     help="threads for OpenMP, OpenBLAS and torch (default: their own defaults); 1 gives stable "
                          "same-thread-count ratios on a busy machine")
     ap.add_argument("--large-only", action="store_true", help="only the seq 256 / width 512 size")
+    ap.add_argument("--per-kernel", action="store_true",
+                    help="also print each fused program's time per kernel (Compiled.benchmark)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time every row with the process's CPU time (time.process_time) instead of the wall clock: "
                          "with --threads 1, time a busy neighbour holds the core does not count; with more threads "
@@ -425,7 +442,8 @@ def main() -> None:
                     help="interpreter for the torch child process (default: this one); '' skips torch")
     a = ap.parse_args()
     rounds, per = (5, 4) if a.quick else (10, 6)
-    global CLOCK
+    global CLOCK, PER_KERNEL
+    PER_KERNEL = a.per_kernel
     if a.cpu_time:
         CLOCK = time.process_time
     load = os.getloadavg()

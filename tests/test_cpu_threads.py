@@ -204,11 +204,18 @@ def test_pool_limits_are_respected():
     assert pool.pooled_bytes == 3072                            # only the held block remains
 
 
+def _matmul_plus_one(a, b):
+    return a @ b + 1
+
+
+# a 256 KB output comes from POOL; a 16 KB one is recycled by the fast call path itself (OWN_OUTPUT_BYTES)
 @needs_cc
-def test_a_held_result_is_never_overwritten():
+@pytest.mark.parametrize("fn, shape", [(_chain, (1 << 16,)), (_matmul_plus_one, (64, 64))], ids=["pool", "own"])
+def test_a_held_result_is_never_overwritten(fn, shape):
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((2, 1 << 16), dtype=np.float32)
-    c = explorer.compile(_chain, a, b, target="cpu", verbose=False)
+    a, b = rng.standard_normal((2, *shape), dtype=np.float32)
+    c = explorer.compile(fn, a, b, target="cpu", verbose=False)
+    assert (c(a, b).nbytes <= cpu.OWN_OUTPUT_BYTES) == (fn is _matmul_plus_one)
     r1 = c(a, b)
     keep = r1.copy()
     r2 = c(b, a)
@@ -222,9 +229,9 @@ def test_a_held_result_is_never_overwritten():
     del r3
     r4 = c(a, b)                                             # r3 dropped: its memory comes back
     assert r4.ctypes.data == ptr3
-    np.testing.assert_allclose(r4, _chain(a, b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r4, fn(a, b), rtol=1e-5, atol=1e-5)
     r5 = c(r4, b)                                            # a result passed back in: no aliasing
-    np.testing.assert_allclose(r5, _chain(keep * 0 + _chain(a, b), b), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r5, fn(fn(a, b), b), rtol=1e-4, atol=1e-3)
 
 
 def test_take_again_reuses_its_hint_only_while_free_and_pooled():
@@ -244,54 +251,6 @@ def test_take_again_reuses_its_hint_only_while_free_and_pooled():
 
 
 @needs_cc
-def test_a_held_small_result_is_never_overwritten():
-    # outputs up to OWN_OUTPUT_BYTES are recycled by the fast call path itself, not by POOL
-    rng = np.random.default_rng(4)
-    a, b = rng.standard_normal((2, 64, 64), dtype=np.float32)
-    c = explorer.compile(lambda a, b: a @ b + 1, a, b, target="cpu", verbose=False)
-    assert c(a, b).nbytes <= cpu.OWN_OUTPUT_BYTES
-    r1 = c(a, b)
-    keep = r1.copy()
-    r2 = c(b, a)
-    assert np.array_equal(r1, keep) and not np.shares_memory(r1, r2)
-    v = r2[3:9]
-    keep_v = v.copy()
-    del r2
-    r3 = c(a, a)                                                # r2 dropped but its view is held
-    assert np.array_equal(v, keep_v) and not np.shares_memory(v, r3)
-    ptr3 = r3.ctypes.data
-    del r3
-    r4 = c(a, b)                                                # r3 dropped: its memory comes back
-    assert r4.ctypes.data == ptr3
-    np.testing.assert_allclose(r4, a @ b + 1, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(c(r4, b), r4 @ b + 1, rtol=1e-4, atol=1e-3)   # a result passed back in
-
-
-@needs_cc
-def test_concurrent_small_calls_from_threads_never_share_an_output():
-    rng = np.random.default_rng(5)
-    xs = [rng.standard_normal((16, 16), dtype=np.float32) for _ in range(4)]
-    c = explorer.compile(lambda a, b: a @ b, xs[0], xs[1], target="cpu", verbose=False)
-    c(xs[0], xs[1])
-    errors: list[str] = []
-
-    def work(i: int) -> None:
-        want = xs[i] @ xs[(i + 1) % 4]
-        held = []
-        for k in range(300):
-            got = c(xs[i], xs[(i + 1) % 4])
-            held = [got] if k % 3 else held + [got]
-            if not all(np.allclose(h, want, rtol=1e-5, atol=1e-5) for h in held):
-                errors.append(f"thread {i}")
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors
-
-
-@needs_cc
 def test_temporaries_and_outputs_in_an_unfused_program():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((2, 4096), dtype=np.float32)
@@ -303,17 +262,23 @@ def test_temporaries_and_outputs_in_an_unfused_program():
     assert len({o.ctypes.data for o in outs}) == 3
 
 
+# unfused: outputs from POOL and temporaries from per-call sets; small: outputs the fast call path recycles
 @needs_cc
-def test_concurrent_calls_from_threads_get_their_own_buffers():
+@pytest.mark.parametrize("fn, shape, fuse, calls", [(_chain, (1 << 15,), False, 30),
+                                                    (_matmul_plus_one, (16, 16), True, 300)], ids=["unfused", "small"])
+def test_concurrent_calls_from_threads_get_their_own_buffers(fn, shape, fuse, calls):
     rng = np.random.default_rng(2)
-    xs = [rng.standard_normal(1 << 15, dtype=np.float32) for _ in range(4)]
-    c = explorer.compile(_chain, xs[0], xs[1], target="cpu", fuse=False, verbose=False)
+    xs = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
+    c = explorer.compile(fn, xs[0], xs[1], target="cpu", fuse=fuse, verbose=False)
     errors: list[str] = []
 
     def work(i: int) -> None:
-        for _ in range(30):
+        want = fn(xs[i], xs[(i + 1) % 4])
+        held: list[np.ndarray] = []
+        for k in range(calls):
             got = c(xs[i], xs[(i + 1) % 4])
-            if not np.allclose(got, _chain(xs[i], xs[(i + 1) % 4]), rtol=1e-5, atol=1e-6):
+            held = [got] if k % 3 else held + [got]     # some results held across calls, some dropped
+            if not all(np.allclose(h, want, rtol=1e-5, atol=1e-5) for h in held):
                 errors.append(f"thread {i}")
     ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in ts:
