@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import explorer
+from explorer import loopir as L
 from explorer.backends import cpu, threads
 from explorer.errors import ExplorerError, ShapeError, VerificationError
 
@@ -101,6 +102,19 @@ def test_plan_for_compiled_programs():
     assert db.work_us > 1000 * ds.work_us
     ops, nbytes = threads.kernel_work(big.program.kernels[0])
     assert nbytes == 3 * (1 << 22) * 4 and ops > 20 * (1 << 22)   # tanh counts as many ops
+
+
+def test_register_tiled_loops_count_as_work():
+    """A matmul's k loop runs inside a MicroKernel (vectorized stage): its multiply-adds are the work."""
+    ops = {}
+    for k in (64, 512):
+        c = explorer.compile(lambda a, w: a @ w, np.ones((256, k), np.float32), np.ones((k, 512), np.float32),
+                             target="cpu", verbose=False)
+        (kern,) = c.program.kernels
+        assert any(isinstance(s, L.MicroKernel) for s in L.walk(kern.body))
+        ops[k] = threads.kernel_work(kern)[0]
+        assert ops[k] >= 256 * 512 * k / 8          # at least one vector instruction per 8 multiply-adds
+    assert ops[512] > 6 * ops[64]
 
 
 @needs_cc
