@@ -454,6 +454,10 @@ class CpuExecutable:
         self.thread_policy = threads.plan([gk.kernel for gk in codegen.kernels], self.cores, self.cores_why)
         self.thread_stats = {"serial": 0, "parallel": 0, "fewer_threads_busy": 0}
         self._plan = self._make_plan()
+        # every kernel runs on the calling thread: the team size is set once, not per kernel and call
+        self._serial_only = self._team is None or all(fixed for *_, fixed in self._plan)
+        if self._serial_only and self._team is not None:
+            self._team.value = 1
 
     # -- the call path: everything that does not depend on the inputs is computed once here ------
     def _make_plan(self):
@@ -491,6 +495,8 @@ class CpuExecutable:
                                         f"constant of program {prog.name}")
         self._out_slots = [slot[b.name] for b in prog.outputs]
         self._hints: list[tuple | None] = [None] * len(self._alloc)   # what POOL.take_again gave each last call
+        self._spares: list[list | None] = [[] if nbytes <= OWN_OUTPUT_BYTES else None
+                                           for *_, nbytes in self._alloc]     # see _launch
         # the usual case, every output a fresh buffer in _alloc order: run returns that list as it is
         self._outs_are_new = self._out_slots == [("new", k) for k in range(len(self._alloc))]
         # every pointer of a call lives in one flat list: inputs, then new buffers, then constants
@@ -550,41 +556,70 @@ class CpuExecutable:
                 except TypeError:
                     pass
                 ptrs.append(p)
+        if self._outs_are_new:
+            return self._launch(ptrs)
+        new = self._launch(ptrs)
+        return [ins[i].copy() if kind == "in" else (self._fixed_array(i) if kind == "fixed" else new[i])
+                for kind, i in self._out_slots]
+
+    def _launch(self, ptrs: list[int]) -> list[np.ndarray]:
+        """Run the kernels on `ptrs` (the inputs' pointers, constants included): new output buffers and
+        a set of temporaries are appended, then the fixed constants'; returns the new buffers.
+
+        Small outputs (<= OWN_OUTPUT_BYTES) come from blocks of this executable's own, one list per
+        output, handed out again once the caller dropped the last result (the pool's rule: nobody but
+        us references the block) without the pool's lock and search; larger ones from POOL, whose
+        limit bounds what is kept."""
         new = []
-        take, hints = POOL.take_again, self._hints
+        take, hints, spares = POOL.take_again, self._hints, self._spares
         for k, (shape, dt, nbytes) in enumerate(self._alloc):
-            a, p, hints[k] = take(hints[k], shape, dt, nbytes)
+            spare = spares[k]
+            if spare is None:
+                a, p, hints[k] = take(hints[k], shape, dt, nbytes)
+            else:
+                try:
+                    block = spare.pop()       # atomic under the GIL: no other call can claim it now
+                except IndexError:
+                    block = None
+                if block is None or sys.getrefcount(block[0]) != POOL._free_refs:   # the last result is held
+                    block = POOL._new_block(nbytes, shape, dt)
+                a, p = block[1].view(), block[2]
+                spare.append(block)           # the view handed out holds it until the caller drops it
             new.append(a)
             ptrs.append(p)
         temp_set = self._take_temp_set() if self._temp_specs else None
         if temp_set is not None:
             ptrs += temp_set[1]
         ptrs += self._fixed_ptrs
-        team = self._team
+        team, stats = self._team, self.thread_stats
         try:
-            for fn, pick, dec, fixed_team in self._plan:
-                if team is not None:
-                    if fixed_team:
-                        team.value = fixed_team
-                        self.thread_stats["serial"] += 1
-                    else:
-                        team.value = self._team_size(dec)
-                fn(*pick(ptrs))
+            if self._serial_only:
+                # team.value stays 1 (set in __init__): every executable of this library is this
+                # program, so none sets another team size on it
+                stats["serial"] += len(self._plan)
+                for fn, pick, _, _ in self._plan:
+                    fn(*pick(ptrs))
+            else:
+                for fn, pick, dec, fixed_team in self._plan:
+                    if team is not None:
+                        if fixed_team:
+                            team.value = fixed_team
+                            stats["serial"] += 1
+                        else:
+                            team.value = self._team_size(dec)
+                    fn(*pick(ptrs))
         finally:
             if temp_set is not None:
                 self._temp_sets.append(temp_set)
-        if self._outs_are_new:
-            return new
-        return [ins[i].copy() if kind == "in" else (self._fixed_array(i) if kind == "fixed" else new[i])
-                for kind, i in self._out_slots]
+        return new
 
     def fast_call(self, specs: Sequence[tuple[tuple[int, ...], np.dtype]],
                   consts: Sequence[np.ndarray]) -> Any:
         """Compiled's call path for this program, as one closure: `call(args)` checks that `args` are
         ndarrays exactly like `specs` (shape, dtype, C-contiguous) and returns run([*args, *consts],
         checked=True), or None when they are not (the caller then takes the full path with its
-        conversions and clear errors). The same work as run's, with everything that does not depend
-        on the arguments looked up once: a tiny kernel's call costs ~1 µs of Python, not ~2.
+        conversions and clear errors). The checks and pointers of run's, then the same launch, with
+        everything that does not depend on the arguments looked up once.
 
         >>> import numpy as np, explorer
         >>> c = explorer.compile(lambda a: a + 1, np.ones(4, np.float32), target="cpu")
@@ -597,19 +632,7 @@ class CpuExecutable:
         const_ptrs = [a.ctypes.data for a in consts]
         n_args, ndarray, ref = len(specs), np.ndarray, weakref.ref
         cache: list[tuple[Any, int] | None] = [None] * n_args
-        alloc, hints, take = self._alloc, self._hints, POOL.take_again
-        tail_ptrs, plan, team, stats = self._fixed_ptrs, self._plan, self._team, self.thread_stats
-        temps, outs_are_new = bool(self._temp_specs), self._outs_are_new
-        serial_only = team is None or all(fixed for *_, fixed in plan)
-        if serial_only and team is not None:
-            team.value = 1
-        calls = [(fn, pick) for fn, pick, *_ in plan]
-        n_calls = len(calls)
-        # small outputs: a block of this call path's own per output, handed out again once the caller
-        # dropped the last result (the pool's rule: nobody but us references it), without the pool's
-        # lock and search; larger ones come from POOL, which bounds what is kept
-        spares = [[] if nbytes <= OWN_OUTPUT_BYTES else None for *_, nbytes in alloc]
-        getrefcount, free_refs, new_block = sys.getrefcount, POOL._free_refs, POOL._new_block
+        launch, outs_are_new = self._launch, self._outs_are_new
 
         def call(args: tuple) -> list[np.ndarray] | None:
             if len(args) != n_args:
@@ -626,32 +649,9 @@ class CpuExecutable:
                     p = a.ctypes.data
                     cache[i] = (ref(a), p)
                     ptrs.append(p)
-            if not serial_only or temps or not outs_are_new:
+            if not outs_are_new:     # an output that is an input or a constant: run() copies it
                 return self.run([*args, *consts], checked=True)
-            ptrs += const_ptrs
-            new = []
-            for k, (shape, dt, nbytes) in enumerate(alloc):
-                spare = spares[k]
-                if spare is None:
-                    a, p, hints[k] = take(hints[k], shape, dt, nbytes)
-                else:
-                    try:
-                        block = spare.pop()   # atomic under the GIL: no other call can claim it now
-                    except IndexError:
-                        block = None
-                    if block is None or getrefcount(block[0]) != free_refs:   # the caller kept the last result
-                        block = new_block(nbytes, shape, dt)
-                    a, p = block[1].view(), block[2]
-                    spare.append(block)       # the view handed out holds it until the caller drops it
-                new.append(a)
-                ptrs.append(p)
-            ptrs += tail_ptrs
-            # team.value stays 1 (set above): every executable of this library is this program, so
-            # none sets another team size on it
-            stats["serial"] += n_calls
-            for fn, pick in calls:
-                fn(*pick(ptrs))
-            return new
+            return launch(ptrs + const_ptrs)
         return call
 
     def _take_temp_set(self) -> tuple[list[np.ndarray], list[int]]:

@@ -283,8 +283,11 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
         jo, jv = s.split("j", TN, names=("j_o", "j_v"))
     io, ir = s.split("i", TM, names=("i_o", "i_r"))
     batch_axes = [a.name for a in c.spatial[:-2]]
-    # a GEMV (M = 1) streams B from memory once: its tile stores are not what limits it
-    ku = STREAM_K_UNROLL if M > 1 and K % STREAM_K_UNROLL == 0 and K > STREAM_K_UNROLL else 1
+    # a GEMV (M = 1) streams B from memory once: its tile stores are not what limits it; an operand
+    # that selects along k (a concat of heads, hstack(heads) @ w) keeps k whole, so tiling can split
+    # k at the selects' bounds (passes/index_split.py) into select-free loops
+    selects = any(isinstance(x, L.Select) for x in L.walk_expr(c.accums[0].value))
+    ku = STREAM_K_UNROLL if M > 1 and not selects and K % STREAM_K_UNROLL == 0 and K > STREAM_K_UNROLL else 1
     if ku > 1:
         ko, ki = s.split("k", ku, names=("k_o", "k_i"))
         order = [io, ko, ir, jo, jv, ki]
