@@ -12,7 +12,11 @@ Two spellings of the same model:
 
 Rows (all measured in this run with explorer.measure.interleaved: every round runs each variant once,
 so a busy neighbour slows all of them alike; median and interquartile range [p25, p75] in ms, and
-UNSTABLE with measure's reason where the spread stayed high):
+UNSTABLE with measure's reason where the spread stayed high). Interleaving NumPy with explorer also
+measures their interference: OpenBLAS's workers spin after each NumPy matmul and the CPU backend's
+load signal then runs the next explorer call on fewer threads; a second row times the fused call with
+no NumPy call in between (against the same NumPy median) and counts the kernel calls that got fewer
+threads.
   explorer fused / fused without the horizontal rule / unfused (fuse=False), NumPy, torch eager and
   torch.compile (in a child process, when `import torch` works there: its thread pool and ours
   would otherwise slow each other), kernel counts, and small-matmul rows (kernel time vs NumPy).
@@ -303,6 +307,20 @@ def measure(programs, rounds: int, per: int) -> list[tuple[str, list[float] | No
                 s = samples[f"{v} {kind}"]
                 print(f"    {'explorer ' + v + ' ' + kind:34s} {fmt(s)}   numpy/explorer {np_med / stats(s)[0]:5.2f}x"
                       + (f"   {len(c.kernels)} kernels" if kind == "call" else "") + unstable_note(s))
+        if "fused" in variants:
+            # right after a NumPy call OpenBLAS's workers spin for a while (~ms) on the cores, and the
+            # CPU backend's call-time load signal then gives the next explorer call one thread
+            # (thread_stats 'fewer_threads_busy'): the interleaved rows above measure that interference
+            # too (torch runs in a child process for the same reason). This row: the same call, timed
+            # in rounds with no NumPy call in between, against the interleaved NumPy median above.
+            c = variants["fused"]
+            exe = c.built_executable
+            busy0 = exe.thread_stats["fewer_threads_busy"] if exe is not None else 0
+            apart = interleaved({"fused call": lambda c=c, a=args: c(*a)}, rounds, per)["fused call"]
+            busy = (exe.thread_stats["fewer_threads_busy"] - busy0) if exe is not None else 0
+            print(f"    {'explorer fused call, no NumPy between':34s} {fmt(apart)}   numpy/explorer "
+                  f"{np_med / stats(apart)[0]:5.2f}x   ({busy} kernel calls got fewer threads: cores busy)"
+                  + unstable_note(apart))
         rows.append((label, samples.get("fused call"), samples.get("fused kernels")))
         if PER_KERNEL and "fused" in variants:
             per_kernel(variants["fused"], args, rounds * per)
