@@ -12,7 +12,11 @@ Two spellings of the same model:
 
 Rows (all measured in this run with explorer.measure.interleaved: every round runs each variant once,
 so a busy neighbour slows all of them alike; median and interquartile range [p25, p75] in ms, and
-UNSTABLE with measure's reason where the spread stayed high):
+UNSTABLE with measure's reason where the spread stayed high). Interleaving NumPy with explorer also
+measures their interference: OpenBLAS's workers spin after each NumPy matmul and the CPU backend's
+load signal then runs the next explorer call on fewer threads; a second row times the fused call with
+no NumPy call in between (against the same NumPy median) and counts the kernel calls that got fewer
+threads.
   explorer fused / fused without the horizontal rule / unfused (fuse=False), NumPy, torch eager and
   torch.compile (in a child process, when `import torch` works there: its thread pool and ours
   would otherwise slow each other), kernel counts, and small-matmul rows (kernel time vs NumPy).
@@ -94,6 +98,13 @@ def block_as_written(x, ln1_g, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_g, ln2
     return x + linear(gelu(linear(layer_norm(x, ln2_g, ln2_b), fc_w, fc_b)), fc2_w, fc2_b)
 
 
+def block_as_written_f32(x, ln1_g, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_g, ln2_b, fc_w, fc_b, fc2_w, fc2_b):
+    # block_as_written with one change: gelu's constant is a Python float (gelu_f32), so the block stays
+    # float32 as torch's does; this is the row the float32 targets (NumPy x3, torch.compile x1.5) read
+    x = x + mha(layer_norm(x, ln1_g, ln1_b), attn_w, attn_b, proj_w, proj_b)
+    return x + linear(gelu_f32(linear(layer_norm(x, ln2_g, ln2_b), fc_w, fc_b)), fc2_w, fc2_b)
+
+
 # ----------------------------------------------------------------------------- the same block, compiles today
 def gelu_f32(x):
     # np.sqrt(2 / np.pi) is an np.float64 scalar, which under NumPy 2 (NEP 50) promotes the float32
@@ -152,10 +163,13 @@ def params(width: int, rng) -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- timing
+CLOCK = time.perf_counter   # --cpu-time: time.process_time (set in main)
+
+
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, per_round: int) -> dict[str, Timing]:
     """explorer.measure's round-robin timing of every variant, rounds * per_round rounds after a warm-up
-    round: {name: Timing} (median, quartiles and the `unstable` verdict with its reason)."""
-    return measure_lib.interleaved(fns, repeat=rounds * per_round, warmup=1)
+    round: {name: Timing} (median, quartiles and the `unstable` verdict with its reason), on CLOCK."""
+    return measure_lib.interleaved(fns, repeat=rounds * per_round, warmup=1, clock=CLOCK)
 
 
 def timing(s: "Timing | list[float]") -> Timing:
@@ -212,6 +226,7 @@ TORCH_CHILD = textwrap.dedent(r'''
     import numpy as np
     spec = json.loads(sys.stdin.read())
     torch.set_num_threads(spec["threads"])
+    clock = time.process_time if spec["cpu_time"] else time.perf_counter
     data = np.load(spec["npz"])
     n_head, rounds, per = spec["n_head"], spec["rounds"], spec["per_round"]
 
@@ -254,7 +269,7 @@ TORCH_CHILD = textwrap.dedent(r'''
             for _ in range(rounds):
                 for k, f in runs.items():
                     for _ in range(per):
-                        t = time.perf_counter(); f(*args); samples[k].append((time.perf_counter() - t) * 1e3)
+                        t = clock(); f(*args); samples[k].append((clock() - t) * 1e3)
         out[name] = {"samples": samples, "compile_s": compile_s, "err": float(np.abs(got - want).max()),
                      "version": torch.__version__}
     print(json.dumps(out))
@@ -265,7 +280,7 @@ def run_torch(python: str, args: list[np.ndarray], n_head: int, want_block, want
               tmp: Path) -> dict | str:
     npz = tmp / "transformer_args.npz"
     np.savez(npz, **{f"a{i}": a for i, a in enumerate(args)}, want_block=want_block, want_fwd=want_fwd)
-    spec = {"npz": str(npz), "n_head": n_head, "rounds": rounds, "per_round": per,
+    spec = {"npz": str(npz), "n_head": n_head, "rounds": rounds, "per_round": per, "cpu_time": CLOCK is time.process_time,
             "threads": THREADS or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())}
     return run_json_child(python, TORCH_CHILD, spec)
 
@@ -292,11 +307,40 @@ def measure(programs, rounds: int, per: int) -> list[tuple[str, list[float] | No
                 s = samples[f"{v} {kind}"]
                 print(f"    {'explorer ' + v + ' ' + kind:34s} {fmt(s)}   numpy/explorer {np_med / stats(s)[0]:5.2f}x"
                       + (f"   {len(c.kernels)} kernels" if kind == "call" else "") + unstable_note(s))
+        if "fused" in variants:
+            # right after a NumPy call OpenBLAS's workers spin for a while (~ms) on the cores, and the
+            # CPU backend's call-time load signal then gives the next explorer call one thread
+            # (thread_stats 'fewer_threads_busy'): the interleaved rows above measure that interference
+            # too (torch runs in a child process for the same reason). This row: the same call, timed
+            # in rounds with no NumPy call in between, against the interleaved NumPy median above.
+            c = variants["fused"]
+            exe = c.built_executable
+            busy0 = exe.thread_stats["fewer_threads_busy"] if exe is not None else 0
+            apart = interleaved({"fused call": lambda c=c, a=args: c(*a)}, rounds, per)["fused call"]
+            busy = (exe.thread_stats["fewer_threads_busy"] - busy0) if exe is not None else 0
+            print(f"    {'explorer fused call, no NumPy between':34s} {fmt(apart)}   numpy/explorer "
+                  f"{np_med / stats(apart)[0]:5.2f}x   ({busy} kernel calls got fewer threads: cores busy)"
+                  + unstable_note(apart))
         rows.append((label, samples.get("fused call"), samples.get("fused kernels")))
+        if PER_KERNEL and "fused" in variants:
+            per_kernel(variants["fused"], args, rounds * per)
         hb = variants.get("fused") and variants["fused"].stage("fused").ir.horizontal
         for b in hb or []:
             print(f"    {b.reason}")
     return rows
+
+
+PER_KERNEL = False   # --per-kernel (set in main)
+
+
+def per_kernel(c: "explorer.Compiled", args, repeat: int) -> None:
+    """Where the fused program's time goes: Compiled.benchmark's median per kernel (wall clock, each
+    kernel with the team its thread policy gives it), and the policy's thread limit."""
+    t = c.benchmark(*args, repeat=repeat)
+    print(f"    per kernel (Compiled.benchmark, median of {t.repeat}, wall ms; total {t.median_ms:.3f}):")
+    for k, d in zip(c.kernels, c.thread_policy):
+        print(f"      {k.name[:60]:60s} {t.per_kernel_ms.get(k.name, float('nan')):8.3f}   up to {d.threads} thread"
+              + ("s" if d.threads != 1 else ""))
 
 
 def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_python: str, tmp: Path) -> None:
@@ -307,6 +351,7 @@ def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_p
     p1, p2 = params(width, rng), params(width, rng)
     print(f"\n== seq {seq}, width {width}, {n_head} heads (float32) ==")
     fwd_today, fwd_written = two_blocks(block_today), two_blocks(block_as_written)
+    fwd_written32 = two_blocks(block_as_written_f32)
     block_args, fwd_args = [x, *p1], [x, *p1, *p2]
 
     print("as written (np.split, np.hstack, x.var):")
@@ -320,11 +365,17 @@ def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_p
                                                       ("2 blocks", fwd_written, fwd_args))
                if compile_or_report(fn, args, lab) is not None]
     if written:
-        print("  (as written, gelu's np.sqrt(2 / np.pi) is a float64 scalar: under NumPy 2 the block computes in "
-              "float64 from there on, in NumPy and here alike)")
+        out_dt = np.result_type(fwd_written(*fwd_args))
+        print(f"  (as written, gelu's np.sqrt(2 / np.pi) is an np.float64 scalar: under NumPy 2 gelu's output, the "
+              f"second matmul, the residual and the whole second block are float64 (the forward returns {out_dt}), "
+              f"in NumPy and here alike: a fair float64 comparison, not comparable with torch's float32)")
         measure(written, rounds, per)
-    print("slices (compiles on this branch):")
-    rows = measure([("block", block_today, block_args), ("2 blocks", fwd_today, fwd_args)], rounds, per)
+    print("as written, float32 (the same code, gelu's constant a Python float: math.sqrt(2 / math.pi)):")
+    rows = measure([(lab, fn, args) for lab, fn, args in (("block", block_as_written_f32, block_args),
+                                                           ("2 blocks", fwd_written32, fwd_args))
+                    if compile_or_report(fn, args, lab) is not None], rounds, per)
+    print("slices (np.split and hstack replaced by slices and a per-head projection sum, the variance written out):")
+    rows_slices = measure([("block", block_today, block_args), ("2 blocks", fwd_today, fwd_args)], rounds, per)
 
     if torch_python:
         res = run_torch(torch_python, fwd_args, n_head, block_today(*block_args), fwd_today(*fwd_args),
@@ -333,11 +384,13 @@ def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_p
             print(f"  torch: {res}")
         else:
             for label, r in res.items():
-                call, kern = next((c, k) for lab, c, k in rows if lab == label)
                 for k, s in r["samples"].items():
-                    ratio = (f"   time explorer fused / {k}: call {stats(call)[0] / stats(s)[0]:5.2f}x, "
-                             f"kernels {stats(kern)[0] / stats(s)[0]:5.2f}x") if call else ""
-                    print(f"  torch {r['version']} {label} {k:14s} {fmt(s)}{ratio}{unstable_note(s)}")
+                    print(f"  torch {r['version']} {label} {k:14s} {fmt(s)}{unstable_note(s)}")
+                    for variant, rs in (("as written f32", rows), ("slices", rows_slices)):
+                        call, kern = next(((c, k_) for lab, c, k_ in rs if lab == label), (None, None))
+                        if call:
+                            print(f"      time explorer fused ({variant}) / {k}: call {stats(call)[0] / stats(s)[0]:5.2f}x, "
+                                  f"kernels {stats(kern)[0] / stats(s)[0]:5.2f}x")
                 print(f"  torch {label}: compile {r['compile_s']:.1f} s, max abs error vs NumPy {r['err']:.2e}")
 
 
@@ -349,13 +402,48 @@ def small_matmuls(rounds: int, per: int) -> None:
         b = rng.standard_normal((K, N)).astype(np.float32)
         c = explorer.compile(lambda a, b: a @ b, a, b, target="cpu", verbose=False)
         assert np.allclose(c(a, b), a @ b, rtol=1e-4, atol=1e-3)
-        s = interleaved({"kernel": kernel_runner(c, (a, b)), "call": lambda: c(a, b), "numpy": lambda: a @ b},
-                        rounds, per * 5)
+        fns = {"kernel": kernel_runner(c, (a, b)), "call": lambda: c(a, b), "numpy": lambda: a @ b}
+        s = interleaved(fns, rounds, per * 5)
         npm = stats(s["numpy"])[0]
         print(f"  {M}x{K} @ {K}x{N} ({M * N * K / 1e6:.2f} M MACs): numpy {fmt(s['numpy'])}  "
               f"kernel {fmt(s['kernel'])} ({npm / stats(s['kernel'])[0]:.2f}x)  "
               f"call {fmt(s['call'])} ({npm / stats(s['call'])[0]:.2f}x)"
               + "".join(f"  {k}:{unstable_note(s[k])}" for k in ("numpy", "kernel", "call") if s[k].unstable))
+        cpu, process_cpu = thread_cpu_us(fns, rounds)
+        serial = all(d.threads <= 1 for d in c.thread_policy)
+        if serial and process_cpu["numpy"] < 1.3 * cpu["numpy"]:   # both on one thread: CPU time compares them
+            print(f"      CPU time of the calling thread, µs (median of {rounds} rounds; a busy neighbour does not "
+                  f"count): numpy {cpu['numpy']:.2f}  kernel {cpu['kernel']:.2f} ({cpu['numpy'] / cpu['kernel']:.2f}x)"
+                  f"  call {cpu['call']:.2f} ({cpu['numpy'] / cpu['call']:.2f}x)")
+        else:
+            print(f"      (no CPU-time row: " + ("NumPy's BLAS ran on several threads" if serial else
+                                                "explorer's kernel may use several threads") + "; wall time above)")
+
+
+def thread_cpu_us(fns: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median CPU time per call in µs over `rounds` interleaved rounds of ~20 ms each: of the calling
+    thread (time.thread_time) and of the whole process (time.process_time; more than the thread's when
+    other threads, e.g. NumPy's BLAS workers, ran too). For single-threaded rows on a shared machine,
+    time a neighbour holds the core does not count (wall time above does)."""
+    n = {k: max(20, int(0.02 / max(1e-7, _once(f)))) for k, f in fns.items()}
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    process: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0, p0 = time.thread_time(), time.process_time()
+            for _ in range(n[k]):
+                f()
+            samples[k].append((time.thread_time() - t0) / n[k] * 1e6)
+            process[k].append((time.process_time() - p0) / n[k] * 1e6)
+    return ({k: statistics.median(v) for k, v in samples.items()},
+            {k: statistics.median(v) for k, v in process.items()})
+
+
+def _once(f: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    for _ in range(10):
+        f()
+    return (time.perf_counter() - t0) / 10
 
 
 def main() -> None:
@@ -365,13 +453,24 @@ def main() -> None:
                     help="threads for OpenMP, OpenBLAS and torch (default: their own defaults); 1 gives stable "
                          "same-thread-count ratios on a busy machine")
     ap.add_argument("--large-only", action="store_true", help="only the seq 256 / width 512 size")
+    ap.add_argument("--per-kernel", action="store_true",
+                    help="also print each fused program's time per kernel (Compiled.benchmark)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time every row with the process's CPU time (time.process_time) instead of the wall clock: "
+                         "with --threads 1, time a busy neighbour holds the core does not count; with more threads "
+                         "it is the sum over threads, not a duration")
     ap.add_argument("--torch-python", default=sys.executable,
                     help="interpreter for the torch child process (default: this one); '' skips torch")
     a = ap.parse_args()
     rounds, per = (5, 4) if a.quick else (10, 6)
+    global CLOCK, PER_KERNEL
+    PER_KERNEL = a.per_kernel
+    if a.cpu_time:
+        CLOCK = time.process_time
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores; "
-          f"threads: {a.threads or 'library defaults'}")
+          f"threads: {a.threads or 'library defaults'}; clock: "
+          f"{'process CPU time (time.process_time)' if a.cpu_time else 'wall (time.perf_counter)'}")
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     if not a.large_only:
         bench_size(16, 64, 4, rounds, per, a.torch_python, tmp)

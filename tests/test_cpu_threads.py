@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import explorer
+from explorer import loopir as L
 from explorer.backends import cpu, threads
 from explorer.errors import ExplorerError, ShapeError, VerificationError
 
@@ -101,6 +102,19 @@ def test_plan_for_compiled_programs():
     assert db.work_us > 1000 * ds.work_us
     ops, nbytes = threads.kernel_work(big.program.kernels[0])
     assert nbytes == 3 * (1 << 22) * 4 and ops > 20 * (1 << 22)   # tanh counts as many ops
+
+
+def test_register_tiled_loops_count_as_work():
+    """A matmul's k loop runs inside a MicroKernel (vectorized stage): its multiply-adds are the work."""
+    ops = {}
+    for k in (64, 512):
+        c = explorer.compile(lambda a, w: a @ w, np.ones((256, k), np.float32), np.ones((k, 512), np.float32),
+                             target="cpu", verbose=False)
+        (kern,) = c.program.kernels
+        assert any(isinstance(s, L.MicroKernel) for s in L.walk(kern.body))
+        ops[k] = threads.kernel_work(kern)[0]
+        assert ops[k] >= 256 * 512 * k / 8          # at least one vector instruction per 8 multiply-adds
+    assert ops[512] > 6 * ops[64]
 
 
 @needs_cc
@@ -204,11 +218,18 @@ def test_pool_limits_are_respected():
     assert pool.pooled_bytes == 3072                            # only the held block remains
 
 
+def _matmul_plus_one(a, b):
+    return a @ b + 1
+
+
+# a 256 KB output comes from POOL; a 16 KB one is recycled by the fast call path itself (OWN_OUTPUT_BYTES)
 @needs_cc
-def test_a_held_result_is_never_overwritten():
+@pytest.mark.parametrize("fn, shape", [(_chain, (1 << 16,)), (_matmul_plus_one, (64, 64))], ids=["pool", "own"])
+def test_a_held_result_is_never_overwritten(fn, shape):
     rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((2, 1 << 16), dtype=np.float32)
-    c = explorer.compile(_chain, a, b, target="cpu", verbose=False)
+    a, b = rng.standard_normal((2, *shape), dtype=np.float32)
+    c = explorer.compile(fn, a, b, target="cpu", verbose=False)
+    assert (c(a, b).nbytes <= cpu.OWN_OUTPUT_BYTES) == (fn is _matmul_plus_one)
     r1 = c(a, b)
     keep = r1.copy()
     r2 = c(b, a)
@@ -222,9 +243,25 @@ def test_a_held_result_is_never_overwritten():
     del r3
     r4 = c(a, b)                                             # r3 dropped: its memory comes back
     assert r4.ctypes.data == ptr3
-    np.testing.assert_allclose(r4, _chain(a, b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r4, fn(a, b), rtol=1e-5, atol=1e-5)
     r5 = c(r4, b)                                            # a result passed back in: no aliasing
-    np.testing.assert_allclose(r5, _chain(keep * 0 + _chain(a, b), b), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(r5, fn(fn(a, b), b), rtol=1e-4, atol=1e-3)
+
+
+def test_take_again_reuses_its_hint_only_while_free_and_pooled():
+    pool = cpu.BufferPool(limit_bytes=4096)
+    a, pa, hint = pool.take_again(None, (256,), np.float32, 1024)
+    b, pb, hint_b = pool.take_again(hint, (256,), np.float32, 1024)
+    assert pb != pa and (hint_b[0] is not hint[0])              # a is held: another block
+    del a
+    c, pc, hint = pool.take_again(hint, (256,), np.float32, 1024)
+    assert pc == pa                                             # dropped: the hinted block again
+    del c, b
+    pool.empty_cache()                                          # released: the hint must miss
+    d, pd, _ = pool.take_again(hint, (256,), np.float32, 1024)
+    assert pool.pooled_bytes == 1024 and hint[0][1] is None
+    e, pe, _ = pool.take_again(hint, (256,), np.float32, 1024)
+    assert pe != pd                                             # never a block the pool let go of twice
 
 
 @needs_cc
@@ -239,17 +276,23 @@ def test_temporaries_and_outputs_in_an_unfused_program():
     assert len({o.ctypes.data for o in outs}) == 3
 
 
+# unfused: outputs from POOL and temporaries from per-call sets; small: outputs the fast call path recycles
 @needs_cc
-def test_concurrent_calls_from_threads_get_their_own_buffers():
+@pytest.mark.parametrize("fn, shape, fuse, calls", [(_chain, (1 << 15,), False, 30),
+                                                    (_matmul_plus_one, (16, 16), True, 300)], ids=["unfused", "small"])
+def test_concurrent_calls_from_threads_get_their_own_buffers(fn, shape, fuse, calls):
     rng = np.random.default_rng(2)
-    xs = [rng.standard_normal(1 << 15, dtype=np.float32) for _ in range(4)]
-    c = explorer.compile(_chain, xs[0], xs[1], target="cpu", fuse=False, verbose=False)
+    xs = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
+    c = explorer.compile(fn, xs[0], xs[1], target="cpu", fuse=fuse, verbose=False)
     errors: list[str] = []
 
     def work(i: int) -> None:
-        for _ in range(30):
+        want = fn(xs[i], xs[(i + 1) % 4])
+        held: list[np.ndarray] = []
+        for k in range(calls):
             got = c(xs[i], xs[(i + 1) % 4])
-            if not np.allclose(got, _chain(xs[i], xs[(i + 1) % 4]), rtol=1e-5, atol=1e-6):
+            held = [got] if k % 3 else held + [got]     # some results held across calls, some dropped
+            if not all(np.allclose(h, want, rtol=1e-5, atol=1e-5) for h in held):
                 errors.append(f"thread {i}")
     ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in ts:

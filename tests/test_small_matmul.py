@@ -41,6 +41,13 @@ CASES = [
     ("f64", lambda x, w: x @ w, (arr(16, 24, dtype=np.float64), arr(24, 40, dtype=np.float64)), "one thread"),
     ("i32", lambda x, w: x @ w, ((arr(12, 20) * 3).astype(np.int32), (arr(20, 36) * 3).astype(np.int32)),
      "one thread"),
+    # 4 k steps per accumulator load/store (K % 4 == 0), up to 16 rows a pass: a 1-row tail, a tile
+    # halved to fit L1 (f64, 16 x 200 x 8 B > 16 KB), K = 4 (no split), K = 12 with a ragged N
+    ("M tail 17x8@8x40", lambda x, w: x @ w, (arr(17, 8), arr(8, 40)), "one thread"),
+    ("f64 tile halved 16x16@16x200", lambda x, w: x @ w,
+     (arr(16, 16, dtype=np.float64), arr(16, 200, dtype=np.float64)), "one thread"),
+    ("K=4 3x4@4x20", lambda x, w: x @ w, (arr(3, 4), arr(4, 20)), "one thread"),
+    ("K=12 20x12@12x77", lambda x, w: x @ w, (arr(20, 12), arr(12, 77)), "one thread"),
     # B read transposed: not contiguous along j, so the register-tiled path packs it instead
     ("x @ w.T", lambda x, w: x @ w.T, (arr(16, 64), arr(48, 64)), None),
     # over the size limit: the parallel register-tiled schedule
@@ -112,3 +119,30 @@ def test_integer_power_epilogue_is_multiplied_out(dtype):
     for got, want in zip(c2(z), (z ** 2, z ** 3)):
         np.testing.assert_array_equal(got, want)
         assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
+def _parallel_pragmas_and_depth(source: str, name: str) -> list[int]:
+    """For each `omp parallel` pragma of kernel `name`: how many for-loops enclose it."""
+    body = source[source.index(f"void {name}("):].splitlines()
+    depths, depth = [], 0
+    for line in body:
+        if "omp parallel" in line:
+            depths.append(depth)
+        depth += line.count("for (") if line.lstrip().startswith("for (") else 0
+        depth -= line.count("}") if line.strip() == "}" and depth else 0
+    return depths
+
+
+# (shape, for-loops around the one parallel loop): B panels or batch items across threads sit outermost
+# (one fork/join per call); with fewer than PARALLEL_PANELS panels the row tiles inside each panel
+# split instead (8 regions for 8 panels, each ~4 M multiply-adds here)
+@pytest.mark.parametrize("shape, depth", [((256, 512, 1536), 0), ((2, 128, 64, 256), 0), ((1024, 256, 128), 1)],
+                         ids=["panels across threads", "batch across threads", "few panels: rows across threads"])
+def test_large_matmul_parallel_loop_placement(shape, depth):
+    *batch, m, k, n = shape
+    x, w = arr(*batch, m, k), arr(*batch, k, n)
+    c = explorer.compile(lambda x, w: x @ w, x, w, target="cpu", verbose=False)
+    kern = c.kernels[0]
+    assert _parallel_pragmas_and_depth(kern.source, kern.name) == [depth], kern.source
+    want = x @ w
+    np.testing.assert_allclose(c(x, w), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

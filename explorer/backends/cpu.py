@@ -344,29 +344,57 @@ class BufferPool:
         if nbytes is None:
             nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         with self._lock:
-            blocks = self._blocks.get(nbytes)
-            if blocks is not None:
-                free = self._free_refs
-                for b in blocks:
-                    if self._refs(b) == free:
-                        typed = b[1]
-                        if typed.shape != shape or typed.dtype != dtype:
-                            typed = b[1] = self._typed(b[0], b[2], nbytes, shape, dtype)
-                        self._tick += 1
-                        b[3] = self._tick
-                        self.stats["hits"] += 1
-                        return typed.view(), b[2]
-            self.stats["misses"] += 1
-            block = self._new_block(nbytes, shape, np.dtype(dtype))
-            self._tick += 1
-            block[3] = self._tick
-            if blocks is None:
-                blocks = self._blocks[nbytes] = []
-            if len(blocks) >= self.per_size or not self._make_room(nbytes):
-                self.stats["unpooled"] += 1
-                return block[1], block[2]                      # not kept: plain garbage once dropped
-            blocks.append(block)
-            return block[1].view(), block[2]
+            a, p, _ = self._take(shape, dtype, nbytes)
+        return a, p
+
+    def take_again(self, hint: tuple | None, shape: tuple[int, ...], dtype: Any,
+                   nbytes: int) -> tuple[np.ndarray, int, tuple | None]:
+        """take(), trying first `hint`: what this returned to the same caller last time (its third item).
+        A call path that runs again and again, its caller dropping each result, gets its block back
+        with one reference count check instead of a search.
+
+        >>> pool = BufferPool()
+        >>> a, pa, hint = pool.take_again(None, (4,), np.float32, 16); del a
+        >>> b, pb, hint = pool.take_again(hint, (4,), np.float32, 16); pb == pa
+        True
+        """
+        with self._lock:
+            if hint is not None:
+                block, typed = hint
+                # block[1] is still the typed view the hint saw: neither released (None) nor retyped
+                if block[1] is typed and self._refs(block) == self._free_refs:
+                    self._tick += 1
+                    block[3] = self._tick
+                    self.stats["hits"] += 1
+                    return typed.view(), block[2], hint
+            a, p, block = self._take(shape, dtype, nbytes)
+            return a, p, (None if block is None else (block, block[1]))
+
+    def _take(self, shape: tuple[int, ...], dtype: Any, nbytes: int) -> tuple[np.ndarray, int, list | None]:
+        """take() under the lock: (array, pointer, its pool block or None when the block is not kept)."""
+        blocks = self._blocks.get(nbytes)
+        if blocks is not None:
+            free = self._free_refs
+            for b in blocks:
+                if self._refs(b) == free:
+                    typed = b[1]
+                    if typed.shape != shape or typed.dtype != dtype:
+                        typed = b[1] = self._typed(b[0], b[2], nbytes, shape, dtype)
+                    self._tick += 1
+                    b[3] = self._tick
+                    self.stats["hits"] += 1
+                    return typed.view(), b[2], b
+        self.stats["misses"] += 1
+        block = self._new_block(nbytes, shape, np.dtype(dtype))
+        self._tick += 1
+        block[3] = self._tick
+        if blocks is None:
+            blocks = self._blocks[nbytes] = []
+        if len(blocks) >= self.per_size or not self._make_room(nbytes):
+            self.stats["unpooled"] += 1
+            return block[1], block[2], None                 # not kept: plain garbage once dropped
+        blocks.append(block)
+        return block[1].view(), block[2], block
 
     @staticmethod
     def _typed(raw: np.ndarray, ptr: int, nbytes: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -382,7 +410,7 @@ class BufferPool:
             if not free:
                 return False
             _, n, i = min(free)
-            del self._blocks[n][i]
+            self._blocks[n].pop(i)[1] = None     # a caller's take_again hint to it misses from now on
             self.stats["released"] += 1
         return True
 
@@ -390,7 +418,12 @@ class BufferPool:
         """Release every free block (as torch.cuda.empty_cache); blocks still held stay."""
         with self._lock:
             for n in list(self._blocks):
-                keep = [b for b in self._blocks[n] if self._refs(b) != self._free_refs]
+                keep = []
+                for b in self._blocks[n]:
+                    if self._refs(b) != self._free_refs:
+                        keep.append(b)
+                    else:
+                        b[1] = None     # released: a caller's take_again hint to it misses from now on
                 self.stats["released"] += len(self._blocks[n]) - len(keep)
                 self._blocks[n] = keep
 
@@ -398,6 +431,7 @@ class BufferPool:
 # The pool every CPU executable allocates outputs (and temporaries above TEMP_SET_LIMIT) from.
 POOL = BufferPool()
 TEMP_SET_LIMIT = 64 << 20   # bytes of temporaries one executable may keep between calls
+OWN_OUTPUT_BYTES = 64 << 10  # outputs up to this size are recycled by the fast call path itself (fast_call)
 
 
 class CpuExecutable:
@@ -441,6 +475,10 @@ class CpuExecutable:
         self.thread_policy = threads.plan([gk.kernel for gk in codegen.kernels], self.cores, self.cores_why)
         self.thread_stats = {"serial": 0, "parallel": 0, "fewer_threads_busy": 0}
         self._plan = self._make_plan()
+        # every kernel runs on the calling thread: the team size is set once, not per kernel and call
+        self._serial_only = self._team is None or all(fixed for *_, fixed in self._plan)
+        if self._serial_only and self._team is not None:
+            self._team.value = 1
 
     # -- the call path: everything that does not depend on the inputs is computed once here ------
     def _make_plan(self):
@@ -477,6 +515,9 @@ class CpuExecutable:
                     raise ExplorerError(f"kernel parameter {p} is neither an input, an output, a temporary nor a "
                                         f"constant of program {prog.name}")
         self._out_slots = [slot[b.name] for b in prog.outputs]
+        self._hints: list[tuple | None] = [None] * len(self._alloc)   # what POOL.take_again gave each last call
+        self._spares: list[list | None] = [[] if nbytes <= OWN_OUTPUT_BYTES else None
+                                           for *_, nbytes in self._alloc]     # see _launch
         # the usual case, every output a fresh buffer in _alloc order: run returns that list as it is
         self._outs_are_new = self._out_slots == [("new", k) for k in range(len(self._alloc))]
         # every pointer of a call lives in one flat list: inputs, then new buffers, then constants
@@ -536,33 +577,103 @@ class CpuExecutable:
                 except TypeError:
                     pass
                 ptrs.append(p)
+        if self._outs_are_new:
+            return self._launch(ptrs)
+        new = self._launch(ptrs)
+        return [ins[i].copy() if kind == "in" else (self._fixed_array(i) if kind == "fixed" else new[i])
+                for kind, i in self._out_slots]
+
+    def _launch(self, ptrs: list[int]) -> list[np.ndarray]:
+        """Run the kernels on `ptrs` (the inputs' pointers, constants included): new output buffers and
+        a set of temporaries are appended, then the fixed constants'; returns the new buffers.
+
+        Small outputs (<= OWN_OUTPUT_BYTES) come from blocks of this executable's own, one list per
+        output, handed out again once the caller dropped the last result (the pool's rule: nobody but
+        us references the block) without the pool's lock and search; larger ones from POOL, whose
+        limit bounds what is kept."""
         new = []
-        take = POOL.take
-        for shape, dt, nbytes in self._alloc:
-            a, p = take(shape, dt, nbytes)
+        take, hints, spares = POOL.take_again, self._hints, self._spares
+        for k, (shape, dt, nbytes) in enumerate(self._alloc):
+            spare = spares[k]
+            if spare is None:
+                a, p, hints[k] = take(hints[k], shape, dt, nbytes)
+            else:
+                try:
+                    block = spare.pop()       # atomic under the GIL: no other call can claim it now
+                except IndexError:
+                    block = None
+                if block is None or sys.getrefcount(block[0]) != POOL._free_refs:   # the last result is held
+                    block = POOL._new_block(nbytes, shape, dt)
+                a, p = block[1].view(), block[2]
+                spare.append(block)           # the view handed out holds it until the caller drops it
             new.append(a)
             ptrs.append(p)
         temp_set = self._take_temp_set() if self._temp_specs else None
         if temp_set is not None:
             ptrs += temp_set[1]
         ptrs += self._fixed_ptrs
-        team = self._team
+        team, stats = self._team, self.thread_stats
         try:
-            for fn, pick, dec, fixed_team in self._plan:
-                if team is not None:
-                    if fixed_team:
-                        team.value = fixed_team
-                        self.thread_stats["serial"] += 1
-                    else:
-                        team.value = self._team_size(dec)
-                fn(*pick(ptrs))
+            if self._serial_only:
+                # team.value stays 1 (set in __init__): every executable of this library is this
+                # program, so none sets another team size on it
+                stats["serial"] += len(self._plan)
+                for fn, pick, _, _ in self._plan:
+                    fn(*pick(ptrs))
+            else:
+                for fn, pick, dec, fixed_team in self._plan:
+                    if team is not None:
+                        if fixed_team:
+                            team.value = fixed_team
+                            stats["serial"] += 1
+                        else:
+                            team.value = self._team_size(dec)
+                    fn(*pick(ptrs))
         finally:
             if temp_set is not None:
                 self._temp_sets.append(temp_set)
-        if self._outs_are_new:
-            return new
-        return [ins[i].copy() if kind == "in" else (self._fixed_array(i) if kind == "fixed" else new[i])
-                for kind, i in self._out_slots]
+        return new
+
+    def fast_call(self, specs: Sequence[tuple[tuple[int, ...], np.dtype]],
+                  consts: Sequence[np.ndarray]) -> Any:
+        """Compiled's call path for this program, as one closure: `call(args)` checks that `args` are
+        ndarrays exactly like `specs` (shape, dtype, C-contiguous) and returns run([*args, *consts],
+        checked=True), or None when they are not (the caller then takes the full path with its
+        conversions and clear errors). The checks and pointers of run's, then the same launch, with
+        everything that does not depend on the arguments looked up once.
+
+        >>> import numpy as np, explorer
+        >>> c = explorer.compile(lambda a: a + 1, np.ones(4, np.float32), target="cpu")
+        >>> call = c.executable().fast_call([((4,), np.dtype(np.float32))], [])
+        >>> call((np.zeros(4, np.float32),)), call((np.zeros(4, np.float64),))
+        ([array([1., 1., 1., 1.], dtype=float32)], None)
+        """
+        specs = [(tuple(shape), np.dtype(dt)) for shape, dt in specs]
+        consts = list(consts)     # the closure keeps them (and so their pointers) alive
+        const_ptrs = [a.ctypes.data for a in consts]
+        n_args, ndarray, ref = len(specs), np.ndarray, weakref.ref
+        cache: list[tuple[Any, int] | None] = [None] * n_args
+        launch, outs_are_new = self._launch, self._outs_are_new
+
+        def call(args: tuple) -> list[np.ndarray] | None:
+            if len(args) != n_args:
+                return None
+            ptrs = []
+            for i, a in enumerate(args):
+                shape, dt = specs[i]
+                if type(a) is not ndarray or a.dtype != dt or a.shape != shape or not a.flags.c_contiguous:
+                    return None
+                hit = cache[i]
+                if hit is not None and hit[0]() is a:    # see run(): a known array keeps its pointer
+                    ptrs.append(hit[1])
+                else:
+                    p = a.ctypes.data
+                    cache[i] = (ref(a), p)
+                    ptrs.append(p)
+            if not outs_are_new:     # an output that is an input or a constant: run() copies it
+                return self.run([*args, *consts], checked=True)
+            return launch(ptrs + const_ptrs)
+        return call
 
     def _take_temp_set(self) -> tuple[list[np.ndarray], list[int]]:
         """A set of this program's temporaries no other call is using (arrays, pointers)."""

@@ -180,15 +180,21 @@ def _expr_ops(e: L.Expr) -> int:
     return n
 
 
-def _stmts_ops(stmts, mult: int) -> int:
+def _stmts_ops(stmts, mult: int, lanes_once: bool = False) -> int:
     n = 0
     for s in stmts:
         if isinstance(s, L.For):
-            n += _stmts_ops(s.body, mult * max(0, s.extent))
+            lanes = lanes_once and s.kind == "vectorized"
+            n += _stmts_ops(s.body, mult * (1 if lanes else max(0, s.extent)), lanes_once)
         elif isinstance(s, L.If):
-            n += mult * _expr_ops(s.cond) + _stmts_ops(s.then, mult) + _stmts_ops(s.orelse, mult)
+            n += mult * _expr_ops(s.cond) + _stmts_ops(s.then, mult, lanes_once) + _stmts_ops(s.orelse, mult, lanes_once)
         elif isinstance(s, L.Store):
             n += mult * (1 + _expr_ops(s.value))
+        elif isinstance(s, L.MicroKernel):
+            # a register-tiled loop (passes/vectorize_cpu.py) is its loop's work, each lane group one
+            # vector instruction (registers, no per-lane loads): uncounted, a matmul's whole k loop
+            # went missing (a 67 M multiply-add product read as ~150 µs and ran on one thread)
+            n += mult * sum(_expr_ops(g) for g in s.guards) + _stmts_ops([s.loop], mult, lanes_once=True)
         else:
             n += mult * sum(_expr_ops(e) for e in L.stmt_exprs(s))
     return n

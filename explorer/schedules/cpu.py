@@ -157,7 +157,8 @@ def _cpu_default(c, knobs) -> Schedule:
         if small is not None:
             return small
     # matmul: B's column panel packed once per j tile (contiguous rows, no 4 KB-stride L1 aliasing),
-    # then row tiles across OpenMP threads, each keeping a TM x TN register tile of accumulators.
+    # then batch items, column panels or row tiles across OpenMP threads (one parallel region per call
+    # where the sizes allow), each keeping a TM x TN register tile of accumulators.
     # TM x TN accumulators as 32-byte vectors (codegen/c.py keeps them in registers): 6 rows x 2
     # vectors = 12 of the 16 AVX2 registers, plus 2 for the B row and 1 for the broadcast A value
     # (the BLIS Haswell micro-kernel shape); other dtypes keep the scalar (4, 32) tile.
@@ -168,22 +169,39 @@ def _cpu_default(c, knobs) -> Schedule:
     batch = [a.name for a in c.spatial[:-2]]
     io, ir = s.split("i", TM, names=("i_o", "i_r"))
     jo, jv = s.split("j", TN, names=("j_o", "j_v"))
+    bf = None
     if batch:
         bf = _fuse_all(s, batch, "batch")
         s.reorder(bf, jo, io, "k", ir, jv)
     else:
         s.reorder(jo, io, "k", ir, jv)
     tiny = c_extent(c, batch) * M * N * K < SMALL_MATMUL_MACS
+    panel_bytes = K * TN * 4
+    packed = len(c.operands) == 2 and knobs.get("shared", True) and panel_bytes <= 4 << 20
+    par = None
     if not tiny:   # a team per (batch, j tile) costs more than a tiny product (q @ k.T of one head)
-        s.parallel(io)
-    if len(c.operands) == 2 and knobs.get("shared", True) and K * TN * 4 <= 4 << 20:
+        # the outermost loop with enough iterations goes across threads, so a call opens one
+        # parallel region, not one per (batch, j panel): a region costs 2-60 µs here (waking a
+        # sleeping worker), and a 256x512 @ 512x1536 product has 96 panels of ~10 µs each. Inside
+        # such a loop each thread packs its own B panel on its own stack: at most PANEL_STACK_BYTES.
+        private_ok = not packed or panel_bytes <= PANEL_STACK_BYTES
+        if bf is not None and c_extent(c, batch) >= 2 and private_ok:
+            par = bf
+        elif -(-N // TN) >= PARALLEL_PANELS and private_ok:
+            par = jo
+        else:
+            par = io
+        s.parallel(par)
+    if packed:
         s.cache_read(c.operands[1], "local", at=jo)
     s.cache_write("local", at=io)
     s.unroll(ir)
     s.vectorize(jv)
+    where = ("one thread (under 2 M multiply-adds)" if tiny else
+             "batch items across OpenMP threads" if par == bf else
+             "B column panels across OpenMP threads" if par == jo else "row tiles across OpenMP threads")
     s.notes.append(f"matmul: B panel of {TN} columns packed contiguously, {TM}x{TN} register tile of "
-                   f"accumulators, " + ("one thread (under 2 M multiply-adds)" if tiny
-                                        else "row tiles across OpenMP threads"))
+                   f"accumulators, {where}")
     return s
 
 
@@ -191,8 +209,23 @@ def _cpu_default(c, knobs) -> Schedule:
 # as the whole product (16x64 @ 64x192 is 0.2 M: ~5 us serial, ~35 us with a team of two here).
 SMALL_MATMUL_MACS = 1 << 21
 PARALLEL_MATMUL_MACS = 1 << 20
+# From this many B column panels a large matmul splits the panels (not the row tiles) across threads:
+# one parallel region per call, and a few panels per thread even on 8 cores.
+PARALLEL_PANELS = 16
+# A B panel packed inside a parallel loop lives on a worker thread's stack (libgomp's default is the
+# process's stack limit, often 8 MB, but OMP_STACKSIZE may set less): bigger panels keep the row split.
+PANEL_STACK_BYTES = 1 << 20
 # The row-streaming tile (TM rows x all N columns of accumulators) must stay in L1 with room for B's row.
 STREAM_TILE_BYTES = 16 << 10
+# Rows of C per pass over B in row streaming (fewer when the tile would not fit STREAM_TILE_BYTES): B is
+# read from L1/L2 once per pass, and 16 rows x N accumulators of up to 16 KB stay in L1.
+STREAM_ROWS = 16
+# k steps per accumulator load/store in row streaming (products with M > 1): each SIMD group of the tile
+# is loaded once, takes STREAM_K_UNROLL multiply-adds in k order (the same roundings), and is stored
+# once. With one store per multiply-add (STREAM_K_UNROLL = 1) the stores limited the loop, and loads
+# of A and B that happened to share 4 KB offsets with recent tile stores waited on them: the same
+# kernel ran 2.7 or 4.6 µs depending on where the buffers lay (16x64 @ 64x192, measured).
+STREAM_K_UNROLL = 4
 
 
 def _unit_stride(e: L.Expr, var: str) -> bool:
@@ -212,12 +245,13 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
     """Row streaming for small products whose B rows are contiguous in j (x @ w, not x @ w.T):
 
         for i_o in range(M / TM):                 # serial: no OpenMP team for ~microseconds of work
-          acc[TM, N] = 0                          # TM rows of C, in L1
-          for k in range(K):
+          acc[TM, N] = 0                          # TM (<= 16) rows of C, in L1
+          for k_o in range(K / 4):
             for i_r in unrolled(TM):
               for j_o in range(N / 16):
                 for j_v in vectorized(16):
-                  acc[i_r, j] += a[i, k] * b[k, j]   # B streamed row by row, each row used TM times
+                  for k_i in unrolled(4):         # one load and one store of acc per 4 multiply-adds
+                    acc[i_r, j] += a[i, k] * b[k, j]   # B streamed row by row, each row used TM times
           out[i, :] = epilogue(acc[i_r, :])
 
     No packing (each B element is used M times at most, so a copy costs as much as the product),
@@ -235,7 +269,7 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
     if not b_loads or not all(x.indices and _unit_stride(x.indices[-1], "j") for x in b_loads):
         return None
     itemsize = 8 if acc_dt in ("f64", "i64") else 4
-    TM = min(M, 4)
+    TM = min(M, STREAM_ROWS)
     while TM > 1 and TM * N * itemsize > STREAM_TILE_BYTES:
         TM //= 2
     if TM * N * itemsize > STREAM_TILE_BYTES:
@@ -253,7 +287,16 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
         jo, jv = s.split("j", TN, names=("j_o", "j_v"))
     io, ir = s.split("i", TM, names=("i_o", "i_r"))
     batch_axes = [a.name for a in c.spatial[:-2]]
-    order = [io, "k", ir, jo, jv]
+    # a GEMV (M = 1) streams B from memory once: its tile stores are not what limits it; an operand
+    # that selects along k (a concat of heads, hstack(heads) @ w) keeps k whole, so tiling can split
+    # k at the selects' bounds (passes/index_split.py) into select-free loops
+    selects = any(isinstance(x, L.Select) for x in L.walk_expr(c.accums[0].value))
+    ku = STREAM_K_UNROLL if M > 1 and not selects and K % STREAM_K_UNROLL == 0 and K > STREAM_K_UNROLL else 1
+    if ku > 1:
+        ko, ki = s.split("k", ku, names=("k_o", "k_i"))
+        order = [io, ko, ir, jo, jv, ki]
+    else:
+        order = [io, "k", ir, jo, jv]
     if jp:
         order = [jp] + order
     if batch_axes:
@@ -264,6 +307,8 @@ def _cpu_small_matmul(c, M: int, N: int, K: int) -> Schedule | None:
     s.cache_write("local", at=io)
     s.unroll(ir)
     s.vectorize(jv)
+    if ku > 1:
+        s.unroll(ki)
     cols = N // chunks
     s.notes.append(f"small matmul ({macs} multiply-adds < {SMALL_MATMUL_MACS}): "
                    + (f"{chunks} column chunks across OpenMP threads, " if jp else "one thread (no OpenMP team), ")
