@@ -556,6 +556,8 @@ KNOBS = {
     "conv_tile_k": "conv2d output channels per block (CUDA/sim; default 32, capped by the channels)",
     "conv_tile_p": "conv2d output pixels per block (CUDA/sim; default 256 // conv_tile_k; "
                    "conv_tile_k x conv_tile_p <= 1024 threads)",
+    "conv_tile_c": "conv2d input channels per shared-memory reduction step (CUDA/sim; default 16, capped by "
+                   "the channels per group)",
 }
 
 
@@ -584,7 +586,7 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
             for v in t:
                 positive(name, v)
             out[name] = t
-    for k in ("threads", "vector", "chunk", "conv_tile_k", "conv_tile_p"):
+    for k in ("threads", "vector", "chunk", "conv_tile_k", "conv_tile_p", "conv_tile_c"):
         if k in out:
             positive(k, out[k])
     import numpy as np
