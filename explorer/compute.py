@@ -755,7 +755,12 @@ class _Generator:
         chains = set()
         for r in roots:
             chains |= {r} | st.descendants(r)
-        key = [l for l in order if l.name in foot and l.name in chains]
+        # the tile's last dimension is the loop that walks the load's last (contiguous) dimension, so that
+        # consecutive threads copy consecutive elements (NHWC: channels; NCHW: columns)
+        def last_dim(l: Leaf) -> int:
+            return max((d for d, ix in enumerate(ld.indices) for r in st.roots_of(l.name)
+                        if any(isinstance(v, L.Var) and v.name == r for v in L.walk_expr(ix))), default=-1)
+        key = sorted((l for l in order if l.name in foot and l.name in chains), key=last_dim)
         shape = [l.extent for l in key]
         bname = f"{ld.buffer.name}{'_' + cr.buffer.partition('#')[2] if '#' in cr.buffer else ''}_shared"
         double = cr.buffer in st.double_buffers
