@@ -540,7 +540,8 @@ def _validate_launch(st: AxisState, where: str) -> None:
 # ----------------------------------------------------------------------------- knobs and defaults
 KNOBS = {
     "tile": "matmul block tile (BM, BN, BK)",
-    "thread_tile": "matmul per-thread register tile (TM, TN)",
+    "thread_tile": "per-thread register tile: matmul (TM, TN); conv2d CPU (output columns, channels), "
+                   "CUDA/sim (output pixels, channels; default (2, 4) when oc >= 32 and pixels >= 32)",
     "threads": "threads per block for elementwise/reduction kernels (CUDA)",
     "vector": "elements per thread / SIMD chunk for elementwise kernels",
     "unroll": "unroll the innermost loops (bool)",

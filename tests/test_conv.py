@@ -386,7 +386,9 @@ def test_cuda_conv_tile_knobs_reach_the_schedule(tk, tp):
 
 
 @pytest.mark.parametrize("knobs,match", [({"conv_tile_k": 0}, "conv_tile_k"), ({"conv_tile_p": 2.5}, "conv_tile_p"),
-                                         ({"conv_tile_k": 32, "conv_tile_p": 256}, "1024")])
+                                         ({"conv_tile_k": 32, "conv_tile_p": 256, "thread_tile": (1, 1)}, "1024"),
+                                         ({"conv_tile_k": 32, "conv_tile_p": 256, "thread_tile": (3, 4)}, "divide"),
+                                         ({"thread_tile": (2, 2), "shared": False}, "shared memory")])
 def test_cuda_conv_tile_knob_bad_values(knobs, match):
     x, w, b = rnd(1, 32, 32, 32), rnd(3, 3, 32, 32, seed=1), rnd(32, seed=2)
     with pytest.raises(ExplorerError, match=match):
@@ -399,7 +401,8 @@ STAGED_CASES = ["same_relu", "stride2_relu", "valid_relu", "depthwise_relu", "on
 
 
 @pytest.mark.parametrize("knobs", [{}, {"conv_tile_c": 2, "conv_tile_p": 3}, {"conv_tile_c": 2, "conv_tile_k": 2,
-                                                                             "double_buffer": False}])
+                                                                             "double_buffer": False},
+                                   {"thread_tile": (2, 2), "conv_tile_p": 8, "conv_tile_c": 2}])
 @pytest.mark.parametrize("name", STAGED_CASES)
 def test_cuda_conv_staged_in_shared_memory_equals_numpy(name, knobs):
     """The default CUDA schedule stages the weight tile and the gathered input tile in shared memory (the
