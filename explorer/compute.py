@@ -677,6 +677,11 @@ class _Generator:
             if len(loads) <= int(nth or 0):
                 raise ScheduleError(f"cache_read({cr.buffer}): the accumulation does not read {cr.buffer}")
             ld = loads[int(nth or 0)]
+            if cr.scope == "shared" and not all(isinstance(ix, L.Const) or L.axis_stride_offset(ix) is not None
+                                                for ix in ld.indices):
+                # a window read (a conv's x[n, oh + kh - 1, ...]): stage the block's gathered values instead
+                self.plan_gather(cr, ld, at, foot, order, accums)
+                continue
             dims, shape, local_idx, base_idx, depth, strided = [], [], [], [], [], []
             for d, ix in enumerate(ld.indices):
                 if isinstance(ix, L.Const):
@@ -724,6 +729,82 @@ class _Generator:
             self.staging.setdefault(cr.at, []).append((cr, buf, copy))
             self.rewrites[ld] = (buf, tuple(local_idx))
             self.staged_dims[ld] = dims
+
+    def plan_gather(self, cr: CacheRead, ld: L.Load, at: Leaf, foot: set[str], order: Sequence[Leaf],
+                    accums) -> None:
+        """Stage a load whose indices mix loop axes (a convolution's x[n, oh * 2 + kh - 1, ow + kw - 1, ic])
+        as a gather tile: the factor of the accumulation that reads it (with its padding select) evaluated
+        once per combination of the loops inside `at` and the block's threads it depends on, the tile
+        indexed by those loops (an implicit-GEMM A tile: its rows the block's pixels, its columns the
+        channel step):
+
+            x_shared[pix_i, ic_i] = (in bounds ? x[n, oh + kh - 1, ow + kw - 1, ic_o * 16 + ic_i] : 0)  # per block
+            barrier()
+            acc += x_shared[pix_i, ic_i] * w_shared[..]
+
+        Out-of-range elements (a padding tap, a partial tile) are stored as zeros, so readers need no guard."""
+        where = f"cache_read({cr.buffer}, 'shared', at={cr.at})"
+        factor = None   # the largest sub-expression that reads ld and no other memory (the select around it)
+        for a in accums:
+            for x in L.walk_expr(a.value):
+                reads = {y for y in L.walk_expr(x) if isinstance(y, L.Load)}
+                if reads == {ld} and (factor is None or len(list(L.walk_expr(x))) > len(list(L.walk_expr(factor)))):
+                    factor = x
+        st = self.st
+        roots = {x.name for x in L.walk_expr(factor) if isinstance(x, L.Var) and x.name in self.vals}
+        chains = set()
+        for r in roots:
+            chains |= {r} | st.descendants(r)
+        # the tile's last dimension is the loop that walks the load's last (contiguous) dimension, so that
+        # consecutive threads copy consecutive elements (NHWC: channels; NCHW: columns)
+        def last_dim(l: Leaf) -> int:
+            return max((d for d, ix in enumerate(ld.indices) for r in st.roots_of(l.name)
+                        if any(isinstance(v, L.Var) and v.name == r for v in L.walk_expr(ix))), default=-1)
+        key = sorted((l for l in order if l.name in foot and l.name in chains), key=last_dim)
+        shape = [l.extent for l in key]
+        bname = f"{ld.buffer.name}{'_' + cr.buffer.partition('#')[2] if '#' in cr.buffer else ''}_shared"
+        double = cr.buffer in st.double_buffers
+        buf = L.Buffer(bname, ((2,) if double else ()) + tuple(shape), factor.dtype, "shared")
+        value = self.sub(factor)
+        conds = [L.BinOp("<", st.value(axis), L.Const(extent)) for axis, extent in st.guards
+                 if st.roots_of(axis) & roots]
+        tid, nthreads = self.thread_rank()
+        total = 1
+        for n in shape:
+            total *= n
+        e = L.Var(f"{bname}_e")
+        flat = L.simplify_expr(e * nthreads + tid)
+        decoded, inner = {}, total
+        for l in key:   # the last key loop fastest: consecutive threads copy consecutive channels
+            inner //= l.extent
+            v = flat / inner if inner != 1 else flat
+            decoded[l.name] = L.simplify_expr(v % l.extent if l is not key[0] else v)
+
+        def copy(k: L.Expr | None = None, slot: L.Expr | None = None) -> list[L.Stmt]:
+            env = dict(decoded)
+            if k is not None:
+                env[at.name] = L.simplify_expr(k)
+            lead = () if slot is None else (L.simplify_expr(slot),)
+            didx = lead + tuple(decoded[l.name] for l in key)
+            v = L.simplify_expr(L.substitute(value, env))
+            stmt: L.Stmt = L.Store(buf, didx, v)
+            if conds:
+                stmt = L.If(L.all_of([L.simplify_expr(L.substitute(c, env)) for c in conds]), (stmt,),
+                            (L.Store(buf, didx, zero_const(buf.dtype)),))
+            stmts = [stmt]
+            if total % nthreads:
+                stmts = [L.If(L.BinOp("<", flat, L.Const(total)), tuple(stmts))]
+            n = -(-total // nthreads)
+            return [L.For(e, n, tuple(stmts), "unrolled" if n <= 8 else "serial")]
+
+        if not key:
+            raise ScheduleError(f"{where}: {factor} depends on no loop inside {cr.at} and no thread; stage it at "
+                                f"an outer loop or not at all")
+        self.shared_allocs.append(buf)
+        self.staging.setdefault(cr.at, []).append((cr, buf, copy if double else copy()))
+        local = tuple(L.Var(l.name) for l in key)
+        self.rewrites[factor] = (buf, ((L.BinOp("%", L.Var(at.name), L.Const(2)),) if double else ()) + local)
+        self.staged_dims[factor] = [None] * len(buf.shape)
 
     def copy_code(self, src: L.Buffer, dst: L.Buffer, dims, base_idx, shape,
                   slot: L.Expr | None = None, perm: Sequence[int] | None = None,
@@ -786,7 +867,7 @@ class _Generator:
         rw = self.rewrites
 
         def fn(x: L.Expr):
-            if isinstance(x, L.Load) and x in rw:
+            if x in rw:   # a staged load, or a gathered factor (plan_gather)
                 buf, idx = rw[x]
                 return L.Load(buf, idx)
             return None
@@ -797,7 +878,7 @@ class _Generator:
         if not getattr(self, "rewrites", None):
             return e
         rw = self.rewrites
-        return L.map_expr(e, lambda x: L.Const(0) if isinstance(x, L.Load) and x in rw else None)
+        return L.map_expr(e, lambda x: L.Const(0) if x in rw else None)
 
 
 

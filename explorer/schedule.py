@@ -540,7 +540,8 @@ def _validate_launch(st: AxisState, where: str) -> None:
 # ----------------------------------------------------------------------------- knobs and defaults
 KNOBS = {
     "tile": "matmul block tile (BM, BN, BK)",
-    "thread_tile": "matmul per-thread register tile (TM, TN)",
+    "thread_tile": "per-thread register tile: matmul (TM, TN); conv2d CPU (output columns, channels), "
+                   "CUDA/sim (output pixels, channels; default (2, 4) when oc >= 32 and pixels >= 32)",
     "threads": "threads per block for elementwise/reduction kernels (CUDA)",
     "vector": "elements per thread / SIMD chunk for elementwise kernels",
     "unroll": "unroll the innermost loops (bool)",
@@ -556,6 +557,8 @@ KNOBS = {
     "conv_tile_k": "conv2d output channels per block (CUDA/sim; default 32, capped by the channels)",
     "conv_tile_p": "conv2d output pixels per block (CUDA/sim; default 256 // conv_tile_k; "
                    "conv_tile_k x conv_tile_p <= 1024 threads)",
+    "conv_tile_c": "conv2d input channels per shared-memory reduction step (CUDA/sim; default 16, capped by "
+                   "the channels per group)",
 }
 
 
@@ -584,7 +587,7 @@ def check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
             for v in t:
                 positive(name, v)
             out[name] = t
-    for k in ("threads", "vector", "chunk", "conv_tile_k", "conv_tile_p"):
+    for k in ("threads", "vector", "chunk", "conv_tile_k", "conv_tile_p", "conv_tile_c"):
         if k in out:
             positive(k, out[k])
     import numpy as np

@@ -179,7 +179,7 @@ TARGETS: Mapping[str, Target] = MappingProxyType({
         vector_lanes=MappingProxyType({"f32": 8, "i32": 8, "f64": 4, "i64": 4}),
         knobs_not_applicable=MappingProxyType({k: _GPU_ONLY for k in (
             "tile", "threads", "unroll", "shared", "double_buffer", "tensor_core", "conv_tile_k",
-            "conv_tile_p")})),
+            "conv_tile_p", "conv_tile_c")})),
     "sim": Target(
         name="sim", description="the SIMT simulator runs the CUDA schedule's loop IR and counts memory traffic",
         language="cuda", schedule_family="cuda", gpu=True, stash_reductions=False, measures="global_bytes",
@@ -192,7 +192,7 @@ TARGETS: Mapping[str, Target] = MappingProxyType({
         backend="reference", interprets_graph=True, model_device="cpu",
         knobs_not_applicable=MappingProxyType({k: _NO_SCHEDULE for k in (
             "tile", "thread_tile", "threads", "vector", "unroll", "shared", "double_buffer", "chunk",
-            "tensor_core", "attention_tile", "conv_tile_k", "conv_tile_p")})),
+            "tensor_core", "attention_tile", "conv_tile_k", "conv_tile_p", "conv_tile_c")})),
 })
 
 

@@ -488,8 +488,11 @@ def _conv2d(grp, name, members, buffers, out_buffers) -> Compute:
     accum = Accum(acc, "sum", L.BinOp("*", xv, wv), 0, _dt(m))
     idx = (n, oc, oh, ow) if layout == "NCHW" else (n, oh, ow, oc)
     stores = tuple(StoreDef(buf, idx, _cast(low.value(o, idx), buf.dtype)) for o, buf in out_buffers)
+    # the input and the weight, each read by one load (not a fused prologue): the CUDA schedule stages them
+    reads = [[y.buffer.name for y in L.walk_expr(v) if isinstance(y, L.Load)] for v in (xv, wv)]
+    operands = tuple(r[0] for r in reads) if all(len(r) == 1 for r in reads) and reads[0] != reads[1] else ()
     return Compute("contraction", name, spatial, red, (accum,), stores, inputs=tuple(low.used),
-                   outputs=tuple(buf for _, buf in out_buffers), pattern="conv2d")
+                   outputs=tuple(buf for _, buf in out_buffers), operands=operands, pattern="conv2d")
 
 
 def _reduction(grp, name, members, buffers, out_buffers, stash: bool = True) -> Compute:

@@ -106,27 +106,86 @@ def _cuda_default(c, knobs) -> Schedule:
 
 
 def _cuda_conv(c, knobs) -> Schedule:
-    """Direct convolution: a block owns TP output pixels x TK output channels, one thread per output,
-    each thread summing over (kh, kw, ic); threadIdx.x runs along the channels so a warp reads
-    consecutive weights (and, depthwise, consecutive input channels) in one transaction."""
+    """Convolution as an implicit GEMM: a block owns TP output pixels x TK output channels (the GEMM's
+    M x N tile), one thread per output; the reduction (kh, kw, ic) is the GEMM's K, walked in steps of
+    TC input channels per tap. Per step the block stages in shared memory the weight tile
+    w[kh, kw, ic step, oc tile] (TC x TK) and the input tile its pixels read (TP x TC, gathered through
+    the window with the padding as zeros: the im2col rows of the block, never materialised in global
+    memory), so each block reads every input value and weight it needs once per tap from global memory
+    instead of once per thread. Double-buffered (the copy of step k+1 overlaps the compute on step k)
+    when two slots fit. shared=False gives the direct schedule (each thread reads global memory);
+    threadIdx.x runs along the channels so a warp reads consecutive weights in one transaction."""
     s = Schedule()
     K = c.axis("oc").extent
+    Cg = c.axis("ic").extent
     P = c_extent(c, ["n", "oh", "ow"])
-    TK = min(knobs.get("conv_tile_k", 32), _pow2_at_most(K, 32))
-    TP = min(knobs.get("conv_tile_p", max(1, 256 // TK)), _pow2_at_most(P, 256))
-    if TP * TK > 1024:
-        raise ScheduleError(f"conv2d schedule: conv_tile_p {TP} x conv_tile_k {TK} = {TP * TK} threads per block; "
-                            f"CUDA allows at most 1024: lower conv_tile_p or conv_tile_k")
+    shared = knobs.get("shared", True) and len(c.operands) == 2
+    # a register tile of RP pixels x RK channels per thread (cache_write) once the layer is big enough to
+    # fill it: each value read from shared memory then feeds RK (or RP) multiply-adds, and a block covers
+    # a larger output tile with the same threads (fewer global reads of the other operand, fewer barriers)
+    RP, RK = knobs.get("thread_tile", (2, 4) if shared and K >= 32 and P >= 32 else (1, 1))
+    if (RP, RK) != (1, 1) and not shared:
+        raise ScheduleError(f"schedule of {c.name}: thread_tile={(RP, RK)} (a register tile) needs the conv "
+                            f"operands staged in shared memory; drop thread_tile or shared=False")
+    TK = min(knobs.get("conv_tile_k", 32), _pow2_at_most(K, 32 if RK == 1 else 64))
+    TP = min(knobs.get("conv_tile_p", max(1, 256 // TK) if RP * RK == 1 else 32), _pow2_at_most(P, 256))
+    RP, RK = min(RP, TP), min(RK, TK)
+    if TP % RP or TK % RK:
+        raise ScheduleError(f"schedule of {c.name}: thread_tile {(RP, RK)} does not divide the block tile "
+                            f"conv_tile_p={TP} x conv_tile_k={TK}; use a thread_tile that divides it")
+    threads = (TP // RP) * (TK // RK)
+    if threads > 1024:
+        tile = f" / thread_tile {RP}x{RK}" if RP * RK > 1 else ""
+        raise ScheduleError(f"conv2d schedule: conv_tile_p {TP} x conv_tile_k {TK}{tile} = {threads} threads per "
+                            f"block; CUDA allows at most 1024: lower conv_tile_p or conv_tile_k")
+    if knobs.get("double_buffer") and not shared:
+        raise ScheduleError(f"schedule of {c.name}: double_buffer=True needs the conv operands staged in shared "
+                            f"memory, but " + ("shared=False" if knobs.get("shared") is False else
+                                               "the input or weight is computed (a fused prologue)")
+                            + "; drop double_buffer")
+    TC = min(knobs.get("conv_tile_c", 16), Cg)
     pix = s.fuse("n", "oh", "ow", name="pix")
     po, pi = s.split(pix, TP, names=("pix_o", "pix_i"))
     ko, ki = s.split("oc", TK, names=("oc_o", "oc_i"))
-    s.reorder(po, ko, pi, ki, "kh", "kw", "ic")
     s.bind(po, "blockIdx.x")
     s.bind(ko, "blockIdx.y")
-    s.bind(pi, "threadIdx.y")
-    s.bind(ki, "threadIdx.x")
-    s.notes.append(f"conv2d: direct, {TP} output pixels x {TK} output channels per block, one thread per output "
-                   f"accumulating over (kh, kw, ic); padding is a bounds select on the input load")
+    pt, pr = s.split(pi, RP, names=("pix_t", "pix_r")) if RP > 1 else (pi, None)
+    kt, kr = s.split(ki, RK, names=("oc_t", "oc_r")) if RK > 1 else (ki, None)
+    s.bind(pt, "threadIdx.y")
+    s.bind(kt, "threadIdx.x")
+    if not shared:
+        s.reorder(po, ko, pt, kt, "kh", "kw", "ic")
+        s.notes.append(f"conv2d: direct, {TP} output pixels x {TK} output channels per block, one thread per "
+                       f"output accumulating over (kh, kw, ic) from global memory; padding is a bounds select "
+                       f"on the input load" + ("" if knobs.get("shared") is False else
+                                               " (input or weight computed by a fused prologue: not staged)"))
+        return s
+    co, ci = s.split("ic", TC, names=("ic_o", "ic_i"))
+    regs = [a for a in (pr, kr) if a is not None]
+    s.reorder(po, ko, pt, kt, "kh", "kw", co, ci, *regs)
+    if regs:
+        s.cache_write("local", at=kt)
+        for a in (ci, *regs):
+            s.unroll(a)
+    x_name, w_name = c.operands
+    s.cache_read(x_name, "shared", at=co)
+    s.cache_read(w_name, "shared", at=co)
+    itemsize = 8 if c.accums and c.accums[0].buffer.dtype == "f64" else 4
+    tiles = (TP * TC + TC * TK) * itemsize
+    steps = c.axis("kh").extent * c.axis("kw").extent * -(-Cg // TC)
+    asked = knobs.get("double_buffer")
+    if asked and 2 * tiles > MAX_SHARED_BYTES:
+        raise ScheduleError(f"schedule of {c.name}: double_buffer=True needs 2 x {tiles} = {2 * tiles} bytes of "
+                            f"shared memory, over the {MAX_SHARED_BYTES}-byte (48 KiB) static limit; lower "
+                            f"conv_tile_c, conv_tile_p or conv_tile_k, or double_buffer=False")
+    double = asked if asked is not None else (2 * tiles <= MAX_SHARED_BYTES and -(-Cg // TC) > 1)
+    if double:
+        s.double_buffer(x_name)
+        s.double_buffer(w_name)
+    s.notes.append(f"conv2d: implicit GEMM, {TP} output pixels x {TK} output channels per block ({threads} "
+                   f"threads, " + (f"a {RP}x{RK} register tile each" if regs else "one output each") + f"); {steps} reduction steps of {TC} input channels per (kh, kw) tap, each staging the "
+                   f"block's {TP}x{TC} input tile (gathered through the window, padding as zeros) and "
+                   f"{TC}x{TK} weight tile in shared memory" + (" (double-buffered)" if double else ""))
     return s
 
 
