@@ -152,6 +152,15 @@ __device__ __forceinline__ T ke_allreduce(T v, T* smem, Op op) {
         for (int w = 1; w < NW; ++w) r = op(r, smem[row * NW + w]);
         __syncthreads();  /* smem is reused by the next reduction */
         return r;
+    } else if (32 % NX == 0 && ROWS > 1) {
+        /* Rows of NX lanes inside one warp (NX divides 32): butterfly among a row's lanes; no shared memory.
+           The mask names the warp's live lanes (a block of NX * ROWS threads may end in a partial warp). */
+        const int first = (threadIdx.x + NX * row) & ~31;
+        const int live = NX * ROWS - first < 32 ? NX * ROWS - first : 32;
+        const unsigned mask = live == 32 ? 0xffffffffu : ((1u << live) - 1u);
+        #pragma unroll
+        for (int o = NX / 2; o > 0; o >>= 1) v = op(v, ke_shfl_xor(mask, v, o));
+        return v;
     } else if (ROWS == 1) {
         /* One row whose last warp is partial: shuffle only among the lanes that exist. */
         constexpr int NW = (NX + 31) / 32;
@@ -198,6 +207,8 @@ def _allreduce_scratch(nx: int, rows: int) -> int:
     """Elements of shared scratch ke_allreduce<nx, rows> needs (mirrors the template above)."""
     if nx % 32 == 0:
         return rows * (nx // 32)
+    if 32 % nx == 0 and rows > 1:
+        return 1   # shuffles only; the argument must still name an array
     if rows == 1:
         return (nx + 31) // 32
     return nx * rows
