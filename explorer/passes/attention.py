@@ -34,6 +34,8 @@ block stages each K and V tile in shared memory between two barriers.
 from __future__ import annotations
 
 import functools
+
+import numpy as np
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -347,6 +349,9 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
         tile_body = []
     # scores of the tile: q·k, then the logits expression (scale, mask); keys past the end are -inf
     logit_ij, staged = (c.logit, {}) if gpu else _stage_row_key_loads(c.logit, c.score, jj, r, bq, bk)
+    shared_loads: dict[L.Load, L.Buffer] = {}
+    if G > 1:   # the logits' own loads (a mask): one thread of the row reads each, the others get it by shuffle
+        logit_ij, shared_loads = _one_lane_loads(logit_ij, c.score)
     logit = sub(logit_ij, i=i_row, j=j_safe)
     if staged:   # cpu: a mask read along (row, key) is staged per key tile in the scores' transposed layout
         tile_body += [L.Comment("stage the tile of " + ", ".join(sorted({x.buffer.name for x in staged}))
@@ -372,6 +377,9 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
                                  L.For(dd, c.d // G, (L.Store(s_buf, (jj,), L.BinOp("+", S(jj), L.BinOp("*", qd, k_at()))),)))),
                   L.For(jj, bk, (L.Store(q_k, (), S(jj)),
                                  L.ThreadAllReduce("sum", q_k, "threadIdx.x"),
+                                 *(st for x, buf in shared_loads.items()
+                                   for st in _read_on_one_lane(buf, sub(x, i=i_row, j=j_safe),
+                                                               L.BinOp("==", L.BinOp("%", jj, L.Const(G)), grp))),
                                  L.Store(s_buf, (jj,), L.Load(q_k, ())),
                                  L.Store(s_buf, (jj,), s_val)))]
     elif gpu:
@@ -413,7 +421,7 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
         store = [L.If(L.BinOp("<", i_out, L.Const(c.sq)), tuple(store))]
     allocs = [L.Alloc(b) for b in (m_buf, l_buf, acc, s_buf, m_new, alpha, rsum)]
     if G > 1:
-        allocs.append(L.Alloc(q_k))
+        allocs += [L.Alloc(q_k)] + [L.Alloc(b) for b in shared_loads.values()]
     if not gpu:
         m_safe_buf = L.Buffer("m_safe", (bq,), dt, "local")
         allocs += [L.Alloc(m_safe_buf)] + [L.Alloc(b) for b in staged.values()]
@@ -604,6 +612,38 @@ def _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha, rsum, v_at, r, jj, ee
                  L.For(jj, bk, (tile(L.Store(t.reg, R.indices, L.BinOp("+", R, L.BinOp("*", L.Load(s_buf, (jj, row)), v_col)))),)),
                  tile(L.Store(acc, (row, col), R))])
     return softmax + [L.Comment("acc_o = acc_o * alpha + p @ v of the tile (register tiles)"), pv]
+
+
+def _one_lane_loads(logit: L.Expr, score: L.Buffer) -> tuple[L.Expr, dict[L.Load, L.Buffer]]:
+    """(logit with each global load other than the score read from a 0-d local instead, {load: that local}).
+
+    With G threads per row every thread computes the row's logits; reading a mask in each of them would read
+    it G times (the simulator counts those reads, and they are real instructions). _read_on_one_lane reads it
+    once per row and shares it."""
+    found: dict[L.Load, L.Buffer] = {}
+
+    def swap(x: L.Expr) -> L.Expr | None:
+        if (not isinstance(x, L.Load) or x.buffer == score or x.buffer.scope != "global"
+                or any(isinstance(y, L.Load) for i in x.indices for y in L.walk_expr(i))):
+            return None
+        if x not in found:   # a name with a space: no user or generated name can take it
+            found[x] = L.Buffer(f"{x.buffer.name} of row{len(found) or ''}", (), x.dtype, "local")
+        return L.Load(found[x], ())
+    return L.map_expr(logit, swap), found
+
+
+def _read_on_one_lane(buf: L.Buffer, value: L.Expr, owner: L.Expr) -> list[L.Stmt]:
+    """buf = value on the lanes where `owner` holds, else max's identity; then a max over the row's threads
+    (warp shuffles) gives every thread of the row the value, bit for bit (max(x, -inf) is x, -0.0 and NaN too)."""
+    dt = L.np_dtype(buf.dtype)
+    if dt.kind == "f":
+        identity = L.Const(float("-inf"), buf.dtype)
+    elif dt.kind == "b":
+        identity = L.Const(False, buf.dtype)
+    else:
+        identity = L.Const(int(np.iinfo(dt).min), buf.dtype)
+    return [L.If(owner, (L.Store(buf, (), value),), (L.Store(buf, (), identity),)),
+            L.ThreadAllReduce("max", buf, "threadIdx.x")]
 
 
 def _to(e: L.Expr, dt: str) -> L.Expr:
