@@ -370,12 +370,13 @@ except ImportError as exc:   # pragma: no cover
 @pytest.mark.skipif(not _EMU_OK, reason="g++ is needed to emulate CUDA on the CPU")
 @pytest.mark.parametrize("d, tile", [(128, None), (128, (5, 7)), (96, (3, 8))])
 def test_split_row_cuda_runs_emulated(d, tile, rng):
-    """The printed CUDA itself (warp shuffles with the live-lane mask; (5, 7) and (3, 8) leave one partial warp
+    """The printed CUDA itself (ke_row_allreduce: warp shuffles with the live-lane mask; (5, 7) and (3, 8) leave one partial warp
     of 10 and 6 threads) run by tests/cuda_emu.py, one OS thread per CUDA thread, equals NumPy."""
     q, k, v = _qkv(rng, 1, 2, 37, d)
     for fn, args in ((attention, (q, k, v)), (masked_attention, (q, k, v, _causal(37)))):
         c = explorer.compile(fn, *args, target="sim", schedule={"attention_tile": tile} if tile else None)
-        assert "ke_allreduce<2," in c.codegen.source()
+        src = c.codegen.source()
+        assert "ke_row_allreduce<2," in src and "ke_red_" not in src   # shuffles only, no shared scratch
         got, = cuda_emu.run(c.codegen, c.check_args(args))
         np.testing.assert_allclose(got, fn(*args), rtol=1e-4, atol=1e-5)
 
