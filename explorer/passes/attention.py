@@ -230,6 +230,9 @@ def attention_tiles(c: AttentionCompute, target: "str | Target", knobs: dict | N
         bq, bk = _cpu_default_tile(c)
     else:  # row_threads(c) threads per query row; 256 threads per block so K and V are read few times
         bq, bk = min(256 // row_threads(c), -(-c.sq // 32) * 32), 32
+        # K and V tiles within the static shared-memory limit (D = Dv = 256 would need 64 KiB at BK = 32)
+        while bk > 1 and min(bk, c.sk) * (c.d + c.dv) * L.np_dtype(c.acc_dtype).itemsize > target.max_shared_bytes:
+            bk //= 2
     return max(1, min(int(bq), c.sq if not target.gpu else int(bq))), max(1, min(int(bk), c.sk))
 
 
@@ -372,6 +375,10 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
         q_stage = [L.Comment("stage the query block, transposed (once per block)"),
                    L.For(dd, c.d, (L.For(r, bq, (L.Store(q_tile, (dd, r), qd),)),))]
     q_k = L.Buffer("q_k", (), dt, "local")
+    # the row's thread that reads the logits' loads for key jj (none for keys past the end: their score is -inf)
+    mask_owner = L.BinOp("==", L.BinOp("%", jj, L.Const(G)), grp)
+    if key_tail:
+        mask_owner = L.BinOp("&&", mask_owner, L.BinOp("<", j_key, L.Const(c.sk)))
     if gpu and G > 1:   # partial q·k over the thread's columns; then the row's G threads sum them (warp shuffles)
         scores = [L.For(jj, bk, (L.Store(s_buf, (jj,), zero),
                                  L.For(dd, c.d // G, (L.Store(s_buf, (jj,), L.BinOp("+", S(jj), L.BinOp("*", qd, k_at()))),)))),
@@ -379,7 +386,7 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
                                  L.ThreadAllReduce("sum", q_k, "threadIdx.x"),
                                  *(st for x, buf in shared_loads.items()
                                    for st in _read_on_one_lane(buf, sub(x, i=i_row, j=j_safe),
-                                                               L.BinOp("==", L.BinOp("%", jj, L.Const(G)), grp))),
+                                                               mask_owner)),
                                  L.Store(s_buf, (jj,), L.Load(q_k, ())),
                                  L.Store(s_buf, (jj,), s_val)))]
     elif gpu:
