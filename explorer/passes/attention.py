@@ -30,6 +30,25 @@ them into vector micro-kernels). B1 H8 S1024 D64 f32 at 1 thread (Zen 5, CPU tim
 row-major scores and 8-lane tiles without FMA, 24.5 with FMA, 15.3 with 16-lane tiles, 12.5 transposed
 (2026-12-01; torch SDPA ~24). On cuda/sim each thread owns one query row (q row, s_tile, acc_o in registers) and the
 block stages each K and V tile in shared memory between two barriers.
+
+Large head dims on cuda/sim (row_threads): a row's registers are D (q) + Dv (acc_o) + BK (s_tile) floats. At D=64
+that is 160 and fits the 255 registers of a 256-thread block (ptxas: 243-255 registers, no spills); at D=128 it
+was ~290 and spilled (255 registers, 296 / 340 bytes of spill stores on sm_80 / sm_90, nvcc 13). So when D or Dv
+is over 64, G = 2 (4 at 256) threads share a row, as FlashAttention-2 spreads a row's work over a warp's lanes:
+thread g keeps columns g, g+G, ... of q and acc_o (interleaved, so the row's threads read adjacent shared-memory
+words), computes partial q·k for the tile's keys and the row's threads sum them with warp shuffles (a
+ThreadAllReduce over threadIdx.x: CUDA ke_row_allreduce, no shared memory). Each thread then holds the whole
+scores tile and runs the softmax itself; a mask in the logits is read by one thread of the row and shared (a max
+over the row with -inf elsewhere: exact). D=128: 0 spills, 254-255 registers; BQ = 256 / G rows per block keeps
+256 threads (K and V are read twice as often as at BQ=256). D <= 64 keeps the one-thread-per-row kernel unchanged.
+
+  for t in threadIdx.y(128): for g in threadIdx.x(2):          (D = 128)
+    q_row[d] = q[.., i, d*2 + g]                                 d < 64
+    for j_o: stage k_tile, v_tile; barrier
+      s_tile[jj] = sum_d q_row[d] * k_tile[jj, d*2 + g]          partial over the thread's 64 columns
+      q_k = s_tile[jj]; q_k = allreduce_sum(q_k, threadIdx.x); s_tile[jj] = logit(q_k)
+      online softmax on s_tile; acc_o[e] = acc_o[e]*alpha + sum_jj s_tile[jj] * v_tile[jj, e*2 + g]
+    out[.., i, e*2 + g] = acc_o[e] / l_run
 """
 from __future__ import annotations
 
@@ -453,6 +472,8 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
                       f"({c.d // G} + {c.dv // G} of {c.d} + {c.dv}: no register spills)",
                       f"cache_read(q, local): the thread's {c.d // G} columns of its query row",
                       f"allreduce(q_k, threadIdx.x): a row's {G} partial q·k sums meet by warp shuffles")
+            steps += tuple(f"cache_read({x.buffer.name}, local, one thread of the row): shared by allreduce_max"
+                           for x in shared_loads)
         steps += ("cache_read(k, shared, at=j_o)", "cache_read(v, shared, at=j_o)")
     elif target.scheduled:
         steps += ("parallel(blk)", "cache_read(q, local, at=blk, transposed)",
@@ -465,6 +486,10 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
         meta += (("vector_bytes", _vector_bytes()),)
     notes = (f"{ATTENTION_REASON}: each key tile's scores (s_tile) live in local memory; running max m_run and "
              f"sum l_run rescale the accumulator acc_o by exp(m_old - m_new), so no {c.sq}x{c.sk} buffer is written",)
+    if G > 1:
+        notes += (f"D={c.d}, Dv={c.dv}: {G} threads per query row, each with {c.d // G} + {c.dv // G} columns of q and "
+                  f"acc_o in registers (one thread per row would need ~{c.d + c.dv + bk} floats of registers and spill); "
+                  f"the row's partial q·k sums meet by warp shuffles",)
     if row_tail or key_tail:
         notes += ("the sequence is not a multiple of the tile: rows past the end are clamped and not stored, "
                   "keys past the end score -inf",)
