@@ -394,3 +394,12 @@ def test_attention_cuda_does_not_spill(arch, d, masked, rng):
     c = explorer.compile(fn, *args, target="cuda")
     r = nvcc.resource_report(c.stage("codegen").ir.source(), arch=arch)["flash_attention"]
     assert (r["spill_stores"], r["spill_loads"], r["stack_bytes"]) == (0, 0, 0), r
+
+
+@pytest.mark.parametrize("d, dv", [(128, 64), (64, 128)])
+def test_split_rows_with_other_value_dims(d, dv, rng):
+    """G follows the wider of D and Dv (2 threads per row here); q and k of different lengths."""
+    q, k, v = _qkv(rng, 2, 33, d, sk=45, dv=dv)
+    c = explorer.compile(attention, q, k, v, target="sim")
+    assert c.kernels[0].launch["block"] == (2, 64, 1)
+    np.testing.assert_allclose(c(q, k, v), attention(q, k, v), rtol=1e-4, atol=1e-5)
