@@ -311,3 +311,95 @@ def test_simulator_runs_the_cpu_loop_nests(avx512, monkeypatch, rng):
         assert staged == (fn is masked_attention)
         for prog in (vec, c.stage("lowered").ir.loops):
             np.testing.assert_allclose(S.run_program(prog, list(args))[0][0], fn(*args), rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- large head dims on the gpu (D = 128)
+@pytest.mark.parametrize("d, g", [(64, 1), (96, 2), (128, 2), (256, 4)])
+@pytest.mark.parametrize("mask", [False, True])
+def test_large_head_dims_on_sim_split_rows_over_threads(d, g, mask, rng):
+    """D > 64: G threads per query row (each keeps D/G columns of q and acc_o); seq 37 is not a multiple of the
+    tile. The simulator runs that loop IR (the warp-shuffle sum is a ThreadAllReduce) and equals NumPy. At
+    D=256 the default key tile shrinks so K and V stay within 48 KiB of shared memory."""
+    q, k, v = _qkv(rng, 2, 2, 37, d)
+    fn, args = (masked_attention, (q, k, v, _causal(37))) if mask else (attention, (q, k, v))
+    c = explorer.compile(fn, *args, target="sim")
+    assert [kk.name for kk in c.kernels] == ["flash_attention"]
+    steps = "; ".join(c.stage("tiled").ir.kernels[0].schedule)
+    if d == 64:   # unchanged: one thread per row
+        assert "one query row per thread" in steps and "threadIdx.y" not in steps, steps
+    else:
+        assert f"one query row per {g} threads" in steps and "allreduce(q_k, threadIdx.x)" in steps, steps
+        tiled = c.stage("tiled").text()
+        assert "for t in threadIdx.y(" in tiled and f"for g in threadIdx.x({g})" in tiled, tiled
+        # the mask is read by one thread of the row and shared (max over the row's threads), not read twice
+        assert ("mask of row" in tiled) == mask and ("allreduce_max(mask of row[]" in tiled) == mask, tiled
+    assert c.kernels[0].launch["shared_bytes"] <= 48 * 1024
+    np.testing.assert_allclose(c(*args), fn(*args), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_global_bytes_at_head_dim_128(mask, rng):
+    """The split rows read K and V once per block of 128 rows and the mask once per row (one thread of the row
+    reads it): at S=128 still below inputs + output + S×S/4."""
+    S, D = 128, 128
+    q, k, v = _qkv(rng, 1, 2, S, D)
+    args = (q, k, v) + ((np.ascontiguousarray(np.broadcast_to(_causal(S), (2, S, S))),) if mask else ())
+    fn = masked_attention if mask else attention
+    ex = explorer.compile(fn, *args, target="sim").executable()
+    np.testing.assert_allclose(ex.run(list(args))[0], fn(*args), rtol=1e-4, atol=1e-5)
+    total = ex.counters["total"]
+    moved = total["global_load_bytes"] + total["global_store_bytes"]
+    assert moved < sum(a.nbytes for a in args) + q.nbytes + (S * S // 4) * q.itemsize, moved
+
+
+def test_large_head_dim_tile_knob_counts_threads_per_row(rng):
+    q, k, v = _qkv(rng, 2, 40, 128)
+    with pytest.raises(explorer.ScheduleError, match=r"2048 threads per block \(2 per query row\).*BQ <= 512"):
+        explorer.compile(attention, q, k, v, target="sim", schedule={"attention_tile": (1024, 32)})
+
+
+_EMU_OK = False
+try:
+    try:
+        import cuda_emu  # type: ignore
+    except ImportError:
+        from tests import cuda_emu  # type: ignore
+    _EMU_OK, _EMU_WHY = cuda_emu.available()
+except ImportError as exc:   # pragma: no cover
+    _EMU_WHY = str(exc)
+
+
+@pytest.mark.skipif(not _EMU_OK, reason="g++ is needed to emulate CUDA on the CPU")
+@pytest.mark.parametrize("d, tile", [(128, None), (128, (5, 7)), (96, (3, 8))])
+def test_split_row_cuda_runs_emulated(d, tile, rng):
+    """The printed CUDA itself (ke_row_allreduce: warp shuffles with the live-lane mask; (5, 7) and (3, 8) leave one partial warp
+    of 10 and 6 threads) run by tests/cuda_emu.py, one OS thread per CUDA thread, equals NumPy."""
+    q, k, v = _qkv(rng, 1, 2, 37, d)
+    for fn, args in ((attention, (q, k, v)), (masked_attention, (q, k, v, _causal(37)))):
+        c = explorer.compile(fn, *args, target="sim", schedule={"attention_tile": tile} if tile else None)
+        src = c.codegen.source()
+        assert "ke_row_allreduce<2," in src and "ke_red_" not in src   # shuffles only, no shared scratch
+        got, = cuda_emu.run(c.codegen, c.check_args(args))
+        np.testing.assert_allclose(got, fn(*args), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not _NVCC_OK, reason=_NVCC_WHY)
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("d, masked", [(64, False), (128, False), (128, True)])
+def test_attention_cuda_does_not_spill(arch, d, masked, rng):
+    """ptxas: no spill stores/loads and no local-memory stack frame at D=64 and D=128 (one thread per row at
+    D=128 used 255 registers and 296 (sm_80) / 340 (sm_90) bytes of spill stores)."""
+    q, k, v = _qkv(rng, 1, 8, 1024, d)
+    fn, args = (masked_attention, (q, k, v, _causal(1024))) if masked else (attention, (q, k, v))
+    c = explorer.compile(fn, *args, target="cuda")
+    r = nvcc.resource_report(c.stage("codegen").ir.source(), arch=arch)["flash_attention"]
+    assert (r["spill_stores"], r["spill_loads"], r["stack_bytes"]) == (0, 0, 0), r
+
+
+@pytest.mark.parametrize("d, dv", [(128, 64), (64, 128)])
+def test_split_rows_with_other_value_dims(d, dv, rng):
+    """G follows the wider of D and Dv (2 threads per row here); q and k of different lengths."""
+    q, k, v = _qkv(rng, 2, 33, d, sk=45, dv=dv)
+    c = explorer.compile(attention, q, k, v, target="sim")
+    assert c.kernels[0].launch["block"] == (2, 64, 1)
+    np.testing.assert_allclose(c(q, k, v), attention(q, k, v), rtol=1e-4, atol=1e-5)

@@ -51,7 +51,7 @@ from ..passes.vectorize_cuda import vectorize_cuda
 from ..loopir import PRECEDENCE, UNARY_PRECEDENCE
 from . import Codegen, GeneratedKernel, fma_accumulation
 
-__all__ = ["generate_cuda", "PRELUDE", "WMMA_PRELUDE"]
+__all__ = ["generate_cuda", "PRELUDE", "WMMA_PRELUDE", "ROW_ALLREDUCE_PRELUDE"]
 
 MAX_THREADS_PER_BLOCK: int = get_target("cuda").max_threads_per_block  # type: ignore[assignment]
 _INT32_MAX = 2**31 - 1
@@ -188,6 +188,27 @@ WMMA_PRELUDE = r"""
 namespace wmma = nvcuda::wmma;"""
 
 _FRAG_TYPES = {"f16": "__half", "f32": "float"}
+
+
+# Added to the prelude when a kernel combines values over rows of 2..16 lanes (the attention kernel's split rows).
+ROW_ALLREDUCE_PRELUDE = r"""
+/* Combine v over the NX threads along threadIdx.x of each block row when NX divides 32 (rows of NX lanes inside
+   one warp): a butterfly among the row's lanes, no shared memory; every thread gets the result. The mask names
+   the warp's live lanes (a block of NX * ROWS threads may end in a partial warp). All threads must call it. */
+template <int NX, int ROWS, typename T, typename Op>
+__device__ __forceinline__ T ke_row_allreduce(T v, Op op) {
+    const int first = (threadIdx.x + NX * (threadIdx.y + blockDim.y * threadIdx.z)) & ~31;
+    const int live = NX * ROWS - first < 32 ? NX * ROWS - first : 32;
+    const unsigned mask = live == 32 ? 0xffffffffu : ((1u << live) - 1u);
+    #pragma unroll
+    for (int o = NX / 2; o > 0; o >>= 1) v = op(v, ke_shfl_xor(mask, v, o));
+    return v;
+}"""
+
+
+def _row_allreduce(nx: int, rows: int) -> bool:
+    """Whether ke_row_allreduce (shuffles only) combines over nx lanes: rows of 2..16 lanes inside a warp."""
+    return 1 < nx < 32 and 32 % nx == 0 and rows > 1
 
 
 def _uses_wmma(k: Kernel) -> bool:
@@ -467,11 +488,14 @@ class _KernelEmitter:
             raise VerificationError(f"kernel {self.kernel.name}: ThreadAllReduce buffer {s.buffer.name} must be 0-d")
         nx, ny, nz = self.block
         rows = ny * nz
+        b = self.access(s.buffer, ())
+        if _row_allreduce(nx, rows):
+            self.emit(depth, f"{b} = ke_row_allreduce<{nx}, {rows}>({b}, ke_op_{s.op}());")
+            return
         ctype = _COMPUTE[s.buffer.dtype]
         need = _allreduce_scratch(nx, rows)
         self.reduce_scratch[ctype] = max(self.reduce_scratch.get(ctype, 0), need)
         scratch = f"ke_red_{ctype.replace(' ', '_')}"
-        b = self.access(s.buffer, ())
         self.emit(depth, f"{b} = ke_allreduce<{nx}, {rows}>({b}, {scratch}, ke_op_{s.op}());")
 
     # -- float4 blocks (passes/vectorize_cuda.py): registers are ke_<name> (float4 loads) and ke_<name>_<lane>
@@ -610,6 +634,8 @@ def generate_cuda(program: Program, arch: str = "sm_80") -> Codegen:
                                     f"kernel names must be unique")
         seen.add(g.name)
     prelude = PRELUDE + (WMMA_PRELUDE if any(_uses_wmma(k) for k in program.kernels) else "")
+    if any("ke_row_allreduce<" in g.source for g in kernels):
+        prelude += "\n" + ROW_ALLREDUCE_PRELUDE
     used = {b.dtype for k in program.kernels for b in (*k.params, *(a.buffer for a in walk(k.body)
                                                                       if isinstance(a, Alloc)))}
     used |= {e.dtype for k in program.kernels for e in _exprs(k.body)}

@@ -30,10 +30,31 @@ them into vector micro-kernels). B1 H8 S1024 D64 f32 at 1 thread (Zen 5, CPU tim
 row-major scores and 8-lane tiles without FMA, 24.5 with FMA, 15.3 with 16-lane tiles, 12.5 transposed
 (2026-12-01; torch SDPA ~24). On cuda/sim each thread owns one query row (q row, s_tile, acc_o in registers) and the
 block stages each K and V tile in shared memory between two barriers.
+
+Large head dims on cuda/sim (row_threads): a row's registers are D (q) + Dv (acc_o) + BK (s_tile) floats. At D=64
+that is 160 and fits the 255 registers of a 256-thread block (ptxas: 243-255 registers, no spills); at D=128 it
+was ~290 and spilled (255 registers, 296 / 340 bytes of spill stores on sm_80 / sm_90, nvcc 13). So when D or Dv
+is over 64, G = 2 (4 at 256) threads share a row, as FlashAttention-2 spreads a row's work over a warp's lanes:
+thread g keeps columns g, g+G, ... of q and acc_o (interleaved, so the row's threads read adjacent shared-memory
+words), computes partial q·k for the tile's keys and the row's threads sum them with warp shuffles (a
+ThreadAllReduce over threadIdx.x: CUDA ke_row_allreduce, no shared memory). Each thread then holds the whole
+scores tile and runs the softmax itself; a mask in the logits is read by one thread of the row and shared (a max
+over the row with -inf elsewhere: exact). D=128: 0 spills, 254-255 registers; BQ = 256 / G rows per block keeps
+256 threads (K and V are read twice as often as at BQ=256). D <= 64 keeps the one-thread-per-row kernel unchanged.
+
+  for t in threadIdx.y(128): for g in threadIdx.x(2):          (D = 128)
+    q_row[d] = q[.., i, d*2 + g]                                 d < 64
+    for j_o: stage k_tile, v_tile; barrier
+      s_tile[jj] = sum_d q_row[d] * k_tile[jj, d*2 + g]          partial over the thread's 64 columns
+      q_k = s_tile[jj]; q_k = allreduce_sum(q_k, threadIdx.x); s_tile[jj] = logit(q_k)
+      online softmax on s_tile; acc_o[e] = acc_o[e]*alpha + sum_jj s_tile[jj] * v_tile[jj, e*2 + g]
+    out[.., i, e*2 + g] = acc_o[e] / l_run
 """
 from __future__ import annotations
 
 import functools
+
+import numpy as np
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -214,9 +235,11 @@ def attention_tiles(c: AttentionCompute, target: "str | Target", knobs: dict | N
         bq, bk = knobs["attention_tile"]
         if target.gpu:
             threads, smem_limit = target.max_threads_per_block, target.max_shared_bytes
-            if bq > threads:
-                raise ScheduleError(f"schedule of {c.name}: attention_tile BQ={bq} means {bq} threads per block, "
-                                    f"over CUDA's {threads}; use BQ <= {threads}")
+            g = row_threads(c)
+            if bq * g > threads:
+                per_row = f" ({g} per query row)" if g > 1 else ""
+                raise ScheduleError(f"schedule of {c.name}: attention_tile BQ={bq} means {bq * g} threads per block"
+                                    f"{per_row}, over CUDA's {threads}; use BQ <= {threads // g}")
             smem = min(bk, c.sk) * (c.d + c.dv) * L.np_dtype(c.acc_dtype).itemsize
             if smem > smem_limit:
                 raise ScheduleError(f"schedule of {c.name}: attention_tile BK={bk} stages {smem} bytes of K and V "
@@ -224,9 +247,29 @@ def attention_tiles(c: AttentionCompute, target: "str | Target", knobs: dict | N
                                     f"use a smaller BK")
     elif not target.gpu:
         bq, bk = _cpu_default_tile(c)
-    else:  # one thread per query row; one block holds up to 256 rows so K and V are read few times
-        bq, bk = min(256, -(-c.sq // 32) * 32), 32
+    else:  # row_threads(c) threads per query row; 256 threads per block so K and V are read few times
+        bq, bk = min(256 // row_threads(c), -(-c.sq // 32) * 32), 32
+        # K and V tiles within the static shared-memory limit (D = Dv = 256 would need 64 KiB at BK = 32)
+        while bk > 1 and min(bk, c.sk) * (c.d + c.dv) * L.np_dtype(c.acc_dtype).itemsize > target.max_shared_bytes:
+            bk //= 2
     return max(1, min(int(bq), c.sq if not target.gpu else int(bq))), max(1, min(int(bk), c.sk))
+
+
+ROW_SLICE = 64   # columns of q and of acc_o one gpu thread keeps in registers
+
+
+def row_threads(c: AttentionCompute) -> int:
+    """Threads per query row of the gpu kernel: 1 while a row's q and acc_o (D + Dv floats) fit one thread, else
+    the smallest power of two G (dividing D and Dv, at most 32) that leaves each thread <= ROW_SLICE columns.
+
+    One thread per row keeps q (D), acc_o (Dv) and the scores tile (BK) in registers: ~160 floats at D=64 fit the
+    255 registers a thread may have at 256 threads per block, but D=128 needed ~290 and spilled (nvcc 12, sm_90:
+    255 registers, 340 bytes of spill stores). Splitting the row's columns over G threads, as FlashAttention-2
+    splits work, keeps each thread at the D=64 footprint; the G partial q·k sums meet by warp shuffles."""
+    g, width = 1, max(c.d, c.dv)
+    while -(-width // g) > ROW_SLICE and c.d % (2 * g) == 0 and c.dv % (2 * g) == 0 and 2 * g <= 32:
+        g *= 2
+    return g
 
 
 def _cpu_default_tile(c: AttentionCompute) -> tuple[int, int]:
@@ -260,6 +303,9 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
     nblk = -(-c.sq // bq)
     ntile = -(-c.sk // bk)
     gpu = target.gpu
+    # gpu: G threads per query row (row_threads); thread g of a row owns columns g, g + G, ... of q and acc_o
+    G = row_threads(c) if gpu else 1
+    grp = L.Var("g")
     dt = c.acc_dtype
     ninf, zero = L.Const(float("-inf"), dt), L.Const(0.0, dt)
     blk = L.Var("blk")
@@ -285,7 +331,7 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
     rshape: tuple[int, ...] = () if gpu else (bq,)
     m_buf = L.Buffer("m_run", rshape, dt, "local")
     l_buf = L.Buffer("l_run", rshape, dt, "local")
-    acc = L.Buffer("acc_o", rshape + (c.dv,), dt, "local")
+    acc = L.Buffer("acc_o", rshape + (c.dv // G,), dt, "local")
     # cpu: the scores tile transposed (keys x query rows), so the softmax runs along the rows' vectors
     s_buf = L.Buffer("s_tile", rshape + (bk,) if gpu else (bk, bq), dt, "local")
     m_new = L.Buffer("m_new", rshape, dt, "local")
@@ -298,27 +344,36 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
     if gpu:
         k_tile = L.Buffer("k_tile", (bk, c.d), dt, "shared")
         v_tile = L.Buffer("v_tile", (bk, c.dv), dt, "shared")
-        k_at = lambda: L.Load(k_tile, (jj, dd))  # noqa: E731
+        k_at = lambda: L.Load(k_tile, (jj, col(dd)))  # noqa: E731
     else:  # the query block transposed, staged once per block: score vectors run along its rows
         q_tile = L.Buffer("qt_tile", (c.d, bq), dt, "local")
         v_tile = None
+    def col(x: L.Expr) -> L.Expr:
+        """The q / v column of a thread's slice element x (interleaved: the G threads of a row read adjacent
+        shared-memory words, so a warp's reads of a K or V tile row never conflict)."""
+        return x if G == 1 else L.BinOp("+", L.BinOp("*", x, L.Const(G)), grp)
+
+    flat_thread = r if G == 1 else L.BinOp("+", L.BinOp("*", r, L.Const(G)), grp)
     S = (lambda *ix: L.Load(s_buf, ridx + ix)) if gpu else (lambda *ix: L.Load(s_buf, ix + (r,)))  # noqa: E731
 
     def over_rows(body: list[L.Stmt]) -> list[L.Stmt]:
         return body if gpu else [L.For(r, bq, tuple(body))]
 
     init = over_rows([L.Store(m_buf, ridx, ninf), L.Store(l_buf, ridx, zero),
-                      L.For(ee, c.dv, (L.Store(acc, ridx + (ee,), zero),))])
+                      L.For(ee, c.dv // G, (L.Store(acc, ridx + (ee,), zero),))])
     tile_body: list[L.Stmt] = [L.Comment("stage the key (and value) tile")]
     if gpu:
         tile_body += _coop_copy(k_tile, lambda a, b: sub(c.k_value, i=i_row, j=L.BinOp("+", L.BinOp("*", j_o, L.Const(bk)), a), d=b),
-                                bk, c.d, j_o, c.sk, bq, r) \
+                                bk, c.d, j_o, c.sk, bq * G, flat_thread) \
             + _coop_copy(v_tile, lambda a, b: sub(c.v_value, i=i_row, j=L.BinOp("+", L.BinOp("*", j_o, L.Const(bk)), a), e=b),
-                         bk, c.dv, j_o, c.sk, bq, r) + [L.Barrier()]
+                         bk, c.dv, j_o, c.sk, bq * G, flat_thread) + [L.Barrier()]
     else:
         tile_body = []
     # scores of the tile: q·k, then the logits expression (scale, mask); keys past the end are -inf
     logit_ij, staged = (c.logit, {}) if gpu else _stage_row_key_loads(c.logit, c.score, jj, r, bq, bk)
+    shared_loads: dict[L.Load, L.Buffer] = {}
+    if G > 1:   # the logits' own loads (a mask): one thread of the row reads each, the others get it by shuffle
+        logit_ij, shared_loads = _one_lane_loads(logit_ij, c.score)
     logit = sub(logit_ij, i=i_row, j=j_safe)
     if staged:   # cpu: a mask read along (row, key) is staged per key tile in the scores' transposed layout
         tile_body += [L.Comment("stage the tile of " + ", ".join(sorted({x.buffer.name for x in staged}))
@@ -331,14 +386,29 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
         s_val = L.Select(L.BinOp("<", j_key, L.Const(c.sk)), s_val, ninf)
     qd = sub(c.q_value, i=i_row, d=dd)
     q_stage: list[L.Stmt] = []
-    if gpu:  # the thread's query row in registers: q is read from global memory once
-        q_row = L.Buffer("q_row", (c.d,), dt, "local")
-        q_stage = [L.Alloc(q_row), L.For(dd, c.d, (L.Store(q_row, (dd,), qd),))]
+    if gpu:  # the thread's query row (its slice) in registers: q is read from global memory once
+        q_row = L.Buffer("q_row", (c.d // G,), dt, "local")
+        q_stage = [L.Alloc(q_row), L.For(dd, c.d // G, (L.Store(q_row, (dd,), sub(c.q_value, i=i_row, d=col(dd))),))]
         qd = L.Load(q_row, (dd,))
     else:
         q_stage = [L.Comment("stage the query block, transposed (once per block)"),
                    L.For(dd, c.d, (L.For(r, bq, (L.Store(q_tile, (dd, r), qd),)),))]
-    if gpu:
+    q_k = L.Buffer("q_k", (), dt, "local")
+    # the row's thread that reads the logits' loads for key jj (none for keys past the end: their score is -inf)
+    mask_owner = L.BinOp("==", L.BinOp("%", jj, L.Const(G)), grp)
+    if key_tail:
+        mask_owner = L.BinOp("&&", mask_owner, L.BinOp("<", j_key, L.Const(c.sk)))
+    if gpu and G > 1:   # partial q·k over the thread's columns; then the row's G threads sum them (warp shuffles)
+        scores = [L.For(jj, bk, (L.Store(s_buf, (jj,), zero),
+                                 L.For(dd, c.d // G, (L.Store(s_buf, (jj,), L.BinOp("+", S(jj), L.BinOp("*", qd, k_at()))),)))),
+                  L.For(jj, bk, (L.Store(q_k, (), S(jj)),
+                                 L.ThreadAllReduce("sum", q_k, "threadIdx.x"),
+                                 *(st for x, buf in shared_loads.items()
+                                   for st in _read_on_one_lane(buf, sub(x, i=i_row, j=j_safe),
+                                                               mask_owner)),
+                                 L.Store(s_buf, (jj,), L.Load(q_k, ())),
+                                 L.Store(s_buf, (jj,), s_val)))]
+    elif gpu:
         scores = [L.For(jj, bk, (L.Store(s_buf, (jj,), zero),
                                  L.For(dd, c.d, (L.Store(s_buf, (jj,), L.BinOp("+", S(jj), L.BinOp("*", qd, k_at()))),)),
                                  L.Store(s_buf, (jj,), s_val)))]
@@ -346,7 +416,7 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
         scores = _cpu_scores(s_buf, q_tile, sub(c.k_value, j=j_safe, d=dd), s_val, r, jj, dd, bq, bk, c.d, dt)
     M, Ml = L.Load(m_new, ridx), L.Load(m_buf, ridx)
     m_safe = L.Select(L.BinOp("==", M, ninf), zero, M)  # a row with every key masked so far: no NaN from -inf - -inf
-    v_at = L.Load(v_tile, (jj, ee)) if gpu else sub(c.v_value, j=j_safe, e=ee)
+    v_at = L.Load(v_tile, (jj, col(ee))) if gpu else sub(c.v_value, j=j_safe, e=ee)
     online = _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha, rsum, v_at, r, jj, ee, bq, bk, dt) if not gpu \
         else over_rows([
         L.Comment("online softmax: new running max, rescale by exp(m_old - m_new)"),
@@ -358,10 +428,10 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
                        L.Store(rsum, (), L.BinOp("+", L.Load(rsum, ()), S(jj))))),
         L.Store(l_buf, ridx, L.BinOp("+", L.BinOp("*", L.Load(l_buf, ridx), L.Load(alpha, ())), L.Load(rsum, ()))),
         L.Store(m_buf, ridx, M),
-        L.For(ee, c.dv, (L.Store(acc, ridx + (ee,), L.BinOp("*", L.Load(acc, ridx + (ee,)), L.Load(alpha, ()))),),
+        L.For(ee, c.dv // G, (L.Store(acc, ridx + (ee,), L.BinOp("*", L.Load(acc, ridx + (ee,)), L.Load(alpha, ()))),),
               kind="serial" if gpu else "vectorized"),
         L.Comment("accumulate p @ v of the tile"),
-        L.For(jj, bk, (L.For(ee, c.dv, (L.Store(acc, ridx + (ee,), L.BinOp("+", L.Load(acc, ridx + (ee,)),
+        L.For(jj, bk, (L.For(ee, c.dv // G, (L.Store(acc, ridx + (ee,), L.BinOp("+", L.Load(acc, ridx + (ee,)),
                                                                            L.BinOp("*", S(jj), v_at))),),
                              kind="serial" if gpu else "vectorized"),)),
     ])
@@ -370,18 +440,22 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
     if gpu:
         tile_body.append(L.Barrier())
     i_out = L.BinOp("+", i0, r)
-    out_idx = tuple(bidx[f"b{k}"] for k in range(len(c.batch))) + (i_out, ee)
-    store = [L.For(ee, c.dv, (L.Store(c.out, tuple(L.simplify_expr(x) for x in out_idx),
+    out_idx = tuple(bidx[f"b{k}"] for k in range(len(c.batch))) + (i_out, col(ee))
+    store = [L.For(ee, c.dv // G, (L.Store(c.out, tuple(L.simplify_expr(x) for x in out_idx),
                                       _to(L.BinOp("/", L.Load(acc, ridx + (ee,)), L.Load(l_buf, ridx)), c.out.dtype)),))]
     if row_tail:
         store = [L.If(L.BinOp("<", i_out, L.Const(c.sq)), tuple(store))]
     allocs = [L.Alloc(b) for b in (m_buf, l_buf, acc, s_buf, m_new, alpha, rsum)]
+    if G > 1:
+        allocs += [L.Alloc(q_k)] + [L.Alloc(b) for b in shared_loads.values()]
     if not gpu:
         m_safe_buf = L.Buffer("m_safe", (bq,), dt, "local")
         allocs += [L.Alloc(m_safe_buf)] + [L.Alloc(b) for b in staged.values()]
     keyloop = L.For(j_o, ntile, tuple(tile_body))
     if gpu:
-        thread = L.For(r, bq, tuple(allocs + q_stage + init + [keyloop] + store), kind="threadIdx.x")
+        row_body = tuple(allocs + q_stage + init + [keyloop] + store)
+        thread = L.For(r, bq, row_body, kind="threadIdx.x") if G == 1 else \
+            L.For(r, bq, (L.For(grp, G, row_body, kind="threadIdx.x"),), kind="threadIdx.y")
         body = [L.For(blk, nb * nblk, (L.Alloc(k_tile), L.Alloc(v_tile), thread), kind="blockIdx.x")]
     else:
         body = [L.For(blk, nb * nblk, tuple(allocs + [L.Alloc(q_tile)] + q_stage + init + [keyloop] + over_rows(store)),
@@ -389,8 +463,18 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
     steps = (f"attention(online softmax): {nb * nblk} blocks of {bq} query rows (batch fused), "
              f"{ntile} key tiles of {bk}", )
     if gpu:
-        steps += ("bind(blk, blockIdx.x)", "bind(t, threadIdx.x): one query row per thread",
-                  "cache_read(q, local): the thread's query row", "cache_read(k, shared, at=j_o)", "cache_read(v, shared, at=j_o)")
+        if G == 1:
+            steps += ("bind(blk, blockIdx.x)", "bind(t, threadIdx.x): one query row per thread",
+                      "cache_read(q, local): the thread's query row",)
+        else:
+            steps += ("bind(blk, blockIdx.x)", f"bind(t, threadIdx.y): one query row per {G} threads",
+                      f"bind(g, threadIdx.x): thread g keeps columns g, g+{G}, ... of q and acc_o "
+                      f"({c.d // G} + {c.dv // G} of {c.d} + {c.dv}: no register spills)",
+                      f"cache_read(q, local): the thread's {c.d // G} columns of its query row",
+                      f"allreduce(q_k, threadIdx.x): a row's {G} partial q·k sums meet by warp shuffles")
+            steps += tuple(f"cache_read({x.buffer.name}, local, one thread of the row): shared by allreduce_max"
+                           for x in shared_loads)
+        steps += ("cache_read(k, shared, at=j_o)", "cache_read(v, shared, at=j_o)")
     elif target.scheduled:
         steps += ("parallel(blk)", "cache_read(q, local, at=blk, transposed)",
                   "scores transposed (keys x query rows): the softmax is vectorized over the block's rows",
@@ -402,6 +486,10 @@ def generate_attention(c: AttentionCompute, target: "str | Target", knobs: dict 
         meta += (("vector_bytes", _vector_bytes()),)
     notes = (f"{ATTENTION_REASON}: each key tile's scores (s_tile) live in local memory; running max m_run and "
              f"sum l_run rescale the accumulator acc_o by exp(m_old - m_new), so no {c.sq}x{c.sk} buffer is written",)
+    if G > 1:
+        notes += (f"D={c.d}, Dv={c.dv}: {G} threads per query row, each with {c.d // G} + {c.dv // G} columns of q and "
+                  f"acc_o in registers (one thread per row would need ~{c.d + c.dv + bk} floats of registers and spill); "
+                  f"the row's partial q·k sums meet by warp shuffles",)
     if row_tail or key_tail:
         notes += ("the sequence is not a multiple of the tile: rows past the end are clamped and not stored, "
                   "keys past the end score -inf",)
@@ -556,6 +644,38 @@ def _cpu_online(c, s_buf, m_buf, l_buf, acc, m_new, alpha, rsum, v_at, r, jj, ee
                  L.For(jj, bk, (tile(L.Store(t.reg, R.indices, L.BinOp("+", R, L.BinOp("*", L.Load(s_buf, (jj, row)), v_col)))),)),
                  tile(L.Store(acc, (row, col), R))])
     return softmax + [L.Comment("acc_o = acc_o * alpha + p @ v of the tile (register tiles)"), pv]
+
+
+def _one_lane_loads(logit: L.Expr, score: L.Buffer) -> tuple[L.Expr, dict[L.Load, L.Buffer]]:
+    """(logit with each global load other than the score read from a 0-d local instead, {load: that local}).
+
+    With G threads per row every thread computes the row's logits; reading a mask in each of them would read
+    it G times (the simulator counts those reads, and they are real instructions). _read_on_one_lane reads it
+    once per row and shares it."""
+    found: dict[L.Load, L.Buffer] = {}
+
+    def swap(x: L.Expr) -> L.Expr | None:
+        if (not isinstance(x, L.Load) or x.buffer == score or x.buffer.scope != "global"
+                or any(isinstance(y, L.Load) for i in x.indices for y in L.walk_expr(i))):
+            return None
+        if x not in found:   # a name with a space: no user or generated name can take it
+            found[x] = L.Buffer(f"{x.buffer.name} of row{len(found) or ''}", (), x.dtype, "local")
+        return L.Load(found[x], ())
+    return L.map_expr(logit, swap), found
+
+
+def _read_on_one_lane(buf: L.Buffer, value: L.Expr, owner: L.Expr) -> list[L.Stmt]:
+    """buf = value on the lanes where `owner` holds, else max's identity; then a max over the row's threads
+    (warp shuffles) gives every thread of the row the value, bit for bit (max(x, -inf) is x, -0.0 and NaN too)."""
+    dt = L.np_dtype(buf.dtype)
+    if dt.kind == "f":
+        identity = L.Const(float("-inf"), buf.dtype)
+    elif dt.kind == "b":
+        identity = L.Const(False, buf.dtype)
+    else:
+        identity = L.Const(int(np.iinfo(dt).min), buf.dtype)
+    return [L.If(owner, (L.Store(buf, (), value),), (L.Store(buf, (), identity),)),
+            L.ThreadAllReduce("max", buf, "threadIdx.x")]
 
 
 def _to(e: L.Expr, dt: str) -> L.Expr:
