@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--against", metavar="REV", help="also measure our rows at git revision REV, interleaved")
     ap.add_argument("--rounds", type=int, default=6, help="--against: rounds per row (default 6)")
+    ap.add_argument("--only", metavar="TEXT", help="--against: only the rows whose name contains TEXT")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.torch_child:
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     if args.serve:
         return serve(args.quick)
     if args.against:
-        return against(args.against, args.quick, args.rounds)
+        return against(args.against, args.quick, args.rounds, args.only)
     from explorer.backends import cpu
     ok, why = cpu.available()
     if not ok:
@@ -304,6 +305,10 @@ def main(argv=None) -> int:
 
 
 # ---------------------------------------------------------------- --against: this tree vs REV
+# --serve: the team size each kernel call of a turn got (trees with a thread policy; empty for older ones)
+TEAMS: list[int] = []
+
+
 def row_makers(quick: bool) -> dict:
     """{row name: () -> (call, check)} for our rows: call() runs it once; check() -> max error.
     Only APIs every revision has: explorer.compile, Compiled.__call__/.benchmark's machinery."""
@@ -327,6 +332,7 @@ def row_makers(quick: bool) -> dict:
                 for k, (f, ptrs) in enumerate(calls):
                     if team is not None:
                         team.value = exe._team_size(policy[k])
+                        TEAMS.append(team.value)
                     f(*ptrs)
             return run, lambda: c.max_error(*args)
         return make
@@ -347,6 +353,7 @@ def row_makers(quick: bool) -> dict:
             for k, (f, ptrs) in enumerate(calls):
                 if team is not None:
                     team.value = exe._team_size(policy[k])
+                    TEAMS.append(team.value)
                 f(*ptrs)
         return run, lambda: 0.0
     n = sz["n"] >> 20
@@ -379,11 +386,12 @@ def serve(quick: bool) -> int:
             continue
         run = built[name]
         samples = []
+        del TEAMS[:]
         for _ in range(int(repeat)):
             t0 = time.perf_counter()
             run()
             samples.append((time.perf_counter() - t0) * 1e3)
-        print(json.dumps({"ms": samples}), flush=True)
+        print(json.dumps({"ms": samples, "teams": TEAMS}), flush=True)
     return 0
 
 
@@ -414,7 +422,7 @@ def _q(s: list[float], q: float) -> float:
 TURN_PAUSE_S = 0.2   # > libgomp's default spin time after a parallel region (~tens of ms here)
 
 
-def against(rev: str, quick: bool, rounds: int) -> int:
+def against(rev: str, quick: bool, rounds: int, only: str | None = None) -> int:
     root = Path(__file__).resolve().parents[1]
     sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], capture_output=True, text=True)
     if sha.returncode:
@@ -430,7 +438,7 @@ def against(rev: str, quick: bool, rounds: int) -> int:
     load = os.getloadavg()[0]
     print(f"this tree ({root}) vs {rev} = {sha.stdout.strip()} (git worktree {wt}); {os.cpu_count()} CPUs, "
           f"load average {load:.1f}; {rounds} rounds per row, children take turns (A B B A ...)")
-    rows = list(row_makers(quick))
+    rows = [n for n in row_makers(quick) if not only or only in n]
     res = {}
     slower = []
     try:
@@ -438,6 +446,7 @@ def against(rev: str, quick: bool, rounds: int) -> int:
             errs = (now.ask(name, 0)["err"], old.ask(name, 0)["err"])
             a_ms: list[float] = []
             b_ms: list[float] = []
+            teams: list[int] = []
             rep = 3 if ("1024" in name and "matmul" in name) or "1024x1024" in name else 5
             for r in range(rounds):
                 pair = (now, a_ms), (old, b_ms)
@@ -445,8 +454,11 @@ def against(rev: str, quick: bool, rounds: int) -> int:
                     # the old build's idle OpenMP workers spin after its turn (libgomp's default wait
                     # policy); let them fall asleep so they do not take the cores of the other child's turn
                     time.sleep(TURN_PAUSE_S)
-                    acc.extend(child.ask(name, rep)["ms"])
-            res[name] = (a_ms, b_ms, errs)
+                    got = child.ask(name, rep)
+                    acc.extend(got["ms"])
+                    if child is now:
+                        teams.extend(got.get("teams", []))
+            res[name] = (a_ms, b_ms, errs, teams)
     finally:
         now.close()
         old.close()
@@ -455,7 +467,7 @@ def against(rev: str, quick: bool, rounds: int) -> int:
     w = max(len(head), *(len(n) for n in rows))
     print(f"{head:<{w}}  {'before ms (IQR)':>26}  {'after ms (IQR)':>26}  {'after/before':>12}  verdict")
     for name in rows:
-        a_ms, b_ms, (ea, eb) = res[name]
+        a_ms, b_ms, (ea, eb), teams = res[name]
         ta, tb = measure.summarize(a_ms), measure.summarize(b_ms)
         r = measure.ratio(ta, tb)
         bad = r.value > 1.10
@@ -464,11 +476,18 @@ def against(rev: str, quick: bool, rounds: int) -> int:
         print(f"{name:<{w}}  {tb.median_ms:9.3f} ({tb.q1_ms:7.3f}-{tb.q3_ms:7.3f})  "
               f"{ta.median_ms:9.3f} ({ta.q1_ms:7.3f}-{ta.q3_ms:7.3f})  {measure.fmt_ratio(r.value):>12}  "
               f"{'SLOWER by > 10%' if bad else 'ok'}{' (unstable: rerun)' if r.unstable else ''}  "
-              f"(max err {eb:.2g} -> {ea:.2g})")
+              f"(max err {eb:.2g} -> {ea:.2g}; {_teams(teams)})")
     print(f"load average at the end {os.getloadavg()[0]:.1f}; "
           + (f"{len(slower)} row(s) slower by > 10%: {', '.join(slower)}" if slower else
              "no row slower than before by more than 10%"))
     return 1 if slower else 0
+
+
+def _teams(teams: list[int]) -> str:
+    """'threads 2 x17, 1 x1': the team sizes this tree's kernel calls got (the call-time policy)."""
+    if not teams:
+        return "threads: n/a"
+    return "threads " + ", ".join(f"{n} x{teams.count(n)}" for n in sorted(set(teams), reverse=True))
 
 
 def _torch_spec():
