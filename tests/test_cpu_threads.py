@@ -97,6 +97,13 @@ def test_our_own_runnable_openmp_workers_are_not_busy_cores():
     assert threads.busy_cores("0.5 0.4 0.3 1/96 1", cpus=2, cores=2, own_workers=1) == 0   # never below 0
     # a container's host-wide count: our workers come off before our share of the others is taken
     assert threads.busy_cores("9.0 8.0 7.0 34/900 1", cpus=64, cores=2, own_workers=1) == 1
+    # successive readings: a thread runnable in only some of them holds no core; the smallest count counts
+    q = "0.5 0.4 0.3 {}/96 1".format
+    assert threads.busy_cores((q(2), q(1)), cpus=2, cores=2, own_workers=0) == 0
+    assert threads.busy_cores((q(3), q(3), q(2)), cpus=2, cores=2, own_workers=0) == 1
+    assert threads.busy_cores((q(2), q(2), q(2)), cpus=2, cores=2, own_workers=0) == 1   # in every reading: busy
+    assert threads.busy_cores((q(2), "garbage"), cpus=2, cores=2, own_workers=0) == 1
+    assert threads.busy_cores(("garbage", q(1)), cpus=2, cores=2) is None
     text = threads.load_signal("0.5 0.4 0.3 2/96 1", cpus=2, cores=2, own_workers=1)
     assert "1 idle OpenMP worker of ours" in text and "0 of 2 usable cores taken" in text
     assert "would run 2 threads" in text
