@@ -127,11 +127,27 @@ def running_threads(loadavg_text: str | None = None) -> int | None:
     """
     try:
         if loadavg_text is None:
-            with open("/proc/loadavg") as f:
-                loadavg_text = f.read()
+            loadavg_text = _read_proc("/proc/loadavg")
         return int(loadavg_text.split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+_proc_fds: dict[str, int] = {}
+
+
+def _read_proc(path: str) -> str:
+    """A /proc file's current text through a descriptor kept open: pread regenerates it, ~2 µs
+    instead of ~3-18 µs for open + read + close (the busy-machine path reads several)."""
+    fd = _proc_fds.get(path)
+    if fd is None:
+        fd = _proc_fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return os.pread(fd, 512, 0).decode("ascii", "replace")
+    except OSError:
+        del _proc_fds[path]     # e.g. the thread has exited; the next call opens the path again
+        os.close(fd)
+        raise
 
 
 def busy_cores(loadavg_text: str | Sequence[str] | None = None, cpus: int | None = None, cores: int | None = None,
@@ -362,8 +378,7 @@ def omp_worker_tids(team: int) -> tuple[int, ...]:
 def thread_state(tid: int) -> str | None:
     """One letter from /proc/self/task/TID/stat (R running or runnable, S sleeping, ...); None if gone."""
     try:
-        with open(f"/proc/self/task/{tid}/stat") as f:
-            text = f.read()
+        text = _read_proc(f"/proc/self/task/{tid}/stat")
         return text[text.rindex(")") + 2]
     except (OSError, ValueError, IndexError):
         return None
