@@ -31,6 +31,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -305,8 +306,9 @@ def main(argv=None) -> int:
 
 
 # ---------------------------------------------------------------- --against: this tree vs REV
-# --serve: the team size each kernel call of a turn got (trees with a thread policy; empty for older ones)
-TEAMS: list[int] = []
+# --serve: the team size each kernel of a turn got and the most its policy allowed (trees with a thread
+# policy; empty for older ones)
+TEAMS: list[tuple[int, int]] = []
 
 
 def row_makers(quick: bool) -> dict:
@@ -332,7 +334,7 @@ def row_makers(quick: bool) -> dict:
                 for k, (f, ptrs) in enumerate(calls):
                     if team is not None:
                         team.value = exe._team_size(policy[k])
-                        TEAMS.append(team.value)
+                        TEAMS.append((team.value, policy[k].threads))
                     f(*ptrs)
             return run, lambda: c.max_error(*args)
         return make
@@ -353,7 +355,7 @@ def row_makers(quick: bool) -> dict:
             for k, (f, ptrs) in enumerate(calls):
                 if team is not None:
                     team.value = exe._team_size(policy[k])
-                    TEAMS.append(team.value)
+                    TEAMS.append((team.value, policy[k].threads))
                 f(*ptrs)
         return run, lambda: 0.0
     n = sz["n"] >> 20
@@ -385,13 +387,15 @@ def serve(quick: bool) -> int:
             print(json.dumps({"err": float(check())}), flush=True)
             continue
         run = built[name]
-        samples = []
+        samples, shrunk = [], []
         del TEAMS[:]
         for _ in range(int(repeat)):
+            n0 = len(TEAMS)
             t0 = time.perf_counter()
             run()
             samples.append((time.perf_counter() - t0) * 1e3)
-        print(json.dumps({"ms": samples, "teams": TEAMS}), flush=True)
+            shrunk.append(any(n < most for n, most in TEAMS[n0:]))   # the load signal took threads away
+        print(json.dumps({"ms": samples, "teams": [n for n, _ in TEAMS], "shrunk": shrunk}), flush=True)
     return 0
 
 
@@ -447,6 +451,7 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None) -> int:
             a_ms: list[float] = []
             b_ms: list[float] = []
             teams: list[int] = []
+            full: list[float] = []      # this tree's calls whose kernels all got the team their policy allows
             rep = 3 if ("1024" in name and "matmul" in name) or "1024x1024" in name else 5
             for r in range(rounds):
                 pair = (now, a_ms), (old, b_ms)
@@ -458,7 +463,8 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None) -> int:
                     acc.extend(got["ms"])
                     if child is now:
                         teams.extend(got.get("teams", []))
-            res[name] = (a_ms, b_ms, errs, teams)
+                        full.extend(ms for ms, s in zip(got["ms"], got.get("shrunk", [])) if not s)
+            res[name] = (a_ms, b_ms, errs, teams, full)
     finally:
         now.close()
         old.close()
@@ -467,7 +473,7 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None) -> int:
     w = max(len(head), *(len(n) for n in rows))
     print(f"{head:<{w}}  {'before ms (IQR)':>26}  {'after ms (IQR)':>26}  {'after/before':>12}  verdict")
     for name in rows:
-        a_ms, b_ms, (ea, eb), teams = res[name]
+        a_ms, b_ms, (ea, eb), teams, full = res[name]
         ta, tb = measure.summarize(a_ms), measure.summarize(b_ms)
         r = measure.ratio(ta, tb)
         bad = r.value > 1.10
@@ -476,7 +482,7 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None) -> int:
         print(f"{name:<{w}}  {tb.median_ms:9.3f} ({tb.q1_ms:7.3f}-{tb.q3_ms:7.3f})  "
               f"{ta.median_ms:9.3f} ({ta.q1_ms:7.3f}-{ta.q3_ms:7.3f})  {measure.fmt_ratio(r.value):>12}  "
               f"{'SLOWER by > 10%' if bad else 'ok'}{' (unstable: rerun)' if r.unstable else ''}  "
-              f"(max err {eb:.2g} -> {ea:.2g}; {_teams(teams)})")
+              f"(max err {eb:.2g} -> {ea:.2g}; {_teams(teams)}{_full(full, len(a_ms), tb.median_ms)})")
     print(f"load average at the end {os.getloadavg()[0]:.1f}; "
           + (f"{len(slower)} row(s) slower by > 10%: {', '.join(slower)}" if slower else
              "no row slower than before by more than 10%"))
@@ -488,6 +494,16 @@ def _teams(teams: list[int]) -> str:
     if not teams:
         return "threads: n/a"
     return "threads " + ", ".join(f"{n} x{teams.count(n)}" for n in sorted(set(teams), reverse=True))
+
+
+def _full(full: list[float], n: int, before_ms: float) -> str:
+    """When the load signal shrank some of this tree's calls: the median of the others, against before."""
+    if len(full) == n:
+        return ""
+    if not full:
+        return "; every call shrunk by the load signal (other threads held cores)"
+    med = statistics.median(full)
+    return f"; calls not shrunk by the load signal: median {med:.3f} ms = {med / before_ms:.2f}x before (n={len(full)})"
 
 
 def _torch_spec():
