@@ -1,12 +1,15 @@
 """CPU fusion benchmark: everything measured in one run on this machine.
 
     .venv/bin/python benchmarks/cpu_fusion.py [--quick]
-    .venv/bin/python benchmarks/cpu_fusion.py --against HEAD~1 [--quick] [--rounds 6]
+    .venv/bin/python benchmarks/cpu_fusion.py --against HEAD~1 [--quick] [--rounds 6] [--only TEXT] [--neighbour]
 
 --against REV measures our rows for this tree and for REV (a temporary `git worktree` of REV,
 imported by a second child process) in the same run: the two children take turns row by row and
 round by round (A B B A ...), so drift and neighbours hit both alike; it prints both medians with
 their interquartile ranges and the after/before ratio, and says which rows are slower by > 10%.
+Each row's note also gives the team sizes this tree's kernel calls got from the thread policy and,
+when the load signal shrank some calls, the median of the others. --only TEXT keeps the rows whose
+name contains TEXT; --neighbour runs a busy process (`while True: pass`) for the whole comparison.
 
 Rows (one table, all measured in this run; min and median of the repeats):
   * copy bandwidth of 16M float32: numpy copy, and a plain 2-thread C copy kernel built through
@@ -172,6 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--against", metavar="REV", help="also measure our rows at git revision REV, interleaved")
     ap.add_argument("--rounds", type=int, default=6, help="--against: rounds per row (default 6)")
     ap.add_argument("--only", metavar="TEXT", help="--against: only the rows whose name contains TEXT")
+    ap.add_argument("--neighbour", action="store_true",
+                    help="--against: run with a busy neighbour process (`while True: pass`, stopped at the end)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.torch_child:
@@ -180,7 +185,7 @@ def main(argv=None) -> int:
     if args.serve:
         return serve(args.quick)
     if args.against:
-        return against(args.against, args.quick, args.rounds, args.only)
+        return against(args.against, args.quick, args.rounds, args.only, args.neighbour)
     from explorer.backends import cpu
     ok, why = cpu.available()
     if not ok:
@@ -426,7 +431,7 @@ def _q(s: list[float], q: float) -> float:
 TURN_PAUSE_S = 0.2   # > libgomp's default spin time after a parallel region (~tens of ms here)
 
 
-def against(rev: str, quick: bool, rounds: int, only: str | None = None) -> int:
+def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbour: bool = False) -> int:
     root = Path(__file__).resolve().parents[1]
     sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], capture_output=True, text=True)
     if sha.returncode:
@@ -440,8 +445,10 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None) -> int:
     now = _Child(str(root), quick)
     old = _Child(wt, quick)
     load = os.getloadavg()[0]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if neighbour else None
     print(f"this tree ({root}) vs {rev} = {sha.stdout.strip()} (git worktree {wt}); {os.cpu_count()} CPUs, "
-          f"load average {load:.1f}; {rounds} rounds per row, children take turns (A B B A ...)")
+          f"load average {load:.1f}; {rounds} rounds per row, children take turns (A B B A ...); "
+          f"busy neighbour: {'pid %d' % busy.pid if busy else 'none'}")
     rows = [n for n in row_makers(quick) if not only or only in n]
     res = {}
     slower = []
@@ -468,6 +475,9 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None) -> int:
     finally:
         now.close()
         old.close()
+        if busy is not None:
+            busy.kill()
+            busy.wait()
         subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", wt], capture_output=True)
     head = "row (kernel time unless 'call')"
     w = max(len(head), *(len(n) for n in rows))
