@@ -416,3 +416,17 @@ def test_returned_outputs_are_fresh_and_never_alias_inputs():
     np.testing.assert_array_equal(same, a)
     np.testing.assert_array_equal(doubled, a * 2)
     assert not np.shares_memory(same, a)                    # an input returned as an output is a copy
+
+
+def test_the_worker_probe_never_loads_libgomp_itself(tmp_path):
+    # report() before any CPU kernel: the load signal must not load libgomp (which would fix its wait
+    # settings before set_wait_policy chooses them)
+    code = ("import os, explorer\nfrom explorer.backends import threads\n"
+            "before = threads.libgomp_loaded(); threads.report()\n"
+            "print(before, threads.omp_worker_tids(2) if not before else (), threads.libgomp_loaded())\n")
+    env = {k: v for k, v in os.environ.items() if k not in threads.WAIT_POLICY_VARS}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, tids, after = out.stdout.split()
+    assert tids == "()" and after == before             # (NumPy's BLAS may bring libgomp: then both True)

@@ -154,7 +154,7 @@ def busy_cores(loadavg_text: str | Sequence[str] | None = None, cpus: int | None
                own_workers: int | None = None) -> int | None:
     """Cores other runnable threads hold right now: /proc/loadavg's running count less the caller and
     less `own_workers`, our own OpenMP workers that are runnable (spinning idle after our last region:
-    they are the team, not competition); None where unknown. ~3 µs: read only for kernels big enough
+    they are the team, not competition); None where unknown. ~2 µs: read only for kernels big enough
     to go parallel. Only when others seem to run: RECHECK_READS more readings (the smallest count
     counts: a thread runnable for microseconds holds no core) and our workers' states.
     `loadavg_text` may be one reading or successive ones (tests).
@@ -187,7 +187,7 @@ def busy_cores(loadavg_text: str | Sequence[str] | None = None, cpus: int | None
     return others
 
 
-# When /proc/loadavg shows other runnable threads, read it this many more times (~3 µs each) and keep
+# When /proc/loadavg shows other runnable threads, read it this many more times (~2 µs each) and keep
 # the smallest count. Measured in cpu_fusion --against: the parent that just wrote the next request
 # to the child's pipe is still runnable when the child reads the count, so the first call of every
 # turn ran serially on an otherwise idle machine; the same holds for kworkers and short-lived
@@ -360,6 +360,8 @@ def omp_worker_tids(team: int) -> tuple[int, ...]:
     known = _omp_workers.get(me)
     if known is not None and len(known) >= team - 1:
         return known
+    if not libgomp_loaded():   # no kernel loaded yet, so no workers; loading libgomp here would also
+        return ()              # fix its wait settings before set_wait_policy could choose them
     try:   # the libgomp our kernels link (one copy per process, found by its soname)
         gomp = ctypes.CDLL("libgomp.so.1")
         parallel = gomp.GOMP_parallel          # GOMP_parallel(fn, data, num_threads, flags): libgomp's ABI
