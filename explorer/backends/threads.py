@@ -312,7 +312,7 @@ WAIT_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # spinning"): a 1024^3 matmul has 64 parallel regions a few µs apart, and a worker that has to be
 # woken for each costs ~30% there; this many spins bridge those gaps and back-to-back calls, and
 # the worker sleeps well under a millisecond after the last region.
-SPIN_COUNT = 10_000
+SPIN_COUNT = 1_000
 _wait_state: dict[str, Any] = {}
 
 
@@ -410,7 +410,7 @@ def report() -> str:
 
     >>> print(report())                                         # doctest: +SKIP
     usable cores: 2 (affinity 2 CPUs)
-    idle workers spin 10000 times, then sleep (GOMP_SPINCOUNT=10000, set by explorer before libgomp loaded)
+    idle workers spin 1000 times, then sleep (GOMP_SPINCOUNT=1000, set by explorer before libgomp loaded)
     parallel above ~300 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
     /proc/loadavg: 1 runnable threads on 2 CPUs (this one included) -> 0 of 2 usable cores taken now; ...
     native pools: openblas (blas) 2 threads
