@@ -310,8 +310,8 @@ WAIT_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # Spin iterations of an idle libgomp worker before it sleeps (libgomp's default is 300 000, ~15-20 ms
 # here; OMP_WAIT_POLICY=passive is 0). Measured on the 2-core VM (docs/CPU_THREADS.md, "Bounded
 # spinning"): a 1024^3 matmul has 64 parallel regions a few µs apart, and a worker that has to be
-# woken for each costs ~30% there; this many spins bridge those gaps and back-to-back calls, and
-# the worker sleeps well under a millisecond after the last region.
+# woken for each costs ~30% there; 1 000 spins bridge those gaps and got the old speed back, and
+# longer spins (10 000 measured) lost more whenever another process took a core during a call.
 SPIN_COUNT = 1_000
 _wait_state: dict[str, Any] = {}
 
