@@ -310,9 +310,10 @@ WAIT_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # Spin iterations of an idle libgomp worker before it sleeps (libgomp's default is 300 000, ~15-20 ms
 # here; OMP_WAIT_POLICY=passive is 0). Measured on the 2-core VM (docs/CPU_THREADS.md, "Bounded
 # spinning"): a 1024^3 matmul has 64 parallel regions a few µs apart, and a worker that has to be
-# woken for each costs ~30% there; 1 000 spins bridge those gaps and got the old speed back, and
-# longer spins (10 000 measured) lost more whenever another process took a core during a call.
-SPIN_COUNT = 1_000
+# woken for each costs ~30% there; 10 000 spins bridge those gaps in the A/B harness (the 1024^3
+# MLP's 2-thread calls at 0.92-0.95x the old build), 1 000 did not there (2.15x, twice), and the
+# worker still sleeps well under a millisecond after the last region.
+SPIN_COUNT = 10_000
 _wait_state: dict[str, Any] = {}
 
 
@@ -410,7 +411,7 @@ def report() -> str:
 
     >>> print(report())                                         # doctest: +SKIP
     usable cores: 2 (affinity 2 CPUs)
-    idle workers spin 1000 times, then sleep (GOMP_SPINCOUNT=1000, set by explorer before libgomp loaded)
+    idle workers spin 10000 times, then sleep (GOMP_SPINCOUNT=10000, set by explorer before libgomp loaded)
     parallel above ~300 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
     /proc/loadavg: 1 runnable threads on 2 CPUs (this one included) -> 0 of 2 usable cores taken now; ...
     native pools: openblas (blas) 2 threads
