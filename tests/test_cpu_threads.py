@@ -158,14 +158,10 @@ def test_bounded_spin_set_before_libgomp_loads(tmp_path):
             "c = explorer.compile(lambda a: a * 2, np.ones(8, np.float32), target='cpu', verbose=False)\n"
             "c(np.ones(8, np.float32))\n"
             "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), '|', c.executable().wait_policy)\n")
-    env = {k: v for k, v in os.environ.items() if k not in threads.WAIT_POLICY_VARS}
-    env["XDG_CACHE_HOME"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(f"None {threads.SPIN_COUNT} |") and "set by explorer" in out.stdout
-    env["OMP_WAIT_POLICY"] = "passive"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.startswith("passive None |") and "as the user set" in out.stdout
+    out = _fresh_python(code, tmp_path)
+    assert out.startswith(f"None {threads.SPIN_COUNT} |") and "set by explorer" in out
+    out = _fresh_python(code, tmp_path, OMP_WAIT_POLICY="passive")
+    assert out.startswith("passive None |") and "as the user set" in out
 
 
 def test_report_names_the_policy_inputs():
@@ -418,15 +414,20 @@ def test_returned_outputs_are_fresh_and_never_alias_inputs():
     assert not np.shares_memory(same, a)                    # an input returned as an output is a copy
 
 
+def _fresh_python(code: str, cache: str, **env_vars: str) -> str:
+    """stdout of `code` in a new Python without the wait-policy variables (plus env_vars)."""
+    env = {k: v for k, v in os.environ.items() if k not in threads.WAIT_POLICY_VARS}
+    env.update(env_vars, XDG_CACHE_HOME=str(cache))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_the_worker_probe_never_loads_libgomp_itself(tmp_path):
     # report() before any CPU kernel: the load signal must not load libgomp (which would fix its wait
     # settings before set_wait_policy chooses them)
     code = ("import os, explorer\nfrom explorer.backends import threads\n"
             "before = threads.libgomp_loaded(); threads.report()\n"
             "print(before, threads.omp_worker_tids(2) if not before else (), threads.libgomp_loaded())\n")
-    env = {k: v for k, v in os.environ.items() if k not in threads.WAIT_POLICY_VARS}
-    env["XDG_CACHE_HOME"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    before, tids, after = out.stdout.split()
+    before, tids, after = _fresh_python(code, tmp_path).split()
     assert tids == "()" and after == before             # (NumPy's BLAS may bring libgomp: then both True)
