@@ -1,12 +1,15 @@
 """CPU fusion benchmark: everything measured in one run on this machine.
 
     .venv/bin/python benchmarks/cpu_fusion.py [--quick]
-    .venv/bin/python benchmarks/cpu_fusion.py --against HEAD~1 [--quick] [--rounds 6]
+    .venv/bin/python benchmarks/cpu_fusion.py --against HEAD~1 [--quick] [--rounds 6] [--only TEXT] [--neighbour]
 
 --against REV measures our rows for this tree and for REV (a temporary `git worktree` of REV,
 imported by a second child process) in the same run: the two children take turns row by row and
 round by round (A B B A ...), so drift and neighbours hit both alike; it prints both medians with
 their interquartile ranges and the after/before ratio, and says which rows are slower by > 10%.
+Each row's note also gives the team sizes this tree's kernel calls got from the thread policy and,
+when the load signal shrank some calls, the median of the others. --only TEXT keeps the rows whose
+name contains TEXT; --neighbour runs a busy process (`while True: pass`) for the whole comparison.
 
 Rows (one table, all measured in this run; min and median of the repeats):
   * copy bandwidth of 16M float32: numpy copy, and a plain 2-thread C copy kernel built through
@@ -31,6 +34,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -172,6 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=6, help="--against: rounds per row (default 6)")
     ap.add_argument("--max-slowdown", type=float, default=0.10, metavar="F",
                     help="--against: flag rows slower than REV by more than this fraction (default 0.10)")
+    ap.add_argument("--only", metavar="TEXT", help="--against: only the rows whose name contains TEXT")
+    ap.add_argument("--neighbour", action="store_true",
+                    help="--against: run with a busy neighbour process (`while True: pass`, stopped at the end)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.torch_child:
@@ -180,7 +187,7 @@ def main(argv=None) -> int:
     if args.serve:
         return serve(args.quick)
     if args.against:
-        return against(args.against, args.quick, args.rounds, args.max_slowdown)
+        return against(args.against, args.quick, args.rounds, args.only, args.neighbour, args.max_slowdown)
     from explorer.backends import cpu
     ok, why = cpu.available()
     if not ok:
@@ -306,6 +313,11 @@ def main(argv=None) -> int:
 
 
 # ---------------------------------------------------------------- --against: this tree vs REV
+# --serve: the team size each kernel of a turn got and the most its policy allowed (trees with a thread
+# policy; empty for older ones)
+TEAMS: list[tuple[int, int]] = []
+
+
 def row_makers(quick: bool) -> dict:
     """{row name: () -> (call, check)} for our rows: call() runs it once; check() -> max error.
     Only APIs every revision has: explorer.compile, Compiled.__call__/.benchmark's machinery."""
@@ -329,6 +341,7 @@ def row_makers(quick: bool) -> dict:
                 for k, (f, ptrs) in enumerate(calls):
                     if team is not None:
                         team.value = exe._team_size(policy[k])
+                        TEAMS.append((team.value, policy[k].threads))
                     f(*ptrs)
             return run, lambda: c.max_error(*args)
         return make
@@ -349,6 +362,7 @@ def row_makers(quick: bool) -> dict:
             for k, (f, ptrs) in enumerate(calls):
                 if team is not None:
                     team.value = exe._team_size(policy[k])
+                    TEAMS.append((team.value, policy[k].threads))
                 f(*ptrs)
         return run, lambda: 0.0
     n = sz["n"] >> 20
@@ -380,12 +394,15 @@ def serve(quick: bool) -> int:
             print(json.dumps({"err": float(check())}), flush=True)
             continue
         run = built[name]
-        samples = []
+        samples, shrunk = [], []
+        del TEAMS[:]
         for _ in range(int(repeat)):
+            n0 = len(TEAMS)
             t0 = time.perf_counter()
             run()
             samples.append((time.perf_counter() - t0) * 1e3)
-        print(json.dumps({"ms": samples}), flush=True)
+            shrunk.append(any(n < most for n, most in TEAMS[n0:]))   # the load signal took threads away
+        print(json.dumps({"ms": samples, "teams": [n for n, _ in TEAMS], "shrunk": shrunk}), flush=True)
     return 0
 
 
@@ -416,7 +433,8 @@ def _q(s: list[float], q: float) -> float:
 TURN_PAUSE_S = 0.2   # > libgomp's default spin time after a parallel region (~tens of ms here)
 
 
-def against(rev: str, quick: bool, rounds: int, max_slowdown: float = 0.10) -> int:
+def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbour: bool = False,
+            max_slowdown: float = 0.10) -> int:
     root = Path(__file__).resolve().parents[1]
     sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], capture_output=True, text=True)
     if sha.returncode:
@@ -430,9 +448,11 @@ def against(rev: str, quick: bool, rounds: int, max_slowdown: float = 0.10) -> i
     now = _Child(str(root), quick)
     old = _Child(wt, quick)
     load = os.getloadavg()[0]
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if neighbour else None
     print(f"this tree ({root}) vs {rev} = {sha.stdout.strip()} (git worktree {wt}); {os.cpu_count()} CPUs, "
-          f"load average {load:.1f}; {rounds} rounds per row, children take turns (A B B A ...)")
-    rows = list(row_makers(quick))
+          f"load average {load:.1f}; {rounds} rounds per row, children take turns (A B B A ...); "
+          f"busy neighbour: {'pid %d' % busy.pid if busy else 'none'}")
+    rows = [n for n in row_makers(quick) if not only or only in n]
     res = {}
     slower = []
     try:
@@ -440,6 +460,8 @@ def against(rev: str, quick: bool, rounds: int, max_slowdown: float = 0.10) -> i
             errs = (now.ask(name, 0)["err"], old.ask(name, 0)["err"])
             a_ms: list[float] = []
             b_ms: list[float] = []
+            teams: list[int] = []
+            full: list[float] = []      # this tree's calls whose kernels all got the team their policy allows
             rep = 3 if ("1024" in name and "matmul" in name) or "1024x1024" in name else 5
             for r in range(rounds):
                 pair = (now, a_ms), (old, b_ms)
@@ -447,17 +469,24 @@ def against(rev: str, quick: bool, rounds: int, max_slowdown: float = 0.10) -> i
                     # the old build's idle OpenMP workers spin after its turn (libgomp's default wait
                     # policy); let them fall asleep so they do not take the cores of the other child's turn
                     time.sleep(TURN_PAUSE_S)
-                    acc.extend(child.ask(name, rep)["ms"])
-            res[name] = (a_ms, b_ms, errs)
+                    got = child.ask(name, rep)
+                    acc.extend(got["ms"])
+                    if child is now:
+                        teams.extend(got.get("teams", []))
+                        full.extend(ms for ms, s in zip(got["ms"], got.get("shrunk", [])) if not s)
+            res[name] = (a_ms, b_ms, errs, teams, full)
     finally:
         now.close()
         old.close()
+        if busy is not None:
+            busy.kill()
+            busy.wait()
         subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", wt], capture_output=True)
     head = "row (kernel time unless 'call')"
     w = max(len(head), *(len(n) for n in rows))
     print(f"{head:<{w}}  {'before ms (IQR)':>26}  {'after ms (IQR)':>26}  {'after/before':>12}  verdict")
     for name in rows:
-        a_ms, b_ms, (ea, eb) = res[name]
+        a_ms, b_ms, (ea, eb), teams, full = res[name]
         ta, tb = measure.summarize(a_ms), measure.summarize(b_ms)
         r = measure.ratio(ta, tb)
         bad = r.value > 1 + max_slowdown
@@ -466,11 +495,28 @@ def against(rev: str, quick: bool, rounds: int, max_slowdown: float = 0.10) -> i
         print(f"{name:<{w}}  {tb.median_ms:9.3f} ({tb.q1_ms:7.3f}-{tb.q3_ms:7.3f})  "
               f"{ta.median_ms:9.3f} ({ta.q1_ms:7.3f}-{ta.q3_ms:7.3f})  {measure.fmt_ratio(r.value):>12}  "
               f"{f'SLOWER by > {max_slowdown:.0%}' if bad else 'ok'}{' (unstable: rerun)' if r.unstable else ''}  "
-              f"(max err {eb:.2g} -> {ea:.2g})")
+              f"(max err {eb:.2g} -> {ea:.2g}; {_teams(teams)}{_full(full, len(a_ms), tb.median_ms)})")
     print(f"load average at the end {os.getloadavg()[0]:.1f}; "
           + (f"{len(slower)} row(s) slower by > {max_slowdown:.0%}: {', '.join(slower)}" if slower else
              f"no row slower than before by more than {max_slowdown:.0%}"))
     return 1 if slower else 0
+
+
+def _teams(teams: list[int]) -> str:
+    """'threads 2 x17, 1 x1': the team sizes this tree's kernel calls got (the call-time policy)."""
+    if not teams:
+        return "threads: n/a"
+    return "threads " + ", ".join(f"{n} x{teams.count(n)}" for n in sorted(set(teams), reverse=True))
+
+
+def _full(full: list[float], n: int, before_ms: float) -> str:
+    """When the load signal shrank some of this tree's calls: the median of the others, against before."""
+    if len(full) == n:
+        return ""
+    if not full:
+        return "; every call shrunk by the load signal (other threads held cores)"
+    med = statistics.median(full)
+    return f"; calls not shrunk by the load signal: median {med:.3f} ms = {med / before_ms:.2f}x before (n={len(full)})"
 
 
 def _torch_spec():

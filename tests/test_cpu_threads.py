@@ -89,6 +89,41 @@ def test_busy_cores_and_the_team_at_call_time():
     assert threads.threads_now(1, busy=0, cores=8) == 1
 
 
+def test_our_own_runnable_openmp_workers_are_not_busy_cores():
+    # the caller and our idle worker still spinning after the last region: both cores are ours
+    assert threads.busy_cores("0.5 0.4 0.3 2/96 1", cpus=2, cores=2, own_workers=1) == 0
+    # ... plus a neighbour: it holds a core
+    assert threads.busy_cores("0.5 0.4 0.3 3/96 1", cpus=2, cores=2, own_workers=1) == 1
+    assert threads.busy_cores("0.5 0.4 0.3 3/96 1", cpus=2, cores=2, own_workers=0) == 2
+    assert threads.busy_cores("0.5 0.4 0.3 1/96 1", cpus=2, cores=2, own_workers=1) == 0   # never below 0
+    # a container's host-wide count: our workers come off before our share of the others is taken
+    assert threads.busy_cores("9.0 8.0 7.0 34/900 1", cpus=64, cores=2, own_workers=1) == 1
+    # successive readings: a thread runnable in only some of them holds no core; the smallest count counts
+    q = "0.5 0.4 0.3 {}/96 1".format
+    assert threads.busy_cores((q(2), q(1)), cpus=2, cores=2, own_workers=0) == 0
+    assert threads.busy_cores((q(3), q(3), q(2)), cpus=2, cores=2, own_workers=0) == 1
+    assert threads.busy_cores((q(2), q(2), q(2)), cpus=2, cores=2, own_workers=0) == 1   # in every reading: busy
+    assert threads.busy_cores((q(2), "garbage"), cpus=2, cores=2, own_workers=0) == 1
+    assert threads.busy_cores(("garbage", q(1)), cpus=2, cores=2) is None
+    text = threads.load_signal("0.5 0.4 0.3 2/96 1", cpus=2, cores=2, own_workers=1)
+    assert "1 idle OpenMP worker of ours" in text and "0 of 2 usable cores taken" in text
+    assert "would run 2 threads" in text
+
+
+@needs_cc
+def test_openmp_worker_ids_are_this_process_threads():
+    a = np.ones(1 << 22, np.float32)
+    c = explorer.compile(_chain, a, a, target="cpu", verbose=False)
+    c(a, a)
+    tids = threads.omp_worker_tids(2)
+    assert len(tids) == 1 and threading.get_native_id() not in tids
+    assert str(tids[0]) in os.listdir("/proc/self/task")
+    assert threads.thread_state(tids[0]) in {"R", "S", "D"}
+    assert threads.omp_worker_tids(2) == tids                    # found once, the same pool afterwards
+    assert threads.own_workers_running(2) in (0, 1) and threads.own_workers_running(1) == 0
+    assert threads.thread_state(2**22 + 12345) is None            # not a thread of ours
+
+
 def _chain(a, b):
     return np.maximum(np.tanh(a * 1.5 + b) * b - a / 3, 0.1) + a * b
 
@@ -132,19 +167,15 @@ def test_policy_is_visible_and_drives_the_generated_team():
 
 
 @needs_cc
-def test_passive_wait_policy_set_before_libgomp_loads(tmp_path):
+def test_bounded_spin_set_before_libgomp_loads(tmp_path):
     code = ("import os, numpy as np, explorer\n"
             "c = explorer.compile(lambda a: a * 2, np.ones(8, np.float32), target='cpu', verbose=False)\n"
             "c(np.ones(8, np.float32))\n"
-            "print(os.environ.get('OMP_WAIT_POLICY'), '|', c.executable().wait_policy)\n")
-    env = {k: v for k, v in os.environ.items() if k not in threads.WAIT_POLICY_VARS}
-    env["XDG_CACHE_HOME"] = str(tmp_path)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("PASSIVE |") and "set by explorer" in out.stdout
-    env["OMP_WAIT_POLICY"] = "active"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.startswith("active |") and "as the user set" in out.stdout
+            "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), '|', c.executable().wait_policy)\n")
+    out = _fresh_python(code, tmp_path)
+    assert out.startswith(f"None {threads.SPIN_COUNT} |") and "set by explorer" in out
+    out = _fresh_python(code, tmp_path, OMP_WAIT_POLICY="passive")
+    assert out.startswith("passive None |") and "as the user set" in out
 
 
 def test_report_names_the_policy_inputs():
@@ -424,3 +455,22 @@ def test_returned_outputs_are_fresh_and_never_alias_inputs():
     np.testing.assert_array_equal(same, a)
     np.testing.assert_array_equal(doubled, a * 2)
     assert not np.shares_memory(same, a)                    # an input returned as an output is a copy
+
+
+def _fresh_python(code: str, cache: str, **env_vars: str) -> str:
+    """stdout of `code` in a new Python without the wait-policy variables (plus env_vars)."""
+    env = {k: v for k, v in os.environ.items() if k not in threads.WAIT_POLICY_VARS}
+    env.update(env_vars, XDG_CACHE_HOME=str(cache))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_the_worker_probe_never_loads_libgomp_itself(tmp_path):
+    # report() before any CPU kernel: the load signal must not load libgomp (which would fix its wait
+    # settings before set_wait_policy chooses them)
+    code = ("import os, explorer\nfrom explorer.backends import threads\n"
+            "before = threads.libgomp_loaded(); threads.report()\n"
+            "print(before, threads.omp_worker_tids(2) if not before else (), threads.libgomp_loaded())\n")
+    before, tids, after = _fresh_python(code, tmp_path).split()
+    assert tids == "()" and after == before             # (NumPy's BLAS may bring libgomp: then both True)

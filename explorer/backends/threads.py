@@ -10,9 +10,12 @@ neighbour, NumPy's OpenBLAS workers spinning after a matmul, or our own spinning
 * the team is at most the cores this process may really use: its CPU affinity, the cgroup CPU
   quota (v2 cpu.max or v1 cfs_quota_us) and OMP_NUM_THREADS when the user set it;
 * at call time, cores other runnable threads hold right now (/proc/loadavg's running count) are
-  not counted, so a team never waits at a barrier for a thread that has no core;
-* idle workers sleep (OMP_WAIT_POLICY=passive) instead of spinning: set before libgomp loads,
-  unless the user chose OMP_WAIT_POLICY / GOMP_SPINCOUNT.
+  not counted, so a team never waits at a barrier for a thread that has no core; our own idle
+  OpenMP workers (still spinning after the last region) are not "other" threads and do not count;
+* idle workers spin briefly, then sleep (GOMP_SPINCOUNT=SPIN_COUNT, bounded): long enough to catch
+  the next region of the same kernel or the next call (a sleeping worker costs ~60 µs per region
+  to wake here), short enough to give the core back well under a millisecond after the last one.
+  Set before libgomp loads, unless the user chose OMP_WAIT_POLICY / GOMP_SPINCOUNT.
 
 >>> decide(kernel_work_us=12.0, parallel_loops=True, cores=2).describe()
 'serial: ~12 µs of work, below the 300 µs parallel threshold'
@@ -21,10 +24,12 @@ neighbour, NumPy's OpenBLAS workers spinning after a matmul, or our own spinning
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from .. import loopir as L
 
@@ -122,33 +127,77 @@ def running_threads(loadavg_text: str | None = None) -> int | None:
     """
     try:
         if loadavg_text is None:
-            with open("/proc/loadavg") as f:
-                loadavg_text = f.read()
+            loadavg_text = _read_proc("/proc/loadavg")
         return int(loadavg_text.split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return None
 
 
-def busy_cores(loadavg_text: str | None = None, cpus: int | None = None, cores: int | None = None) -> int | None:
-    """Cores other runnable threads hold right now: /proc/loadavg's running count less the caller;
-    None where unknown. ~3 µs: read only for kernels big enough to go parallel.
+_proc_fds: dict[str, int] = {}
+
+
+def _read_proc(path: str) -> str:
+    """A /proc file's current text through a descriptor kept open: pread regenerates it, ~2 µs
+    instead of ~3-18 µs for open + read + close (the busy-machine path reads several)."""
+    fd = _proc_fds.get(path)
+    if fd is None:
+        fd = _proc_fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return os.pread(fd, 512, 0).decode("ascii", "replace")
+    except OSError:
+        del _proc_fds[path]     # e.g. the thread has exited; the next call opens the path again
+        os.close(fd)
+        raise
+
+
+def busy_cores(loadavg_text: str | Sequence[str] | None = None, cpus: int | None = None, cores: int | None = None,
+               own_workers: int | None = None) -> int | None:
+    """Cores other runnable threads hold right now: /proc/loadavg's running count less the caller and
+    less `own_workers`, our own OpenMP workers that are runnable (spinning idle after our last region:
+    they are the team, not competition); None where unknown. ~2 µs: read only for kernels big enough
+    to go parallel. Only when others seem to run: RECHECK_READS more readings (the smallest count
+    counts: a thread runnable for microseconds holds no core) and our workers' states.
+    `loadavg_text` may be one reading or successive ones (tests).
 
     /proc/loadavg counts the whole machine (a container sees its host's): with `cpus` machine CPUs
     of which this process may use `cores`, only that share of the others counts.
 
     >>> busy_cores("9.0 8.0 7.0 33/900 1", cpus=64, cores=2)     # 32 others over 64 CPUs: 1 of ours
     1
+    >>> busy_cores("0.5 0.4 0.3 2/96 1", cpus=2, cores=2, own_workers=1)   # the caller and our spinning worker
+    0
     """
-    running = running_threads(loadavg_text)
+    readings = [loadavg_text] if isinstance(loadavg_text, str) or loadavg_text is None else list(loadavg_text)
+    running = running_threads(readings[0])
     if running is None:
         return None
+    if loadavg_text is None:   # a live reading that shows others: look again (see RECHECK_READS)
+        readings += [None] * RECHECK_READS
+    for text in readings[1:]:
+        if running <= 1:
+            break
+        again = running_threads(text)
+        running = running if again is None else min(running, again)
     others = max(0, running - 1)
+    if others and own_workers is None and loadavg_text is None:
+        own_workers = own_workers_running(cores or usable_cores()[0])
+    others = max(0, others - (own_workers or 0))
     if cpus and cores and cpus > cores:
         return others * cores // cpus
     return others
 
 
-def load_signal(loadavg_text: str | None = None, cpus: int | None = None, cores: int | None = None) -> str:
+# When /proc/loadavg shows other runnable threads, read it this many more times (~2 µs each) and keep
+# the smallest count. Measured in cpu_fusion --against: the parent that just wrote the next request
+# to the child's pipe is still runnable when the child reads the count, so the first call of every
+# turn ran serially on an otherwise idle machine; the same holds for kworkers and short-lived
+# processes. A thread that really holds a core (a busy neighbour, a spinning BLAS worker) is
+# runnable in every reading.
+RECHECK_READS = 4
+
+
+def load_signal(loadavg_text: str | None = None, cpus: int | None = None, cores: int | None = None,
+                own_workers: int | None = None) -> str:
     """What the call-time signal reads now, for people: the running count, the cores it takes
     from us, and the team a 2+-thread kernel would get.
 
@@ -162,11 +211,14 @@ def load_signal(loadavg_text: str | None = None, cpus: int | None = None, cores:
     running = running_threads(loadavg_text)
     if running is None:
         return "/proc/loadavg unreadable: parallel kernels get their full team"
-    busy = busy_cores(loadavg_text, cpus=cpus, cores=cores)
+    if own_workers is None:
+        own_workers = own_workers_running(cores) if loadavg_text is None and running > 1 else 0
+    busy = busy_cores(loadavg_text, cpus=cpus, cores=cores, own_workers=own_workers)
     n = threads_now(cores, busy, cores)
     taken = min(busy or 0, cores)
-    return (f"/proc/loadavg: {running} runnable threads on {cpus} CPUs (this one included) -> {taken} of {cores} "
-            f"usable cores taken now; a parallel kernel would run {n} thread{'s' if n != 1 else ''}")
+    ours = f" and {own_workers} idle OpenMP worker{'s' if own_workers != 1 else ''} of ours" if own_workers else ""
+    return (f"/proc/loadavg: {running} runnable threads on {cpus} CPUs (this one{ours} included) -> {taken} of "
+            f"{cores} usable cores taken now; a parallel kernel would run {n} thread{'s' if n != 1 else ''}")
 
 
 # ----------------------------------------------------------------------------- work estimate
@@ -261,6 +313,13 @@ def plan(kernels, cores: int | None = None, cores_why: str = "") -> list[Decisio
 
 # ----------------------------------------------------------------------------- libgomp settings
 WAIT_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# Spin iterations of an idle libgomp worker before it sleeps (libgomp's default is 300 000, ~15-20 ms
+# here; OMP_WAIT_POLICY=passive is 0). Measured on the 2-core VM (docs/CPU_THREADS.md, "Bounded
+# spinning"): a 1024^3 matmul has 64 parallel regions a few µs apart, and a worker that has to be
+# woken for each costs ~30% there; 10 000 spins bridge those gaps in the A/B harness (the 1024^3
+# MLP's 2-thread calls at 0.92-0.95x the old build), 1 000 did not there (2.15x, twice), and the
+# worker still sleeps well under a millisecond after the last region.
+SPIN_COUNT = 10_000
 _wait_state: dict[str, Any] = {}
 
 
@@ -273,9 +332,10 @@ def libgomp_loaded() -> bool:
 
 
 def set_wait_policy() -> str:
-    """Make idle OpenMP workers sleep (OMP_WAIT_POLICY=passive) before libgomp loads; return what
-    applies. Spinning workers (libgomp's default) hold a core that NumPy's BLAS, a neighbour or our
-    own next region needs: measured 13 ms per region after a 2 ms pause here, 11 µs passive."""
+    """Bound how long idle OpenMP workers spin (GOMP_SPINCOUNT=SPIN_COUNT) before libgomp loads;
+    return what applies. libgomp's default (300 000 spins, ~15-20 ms) holds a core that NumPy's BLAS,
+    a neighbour or our own next kernel needs (13 ms per region after a 2 ms pause, measured here);
+    sleeping at once (passive) costs a wake-up per region (~30% on a 64-region matmul)."""
     if "text" in _wait_state:
         return _wait_state["text"]
     user = [f"{v}={os.environ[v]}" for v in WAIT_POLICY_VARS if v in os.environ]
@@ -284,10 +344,61 @@ def set_wait_policy() -> str:
     elif libgomp_loaded():
         text = "idle workers: libgomp was loaded before explorer (e.g. by torch) with its default spinning"
     else:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        text = "idle workers sleep (OMP_WAIT_POLICY=PASSIVE, set by explorer before libgomp loaded)"
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+        text = (f"idle workers spin {SPIN_COUNT} times, then sleep (GOMP_SPINCOUNT={SPIN_COUNT}, set by explorer "
+                f"before libgomp loaded)")
     _wait_state["text"] = text
     return text
+
+
+# native thread id of a calling thread -> the native ids of its libgomp pool's workers
+_omp_workers: dict[int, tuple[int, ...]] = {}
+
+
+def omp_worker_tids(team: int) -> tuple[int, ...]:
+    """Native thread ids of the libgomp workers that run a `team`-thread region called from this
+    thread (libgomp keeps one pool per calling thread and reuses its threads in order), found once
+    by a region of `team` threads that reports them; () when libgomp cannot be asked.
+
+    A kernel's region of n <= team threads runs on the first n - 1 of these, so their states
+    (/proc/self/task/TID/stat) say whether our own team is spinning idle or asleep.
+    """
+    me = threading.get_native_id()
+    known = _omp_workers.get(me)
+    if known is not None and len(known) >= team - 1:
+        return known
+    if not libgomp_loaded():   # no kernel loaded yet, so no workers; loading libgomp here would also
+        return ()              # fix its wait settings before set_wait_policy could choose them
+    try:   # the libgomp our kernels link (one copy per process, found by its soname)
+        gomp = ctypes.CDLL("libgomp.so.1")
+        parallel = gomp.GOMP_parallel          # GOMP_parallel(fn, data, num_threads, flags): libgomp's ABI
+    except (OSError, AttributeError):
+        _omp_workers[me] = ()
+        return ()
+    seen: list[int] = []
+    body = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _data: seen.append(threading.get_native_id()))
+    parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    parallel.restype = None
+    parallel(ctypes.cast(body, ctypes.c_void_p), None, max(1, team), 0)   # ctypes releases the GIL here
+    _omp_workers[me] = tuple(t for t in seen if t != me)
+    return _omp_workers[me]
+
+
+def thread_state(tid: int) -> str | None:
+    """One letter from /proc/self/task/TID/stat (R running or runnable, S sleeping, ...); None if gone."""
+    try:
+        text = _read_proc(f"/proc/self/task/{tid}/stat")
+        return text[text.rindex(")") + 2]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_workers_running(team: int) -> int:
+    """How many of our libgomp workers for a `team`-thread region are runnable now (idle but still
+    spinning, or busy in another region of ours): /proc/loadavg counts them, but they are our team."""
+    if team <= 1:
+        return 0
+    return sum(thread_state(t) == "R" for t in omp_worker_tids(team)[:team - 1])
 
 
 def blas_pools() -> list[dict[str, Any]]:
@@ -309,7 +420,7 @@ def report() -> str:
     ...
     >>> print(report())                                         # doctest: +SKIP
     usable cores: 2 (affinity 2 CPUs)
-    idle workers sleep (OMP_WAIT_POLICY=PASSIVE, set by explorer before libgomp loaded)
+    idle workers spin 10000 times, then sleep (GOMP_SPINCOUNT=10000, set by explorer before libgomp loaded)
     parallel above ~300 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
     /proc/loadavg: 1 runnable threads on 2 CPUs (this one included) -> 0 of 2 usable cores taken now; ...
     native pools: openblas (blas) 2 threads
