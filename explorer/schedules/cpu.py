@@ -164,7 +164,8 @@ def _cpu_default(c, knobs) -> Schedule:
     # (the BLIS Haswell micro-kernel shape); other dtypes keep the scalar (4, 32) tile.
     acc_dt = c.accums[0].buffer.dtype if c.accums else "f32"
     lanes = CPU_VECTOR_LANES.get(acc_dt)
-    TM, TN = knobs.get("thread_tile", (6, 2 * lanes) if lanes else (4, 32))
+    wide = _wide_matmul_tile(acc_dt, N) if "thread_tile" not in knobs else None
+    TM, TN = knobs.get("thread_tile", wide or ((6, 2 * lanes) if lanes else (4, 32)))
     TM, TN = min(TM, M), min(TN, N)
     batch = [a.name for a in c.spatial[:-2]]
     io, ir = s.split("i", TM, names=("i_o", "i_r"))
@@ -196,13 +197,30 @@ def _cpu_default(c, knobs) -> Schedule:
         s.cache_read(c.operands[1], "local", at=jo)
     s.cache_write("local", at=io)
     s.unroll(ir)
-    s.vectorize(jv)
+    s.vectorize(jv, 64 if wide else None)
     where = ("one thread (under 2 M multiply-adds)" if tiny else
              "batch items across OpenMP threads" if par == bf else
              "B column panels across OpenMP threads" if par == jo else "row tiles across OpenMP threads")
     s.notes.append(f"matmul: B panel of {TN} columns packed contiguously, {TM}x{TN} register tile of "
-                   f"accumulators, {where}")
+                   f"accumulators" + (" in 64-byte (AVX-512) vectors" if wide else "") + f", {where}")
     return s
+
+
+# The large-matmul register tile in 64-byte vectors (AVX-512: 32 zmm registers): (rows, vectors per row)
+# with 24 accumulators, leaving room for the B row's vectors and the broadcast A value (6 x 4 + 4 + 1 or
+# 12 x 2 + 2 + 1 = 29 or 27 registers, the shapes of the BLIS AVX-512 micro-kernels), widest first.
+WIDE_MATMUL_TILES = ((6, 4), (12, 2))
+
+
+def _wide_matmul_tile(acc_dt: str, N: int) -> tuple[int, int] | None:
+    """(TM, TN) of a register tile in 64-byte vectors for a large matmul accumulating in `acc_dt` with N
+    columns, or None to keep 32-byte vectors: on hosts whose widest vector is 32 bytes, for dtypes other
+    than f32/f64, and when no wide tile's width divides N (a partial column tile would leave the
+    micro-kernel for plain loops)."""
+    if acc_dt not in ("f32", "f64") or native_vector_bytes() != 64:
+        return None
+    w = 64 // (4 if acc_dt == "f32" else 8)
+    return next(((tm, v * w) for tm, v in WIDE_MATMUL_TILES if N % (v * w) == 0), None)
 
 
 # Below this many multiply-adds a matmul runs on one thread: an OpenMP fork/join costs about as much
