@@ -12,6 +12,7 @@ from explorer import loopir as L
 from explorer.backends import cpu
 from explorer.backends import simulator as S
 from explorer.schedules import cpu as cpu_schedules
+from test_vectorize_cpu import check, mlp  # noqa: E402  (tests/ is on sys.path, as test_numpy_surface uses)
 
 HAVE_CC, WHY = cpu.available()
 needs_cc = pytest.mark.skipif(not HAVE_CC, reason=f"no C compiler: {WHY}")
@@ -28,10 +29,6 @@ def vector_bytes(request, monkeypatch):
 
 def arr(*shape, dtype=np.float32):
     return (RNG.standard_normal(shape) * 2).astype(dtype)
-
-
-def mlp(x, w, b):
-    return np.maximum(x @ w + b, 0)
 
 
 def mm(x, w):
@@ -52,14 +49,6 @@ CASES = [
     ("essay mlp", mlp, (arr(29, 20), arr(20, 64), arr(64)), (6, 64)),
 ]
 IDS = [c[0] for c in CASES]
-
-
-def check(got, want):
-    if np.issubdtype(want.dtype, np.integer):
-        np.testing.assert_array_equal(got, want)
-    else:
-        tol = {np.float32: 1e-5, np.float64: 1e-12}[want.dtype.type]
-        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, float(np.abs(want).max())))
 
 
 def _micro_kernels(c) -> list[L.MicroKernel]:

@@ -177,7 +177,7 @@ def _cpu_default(c, knobs) -> Schedule:
     else:
         s.reorder(jo, io, "k", ir, jv)
     tiny = c_extent(c, batch) * M * N * K < SMALL_MATMUL_MACS
-    panel_bytes = K * TN * 4
+    panel_bytes = K * TN * (8 if acc_dt in ("f64", "i64") else 4)   # the packed B panel (f64: 6x32 wide tiles)
     packed = len(c.operands) == 2 and knobs.get("shared", True) and panel_bytes <= 4 << 20
     par = None
     if not tiny:   # a team per (batch, j tile) costs more than a tiny product (q @ k.T of one head)
