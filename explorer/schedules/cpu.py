@@ -161,7 +161,8 @@ def _cpu_default(c, knobs) -> Schedule:
     # where the sizes allow), each keeping a TM x TN register tile of accumulators.
     # TM x TN accumulators as 32-byte vectors (codegen/c.py keeps them in registers): 6 rows x 2
     # vectors = 12 of the 16 AVX2 registers, plus 2 for the B row and 1 for the broadcast A value
-    # (the BLIS Haswell micro-kernel shape); other dtypes keep the scalar (4, 32) tile.
+    # (the BLIS Haswell micro-kernel shape); other dtypes keep the scalar (4, 32) tile. On AVX-512 hosts
+    # f32/f64 take 24 accumulators in 64-byte zmm vectors instead (_wide_matmul_tile: 2x the FMA width).
     acc_dt = c.accums[0].buffer.dtype if c.accums else "f32"
     lanes = CPU_VECTOR_LANES.get(acc_dt)
     wide = _wide_matmul_tile(acc_dt, N) if "thread_tile" not in knobs else None
