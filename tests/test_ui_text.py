@@ -318,8 +318,11 @@ def test_summary_takes_time_spread_and_flag_from_the_comparison():
 
 
 # ----------------------------------------------------------------------------- the vectorized stage, refusal codes
-def test_stage_help_says_what_vectorized_did_or_why_not():
+def test_stage_help_says_what_vectorized_did_or_why_not(monkeypatch):
     from widgets.panels.stagehelp import stage_help, vectorized_summary
+    from explorer.schedules import cpu as cpu_schedules
+    # the 32-byte register tile (6 x 2 vectors) whatever the host has: AVX-512 hosts take 6 x 4 zmm vectors
+    monkeypatch.setattr(cpu_schedules, "native_vector_bytes", lambda: 32)
     a = np.ones((512, 64), np.float32)
     c = explorer.compile(lambda x, w: x @ w, a, np.ones((64, 64), np.float32), target="cpu", verbose=False)
     assert "microkernel" in stage_help("vectorized", "cpu") and "float4" in stage_help("vectorized", "sim")

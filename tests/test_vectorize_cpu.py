@@ -89,7 +89,7 @@ def test_snapshot_shows_what_the_c_contains(name, fn, args, mk, lanes):
     for helper, vectors in shown.items():
         fn_src = src[src.index(f"void {helper}("):]
         fn_src = fn_src[:fn_src.index("\n}\n")]
-        assert len(re.findall(r"ke_v\d[fdil] \w+_r\d+ = ke_load_", fn_src)) == vectors, fn_src
+        assert len(re.findall(r"ke_v\d+[fdil] \w+_r\d+ = ke_load_", fn_src)) == vectors, fn_src
         assert f"{helper}(" in src[src.index("/* kernel "):]                           # and it is called
     # lane accumulators: `alloc acc lanes: f32[E] local` in the snapshot, `float acc_lanes[E]` in the C
     shown_lanes = sorted(re.findall(r"alloc (\w+) lanes: \w+\[(\d+)\] local", text))

@@ -174,7 +174,8 @@ def partition_tails(stmts: Sequence[L.Stmt]) -> tuple[L.Stmt, ...]:
             if _has_guarded_simd(s.body) and _guards_hold(s.body, extents):
                 fast = _strip_guard(s.body)
                 slow = _serialize(s.body)
-                return L.For(s.var, s.extent, (L.If(L.BinOp("<", s.var, L.Const(s.extent - 1)), fast, slow),), s.kind)
+                return L.For(s.var, s.extent, (L.If(L.BinOp("<", s.var, L.Const(s.extent - 1)), fast, slow),), s.kind,
+                             s.annotations)
         return None
     return L.map_stmts(stmts, visit)
 
@@ -214,7 +215,7 @@ def _eval_bool(e: L.Expr, env: dict[str, int]) -> bool:
 def _strip_guard(body):
     def fn(s):
         if isinstance(s, L.For) and s.kind == "vectorized" and len(s.body) == 1 and isinstance(s.body[0], L.If):
-            return L.For(s.var, s.extent, s.body[0].then, s.kind)
+            return L.For(s.var, s.extent, s.body[0].then, s.kind, s.annotations)   # keeps ('vector_bytes', 64)
         return None
     return L.map_stmts(body, fn)
 

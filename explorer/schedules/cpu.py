@@ -161,10 +161,12 @@ def _cpu_default(c, knobs) -> Schedule:
     # where the sizes allow), each keeping a TM x TN register tile of accumulators.
     # TM x TN accumulators as 32-byte vectors (codegen/c.py keeps them in registers): 6 rows x 2
     # vectors = 12 of the 16 AVX2 registers, plus 2 for the B row and 1 for the broadcast A value
-    # (the BLIS Haswell micro-kernel shape); other dtypes keep the scalar (4, 32) tile.
+    # (the BLIS Haswell micro-kernel shape); other dtypes keep the scalar (4, 32) tile. On AVX-512 hosts
+    # f32/f64 take 24 accumulators in 64-byte zmm vectors instead (_wide_matmul_tile: 2x the FMA width).
     acc_dt = c.accums[0].buffer.dtype if c.accums else "f32"
     lanes = CPU_VECTOR_LANES.get(acc_dt)
-    TM, TN = knobs.get("thread_tile", (6, 2 * lanes) if lanes else (4, 32))
+    wide = _wide_matmul_tile(acc_dt, N) if "thread_tile" not in knobs else None
+    TM, TN = knobs.get("thread_tile", wide or ((6, 2 * lanes) if lanes else (4, 32)))
     TM, TN = min(TM, M), min(TN, N)
     batch = [a.name for a in c.spatial[:-2]]
     io, ir = s.split("i", TM, names=("i_o", "i_r"))
@@ -176,7 +178,7 @@ def _cpu_default(c, knobs) -> Schedule:
     else:
         s.reorder(jo, io, "k", ir, jv)
     tiny = c_extent(c, batch) * M * N * K < SMALL_MATMUL_MACS
-    panel_bytes = K * TN * 4
+    panel_bytes = K * TN * (8 if acc_dt in ("f64", "i64") else 4)   # the packed B panel (f64: 6x32 wide tiles)
     packed = len(c.operands) == 2 and knobs.get("shared", True) and panel_bytes <= 4 << 20
     par = None
     if not tiny:   # a team per (batch, j tile) costs more than a tiny product (q @ k.T of one head)
@@ -196,13 +198,30 @@ def _cpu_default(c, knobs) -> Schedule:
         s.cache_read(c.operands[1], "local", at=jo)
     s.cache_write("local", at=io)
     s.unroll(ir)
-    s.vectorize(jv)
+    s.vectorize(jv, 64 if wide else None)
     where = ("one thread (under 2 M multiply-adds)" if tiny else
              "batch items across OpenMP threads" if par == bf else
              "B column panels across OpenMP threads" if par == jo else "row tiles across OpenMP threads")
     s.notes.append(f"matmul: B panel of {TN} columns packed contiguously, {TM}x{TN} register tile of "
-                   f"accumulators, {where}")
+                   f"accumulators" + (" in 64-byte (AVX-512) vectors" if wide else "") + f", {where}")
     return s
+
+
+# The large-matmul register tile in 64-byte vectors (AVX-512: 32 zmm registers): (rows, vectors per row)
+# with 24 accumulators, leaving room for the B row's vectors and the broadcast A value (6 x 4 + 4 + 1 or
+# 12 x 2 + 2 + 1 = 29 or 27 registers, the shapes of the BLIS AVX-512 micro-kernels), widest first.
+WIDE_MATMUL_TILES = ((6, 4), (12, 2))
+
+
+def _wide_matmul_tile(acc_dt: str, N: int) -> tuple[int, int] | None:
+    """(TM, TN) of a register tile in 64-byte vectors for a large matmul accumulating in `acc_dt` with N
+    columns, or None to keep 32-byte vectors: on hosts whose widest vector is 32 bytes, for dtypes other
+    than f32/f64, and when no wide tile's width divides N (a partial column tile would leave the
+    micro-kernel for plain loops)."""
+    if acc_dt not in ("f32", "f64") or native_vector_bytes() != 64:
+        return None
+    w = 64 // (4 if acc_dt == "f32" else 8)
+    return next(((tm, v * w) for tm, v in WIDE_MATMUL_TILES if N % (v * w) == 0), None)
 
 
 # Below this many multiply-adds a matmul runs on one thread: an OpenMP fork/join costs about as much

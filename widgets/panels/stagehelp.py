@@ -8,7 +8,7 @@ blocks, or why nothing changed). Both read the Target's properties, never its na
 >>> from widgets.panels.stagehelp import stage_help, vectorized_summary
 >>> stage_help("vectorized", "sim")[:60]
 'float4: a vectorized loop of 4 f32 lanes becomes one 16-byte'
->>> x, w = np.ones((512, 64), np.float32), np.ones((64, 64), np.float32)
+>>> x, w = np.ones((1024, 64), np.float32), np.ones((64, 48), np.float32)   # 48 columns: 6 x 2 32-byte vectors on every host
 >>> c = explorer.compile(lambda x, w: x @ w, x, w, target="cpu")
 >>> print(vectorized_summary(c.stage("tiled").ir, c.stage("vectorized").ir, "cpu"))
 here: 1 register-tiled micro-kernel (mk0 in matmul_kernel: over loop k, 12 vector registers)
