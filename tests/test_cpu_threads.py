@@ -474,3 +474,43 @@ def test_the_worker_probe_never_loads_libgomp_itself(tmp_path):
             "print(before, threads.omp_worker_tids(2) if not before else (), threads.libgomp_loaded())\n")
     before, tids, after = _fresh_python(code, tmp_path).split()
     assert tids == "()" and after == before             # (NumPy's BLAS may bring libgomp: then both True)
+
+
+def test_an_outside_thread_counts_only_once_it_persists(monkeypatch):
+    """busy_cores_for_call: our own process's other runnable threads (OpenBLAS workers) count at once;
+    a thread outside the process counts only after PERSIST_S of successive busy checks."""
+    clock = [100.0]
+    reading = {"busy": 1, "own": 0}
+    monkeypatch.setattr(threads, "busy_cores", lambda **kw: reading["busy"])
+    monkeypatch.setattr(threads, "own_other_threads_running", lambda: reading["own"])
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(threads, "_streak", {})
+    assert threads.busy_cores_for_call() == 0                 # first sighting of an outside thread
+    clock[0] += threads.PERSIST_S / 2
+    assert threads.busy_cores_for_call() == 0                 # still shorter than PERSIST_S
+    clock[0] += threads.PERSIST_S
+    assert threads.busy_cores_for_call() == 1                 # held a core across checks: a neighbour
+    reading["busy"] = 0
+    assert threads.busy_cores_for_call() == 0                 # gone: the streak ends
+    reading["busy"] = 1
+    clock[0] += 10 * threads.PERSIST_S
+    assert threads.busy_cores_for_call() == 0                 # a new sighting starts a new streak
+    reading["own"] = 1                                        # our OpenBLAS worker spinning: at once
+    assert threads.busy_cores_for_call() == 1
+
+
+def test_own_other_threads_are_found_in_this_process():
+    stop = threading.Event()
+    work = np.random.default_rng(0).random(1 << 20)
+
+    def spin():   # NumPy's sort runs without the GIL: this thread stays runnable while the test reads /proc
+        while not stop.is_set():
+            np.sort(work)
+    t = threading.Thread(target=spin, daemon=True)
+    t.start()
+    try:
+        seen = max(threads.own_other_threads_running() for _ in range(200))
+    finally:
+        stop.set()
+        t.join()
+    assert seen >= 1

@@ -540,7 +540,8 @@ class CpuExecutable:
         if dec.threads <= 1:
             self.thread_stats["serial"] += 1
             return 1
-        n = threads.threads_now(dec.threads, threads.busy_cores(cpus=self.machine_cpus, cores=self.cores), self.cores)
+        n = threads.threads_now(dec.threads, threads.busy_cores_for_call(cpus=self.machine_cpus, cores=self.cores),
+                              self.cores)
         self.thread_stats["parallel" if n > 1 else "serial"] += 1
         if n < dec.threads:
             self.thread_stats["fewer_threads_busy"] += 1
