@@ -800,12 +800,10 @@ def _custom_kernel(k: L.Kernel, name: str, taken: set[str], done: list[Generated
 
 def _wide_vectors(program: L.Program) -> bool:
     """Whether a micro-kernel of `program` keeps 64-byte vectors (the prelude then defines ke_v16f, ...)."""
-    return any(v.extent * DTYPE_BYTES.get(v.body[0].buffer.dtype, 0) == 64
+    return any(v.extent * L.np_dtype(v.body[0].buffer.dtype).itemsize == 64
                for k in program.kernels for mk in L.walk(k.body) if isinstance(mk, L.MicroKernel)
                for v in L.walk_loops(mk.loop.body) if v.kind == "vectorized" and isinstance(v.body[0], L.Store))
 
-
-DTYPE_BYTES = {"f32": 4, "i32": 4, "f64": 8, "i64": 8}
 
 
 def _dtypes_used(program: L.Program) -> set[str]:

@@ -22,7 +22,7 @@ codegen/c.py prints the result as it is.
 
 2. Micro-kernels. A serial loop whose body is unrolled loops around vectorized loops of stores
    (a matmul's k loop over its register block) is unrolled into one statement per vector of
-   lanes (8 floats / 4 doubles; 16 / 8 in a kernel whose meta asks for 64-byte vectors, kernel_lanes). When some local tile is then indexed at constant, lane-aligned
+   lanes (8 floats / 4 doubles; 16 / 8 for 64-byte vectors, vector_lanes). When some local tile is then indexed at constant, lane-aligned
    offsets only (the accumulators), the loop becomes a `MicroKernel`: those vectors live in
    registers for the whole loop (the C backend gives them GCC vector variables in a noinline
    helper), and guards fixed for the whole loop (a partial row tile) are hoisted.
@@ -91,19 +91,12 @@ class _NoVector(Exception):
     """The region does not fit the vector-register form; it stays a plain serial loop."""
 
 
-def kernel_lanes(kernel: L.Kernel) -> Mapping[str, int]:
-    """Elements per vector per dtype in `kernel`'s loops without a width of their own: VECTOR_LANES
-    (32-byte vectors), scaled when the kernel's schedule asks for wider ones (meta 'vector_bytes', e.g. 64
-    for AVX-512 zmm registers: the attention kernel)."""
-    vb = kernel.meta_dict().get("vector_bytes", 32)
-    return VECTOR_LANES if vb == 32 else {dt: n * vb // 32 for dt, n in VECTOR_LANES.items()}
-
-
 class _KernelVectorizer:
     def __init__(self, kernel: L.Kernel):
         self.k = kernel
-        self.lanes = kernel_lanes(kernel)
-        self.vector_bytes = kernel.meta_dict().get("vector_bytes", 32)   # loops without their own width
+        # width of the loops without one of their own (vector_lanes): the kernel's meta 'vector_bytes'
+        # (64 for the attention kernel on AVX-512 hosts), else the target's 32-byte vector
+        self.vector_bytes = kernel.meta_dict().get("vector_bytes", 32)
         self.micro_kernels = 0
         self.changed = False
         used = {x.name for s in L.walk(kernel.body) for e in L.stmt_exprs(s) for x in L.walk_expr(e)
