@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import add_worktree, remove_worktree, short_revision  # benchmarks/ is sys.path[0] (standard library only)
+
 import numpy as np
 
 # KE_BENCH_ROOT: which checkout's explorer to import (--against runs one child per checkout)
@@ -436,20 +438,15 @@ TURN_PAUSE_S = 0.2   # > libgomp's default spin time after a parallel region (~t
 def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbour: bool = False,
             max_slowdown: float = 0.10) -> int:
     root = Path(__file__).resolve().parents[1]
-    sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], capture_output=True, text=True)
-    if sha.returncode:
-        print(f"--against {rev}: not a revision of {root}: {sha.stderr.strip()}")
+    sha = short_revision(str(root), rev)
+    if sha is None:
         return 2
-    import tempfile
-    tmp = tempfile.mkdtemp(prefix="ke-against-")
-    wt = os.path.join(tmp, "tree")
-    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", wt, rev], check=True,
-                   capture_output=True)
+    wt = add_worktree(str(root), rev)
     now = _Child(str(root), quick)
     old = _Child(wt, quick)
     load = os.getloadavg()[0]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if neighbour else None
-    print(f"this tree ({root}) vs {rev} = {sha.stdout.strip()} (git worktree {wt}); {os.cpu_count()} CPUs, "
+    print(f"this tree ({root}) vs {rev} = {sha} (git worktree {wt}); {os.cpu_count()} CPUs, "
           f"load average {load:.1f}; {rounds} rounds per row, children take turns (A B B A ...); "
           f"busy neighbour: {'pid %d' % busy.pid if busy else 'none'}")
     rows = [n for n in row_makers(quick) if not only or only in n]
@@ -481,7 +478,7 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbo
         if busy is not None:
             busy.kill()
             busy.wait()
-        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", wt], capture_output=True)
+        remove_worktree(str(root), wt)
     head = "row (kernel time unless 'call')"
     w = max(len(head), *(len(n) for n in rows))
     print(f"{head:<{w}}  {'before ms (IQR)':>26}  {'after ms (IQR)':>26}  {'after/before':>12}  verdict")

@@ -24,9 +24,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _common import add_worktree, remove_worktree  # benchmarks/ is sys.path[0] (standard library only)
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "cpu_fusion.py"
@@ -80,9 +81,7 @@ def main() -> int:
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.neighbour else None
     try:
         if args.old:
-            wt = Path(tempfile.mkdtemp(prefix="ke-spin-ab-")) / "tree"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(wt), args.old], check=True,
-                           capture_output=True)
+            wt = Path(add_worktree(str(ROOT), args.old, prefix="ke-spin-ab-"))
             children["old"] = start(wt, {}, "load")
         for spec in args.variants:
             label, env, signal = parse(spec)
@@ -116,7 +115,7 @@ def main() -> int:
             busy.kill()
             busy.wait()
         if wt is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], capture_output=True)
+            remove_worktree(str(ROOT), str(wt))
     return 0
 
 

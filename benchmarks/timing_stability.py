@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import add_worktree, remove_worktree  # benchmarks/ is sys.path[0] (standard library only)
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,10 +285,7 @@ def main(argv=None) -> int:
     trees = [("this tree", None)]
     wt = None
     if args.against:
-        import tempfile
-        wt = os.path.join(tempfile.mkdtemp(prefix="ke-against-"), "tree")
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", wt, args.against], check=True,
-                       capture_output=True)
+        wt = add_worktree(str(ROOT), args.against)
         trees.append((args.against, wt))
     columns: list[tuple[str, list[tuple[bool | None, str]]]] = []   # (condition, one (passed, value) per LINES)
 
@@ -309,7 +308,7 @@ def main(argv=None) -> int:
                 busy.wait()
     finally:
         if wt:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", wt], capture_output=True)
+            remove_worktree(str(ROOT), wt)
     ours = [ok for (name, res) in columns if args.against is None or not name.split(" (load")[0].endswith(
         ", " + args.against) for ok, _ in res if ok is not None]
     print_summary(columns)

@@ -14,8 +14,9 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from _common import add_worktree, remove_worktree, short_revision  # benchmarks/ is sys.path[0] (standard library only)
 
 if os.environ.get("KE_BENCH_ROOT"):          # a child of --against imports that checkout's explorer
     sys.path.insert(0, os.environ["KE_BENCH_ROOT"])
@@ -68,12 +69,10 @@ def serve() -> int:
 
 def against(rev: str, rounds: int, repeat: int = 10) -> int:
     root = Path(__file__).resolve().parents[1]
-    sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", rev], capture_output=True, text=True)
-    if sha.returncode:
-        print(f"--against {rev}: not a revision of {root}: {sha.stderr.strip()}")
+    sha = short_revision(str(root), rev)
+    if sha is None:
         return 2
-    wt = os.path.join(tempfile.mkdtemp(prefix="ke-against-"), "tree")
-    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", wt, rev], check=True, capture_output=True)
+    wt = add_worktree(str(root), rev)
     kids = []
     try:
         for r in (str(root), wt):
@@ -90,10 +89,10 @@ def against(rev: str, rounds: int, repeat: int = 10) -> int:
         for p in kids:
             p.stdin.close()
             p.wait(timeout=60)
-        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", wt], capture_output=True)
+        remove_worktree(str(root), wt)
     after, before = (measure.summarize(s) for s in samples)
     r = measure.ratio(after, before)
-    print(f"trace + simplify of a 3-layer MLP, this tree vs {rev} = {sha.stdout.strip()}, {rounds} rounds x "
+    print(f"trace + simplify of a 3-layer MLP, this tree vs {rev} = {sha}, {rounds} rounds x "
           f"{repeat} runs, taking turns; load average {os.getloadavg()[0]:.1f}")
     for name, t in (("before", before), ("after", after)):
         print(f"  {name:<6} median {t.median_ms:.3f} ms (IQR {t.q1_ms:.3f}-{t.q3_ms:.3f}, min {t.min_ms:.3f})")
