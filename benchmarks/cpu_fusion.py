@@ -397,6 +397,11 @@ def serve(quick: bool) -> int:
             continue
         run = built[name]
         samples, shrunk = [], []
+        # the turn's first call, after the pause, timed apart: the warm-up Compiled.benchmark and
+        # measure() discard (both builds' workers are asleep then; see TURN_WARMUP in against())
+        t0 = time.perf_counter()
+        run()
+        first = (time.perf_counter() - t0) * 1e3
         del TEAMS[:]
         for _ in range(int(repeat)):
             n0 = len(TEAMS)
@@ -404,7 +409,8 @@ def serve(quick: bool) -> int:
             run()
             samples.append((time.perf_counter() - t0) * 1e3)
             shrunk.append(any(n < most for n, most in TEAMS[n0:]))   # the load signal took threads away
-        print(json.dumps({"ms": samples, "teams": [n for n, _ in TEAMS], "shrunk": shrunk}), flush=True)
+        print(json.dumps({"ms": samples, "first": first, "teams": [n for n, _ in TEAMS], "shrunk": shrunk}),
+              flush=True)
     return 0
 
 
@@ -433,6 +439,11 @@ def _q(s: list[float], q: float) -> float:
 
 
 TURN_PAUSE_S = 0.2   # > libgomp's default spin time after a parallel region (~tens of ms here)
+# Each turn starts with one call that is timed apart ("first call" column) and not among the samples,
+# as measure() and Compiled.benchmark warm up before timing: after the pause both builds' workers are
+# asleep and the idle vCPU has to be woken, which cost the old build 4-6 ms and this one ~0.4 ms on the
+# first call of a 0.35 ms layernorm (docs/CPU_THREADS.md). Until 2026-12-01 evening that call was a
+# sample, so with 5 calls a turn the median mixed the cold start into the kernel time.
 
 
 def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbour: bool = False,
@@ -457,6 +468,7 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbo
             errs = (now.ask(name, 0)["err"], old.ask(name, 0)["err"])
             a_ms: list[float] = []
             b_ms: list[float] = []
+            firsts: tuple[list[float], list[float]] = ([], [])
             teams: list[int] = []
             full: list[float] = []      # this tree's calls whose kernels all got the team their policy allows
             rep = 3 if ("1024" in name and "matmul" in name) or "1024x1024" in name else 5
@@ -468,10 +480,11 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbo
                     time.sleep(TURN_PAUSE_S)
                     got = child.ask(name, rep)
                     acc.extend(got["ms"])
+                    firsts[child is old].append(got["first"])
                     if child is now:
                         teams.extend(got.get("teams", []))
                         full.extend(ms for ms, s in zip(got["ms"], got.get("shrunk", [])) if not s)
-            res[name] = (a_ms, b_ms, errs, teams, full)
+            res[name] = (a_ms, b_ms, errs, teams, full, firsts)
     finally:
         now.close()
         old.close()
@@ -483,7 +496,7 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbo
     w = max(len(head), *(len(n) for n in rows))
     print(f"{head:<{w}}  {'before ms (IQR)':>26}  {'after ms (IQR)':>26}  {'after/before':>12}  verdict")
     for name in rows:
-        a_ms, b_ms, (ea, eb), teams, full = res[name]
+        a_ms, b_ms, (ea, eb), teams, full, firsts = res[name]
         ta, tb = measure.summarize(a_ms), measure.summarize(b_ms)
         r = measure.ratio(ta, tb)
         bad = r.value > 1 + max_slowdown
@@ -492,7 +505,8 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbo
         print(f"{name:<{w}}  {tb.median_ms:9.3f} ({tb.q1_ms:7.3f}-{tb.q3_ms:7.3f})  "
               f"{ta.median_ms:9.3f} ({ta.q1_ms:7.3f}-{ta.q3_ms:7.3f})  {measure.fmt_ratio(r.value):>12}  "
               f"{f'SLOWER by > {max_slowdown:.0%}' if bad else 'ok'}{' (unstable: rerun)' if r.unstable else ''}  "
-              f"(max err {eb:.2g} -> {ea:.2g}; {_teams(teams)}{_full(full, len(a_ms), tb.median_ms)})")
+              f"(max err {eb:.2g} -> {ea:.2g}; first call after the pause {statistics.median(firsts[1]):.3g} -> "
+              f"{statistics.median(firsts[0]):.3g} ms; {_teams(teams)}{_full(full, len(a_ms), tb.median_ms)})")
     print(f"load average at the end {os.getloadavg()[0]:.1f}; "
           + (f"{len(slower)} row(s) slower by > {max_slowdown:.0%}: {', '.join(slower)}" if slower else
              f"no row slower than before by more than {max_slowdown:.0%}"))

@@ -497,6 +497,14 @@ def test_an_outside_thread_counts_only_once_it_persists(monkeypatch):
     assert threads.busy_cores_for_call() == 0                 # a new sighting starts a new streak
     reading["own"] = 1                                        # our OpenBLAS worker spinning: at once
     assert threads.busy_cores_for_call() == 1
+    reading["own"] = 0
+    assert threads.busy_cores_for_call() == 0                 # an outside thread again: a new streak
+    clock[0] += threads.PERSIST_S * 1.5
+    assert threads.busy_cores_for_call() == 1                 # it held on: a neighbour
+    clock[0] += 2 * threads.STREAK_GAP_S                      # a pause between checks (no calls)...
+    assert threads.busy_cores_for_call() == 0                 # ...ends the streak: only seen once now
+    clock[0] += threads.PERSIST_S * 1.5
+    assert threads.busy_cores_for_call() == 1
 
 
 def test_own_other_threads_are_found_in_this_process():

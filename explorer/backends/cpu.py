@@ -543,6 +543,8 @@ class CpuExecutable:
         n = threads.threads_now(dec.threads, threads.busy_cores_for_call(cpus=self.machine_cpus, cores=self.cores),
                               self.cores)
         self.thread_stats["parallel" if n > 1 else "serial"] += 1
+        if n > 1:
+            threads.place_workers(n)
         if n < dec.threads:
             self.thread_stats["fewer_threads_busy"] += 1
         return n

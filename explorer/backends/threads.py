@@ -172,17 +172,19 @@ def busy_cores(loadavg_text: str | Sequence[str] | None = None, cpus: int | None
     running = running_threads(readings[0])
     if running is None:
         return None
-    if loadavg_text is None:   # a live reading that shows others: look again (see RECHECK_READS)
+    # our own workers first: right after a call of ours they are the only others (still spinning), and
+    # telling so from their states (~2 µs each) is cheaper than RECHECK_READS more readings
+    if running > 1 and own_workers is None and loadavg_text is None:
+        own_workers = own_workers_running(cores or usable_cores()[0])
+    own_workers = own_workers or 0
+    if loadavg_text is None and running - 1 > own_workers:   # others seem to run: look again (RECHECK_READS)
         readings += [None] * RECHECK_READS
     for text in readings[1:]:
-        if running <= 1:
+        if running - 1 <= own_workers:
             break
         again = running_threads(text)
         running = running if again is None else min(running, again)
-    others = max(0, running - 1)
-    if others and own_workers is None and loadavg_text is None:
-        own_workers = own_workers_running(cores or usable_cores()[0])
-    others = max(0, others - (own_workers or 0))
+    others = max(0, running - 1 - own_workers)
     if cpus and cores and cpus > cores:
         return others * cores // cpus
     return others
@@ -220,14 +222,22 @@ def own_other_threads_running() -> int:
 # busy is seen in every check and counts after PERSIST_S. Our own process's other runnable threads
 # (OpenBLAS workers spinning after a NumPy call) count at once.
 PERSIST_S = 0.002
+# Checks further apart than this do not make one streak: a reading before a pause says nothing about
+# the core after it (measured: in cpu_fusion --against, the streak of one turn's first call carried over
+# the 0.2 s pause to the next turn, and a kernel thread seen once shrank every call of later turns).
+STREAK_GAP_S = 0.05
 _streak: dict[str, float] = {}
 
 
 def busy_cores_for_call(cpus: int | None = None, cores: int | None = None) -> int | None:
     """busy_cores for a kernel call: the cores our own other threads hold now, plus the cores outside
-    threads hold if they have held them for PERSIST_S of successive checks (see PERSIST_S)."""
+    threads hold if they have held them for PERSIST_S of successive checks, each within STREAK_GAP_S of
+    the one before (see PERSIST_S)."""
     busy = busy_cores(cpus=cpus, cores=cores)
     now = time.perf_counter()
+    if now - _streak.get("last", now) > STREAK_GAP_S:
+        _streak.pop("since", None)
+    _streak["last"] = now
     if not busy:
         _streak.pop("since", None)
         return busy
@@ -445,6 +455,81 @@ def own_workers_running(team: int) -> int:
     return sum(thread_state(t) == "R" for t in omp_worker_tids(team)[:team - 1])
 
 
+# ----------------------------------------------------------------------------- where workers run
+BIND_VARS = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY")
+# native id of a calling thread -> (the CPU it ran on, team) its workers were last placed for
+_placed: dict[int, tuple[int, int]] = {}
+_libc: list[Any] = []
+
+
+def _sched_getcpu() -> int:
+    """The CPU the calling thread runs on now (glibc's sched_getcpu, a vDSO call; -1 if unknown)."""
+    if not _libc:
+        try:
+            f = ctypes.CDLL(None, use_errno=True).sched_getcpu
+            f.restype, f.argtypes = ctypes.c_int, []
+            _libc.append(f)
+        except (OSError, AttributeError):
+            _libc.append(None)
+    f = _libc[0]
+    return f() if f is not None else -1
+
+
+_user_binds: bool | None = None
+
+
+def place_workers(team: int) -> bool:
+    """Keep the workers of a `team`-thread region off the CPU the calling thread runs on: each worker's
+    affinity becomes this thread's CPUs less its current one (re-set only when the caller moved).
+    True when the workers are placed so.
+
+    Why: a worker that sleeps between calls (bounded spinning) is woken by the caller, and Linux's
+    wake-affine placement often puts it on the *caller's* CPU; then both threads of a 2-thread region
+    share one core for milliseconds until load balancing separates them. Measured on the 2-core VM
+    (docs/CPU_THREADS.md, "Where the worker wakes up"): the fused MLP 8192x64 @ 64x64 took 0.79-0.87 ms
+    per 2-thread call after a 0.2 s pause (0.29 serial, 0.15 with the team on two cores); with the
+    worker kept off the caller's CPU 0.19-0.20. Unlike OMP_PROC_BIND the caller itself (Python's thread,
+    whose affinity later threads inherit) stays free. Not done when the user set OMP_PROC_BIND,
+    OMP_PLACES or GOMP_CPU_AFFINITY (libgomp binds then)."""
+    global _user_binds
+    if team <= 1:
+        return False
+    if _user_binds is None:
+        _user_binds = any(v in os.environ for v in BIND_VARS)   # read once: os.environ costs ~0.3 µs a name
+    if _user_binds:
+        return False
+    me = threading.get_native_id()
+    cpu = _sched_getcpu()
+    if cpu < 0:
+        return False
+    if _placed.get(me) == (cpu, team):
+        return True
+    try:
+        allowed = os.sched_getaffinity(0) - {cpu}
+    except (AttributeError, OSError):
+        return False
+    workers = omp_worker_tids(team)[:team - 1]
+    if not allowed or not workers:
+        return False
+    for tid in workers:
+        try:
+            os.sched_setaffinity(tid, allowed)
+        except OSError:     # the worker has exited (libgomp shrank its pool): ask for the workers again
+            _omp_workers.pop(me, None)
+            _placed.pop(me, None)
+            return False
+    _placed[me] = (cpu, team)
+    return True
+
+
+def placement_text() -> str:
+    """How our OpenMP workers are placed, for people (threads.report)."""
+    user = [f"{v}={os.environ[v]}" for v in BIND_VARS if v in os.environ]
+    if user:
+        return f"workers placed by libgomp as the user set ({', '.join(user)})"
+    return "workers kept off the calling thread's CPU (re-placed when it moves)"
+
+
 def blas_pools() -> list[dict[str, Any]]:
     """The native thread pools in this process (OpenBLAS, OpenMP, MKL) as threadpoolctl reports
     them; [] when threadpoolctl is not installed (pip install threadpoolctl)."""
@@ -465,6 +550,7 @@ def report() -> str:
     >>> print(report())                                         # doctest: +SKIP
     usable cores: 2 (affinity 2 CPUs)
     idle workers spin 10000 times, then sleep (GOMP_SPINCOUNT=10000, set by explorer before libgomp loaded)
+    workers kept off the calling thread's CPU (re-placed when it moves)
     parallel above ~300 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
     /proc/loadavg: 1 runnable threads on 2 CPUs (this one included) -> 0 of 2 usable cores taken now; ...
     native pools: openblas (blas) 2 threads
@@ -478,6 +564,7 @@ def report() -> str:
         listed = "unknown (pip install threadpoolctl to list NumPy's BLAS pool)"
     return "\n".join([f"usable cores: {n} ({why})",
                       _wait_state.get("text", "idle workers: decided when the first CPU kernel loads"),
+                      placement_text(),
                       f"parallel above ~{PARALLEL_MIN_US:g} µs of estimated work, one more thread per "
                       f"~{GRAIN_US:g} µs, fewer when cores are taken",
                       load_signal(cores=n),
