@@ -522,3 +522,60 @@ def test_own_other_threads_are_found_in_this_process():
         stop.set()
         t.join()
     assert seen >= 1
+
+
+@needs_cc
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to keep a worker off the caller's")
+def test_workers_are_kept_off_the_callers_cpu(monkeypatch):
+    """place_workers: each worker of a 2-thread team may run on the caller's CPUs except the one the
+    caller is on; redone when the caller moves; never done when the user chose libgomp's binding."""
+    a = np.ones(1 << 22, np.float32)
+    c = explorer.compile(_chain, a, a, target="cpu", verbose=False)
+    c(a, a)
+    monkeypatch.setattr(threads, "_placed", {})
+    monkeypatch.setattr(threads, "_user_binds", False)
+    tid = threads.omp_worker_tids(2)[0]
+    mine = os.sched_getaffinity(0)
+    try:
+        monkeypatch.setattr(threads, "_sched_getcpu", lambda: min(mine))
+        assert threads.place_workers(2)
+        assert os.sched_getaffinity(tid) == mine - {min(mine)}
+        monkeypatch.setattr(threads, "_sched_getcpu", lambda: max(mine))      # the caller moved
+        assert threads.place_workers(2)
+        assert os.sched_getaffinity(tid) == mine - {max(mine)}
+        assert not threads.place_workers(1)                                    # serial: no team to place
+        monkeypatch.setattr(threads, "_user_binds", True)                      # OMP_PROC_BIND and friends
+        assert not threads.place_workers(2)
+        assert "as the user set" in threads.placement_text() or not any(v in os.environ for v in threads.BIND_VARS)
+    finally:
+        os.sched_setaffinity(tid, mine)
+    np.testing.assert_allclose(c(a, a), _chain(a, a), rtol=1e-6)               # the placed team still computes
+
+
+def test_reduction_accumulators_are_fmas_and_elementwise_code_is_not():
+    """A product accumulated in a reduction (a sum of squares) is one FMA: its summation order already
+    differs from NumPy's, so no NumPy rounding is lost; the same a*b+c outside an accumulator keeps two."""
+    x = np.random.default_rng(5).standard_normal((64, 256)).astype(np.float32)
+
+    def var(x):
+        m = x.mean(axis=-1, keepdims=True)
+        return ((x - m) ** 2).mean(axis=-1)
+    c = explorer.compile(var, x, target="cpu", verbose=False)
+    assert any("ke_fmaf(" in _code(k.source) for k in c.kernels)
+    np.testing.assert_allclose(c(x), var(x), rtol=1e-5)
+    elementwise = explorer.compile(lambda a: a * a + a, x, target="cpu", verbose=False)
+    assert "ke_fma" not in _code(elementwise.kernels[0].source)
+    np.testing.assert_array_equal(elementwise(x), x * x + x)
+
+
+def test_own_exp_polynomial_matches_numpy_closely():
+    """ke_expf / ke_tanhf / ke_logf use FMAs in their polynomials (our approximations, not NumPy's
+    roundings): still within a few ulp of NumPy over a wide range."""
+    x = np.concatenate([np.linspace(-100, 88, 20001), np.random.default_rng(6).standard_normal(4000) * 3])
+    x = x.astype(np.float32)
+    for f in (np.exp, np.tanh):
+        c = explorer.compile(lambda a, f=f: f(a), x, target="cpu", verbose=False)
+        np.testing.assert_allclose(c(x), f(x), rtol=4e-7, atol=1e-38)
+    pos = np.abs(x) + np.float32(1e-3)
+    c = explorer.compile(lambda a: np.log(a), pos, target="cpu", verbose=False)
+    np.testing.assert_allclose(c(pos), np.log(pos), rtol=4e-7, atol=2e-7)
