@@ -219,7 +219,7 @@ class Compiled:
     @property
     def thread_policy(self) -> list:
         """CPU target: one threads.Decision per kernel (how many OpenMP threads a call may use, and
-        why), e.g. 'serial: ~12 µs of work, below the 300 µs parallel threshold'. [] elsewhere.
+        why), e.g. 'serial: ~12 µs of work, below the 200 µs parallel threshold'. [] elsewhere.
 
         >>> import numpy as np, explorer
         >>> c = explorer.compile(lambda x: np.exp(x) * 2, np.ones(64, np.float32), target="cpu")

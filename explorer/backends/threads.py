@@ -18,7 +18,7 @@ neighbour, NumPy's OpenBLAS workers spinning after a matmul, or our own spinning
   Set before libgomp loads, unless the user chose OMP_WAIT_POLICY / GOMP_SPINCOUNT.
 
 >>> decide(kernel_work_us=12.0, parallel_loops=True, cores=2).describe()
-'serial: ~12 µs of work, below the 300 µs parallel threshold'
+'serial: ~12 µs of work, below the 200 µs parallel threshold'
 >>> decide(kernel_work_us=4000.0, parallel_loops=True, cores=2).threads
 2
 """
@@ -35,11 +35,14 @@ from typing import Any, Sequence
 from .. import loopir as L
 
 # Below this much estimated serial work a kernel runs on the calling thread. The estimate runs
-# 2-3x high for vectorized code, so this keeps kernels of up to ~100 µs real time serial: a second
-# core could save at most ~50 µs there, while a parallel region costs 8-11 µs when all goes well
-# and a scheduler slice (ms) when a worker finds its core taken -- which is the normal case right
-# after a NumPy BLAS call (OpenBLAS's workers spin for a while) or next to a busy neighbour.
-PARALLEL_MIN_US = 300.0
+# 2-5x high for vectorized code (it assumes DRAM bandwidth; buffers of a few MB are cache-resident),
+# so this keeps kernels of up to ~40-70 µs real time serial: a second core could save at most ~30 µs
+# there, while a parallel region costs 8-11 µs when all goes well and a scheduler slice (ms) when a
+# worker finds its core taken (the load signal keeps teams away from cores a neighbour or NumPy's
+# spinning OpenBLAS workers hold). Was 300 until 2026-12-01 evening: the unfused MLP 8192x64's bias and
+# relu kernels (estimated 273-299 µs, ~55 µs real serial) then ran serially and the row took 0.37 ms
+# vs 0.255 with teams (docs/CPU_THREADS.md, "Where the worker wakes up").
+PARALLEL_MIN_US = 200.0
 # Each extra thread should get at least this much work (Inductor / ATen use a grain size too).
 GRAIN_US = 150.0
 # Nominal rates of one core running vectorized generated code, for the *estimate* only
@@ -551,7 +554,7 @@ def report() -> str:
     usable cores: 2 (affinity 2 CPUs)
     idle workers spin 10000 times, then sleep (GOMP_SPINCOUNT=10000, set by explorer before libgomp loaded)
     workers kept off the calling thread's CPU (re-placed when it moves)
-    parallel above ~300 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
+    parallel above ~200 µs of estimated work, one more thread per ~150 µs, fewer when cores are taken
     /proc/loadavg: 1 runnable threads on 2 CPUs (this one included) -> 0 of 2 usable cores taken now; ...
     native pools: openblas (blas) 2 threads
     """
