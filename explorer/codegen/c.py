@@ -174,13 +174,17 @@ static inline int64_t ke_abs_i64(int64_t a) { return a < 0 ? -a : a; }
 KE_IPOW(int32_t, uint32_t)
 KE_IPOW(int64_t, uint64_t)
 
-/* Polynomial steps inside our own f32 exp/expm1/log: one FMA where the CPU has it. These are
- * approximations of our own, not NumPy's roundings, so -ffp-contract=off (which keeps the arithmetic
- * the user wrote exact) does not apply to them; without the FMA, softmax 4096x1024 ran 1.25x slower. */
-#if defined(__FMA__)
-#define KE_MADDF(a, b, c) __builtin_fmaf((a), (b), (c))
+/* a*b + c with one rounding where the CPU has FMA. Everything else is built with -ffp-contract=off
+ * (NumPy's separate roundings); these are called only where no NumPy rounding is lost: accumulators
+ * of a matmul (as NumPy's BLAS accumulates) or of a reduction (whose order already differs from
+ * NumPy's pairwise sum), and the polynomial steps of our own exp/expm1/log below, which are
+ * approximations of ours (without FMA, softmax 4096x1024 ran 1.25x slower). */
+#if defined(__FMA__) && defined(__x86_64__)
+static inline float ke_fmaf(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+static inline double ke_fma(double a, double b, double c) { return __builtin_fma(a, b, c); }
 #else
-#define KE_MADDF(a, b, c) ((a) * (b) + (c))
+static inline float ke_fmaf(float a, float b, float c) { return a * b + c; }
+static inline double ke_fma(double a, double b, double c) { return a * b + c; }
 #endif
 
 /* exp(x), f32: n = round(x/ln2), r = x - n*ln2 (Cody-Waite), exp(r) by a degree-7
@@ -188,17 +192,17 @@ KE_IPOW(int64_t, uint64_t)
  * NaN -> NaN, +Inf/overflow -> +Inf, -Inf/underflow -> 0. */
 static inline float ke_expf(float x) {
   float xc = x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x);
-  float k = KE_MADDF(xc, 1.44269504088896341f, 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = KE_MADDF(-k, 0.693359375f, xc);   /* exact: 0.693359375 has 9 bits */
-  r = KE_MADDF(k, 2.12194440e-4f, r);
+  float k = ke_fmaf(xc, 1.44269504088896341f, 12582912.0f) - 12582912.0f; /* round to nearest */
+  float r = ke_fmaf(-k, 0.693359375f, xc);   /* exact: 0.693359375 has 9 bits */
+  r = ke_fmaf(k, 2.12194440e-4f, r);
   float z = r * r;
   float p = 1.9875691500e-4f;
-  p = KE_MADDF(p, r, 1.3981999507e-3f);
-  p = KE_MADDF(p, r, 8.3334519073e-3f);
-  p = KE_MADDF(p, r, 4.1665795894e-2f);
-  p = KE_MADDF(p, r, 1.6666665459e-1f);
-  p = KE_MADDF(p, r, 5.0000001201e-1f);
-  p = KE_MADDF(p, z, r) + 1.0f;
+  p = ke_fmaf(p, r, 1.3981999507e-3f);
+  p = ke_fmaf(p, r, 8.3334519073e-3f);
+  p = ke_fmaf(p, r, 4.1665795894e-2f);
+  p = ke_fmaf(p, r, 1.6666665459e-1f);
+  p = ke_fmaf(p, r, 5.0000001201e-1f);
+  p = ke_fmaf(p, z, r) + 1.0f;
   int32_t n = (int32_t)k;
   int32_t n1 = n >> 1;
   int32_t n2 = n - n1;
@@ -208,19 +212,19 @@ static inline float ke_expf(float x) {
 
 /* exp(x) - 1 for 0 <= x <= 20 without cancellation near 0 (used by tanh). */
 static inline float ke_expm1_pos(float x) {
-  float k = KE_MADDF(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
-  float r = KE_MADDF(-k, 0.693359375f, x);
-  r = KE_MADDF(k, 2.12194440e-4f, r);
+  float k = ke_fmaf(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f;
+  float r = ke_fmaf(-k, 0.693359375f, x);
+  r = ke_fmaf(k, 2.12194440e-4f, r);
   float p = 2.48015873e-5f;           /* 1/8! */
-  p = KE_MADDF(p, r, 1.98412698e-4f);         /* 1/7! */
-  p = KE_MADDF(p, r, 1.38888889e-3f);
-  p = KE_MADDF(p, r, 8.33333333e-3f);
-  p = KE_MADDF(p, r, 4.16666667e-2f);
-  p = KE_MADDF(p, r, 1.66666667e-1f);
-  p = KE_MADDF(p, r, 0.5f);
-  p = KE_MADDF(p, r * r, r);          /* expm1(r) */
+  p = ke_fmaf(p, r, 1.98412698e-4f);         /* 1/7! */
+  p = ke_fmaf(p, r, 1.38888889e-3f);
+  p = ke_fmaf(p, r, 8.33333333e-3f);
+  p = ke_fmaf(p, r, 4.16666667e-2f);
+  p = ke_fmaf(p, r, 1.66666667e-1f);
+  p = ke_fmaf(p, r, 0.5f);
+  p = ke_fmaf(p, r * r, r);          /* expm1(r) */
   float s = ke_from_bits(((int32_t)k + 127) << 23);  /* 2^k */
-  return KE_MADDF(s, p, s - 1.0f);
+  return ke_fmaf(s, p, s - 1.0f);
 }
 
 /* tanh(x) = sign(x) * em / (em + 2), em = expm1(2|x|); |x| > 9 -> ±1; NaN -> NaN. */
@@ -247,19 +251,19 @@ static inline float ke_logf(float x) {
   float f = small ? (m + m) - 1.0f : m - 1.0f;
   float z = f * f;
   float y = 7.0376836292e-2f;
-  y = KE_MADDF(y, f, -1.1514610310e-1f);
-  y = KE_MADDF(y, f, 1.1676998740e-1f);
-  y = KE_MADDF(y, f, -1.2420140846e-1f);
-  y = KE_MADDF(y, f, 1.4249322787e-1f);
-  y = KE_MADDF(y, f, -1.6668057665e-1f);
-  y = KE_MADDF(y, f, 2.0000714765e-1f);
-  y = KE_MADDF(y, f, -2.4999993993e-1f);
-  y = KE_MADDF(y, f, 3.3333331174e-1f);
+  y = ke_fmaf(y, f, -1.1514610310e-1f);
+  y = ke_fmaf(y, f, 1.1676998740e-1f);
+  y = ke_fmaf(y, f, -1.2420140846e-1f);
+  y = ke_fmaf(y, f, 1.4249322787e-1f);
+  y = ke_fmaf(y, f, -1.6668057665e-1f);
+  y = ke_fmaf(y, f, 2.0000714765e-1f);
+  y = ke_fmaf(y, f, -2.4999993993e-1f);
+  y = ke_fmaf(y, f, 3.3333331174e-1f);
   y = y * f * z;
-  y = KE_MADDF(e, -2.12194440e-4f, y);
-  y = KE_MADDF(-0.5f, z, y);
+  y = ke_fmaf(e, -2.12194440e-4f, y);
+  y = ke_fmaf(-0.5f, z, y);
   float r = f + y;
-  r = KE_MADDF(e, 0.693359375f, r);
+  r = ke_fmaf(e, 0.693359375f, r);
   r = x == INFINITY ? x : r;
   r = x == 0.0f ? -INFINITY : r;
   r = (x < 0.0f || x != x) ? NAN : r;
@@ -268,16 +272,11 @@ static inline float ke_logf(float x) {
 
 /* GCC vector types for register tiles (AVX2: 32 bytes). The *_u types are unaligned and
  * may_alias, so loads/stores through them are valid at any float address. */
-@VECTOR_TYPES_32@/* Matmul accumulators only: acc + a*b with one rounding where the CPU has FMA, as NumPy's BLAS
- * accumulates. All other arithmetic is built with -ffp-contract=off (NumPy's separate roundings). */
+@VECTOR_TYPES_32@/* vector accumulators of register tiles: one rounding where the CPU has FMA (as ke_fmaf) */
 #if defined(__FMA__) && defined(__x86_64__)
-static inline float ke_fmaf(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
-static inline double ke_fma(double a, double b, double c) { return __builtin_fma(a, b, c); }
 static inline ke_v8f ke_fma_v8f(ke_v8f a, ke_v8f b, ke_v8f c) { return __builtin_ia32_vfmaddps256(a, b, c); }
 static inline ke_v4d ke_fma_v4d(ke_v4d a, ke_v4d b, ke_v4d c) { return __builtin_ia32_vfmaddpd256(a, b, c); }
 #else
-static inline float ke_fmaf(float a, float b, float c) { return a * b + c; }
-static inline double ke_fma(double a, double b, double c) { return a * b + c; }
 static inline ke_v8f ke_fma_v8f(ke_v8f a, ke_v8f b, ke_v8f c) { return a * b + c; }
 static inline ke_v4d ke_fma_v4d(ke_v4d a, ke_v4d b, ke_v4d c) { return a * b + c; }
 #endif
