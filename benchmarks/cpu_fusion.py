@@ -398,7 +398,7 @@ def serve(quick: bool) -> int:
         run = built[name]
         samples, shrunk = [], []
         # the turn's first call, after the pause, timed apart: the warm-up Compiled.benchmark and
-        # measure() discard (both builds' workers are asleep then; see TURN_WARMUP in against())
+        # measure() discard (both builds' workers are asleep then; see the note under TURN_PAUSE_S)
         t0 = time.perf_counter()
         run()
         first = (time.perf_counter() - t0) * 1e3

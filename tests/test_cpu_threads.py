@@ -533,7 +533,7 @@ def test_workers_are_kept_off_the_callers_cpu(monkeypatch):
     c = explorer.compile(_chain, a, a, target="cpu", verbose=False)
     c(a, a)
     monkeypatch.setattr(threads, "_placed", {})
-    monkeypatch.setattr(threads, "_user_binds", False)
+    monkeypatch.setattr(threads, "_user_binding", [[]])
     tid = threads.omp_worker_tids(2)[0]
     mine = os.sched_getaffinity(0)
     try:
@@ -544,9 +544,10 @@ def test_workers_are_kept_off_the_callers_cpu(monkeypatch):
         assert threads.place_workers(2)
         assert os.sched_getaffinity(tid) == mine - {max(mine)}
         assert not threads.place_workers(1)                                    # serial: no team to place
-        monkeypatch.setattr(threads, "_user_binds", True)                      # OMP_PROC_BIND and friends
+        assert threads.placement_text() == "workers kept off the calling thread's CPU (re-placed when it moves)"
+        monkeypatch.setattr(threads, "_user_binding", [["OMP_PROC_BIND=close"]])   # the user chose libgomp's
         assert not threads.place_workers(2)
-        assert "as the user set" in threads.placement_text() or not any(v in os.environ for v in threads.BIND_VARS)
+        assert threads.placement_text() == "workers placed by libgomp as the user set (OMP_PROC_BIND=close)"
     finally:
         os.sched_setaffinity(tid, mine)
     np.testing.assert_allclose(c(a, a), _chain(a, a), rtol=1e-6)               # the placed team still computes

@@ -478,7 +478,15 @@ def _sched_getcpu() -> int:
     return f() if f is not None else -1
 
 
-_user_binds: bool | None = None
+_user_binding: list[str] = []
+
+
+def user_binding() -> list[str]:
+    """The OpenMP binding variables the user set ('OMP_PROC_BIND=close', ...), read once (os.environ
+    costs ~0.3 µs a name, and place_workers runs on every parallel call): libgomp places the workers then."""
+    if not _user_binding:
+        _user_binding.append([f"{v}={os.environ[v]}" for v in BIND_VARS if v in os.environ])
+    return _user_binding[0]
 
 
 def place_workers(team: int) -> bool:
@@ -494,12 +502,7 @@ def place_workers(team: int) -> bool:
     worker kept off the caller's CPU 0.19-0.20. Unlike OMP_PROC_BIND the caller itself (Python's thread,
     whose affinity later threads inherit) stays free. Not done when the user set OMP_PROC_BIND,
     OMP_PLACES or GOMP_CPU_AFFINITY (libgomp binds then)."""
-    global _user_binds
-    if team <= 1:
-        return False
-    if _user_binds is None:
-        _user_binds = any(v in os.environ for v in BIND_VARS)   # read once: os.environ costs ~0.3 µs a name
-    if _user_binds:
+    if team <= 1 or user_binding():
         return False
     me = threading.get_native_id()
     cpu = _sched_getcpu()
@@ -527,7 +530,7 @@ def place_workers(team: int) -> bool:
 
 def placement_text() -> str:
     """How our OpenMP workers are placed, for people (threads.report)."""
-    user = [f"{v}={os.environ[v]}" for v in BIND_VARS if v in os.environ]
+    user = user_binding()
     if user:
         return f"workers placed by libgomp as the user set ({', '.join(user)})"
     return "workers kept off the calling thread's CPU (re-placed when it moves)"
