@@ -183,11 +183,12 @@ def _part_starts(parts: Sequence[str]) -> list[int]:
 
 
 def compile_source(source: str, fast_math: bool = False, parts: Sequence[str] | None = None,
-                   part_names: Sequence[str] | None = None) -> Path:
+                   part_names: Sequence[str] | None = None, extra_flags: Sequence[str] = ()) -> Path:
     """Build `source` into a cached shared library and return its path.
 
     `parts` (prelude, kernel 0, kernel 1, ...) lets a compiler error name the kernel and the line
-    inside that kernel's own source.
+    inside that kernel's own source. `extra_flags` are added to the compile step (include paths of
+    the C call path's extension, backends/dispatch.py).
     """
     info = probe()
     if not info["ok"]:
@@ -195,7 +196,7 @@ def compile_source(source: str, fast_math: bool = False, parts: Sequence[str] | 
     if not info["openmp"]:
         _say_once(f"explorer: {info['cmd'][0]} cannot link OpenMP ({info.get('openmp_error', '')}); "
                   f"CPU kernels run single-threaded")
-    flags = flags_for(fast_math)
+    flags = [*flags_for(fast_math), *extra_flags]
     cmd = info["cmd"]
     key = hashlib.sha256("\0".join([source, " ".join(cmd), " ".join(flags), info["version"]]).encode()).hexdigest()
     root = cache_dir()
@@ -473,7 +474,8 @@ class CpuExecutable:
         self.cores, self.cores_why = threads.usable_cores()
         self.machine_cpus = os.cpu_count() or self.cores
         self.thread_policy = threads.plan([gk.kernel for gk in codegen.kernels], self.cores, self.cores_why)
-        self.thread_stats = {"serial": 0, "parallel": 0, "fewer_threads_busy": 0}
+        self._stats = {"serial": 0, "parallel": 0, "fewer_threads_busy": 0}
+        self._c_calls: list[tuple[Any, list]] = []   # C call paths made for this program (dispatch.Call, constants)
         self._plan = self._make_plan()
         # every kernel runs on the calling thread: the team size is set once, not per kernel and call
         self._serial_only = self._team is None or all(fixed for *_, fixed in self._plan)
@@ -529,24 +531,35 @@ class CpuExecutable:
             return i if kind == "in" else n_in + i if kind == "new" else fixed_pos[i]
         from operator import itemgetter
         plan = []
+        self._n_in, self._n_new = n_in, n_new
+        self._param_index: list[list[int]] = []     # per kernel: its parameters' places in the flat list
         for (_, fn, params), dec in zip(self.kernels, self.thread_policy):
             idx = [flat(*slot[p]) for p in params]
+            self._param_index.append(idx)
             pick = (lambda ptrs, i=idx[0]: (ptrs[i],)) if len(idx) == 1 else itemgetter(*idx)
             plan.append((fn, pick, dec, dec.threads if dec.threads <= 1 else 0))
         return plan
 
+    @property
+    def thread_stats(self) -> dict[str, int]:
+        """Kernel calls that ran serial, parallel, or with fewer threads because other threads held
+        cores; calls through the C call path (all serial) included."""
+        stats = dict(self._stats)
+        stats["serial"] += sum(call.calls for call, _ in self._c_calls) * len(self._plan)
+        return stats
+
     def _team_size(self, dec) -> int:
         from . import threads
         if dec.threads <= 1:
-            self.thread_stats["serial"] += 1
+            self._stats["serial"] += 1
             return 1
         n = threads.threads_now(dec.threads, threads.busy_cores_for_call(cpus=self.machine_cpus, cores=self.cores),
                               self.cores)
-        self.thread_stats["parallel" if n > 1 else "serial"] += 1
+        self._stats["parallel" if n > 1 else "serial"] += 1
         if n > 1:
             threads.place_workers(n)
         if n < dec.threads:
-            self.thread_stats["fewer_threads_busy"] += 1
+            self._stats["fewer_threads_busy"] += 1
         return n
 
     def run(self, inputs: Sequence[np.ndarray], checked: bool = False) -> list[np.ndarray]:
@@ -615,7 +628,7 @@ class CpuExecutable:
         if temp_set is not None:
             ptrs += temp_set[1]
         ptrs += self._fixed_ptrs
-        team, stats = self._team, self.thread_stats
+        team, stats = self._team, self._stats
         try:
             if self._serial_only:
                 # team.value stays 1 (set in __init__): every executable of this library is this
@@ -654,6 +667,9 @@ class CpuExecutable:
         specs = [(tuple(shape), np.dtype(dt)) for shape, dt in specs]
         consts = list(consts)     # the closure keeps them (and so their pointers) alive
         const_ptrs = [a.ctypes.data for a in consts]
+        c_call = self._c_call(specs, consts, const_ptrs)
+        if c_call is not None:
+            return c_call
         n_args, ndarray, ref = len(specs), np.ndarray, weakref.ref
         cache: list[tuple[Any, int] | None] = [None] * n_args
         launch, outs_are_new = self._launch, self._outs_are_new
@@ -676,6 +692,31 @@ class CpuExecutable:
             if not outs_are_new:     # an output that is an input or a constant: run() copies it
                 return self.run([*args, *consts], checked=True)
             return launch(ptrs + const_ptrs)
+        return call
+
+    def _c_call(self, specs, consts: list[np.ndarray], const_ptrs: list[int]) -> Any | None:
+        """fast_call's path in C (backends/dispatch.py) when it serves this program: every kernel serial,
+        every output fresh, outputs and temporaries each at most OWN_OUTPUT_BYTES (bigger ones keep the
+        pool's already-faulted pages); None otherwise or where the extension cannot be built."""
+        arrays = [*self._alloc, *self._temp_specs]     # in the flat order: outputs, then temporaries
+        if not (self._serial_only and self._outs_are_new and self._alloc
+                and all(nbytes <= OWN_OUTPUT_BYTES for *_, nbytes in arrays)):
+            return None
+        from . import dispatch
+        n_args, n_in = len(specs), self._n_in
+
+        def source(i: int) -> tuple[int, int, int]:   # (input | output or temporary | a constant's address)
+            if i < n_args:
+                return 0, i, 0
+            if i < n_in:
+                return 2, 0, const_ptrs[i - n_args]
+            if i < n_in + self._n_new:
+                return 1, i - n_in, 0
+            return 2, 0, self._fixed_ptrs[i - n_in - self._n_new]
+        kernels = [(fn, [source(i) for i in idx]) for (fn, *_), idx in zip(self._plan, self._param_index)]
+        call = dispatch.make_call(specs, [(shape, dt) for shape, dt, _ in arrays], len(self._alloc), kernels)
+        if call is not None:      # kept with the constants behind its addresses
+            self._c_calls.append((call, consts))
         return call
 
     def _take_temp_set(self) -> tuple[list[np.ndarray], list[int]]:
