@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import explorer  # noqa: E402
 from explorer import measure as measure_lib  # noqa: E402
+from explorer.backends import threads  # noqa: E402
 from explorer.errors import ExplorerError  # noqa: E402
 from explorer.measure import Timing  # noqa: E402
 
@@ -195,11 +196,19 @@ def kernel_runner(c: "explorer.Compiled", args) -> Callable[[], None]:
     """The kernels alone, buffers allocated once (what Compiled.benchmark times), without Python's per-call work."""
     exe = c.executable()
     env = exe._buffers(c.backend_inputs(c.check_args(list(args))), fresh=False)
-    calls = [(fn, [env[p].ctypes.data for p in ps]) for _, fn, ps in exe.kernels]
+    team = getattr(exe, "_team", None)
+    plan = getattr(exe, "_plan", None) or [(None, None, None, 1)] * len(exe.kernels)
+    calls = [(fn, [env[p].ctypes.data for p in ps], dec, fixed)
+             for (_, fn, ps), (_, _, dec, fixed) in zip(exe.kernels, plan)]
 
     def run():
-        for fn, a in calls:
+        for fn, a, dec, fixed in calls:
+            n = fixed or exe._team_size(dec)    # the thread policy at call time, as Compiled.benchmark
+            if team is not None:
+                team.value = n
             fn(*a)
+            if n > 1:
+                threads.region_ended(n)
     return run
 
 
@@ -394,30 +403,80 @@ def bench_size(seq: int, width: int, n_head: int, rounds: int, per: int, torch_p
                 print(f"  torch {label}: compile {r['compile_s']:.1f} s, max abs error vs NumPy {r['err']:.2e}")
 
 
+BLOCK = 20
+
+
+# the issue's bound for a small matmul: M*N*K below ~1 M multiply-adds
+SMALL_MACS = 1_000_000
+
+
+def in_blocks(fn: Callable[[], object], n: int = BLOCK, pause_s: float = 0.0) -> "measure_lib.Sampler":
+    """A variant for measure.interleaved that runs `fn` n + 1 times in a row and returns the mean ms of the
+    last n: each variant is timed in its own steady state. The untimed first call absorbs the hand-over
+    from the variant before it (OpenBLAS's workers still spinning after NumPy's call hold the cores our
+    team needs, and the other way round). `pause_s`: sleep that long first (untimed)."""
+    def sample() -> float:
+        if pause_s:
+            time.sleep(pause_s)
+        fn()
+        t0 = CLOCK()
+        for _ in range(n):
+            fn()
+        return (CLOCK() - t0) * 1e3 / n
+    return measure_lib.Sampler(sample)
+
+
+def fmt_us(t: Timing) -> str:
+    return f"{t.median_ms * 1e3:8.2f} [{t.q1_ms * 1e3:.2f}, {t.q3_ms * 1e3:.2f}]" + (" UNSTABLE" if t.unstable else "")
+
+
 def small_matmuls(rounds: int, per: int) -> None:
-    print("\n== small matmuls: kernel time vs NumPy (OpenBLAS), float32 ==")
+    print("\n== small matmuls: time vs NumPy (OpenBLAS), float32, µs: median [p25, p75] ==")
+    print(f"  'alternating': one call of each variant per round (they hand the cores to each other every call); "
+          f"'in blocks': {BLOCK} calls of each variant per round after an untimed one (each in its steady state)")
     rng = np.random.default_rng(1)
+    small_ratios: list[float] = []
     for M, K, N in ((16, 64, 192), (64, 64, 64), (1, 768, 2304), (16, 16, 16), (16, 64, 256), (16, 256, 64)):
         a = rng.standard_normal((M, K)).astype(np.float32)
         b = rng.standard_normal((K, N)).astype(np.float32)
         c = explorer.compile(lambda a, b: a @ b, a, b, target="cpu", verbose=False)
         assert np.allclose(c(a, b), a @ b, rtol=1e-4, atol=1e-3)
         fns = {"kernel": kernel_runner(c, (a, b)), "call": lambda: c(a, b), "numpy": lambda: a @ b}
-        s = interleaved(fns, rounds, per * 5)
-        npm = stats(s["numpy"])[0]
-        print(f"  {M}x{K} @ {K}x{N} ({M * N * K / 1e6:.2f} M MACs): numpy {fmt(s['numpy'])}  "
-              f"kernel {fmt(s['kernel'])} ({npm / stats(s['kernel'])[0]:.2f}x)  "
-              f"call {fmt(s['call'])} ({npm / stats(s['call'])[0]:.2f}x)"
-              + "".join(f"  {k}:{unstable_note(s[k])}" for k in ("numpy", "kernel", "call") if s[k].unstable))
-        cpu, process_cpu = thread_cpu_us(fns, rounds)
+        macs = M * N * K
+        small = macs < SMALL_MACS
         serial = all(d.threads <= 1 for d in c.thread_policy)
+        print(f"  {M}x{K} @ {K}x{N} ({macs / 1e6:.2f} M MACs"
+              + ("; a small matmul: target >= 0.8x NumPy)" if small else
+                 f"; above the small-matmul range of {SMALL_MACS / 1e6:g} M MACs)") + ":")
+        ways = [("alternating", interleaved(fns, rounds, per * 5)),
+                ("in blocks", measure_lib.interleaved({k: in_blocks(f) for k, f in fns.items()},
+                                                      repeat=rounds * per, warmup=1, clock=CLOCK))]
+        if not serial:
+            # OpenBLAS's workers spin ~0.1 s after each NumPy call, and while they do the thread policy
+            # runs our kernels serially (they hold the cores; a team of ours would then spin against
+            # NumPy's next call): explorer's blocks again, each after NumPy's pool has gone to sleep
+            ways.append(("in blocks, NumPy's pool asleep",
+                         measure_lib.interleaved({k: in_blocks(f, pause_s=0.15 if k != "numpy" else 0.0)
+                                                  for k, f in fns.items()},
+                                                 repeat=max(3, rounds * per // 4), warmup=1, clock=CLOCK)))
+        for how, s in ways:
+            npm = s["numpy"].median_ms
+            ratios = (npm / s["kernel"].median_ms, npm / s["call"].median_ms)
+            if small:
+                small_ratios.append(min(ratios))
+            print(f"    {how:30s}  numpy {fmt_us(s['numpy'])}  kernel {fmt_us(s['kernel'])} "
+                  f"({ratios[0]:.2f}x)  call {fmt_us(s['call'])} ({ratios[1]:.2f}x)"
+                  + "".join(f"  {k}:{unstable_note(s[k])}" for k in ("numpy", "kernel", "call") if s[k].unstable))
+        cpu, process_cpu = thread_cpu_us(fns, rounds)
         if serial and process_cpu["numpy"] < 1.3 * cpu["numpy"]:   # both on one thread: CPU time compares them
             print(f"      CPU time of the calling thread, µs (median of {rounds} rounds; a busy neighbour does not "
                   f"count): numpy {cpu['numpy']:.2f}  kernel {cpu['kernel']:.2f} ({cpu['numpy'] / cpu['kernel']:.2f}x)"
                   f"  call {cpu['call']:.2f} ({cpu['numpy'] / cpu['call']:.2f}x)")
         else:
-            print(f"      (no CPU-time row: " + ("NumPy's BLAS ran on several threads" if serial else
+            print("      (no CPU-time row: " + ("NumPy's BLAS ran on several threads" if serial else
                                                 "explorer's kernel may use several threads") + "; wall time above)")
+    print(f"  small matmuls (< {SMALL_MACS / 1e6:g} M MACs), kernel and call, every way above: lowest "
+          f"{min(small_ratios):.2f}x NumPy (target >= 0.8x): {'ok' if min(small_ratios) >= 0.8 else 'SHORT'}")
 
 
 def thread_cpu_us(fns: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -453,6 +512,7 @@ def main() -> None:
                     help="threads for OpenMP, OpenBLAS and torch (default: their own defaults); 1 gives stable "
                          "same-thread-count ratios on a busy machine")
     ap.add_argument("--large-only", action="store_true", help="only the seq 256 / width 512 size")
+    ap.add_argument("--small-matmuls-only", action="store_true", help="only the small-matmul rows")
     ap.add_argument("--per-kernel", action="store_true",
                     help="also print each fused program's time per kernel (Compiled.benchmark)")
     ap.add_argument("--cpu-time", action="store_true",
@@ -472,9 +532,9 @@ def main() -> None:
           f"threads: {a.threads or 'library defaults'}; clock: "
           f"{'process CPU time (time.process_time)' if a.cpu_time else 'wall (time.perf_counter)'}")
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    if not a.large_only:
+    if not a.large_only and not a.small_matmuls_only:
         bench_size(16, 64, 4, rounds, per, a.torch_python, tmp)
-    if not a.quick:
+    if not a.quick and not a.small_matmuls_only:
         bench_size(256, 512, 8, max(3, rounds // 2), 2, a.torch_python, tmp)
     if not a.large_only:
         small_matmuls(rounds, per)

@@ -4,6 +4,7 @@ Correctness only: no timing is asserted."""
 from __future__ import annotations
 
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -176,6 +177,96 @@ def test_bounded_spin_set_before_libgomp_loads(tmp_path):
     assert out.startswith(f"None {threads.SPIN_COUNT} |") and "set by explorer" in out
     out = _fresh_python(code, tmp_path, OMP_WAIT_POLICY="passive")
     assert out.startswith("passive None |") and "as the user set" in out
+    # where explorer chose the spin count (x86-64), a region's workers are known to spin for a while
+    code += "from explorer.backends import threads\nprint(threads._sure_spin)\n"
+    sure = float(_fresh_python(code, tmp_path).split()[-1])
+    assert sure == (threads.SURE_SPIN_S if platform.machine().lower() in ("x86_64", "amd64") else 0.0)
+    assert float(_fresh_python(code, tmp_path, GOMP_SPINCOUNT="100").split()[-1]) == 0.0
+
+
+def test_workers_of_a_region_that_just_ended_are_not_read(monkeypatch):
+    """own_workers_running: within the sure-spin window after a region of >= team threads, the workers
+    count as runnable without reading /proc; after it, or for a bigger team, their states are read."""
+    clock = [50.0]
+    reads = []
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(threads, "_sure_spin", 1e-5)
+    monkeypatch.setattr(threads, "_last_region", [-1.0, 0])
+    monkeypatch.setattr(threads, "omp_worker_tids", lambda team: (11, 12, 13)[:team - 1])
+    monkeypatch.setattr(threads, "thread_runnable", lambda tid: reads.append(tid) or False)
+    threads.region_ended(2)
+    clock[0] += 5e-6
+    assert threads.own_workers_running(2) == 1 and reads == []
+    assert threads.own_workers_running(3) == 0 and reads == [11, 12]     # the region had 2 threads only
+    clock[0] += 1e-5
+    assert threads.own_workers_running(2) == 0 and reads == [11, 12, 11]
+    monkeypatch.setattr(threads, "_sure_spin", 0.0)                       # a spin count not ours
+    threads.region_ended(2)
+    assert threads.own_workers_running(2) == 0 and reads[-1] == 11
+
+
+def test_the_usual_call_time_check_reads_loadavg_once(monkeypatch):
+    """busy_cores_for_call: the caller alone, or the caller and the workers of the region that just
+    ended, is one /proc/loadavg reading; our own OpenBLAS workers are counted without more readings."""
+    clock = [80.0]
+    running = [1]
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(threads, "_streak", {})
+    monkeypatch.setattr(threads, "_sure_spin", 1e-5)
+    monkeypatch.setattr(threads, "_last_region", [-1.0, 0])
+    monkeypatch.setattr(threads, "running_threads", lambda: running[0])
+    monkeypatch.setattr(threads, "own_workers_running", lambda team: 0)
+    monkeypatch.setattr(threads, "own_other_threads_running", lambda: 1)
+
+    def no_more_readings(**kw):
+        raise AssertionError("read /proc/loadavg again")
+    monkeypatch.setattr(threads, "busy_cores", no_more_readings)
+    assert threads.busy_cores_for_call(cores=2) == 0
+    running[0] = 2
+    threads.region_ended(2)
+    assert threads.busy_cores_for_call(cores=2) == 0          # our worker, still spinning
+    clock[0] += 1.0
+    assert threads.busy_cores_for_call(cores=2) == 1          # NumPy's OpenBLAS worker: ours, at once
+    running[0] = 3
+    monkeypatch.setattr(threads, "busy_cores", lambda **kw: 2)
+    assert threads.busy_cores_for_call(cores=2) == 1          # one more, from outside: not yet (PERSIST_S)
+
+
+def test_other_threads_of_the_process_are_listed_once_a_second(monkeypatch):
+    clock = [10.0]
+    listed = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(threads, "_other_tids", {})
+    monkeypatch.setattr(threads.os, "listdir", lambda p: listed.append(p) or real_listdir(p))
+    for _ in range(5):
+        threads.own_other_threads_running()
+    assert len(listed) == 1
+    clock[0] += threads.OTHER_TIDS_S + 0.1
+    threads.own_other_threads_running()
+    assert len(listed) == 2
+
+
+def test_a_sleeping_thread_is_not_runnable(monkeypatch):
+    ev = threading.Event()
+    t = threading.Thread(target=ev.wait, daemon=True)
+    t.start()
+    try:
+        for _ in range(50):           # until it blocks in the wait
+            if not threads.thread_runnable(t.native_id):
+                break
+            threading.Event().wait(0.01)
+        assert threads.thread_runnable(t.native_id) is False
+        # a kernel that refuses the syscall file: the stat file's state letter from then on
+        def refuse(path):
+            raise PermissionError(path)
+        monkeypatch.setattr(threads, "_syscall_file_ok", True)
+        monkeypatch.setattr(threads, "_read_proc", refuse)
+        monkeypatch.setattr(threads, "thread_state", lambda tid: "R")
+        assert threads.thread_runnable(t.native_id) is True and threads._syscall_file_ok is False
+    finally:
+        ev.set()
+        t.join()
 
 
 def test_report_names_the_policy_inputs():
@@ -481,6 +572,9 @@ def test_an_outside_thread_counts_only_once_it_persists(monkeypatch):
     a thread outside the process counts only after PERSIST_S of successive busy checks."""
     clock = [100.0]
     reading = {"busy": 1, "own": 0}
+    monkeypatch.setattr(threads, "running_threads", lambda: 1 + reading["busy"])   # the caller + the busy ones
+    monkeypatch.setattr(threads, "_last_region", [-1.0, 0])
+    monkeypatch.setattr(threads, "own_workers_running", lambda team: 0)
     monkeypatch.setattr(threads, "busy_cores", lambda **kw: reading["busy"])
     monkeypatch.setattr(threads, "own_other_threads_running", lambda: reading["own"])
     monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
@@ -507,7 +601,8 @@ def test_an_outside_thread_counts_only_once_it_persists(monkeypatch):
     assert threads.busy_cores_for_call() == 1
 
 
-def test_own_other_threads_are_found_in_this_process():
+def test_own_other_threads_are_found_in_this_process(monkeypatch):
+    monkeypatch.setattr(threads, "_other_tids", {})    # the thread below is new: list the threads again
     stop = threading.Event()
     work = np.random.default_rng(0).random(1 << 20)
 

@@ -41,6 +41,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, CompileError, ExplorerError, KernelFault
+from . import threads as _threads
+from .threads import region_ended
 
 # -fno-tree-loop-distribute-patterns: gcc otherwise turns a register tile's write-back loop into
 # memcpy, which forces the tile out of registers and made plain matmul kernels 2-10x slower than the
@@ -549,7 +551,7 @@ class CpuExecutable:
         return stats
 
     def _team_size(self, dec) -> int:
-        from . import threads
+        threads = _threads
         if dec.threads <= 1:
             self._stats["serial"] += 1
             return 1
@@ -638,13 +640,16 @@ class CpuExecutable:
                     fn(*pick(ptrs))
             else:
                 for fn, pick, dec, fixed_team in self._plan:
+                    n = 1
                     if team is not None:
                         if fixed_team:
                             team.value = fixed_team
                             stats["serial"] += 1
                         else:
-                            team.value = self._team_size(dec)
+                            team.value = n = self._team_size(dec)
                     fn(*pick(ptrs))
+                    if n > 1:
+                        region_ended(n)
         finally:
             if temp_set is not None:
                 self._temp_sets.append(temp_set)
@@ -767,9 +772,12 @@ class CpuExecutable:
             per: dict[str, float] = {}
             for name, fn, args, dec in calls:
                 t0 = time.perf_counter()
+                n = 1
                 if team is not None:
-                    team.value = self._team_size(dec)
+                    team.value = n = self._team_size(dec)
                 fn(*args)
+                if n > 1:
+                    region_ended(n)
                 per[name] = per.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
             return sum(per.values()), per
         return Sampler(sample)

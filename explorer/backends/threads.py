@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import platform
 import threading
 import time
 from dataclasses import dataclass
@@ -206,17 +207,23 @@ def own_other_threads_running() -> int:
     """Threads of this process other than the caller and our OpenMP workers that are runnable now:
     in practice NumPy's OpenBLAS workers still spinning after a BLAS call (they share our cores at once)."""
     me = threading.get_native_id()
-    ours = set(_omp_workers.get(me, ()))
-    n = 0
-    try:
-        tids = os.listdir("/proc/self/task")
-    except OSError:
-        return 0
-    for t in tids:
-        tid = int(t)
-        if tid != me and tid not in ours and thread_state(tid) == "R":
-            n += 1
-    return n
+    now = time.perf_counter()
+    known = _other_tids.get(me)
+    if known is None or now - known[0] > OTHER_TIDS_S:
+        ours = set(_omp_workers.get(me, ()))
+        try:
+            tids = [int(t) for t in os.listdir("/proc/self/task")]
+        except OSError:
+            return 0
+        known = _other_tids[me] = (now, [t for t in tids if t != me and t not in ours])
+    return sum(thread_runnable(tid) for tid in known[1])
+
+
+# the calling thread's native id -> (when listed, the ids of this process's other threads but our OpenMP
+# workers): listing /proc/self/task costs ~4 µs and threads seldom come and go; one started since counts
+# as an outside thread (PERSIST_S) until the list is renewed
+OTHER_TIDS_S = 1.0
+_other_tids: dict[int, tuple[float, list[int]]] = {}
 
 
 # An outside thread (another process, a kernel thread) counts only once it has held a core for
@@ -236,15 +243,31 @@ def busy_cores_for_call(cpus: int | None = None, cores: int | None = None) -> in
     """busy_cores for a kernel call: the cores our own other threads hold now, plus the cores outside
     threads hold if they have held them for PERSIST_S of successive checks, each within STREAK_GAP_S of
     the one before (see PERSIST_S)."""
-    busy = busy_cores(cpus=cpus, cores=cores)
     now = time.perf_counter()
+    # the common case first, in ~2 µs: nobody but the caller and (within SURE_SPIN_S of our last
+    # region) our own spinning workers is runnable
+    running = running_threads()
+    own = 0
+    if running is None:
+        busy: int | None = None
+    elif running <= 1 or (running <= _last_region[1] and now - _last_region[0] < _sure_spin):
+        busy = 0
+    else:
+        own_omp = own_workers_running(cores or usable_cores()[0])
+        others = running - 1 - own_omp
+        own = own_other_threads_running() if others > 0 else 0
+        if others <= own:
+            # all of them our own (OpenBLAS's workers spinning after a NumPy call): no more readings
+            busy = max(0, others)
+        else:
+            busy = busy_cores(cpus=cpus, cores=cores, own_workers=own_omp)
     if now - _streak.get("last", now) > STREAK_GAP_S:
         _streak.pop("since", None)
     _streak["last"] = now
     if not busy:
         _streak.pop("since", None)
         return busy
-    own = min(busy, own_other_threads_running())
+    own = min(busy, own)
     outside = busy - own
     if outside <= 0:
         _streak.pop("since", None)
@@ -396,15 +419,19 @@ def set_wait_policy() -> str:
     if "text" in _wait_state:
         return _wait_state["text"]
     user = [f"{v}={os.environ[v]}" for v in WAIT_POLICY_VARS if v in os.environ]
+    loaded = not user and libgomp_loaded()
+    _wait_state["ours"] = not user and not loaded
     if user:
         text = f"idle workers: as the user set ({', '.join(user)})"
-    elif libgomp_loaded():
+    elif loaded:
         text = "idle workers: libgomp was loaded before explorer (e.g. by torch) with its default spinning"
     else:
         os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
         text = (f"idle workers spin {SPIN_COUNT} times, then sleep (GOMP_SPINCOUNT={SPIN_COUNT}, set by explorer "
                 f"before libgomp loaded)")
     _wait_state["text"] = text
+    global _sure_spin
+    _sure_spin = SURE_SPIN_S if _wait_state["ours"] and platform.machine().lower() in ("x86_64", "amd64") else 0.0
     return text
 
 
@@ -450,12 +477,58 @@ def thread_state(tid: int) -> str | None:
         return None
 
 
+# (perf_counter() when a parallel region of ours last returned on some thread, its team size): set by
+# the CPU backend after each kernel call with a team of 2 or more (region_ended)
+_last_region = [-1.0, 0]
+# For this long after a region of ours returned, its workers are certainly still spinning (runnable),
+# so own_workers_running need not read their states (~3.5 µs each, half the per-call check of a GEMV
+# that takes 50 µs). Only where explorer chose the spin count: SPIN_COUNT spins of libgomp's wait loop
+# (a load and a `pause`, >= ~10 cycles on any x86-64, ~65 on this EPYC) last >= ~20 µs at 5 GHz;
+# measured here, the worker sleeps 248-285 µs after the region. 0 elsewhere (the user's or another
+# library's count, other CPUs): the states are read.
+SURE_SPIN_S = 10e-6
+_sure_spin = 0.0     # SURE_SPIN_S where it applies (set by set_wait_policy), else 0
+
+
+def region_ended(team: int, now: float | None = None) -> None:
+    """Note that a `team`-thread region of ours has just returned (see SURE_SPIN_S)."""
+    _last_region[0] = time.perf_counter() if now is None else now
+    _last_region[1] = team
+
+
+
+
+def thread_runnable(tid: int) -> bool:
+    """Whether thread `tid` of this process is runnable now (running or waiting for a CPU): its
+    /proc/self/task/TID/syscall reads "running" then (~2.4 µs; the stat file's state letter, the
+    fallback, costs ~3.5-5 µs to generate)."""
+    if _syscall_file_ok:
+        try:
+            return _read_proc(f"/proc/self/task/{tid}/syscall").startswith("running")
+        except PermissionError:    # a kernel that guards it (ptrace rules): the stat file from now on
+            _no_syscall_file()
+        except OSError:
+            pass
+    return thread_state(tid) == "R"
+
+
+_syscall_file_ok = True
+
+
+def _no_syscall_file() -> None:
+    global _syscall_file_ok
+    _syscall_file_ok = False
+
+
 def own_workers_running(team: int) -> int:
     """How many of our libgomp workers for a `team`-thread region are runnable now (idle but still
-    spinning, or busy in another region of ours): /proc/loadavg counts them, but they are our team."""
+    spinning, or busy in another region of ours): /proc/loadavg counts them, but they are our team.
+    Within SURE_SPIN_S of a region of ours of at least `team` threads they are, without reading."""
     if team <= 1:
         return 0
-    return sum(thread_state(t) == "R" for t in omp_worker_tids(team)[:team - 1])
+    if _last_region[1] >= team and time.perf_counter() - _last_region[0] < _sure_spin:
+        return team - 1
+    return sum(thread_runnable(t) for t in omp_worker_tids(team)[:team - 1])
 
 
 # ----------------------------------------------------------------------------- where workers run
