@@ -318,12 +318,18 @@ def main(argv=None) -> int:
 # --serve: the team size each kernel of a turn got and the most its policy allowed (trees with a thread
 # policy; empty for older ones)
 TEAMS: list[tuple[int, int]] = []
+REGION_ENDED = None
 
 
 def row_makers(quick: bool) -> dict:
     """{row name: () -> (call, check)} for our rows: call() runs it once; check() -> max error.
     Only APIs every revision has: explorer.compile, Compiled.__call__/.benchmark's machinery."""
     from explorer.backends import cpu
+    global REGION_ENDED
+    try:   # what the CPU backend's own calls (and Compiled.benchmark) do after a parallel kernel, where it exists
+        from explorer.backends.threads import region_ended as REGION_ENDED
+    except ImportError:
+        REGION_ENDED = None
     sz = sizes(quick)
     d = data(sz)
     a, b = d["a"], d["b"]
@@ -345,6 +351,8 @@ def row_makers(quick: bool) -> dict:
                         team.value = exe._team_size(policy[k])
                         TEAMS.append((team.value, policy[k].threads))
                     f(*ptrs)
+                    if team is not None and team.value > 1 and REGION_ENDED:
+                        REGION_ENDED(team.value)
             return run, lambda: c.max_error(*args)
         return make
 
@@ -366,6 +374,8 @@ def row_makers(quick: bool) -> dict:
                     team.value = exe._team_size(policy[k])
                     TEAMS.append((team.value, policy[k].threads))
                 f(*ptrs)
+                if team is not None and team.value > 1 and REGION_ENDED:
+                    REGION_ENDED(team.value)
         return run, lambda: 0.0
     n = sz["n"] >> 20
     rows[f"C copy kernel {n}M"] = copy_row
@@ -403,7 +413,8 @@ def serve(quick: bool) -> int:
         run()
         first = (time.perf_counter() - t0) * 1e3
         del TEAMS[:]
-        for _ in range(int(repeat)):
+        start = time.perf_counter()
+        while len(samples) < int(repeat) or (time.perf_counter() - start < TURN_MIN_S and len(samples) < 200):
             n0 = len(TEAMS)
             t0 = time.perf_counter()
             run()
@@ -439,6 +450,12 @@ def _q(s: list[float], q: float) -> float:
 
 
 TURN_PAUSE_S = 0.2   # > libgomp's default spin time after a parallel region (~tens of ms here)
+# A turn's samples go on until TURN_MIN_S has passed (at least `rep` of them, at most 200): after the
+# pause the cores, the caches and the vCPUs are cold for a few ms, and 5 calls of a 0.4 ms kernel
+# (2 ms) measured that warm-up more than the kernel (measured 2026-12-01: per call of a turn of the
+# MLP 131072x16, the old build 4.3-6.2, 4.3, 0.40, 0.37, 0.38 ms; this one 0.65-1.8, 0.49-0.56,
+# 0.37-0.45, 0.37-0.44, 0.38-0.41 ms).
+TURN_MIN_S = 0.02
 # Each turn starts with one call that is timed apart ("first call" column) and not among the samples,
 # as measure() and Compiled.benchmark warm up before timing: after the pause both builds' workers are
 # asleep and the idle vCPU has to be woken, which cost the old build 4-6 ms and this one ~0.4 ms on the
@@ -458,7 +475,8 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbo
     load = os.getloadavg()[0]
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if neighbour else None
     print(f"this tree ({root}) vs {rev} = {sha} (git worktree {wt}); {os.cpu_count()} CPUs, "
-          f"load average {load:.1f}; {rounds} rounds per row, children take turns (A B B A ...); "
+          f"load average {load:.1f}; {rounds} rounds per row, children take turns (A B B A ...) after a "
+          f"{TURN_PAUSE_S:g} s pause each: one call timed apart, then calls for >= {TURN_MIN_S * 1e3:g} ms (>= 3-5); "
           f"busy neighbour: {'pid %d' % busy.pid if busy else 'none'}")
     rows = [n for n in row_makers(quick) if not only or only in n]
     res = {}
@@ -472,19 +490,23 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbo
             teams: list[int] = []
             full: list[float] = []      # this tree's calls whose kernels all got the team their policy allows
             rep = 3 if ("1024" in name and "matmul" in name) or "1024x1024" in name else 5
+            paired: list[float] = []     # per round: this tree's turn median / the old build's, turns adjacent
             for r in range(rounds):
                 pair = (now, a_ms), (old, b_ms)
+                turn: dict[bool, float] = {}
                 for child, acc in (pair if r % 2 == 0 else pair[::-1]):
                     # the old build's idle OpenMP workers spin after its turn (libgomp's default wait
                     # policy); let them fall asleep so they do not take the cores of the other child's turn
                     time.sleep(TURN_PAUSE_S)
                     got = child.ask(name, rep)
                     acc.extend(got["ms"])
+                    turn[child is old] = statistics.median(got["ms"])
                     firsts[child is old].append(got["first"])
                     if child is now:
                         teams.extend(got.get("teams", []))
                         full.extend(ms for ms, s in zip(got["ms"], got.get("shrunk", [])) if not s)
-            res[name] = (a_ms, b_ms, errs, teams, full, firsts)
+                paired.append(turn[False] / turn[True])
+            res[name] = (a_ms, b_ms, errs, teams, full, firsts, paired)
     finally:
         now.close()
         old.close()
@@ -494,17 +516,24 @@ def against(rev: str, quick: bool, rounds: int, only: str | None = None, neighbo
         remove_worktree(str(root), wt)
     head = "row (kernel time unless 'call')"
     w = max(len(head), *(len(n) for n in rows))
-    print(f"{head:<{w}}  {'before ms (IQR)':>26}  {'after ms (IQR)':>26}  {'after/before':>12}  verdict")
+    print("after/before: the ratio of the pooled medians; paired: the median [p25-p75] over rounds of this tree's "
+          "turn median / the old build's adjacent turn's (the machine's speed drifts by up to 2x within minutes "
+          "here; adjacent turns share it). The verdict uses the paired ratio.")
+    print(f"{head:<{w}}  {'before ms (IQR)':>26}  {'after ms (IQR)':>26}  {'after/before':>12}  "
+          f"{'paired':>20}  verdict")
     for name in rows:
-        a_ms, b_ms, (ea, eb), teams, full, firsts = res[name]
+        a_ms, b_ms, (ea, eb), teams, full, firsts, paired = res[name]
         ta, tb = measure.summarize(a_ms), measure.summarize(b_ms)
         r = measure.ratio(ta, tb)
-        bad = r.value > 1 + max_slowdown
+        pm, (p1, p3) = statistics.median(paired), measure.quartiles(paired)
+        bad = pm > 1 + max_slowdown
         if bad:
             slower.append(name)
+        unsure = p3 / p1 > 1.3 if p1 > 0 else True
         print(f"{name:<{w}}  {tb.median_ms:9.3f} ({tb.q1_ms:7.3f}-{tb.q3_ms:7.3f})  "
               f"{ta.median_ms:9.3f} ({ta.q1_ms:7.3f}-{ta.q3_ms:7.3f})  {measure.fmt_ratio(r.value):>12}  "
-              f"{f'SLOWER by > {max_slowdown:.0%}' if bad else 'ok'}{' (unstable: rerun)' if r.unstable else ''}  "
+              f"{f'{pm:.3f} [{p1:.2f}-{p3:.2f}]':>20}  "
+              f"{f'SLOWER by > {max_slowdown:.0%}' if bad else 'ok'}{' (unstable: rerun)' if unsure else ''}  "
               f"(max err {eb:.2g} -> {ea:.2g}; first call after the pause {statistics.median(firsts[1]):.3g} -> "
               f"{statistics.median(firsts[0]):.3g} ms; {_teams(teams)}{_full(full, len(a_ms), tb.median_ms)})")
     print(f"load average at the end {os.getloadavg()[0]:.1f}; "
