@@ -191,7 +191,7 @@ def test_workers_of_a_region_that_just_ended_are_not_read(monkeypatch):
     reads = []
     monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(threads, "_sure_spin", 1e-5)
-    monkeypatch.setattr(threads, "_last_region", [-1.0, 0])
+    monkeypatch.setattr(threads, "_last_region", [-1.0, 0, 0])
     monkeypatch.setattr(threads, "omp_worker_tids", lambda team: (11, 12, 13)[:team - 1])
     monkeypatch.setattr(threads, "thread_runnable", lambda tid: reads.append(tid) or False)
     threads.region_ended(2)
@@ -200,9 +200,14 @@ def test_workers_of_a_region_that_just_ended_are_not_read(monkeypatch):
     assert threads.own_workers_running(3) == 0 and reads == [11, 12]     # the region had 2 threads only
     clock[0] += 1e-5
     assert threads.own_workers_running(2) == 0 and reads == [11, 12, 11]
+    threads.region_ended(2)
+    other = threading.Thread(target=threads.region_ended, args=(2,))       # another thread's region: its own pool
+    other.start()
+    other.join()
+    assert threads.own_workers_running(2) == 0 and len(reads) == 4
     monkeypatch.setattr(threads, "_sure_spin", 0.0)                       # a spin count not ours
     threads.region_ended(2)
-    assert threads.own_workers_running(2) == 0 and reads[-1] == 11
+    assert threads.own_workers_running(2) == 0 and len(reads) == 5
 
 
 def test_the_usual_call_time_check_reads_loadavg_once(monkeypatch):
@@ -213,7 +218,7 @@ def test_the_usual_call_time_check_reads_loadavg_once(monkeypatch):
     monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(threads, "_streak", {})
     monkeypatch.setattr(threads, "_sure_spin", 1e-5)
-    monkeypatch.setattr(threads, "_last_region", [-1.0, 0])
+    monkeypatch.setattr(threads, "_last_region", [-1.0, 0, 0])
     monkeypatch.setattr(threads, "running_threads", lambda: running[0])
     monkeypatch.setattr(threads, "own_workers_running", lambda team: 0)
     monkeypatch.setattr(threads, "own_other_threads_running", lambda: 1)
@@ -573,7 +578,7 @@ def test_an_outside_thread_counts_only_once_it_persists(monkeypatch):
     clock = [100.0]
     reading = {"busy": 1, "own": 0}
     monkeypatch.setattr(threads, "running_threads", lambda: 1 + reading["busy"])   # the caller + the busy ones
-    monkeypatch.setattr(threads, "_last_region", [-1.0, 0])
+    monkeypatch.setattr(threads, "_last_region", [-1.0, 0, 0])
     monkeypatch.setattr(threads, "own_workers_running", lambda team: 0)
     monkeypatch.setattr(threads, "busy_cores", lambda **kw: reading["busy"])
     monkeypatch.setattr(threads, "own_other_threads_running", lambda: reading["own"])

@@ -250,7 +250,8 @@ def busy_cores_for_call(cpus: int | None = None, cores: int | None = None) -> in
     own = 0
     if running is None:
         busy: int | None = None
-    elif running <= 1 or (running <= _last_region[1] and now - _last_region[0] < _sure_spin):
+    elif running <= 1 or (running <= _last_region[1] and now - _last_region[0] < _sure_spin
+                          and _last_region[2] == threading.get_native_id()):
         busy = 0
     else:
         own_omp = own_workers_running(cores or usable_cores()[0])
@@ -477,9 +478,10 @@ def thread_state(tid: int) -> str | None:
         return None
 
 
-# (perf_counter() when a parallel region of ours last returned on some thread, its team size): set by
-# the CPU backend after each kernel call with a team of 2 or more (region_ended)
-_last_region = [-1.0, 0]
+# (perf_counter() when a parallel region of ours last returned, its team size, the native id of the thread
+# that ran it: libgomp keeps one pool per calling thread): set by the CPU backend after each kernel call
+# with a team of 2 or more (region_ended)
+_last_region: list[Any] = [-1.0, 0, 0]
 # For this long after a region of ours returned, its workers are certainly still spinning (runnable),
 # so own_workers_running need not read their states (~3.5 µs each, half the per-call check of a GEMV
 # that takes 50 µs). Only where explorer chose the spin count: SPIN_COUNT spins of libgomp's wait loop
@@ -492,8 +494,7 @@ _sure_spin = 0.0     # SURE_SPIN_S where it applies (set by set_wait_policy), el
 
 def region_ended(team: int, now: float | None = None) -> None:
     """Note that a `team`-thread region of ours has just returned (see SURE_SPIN_S)."""
-    _last_region[0] = time.perf_counter() if now is None else now
-    _last_region[1] = team
+    _last_region[:] = (time.perf_counter() if now is None else now, team, threading.get_native_id())
 
 
 
@@ -526,7 +527,8 @@ def own_workers_running(team: int) -> int:
     Within SURE_SPIN_S of a region of ours of at least `team` threads they are, without reading."""
     if team <= 1:
         return 0
-    if _last_region[1] >= team and time.perf_counter() - _last_region[0] < _sure_spin:
+    if (_last_region[1] >= team and time.perf_counter() - _last_region[0] < _sure_spin
+            and _last_region[2] == threading.get_native_id()):
         return team - 1
     return sum(thread_runnable(t) for t in omp_worker_tids(team)[:team - 1])
 
