@@ -19,7 +19,9 @@ no NumPy call in between (against the same NumPy median) and counts the kernel c
 threads.
   explorer fused / fused without the horizontal rule / unfused (fuse=False), NumPy, torch eager and
   torch.compile (in a child process, when `import torch` works there: its thread pool and ours
-  would otherwise slow each other), kernel counts, and small-matmul rows (kernel time vs NumPy).
+  would otherwise slow each other), kernel counts, and small-matmul rows (kernel and call time vs NumPy
+  in µs, alternating call by call and in blocks of 20 calls; the issue's small range is M*N*K < 1 M
+  multiply-adds, a GEMV above it is shown too).
 Sizes: seq 16, width 64, 4 heads (small) and seq 256, width 512, 8 heads (large).
 """
 from __future__ import annotations
@@ -410,14 +412,12 @@ BLOCK = 20
 SMALL_MACS = 1_000_000
 
 
-def in_blocks(fn: Callable[[], object], n: int = BLOCK, pause_s: float = 0.0) -> "measure_lib.Sampler":
+def in_blocks(fn: Callable[[], object], n: int = BLOCK) -> "measure_lib.Sampler":
     """A variant for measure.interleaved that runs `fn` n + 1 times in a row and returns the mean ms of the
     last n: each variant is timed in its own steady state. The untimed first call absorbs the hand-over
     from the variant before it (OpenBLAS's workers still spinning after NumPy's call hold the cores our
-    team needs, and the other way round). `pause_s`: sleep that long first (untimed)."""
+    team needs, and the other way round)."""
     def sample() -> float:
-        if pause_s:
-            time.sleep(pause_s)
         fn()
         t0 = CLOCK()
         for _ in range(n):
@@ -451,20 +451,15 @@ def small_matmuls(rounds: int, per: int) -> None:
         ways = [("alternating", interleaved(fns, rounds, per * 5)),
                 ("in blocks", measure_lib.interleaved({k: in_blocks(f) for k, f in fns.items()},
                                                       repeat=rounds * per, warmup=1, clock=CLOCK))]
-        if not serial:
-            # OpenBLAS's workers spin ~0.1 s after each NumPy call, and while they do the thread policy
-            # runs our kernels serially (they hold the cores; a team of ours would then spin against
-            # NumPy's next call): explorer's blocks again, each after NumPy's pool has gone to sleep
-            ways.append(("in blocks, NumPy's pool asleep",
-                         measure_lib.interleaved({k: in_blocks(f, pause_s=0.15 if k != "numpy" else 0.0)
-                                                  for k, f in fns.items()},
-                                                 repeat=max(3, rounds * per // 4), warmup=1, clock=CLOCK)))
+        # A parallel row (the GEMV) runs serially in both ways: OpenBLAS's workers spin ~0.1 s after each
+        # NumPy call, and while they do the thread policy leaves them the cores (a team of ours would then
+        # spin against NumPy's next call: 55 -> 290 µs per NumPy GEMV, measured). See docs/CPU_THREADS.md.
         for how, s in ways:
             npm = s["numpy"].median_ms
             ratios = (npm / s["kernel"].median_ms, npm / s["call"].median_ms)
             if small:
                 small_ratios.append(min(ratios))
-            print(f"    {how:30s}  numpy {fmt_us(s['numpy'])}  kernel {fmt_us(s['kernel'])} "
+            print(f"    {how:11s}  numpy {fmt_us(s['numpy'])}  kernel {fmt_us(s['kernel'])} "
                   f"({ratios[0]:.2f}x)  call {fmt_us(s['call'])} ({ratios[1]:.2f}x)"
                   + "".join(f"  {k}:{unstable_note(s[k])}" for k in ("numpy", "kernel", "call") if s[k].unstable))
         cpu, process_cpu = thread_cpu_us(fns, rounds)
