@@ -189,11 +189,16 @@ static inline double ke_fma(double a, double b, double c) { return a * b + c; }
 
 /* exp(x), f32: n = round(x/ln2), r = x - n*ln2 (Cody-Waite), exp(r) by a degree-7
  * polynomial, scaled by 2^n in two steps so subnormal results come out right.
- * NaN -> NaN, +Inf/overflow -> +Inf, -Inf/underflow -> 0. */
+ * NaN -> NaN, x > 89 (overflow) -> +Inf, x < -104 (underflow) -> 0.
+ * Computed on x itself and the out-of-range lanes replaced at the end (not a clamp of x first): the
+ * clamp sat at the head of the dependency chain, and this order made softmax 4096x1024 ~8% faster
+ * (what gcc made of the old contracted source); n comes from kf's low bits (1.5*2^23 + n), defined
+ * for any x, where (int32_t)k was not for the lanes replaced. Bit for bit the clamped version's
+ * results over all 2^32 inputs, vectorized and scalar, with and without FMA. */
 static inline float ke_expf(float x) {
-  float xc = x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x);
-  float k = ke_fmaf(xc, 1.44269504088896341f, 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = ke_fmaf(-k, 0.693359375f, xc);   /* exact: 0.693359375 has 9 bits */
+  float kf = ke_fmaf(x, 1.44269504088896341f, 12582912.0f);   /* 1.5*2^23 + round(x/ln2) */
+  float k = kf - 12582912.0f;
+  float r = ke_fmaf(-k, 0.693359375f, x);   /* exact: 0.693359375 has 9 bits */
   r = ke_fmaf(k, 2.12194440e-4f, r);
   float z = r * r;
   float p = 1.9875691500e-4f;
@@ -203,10 +208,12 @@ static inline float ke_expf(float x) {
   p = ke_fmaf(p, r, 1.6666665459e-1f);
   p = ke_fmaf(p, r, 5.0000001201e-1f);
   p = ke_fmaf(p, z, r) + 1.0f;
-  int32_t n = (int32_t)k;
+  int32_t n = ke_to_bits(kf) - 0x4B400000;                  /* bits of 12582912.0f */
   int32_t n1 = n >> 1;
   int32_t n2 = n - n1;
-  float y = p * ke_from_bits((n1 + 127) << 23) * ke_from_bits((n2 + 127) << 23);
+  float y = p * ke_from_bits((int32_t)((uint32_t)(n1 + 127) << 23))
+              * ke_from_bits((int32_t)((uint32_t)(n2 + 127) << 23));
+  y = x > 89.0f ? INFINITY : (x < -104.0f ? 0.0f : y);
   return x != x ? x : y;
 }
 
