@@ -99,7 +99,7 @@ def test_source_structure_and_determinism():
     assert cg.language == "c" and len(cg.kernels) == 1
     src = cg.kernels[0].source
     assert "void fused_mul_add_tanh(const float* restrict a, const float* restrict b, float* restrict out0)" in src
-    assert "#pragma omp parallel for schedule(static)" in src
+    assert "#pragma omp parallel for schedule(guided)" in src
     assert "#pragma omp simd" in src
     assert "fusion group g0" in src and "chain.py:3" in src
     assert "ke_tanhf(" in src and "ke_maxf(" in src

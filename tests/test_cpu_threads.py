@@ -696,3 +696,25 @@ def test_exp_edges_and_subnormals_equal_numpy():
     special = ~np.isfinite(want) | (want == 0) | (want == 1)
     np.testing.assert_array_equal(got[special], want[special])
     np.testing.assert_allclose(got[~special], want[~special], rtol=4e-7, atol=2e-45)
+
+
+@needs_cc
+def test_guided_schedule_gives_the_serial_results_bit_for_bit():
+    """Parallel loops use schedule(guided): which thread computes which iterations changes from call to
+    call, but iterations write disjoint outputs, so every team size gives the same bits."""
+    rng = np.random.default_rng(3)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((4096, 64), (64, 64), (64,)))
+    c = explorer.compile(lambda x, w, b: np.maximum(x @ w + b, 0), x, w, b, target="cpu", verbose=False)
+    exe = c.executable()
+    assert any(d.threads > 1 for d in exe.thread_policy)
+    assert "schedule(guided)" in c.kernels[0].source
+    env = exe._buffers(c.backend_inputs([x, w, b]))
+    (_, fn, params), = exe.kernels
+    ptrs = [env[p].ctypes.data for p in params]
+    outs = []
+    for team in (1, 2, 2, 2, 1, 2):
+        exe._team.value = team
+        fn(*ptrs)
+        outs.append(env[params[-1]].copy())
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
