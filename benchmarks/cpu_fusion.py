@@ -335,36 +335,9 @@ def row_makers(quick: bool) -> dict:
     a, b = d["a"], d["b"]
     rows: dict = {}
 
-    def kernel_row(fn, *args, **kw):
-        def make():
-            c = explorer.compile(fn, *args, target="cpu", verbose=False, **kw)
-            exe = c.executable()
-            inputs = c.backend_inputs(list(args))
-            env = exe._buffers(inputs)
-            calls = [(f, [env[p].ctypes.data for p in params]) for _, f, params in exe.kernels]
-            team = getattr(exe, "_team", None)
-            policy = getattr(exe, "thread_policy", None)
-
-            def run(env=env):   # what Compiled.benchmark times: the kernels on preallocated buffers
-                for k, (f, ptrs) in enumerate(calls):
-                    if team is not None:
-                        team.value = exe._team_size(policy[k])
-                        TEAMS.append((team.value, policy[k].threads))
-                    f(*ptrs)
-                    if team is not None and team.value > 1 and REGION_ENDED:
-                        REGION_ENDED(team.value)
-            return run, lambda: c.max_error(*args)
-        return make
-
-    def call_row(fn, *args, **kw):
-        def make():
-            c = explorer.compile(fn, *args, target="cpu", verbose=False, **kw)
-            return (lambda: c(*args)), (lambda: c.max_error(*args))
-        return make
-
-    def copy_row():
-        exe = cpu.build_codegen(generate_c(copy_program(sz["n"])))
-        env = exe._buffers([a])
+    def kernels_runner(exe, env):
+        """What Compiled.benchmark times: the kernels on the preallocated buffers in `env`, each with the
+        team its thread policy gives it at call time (trees with a policy), recorded in TEAMS."""
         calls = [(f, [env[p].ctypes.data for p in params]) for _, f, params in exe.kernels]
         team, policy = getattr(exe, "_team", None), getattr(exe, "thread_policy", None)
 
@@ -376,7 +349,24 @@ def row_makers(quick: bool) -> dict:
                 f(*ptrs)
                 if team is not None and team.value > 1 and REGION_ENDED:
                     REGION_ENDED(team.value)
-        return run, lambda: 0.0
+        return run
+
+    def kernel_row(fn, *args, **kw):
+        def make():
+            c = explorer.compile(fn, *args, target="cpu", verbose=False, **kw)
+            exe = c.executable()
+            return kernels_runner(exe, exe._buffers(c.backend_inputs(list(args)))), lambda: c.max_error(*args)
+        return make
+
+    def call_row(fn, *args, **kw):
+        def make():
+            c = explorer.compile(fn, *args, target="cpu", verbose=False, **kw)
+            return (lambda: c(*args)), (lambda: c.max_error(*args))
+        return make
+
+    def copy_row():
+        exe = cpu.build_codegen(generate_c(copy_program(sz["n"])))
+        return kernels_runner(exe, exe._buffers([a])), lambda: 0.0
     n = sz["n"] >> 20
     rows[f"C copy kernel {n}M"] = copy_row
     rows[f"chain {n}M fused"] = kernel_row(chain, a, b)

@@ -41,8 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailable, CompileError, ExplorerError, KernelFault
-from . import threads as _threads
-from .threads import region_ended
+from . import threads
 
 # -fno-tree-loop-distribute-patterns: gcc otherwise turns a register tile's write-back loop into
 # memcpy, which forces the tile out of registers and made plain matmul kernels 2-10x slower than the
@@ -450,7 +449,6 @@ class CpuExecutable:
 
     def __init__(self, lib_path: Path, codegen, program, constants: dict[str, np.ndarray] | None = None):
         from ..loopir import np_dtype
-        from . import threads
         self.wait_policy = threads.set_wait_policy()   # before libgomp loads with this library
         self.lib_path = Path(lib_path)
         self.lib = ctypes.CDLL(str(lib_path))
@@ -551,7 +549,6 @@ class CpuExecutable:
         return stats
 
     def _team_size(self, dec) -> int:
-        threads = _threads
         if dec.threads <= 1:
             self._stats["serial"] += 1
             return 1
@@ -649,7 +646,7 @@ class CpuExecutable:
                             team.value = n = self._team_size(dec)
                     fn(*pick(ptrs))
                     if n > 1:
-                        region_ended(n)
+                        threads.region_ended(n)
         finally:
             if temp_set is not None:
                 self._temp_sets.append(temp_set)
@@ -777,7 +774,7 @@ class CpuExecutable:
                     team.value = n = self._team_size(dec)
                 fn(*args)
                 if n > 1:
-                    region_ended(n)
+                    threads.region_ended(n)
                 per[name] = per.get(name, 0.0) + (time.perf_counter() - t0) * 1e3
             return sum(per.values()), per
         return Sampler(sample)

@@ -250,8 +250,7 @@ def busy_cores_for_call(cpus: int | None = None, cores: int | None = None) -> in
     own = 0
     if running is None:
         busy: int | None = None
-    elif running <= 1 or (running <= _last_region[1] and now - _last_region[0] < _sure_spin
-                          and _last_region[2] == threading.get_native_id()):
+    elif running <= 1 or running <= _spinning_team(now):
         busy = 0
     else:
         own_omp = own_workers_running(cores or usable_cores()[0])
@@ -421,7 +420,6 @@ def set_wait_policy() -> str:
         return _wait_state["text"]
     user = [f"{v}={os.environ[v]}" for v in WAIT_POLICY_VARS if v in os.environ]
     loaded = not user and libgomp_loaded()
-    _wait_state["ours"] = not user and not loaded
     if user:
         text = f"idle workers: as the user set ({', '.join(user)})"
     elif loaded:
@@ -432,7 +430,8 @@ def set_wait_policy() -> str:
                 f"before libgomp loaded)")
     _wait_state["text"] = text
     global _sure_spin
-    _sure_spin = SURE_SPIN_S if _wait_state["ours"] and platform.machine().lower() in ("x86_64", "amd64") else 0.0
+    ours = not user and not loaded      # explorer chose the spin count
+    _sure_spin = SURE_SPIN_S if ours and platform.machine().lower() in ("x86_64", "amd64") else 0.0
     return text
 
 
@@ -497,17 +496,24 @@ def region_ended(team: int, now: float | None = None) -> None:
     _last_region[:] = (time.perf_counter() if now is None else now, team, threading.get_native_id())
 
 
+def _spinning_team(now: float) -> int:
+    """The team size of the calling thread's last region if its workers are certainly still spinning
+    at `now` (within SURE_SPIN_S of its end), else 0."""
+    if now - _last_region[0] < _sure_spin and _last_region[2] == threading.get_native_id():
+        return _last_region[1]
+    return 0
 
 
 def thread_runnable(tid: int) -> bool:
     """Whether thread `tid` of this process is runnable now (running or waiting for a CPU): its
     /proc/self/task/TID/syscall reads "running" then (~2.4 µs; the stat file's state letter, the
     fallback, costs ~3.5-5 µs to generate)."""
+    global _syscall_file_ok
     if _syscall_file_ok:
         try:
             return _read_proc(f"/proc/self/task/{tid}/syscall").startswith("running")
         except PermissionError:    # a kernel that guards it (ptrace rules): the stat file from now on
-            _no_syscall_file()
+            _syscall_file_ok = False
         except OSError:
             pass
     return thread_state(tid) == "R"
@@ -516,19 +522,13 @@ def thread_runnable(tid: int) -> bool:
 _syscall_file_ok = True
 
 
-def _no_syscall_file() -> None:
-    global _syscall_file_ok
-    _syscall_file_ok = False
-
-
 def own_workers_running(team: int) -> int:
     """How many of our libgomp workers for a `team`-thread region are runnable now (idle but still
     spinning, or busy in another region of ours): /proc/loadavg counts them, but they are our team.
     Within SURE_SPIN_S of a region of ours of at least `team` threads they are, without reading."""
     if team <= 1:
         return 0
-    if (_last_region[1] >= team and time.perf_counter() - _last_region[0] < _sure_spin
-            and _last_region[2] == threading.get_native_id()):
+    if _spinning_team(time.perf_counter()) >= team:
         return team - 1
     return sum(thread_runnable(t) for t in omp_worker_tids(team)[:team - 1])
 
